@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the main job (jobs/quickstart.yaml) on a local Ray instance: digits PNGs, a resnet18 trained
+## here, Parquet under out/quickstart/.
+demo: install
+	$(BIN)/imgclf run jobs/quickstart.yaml
+
+## The whole suite (real local Ray, moto S3 server on 127.0.0.1).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Everything but the tests marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf out data .pytest_cache

@@ -1,0 +1,27 @@
+"""Errors a user can act on. The CLI prints them as one message each and no traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (spec, archive, model), not a bug in imgclf-ray."""
+
+    exit_code = 1
+
+
+class SpecError(UserError):
+    """A job spec that cannot be run: refused before Ray starts."""
+
+    exit_code = 2
+
+
+class ArtifactError(UserError):
+    """A model artifact that is missing, malformed, or fails its integrity or safety check."""
+
+
+class SourceError(UserError):
+    """The archive cannot be listed (missing bucket or folder, no permission, nothing matched)."""
+
+
+class RunFailed(UserError):
+    """The run finished its work but must not be committed (error budget exceeded, rows lost)."""

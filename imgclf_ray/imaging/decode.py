@@ -1,0 +1,141 @@
+"""Bytes -> RGB pixels with Pillow, safely.
+
+Pillow's defaults are wrong for untrusted archives in three ways we correct here: the decompression
+bomb check only warns below twice its limit, truncated files may be accepted depending on a
+process-global flag, and ``convert("RGB")`` clips 16-bit images instead of scaling them.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+
+class DecodeError(ValueError):
+    """The bytes are not an image we can decode; the message says why, for the error column."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Plain, picklable decode settings (mirrors ``spec.DecodeSpec``)."""
+
+    max_image_pixels: Optional[int] = int(1024 * 1024 * 1024 // 4 // 3)
+    allow_truncated: bool = False
+    exif_transpose: bool = True
+    frame: int = 0
+    background: tuple[int, int, int] = (255, 255, 255)
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "looks like HTML/XML text, not an image"
+    return "not a format Pillow can identify"
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    """Scale integer / float single-channel data to uint8 over its type's range (never clip)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = arr[np.isfinite(arr)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scaled = (np.nan_to_num(arr, nan=lo) - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+    # 16-bit (I;16*) and 32-bit "I" images holding 16-bit data: 0..65535 -> 0..255.
+    data = np.clip(arr.astype(np.int64), 0, 65535)
+    return ((data * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _flatten_alpha(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = img.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Normalise any Pillow mode to 8-bit RGB: CMYK, YCbCr, palette (with transparency), L/LA,
+    1-bit, 16-bit and float greyscale."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        grey = _to_8bit(np.asarray(img))
+        return Image.fromarray(grey, "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        return _flatten_alpha(img, background)
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, options: DecodeOptions = DecodeOptions(),
+                 target_short_side: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode image bytes into an RGB Pillow image, EXIF orientation applied.
+
+    Returns the image and its full-resolution (width, height) as displayed (after orientation). When
+    ``target_short_side`` is given and the file is a JPEG much larger than that, the DCT-domain
+    draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the target.
+    Raises DecodeError with a readable cause for anything that is not a decodable image.
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    # Pillow reads both settings from module globals. We check the pixel limit ourselves (with a
+    # message that names the spec key) and set the truncation flag only for this call.
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS = None
+    ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
+    try:
+        return _decode(data, options, target_short_side)
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
+
+
+def _decode(data: bytes, options: DecodeOptions,
+            target_short_side: Optional[int]) -> tuple[Image.Image, tuple[int, int]]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError(_sniff(data)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"unreadable header ({exc})") from None
+    width, height = img.size
+    limit = options.max_image_pixels
+    if limit is not None and width * height > limit:
+        raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over the "
+                          f"decompression-bomb limit of {limit:,} (decode.max_image_pixels)")
+    n_frames = getattr(img, "n_frames", 1)
+    try:
+        if options.frame:
+            if options.frame >= n_frames:
+                raise DecodeError(f"frame {options.frame} asked for (decode.frame), the file has "
+                                  f"{n_frames}")
+            img.seek(options.frame)
+        if target_short_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+            scale = target_short_side / min(width, height)
+            if scale < 0.5:
+                img.draft(img.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
+        img.load()
+    except DecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc)
+        if "truncated" in msg or isinstance(exc, EOFError):
+            raise DecodeError(f"truncated file ({msg or 'unexpected end of data'}); "
+                              "decode.allow_truncated accepts such files") from None
+        raise DecodeError(f"corrupt image data ({type(exc).__name__}: {msg})") from None
+    if options.exif_transpose:
+        if img.getexif().get(0x0112) in _SWAPS_AXES:
+            width, height = height, width
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img, options.background), (width, height)

@@ -1,0 +1,55 @@
+"""The output contract: one Parquet row per image (or frame). Extended, never silently renamed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("frame", pa.int32()),
+    pa.field("size", pa.int64()),
+    pa.field("etag", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("score", pa.float32()),
+    pa.field("topk_labels", pa.list_(pa.string())),
+    pa.field("topk_scores", pa.list_(pa.float32())),
+    pa.field("model_id", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+])
+
+COLUMN_DOCS = {
+    "image_id": "Stable id: first 32 hex digits of sha256('<uri>#<frame>'); the same image gets the "
+                "same id in every run.",
+    "uri": "Full URI of the source file (file:///..., s3://bucket/key).",
+    "frame": "Frame index within the file (0 for still images; the decode.frame asked for).",
+    "size": "Bytes of the source file, from the listing.",
+    "etag": "S3 ETag, or 'mtime:<seconds>' for filesystems without one, from the listing.",
+    "width": "Decoded width in pixels, after EXIF orientation (null when decoding failed).",
+    "height": "Decoded height in pixels, after EXIF orientation (null when decoding failed).",
+    "status": "'ok', or 'error' when any stage failed for this row.",
+    "error": "'<stage>: <cause>' with stage one of read / decode / preprocess / predict; null "
+             "when ok.",
+    "label": "Top-1 label (null on error rows).",
+    "score": "Probability of the top-1 label (softmax).",
+    "topk_labels": "The model.topk most probable labels, best first.",
+    "topk_scores": "Their probabilities.",
+    "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
+    "run_id": "The run that wrote this row (also the output folder name).",
+    "processed_at": "UTC time the row left the predictor.",
+}
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def image_id(uri: str, frame: int = 0) -> str:
+    """Stable row id from uri + frame."""
+    return hashlib.sha256(f"{uri}#{frame}".encode()).hexdigest()[:32]

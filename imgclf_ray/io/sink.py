@@ -1,0 +1,121 @@
+"""Exactly-once output: data files are staged, checked, then committed with a manifest and _SUCCESS.
+
+Layout under ``sink.uri``::
+
+    <run_id>/part-00000.parquet ...   committed data files (the only *.parquet files outside _staging)
+    <run_id>/_manifest.json           files, row counts, run facts
+    <run_id>/_SUCCESS                 written last: a run without it is not committed
+    _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged
+
+Readers trust a run only when ``_SUCCESS`` exists, and then only the files its manifest lists; a
+reader that simply globs ``**/*.parquet`` sees committed files only, since staged files do not end
+in ``.parquet``. Committing a run id that already exists replaces its files: the old ``_SUCCESS`` goes
+first, so no reader ever takes a mix of old and new files for a committed run.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from imgclf_ray.io.storage import filesystem, join, to_uri
+from imgclf_ray.spec import StorageSpec
+
+STAGED_SUFFIX = ".parquet.staged"
+MANIFEST_FILE = "_manifest.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where one attempt of one run writes before commit."""
+
+    sink_uri: str
+    run_id: str
+    attempt: str
+    storage: StorageSpec
+
+    @classmethod
+    def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> "Staging":
+        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage)
+
+    @property
+    def uri(self) -> str:
+        return join(self.sink_uri, "_staging", self.run_id, self.attempt)
+
+    @property
+    def run_uri(self) -> str:
+        return join(self.sink_uri, self.run_id)
+
+    def staged_files(self) -> list[str]:
+        fs, path = filesystem(self.uri, self.storage)
+        if not fs.exists(path):
+            return []
+        return sorted(p for p in fs.find(path) if p.endswith(STAGED_SUFFIX))
+
+    def discard(self) -> None:
+        """Remove this attempt's staged files, and the staging folders it leaves empty."""
+        fs, path = filesystem(self.uri, self.storage)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        for parent in (path.rsplit("/", 1)[0], path.rsplit("/", 2)[0]):  # _staging/<run_id>, _staging
+            try:
+                if fs.isdir(parent) and not fs.ls(parent):
+                    fs.rmdir(parent)
+            except OSError:  # another attempt is writing there, or the store has no folders
+                pass
+
+
+def staged_filename(write_uuid: str, task_index: int) -> str:
+    """Template for one write task's files; ``{i}`` numbers the files of that task."""
+    return f"{write_uuid}_{task_index:06d}-{{i}}{STAGED_SUFFIX}"
+
+
+def commit(staging: Staging, facts: dict[str, Any]) -> dict[str, Any]:
+    """Publish the staged files as run ``staging.run_id``; returns the manifest written.
+
+    ``facts`` (counts, model id, plan ...) are recorded in the manifest as they are.
+    """
+    fs, _ = filesystem(staging.sink_uri, staging.storage)
+    _, run_path = filesystem(staging.run_uri, staging.storage)
+    staged = staging.staged_files()
+    # Invalidate a previous commit of this run id before touching its files.
+    for name in (SUCCESS_FILE, MANIFEST_FILE):
+        if fs.exists(join(run_path, name)):
+            fs.rm(join(run_path, name))
+    if fs.exists(run_path):
+        fs.rm(run_path, recursive=True)
+    fs.makedirs(run_path, exist_ok=True)
+    files = []
+    for i, src in enumerate(staged):
+        name = f"part-{i:05d}.parquet"
+        with fs.open(src, "rb") as fh:
+            rows = pq.ParquetFile(fh).metadata.num_rows
+        fs.mv(src, join(run_path, name))
+        files.append({"path": name, "rows": rows, "bytes": fs.size(join(run_path, name))})
+    manifest = {
+        "run_id": staging.run_id,
+        "committed_at": datetime.now(timezone.utc).isoformat(),
+        "rows": sum(f["rows"] for f in files),
+        "files": files,
+        **facts,
+    }
+    fs.pipe_file(join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
+    fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
+    staging.discard()
+    return manifest
+
+
+def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:
+    """URIs of a committed run's data files, from its manifest; [] if the run is not committed."""
+    run_uri = join(sink_uri, run_id)
+    fs, run_path = filesystem(run_uri, storage)
+    if not fs.exists(join(run_path, SUCCESS_FILE)):
+        return []
+    manifest = json.loads(fs.cat_file(join(run_path, MANIFEST_FILE)))
+    return [to_uri(fs, join(run_path, f["path"])) for f in manifest["files"]]

@@ -1,0 +1,141 @@
+"""Model artifacts: a folder with ``model_card.json`` and the weights file it names.
+
+The card carries everything needed to apply the model (architecture, labels, preprocessing) and the
+sha256 of the weights, checked before they are loaded. Weights are safetensors, or a state_dict read
+with ``torch.load(weights_only=True)``: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.imaging.conditioning import Conditioning
+from imgclf_ray.io.storage import describe_os_error, filesystem, join
+from imgclf_ray.spec import StorageSpec
+
+if TYPE_CHECKING:
+    import torch
+
+CARD_FILE = "model_card.json"
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessCard(_Card):
+    """How images are prepared for this model (used identically in training and inference)."""
+
+    resize: int = Field(gt=0, description="Shorter side after resizing (or square side without crop).")
+    crop: Optional[int] = Field(None, gt=0, description="Centre-crop side after resizing.")
+    channels: Literal[1, 3] = Field(3, description="Input channels: 3 = RGB, 1 = greyscale.")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    mean: list[float] = Field(description="Per-channel mean, on the 0..1 scale.")
+    std: list[float] = Field(description="Per-channel standard deviation, on the 0..1 scale.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PreprocessCard":
+        if self.crop and self.crop > self.resize:
+            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+    def conditioning(self) -> Conditioning:
+        return Conditioning(self.resize, self.crop, self.channels, self.interpolation)
+
+
+class WeightsRef(_Card):
+    file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name inside the artifact folder.")
+    format: Literal["safetensors", "state_dict"] = "safetensors"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ModelCard(_Card):
+    """What a model is and how to apply it."""
+
+    format_version: Literal[1] = 1
+    task: Literal["multiclass"] = "multiclass"
+    framework: Literal["torch"] = "torch"
+    architecture: str = Field(description="torchvision model name, e.g. resnet18.")
+    labels: list[str] = Field(min_length=2)
+    weights: WeightsRef
+    preprocess: PreprocessCard
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    library_versions: dict[str, str] = Field(default_factory=dict)
+
+    def model_id(self) -> str:
+        """Digest of the whole card (which includes the weights' sha256)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_card(uri: str, storage: StorageSpec = StorageSpec()) -> ModelCard:
+    """Read and validate the model card of the artifact at ``uri``."""
+    fs, path = filesystem(join(uri, CARD_FILE), storage)
+    try:
+        raw = fs.cat_file(path)
+    except OSError as exc:
+        raise ArtifactError(f"{uri}: no readable {CARD_FILE} ({describe_os_error(exc)}) (model.uri)") from None
+    try:
+        return ModelCard.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"{uri}/{CARD_FILE}: {key}: {first['msg']}") from None
+
+
+def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpec()) -> dict[str, "torch.Tensor"]:
+    """Load the weights named by the card after checking their sha256. Never unpickles."""
+    import torch
+
+    fs, path = filesystem(join(uri, card.weights.file), storage)
+    try:
+        blob = fs.cat_file(path)
+    except OSError as exc:
+        raise ArtifactError(f"{uri}: cannot read weights {card.weights.file} ({describe_os_error(exc)})") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != card.weights.sha256:
+        raise ArtifactError(f"{uri}/{card.weights.file}: sha256 {digest[:12]}... does not match the "
+                            f"model card's {card.weights.sha256[:12]}...; refusing to load")
+    try:
+        if card.weights.format == "safetensors":
+            from safetensors.torch import load as load_safetensors
+
+            return load_safetensors(blob)
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+        raise ArtifactError(f"{uri}/{card.weights.file}: not loadable as {card.weights.format} "
+                            f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{uri}/{card.weights.file}: holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def save_artifact(uri: str, card_fields: dict[str, Any], state_dict: dict[str, "torch.Tensor"],
+                  storage: StorageSpec = StorageSpec()) -> ModelCard:
+    """Write weights (safetensors) and the model card; returns the card with the weights digest."""
+    from safetensors.torch import save as save_safetensors
+
+    blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
+    card = ModelCard.model_validate({
+        **card_fields,
+        "weights": {"file": "model.safetensors", "format": "safetensors",
+                    "sha256": hashlib.sha256(blob).hexdigest()},
+    })
+    fs, path = filesystem(uri, storage)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(join(path, card.weights.file), blob)
+    fs.pipe_file(join(path, CARD_FILE), card.model_dump_json(indent=2).encode())
+    return card

@@ -1,0 +1,84 @@
+"""Cluster resources -> actor pool and batch sizes.
+
+The rule that matters on small machines: the predictor pool never takes every CPU. Ray Data's read
+and decode tasks need CPUs too; with a pool holding them all (two 1-CPU actors on a 2-CPU laptop),
+no decode task is ever scheduled and the pipeline waits forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from imgclf_ray.errors import SpecError
+from imgclf_ray.spec import ResourcesSpec
+
+
+# Working memory a read+decode task asks for: a batch of model inputs plus one full-size decoded
+# image (a 24-megapixel RGB photo is 72 MB).
+DECODE_TASK_MEMORY = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the run uses the cluster (all plain numbers, logged and recorded in the manifest)."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    batch_size: int
+    decode_batch_size: int
+    decode_cpus: float
+    decode_memory: int
+    torch_threads: int
+    cluster_cpus: float
+    cluster_gpus: float
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_actor > 0 else "cpu"
+
+
+def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = ResourcesSpec(),
+                   device: str = "auto") -> Plan:
+    """Size the predictor pool and batches from ``ray.cluster_resources()``."""
+    cpus = float(cluster.get("CPU", 0))
+    gpus = float(cluster.get("GPU", 0))
+    if cpus <= 0:
+        raise SpecError("the Ray cluster reports no CPUs; cannot read or decode images")
+    if device == "cuda" and gpus == 0 and overrides.gpus_per_actor != 0:
+        raise SpecError("model.device is 'cuda' but the Ray cluster has no GPUs")
+    use_gpu = device != "cpu" and gpus > 0 and overrides.gpus_per_actor != 0
+    # Each read+decode task asks for one CPU (half of a 1-CPU machine); the pool leaves them at
+    # least a quarter of the cluster, and always one task's worth.
+    decode_cpus = min(1.0, cpus / 2)
+    reserve = max(decode_cpus, math.floor(cpus / 4))
+
+    if use_gpu:
+        gpus_per_actor = overrides.gpus_per_actor or 1.0
+        cpus_per_actor = overrides.cpus_per_actor or 1.0
+        by_gpu = int(gpus // gpus_per_actor)
+        by_cpu = int((cpus - reserve) // cpus_per_actor)
+        actors = overrides.actors or max(1, min(by_gpu, by_cpu))
+        batch = overrides.batch_size or 128
+    else:
+        gpus_per_actor = 0.0
+        cpus_per_actor = overrides.cpus_per_actor or min(cpus - reserve, 1.0 if cpus <= 4 else 2.0)
+        actors = overrides.actors or max(1, int((cpus - reserve) // cpus_per_actor))
+        batch = overrides.batch_size or 32
+    if actors * cpus_per_actor > cpus - decode_cpus + 1e-9:
+        raise SpecError(f"resources: {actors} actors x {cpus_per_actor} CPUs leave no CPU for "
+                        f"reading and decoding on a cluster of {cpus:g} CPUs")
+    return Plan(
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        batch_size=batch,
+        decode_batch_size=overrides.decode_batch_size or 32,
+        decode_cpus=decode_cpus,
+        decode_memory=DECODE_TASK_MEMORY,
+        torch_threads=max(1, int(round(cpus_per_actor))),
+        cluster_cpus=cpus,
+        cluster_gpus=gpus,
+    )

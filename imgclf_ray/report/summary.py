@@ -1,0 +1,30 @@
+"""The short text summary ``imgclf run`` prints when a run is committed."""
+
+from __future__ import annotations
+
+from imgclf_ray.pipeline import RunResult
+
+
+def _line(counts: dict[str, int], limit: int = 12) -> str:
+    items = list(counts.items())
+    text = ", ".join(f"{k}: {v}" for k, v in items[:limit])
+    if len(items) > limit:
+        text += f", ... ({len(items) - limit} more)"
+    return text or "-"
+
+
+def format_summary(result: RunResult, max_errors: int = 5) -> str:
+    """Rows by status and label, errors by stage with a few examples, throughput, output location."""
+    lines = [
+        f"run {result.run_id}: {result.rows} images in {result.wall_seconds:.1f} s "
+        f"({result.images_per_second:.1f} images/s)",
+        f"  status : {_line(result.by_status)}",
+        f"  labels : {_line(result.by_label)}",
+    ]
+    if result.errors_by_stage:
+        lines.append(f"  errors : {_line(result.errors_by_stage)}")
+        for err in result.sample_errors[:max_errors]:
+            lines.append(f"           {err['uri']}: {err['error']}")
+    lines.append(f"  model  : {result.model_id}")
+    lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
+    return "\n".join(lines)

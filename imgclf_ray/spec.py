@@ -1,0 +1,272 @@
+"""The job spec: what a YAML file in ``jobs/`` may say, validated before Ray starts.
+
+Every field carries a description; the README's job-spec reference is generated from them
+(``imgclf spec-reference``). Unknown keys are refused (``extra="forbid"``) so that a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imgclf_ray.errors import SpecError
+
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
+PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+_SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$"
+# Names that would put a credential into a spec; refused with a pointer to where they belong.
+_SECRET_KEYS = {
+    "key", "secret", "token", "password", "session_token", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
+}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSpec(_Spec):
+    """How to reach object storage. Credentials never go here: they come from the environment
+    (``AWS_ACCESS_KEY_ID`` ...), a named profile, or the machine's role."""
+
+    endpoint_url: Optional[str] = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph, a moto server); default: AWS, "
+        "or the AWS_ENDPOINT_URL environment variable.")
+    region: Optional[str] = Field(None, description="Region of the bucket, e.g. eu-west-1.")
+    profile: Optional[str] = Field(None, description="Named profile from ~/.aws/config to use.")
+    anon: bool = Field(False, description="Read public buckets without credentials.")
+
+    def fsspec_options(self, protocol: str) -> dict[str, Any]:
+        """Keyword arguments for ``fsspec.filesystem(protocol, ...)``."""
+        if protocol not in ("s3", "s3a"):
+            return {}
+        opts: dict[str, Any] = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        if self.profile:
+            opts["profile"] = self.profile
+        if self.anon:
+            opts["anon"] = True
+        return opts
+
+
+class SourceSpec(_Spec):
+    """Where the images are."""
+
+    uri: str = Field(description="Archive location: a local folder, file://, s3://bucket/prefix, or "
+                     "any fsspec URI; a glob (s3://b/2026-*/**/*.jpg) selects files directly.")
+    extensions: list[str] = Field(
+        list(DEFAULT_EXTENSIONS),
+        description="File extensions to include (case-insensitive). Other files are not listed.")
+    recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lower(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one extension")
+        return [e.lower() if e.startswith(".") else "." + e.lower() for e in v]
+
+
+class DecodeSpec(_Spec):
+    """How image bytes become pixels."""
+
+    max_image_pixels: Optional[int] = Field(
+        PILLOW_MAX_IMAGE_PIXELS, gt=0,
+        description="Decompression-bomb guard: an image whose header claims more pixels is an "
+        "error row, never decoded. null turns the guard off (trusted archives only).")
+    allow_truncated: bool = Field(
+        False, description="Decode truncated files as far as they go instead of rejecting them.")
+    exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")
+    frame: int = Field(0, ge=0, description="Which frame of an animated GIF / multi-page TIFF to "
+                       "classify.")
+    background: tuple[int, int, int] = Field(
+        (255, 255, 255), description="RGB colour that transparent pixels are flattened onto.")
+
+
+class ModelSpec(_Spec):
+    """Which model to apply. Its preprocessing comes from the artifact's model card."""
+
+    uri: str = Field(description="Model artifact folder (local or s3://) holding model_card.json "
+                     "and the weights it names.")
+    topk: int = Field(5, ge=1, description="How many labels and scores go into topk_labels / "
+                      "topk_scores.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: GPU actors when the cluster has GPUs, CPU otherwise.")
+
+
+class ResourcesSpec(_Spec):
+    """Overrides for the resource planner; leave unset to size from the cluster."""
+
+    actors: Optional[int] = Field(None, ge=1, description="Predictor actors in the pool.")
+    cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs reserved by each "
+                                            "predictor actor (also its torch thread count).")
+    gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per predictor actor; 0 "
+                                            "forces CPU inference.")
+    batch_size: Optional[int] = Field(None, ge=1, description="Images per predictor call.")
+    decode_batch_size: Optional[int] = Field(None, ge=1, description="Images per read+decode "
+                                             "task call.")
+
+
+class SinkSpec(_Spec):
+    """Where the Parquet output goes."""
+
+    uri: str = Field(description="Output location (local folder or s3://bucket/prefix). Each run "
+                     "is committed to <uri>/<run_id>/ with _manifest.json and _SUCCESS.")
+    run_id: Optional[str] = Field(
+        None, pattern=_SAFE_ID,
+        description="Name of this run's output folder; default <job name>-<UTC timestamp>. "
+        "Rerunning an existing run_id replaces that run's output.")
+    min_rows_per_file: int = Field(50_000, ge=1, description="Rows gathered before a Parquet file "
+                                   "is written (fewer only for the last files of a run).")
+    max_rows_per_file: int = Field(500_000, ge=1, description="Upper bound on rows per Parquet file.")
+
+
+class RunSpec(_Spec):
+    """How the run behaves as a whole."""
+
+    max_error_rate: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="Error budget: if more than this fraction of images are error rows, the run "
+        "fails and commits nothing. null: no budget.")
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join (ray://..., or 'auto'); default: the RAY_ADDRESS "
+        "environment variable, else a local Ray instance started for this run.")
+
+
+class ExampleSpec(_Spec):
+    """Self-contained examples: materialise data and a model that a dependency ships."""
+
+    dataset: Literal["digits"] = Field(
+        description="digits: scikit-learn's 1,797 handwritten digits, written as PNG files into "
+        "source.uri (one folder per class) when that folder holds no images yet.")
+    train_model: bool = Field(
+        True, description="Train the example model into model.uri when no artifact is there yet.")
+
+
+class JobSpec(_Spec):
+    """One imgclf job: list an archive, classify every image, commit Parquet."""
+
+    name: str = Field(pattern=_SAFE_ID, description="Job name; part of the default run id.")
+    description: str = Field("", description="Free text for people.")
+    source: SourceSpec = Field(description="Where the images are.")
+    decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
+    model: ModelSpec = Field(description="Which model to apply.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Planner overrides.")
+    storage: StorageSpec = Field(StorageSpec(), description="Object-storage settings shared by "
+                                 "source, sink and model URIs.")
+    sink: SinkSpec = Field(description="Where the output goes.")
+    run: RunSpec = Field(RunSpec(), description="Run-wide behaviour.")
+    example: Optional[ExampleSpec] = Field(None, description="Bundled example data and model.")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z0-9_.]+", key.strip()):
+        raise SpecError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML scalars / flow lists)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: {'.'.join(path[:i + 1])} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> Optional[int]:
+    """1-based line of the deepest node of ``loc`` present in the YAML text."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(part)]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind, loc = err["type"], err["loc"]
+    if kind == "extra_forbidden":
+        if str(loc[-1]).lower() in _SECRET_KEYS:
+            return ("credentials do not belong in a job spec; use the environment "
+                    "(AWS_ACCESS_KEY_ID ...), storage.profile, or the machine's role")
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    return err["msg"]
+
+
+def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ...] = ()) -> JobSpec:
+    """Validate a mapping as a JobSpec; errors name ``origin`` and the dotted key.
+
+    ``overridden`` lists the dotted keys that came from ``--set``, so that an error in one of them
+    points at the command line rather than at a line of the file.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: a job spec is a mapping of keys, got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+            dotted = ".".join(str(p) for p in loc) or "(top level)"
+            from_set = [k for k in overridden if dotted == k or dotted.startswith(k + ".")]
+            line = _line_of(text, loc) if text and not from_set else None
+            where = f"{origin} (--set {from_set[0]})" if from_set else f"{origin}:{line}" if line else origin
+            lines.append(f"{where}: {dotted}: {_describe(err)}")
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> JobSpec:
+    """Read a YAML job spec, apply ``--set`` overrides, validate. Raises SpecError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read job spec ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if data is None:
+        data = {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
+        data = apply_overrides(data, overrides)
+    keys = tuple(item.partition("=")[0].strip() for item in overrides or ())
+    return parse_spec(data, str(path), text, keys)
