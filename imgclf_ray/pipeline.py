@@ -54,25 +54,23 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
     """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(include_dashboard=False, **kwargs)
     # Right after start-up the node may not have reported its resources yet; the planner needs them.
     deadline = time.monotonic() + 30
-    while not ray.available_resources().get("CPU") and time.monotonic() < deadline:
+    while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:
         time.sleep(0.1)
     import ray.data  # configures the "ray.data" logger; adjust it after that
 
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):  # the console; the session log keeps all
             handler.addFilter(_drop_startup_cpu_warning)
-            if not verbose:
-                handler.setLevel(logging.WARNING)
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _drop_startup_cpu_warning(record: logging.LogRecord) -> bool:
@@ -83,7 +81,9 @@ def _drop_startup_cpu_warning(record: logging.LogRecord) -> bool:
 
 def _decode_options(spec: JobSpec) -> DecodeOptions:
     d = spec.decode
-    return DecodeOptions(d.max_image_pixels, d.allow_truncated, d.exif_transpose, d.frame, tuple(d.background))
+    return DecodeOptions(max_image_pixels=d.max_image_pixels, allow_truncated=d.allow_truncated,
+                         exif_transpose=d.exif_transpose, frame=d.frame, jpeg_draft=d.jpeg_draft,
+                         background=tuple(d.background))
 
 
 def _pyarrow_fs(fs):

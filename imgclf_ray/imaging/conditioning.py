@@ -37,19 +37,25 @@ class Conditioning:
 
 
 def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolation = "bilinear") -> Image.Image:
-    """Scale so that the shorter side is ``size`` pixels, keeping the aspect ratio."""
+    """Scale so that the shorter side is ``size`` pixels, keeping the aspect ratio.
+
+    Sizes are computed as torchvision's ``Resize(size)`` does (the longer side truncated), so
+    weights trained with torchvision's transforms see the same pixels here.
+    """
     w, h = img.size
     if min(w, h) == size:
         return img
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
     return img.resize(new, _RESAMPLE[interpolation])
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Cut the central ``size`` x ``size`` square (the image must be at least that large)."""
+    """Cut the central ``size`` x ``size`` square, placed as torchvision's ``CenterCrop`` does."""
     w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 

@@ -28,6 +28,7 @@ class DecodeOptions:
     allow_truncated: bool = False
     exif_transpose: bool = True
     frame: int = 0
+    jpeg_draft: bool = False
     background: tuple[int, int, int] = (255, 255, 255)
 
 
@@ -78,8 +79,8 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions(),
                  target_short_side: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an RGB Pillow image, EXIF orientation applied.
 
-    Returns the image and its full-resolution (width, height) as displayed (after orientation). When
-    ``target_short_side`` is given and the file is a JPEG much larger than that, the DCT-domain
+    Returns the image and its full-resolution (width, height) as displayed (after orientation). With
+    ``options.jpeg_draft``, a ``target_short_side`` and a JPEG much larger than that, the DCT-domain
     draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the target.
     Raises DecodeError with a readable cause for anything that is not a decodable image.
     """
@@ -121,7 +122,7 @@ def _decode(data: bytes, options: DecodeOptions,
                 raise DecodeError(f"frame {options.frame} asked for (decode.frame), the file has "
                                   f"{n_frames}")
             img.seek(options.frame)
-        if target_short_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        if options.jpeg_draft and target_short_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             scale = target_short_side / min(width, height)
             if scale < 0.5:
                 img.draft(img.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))

@@ -1,0 +1,114 @@
+"""Session-wide real services: one local Ray instance, one moto S3 server on 127.0.0.1.
+
+Dummy AWS credentials are set before Ray starts so that its worker processes inherit them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}.items():
+    os.environ[_key] = _value
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray instance for the whole session (2 CPUs, like the CI machine)."""
+    import ray
+
+    from imgclf_ray.pipeline import ensure_ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ensure_ray()
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real S3 API (moto) on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    """An s3fs filesystem on a fresh moto state with bucket 'archive' and 'output'."""
+    import s3fs
+
+    req = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    urllib.request.urlopen(req).close()
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(endpoint_url=moto_server, use_listings_cache=False)
+    fs.mkdir("archive")
+    fs.mkdir("output")
+    return fs
+
+
+@pytest.fixture(scope="session")
+def sample_photo():
+    """A real photograph scikit-learn ships (427x640 RGB), as a Pillow image."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    return Image.fromarray(load_sample_images().images[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A seeded, untrained resnet18 artifact with 10 labels on 32-px inputs (fast to build)."""
+    import torch
+
+    from imgclf_ray.models.artifact import save_artifact
+    from imgclf_ray.models.torch_classifier import build_network
+
+    torch.manual_seed(0)
+    net = build_network("resnet18", 10)
+    uri = str(tmp_path_factory.mktemp("model"))
+    save_artifact(uri, {
+        "architecture": "resnet18",
+        "labels": [f"class{i}" for i in range(10)],
+        "preprocess": {"resize": 36, "crop": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
+    }, net.state_dict())
+    return uri

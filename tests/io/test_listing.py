@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from imgclf_ray.errors import SourceError
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.spec import SourceSpec, StorageSpec
+
+
+@pytest.fixture
+def archive(tmp_path):
+    for rel in ["a.jpg", "b.PNG", "notes.txt", ".hidden.jpg", "x/c.jpeg", "x/y/d.png", "z/e.tif", "z/_tmp.jpg"]:
+        p = tmp_path / "arch" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"12345")
+    return tmp_path / "arch"
+
+
+def names(table):
+    return [u.rsplit("/arch/", 1)[1] for u in table.column("uri").to_pylist()]
+
+
+def test_lists_recursively_with_extension_filter(archive):
+    table = list_archive(SourceSpec(uri=str(archive)))
+    assert names(table) == ["a.jpg", "b.PNG", "x/c.jpeg", "x/y/d.png", "z/e.tif"]
+    assert table.column("uri")[0].as_py().startswith("file:///")
+    assert set(table.column("size").to_pylist()) == {5}
+    assert all(e.startswith("mtime:") for e in table.column("etag").to_pylist())
+
+
+def test_non_recursive_glob_and_single_file(archive):
+    assert names(list_archive(SourceSpec(uri=str(archive), recursive=False))) == ["a.jpg", "b.PNG"]
+    assert names(list_archive(SourceSpec(uri=f"{archive}/x/**/*.png"))) == ["x/y/d.png"]
+    assert names(list_archive(SourceSpec(uri=f"file://{archive}/z/e.tif"))) == ["z/e.tif"]
+    assert names(list_archive(SourceSpec(uri=str(archive), extensions=["tif"]))) == ["z/e.tif"]
+
+
+def test_missing_and_empty_locations_are_clear_errors(tmp_path):
+    with pytest.raises(SourceError, match="no such folder or prefix"):
+        list_archive(SourceSpec(uri=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no files with extensions"):
+        list_archive(SourceSpec(uri=str(tmp_path / "empty")))
+
+
+@pytest.mark.s3
+def test_s3_listing_has_etags(s3, moto_server):
+    for key in ["p/1.jpg", "p/sub/2.png", "p/sub/deeper/3.png", "p/readme.md", "q/4.jpg"]:
+        s3.pipe(f"archive/{key}", b"abc")
+    storage = StorageSpec(endpoint_url=moto_server)
+    table = list_archive(SourceSpec(uri="s3://archive/p"), storage)
+    assert table.column("uri").to_pylist() == [
+        "s3://archive/p/1.jpg", "s3://archive/p/sub/2.png", "s3://archive/p/sub/deeper/3.png"]
+    assert all(len(e) == 32 for e in table.column("etag").to_pylist())  # MD5 ETags
+    with pytest.raises(SourceError, match="no such folder"):
+        list_archive(SourceSpec(uri="s3://archive/nothing-here"), storage)
+    with pytest.raises(SourceError, match="cannot list|no such folder"):
+        list_archive(SourceSpec(uri="s3://no-such-bucket/x"), storage)

@@ -1,0 +1,91 @@
+"""Artifacts load only when intact, and never through pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.models.artifact import CARD_FILE, read_card
+from imgclf_ray.models.torch_classifier import TorchClassifier
+
+
+def _copy(src: str, dst: Path) -> Path:
+    dst.mkdir()
+    for f in Path(src).iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_round_trip_gives_probabilities(tiny_model):
+    clf = TorchClassifier(tiny_model, threads=1)
+    probs = clf.predict_proba(np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert clf.model_id == read_card(tiny_model).model_id() and clf.model_id.startswith("sha256:")
+
+
+def test_tampered_weights_are_refused(tiny_model, tmp_path):
+    art = _copy(tiny_model, tmp_path / "art")
+    blob = bytearray((art / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (art / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="does not match the model card"):
+        TorchClassifier(str(art))
+
+
+def test_missing_card_and_bad_card(tmp_path, tiny_model):
+    with pytest.raises(ArtifactError, match="no readable model_card.json"):
+        read_card(str(tmp_path))
+    art = _copy(tiny_model, tmp_path / "art")
+    card = json.loads((art / CARD_FILE).read_text())
+    card["preprocess"]["crop"] = 64
+    (art / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="crop 64 is larger than resize"):
+        read_card(str(art))
+
+
+def _with_weights(tiny_model: str, art: Path, blob: bytes, fmt: str) -> None:
+    import hashlib
+
+    card = json.loads((Path(tiny_model) / CARD_FILE).read_text())
+    card["weights"] = {"file": "model.pt", "format": fmt, "sha256": hashlib.sha256(blob).hexdigest()}
+    art.mkdir()
+    (art / "model.pt").write_bytes(blob)
+    (art / CARD_FILE).write_text(json.dumps(card))
+
+
+def test_state_dict_loads_with_weights_only(tiny_model, tmp_path):
+    import io
+
+    from safetensors.torch import load_file
+
+    buf = io.BytesIO()
+    torch.save(load_file(str(Path(tiny_model) / "model.safetensors")), buf)
+    _with_weights(tiny_model, tmp_path / "art", buf.getvalue(), "state_dict")
+    assert TorchClassifier(str(tmp_path / "art")).card.weights.format == "state_dict"
+
+
+class Payload:
+    def __reduce__(self):
+        return (Path("/tmp/imgclf-pwned").touch, ())
+
+
+def test_pickle_payload_is_never_executed(tiny_model, tmp_path):
+    _with_weights(tiny_model, tmp_path / "art", pickle.dumps({"x": Payload()}), "state_dict")
+    with pytest.raises(ArtifactError, match="not loadable as state_dict"):
+        TorchClassifier(str(tmp_path / "art"))
+    assert not Path("/tmp/imgclf-pwned").exists()
+
+
+def test_unknown_architecture(tiny_model, tmp_path):
+    art = _copy(tiny_model, tmp_path / "art")
+    card = json.loads((art / CARD_FILE).read_text())
+    card["architecture"] = "resnet_nope"
+    (art / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="unknown architecture 'resnet_nope'"):
+        TorchClassifier(str(art))

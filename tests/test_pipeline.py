@@ -1,0 +1,147 @@
+"""End to end on the session's real local Ray instance: bad input never kills a run, every listed
+input is in the committed output exactly once, and the labels equal the model's outside Ray."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from imgclf_ray.errors import RunFailed
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.io.sink import committed_files
+from imgclf_ray.pipeline import execute
+from imgclf_ray.spec import parse_spec
+from tests.corpus import bad_files, good_files
+
+pytestmark = pytest.mark.ray
+
+
+def make_spec(source: str, sink: str, model: str, **sections):
+    data = {"name": "t", "source": {"uri": source}, "model": {"uri": model, "topk": 3},
+            "sink": {"uri": sink}, "resources": {"decode_batch_size": 4, "batch_size": 8}}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_spec(data, "<test>")
+
+
+@pytest.fixture(scope="module")
+def mixed_archive(tmp_path_factory, sample_photo):
+    root = tmp_path_factory.mktemp("mixed")
+    for rel, data in {**good_files(sample_photo), **{k: v[0] for k, v in bad_files(sample_photo).items()}}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def read_run(sink: str, run_id: str):
+    files = committed_files(sink, run_id)
+    assert files, "run not committed"
+    return pq.read_table([f.removeprefix("file://") for f in files]).to_pylist()
+
+
+def reference_probabilities(model_uri: str, path: Path) -> np.ndarray:
+    """The same model applied outside Ray with torchvision's own transforms."""
+    import torch
+    from torchvision import transforms as T
+
+    import torchvision
+    from safetensors.torch import load_file
+
+    card = json.loads((Path(model_uri) / "model_card.json").read_text())
+    prep = card["preprocess"]
+    tf = T.Compose([T.Resize(prep["resize"]), T.CenterCrop(prep["crop"]), T.ToTensor(),
+                    T.Normalize(prep["mean"], prep["std"])])
+    net = torchvision.models.get_model(card["architecture"], num_classes=len(card["labels"]))
+    net.load_state_dict(load_file(str(Path(model_uri) / "model.safetensors")))
+    net.eval()
+    with torch.inference_mode():
+        x = tf(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).unsqueeze(0)
+        return torch.softmax(net(x), 1)[0].numpy()
+
+
+def test_bad_files_become_error_rows_and_good_ones_match_the_model(ray_session, mixed_archive, tiny_model, tmp_path, sample_photo):
+    spec = make_spec(str(mixed_archive), str(tmp_path / "out"), tiny_model)
+    manifest = list_archive(spec.source)
+    result = execute(spec, manifest, "run1")
+    rows = {Path(r["uri"].removeprefix("file://")).relative_to(mixed_archive).as_posix(): r
+            for r in read_run(spec.sink.uri, "run1")}
+
+    expected_bad = bad_files(sample_photo)
+    good = good_files(sample_photo)
+    assert set(rows) == set(expected_bad) | set(good)
+    assert len(rows) == manifest.num_rows == result.rows
+    for rel, (_, fragment) in expected_bad.items():
+        row = rows[rel]
+        assert row["status"] == "error" and fragment in row["error"], (rel, row["error"])
+        assert row["label"] is None and row["topk_labels"] is None and row["width"] is None
+    for rel in good:
+        row = rows[rel]
+        assert row["status"] == "ok" and row["error"] is None
+        ref = reference_probabilities(tiny_model, mixed_archive / rel)
+        assert row["label"] == f"class{int(ref.argmax())}"
+        assert row["score"] == pytest.approx(float(ref.max()), abs=1e-4)
+        assert row["topk_scores"] == sorted(row["topk_scores"], reverse=True) and len(row["topk_labels"]) == 3
+        assert row["run_id"] == "run1" and row["model_id"].startswith("sha256:")
+    assert rows["good/photo-0.jpg"]["width"] == 320 and rows["good/photo-0.jpg"]["height"] == 240
+    assert result.by_status == {"ok": len(good), "error": len(expected_bad)}
+    assert result.errors_by_stage == {"decode": len(expected_bad)}
+
+    run_dir = tmp_path / "out" / "run1"
+    manifest_json = json.loads((run_dir / "_manifest.json").read_text())
+    assert manifest_json["rows"] == len(rows) and (run_dir / "_SUCCESS").exists()
+    assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_file_deleted_after_listing_is_a_read_error(ray_session, tiny_model, tmp_path, sample_photo):
+    archive = tmp_path / "arch"
+    archive.mkdir()
+    for rel, data in good_files(sample_photo, n_digits=3).items():
+        (archive / Path(rel).name).write_bytes(data)
+    spec = make_spec(str(archive), str(tmp_path / "out"), tiny_model)
+    manifest = list_archive(spec.source)
+    (archive / "photo-1.jpg").unlink()
+    execute(spec, manifest, "r")
+    rows = {Path(r["uri"]).name: r for r in read_run(spec.sink.uri, "r")}
+    assert len(rows) == manifest.num_rows
+    assert rows["photo-1.jpg"]["status"] == "error"
+    assert rows["photo-1.jpg"]["error"].startswith("read: FileNotFoundError")
+    assert sum(r["status"] == "ok" for r in rows.values()) == manifest.num_rows - 1
+
+
+def test_error_budget_fails_the_run_and_commits_nothing(ray_session, mixed_archive, tiny_model, tmp_path):
+    spec = make_spec(str(mixed_archive), str(tmp_path / "out"), tiny_model, run={"max_error_rate": 0.2})
+    with pytest.raises(RunFailed, match=r"5 of 16 images failed \(31.2%\), over the error budget of 20.0%"):
+        execute(spec, list_archive(spec.source), "over")
+    assert committed_files(spec.sink.uri, "over") == []
+    assert glob.glob(str(tmp_path / "out" / "**" / "*"), recursive=True) == []
+
+
+def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_model, tmp_path, sample_photo):
+    archive = tmp_path / "arch"
+    archive.mkdir()
+    for rel, data in good_files(sample_photo, n_digits=4).items():
+        (archive / Path(rel).name).write_bytes(data)
+    out = tmp_path / "out"
+    spec = make_spec(str(archive), str(out), tiny_model)
+    manifest = list_archive(spec.source)
+    execute(spec, manifest, "nightly")
+    # A crashed attempt left staged files behind; readers must not see them.
+    leftover = out / "_staging" / "nightly" / "deadbeef"
+    leftover.mkdir(parents=True)
+    (leftover / "x-0.parquet.staged").write_bytes(b"partial")
+    execute(spec, manifest, "nightly")
+    visible = glob.glob(str(out / "**" / "*.parquet"), recursive=True)
+    assert all("/nightly/part-" in v for v in visible)
+    rows = pq.read_table(visible).to_pylist()
+    assert len(rows) == manifest.num_rows
+    assert len({r["image_id"] for r in rows}) == manifest.num_rows
+    assert (leftover / "x-0.parquet.staged").exists()  # another attempt's files are not ours to delete
+    assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet"]

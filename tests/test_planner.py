@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from imgclf_ray.errors import SpecError
+from imgclf_ray.planner import plan_resources
+from imgclf_ray.spec import ResourcesSpec
+
+
+def test_two_cpu_laptop_leaves_a_cpu_for_decoding():
+    plan = plan_resources({"CPU": 2.0})
+    assert plan.actors == 1 and plan.cpus_per_actor == 1 and plan.gpus_per_actor == 0
+    assert plan.actors * plan.cpus_per_actor + plan.decode_cpus <= 2
+
+
+def test_one_cpu_machine_shares_it():
+    plan = plan_resources({"CPU": 1.0})
+    assert plan.actors * plan.cpus_per_actor + plan.decode_cpus <= 1
+    assert plan.torch_threads == 1
+
+
+def test_big_cpu_node_keeps_a_quarter_for_decoding():
+    plan = plan_resources({"CPU": 16.0})
+    assert plan.device == "cpu" and plan.cpus_per_actor == 2 and plan.actors == 6
+    assert plan.torch_threads == 2
+
+
+def test_gpus_get_one_actor_each():
+    plan = plan_resources({"CPU": 16.0, "GPU": 4.0})
+    assert plan.device == "cuda" and plan.actors == 4 and plan.gpus_per_actor == 1
+    assert plan_resources({"CPU": 16.0, "GPU": 4.0}, device="cpu").device == "cpu"
+    assert plan_resources({"CPU": 16.0, "GPU": 4.0}, ResourcesSpec(gpus_per_actor=0)).device == "cpu"
+
+
+def test_overrides_and_impossible_requests():
+    plan = plan_resources({"CPU": 8.0}, ResourcesSpec(actors=3, batch_size=7, cpus_per_actor=2))
+    assert (plan.actors, plan.batch_size, plan.cpus_per_actor) == (3, 7, 2)
+    with pytest.raises(SpecError, match="leave no CPU for reading"):
+        plan_resources({"CPU": 2.0}, ResourcesSpec(actors=2))
+    with pytest.raises(SpecError, match="no GPUs"):
+        plan_resources({"CPU": 2.0}, device="cuda")

@@ -1,0 +1,117 @@
+"""Job specs are refused before Ray starts, with the file and the dotted key named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.errors import SpecError
+from imgclf_ray.spec import load_spec
+
+from tests.conftest import REPO
+
+GOOD = """\
+name: demo
+source:
+  uri: data/archive
+model:
+  uri: data/model
+sink:
+  uri: out/demo
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_spec_gets_documented_defaults(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.decode.allow_truncated is False
+    assert spec.decode.max_image_pixels == 89_478_485
+    assert ".jpg" in spec.source.extensions
+    assert spec.run.max_error_rate is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD.replace("  uri: data/archive", "  uri: data/archive\n  recursve: true"),
+     "job.yaml:4: source.recursve: unknown key"),
+    (GOOD + "decode:\n  frame: first\n", "job.yaml:9: decode.frame: Input should be a valid integer"),
+    (GOOD.replace("sink:\n  uri: out/demo\n", ""), "job.yaml: sink: required field is missing"),
+    (GOOD + "run:\n  max_error_rate: 1.5\n", "job.yaml:9: run.max_error_rate: Input should be less than or equal to 1"),
+    (GOOD + "storage:\n  secret: abc\n", "storage.secret: credentials do not belong in a job spec"),
+    ("name: [unclosed\n", "job.yaml:2: not valid YAML"),
+    ("- a\n- b\n", "job.yaml: a job spec is a mapping"),
+])
+def test_bad_specs_name_file_line_and_key(tmp_path, text, expected):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_set_overrides_parse_yaml_values_and_create_sections(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD), [
+        "source.uri=s3://bucket/prefix", "run.max_error_rate=0.1",
+        "source.extensions=[.png, JPG]", "storage.endpoint_url=http://127.0.0.1:9000",
+    ])
+    assert spec.source.uri == "s3://bucket/prefix"
+    assert spec.run.max_error_rate == 0.1
+    assert spec.source.extensions == [".png", ".jpg"]
+    assert spec.storage.endpoint_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("source.urls=x", "job.yaml (--set source.urls): source.urls: unknown key"),
+    ("model.topk=0", "job.yaml (--set model.topk): model.topk: Input should be greater than or equal to 1"),
+    ("noequals", "--set 'noequals': expected dotted.key=value"),
+    ("name.first=x", "--set 'name.first=x': name is not a mapping"),
+])
+def test_bad_overrides_point_at_the_command_line(tmp_path, override, expected):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, GOOD), [override])
+    assert expected in str(info.value)
+
+
+def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(main, ["validate", str(write(tmp_path, GOOD))])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    bad = runner.invoke(main, ["validate", str(write(tmp_path, GOOD + "sinks: 1\n"))])
+    assert bad.exit_code == 2
+    assert "job.yaml:8: sinks: unknown key" in bad.output
+    missing = runner.invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "cannot read job spec" in missing.output
+
+
+def test_validate_as_a_user_runs_it(tmp_path):
+    """A real process: exit code 2, one message on stderr, no traceback, neither torch nor ray loaded."""
+    job = write(tmp_path, GOOD + "extra_key: 1\n")
+    probe = ("import sys, runpy; sys.argv = ['imgclf', 'validate', %r]\n"
+             "try:\n    runpy.run_module('imgclf_ray.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print('loaded:', [m for m in ('torch', 'ray') if m in sys.modules]); raise") % str(job)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "extra_key: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "loaded: []" in proc.stdout
+
+
+@pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_validates_and_can_be_pointed_elsewhere(job):
+    spec = load_spec(job, ["source.uri=s3://other-bucket/images", "sink.uri=s3://other-bucket/out"])
+    assert spec.source.uri == "s3://other-bucket/images" and spec.sink.uri == "s3://other-bucket/out"
+
+
+def test_import_and_help_stay_light():
+    probe = ("import sys, imgclf_ray, imgclf_ray.cli, imgclf_ray.pipeline, imgclf_ray.stages;"
+             "print([m for m in ('torch', 'ray', 'torchvision') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
