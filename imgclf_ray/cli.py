@@ -71,5 +71,14 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     click.echo(format_summary(result))
 
 
+@main.command()
+@click.argument("what", type=click.Choice(["spec", "schema"]), default="spec")
+def reference(what: str) -> None:
+    """Print the job-spec reference or the output schema as Markdown (as in the README)."""
+    from imgclf_ray.reference import schema_reference, spec_reference
+
+    click.echo(spec_reference() if what == "spec" else schema_reference())
+
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """The job spec: what a YAML file in ``jobs/`` may say, validated before Ray starts.
 
 Every field carries a description; the README's job-spec reference is generated from them
-(``imgclf spec-reference``). Unknown keys are refused (``extra="forbid"``) so that a typo never
+(``imgclf reference spec``). Unknown keys are refused (``extra="forbid"``) so that a typo never
 silently falls back to a default.
 """
 

@@ -1,0 +1,58 @@
+"""The CLI as a user drives it: the quickstart end to end, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.io.sink import committed_files
+from imgclf_ray.models.artifact import read_card
+from tests.conftest import REPO
+
+QUICKSTART = str(REPO / "jobs" / "quickstart.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_quickstart_end_to_end(ray_session, tmp_path):
+    where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
+             f"--set=sink.uri={tmp_path}/out"]
+    first = CliRunner().invoke(main, ["run", QUICKSTART, "--run-id", "first", "--quiet", *where])
+    assert first.exit_code == 0, first.output
+    assert "wrote 1797 digit images" in first.output and "training a resnet18" in first.output
+    assert "run first: 1797 images" in first.output and "status : ok: 1797" in first.output
+    card = read_card(f"{tmp_path}/model")
+    assert card.metrics["test_accuracy"] >= 0.95
+
+    rows = pq.read_table([f.removeprefix("file://") for f in committed_files(f"{tmp_path}/out", "first")]).to_pylist()
+    assert len(rows) == 1797
+    truth = [r["uri"].rsplit("/", 2)[1] for r in rows]
+    accuracy = sum(t == r["label"] for t, r in zip(truth, rows)) / len(rows)
+    assert accuracy >= 0.95
+
+    again = CliRunner().invoke(main, ["run", QUICKSTART, "--run-id", "second", "-q", *where])
+    assert again.exit_code == 0, again.output
+    assert "training" not in again.output and "wrote" not in again.output  # cached data and model
+    assert f"model  : {card.model_id()}" in again.output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("source.uri={tmp}/nowhere", "nowhere: no such folder or prefix (source.uri)"),
+    ("model.uri={tmp}/nomodel", "nomodel: no readable model_card.json"),
+])
+def test_run_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, override, message):
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "x.png").write_bytes(b"not really")
+    args = ["run", QUICKSTART, "--set", "example=null", "--set", f"source.uri={tmp_path}/arch",
+            "--set", f"model.uri={tiny_model}", "--set", f"sink.uri={tmp_path}/out",
+            "--set", override.format(tmp=tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "validate" in result.output and "run" in result.output
