@@ -28,6 +28,14 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class StageError(Exception):
+    """A per-row failure tagged with the stage it happened in."""
+
+    def __init__(self, stage: str, cause: str):
+        super().__init__(f"{stage}: {cause}")
+        self.stage = stage
+
+
 class LoadStage:
     """read -> decode -> condition, one row at a time; adds frame, width, height, status, error,
     pixels (N, C, H, W uint8). Error rows carry zero pixels and width = height = 0."""
@@ -66,14 +74,6 @@ class LoadStage:
                 status[i], error[i] = STATUS_ERROR, str(exc)
         return {**batch, "frame": np.full(n, self.decode.frame, dtype=np.int32), "width": width,
                 "height": height, "status": status, "error": error, "pixels": pixels}
-
-
-class StageError(Exception):
-    """A per-row failure tagged with the stage it happened in."""
-
-    def __init__(self, stage: str, cause: str):
-        super().__init__(f"{stage}: {cause}")
-        self.stage = stage
 
 
 class PredictStage:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
-
 import fsspec
 from fsspec.core import url_to_fs
 
@@ -56,8 +54,3 @@ def describe_os_error(exc: BaseException) -> str:
         return "PermissionError: access denied"
     text = str(exc) or repr(exc)
     return f"{type(exc).__name__}: {text}"
-
-
-def storage_options(uri: str, storage: StorageSpec) -> dict[str, Any]:
-    """fsspec options for ``uri`` (for libraries that take them, e.g. pyarrow via fsspec)."""
-    return storage.fsspec_options(_protocol(uri))
