@@ -50,7 +50,8 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--run-id", default=None, help="Run id (output folder name); overrides sink.run_id.")
 @click.option("--address", default=None, help="Ray cluster address; overrides run.ray_address.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars (for cron and logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Progress as a log line every 10 s instead of bars "
+              "(the default when stderr is not a terminal, e.g. under cron).")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
 def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Optional[str],
         quiet: bool, verbose: bool) -> None:
@@ -65,7 +66,7 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     from imgclf_ray.report.summary import format_summary
 
     try:
-        result = run_job(spec, progress=not quiet, verbose=verbose)
+        result = run_job(spec, quiet=quiet, verbose=verbose)
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))

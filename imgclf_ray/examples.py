@@ -14,6 +14,7 @@ import numpy as np
 
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.models.artifact import CARD_FILE, ModelCard, save_artifact
+from imgclf_ray.report.progress import Mode, Progress
 from imgclf_ray.spec import JobSpec, SourceSpec, StorageSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def load_labelled_folder(uri: str, card_preprocess: dict, storage: StorageSpec =
 
 
 def train_digits_model(archive_uri: str, model_uri: str, storage: StorageSpec = StorageSpec(),
-                       architecture: str = "resnet18", epochs: int = 6, seed: int = 0) -> ModelCard:
+                       architecture: str = "resnet18", epochs: int = 6, seed: int = 0,
+                       progress: Mode = "off") -> ModelCard:
     """Train a torchvision CNN on the digits archive; save it as a safe artifact at ``model_uri``.
 
     A seeded, stratified 80/20 split; the held-out accuracy goes into the model card.
@@ -88,15 +90,18 @@ def train_digits_model(archive_uri: str, model_uri: str, storage: StorageSpec = 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     gen = np.random.default_rng(seed)
     net.train()
-    for _ in range(epochs):
-        order = gen.permutation(len(x_train))
-        for start in range(0, len(order), 64):
-            idx = order[start:start + 64]
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(normalise(x_train[idx])), torch.from_numpy(y_train[idx]))
-            loss.backward()
-            opt.step()
-            sched.step()
+    with Progress("training", steps, unit="step", mode=progress) as shown:
+        for _ in range(epochs):
+            order = gen.permutation(len(x_train))
+            for start in range(0, len(order), 64):
+                idx = order[start:start + 64]
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(net(normalise(x_train[idx])),
+                                                         torch.from_numpy(y_train[idx]))
+                loss.backward()
+                opt.step()
+                sched.step()
+                shown.update()
     net.eval()
     with torch.inference_mode():
         pred = np.concatenate([net(normalise(x_test[i:i + 256])).argmax(1).numpy()
@@ -126,7 +131,7 @@ def _has_images(source: SourceSpec, storage: StorageSpec) -> bool:
     return True
 
 
-def prepare(spec: JobSpec, echo=print) -> None:
+def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
     """Materialise the spec's example data and model where they are missing (no-op otherwise)."""
     if spec.example is None:
         return
@@ -137,6 +142,6 @@ def prepare(spec: JobSpec, echo=print) -> None:
     fs, model_path = filesystem(spec.model.uri, spec.storage)
     if spec.example.train_model and not fs.exists(join(model_path, CARD_FILE)):
         echo(f"example: training a resnet18 on the digits into {spec.model.uri} ...")
-        card = train_digits_model(spec.source.uri, spec.model.uri, spec.storage)
+        card = train_digits_model(spec.source.uri, spec.model.uri, spec.storage, progress=progress)
         echo(f"example: trained in {card.training['seconds']} s, held-out accuracy "
              f"{card.metrics['test_accuracy']:.3f}")

@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +28,7 @@ from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.models.artifact import ModelCard, read_card
 from imgclf_ray.planner import Plan, plan_resources
+from imgclf_ray.report.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,32 @@ class RunResult:
     images_per_second: float
     model_id: str
     plan: dict[str, Any] = field(default_factory=dict)
+    errors_by_cause: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    spec_digest: str = ""
+    started_at: str = ""
+    listing_seconds: Optional[float] = None
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable run summary (``run_summary.json`` next to the output)."""
+        return {
+            "run_id": self.run_id,
+            "output_uri": self.output_uri,
+            "started_at": self.started_at,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),
+            "rows": self.rows,
+            "images_per_second": round(self.images_per_second, 2),
+            "by_status": self.by_status,
+            "by_label": self.by_label,
+            "by_cluster": {},
+            "curation_flags": {},
+            "errors": {"by_stage": self.errors_by_stage, "by_cause": self.errors_by_cause},
+            "stages": self.stages,
+            "resources": self.plan,
+            "model_id": self.model_id,
+            "spec_digest": self.spec_digest,
+        }
 
 
 def default_run_id(spec: JobSpec) -> str:
@@ -69,14 +100,22 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
 
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):  # the console; the session log keeps all
-            handler.addFilter(_drop_startup_cpu_warning)
+            handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _drop_startup_cpu_warning(record: logging.LogRecord) -> bool:
-    # Ray Data warns "no available CPUs ... will hang" when a run starts while from_arrow's
-    # block-metadata tasks still hold the CPUs; they finish in a moment, so the warning misleads.
-    return "does not have any available CPUs" not in record.getMessage()
+_MISLEADING = (
+    # Logged when a run starts while from_arrow's block-metadata tasks still hold the CPUs; they
+    # finish in a moment, so "the Dataset job will hang" is wrong.
+    "does not have any available CPUs",
+    # Logged because we switch Ray Data's bars off in favour of our own progress display.
+    "Progress bars disabled",
+)
+
+
+def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in _MISLEADING)
 
 
 def _decode_options(spec: JobSpec) -> DecodeOptions:
@@ -111,7 +150,8 @@ def _counts(column: pa.ChunkedArray) -> dict[str, int]:
                        key=lambda kv: (-kv[1], str(kv[0]))))
 
 
-def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan, run_id: str):
+def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan, run_id: str,
+                  reporter=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -121,7 +161,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
     blocks = -(-manifest.num_rows // plan.decode_batch_size)
     ds = ray.data.from_arrow(manifest, override_num_blocks=blocks)
     ds = ds.map_batches(
-        LoadStage(spec.storage, _decode_options(spec), card.preprocess.conditioning()),
+        LoadStage(spec.storage, _decode_options(spec), card.preprocess.conditioning(), reporter),
         batch_size=plan.decode_batch_size,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,
@@ -134,6 +174,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
         fn_constructor_kwargs={
             "model_uri": spec.model.uri, "storage": spec.storage, "topk": spec.model.topk,
             "run_id": run_id, "device": plan.device, "threads": plan.torch_threads,
+            "reporter": reporter,
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -143,7 +184,8 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
     )
 
 
-def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None) -> RunResult:
+def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
+            progress: Mode = "off", listing_seconds: Optional[float] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
     Ray must be initialised. Raises RunFailed (nothing committed) when the error budget is exceeded
@@ -156,26 +198,34 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None) -> 
     plan = plan_resources(ray.cluster_resources(), spec.resources, spec.model.device)
     log.info("plan: %s", plan)
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage)
+    started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
-    ds = build_dataset(spec, manifest, card, plan, run_id)
+    metrics = ray.remote(num_cpus=0)(StageMetrics).remote()
+    ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics))
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
-        ds.write_parquet(
-            staging_path,
-            filesystem=_pyarrow_fs(fs),
-            filename_provider=_StagedNames(),
-            min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
-            max_rows_per_file=spec.sink.max_rows_per_file,
-            schema=OUTPUT_SCHEMA,
-        )
+        with _Watch(metrics, Progress("classify", manifest.num_rows, mode=progress)):
+            ds.write_parquet(
+                staging_path,
+                filesystem=_pyarrow_fs(fs),
+                filename_provider=_StagedNames(),
+                min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
+                max_rows_per_file=spec.sink.max_rows_per_file,
+                schema=OUTPUT_SCHEMA,
+            )
         wall = time.perf_counter() - started
         stats = _staged_stats(staging)
         _check_complete(manifest, stats)
         result = _result(spec, run_id, stats, wall, card, plan)
+        result.stages = ray.get(metrics.snapshot.remote())
+        result.started_at, result.listing_seconds = started_at, listing_seconds
         _check_budget(spec, result)
     except BaseException:
         staging.discard()
         raise
+    finally:
+        ray.kill(metrics)
+    summary = result.summary()
     sink.commit(staging, {
         "job": spec.name,
         "model_id": result.model_id,
@@ -183,8 +233,71 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None) -> 
         "errors_by_stage": result.errors_by_stage,
         "wall_seconds": round(wall, 3),
         "plan": result.plan,
-    })
+    }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode()})
     return result
+
+
+class StageMetrics:
+    """Rows and worker seconds per stage, summed over all tasks and actors (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}
+
+    def add(self, stage: str, rows: int, seconds: float) -> None:
+        entry = self.totals.setdefault(stage, [0, 0.0])
+        entry[0] += rows
+        entry[1] += seconds
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {stage: {"rows": int(rows), "worker_seconds": round(sec, 3),
+                        "rows_per_worker_second": round(rows / sec, 1) if sec > 0 else None}
+                for stage, (rows, sec) in self.totals.items()}
+
+
+class _ActorReporter:
+    """The stages' reporter: forwards (stage, rows, seconds) to the StageMetrics actor, without
+    waiting for an answer."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __call__(self, stage: str, rows: int, seconds: float) -> None:
+        self.handle.add.remote(stage, rows, seconds)
+
+
+class _Watch:
+    """Polls the metrics actor in a background thread and moves the progress display."""
+
+    def __init__(self, metrics, progress: Progress, every: float = 0.5):
+        self.metrics, self.progress, self.every = metrics, progress, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _poll(self) -> None:
+        import ray
+
+        done = ray.get(self.metrics.snapshot.remote()).get("predict", {}).get("rows", 0)
+        self.progress.set(done)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - progress display must never break a run
+                log.debug("progress poll failed", exc_info=True)
+
+    def __enter__(self) -> "_Watch":
+        if self.progress.mode != "off":
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            if exc_type is None:
+                self._poll()
+        self.progress.close()
 
 
 class _StagedNames:
@@ -220,6 +333,9 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Mode
         if errors.num_rows else pa.chunked_array([], pa.string())
     ok = stats.filter(pc.equal(stats.column("status"), STATUS_OK))
     sample = errors.slice(0, 20).select(["uri", "error"]).to_pylist()
+    causes: dict[str, int] = {}
+    for message in errors.column("error").to_pylist():
+        causes[error_cause(message)] = causes.get(error_cause(message), 0) + 1
     return RunResult(
         run_id=run_id,
         output_uri=join(spec.sink.uri, run_id),
@@ -232,19 +348,41 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Mode
         images_per_second=stats.num_rows / wall if wall > 0 else 0.0,
         model_id=card.model_id(),
         plan=asdict(plan),
+        errors_by_cause=dict(sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        spec_digest=spec_digest(spec),
     )
 
 
-def run_job(spec: JobSpec, run_id: Optional[str] = None, progress: bool = True,
+def error_cause(message: str) -> str:
+    """The kind of an error message, for grouping: details in parentheses and numbers dropped
+    ('decode: image is NxN = N pixels, over the decompression-bomb limit of N ...')."""
+    head = re.split(r"\s[(;]", message or "", maxsplit=1)[0]
+    return re.sub(r"\d[\d,.]*", "N", head).strip()
+
+
+def spec_digest(spec: JobSpec) -> str:
+    """sha256 of the validated spec (defaults filled in), to tell runs of different specs apart."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
             verbose: bool = False) -> RunResult:
-    """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit."""
+    """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit.
+
+    Progress goes to stderr: a bar on a terminal, a log line every 10 s otherwise or with ``quiet``.
+    """
     from imgclf_ray import examples
 
-    examples.prepare(spec)
+    mode = resolve_mode(quiet)
+    examples.prepare(spec, progress=mode)
     read_card(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
-    manifest = list_archive(spec.source, spec.storage)
+    listing_started = time.perf_counter()
+    manifest = list_archive(spec.source, spec.storage, progress=mode)
+    listing_seconds = time.perf_counter() - listing_started
     ensure_ray(spec.run.ray_address, verbose)
     import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    return execute(spec, manifest, run_id)
+    # Our own progress display replaces Ray Data's bars (one count, shown once).
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds)

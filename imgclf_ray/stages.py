@@ -7,8 +7,9 @@ stage catches failures per row: a row that fails gets ``status="error"`` and
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,11 @@ from imgclf_ray.imaging.decode import DecodeError, DecodeOptions, decode_image
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.spec import StorageSpec
+
+
+# Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
+# the wall seconds spent in it. The pipeline passes one that forwards to a Ray actor.
+Reporter = Callable[[str, int, float], None]
 
 
 def _cause(exc: BaseException) -> str:
@@ -40,25 +46,31 @@ class LoadStage:
     """read -> decode -> condition, one row at a time; adds frame, width, height, status, error,
     pixels (N, C, H, W uint8). Error rows carry zero pixels and width = height = 0."""
 
-    def __init__(self, storage: StorageSpec, decode: DecodeOptions, conditioning: Conditioning):
+    def __init__(self, storage: StorageSpec, decode: DecodeOptions, conditioning: Conditioning,
+                 reporter: Optional[Reporter] = None):
         self.storage = storage
         self.decode = decode
         self.cond = conditioning
+        self.reporter = reporter
+        self._timing: dict[str, list[float]] = {}
+
+    def _timed(self, stage: str, fn, *args):
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an error row for this stage
+            raise StageError(stage, _cause(exc)) from exc
+        finally:
+            entry = self._timing.setdefault(stage, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
 
     def load_one(self, uri: str) -> tuple[np.ndarray, int, int]:
         """Pixels and (width, height) of one image; raises tagged errors ('read: ...')."""
-        try:
-            data = read_bytes(uri, self.storage)
-        except Exception as exc:  # noqa: BLE001 - any read failure becomes an error row
-            raise StageError("read", _cause(exc)) from exc
-        try:
-            img, (width, height) = decode_image(data, self.decode, self.cond.crop or self.cond.resize)
-        except Exception as exc:  # noqa: BLE001
-            raise StageError("decode", _cause(exc)) from exc
-        try:
-            return condition(img, self.cond), width, height
-        except Exception as exc:  # noqa: BLE001
-            raise StageError("preprocess", _cause(exc)) from exc
+        data = self._timed("read", read_bytes, uri, self.storage)
+        img, (width, height) = self._timed("decode", decode_image, data, self.decode,
+                                           self.cond.crop or self.cond.resize)
+        return self._timed("preprocess", condition, img, self.cond), width, height
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
@@ -67,11 +79,15 @@ class LoadStage:
         height = np.zeros(n, dtype=np.int32)
         status = np.full(n, STATUS_OK, dtype=object)
         error = np.full(n, None, dtype=object)
+        self._timing = {}
         for i, uri in enumerate(batch["uri"]):
             try:
                 pixels[i], width[i], height[i] = self.load_one(str(uri))
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
+        if self.reporter is not None:
+            for stage, (rows, seconds) in self._timing.items():
+                self.reporter(stage, rows, seconds)
         return {**batch, "frame": np.full(n, self.decode.frame, dtype=np.int32), "width": width,
                 "height": height, "status": status, "error": error, "pixels": pixels}
 
@@ -84,9 +100,11 @@ class PredictStage:
     """
 
     def __init__(self, model_uri: str, storage: StorageSpec, topk: int, run_id: str,
-                 device: str = "auto", threads: Optional[int] = None):
+                 device: str = "auto", threads: Optional[int] = None,
+                 reporter: Optional[Reporter] = None):
         from imgclf_ray.models.torch_classifier import TorchClassifier
 
+        self.reporter = reporter
         self.classifier = TorchClassifier(model_uri, storage, device=device, threads=threads)
         self.labels = np.asarray(self.classifier.card.labels, dtype=object)
         self.topk = min(topk, len(self.labels))
@@ -108,6 +126,7 @@ class PredictStage:
         return probs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        started = time.perf_counter()
         status = np.asarray(batch["status"], dtype=object).copy()
         # Nulls of a string column may come back from Arrow as None or NaN.
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
@@ -139,4 +158,7 @@ class PredictStage:
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,
         }
-        return pa.table(columns, schema=OUTPUT_SCHEMA)
+        table = pa.table(columns, schema=OUTPUT_SCHEMA)
+        if self.reporter is not None:
+            self.reporter("predict", n, time.perf_counter() - started)
+        return table

@@ -97,6 +97,16 @@ def test_bad_files_become_error_rows_and_good_ones_match_the_model(ray_session, 
     run_dir = tmp_path / "out" / "run1"
     manifest_json = json.loads((run_dir / "_manifest.json").read_text())
     assert manifest_json["rows"] == len(rows) and (run_dir / "_SUCCESS").exists()
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert summary["by_status"] == result.by_status and summary["rows"] == len(rows)
+    assert summary["errors"]["by_cause"] == {
+        "decode: empty file": 1, "decode: image is NxN = N pixels, over the decompression-bomb limit of N": 1,
+        "decode: looks like HTML/XML text, not an image": 1, "decode: not a format Pillow can identify": 1,
+        "decode: truncated file": 1}
+    stages = summary["stages"]
+    assert stages["read"]["rows"] == len(rows) and stages["predict"]["rows"] == len(rows)
+    assert stages["decode"]["rows"] == len(rows) and stages["preprocess"]["rows"] == len(good)
+    assert summary["spec_digest"].startswith("sha256:") and summary["resources"]["actors"] == 1
     assert not (tmp_path / "out" / "_staging").exists()
 
 
@@ -144,4 +154,4 @@ def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_m
     assert len(rows) == manifest.num_rows
     assert len({r["image_id"] for r in rows}) == manifest.num_rows
     assert (leftover / "x-0.parquet.staged").exists()  # another attempt's files are not ours to delete
-    assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet"]
+    assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet", "run_summary.json"]

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.storage import describe_os_error, filesystem, to_uri
+from imgclf_ray.report.progress import Mode, Progress
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 MANIFEST_SCHEMA = pa.schema([
@@ -42,10 +43,11 @@ def _keep(path: str, info: dict[str, Any], extensions: tuple[str, ...]) -> bool:
             and name.lower().endswith(extensions))
 
 
-def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
+def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progress: Mode = "off") -> pa.Table:
     """List every image under ``source.uri`` as a manifest table sorted by uri.
 
-    Raises SourceError when the location does not exist, cannot be read, or holds no image.
+    ``progress`` shows the sub-prefixes listed so far. Raises SourceError when the location does
+    not exist, cannot be read, or holds no image.
     """
     fs, root = filesystem(source.uri, storage)
     extensions = tuple(source.extensions)
@@ -65,9 +67,11 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa
                 else:
                     found[entry["name"]] = entry
             if source.recursive and subdirs:
-                with ThreadPoolExecutor(min(_LIST_THREADS, len(subdirs))) as pool:
+                with ThreadPoolExecutor(min(_LIST_THREADS, len(subdirs))) as pool, \
+                        Progress("listing", len(subdirs), unit="prefix", mode=progress) as shown:
                     for part in pool.map(lambda d: fs.find(d, detail=True), subdirs):
                         found.update(part)
+                        shown.update()
     except SourceError:
         raise
     except OSError as exc:

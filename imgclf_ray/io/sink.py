@@ -4,6 +4,7 @@ Layout under ``sink.uri``::
 
     <run_id>/part-00000.parquet ...   committed data files (the only *.parquet files outside _staging)
     <run_id>/_manifest.json           files, row counts, run facts
+    <run_id>/run_summary.json         counts, errors by stage and cause, stage throughput (alerting)
     <run_id>/_SUCCESS                 written last: a run without it is not committed
     _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged
 
@@ -19,7 +20,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow.parquet as pq
 
@@ -29,6 +30,7 @@ from imgclf_ray.spec import StorageSpec
 STAGED_SUFFIX = ".parquet.staged"
 MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"
+SUMMARY_FILE = "run_summary.json"
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,11 @@ def staged_filename(write_uuid: str, task_index: int) -> str:
     return f"{write_uuid}_{task_index:06d}-{{i}}{STAGED_SUFFIX}"
 
 
-def commit(staging: Staging, facts: dict[str, Any]) -> dict[str, Any]:
+def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[str, bytes]] = None) -> dict[str, Any]:
     """Publish the staged files as run ``staging.run_id``; returns the manifest written.
 
-    ``facts`` (counts, model id, plan ...) are recorded in the manifest as they are.
+    ``facts`` (counts, model id, plan ...) are recorded in the manifest as they are;
+    ``extra_files`` (name -> bytes, e.g. run_summary.json) are written beside it, before _SUCCESS.
     """
     fs, _ = filesystem(staging.sink_uri, staging.storage)
     _, run_path = filesystem(staging.run_uri, staging.storage)
@@ -105,6 +108,8 @@ def commit(staging: Staging, facts: dict[str, Any]) -> dict[str, Any]:
         "files": files,
         **facts,
     }
+    for name, blob in (extra_files or {}).items():
+        fs.pipe_file(join(run_path, name), blob)
     fs.pipe_file(join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
     staging.discard()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import io
+
+from imgclf_ray.report.progress import Progress, resolve_mode
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_log_mode_prints_a_line_per_interval_with_rate_and_eta():
+    out, clock = io.StringIO(), Clock()
+    with Progress("classify", 1000, mode="log", interval=10, stream=out, clock=clock) as p:
+        for _ in range(30):
+            clock.now += 1
+            p.update(20)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # at 10 s, 20 s, 30 s, and the closing line
+    assert lines[0] == "classify: 200/1000 (20.0%) img, 20.0 img/s, elapsed 0:10, ETA 0:40"
+    assert lines[-1].startswith("classify: 600/1000 (60.0%)")
+
+
+def test_bar_mode_on_a_terminal_and_log_mode_elsewhere():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert resolve_mode(stream=Tty()) == "bar" and resolve_mode(stream=io.StringIO()) == "log"
+    assert resolve_mode(quiet=True, stream=Tty()) == "log"
+    out = Tty()
+    with Progress("listing", 3, unit="prefix", mode="bar", stream=out) as p:
+        p.update(3)
+    assert "listing" in out.getvalue() and "3/3" in out.getvalue()
+
+
+def test_off_mode_is_silent():
+    out = io.StringIO()
+    with Progress("x", 5, mode="off", stream=out) as p:
+        p.update(5)
+    assert out.getvalue() == ""
