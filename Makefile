@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install browser demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,18 @@ install: $(STAMP)
 demo: install
 	$(BIN)/imgclf run jobs/quickstart.yaml
 
-## The whole suite (real local Ray, moto S3 server on 127.0.0.1).
-test: install
+## Headless Chromium for the report test (Debian's package; needs root, as in CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: chromium could not be installed; the browser test skips outside CI"
+
+## The whole suite (real local Ray, moto S3 server on 127.0.0.1, headless Chromium).
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Everything but the tests marked slow.
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:

@@ -72,6 +72,59 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     click.echo(format_summary(result))
 
 
+def _storage_options(fn):
+    """--endpoint-url / --region / --profile for commands that read outputs directly."""
+    fn = click.option("--profile", default=None, help="AWS profile for s3:// URIs.")(fn)
+    fn = click.option("--region", default=None, help="Region for s3:// URIs.")(fn)
+    return click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO ...).")(fn)
+
+
+def _storage(endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]):
+    from imgclf_ray.spec import StorageSpec
+
+    return StorageSpec(endpoint_url=endpoint_url, region=region, profile=profile)
+
+
+@main.command()
+@click.argument("output_uri")
+@_storage_options
+def runs(output_uri: str, endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+    """List the committed runs under a sink location, oldest first."""
+    from imgclf_ray.io.sink import list_runs
+
+    found = list_runs(output_uri, _storage(endpoint_url, region, profile))
+    if not found:
+        click.echo(f"{output_uri}: no committed run")
+        return
+    click.echo(f"{'run id':<36} {'committed at (UTC)':<20} {'rows':>9} {'ok':>9} {'errors':>7}  model")
+    for m in found:
+        counts = m.get("by_status", {})
+        click.echo(f"{m['run_id']:<36} {m.get('committed_at', '')[:19]:<20} {m.get('rows', 0):>9} "
+                   f"{counts.get('ok', 0):>9} {counts.get('error', 0):>7}  {m.get('model_id', '')[:19]}")
+
+
+@main.command()
+@click.argument("output_uri")
+@click.option("--run", "run_id", default=None, help="Run id (default: the latest committed run, or "
+              "OUTPUT_URI itself when it is a run folder).")
+@click.option("-o", "--out", default=None, help="Where to write the HTML (local or s3://); default "
+              "<run_id>-report.html here.")
+@click.option("--truth-from-folder", is_flag=True, help="Take each image's parent folder name as its "
+              "true label (folder-per-class archives): adds a confusion matrix and per-class metrics.")
+@_storage_options
+def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_from_folder: bool,
+           endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+    """Write a self-contained HTML report of a committed run."""
+    from imgclf_ray.report.html import write_report
+
+    try:
+        where = write_report(output_uri, run_id, out, _storage(endpoint_url, region, profile),
+                             truth_from_folder=truth_from_folder)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(f"report written to {where}")
+
+
 @main.command()
 @click.argument("what", type=click.Choice(["spec", "schema"]), default="spec")
 def reference(what: str) -> None:

@@ -41,3 +41,11 @@ def test_s3_archive_to_s3_output(ray_session, s3, moto_server, tiny_model, sampl
     assert all(len(r["etag"]) == 32 for r in rows.values())
     # Readers globbing for Parquet see the committed files only.
     assert sorted(s3.glob("output/labels/**/*.parquet")) == sorted(f.removeprefix("s3://") for f in files)
+    # The report reads the run and the source images from S3, and can be written there too.
+    from imgclf_ray.report.html import write_report
+
+    where = write_report("s3://output/labels", out="s3://output/reports/night-1.html", storage=spec.storage)
+    page = s3.cat("output/reports/night-1.html").decode()
+    assert where == "s3://output/reports/night-1.html"
+    assert page.count('<img class="thumb" src="data:image/jpeg;base64,') >= 7
+    assert "Errors (1)" in page and "s3://archive/cams/bad/page.jpg" in page

@@ -118,9 +118,58 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
 
 def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:
     """URIs of a committed run's data files, from its manifest; [] if the run is not committed."""
-    run_uri = join(sink_uri, run_id)
+    return run_files(join(sink_uri, run_id), storage)
+
+
+def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
+    """URIs of the data files of the run folder ``run_uri``; [] if it is not committed."""
     fs, run_path = filesystem(run_uri, storage)
     if not fs.exists(join(run_path, SUCCESS_FILE)):
         return []
     manifest = json.loads(fs.cat_file(join(run_path, MANIFEST_FILE)))
     return [to_uri(fs, join(run_path, f["path"])) for f in manifest["files"]]
+
+
+def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[dict[str, Any]]:
+    """A JSON file of a run folder (``_manifest.json``, ``run_summary.json``), or None if absent."""
+    fs, run_path = filesystem(run_uri, storage)
+    try:
+        return json.loads(fs.cat_file(join(run_path, name)))
+    except FileNotFoundError:
+        return None
+
+
+def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:
+    """The committed runs under ``sink_uri`` (folders with _SUCCESS), oldest commit first; each is
+    its manifest plus ``uri``."""
+    fs, root = filesystem(sink_uri, storage)
+    if not fs.isdir(root):
+        return []
+    runs = []
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or name.startswith(("_", ".")):
+            continue
+        if not fs.exists(join(entry["name"], SUCCESS_FILE)):
+            continue
+        manifest = json.loads(fs.cat_file(join(entry["name"], MANIFEST_FILE)))
+        runs.append({**manifest, "uri": to_uri(fs, entry["name"].rstrip("/"))})
+    return sorted(runs, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
+
+
+def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()) -> str:
+    """The URI of one committed run: ``output_uri`` itself when it is a run folder, else its run
+    ``run_id``, else its latest committed run. Raises UserError when there is none."""
+    from imgclf_ray.errors import UserError
+
+    fs, path = filesystem(output_uri, storage)
+    if run_id is None and fs.exists(join(path, SUCCESS_FILE)):
+        return output_uri.rstrip("/")
+    if run_id is not None:
+        if not fs.exists(join(path, run_id, SUCCESS_FILE)):
+            raise UserError(f"{output_uri}: run {run_id!r} is not committed (no _SUCCESS)")
+        return join(output_uri, run_id)
+    runs = list_runs(output_uri, storage)
+    if not runs:
+        raise UserError(f"{output_uri}: no committed run here")
+    return join(output_uri, runs[-1]["run_id"])

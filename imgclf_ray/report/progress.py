@@ -41,6 +41,7 @@ class Progress:
         self.count = 0
         self.started = clock()
         self._last_log = self.started
+        self._logged_count: Optional[int] = None
         self._bar = None
         if self.mode == "bar":
             from tqdm import tqdm
@@ -72,12 +73,13 @@ class Progress:
 
     def _log(self) -> None:
         self._last_log = self.clock()
+        self._logged_count = self.count
         print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "log":
+        elif self.mode == "log" and self._logged_count != self.count:
             self._log()
 
     def __enter__(self) -> "Progress":

@@ -20,7 +20,7 @@ def test_log_mode_prints_a_line_per_interval_with_rate_and_eta():
             clock.now += 1
             p.update(20)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 4  # at 10 s, 20 s, 30 s, and the closing line
+    assert len(lines) == 3  # at 10 s, 20 s and 30 s; the closing line would repeat the last
     assert lines[0] == "classify: 200/1000 (20.0%) img, 20.0 img/s, elapsed 0:10, ETA 0:40"
     assert lines[-1].startswith("classify: 600/1000 (60.0%)")
 
@@ -43,3 +43,11 @@ def test_off_mode_is_silent():
     with Progress("x", 5, mode="off", stream=out) as p:
         p.update(5)
     assert out.getvalue() == ""
+
+
+def test_closing_line_is_not_repeated():
+    out, clock = io.StringIO(), Clock()
+    with Progress("classify", 10, mode="log", interval=1, stream=out, clock=clock) as p:
+        clock.now = 2
+        p.set(10)
+    assert out.getvalue().count("classify: 10/10") == 1

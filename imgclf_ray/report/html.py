@@ -1,0 +1,324 @@
+"""``imgclf report``: one self-contained HTML page about a committed run.
+
+No CDN, no external file: CSS inline, charts (matplotlib) and image thumbnails as data URIs. Sections
+appear when the run has what they show: a confusion matrix when true labels are known, cluster and
+curation sections when the output has ``cluster`` / ``is_<check>`` columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imgclf_ray.io import sink
+from imgclf_ray.io.storage import filesystem, read_bytes
+from imgclf_ray.spec import StorageSpec
+
+THUMB = 96
+_COLUMNS = ("uri", "status", "error", "label", "score", "cluster")
+
+
+@dataclass
+class RunData:
+    """A committed run as the report sees it."""
+
+    uri: str
+    manifest: dict[str, Any]
+    summary: Optional[dict[str, Any]]
+    table: pa.Table
+
+
+def load_run(run_uri: str, storage: StorageSpec = StorageSpec()) -> RunData:
+    """Read the manifest, the summary and the columns the report needs (not the whole rows)."""
+    files = sink.run_files(run_uri, storage)
+    fs, _ = filesystem(run_uri, storage)
+    tables = []
+    for uri in files:
+        with fs.open(filesystem(uri, storage)[1], "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            names = [n for n in pf.schema_arrow.names if n in _COLUMNS or n.startswith("is_")
+                     or n == "true_label"]
+            tables.append(pf.read(columns=names))
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    return RunData(run_uri, sink.read_run_json(run_uri, sink.MANIFEST_FILE, storage) or {},
+                   sink.read_run_json(run_uri, sink.SUMMARY_FILE, storage), table)
+
+
+def thumbnail(uri: str, storage: StorageSpec = StorageSpec(), size: int = THUMB) -> Optional[str]:
+    """A JPEG data URI of the image at ``uri``, at most ``size`` px; None if it cannot be read."""
+    from PIL import Image
+
+    from imgclf_ray.imaging.decode import decode_image
+
+    try:
+        img, _ = decode_image(read_bytes(uri, storage))
+    except Exception:  # noqa: BLE001 - a thumbnail that cannot be made is left out
+        return None
+    if max(img.size) < 64:  # tiny images (8x8 digits) enlarged with visible pixels
+        scale = 64 // max(img.size)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _bar_chart(counts: dict[str, int], title: str, xlabel: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(counts.items())[:40]
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(items) + 2), 3))
+    ax.bar([str(k) for k, _ in items], [v for _, v in items], color="#3b6ea5")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.tick_params(axis="x", rotation=45 if len(items) > 12 else 0)
+    return _figure_uri(fig)
+
+
+def _histogram(scores: np.ndarray) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(scores, bins=20, range=(0, 1), color="#3b6ea5")
+    ax.set_title("Confidence of the top label")
+    ax.set_xlabel("score")
+    ax.set_ylabel("images")
+    return _figure_uri(fig)
+
+
+def _confusion_chart(matrix: np.ndarray, labels: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = max(3.5, 0.45 * len(labels) + 1.5)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 12 else 0)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 20:
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                    color="white" if v > matrix.max() / 2 else "black")
+    return _figure_uri(fig)
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Thumbs:
+    """Fetches thumbnails in parallel (object stores answer slowly, one request at a time)."""
+
+    def __init__(self, storage: StorageSpec, budget: int):
+        self.storage, self.budget, self.cache = storage, budget, {}
+
+    def prefetch(self, uris: list[str]) -> None:
+        todo = [u for u in dict.fromkeys(uris) if u not in self.cache][: max(0, self.budget - len(self.cache))]
+        with ThreadPoolExecutor(8) as pool:
+            for uri, data in zip(todo, pool.map(lambda u: thumbnail(u, self.storage), todo)):
+                self.cache[uri] = data
+
+    def grid(self, items: list[tuple[str, str]]) -> str:
+        """Figures for (uri, caption) pairs whose thumbnail could be made."""
+        self.prefetch([u for u, _ in items])
+        cells = []
+        for uri, caption in items:
+            data = self.cache.get(uri)
+            if data:
+                cells.append(f'<figure><img class="thumb" src="{data}" alt="{_esc(uri)}" title="{_esc(uri)}">'
+                             f"<figcaption>{_esc(caption)}</figcaption></figure>")
+        return f'<div class="grid">{"".join(cells)}</div>'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d3557;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;opacity:.85;font-size:13px}
+main{padding:10px 28px 40px}section{background:#fff;border:1px solid #dde1e7;border-radius:8px;
+padding:14px 18px;margin:16px 0}h2{margin:0 0 10px;font-size:17px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px solid #dde1e7;padding:3px 8px;
+text-align:left;vertical-align:top}th{background:#eef1f5}
+.kpis{display:flex;gap:14px;flex-wrap:wrap}.kpi{background:#eef1f5;border-radius:6px;padding:8px 14px}
+.kpi b{display:block;font-size:20px}.grid{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:104px;text-align:center;font-size:11px;word-break:break-all}
+img.thumb{width:96px;height:96px;object-fit:contain;background:#222;border-radius:4px}
+img.chart{max-width:100%}td.err{color:#a4161a}h3{font-size:14px;margin:12px 0 6px}
+"""
+
+
+def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from_folder: bool = False,
+                  per_group: int = 8, max_thumbnails: int = 400) -> str:
+    """The HTML text of the report for ``run``."""
+    t = run.table
+    n = t.num_rows
+    m, s = run.manifest, run.summary or {}
+    thumbs = _Thumbs(storage, max_thumbnails)
+    status = _counts(t, "status")
+    ok = t.filter(pc.equal(t.column("status"), "ok")) if n else t
+    labels = _counts(ok, "label")
+    errors = t.filter(pc.equal(t.column("status"), "error")) if n else t
+    ok_labels = ok.column("label").to_pylist() if ok.num_rows else []
+    sections = []
+
+    kpis = [("images", n), ("ok", status.get("ok", 0)), ("errors", status.get("error", 0)),
+            ("labels", len(labels)), ("images/s", s.get("images_per_second", "-")),
+            ("wall time (s)", m.get("wall_seconds", "-"))]
+    meta_rows = [["run id", m.get("run_id")], ["job", m.get("job")], ["committed at", m.get("committed_at")],
+                 ["model id", m.get("model_id")], ["output", run.uri], ["spec digest", s.get("spec_digest")],
+                 ["files", len(m.get("files", []))]]
+    plan = m.get("plan") or {}
+    if plan:
+        meta_rows.append(["resources", ", ".join(f"{k}={v}" for k, v in plan.items())])
+    sections.append(('run', "Run", '<div class="kpis">' + "".join(
+        f'<div class="kpi" id="kpi-{_esc(k).replace(" ", "-").replace("/", "-")}"><b>{_esc(v)}</b>{_esc(k)}</div>'
+        for k, v in kpis) + "</div>" + _table(["field", "value"], meta_rows)))
+
+    stage_rows = [[k, v.get("rows"), v.get("worker_seconds"), v.get("rows_per_worker_second")]
+                  for k, v in (s.get("stages") or {}).items()]
+    sections.append(("status", "Status", _table(["status", "images"], [[k, v] for k, v in status.items()])
+                     + (_table(["stage", "rows", "worker seconds", "rows / worker second"], stage_rows)
+                        if stage_rows else "")))
+
+    if labels:
+        sections.append(("classes", "Class distribution",
+                         f'<img class="chart" src="{_bar_chart(labels, "Images per label", "label")}" alt="class distribution">'
+                         + _table(["label", "images", "share"],
+                                  [[k, v, f"{100 * v / max(1, ok.num_rows):.1f}%"] for k, v in labels.items()])))
+        scores = ok.column("score").to_numpy(zero_copy_only=False).astype(float)
+        uris = ok.column("uri").to_pylist()
+        order = np.argsort(scores)[:per_group * 2]
+        sections.append(("confidence", "Confidence",
+                         f'<img class="chart" src="{_histogram(scores)}" alt="confidence histogram">'
+                         f"<p>median score {np.median(scores):.3f}; {int((scores < 0.5).sum())} images below 0.5</p>"
+                         "<h3>Least confident</h3>"
+                         + thumbs.grid([(uris[i], f"{ok_labels[i]} {scores[i]:.2f}") for i in order])))
+        parts = []
+        for label in list(labels)[:40]:
+            rows = ok.filter(pc.equal(ok.column("label"), label))
+            best = np.argsort(-rows.column("score").to_numpy(zero_copy_only=False))[:per_group]
+            r_uris, r_scores = rows.column("uri").to_pylist(), rows.column("score").to_pylist()
+            parts.append(f"<h3>{_esc(label)} ({rows.num_rows})</h3>"
+                         + thumbs.grid([(r_uris[i], f"{r_scores[i]:.2f}") for i in best]))
+        sections.append(("exemplars", "Most confident images per label", "".join(parts)))
+
+    truth = _truth(ok, truth_from_folder)
+    if truth is not None and ok.num_rows:
+        sections.append(("confusion", "Against the true labels", _confusion(truth, ok_labels)))
+
+    if "cluster" in t.column_names:
+        clustered = t.filter(pc.is_valid(t.column("cluster")))
+        sizes = _counts(clustered, "cluster")
+        parts = [f'<img class="chart" src="{_bar_chart(sizes, "Images per cluster", "cluster")}" alt="cluster sizes">']
+        for cluster in list(sizes)[:30]:
+            rows = clustered.filter(pc.equal(clustered.column("cluster"), cluster))
+            parts.append(f"<h3>cluster {_esc(cluster)} ({rows.num_rows})</h3>"
+                         + thumbs.grid([(u, "") for u in rows.column("uri").to_pylist()[:per_group]]))
+        sections.append(("clusters", "Clusters", "".join(parts)))
+
+    flags = [c for c in t.column_names if c.startswith("is_")]
+    if flags:
+        counts = {c[3:]: int(pc.sum(t.column(c)).as_py() or 0) for c in flags}
+        parts = [_table(["check", "flagged", "share"],
+                        [[k, v, f"{100 * v / max(1, n):.1f}%"] for k, v in counts.items()])]
+        for c in flags:
+            flagged = t.filter(pc.fill_null(t.column(c), False))
+            if flagged.num_rows:
+                parts.append(f"<h3>{_esc(c[3:])} ({flagged.num_rows})</h3>"
+                             + thumbs.grid([(u, "") for u in flagged.column("uri").to_pylist()[:per_group]]))
+        sections.append(("curation", "Curation flags", "".join(parts)))
+
+    causes = (s.get("errors") or {}).get("by_cause") or {}
+    err_rows = [[u, e] for u, e in zip(errors.column("uri").to_pylist()[:200], errors.column("error").to_pylist()[:200])]
+    sections.append(("errors", f"Errors ({errors.num_rows})",
+                     (_table(["cause", "images"], [[k, v] for k, v in causes.items()]) if causes else "")
+                     + (_table(["uri", "error"], err_rows, "errors") if err_rows else "<p>No errors.</p>")))
+
+    body = "".join(f'<section id="{sid}"><h2>{_esc(title)}</h2>{content}</section>'
+                   for sid, title, content in sections)
+    title = f"imgclf run {m.get('run_id', '')}"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body><header><h1>{_esc(title)}</h1>"
+            f"<p>{n} images · {status.get('ok', 0)} ok · {status.get('error', 0)} errors · "
+            f"model {_esc(m.get('model_id', '-'))}</p></header><main>{body}</main></body></html>")
+
+
+def _counts(t: pa.Table, column: str) -> dict[Any, int]:
+    """Value -> rows, most frequent first (values keep their type: cluster ids stay ints)."""
+    if not t.num_rows or column not in t.column_names:
+        return {}
+    pairs = [(c["values"], c["counts"]) for c in t.column(column).value_counts().to_pylist()
+             if c["values"] is not None]
+    return dict(sorted(pairs, key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _truth(ok: pa.Table, from_folder: bool) -> Optional[list[str]]:
+    if "true_label" in ok.column_names:
+        return [None if v is None else str(v) for v in ok.column("true_label").to_pylist()]
+    if from_folder:
+        return [u.rstrip("/").rsplit("/", 2)[-2] for u in ok.column("uri").to_pylist()]
+    return None
+
+
+def _confusion(truth: list[Optional[str]], predicted: list[str]) -> str:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    pairs = [(t, p) for t, p in zip(truth, predicted) if t is not None]
+    y_true, y_pred = [t for t, _ in pairs], [p for _, p in pairs]
+    labels = sorted(set(y_true) | set(y_pred))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    rows = [[lab, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", int(n)] for lab, p, r, f, n in zip(labels, precision, recall, f1, support)]
+    acc = accuracy_score(y_true, y_pred)
+    bal = balanced_accuracy_score(y_true, y_pred)
+    return (f'<p id="accuracy">accuracy <b>{acc:.4f}</b> · balanced accuracy {bal:.4f} · '
+            f"macro F1 {float(np.mean(f1)):.4f} · {len(y_true)} images with a true label</p>"
+            f'<img class="chart" src="{_confusion_chart(matrix, labels)}" alt="confusion matrix">'
+            + _table(["label", "precision", "recall", "F1", "support"], rows))
+
+
+def write_report(output_uri: str, run_id: Optional[str] = None, out: Optional[str] = None,
+                 storage: StorageSpec = StorageSpec(), truth_from_folder: bool = False) -> str:
+    """Render the report of a committed run and write it to ``out`` (default
+    ``<run_id>-report.html`` in the current directory). Returns where it was written."""
+    run_uri = sink.resolve_run(output_uri, run_id, storage)
+    run = load_run(run_uri, storage)
+    page = render_report(run, storage, truth_from_folder=truth_from_folder)
+    out = out or f"{run.manifest.get('run_id', 'run')}-report.html"
+    fs, path = filesystem(out, storage)
+    fs.pipe_file(path, page.encode())
+    return out

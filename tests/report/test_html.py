@@ -1,0 +1,106 @@
+"""The HTML report, looked at in a real headless browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgclf_ray.cli import main
+from imgclf_ray.io import sink
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.pipeline import execute
+from imgclf_ray.report.html import load_run, render_report
+from tests.corpus import bad_files, digit_images, png_bytes
+from tests.test_pipeline import make_spec
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars"]
+
+
+@pytest.fixture(scope="module")
+def labelled_run(ray_session, tmp_path_factory, tiny_model, sample_photo):
+    """A committed run over a folder-per-class archive: 12 digits in 3 folders plus 2 bad files."""
+    root = tmp_path_factory.mktemp("labelled")
+    for i, (name, img) in enumerate(digit_images(12)):
+        folder = root / f"class{i % 3}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.png").write_bytes(png_bytes(img))
+    (root / "class0" / "page.jpg").write_bytes(bad_files(sample_photo)["bad/page.jpg"][0])
+    (root / "class1" / "empty.jpg").write_bytes(b"")
+    out = tmp_path_factory.mktemp("out")
+    spec = make_spec(str(root), str(out), tiny_model)
+    execute(spec, list_archive(spec.source), "labelled")
+    return out
+
+
+def _browser(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={cwd / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_report_in_a_headless_browser(labelled_run, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: `make test` installs it")
+        pytest.skip("chromium not installed (make test installs it)")
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", str(labelled_run), "-o", str(page), "--truth-from-folder"])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert not re.search(r"""(src|href)=["']?https?://""", text), "report must be self-contained"
+
+    shot = tmp_path / "shot.png"
+    _browser("--window-size=1280,2400", f"--screenshot={shot}", page.as_uri(), cwd=tmp_path)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280) and pixels.std() > 10  # something is drawn, not a blank page
+
+    dom = _browser("--dump-dom", page.as_uri(), cwd=tmp_path).stdout
+    for section in ("run", "status", "classes", "confidence", "exemplars", "confusion", "errors"):
+        assert f'id="{section}"' in dom, section
+    assert re.search(r'id="kpi-images"><b>14</b>', dom)
+    assert re.search(r'id="kpi-errors"><b>2</b>', dom)
+    assert "Errors (2)" in dom and "decode: looks like HTML" in dom and "decode: empty file" in dom
+    assert len(re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', dom)) >= 12
+    assert len(re.findall(r'<img class="chart" src="data:image/png;base64,', dom)) == 3
+    assert re.search(r'id="accuracy">accuracy <b>0\.\d{4}</b>', dom)
+
+
+@pytest.mark.ray
+def test_cluster_and_curation_sections_appear_with_their_columns(labelled_run, tmp_path):
+    """Runs whose rows carry cluster / is_<check> columns get those sections with thumbnails."""
+    run = load_run(str(labelled_run / "labelled"))
+    t = run.table
+    n = t.num_rows
+    t = t.append_column("cluster", pa.array(np.arange(n) % 2, pa.int32()))
+    t = t.append_column("is_dark", pa.array([i < 3 for i in range(n)]))
+    staging = sink.Staging.new(str(tmp_path), "curated")
+    Path(staging.uri).mkdir(parents=True)
+    pq.write_table(t, Path(staging.uri) / "x-0.parquet.staged")
+    sink.commit(staging, {"job": "t"})
+    html = render_report(load_run(str(tmp_path / "curated")))
+    assert 'id="clusters"' in html and "cluster 0 (7)" in html and "cluster 1 (7)" in html
+    assert 'id="curation"' in html and "<td>dark</td><td>3</td>" in html
+    assert 'id="confusion"' not in html  # no true labels asked for
+
+
+@pytest.mark.ray
+def test_runs_lists_committed_runs_only(labelled_run):
+    result = CliRunner().invoke(main, ["runs", str(labelled_run)])
+    assert result.exit_code == 0
+    assert re.search(r"labelled\s+\S+\s+14\s+12\s+2\s+sha256:", result.output)
+    missing = CliRunner().invoke(main, ["report", str(labelled_run), "--run", "nope"])
+    assert missing.exit_code == 1 and "run 'nope' is not committed" in missing.output
