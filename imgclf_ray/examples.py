@@ -15,7 +15,7 @@ import numpy as np
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.models.artifact import CARD_FILE, ModelCard, save_artifact
 from imgclf_ray.report.progress import Mode, Progress
-from imgclf_ray.spec import JobSpec, SourceSpec, StorageSpec
+from imgclf_ray.spec import DecodeSpec, JobSpec, SourceSpec, StorageSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ def write_digits_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
 def load_labelled_folder(uri: str, card_preprocess: dict, storage: StorageSpec = StorageSpec()):
     """(pixels N x C x H x W uint8, labels) from a folder-per-class archive, decoded and conditioned
     exactly as inference does it."""
-    from imgclf_ray.imaging.decode import DecodeOptions
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.models.artifact import PreprocessCard
     from imgclf_ray.stages import LoadStage
@@ -50,7 +49,7 @@ def load_labelled_folder(uri: str, card_preprocess: dict, storage: StorageSpec =
     prep = PreprocessCard(**card_preprocess, mean=[0.0] * card_preprocess["channels"],
                           std=[1.0] * card_preprocess["channels"])
     manifest = list_archive(SourceSpec(uri=uri), storage)
-    loader = LoadStage(storage, DecodeOptions(), prep.conditioning())
+    loader = LoadStage(storage, DecodeSpec(), prep.conditioning())
     uris = manifest.column("uri").to_pylist()
     pixels = np.stack([loader.load_one(u)[0] for u in uris])
     labels = np.array([u.rstrip("/").split("/")[-2] for u in uris])

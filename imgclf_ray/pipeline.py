@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgclf_ray.errors import RunFailed
-from imgclf_ray.imaging.decode import DecodeOptions
 from imgclf_ray.io import sink
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
@@ -100,7 +99,8 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
 
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):  # the console; the session log keeps all
-            handler.addFilter(_drop_misleading_warnings)
+            if _drop_misleading_warnings not in handler.filters:
+                handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -116,13 +116,6 @@ _MISLEADING = (
 def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not any(text in message for text in _MISLEADING)
-
-
-def _decode_options(spec: JobSpec) -> DecodeOptions:
-    d = spec.decode
-    return DecodeOptions(max_image_pixels=d.max_image_pixels, allow_truncated=d.allow_truncated,
-                         exif_transpose=d.exif_transpose, frame=d.frame, jpeg_draft=d.jpeg_draft,
-                         background=tuple(d.background))
 
 
 def _pyarrow_fs(fs):
@@ -161,7 +154,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
     blocks = -(-manifest.num_rows // plan.decode_batch_size)
     ds = ray.data.from_arrow(manifest, override_num_blocks=blocks)
     ds = ds.map_batches(
-        LoadStage(spec.storage, _decode_options(spec), card.preprocess.conditioning(), reporter),
+        LoadStage(spec.storage, spec.decode, card.preprocess.conditioning(), reporter),
         batch_size=plan.decode_batch_size,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.imaging.conditioning import Conditioning, condition
-from imgclf_ray.imaging.decode import DecodeError, DecodeOptions, decode_image
+from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
-from imgclf_ray.spec import StorageSpec
+from imgclf_ray.spec import DecodeSpec, StorageSpec
 
 
 # Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
@@ -46,7 +46,7 @@ class LoadStage:
     """read -> decode -> condition, one row at a time; adds frame, width, height, status, error,
     pixels (N, C, H, W uint8). Error rows carry zero pixels and width = height = 0."""
 
-    def __init__(self, storage: StorageSpec, decode: DecodeOptions, conditioning: Conditioning,
+    def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Conditioning,
                  reporter: Optional[Reporter] = None):
         self.storage = storage
         self.decode = decode

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgclf_ray.imaging.decode import DecodeOptions
+from imgclf_ray.spec import DecodeSpec
 from imgclf_ray.io.schema import OUTPUT_SCHEMA
 from imgclf_ray.models.artifact import read_card
 from imgclf_ray.spec import StorageSpec
@@ -48,7 +48,7 @@ def test_load_stage_tags_each_failure_with_its_stage(tiny_model, tmp_path, sampl
     (tmp_path / "good.jpg").write_bytes(jpeg_bytes(sample_photo))
     (tmp_path / "empty.jpg").write_bytes(b"")
     cond = read_card(tiny_model).preprocess.conditioning()
-    out = LoadStage(StorageSpec(), DecodeOptions(), cond)({
+    out = LoadStage(StorageSpec(), DecodeSpec(), cond)({
         "uri": np.array([f"file://{tmp_path}/good.jpg", f"file://{tmp_path}/empty.jpg",
                          f"file://{tmp_path}/gone.jpg"], dtype=object)})
     assert out["status"].tolist() == ["ok", "error", "error"]

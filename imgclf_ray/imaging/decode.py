@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imgclf_ray.spec import DecodeSpec
+
 
 class DecodeError(ValueError):
     """The bytes are not an image we can decode; the message says why, for the error column."""
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Plain, picklable decode settings (mirrors ``spec.DecodeSpec``)."""
-
-    max_image_pixels: Optional[int] = int(1024 * 1024 * 1024 // 4 // 3)
-    allow_truncated: bool = False
-    exif_transpose: bool = True
-    frame: int = 0
-    jpeg_draft: bool = False
-    background: tuple[int, int, int] = (255, 255, 255)
 
 
 def _sniff(data: bytes) -> str:
@@ -75,7 +64,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, options: DecodeOptions = DecodeOptions(),
+def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
                  target_short_side: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an RGB Pillow image, EXIF orientation applied.
 
@@ -100,7 +89,7 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions(),
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
 
 
-def _decode(data: bytes, options: DecodeOptions,
+def _decode(data: bytes, options: DecodeSpec,
             target_short_side: Optional[int]) -> tuple[Image.Image, tuple[int, int]]:
     try:
         with warnings.catch_warnings():

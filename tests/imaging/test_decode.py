@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf_ray.imaging.decode import DecodeError, DecodeOptions, decode_image
+from imgclf_ray.imaging.decode import DecodeError, decode_image
+from imgclf_ray.spec import DecodeSpec
 from tests.corpus import bad_files, jpeg_bytes, png_bytes, png_header_only
 
 
@@ -23,18 +24,18 @@ def test_bad_files_raise_a_readable_decode_error(sample_photo, name):
 
 def test_truncated_jpeg_accepted_only_when_asked(sample_photo):
     data = jpeg_bytes(sample_photo)[:20_000]
-    img, size = decode_image(data, DecodeOptions(allow_truncated=True))
+    img, size = decode_image(data, DecodeSpec(allow_truncated=True))
     assert size == sample_photo.size and img.mode == "RGB"
 
 
 def test_pixel_limit_is_configurable():
     small = png_bytes(Image.new("RGB", (100, 100)))
     with pytest.raises(DecodeError, match="decode.max_image_pixels"):
-        decode_image(small, DecodeOptions(max_image_pixels=9_999))
-    assert decode_image(small, DecodeOptions(max_image_pixels=10_000))[1] == (100, 100)
+        decode_image(small, DecodeSpec(max_image_pixels=9_999))
+    assert decode_image(small, DecodeSpec(max_image_pixels=10_000))[1] == (100, 100)
     # null turns the guard off: the header is accepted, and the missing data is what fails.
     with pytest.raises(DecodeError, match="truncated|corrupt"):
-        decode_image(png_header_only(20_000, 20_000), DecodeOptions(max_image_pixels=None))
+        decode_image(png_header_only(20_000, 20_000), DecodeSpec(max_image_pixels=None))
 
 
 def test_exif_orientation_applied(sample_photo):
@@ -43,7 +44,7 @@ def test_exif_orientation_applied(sample_photo):
     data = jpeg_bytes(sample_photo, exif=exif.tobytes())
     img, size = decode_image(data)
     assert img.size == (427, 640) and size == (427, 640)
-    raw, raw_size = decode_image(data, DecodeOptions(exif_transpose=False))
+    raw, raw_size = decode_image(data, DecodeSpec(exif_transpose=False))
     assert raw.size == (640, 427) and raw_size == (640, 427)
 
 
@@ -65,7 +66,7 @@ def test_cmyk_palette_transparency_and_la_become_rgb(sample_photo):
     pal = Image.new("P", (4, 4), 0)
     pal.putpalette([255, 0, 0] + [0, 255, 0] * 255)
     pal.info["transparency"] = 0  # index 0 (red) is transparent
-    img, _ = decode_image(png_bytes(pal, transparency=0), DecodeOptions(background=(0, 0, 255)))
+    img, _ = decode_image(png_bytes(pal, transparency=0), DecodeSpec(background=(0, 0, 255)))
     assert np.asarray(img)[0, 0].tolist() == [0, 0, 255]
 
     la = Image.merge("LA", [Image.new("L", (4, 4), 200), Image.new("L", (4, 4), 0)])
@@ -81,15 +82,15 @@ def test_animated_gif_and_multipage_tiff_frames():
         data = buf.getvalue()
         first, _ = decode_image(data)
         assert np.asarray(first)[0, 0].argmax() == 0
-        third, _ = decode_image(data, DecodeOptions(frame=2))
+        third, _ = decode_image(data, DecodeSpec(frame=2))
         assert np.asarray(third)[0, 0].argmax() == 2
         with pytest.raises(DecodeError, match="frame 5"):
-            decode_image(data, DecodeOptions(frame=5))
+            decode_image(data, DecodeSpec(frame=5))
 
 
 def test_jpeg_draft_decodes_smaller_but_never_below_target(sample_photo):
     data = jpeg_bytes(sample_photo)
-    img, size = decode_image(data, DecodeOptions(jpeg_draft=True), target_short_side=100)
+    img, size = decode_image(data, DecodeSpec(jpeg_draft=True), target_short_side=100)
     assert size == (640, 427)
     assert 100 <= min(img.size) < 427
     assert decode_image(data, target_short_side=100)[0].size == (640, 427)  # off by default
