@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import logging
 import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from imgclf_ray.io.storage import filesystem, join
-from imgclf_ray.models.artifact import CARD_FILE, ModelCard, save_artifact
+from imgclf_ray.models.artifact import CARD_FILE, ModelCard, save_artifact, save_sklearn_artifact
 from imgclf_ray.report.progress import Mode, Progress
 from imgclf_ray.spec import DecodeSpec, JobSpec, SourceSpec, StorageSpec
 
@@ -39,17 +40,18 @@ def write_digits_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
     return len(digits.target)
 
 
-def load_labelled_folder(uri: str, card_preprocess: dict, storage: StorageSpec = StorageSpec()):
-    """(pixels N x C x H x W uint8, labels) from a folder-per-class archive, decoded and conditioned
-    exactly as inference does it."""
+def load_labelled_folder(uri: str, card_preprocess: dict, storage: StorageSpec = StorageSpec(),
+                         features: Optional[dict] = None):
+    """(inputs, labels) from a folder-per-class archive, decoded, conditioned and (with
+    ``features``) feature-extracted exactly as inference does it."""
     from imgclf_ray.io.listing import list_archive
-    from imgclf_ray.models.artifact import PreprocessCard
+    from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
     from imgclf_ray.stages import LoadStage
 
-    prep = PreprocessCard(**card_preprocess, mean=[0.0] * card_preprocess["channels"],
-                          std=[1.0] * card_preprocess["channels"])
+    prep = PreprocessCard(**card_preprocess)
     manifest = list_archive(SourceSpec(uri=uri), storage)
-    loader = LoadStage(storage, DecodeSpec(), prep.conditioning())
+    loader = LoadStage(storage, DecodeSpec(), prep.conditioning(),
+                       features=FeaturesCard(**features) if features else None)
     uris = manifest.column("uri").to_pylist()
     pixels = np.stack([loader.load_one(u)[0] for u in uris])
     labels = np.array([u.rstrip("/").split("/")[-2] for u in uris])
@@ -119,6 +121,47 @@ def train_digits_model(archive_uri: str, model_uri: str, storage: StorageSpec = 
     return card
 
 
+def _svm_hog():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    # SVC(probability=True) is deprecated: calibrated probabilities come from CalibratedClassifierCV.
+    return make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(C=10.0, gamma="scale"), cv=3))
+
+
+# name -> (preprocess, features, estimator factory) of the classical example models.
+SKLEARN_RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[], Any]]] = {
+    "svm-hog": ({"resize": 32, "crop": 32, "channels": 1},
+                {"name": "hog", "params": {"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2}},
+                _svm_hog),
+}
+
+
+def train_sklearn_example(recipe: str, archive_uri: str, model_uri: str,
+                          storage: StorageSpec = StorageSpec(), seed: int = 0) -> ModelCard:
+    """Fit a classical example model on a folder-per-class archive (features extracted with the
+    inference code) and save it with skops; the held-out accuracy goes into the card."""
+    import sklearn
+    from sklearn.model_selection import train_test_split
+
+    preprocess, features, make = SKLEARN_RECIPES[recipe]
+    started = time.perf_counter()
+    x, names = load_labelled_folder(archive_uri, preprocess, storage, features)
+    x_train, x_test, y_train, y_test = train_test_split(x, names, test_size=0.2, stratify=names, random_state=seed)
+    estimator = make().fit(x_train, y_train)
+    accuracy = float((estimator.predict(x_test) == y_test).mean())
+    return save_sklearn_artifact(model_uri, {
+        "preprocess": preprocess,
+        "features": features,
+        "metrics": {"test_accuracy": round(accuracy, 4), "test_images": int(len(y_test))},
+        "training": {"data": archive_uri, "recipe": recipe, "train_images": int(len(y_train)),
+                     "seed": seed, "seconds": round(time.perf_counter() - started, 1)},
+        "library_versions": {"scikit-learn": sklearn.__version__},
+    }, estimator, storage)
+
+
 def _has_images(source: SourceSpec, storage: StorageSpec) -> bool:
     from imgclf_ray.errors import SourceError
     from imgclf_ray.io.listing import list_archive
@@ -140,7 +183,12 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
             echo(f"example: wrote {n} digit images to {spec.source.uri}")
     fs, model_path = filesystem(spec.model.uri, spec.storage)
     if spec.example.train_model and not fs.exists(join(model_path, CARD_FILE)):
-        echo(f"example: training a resnet18 on the digits into {spec.model.uri} ...")
-        card = train_digits_model(spec.source.uri, spec.model.uri, spec.storage, progress=progress)
+        recipe = spec.example.model
+        echo(f"example: training a {recipe} on the {spec.example.dataset} into {spec.model.uri} ...")
+        if recipe in SKLEARN_RECIPES:
+            card = train_sklearn_example(recipe, spec.source.uri, spec.model.uri, spec.storage)
+        else:
+            card = train_digits_model(spec.source.uri, spec.model.uri, spec.storage, architecture=recipe,
+                                      progress=progress)
         echo(f"example: trained in {card.training['seconds']} s, held-out accuracy "
              f"{card.metrics['test_accuracy']:.3f}")

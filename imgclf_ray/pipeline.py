@@ -154,7 +154,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
     blocks = -(-manifest.num_rows // plan.decode_batch_size)
     ds = ray.data.from_arrow(manifest, override_num_blocks=blocks)
     ds = ds.map_batches(
-        LoadStage(spec.storage, spec.decode, card.preprocess.conditioning(), reporter),
+        LoadStage(spec.storage, spec.decode, card.preprocess.conditioning(), reporter, card.features),
         batch_size=plan.decode_batch_size,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,
@@ -188,7 +188,9 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
 
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
     card = read_card(spec.model.uri, spec.storage)
-    plan = plan_resources(ray.cluster_resources(), spec.resources, spec.model.device)
+    # Classical estimators run on CPU actors whatever the cluster has.
+    device = "cpu" if card.framework == "sklearn" else spec.model.device
+    plan = plan_resources(ray.cluster_resources(), spec.resources, device)
     log.info("plan: %s", plan)
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage)
     started_at = datetime.now(timezone.utc).isoformat()

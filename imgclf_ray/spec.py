@@ -155,6 +155,9 @@ class ExampleSpec(_Spec):
         "source.uri (one folder per class) when that folder holds no images yet.")
     train_model: bool = Field(
         True, description="Train the example model into model.uri when no artifact is there yet.")
+    model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog"] = Field(
+        "resnet18", description="Which example model to train: a torchvision CNN, or svm-hog (an "
+        "RBF SVM, calibrated, over HOG features).")
 
 
 class JobSpec(_Spec):

@@ -14,10 +14,12 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
+from imgclf_ray.models.artifact import FeaturesCard
 from imgclf_ray.spec import DecodeSpec, StorageSpec
 
 
@@ -43,16 +45,30 @@ class StageError(Exception):
 
 
 class LoadStage:
-    """read -> decode -> condition, one row at a time; adds frame, width, height, status, error,
-    pixels (N, C, H, W uint8). Error rows carry zero pixels and width = height = 0."""
+    """read -> decode -> condition [-> features], one row at a time; adds frame, width, height,
+    status, error and ``inputs``: the model's input, (N, C, H, W) uint8 pixels, or (N, D) float32
+    features when the model card names a feature extractor. Error rows carry zero inputs and
+    width = height = 0."""
 
     def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Conditioning,
-                 reporter: Optional[Reporter] = None):
+                 reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None):
         self.storage = storage
         self.decode = decode
         self.cond = conditioning
         self.reporter = reporter
+        self.features = features
         self._timing: dict[str, list[float]] = {}
+        self._input_shape: Optional[tuple[int, ...]] = None
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one row's input (features: the extractor's length on a blank image)."""
+        if self._input_shape is None:
+            shape = self.cond.output_shape
+            if self.features is not None:
+                blank = np.zeros(shape, dtype=np.uint8)
+                shape = extract(self.features.name, blank, self.features.params).shape
+            self._input_shape = shape
+        return self._input_shape
 
     def _timed(self, stage: str, fn, *args):
         started = time.perf_counter()
@@ -66,15 +82,19 @@ class LoadStage:
             entry[1] += time.perf_counter() - started
 
     def load_one(self, uri: str) -> tuple[np.ndarray, int, int]:
-        """Pixels and (width, height) of one image; raises tagged errors ('read: ...')."""
+        """Model input and (width, height) of one image; raises tagged errors ('read: ...')."""
         data = self._timed("read", read_bytes, uri, self.storage)
         img, (width, height) = self._timed("decode", decode_image, data, self.decode,
                                            self.cond.crop or self.cond.resize)
-        return self._timed("preprocess", condition, img, self.cond), width, height
+        pixels = self._timed("preprocess", condition, img, self.cond)
+        if self.features is None:
+            return pixels, width, height
+        return self._timed("features", extract, self.features.name, pixels, self.features.params), width, height
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
-        pixels = np.zeros((n, *self.cond.output_shape), dtype=np.uint8)
+        shape = self.input_shape()
+        inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)
         width = np.zeros(n, dtype=np.int32)
         height = np.zeros(n, dtype=np.int32)
         status = np.full(n, STATUS_OK, dtype=object)
@@ -82,14 +102,14 @@ class LoadStage:
         self._timing = {}
         for i, uri in enumerate(batch["uri"]):
             try:
-                pixels[i], width[i], height[i] = self.load_one(str(uri))
+                inputs[i], width[i], height[i] = self.load_one(str(uri))
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
         return {**batch, "frame": np.full(n, self.decode.frame, dtype=np.int32), "width": width,
-                "height": height, "status": status, "error": error, "pixels": pixels}
+                "height": height, "status": status, "error": error, "inputs": inputs}
 
 
 class PredictStage:
@@ -102,25 +122,25 @@ class PredictStage:
     def __init__(self, model_uri: str, storage: StorageSpec, topk: int, run_id: str,
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None):
-        from imgclf_ray.models.torch_classifier import TorchClassifier
+        from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter
-        self.classifier = TorchClassifier(model_uri, storage, device=device, threads=threads)
+        self.classifier = load_classifier(model_uri, storage, device=device, threads=threads)
         self.labels = np.asarray(self.classifier.card.labels, dtype=object)
         self.topk = min(topk, len(self.labels))
         self.run_id = run_id
 
-    def _proba(self, pixels: np.ndarray, ok: np.ndarray, error: np.ndarray, status: np.ndarray) -> np.ndarray:
-        probs = np.zeros((len(pixels), len(self.labels)), dtype=np.float32)
+    def _proba(self, inputs: np.ndarray, ok: np.ndarray, error: np.ndarray, status: np.ndarray) -> np.ndarray:
+        probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
         idx = np.flatnonzero(ok)
         if not len(idx):
             return probs
         try:
-            probs[idx] = self.classifier.predict_proba(pixels[idx])
+            probs[idx] = self.classifier.predict_proba(inputs[idx])
         except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
             for i in idx:
                 try:
-                    probs[i] = self.classifier.predict_proba(pixels[i:i + 1])[0]
+                    probs[i] = self.classifier.predict_proba(inputs[i:i + 1])[0]
                 except Exception as exc:  # noqa: BLE001
                     ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {_cause(exc)}"
         return probs
@@ -131,7 +151,7 @@ class PredictStage:
         # Nulls of a string column may come back from Arrow as None or NaN.
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
         ok = status == STATUS_OK
-        probs = self._proba(batch["pixels"], ok, error, status)
+        probs = self._proba(batch["inputs"], ok, error, status)
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
         top_scores = np.take_along_axis(probs, order, axis=1)
         n = len(status)

@@ -112,3 +112,23 @@ def tiny_model(tmp_path_factory):
         "preprocess": {"resize": 36, "crop": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
     }, net.state_dict())
     return uri
+
+
+@pytest.fixture(scope="session")
+def digits_archive(tmp_path_factory):
+    """scikit-learn's 1,797 digits as PNG files, one folder per class."""
+    from imgclf_ray.examples import write_digits_archive
+
+    uri = str(tmp_path_factory.mktemp("digits"))
+    write_digits_archive(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def svm_hog_model(tmp_path_factory, digits_archive):
+    """The svm-hog example model (calibrated RBF SVM over HOG) trained on the digits, skops."""
+    from imgclf_ray.examples import train_sklearn_example
+
+    uri = str(tmp_path_factory.mktemp("svm-hog"))
+    train_sklearn_example("svm-hog", digits_archive, uri)
+    return uri

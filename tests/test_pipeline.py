@@ -155,3 +155,30 @@ def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_m
     assert len({r["image_id"] for r in rows}) == manifest.num_rows
     assert (leftover / "x-0.parquet.staged").exists()  # another attempt's files are not ours to delete
     assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet", "run_summary.json"]
+
+
+def test_classical_model_through_ray_equals_the_estimator_outside(ray_session, mixed_archive, svm_hog_model, tmp_path, sample_photo):
+    """The svm-hog example: features in the CPU tasks, the estimator on CPU actors; same
+    probabilities as scikit-image HOG + the skops-loaded estimator applied by hand."""
+    import skops.io as sio
+    from skimage.feature import hog
+    from torchvision import transforms as T
+
+    spec = make_spec(str(mixed_archive), str(tmp_path / "out"), svm_hog_model)
+    result = execute(spec, list_archive(spec.source), "svm")
+    assert result.plan["gpus_per_actor"] == 0 and result.by_status == {"ok": 11, "error": 5}
+    rows = {Path(r["uri"].removeprefix("file://")).relative_to(mixed_archive).as_posix(): r
+            for r in read_run(spec.sink.uri, "svm")}
+    blob = (Path(svm_hog_model) / "model.skops").read_bytes()
+    estimator = sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+    tf = T.Compose([T.Resize(32), T.CenterCrop(32)])
+    for rel in good_files(sample_photo):
+        grey = np.asarray(tf(Image.open(mixed_archive / rel).convert("RGB")).convert("L"), dtype=np.float32) / 255
+        features = hog(grey, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), block_norm="L2-Hys")
+        ref = estimator.predict_proba(features[None].astype(np.float32))[0]
+        row = rows[rel]
+        assert row["label"] == str(estimator.classes_[ref.argmax()])
+        assert row["score"] == pytest.approx(float(ref.max()), abs=1e-5)
+    for rel, name in [(r, r.split("-")[-1].removesuffix(".png")) for r in good_files(sample_photo) if "digit" in r]:
+        assert rows[rel]["label"] == name  # the digits are recognised
+    assert result.stages["features"]["rows"] == 11

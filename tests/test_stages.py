@@ -30,7 +30,7 @@ def test_predict_failure_is_isolated_to_its_rows(tiny_model):
         "height": np.array([8, 8, 8, 0], np.int32),
         "status": np.array(["ok", "ok", "ok", "error"], dtype=object),
         "error": np.array([None, None, None, "decode: empty file (0 bytes)"], dtype=object),
-        "pixels": pixels,
+        "inputs": pixels,
     }
     table = stage(batch)
     assert table.schema == OUTPUT_SCHEMA
@@ -54,5 +54,5 @@ def test_load_stage_tags_each_failure_with_its_stage(tiny_model, tmp_path, sampl
     assert out["status"].tolist() == ["ok", "error", "error"]
     assert out["error"][1] == "decode: empty file (0 bytes)"
     assert out["error"][2].startswith("read: FileNotFoundError")
-    assert out["pixels"].shape == (3, 3, 32, 32) and out["pixels"][0].any() and not out["pixels"][1].any()
+    assert out["inputs"].shape == (3, 3, 32, 32) and out["inputs"][0].any() and not out["inputs"][1].any()
     assert (out["width"][0], out["height"][0]) == (640, 427)

@@ -37,16 +37,20 @@ class PreprocessCard(_Card):
     crop: Optional[int] = Field(None, gt=0, description="Centre-crop side after resizing.")
     channels: Literal[1, 3] = Field(3, description="Input channels: 3 = RGB, 1 = greyscale.")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    mean: list[float] = Field(description="Per-channel mean, on the 0..1 scale.")
-    std: list[float] = Field(description="Per-channel standard deviation, on the 0..1 scale.")
+    mean: Optional[list[float]] = Field(None, description="Per-channel mean, on the 0..1 scale "
+                                        "(torch models).")
+    std: Optional[list[float]] = Field(None, description="Per-channel standard deviation, on the "
+                                       "0..1 scale (torch models).")
 
     @model_validator(mode="after")
     def _check(self) -> "PreprocessCard":
         if self.crop and self.crop > self.resize:
             raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.mean is not None and (len(self.mean) != self.channels or len(self.std) != self.channels):
             raise ValueError("mean and std need one value per channel")
-        if any(s <= 0 for s in self.std):
+        if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self
 
@@ -56,8 +60,25 @@ class PreprocessCard(_Card):
 
 class WeightsRef(_Card):
     file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name inside the artifact folder.")
-    format: Literal["safetensors", "state_dict"] = "safetensors"
+    format: Literal["safetensors", "state_dict", "skops"] = "safetensors"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class FeaturesCard(_Card):
+    """The hand-crafted feature extractor a classical model was trained on."""
+
+    name: str = Field(description="Extractor name (imgclf_ray.features.extractors.names()).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "FeaturesCard":
+        from imgclf_ray.features import extractors
+
+        try:
+            extractors.get(self.name)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        return self
 
 
 class ModelCard(_Card):
@@ -65,15 +86,31 @@ class ModelCard(_Card):
 
     format_version: Literal[1] = 1
     task: Literal["multiclass"] = "multiclass"
-    framework: Literal["torch"] = "torch"
-    architecture: str = Field(description="torchvision model name, e.g. resnet18.")
+    framework: Literal["torch", "sklearn"] = "torch"
+    architecture: str = Field(description="torchvision model name (torch), or the estimator's class "
+                              "name (sklearn, informative).")
     labels: list[str] = Field(min_length=2)
     weights: WeightsRef
     preprocess: PreprocessCard
+    features: Optional[FeaturesCard] = Field(None, description="Feature extractor (sklearn models).")
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     library_versions: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCard":
+        if self.framework == "torch":
+            if self.preprocess.mean is None:
+                raise ValueError("torch models need preprocess.mean and preprocess.std")
+            if self.weights.format == "skops":
+                raise ValueError("torch weights are safetensors or state_dict, not skops")
+        else:
+            if self.features is None:
+                raise ValueError("sklearn models need a features extractor")
+            if self.weights.format != "skops":
+                raise ValueError("sklearn estimators are stored with skops (weights.format: skops)")
+        return self
 
     def model_id(self) -> str:
         """Digest of the whole card (which includes the weights' sha256)."""
@@ -96,10 +133,8 @@ def read_card(uri: str, storage: StorageSpec = StorageSpec()) -> ModelCard:
         raise ArtifactError(f"{uri}/{CARD_FILE}: {key}: {first['msg']}") from None
 
 
-def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpec()) -> dict[str, "torch.Tensor"]:
-    """Load the weights named by the card after checking their sha256. Never unpickles."""
-    import torch
-
+def read_weights(uri: str, card: ModelCard, storage: StorageSpec = StorageSpec()) -> bytes:
+    """The bytes of the weights file named by the card, after checking their sha256."""
     fs, path = filesystem(join(uri, card.weights.file), storage)
     try:
         blob = fs.cat_file(path)
@@ -109,6 +144,14 @@ def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpe
     if digest != card.weights.sha256:
         raise ArtifactError(f"{uri}/{card.weights.file}: sha256 {digest[:12]}... does not match the "
                             f"model card's {card.weights.sha256[:12]}...; refusing to load")
+    return blob
+
+
+def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpec()) -> dict[str, "torch.Tensor"]:
+    """Load the torch weights named by the card after checking their sha256. Never unpickles."""
+    import torch
+
+    blob = read_weights(uri, card, storage)
     try:
         if card.weights.format == "safetensors":
             from safetensors.torch import load as load_safetensors
@@ -125,14 +168,28 @@ def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpe
 
 def save_artifact(uri: str, card_fields: dict[str, Any], state_dict: dict[str, "torch.Tensor"],
                   storage: StorageSpec = StorageSpec()) -> ModelCard:
-    """Write weights (safetensors) and the model card; returns the card with the weights digest."""
+    """Write torch weights (safetensors) and the model card; returns the card."""
     from safetensors.torch import save as save_safetensors
 
     blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
+    return _write(uri, card_fields, "model.safetensors", "safetensors", blob, storage)
+
+
+def save_sklearn_artifact(uri: str, card_fields: dict[str, Any], estimator: Any,
+                          storage: StorageSpec = StorageSpec()) -> ModelCard:
+    """Write a fitted scikit-learn estimator (skops) and the model card; returns the card."""
+    import skops.io as sio
+
+    fields = {"framework": "sklearn", "architecture": type(estimator).__name__,
+              "labels": [str(c) for c in estimator.classes_], **card_fields}
+    return _write(uri, fields, "model.skops", "skops", sio.dumps(estimator), storage)
+
+
+def _write(uri: str, card_fields: dict[str, Any], name: str, fmt: str, blob: bytes,
+           storage: StorageSpec) -> ModelCard:
     card = ModelCard.model_validate({
         **card_fields,
-        "weights": {"file": "model.safetensors", "format": "safetensors",
-                    "sha256": hashlib.sha256(blob).hexdigest()},
+        "weights": {"file": name, "format": fmt, "sha256": hashlib.sha256(blob).hexdigest()},
     })
     fs, path = filesystem(uri, storage)
     fs.makedirs(path, exist_ok=True)

@@ -1,0 +1,63 @@
+"""A scikit-learn estimator over a hand-crafted feature vector, loaded with skops (never pickle)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
+from imgclf_ray.spec import StorageSpec
+
+# Types skops does not trust by default but that the estimators we support are made of. Anything
+# else in a file (a custom class, a function) makes the artifact fail its safety check.
+TRUSTED_TYPES = frozenset({
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.calibration._IsotonicCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.Interval",
+})
+
+
+class SklearnClassifier:
+    """Loads a skops artifact once; ``predict_proba`` maps (N, features) to (N, classes)."""
+
+    def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec()):
+        import skops.io as sio
+
+        self.card: ModelCard = read_card(model_uri, storage)
+        self.model_id = self.card.model_id()
+        blob = read_weights(model_uri, self.card, storage)
+        try:
+            untrusted = sio.get_untrusted_types(data=blob)
+        except Exception as exc:  # noqa: BLE001 - not a skops file at all
+            raise ArtifactError(f"{model_uri}/{self.card.weights.file}: not a skops file ({exc})") from None
+        refused = sorted(set(untrusted) - TRUSTED_TYPES)
+        if refused:
+            raise ArtifactError(f"{model_uri}/{self.card.weights.file}: holds types that are not trusted: "
+                                f"{', '.join(refused)}; refusing to load")
+        self.estimator = sio.loads(blob, trusted=sorted(untrusted))
+        if not hasattr(self.estimator, "predict_proba"):
+            raise ArtifactError(f"{model_uri}: {type(self.estimator).__name__} has no predict_proba "
+                                "(wrap an SVM in CalibratedClassifierCV)")
+        classes = [str(c) for c in self.estimator.classes_]
+        if classes != list(self.card.labels):
+            raise ArtifactError(f"{model_uri}: the estimator's classes {classes} differ from the card's "
+                                f"labels {self.card.labels}")
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(np.asarray(features, dtype=np.float32)), dtype=np.float32)

@@ -1,0 +1,73 @@
+"""Classical models: loaded with skops and an explicit list of trusted types, never pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.models.artifact import read_card, save_sklearn_artifact
+from imgclf_ray.models.loader import load_classifier
+from imgclf_ray.models.sklearn_classifier import SklearnClassifier
+
+PREP = {"resize": 8, "crop": 8, "channels": 1}
+FEATURES = {"name": "pixels"}
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images.reshape(len(d.images), -1) / 16.0).astype(np.float32), d.target
+
+
+def shout(x):
+    return x
+
+
+def test_round_trip_and_card(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _data()
+    est = LogisticRegression(max_iter=300).fit(x, y)
+    card = save_sklearn_artifact(str(tmp_path), {"preprocess": PREP, "features": FEATURES}, est)
+    assert card.framework == "sklearn" and card.labels == [str(i) for i in range(10)]
+    clf = load_classifier(str(tmp_path))
+    assert isinstance(clf, SklearnClassifier)
+    np.testing.assert_allclose(clf.predict_proba(x[:5]), est.predict_proba(x[:5]), rtol=1e-5, atol=1e-6)
+    assert read_card(str(tmp_path)).model_id() == clf.model_id
+
+
+def test_untrusted_types_are_refused_before_loading(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    x, y = _data()
+    est = make_pipeline(FunctionTransformer(shout), LogisticRegression(max_iter=200)).fit(x, y)
+    save_sklearn_artifact(str(tmp_path), {"preprocess": PREP, "features": FEATURES}, est)
+    with pytest.raises(ArtifactError, match=r"types that are not trusted: .*shout"):
+        SklearnClassifier(str(tmp_path))
+
+
+def test_svm_without_probabilities_and_bad_cards_are_refused(tmp_path):
+    from sklearn.svm import SVC
+
+    x, y = _data()
+    save_sklearn_artifact(str(tmp_path / "svc"), {"preprocess": PREP, "features": FEATURES}, SVC().fit(x[:300], y[:300]))
+    with pytest.raises(ArtifactError, match="no predict_proba .*CalibratedClassifierCV"):
+        SklearnClassifier(str(tmp_path / "svc"))
+    card = json.loads((tmp_path / "svc" / "model_card.json").read_text())
+    card["features"] = {"name": "sift"}
+    (tmp_path / "svc" / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="unknown feature extractor 'sift'"):
+        read_card(str(tmp_path / "svc"))
+
+
+def test_example_svm_hog_is_accurate(svm_hog_model):
+    card = read_card(svm_hog_model)
+    assert card.features.name == "hog" and card.metrics["test_accuracy"] >= 0.97
+    assert Path(svm_hog_model, "model.skops").exists()
