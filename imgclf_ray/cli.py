@@ -127,10 +127,18 @@ def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_fro
 
 @main.command()
 @click.argument("what", type=click.Choice(["spec", "schema"]), default="spec")
-def reference(what: str) -> None:
+@click.option("--update", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Rewrite the generated sections of this Markdown file (e.g. README.md) instead.")
+def reference(what: str, update: Optional[str]) -> None:
     """Print the job-spec reference or the output schema as Markdown (as in the README)."""
-    from imgclf_ray.reference import schema_reference, spec_reference
+    from pathlib import Path
 
+    from imgclf_ray.reference import schema_reference, spec_reference, update_markdown
+
+    if update:
+        Path(update).write_text(update_markdown(Path(update).read_text()))
+        click.echo(f"{update}: generated sections updated")
+        return
     click.echo(spec_reference() if what == "spec" else schema_reference())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -131,35 +132,110 @@ def _svm_hog():
     return make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(C=10.0, gamma="scale"), cv=3))
 
 
-# name -> (preprocess, features, estimator factory) of the classical example models.
-SKLEARN_RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[], Any]]] = {
-    "svm-hog": ({"resize": 32, "crop": 32, "channels": 1},
-                {"name": "hog", "params": {"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2}},
-                _svm_hog),
+def _logreg_hog():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+
+
+def _mlp():
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=(128,), max_iter=1000, random_state=0)
+
+
+# Attributes of a digit, the labels of the multilabel example.
+DIGIT_ATTRIBUTES = {"even": {0, 2, 4, 6, 8}, "large": {5, 6, 7, 8, 9}, "prime": {2, 3, 5, 7},
+                    "closed-loop": {0, 4, 6, 8, 9}}
+_HOG = {"name": "hog", "params": {"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2}}
+_GREY32 = {"resize": 32, "crop": 32, "channels": 1}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A classical example model: conditioning, features, estimator, and the task it learns."""
+
+    preprocess: dict[str, Any]
+    features: dict[str, Any]
+    make: Callable[[], Any]
+    task: str = "multiclass"
+    positive: Optional[str] = None  # binary: the folder name of the positive class
+
+
+SKLEARN_RECIPES: dict[str, Recipe] = {
+    "svm-hog": Recipe(_GREY32, _HOG, _svm_hog),
+    "logreg-hog": Recipe(_GREY32, _HOG, _logreg_hog, task="binary", positive="face"),
+    "mlp-attributes": Recipe({"resize": 16, "crop": 16, "channels": 1}, {"name": "pixels"}, _mlp,
+                             task="multilabel"),
 }
 
 
-def train_sklearn_example(recipe: str, archive_uri: str, model_uri: str,
+def _targets(recipe: Recipe, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Training targets and the card's labels for a recipe, from the folder names."""
+    if recipe.task == "multilabel":
+        labels = list(DIGIT_ATTRIBUTES)
+        y = np.array([[int(n) in DIGIT_ATTRIBUTES[lab] for lab in labels] for n in names], dtype=np.int64)
+        return y, labels
+    if recipe.task == "binary":
+        negative = sorted(set(names) - {recipe.positive})
+        if len(negative) != 1:
+            raise ValueError(f"a binary archive has two folders, got {sorted(set(names))}")
+        # 0 = negative, 1 = positive: the estimator's columns follow the card's [negative, positive].
+        return (names == recipe.positive).astype(np.int64), [negative[0], recipe.positive]
+    return names, sorted(set(names))
+
+
+def train_sklearn_example(recipe_name: str, archive_uri: str, model_uri: str,
                           storage: StorageSpec = StorageSpec(), seed: int = 0) -> ModelCard:
     """Fit a classical example model on a folder-per-class archive (features extracted with the
-    inference code) and save it with skops; the held-out accuracy goes into the card."""
+    inference code) and save it with skops; held-out metrics go into the card."""
     import sklearn
+    from sklearn.metrics import f1_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    preprocess, features, make = SKLEARN_RECIPES[recipe]
+    recipe = SKLEARN_RECIPES[recipe_name]
     started = time.perf_counter()
-    x, names = load_labelled_folder(archive_uri, preprocess, storage, features)
-    x_train, x_test, y_train, y_test = train_test_split(x, names, test_size=0.2, stratify=names, random_state=seed)
-    estimator = make().fit(x_train, y_train)
-    accuracy = float((estimator.predict(x_test) == y_test).mean())
+    x, names = load_labelled_folder(archive_uri, recipe.preprocess, storage, recipe.features)
+    y, labels = _targets(recipe, names)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, stratify=names, random_state=seed)
+    estimator = recipe.make().fit(x_train, y_train)
+    predicted = estimator.predict(x_test)
+    if recipe.task == "multilabel":
+        metrics = {"test_micro_f1": round(float(f1_score(y_test, predicted, average="micro")), 4)}
+    else:
+        metrics = {"test_accuracy": round(float((predicted == y_test).mean()), 4)}
+    if recipe.task == "binary":
+        scores = estimator.predict_proba(x_test)[:, 1]
+        metrics["test_roc_auc"] = round(float(roc_auc_score(y_test, scores)), 4)
     return save_sklearn_artifact(model_uri, {
-        "preprocess": preprocess,
-        "features": features,
-        "metrics": {"test_accuracy": round(accuracy, 4), "test_images": int(len(y_test))},
-        "training": {"data": archive_uri, "recipe": recipe, "train_images": int(len(y_train)),
+        "task": recipe.task,
+        "labels": labels,
+        "preprocess": recipe.preprocess,
+        "features": recipe.features,
+        "metrics": {**metrics, "test_images": int(len(y_test))},
+        "training": {"data": archive_uri, "recipe": recipe_name, "train_images": int(len(y_train)),
                      "seed": seed, "seconds": round(time.perf_counter() - started, 1)},
         "library_versions": {"scikit-learn": sklearn.__version__},
     }, estimator, storage)
+
+
+def write_faces_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
+    """Write scikit-image's lfw_subset (100 faces, 100 non-faces, 25x25 greyscale) as PNG files:
+    ``<uri>/face/`` and ``<uri>/non-face/``."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    images = lfw_subset()
+    fs, root = filesystem(uri, storage)
+    for i, img in enumerate(images):
+        folder = "face" if i < 100 else "non-face"
+        buf = io.BytesIO()
+        Image.fromarray(np.rint(img * 255).astype(np.uint8), "L").save(buf, format="PNG")
+        fs.makedirs(join(root, folder), exist_ok=True)
+        fs.pipe_file(join(root, folder, f"{folder}-{i:03d}.png"), buf.getvalue())
+    return len(images)
 
 
 def _has_images(source: SourceSpec, storage: StorageSpec) -> bool:
@@ -178,9 +254,9 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
     if spec.example is None:
         return
     if not _has_images(spec.source, spec.storage):
-        if spec.example.dataset == "digits":
-            n = write_digits_archive(spec.source.uri, spec.storage)
-            echo(f"example: wrote {n} digit images to {spec.source.uri}")
+        write = write_digits_archive if spec.example.dataset == "digits" else write_faces_archive
+        n = write(spec.source.uri, spec.storage)
+        echo(f"example: wrote {n} {spec.example.dataset} images to {spec.source.uri}")
     fs, model_path = filesystem(spec.model.uri, spec.storage)
     if spec.example.train_model and not fs.exists(join(model_path, CARD_FILE)):
         recipe = spec.example.model
@@ -190,5 +266,6 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
         else:
             card = train_digits_model(spec.source.uri, spec.model.uri, spec.storage, architecture=recipe,
                                       progress=progress)
-        echo(f"example: trained in {card.training['seconds']} s, held-out accuracy "
-             f"{card.metrics['test_accuracy']:.3f}")
+        held_out = ", ".join(f"{k.removeprefix('test_')} {v}" for k, v in card.metrics.items()
+                             if k != "test_images")
+        echo(f"example: trained in {card.training['seconds']} s; held out: {held_out}")

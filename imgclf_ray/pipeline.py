@@ -167,7 +167,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan
         fn_constructor_kwargs={
             "model_uri": spec.model.uri, "storage": spec.storage, "topk": spec.model.topk,
             "run_id": run_id, "device": plan.device, "threads": plan.torch_threads,
-            "reporter": reporter,
+            "reporter": reporter, "threshold": spec.model.threshold, "thresholds": spec.model.thresholds,
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -224,6 +224,8 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     sink.commit(staging, {
         "job": spec.name,
         "model_id": result.model_id,
+        "task": card.task,
+        "labels": card.labels,
         "by_status": result.by_status,
         "errors_by_stage": result.errors_by_stage,
         "wall_seconds": round(wall, 3),

@@ -6,6 +6,7 @@ The README embeds both between markers; a test fails when they drift apart.
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from typing import Any
@@ -73,3 +74,14 @@ def schema_reference() -> str:
     for f in OUTPUT_SCHEMA:
         lines.append(f"| `{f.name}` | `{f.type}` | {COLUMN_DOCS[f.name]} |")
     return "\n".join(lines)
+
+
+SECTIONS = {"spec-reference": spec_reference, "schema-reference": schema_reference}
+
+
+def update_markdown(text: str) -> str:
+    """Replace each generated section between its ``<!-- name:start/end -->`` markers."""
+    for marker, generate in SECTIONS.items():
+        text = re.sub(rf"(<!-- {marker}:start -->\n).*?(\n<!-- {marker}:end -->)",
+                      lambda m, g=generate: m.group(1) + g() + m.group(2), text, flags=re.S)
+    return text

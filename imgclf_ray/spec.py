@@ -106,6 +106,12 @@ class ModelSpec(_Spec):
                       "topk_scores.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: GPU actors when the cluster has GPUs, CPU otherwise.")
+    threshold: Optional[float] = Field(
+        None, ge=0, le=1, description="Decision threshold for every label, replacing the model "
+        "card's (binary: on the positive label's probability; multilabel: on each label's).")
+    thresholds: Optional[dict[str, float]] = Field(
+        None, description="Per-label decision thresholds (multilabel, or binary's positive label), "
+        "replacing the card's and model.threshold for those labels.")
 
 
 class ResourcesSpec(_Spec):
@@ -150,14 +156,18 @@ class RunSpec(_Spec):
 class ExampleSpec(_Spec):
     """Self-contained examples: materialise data and a model that a dependency ships."""
 
-    dataset: Literal["digits"] = Field(
-        description="digits: scikit-learn's 1,797 handwritten digits, written as PNG files into "
-        "source.uri (one folder per class) when that folder holds no images yet.")
+    dataset: Literal["digits", "faces"] = Field(
+        description="Written as PNG files into source.uri (one folder per class) when that folder "
+        "holds no images yet. digits: scikit-learn's 1,797 handwritten digits; faces: scikit-image's "
+        "lfw_subset, 100 faces and 100 non-faces.")
     train_model: bool = Field(
         True, description="Train the example model into model.uri when no artifact is there yet.")
-    model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog"] = Field(
-        "resnet18", description="Which example model to train: a torchvision CNN, or svm-hog (an "
-        "RBF SVM, calibrated, over HOG features).")
+    model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog", "logreg-hog",
+                   "mlp-attributes"] = Field(
+        "resnet18", description="Which example model to train: a torchvision CNN (digits); svm-hog, "
+        "a calibrated RBF SVM over HOG (digits); logreg-hog, binary logistic regression over HOG "
+        "(faces); mlp-attributes, a multilabel MLP on pixels predicting digit attributes (even, "
+        "large, prime, closed-loop).")
 
 
 class JobSpec(_Spec):

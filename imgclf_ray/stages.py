@@ -121,12 +121,16 @@ class PredictStage:
 
     def __init__(self, model_uri: str, storage: StorageSpec, topk: int, run_id: str,
                  device: str = "auto", threads: Optional[int] = None,
-                 reporter: Optional[Reporter] = None):
+                 reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
+                 thresholds: Optional[dict[str, float]] = None):
+        from imgclf_ray.models.heads import Head
         from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter
         self.classifier = load_classifier(model_uri, storage, device=device, threads=threads)
-        self.labels = np.asarray(self.classifier.card.labels, dtype=object)
+        card = self.classifier.card
+        self.labels = np.asarray(card.labels, dtype=object)
+        self.head = Head(card.task, card.labels, card.thresholds, threshold, thresholds)
         self.topk = min(topk, len(self.labels))
         self.run_id = run_id
 
@@ -152,6 +156,7 @@ class PredictStage:
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
         ok = status == STATUS_OK
         probs = self._proba(batch["inputs"], ok, error, status)
+        decision = self.head.decide(probs)
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
         top_scores = np.take_along_axis(probs, order, axis=1)
         n = len(status)
@@ -170,10 +175,13 @@ class PredictStage:
             "height": pa.array(height, mask=height == 0),
             "status": list(status),
             "error": list(error),
-            "label": pa.array(self.labels[order[:, 0]], mask=~ok),
-            "score": pa.array(top_scores[:, 0], mask=~ok),
+            "label": pa.array(self.labels[decision.label], mask=~ok),
+            "score": pa.array(decision.score.astype(np.float32), mask=~ok),
             "topk_labels": [list(self.labels[o]) if k else None for o, k in zip(order, ok)],
             "topk_scores": [list(s) if k else None for s, k in zip(top_scores, ok)],
+            "labels": [list(self.labels[c]) if k else None for c, k in zip(decision.chosen, ok)]
+                      if decision.chosen is not None else [None] * n,
+            "class_scores": [list(p) if k else None for p, k in zip(probs, ok)],
             "model_id": [self.classifier.model_id] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

@@ -132,3 +132,33 @@ def svm_hog_model(tmp_path_factory, digits_archive):
     uri = str(tmp_path_factory.mktemp("svm-hog"))
     train_sklearn_example("svm-hog", digits_archive, uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def faces_archive(tmp_path_factory):
+    """scikit-image's lfw_subset as PNG files: face/ and non-face/ (100 each)."""
+    from imgclf_ray.examples import write_faces_archive
+
+    uri = str(tmp_path_factory.mktemp("faces"))
+    write_faces_archive(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def faces_model(tmp_path_factory, faces_archive):
+    """The logreg-hog example: binary face / non-face over HOG, skops."""
+    from imgclf_ray.examples import train_sklearn_example
+
+    uri = str(tmp_path_factory.mktemp("faces-model"))
+    train_sklearn_example("logreg-hog", faces_archive, uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def attributes_model(tmp_path_factory, digits_archive):
+    """The mlp-attributes example: a multilabel MLP on 16-px pixels (even, large, prime, closed-loop)."""
+    from imgclf_ray.examples import train_sklearn_example
+
+    uri = str(tmp_path_factory.mktemp("attributes-model"))
+    train_sklearn_example("mlp-attributes", digits_archive, uri)
+    return uri

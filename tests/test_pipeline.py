@@ -24,8 +24,8 @@ from tests.corpus import bad_files, good_files
 pytestmark = pytest.mark.ray
 
 
-def make_spec(source: str, sink: str, model: str, **sections):
-    data = {"name": "t", "source": {"uri": source}, "model": {"uri": model, "topk": 3},
+def make_spec(source: str, sink: str, model_uri: str, **sections):
+    data = {"name": "t", "source": {"uri": source}, "model": {"uri": model_uri, "topk": 3},
             "sink": {"uri": sink}, "resources": {"decode_batch_size": 4, "batch_size": 8}}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}

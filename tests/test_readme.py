@@ -16,8 +16,7 @@ def test_reference_sections_are_current(marker, generate):
     found = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", readme, re.S)
     assert found, f"README lacks the {marker} markers"
     assert found.group(1).strip() == generate().strip(), (
-        f"README {marker} is stale: regenerate with `imgclf reference "
-        f"{marker.split('-')[0]}`")
+        f"README {marker} is stale: run `imgclf reference --update README.md`")
 
 
 def test_readme_names_the_two_commands():

@@ -85,7 +85,9 @@ class ModelCard(_Card):
     """What a model is and how to apply it."""
 
     format_version: Literal[1] = 1
-    task: Literal["multiclass"] = "multiclass"
+    task: Literal["multiclass", "binary", "multilabel"] = Field(
+        "multiclass", description="binary: labels are [negative, positive]; multilabel: independent "
+        "per-label probabilities (sigmoid / one estimator per label).")
     framework: Literal["torch", "sklearn"] = "torch"
     architecture: str = Field(description="torchvision model name (torch), or the estimator's class "
                               "name (sklearn, informative).")
@@ -93,6 +95,9 @@ class ModelCard(_Card):
     weights: WeightsRef
     preprocess: PreprocessCard
     features: Optional[FeaturesCard] = Field(None, description="Feature extractor (sklearn models).")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Decision thresholds by "
+                                         "label (binary: the positive label; multilabel: each); 0.5 "
+                                         "where absent.")
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
@@ -180,8 +185,8 @@ def save_sklearn_artifact(uri: str, card_fields: dict[str, Any], estimator: Any,
     """Write a fitted scikit-learn estimator (skops) and the model card; returns the card."""
     import skops.io as sio
 
-    fields = {"framework": "sklearn", "architecture": type(estimator).__name__,
-              "labels": [str(c) for c in estimator.classes_], **card_fields}
+    fields = {"framework": "sklearn", "architecture": type(estimator).__name__, **card_fields}
+    fields.setdefault("labels", [str(c) for c in estimator.classes_])
     return _write(uri, fields, "model.skops", "skops", sio.dumps(estimator), storage)
 
 

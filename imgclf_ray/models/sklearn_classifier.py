@@ -54,10 +54,18 @@ class SklearnClassifier:
         if not hasattr(self.estimator, "predict_proba"):
             raise ArtifactError(f"{model_uri}: {type(self.estimator).__name__} has no predict_proba "
                                 "(wrap an SVM in CalibratedClassifierCV)")
-        classes = [str(c) for c in self.estimator.classes_]
-        if classes != list(self.card.labels):
-            raise ArtifactError(f"{model_uri}: the estimator's classes {classes} differ from the card's "
-                                f"labels {self.card.labels}")
+        if self.card.task != "multilabel":
+            # Columns of predict_proba must follow the card's labels: classes are those labels, or
+            # their indices (0 = negative, 1 = positive for binary).
+            classes = [str(c) for c in self.estimator.classes_]
+            indices = [str(i) for i in range(len(self.card.labels))]
+            if classes not in (list(self.card.labels), indices):
+                raise ArtifactError(f"{model_uri}: the estimator's classes {classes} differ from the "
+                                    f"card's labels {self.card.labels}")
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator.predict_proba(np.asarray(features, dtype=np.float32)), dtype=np.float32)
+        """(N, classes) probabilities; for multilabel estimators, each label's own probability."""
+        probs = self.estimator.predict_proba(np.asarray(features, dtype=np.float32))
+        if isinstance(probs, list):  # multi-output estimators: one (N, 2) array per label
+            probs = np.stack([p[:, -1] for p in probs], axis=1)
+        return np.asarray(probs, dtype=np.float32)

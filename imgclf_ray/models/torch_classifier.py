@@ -51,7 +51,8 @@ class TorchClassifier:
         self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape) * 255
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (softmax) for a (N, C, H, W) uint8 batch."""
+        """Class probabilities for a (N, C, H, W) uint8 batch: softmax, or sigmoid per label for
+        multilabel models."""
         import torch
 
         with torch.inference_mode():
@@ -59,5 +60,7 @@ class TorchClassifier:
             x = (x.float() - self._mean) / self._std
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.net(x)
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits = self.net(x).float()
+            if self.card.task == "multilabel":
+                return torch.sigmoid(logits).cpu().numpy()
+            return torch.softmax(logits, dim=1).cpu().numpy()

@@ -89,3 +89,19 @@ def test_unknown_architecture(tiny_model, tmp_path):
     (art / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="unknown architecture 'resnet_nope'"):
         TorchClassifier(str(art))
+
+
+def test_multilabel_torch_models_use_independent_sigmoids(tiny_model, tmp_path):
+    art = _copy(tiny_model, tmp_path / "art")
+    card = json.loads((art / CARD_FILE).read_text())
+    card["task"] = "multilabel"
+    (art / CARD_FILE).write_text(json.dumps(card))
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    multi = TorchClassifier(str(art), threads=1)
+    single = TorchClassifier(tiny_model, threads=1)
+    probs = multi.predict_proba(pixels)
+    assert not np.allclose(probs.sum(1), 1)
+    with torch.inference_mode():
+        x = (torch.from_numpy(pixels).float() / 255 - 0.5) / 0.25
+        logits = single.net.float()(x.contiguous(memory_format=torch.channels_last)).numpy()
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-5)
