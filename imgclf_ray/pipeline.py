@@ -25,7 +25,7 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join
-from imgclf_ray.models.artifact import ModelCard, read_card
+from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.planner import Plan, plan_resources
 from imgclf_ray.report.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
@@ -143,7 +143,7 @@ def _counts(column: pa.ChunkedArray) -> dict[str, int]:
                        key=lambda kv: (-kv[1], str(kv[0]))))
 
 
-def build_dataset(spec: JobSpec, manifest: pa.Table, card: ModelCard, plan: Plan, run_id: str,
+def build_dataset(spec: JobSpec, manifest: pa.Table, card: ArtifactInfo, plan: Plan, run_id: str,
                   reporter=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     import ray
@@ -187,7 +187,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     import ray
 
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    card = read_card(spec.model.uri, spec.storage)
+    card = describe_artifact(spec.model.uri, spec.storage)
     # Classical estimators run on CPU actors whatever the cluster has.
     device = "cpu" if card.framework == "sklearn" else spec.model.device
     plan = plan_resources(ray.cluster_resources(), spec.resources, device)
@@ -322,7 +322,7 @@ def _check_budget(spec: JobSpec, result: RunResult) -> None:
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
 
 
-def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: ModelCard, plan: Plan) -> RunResult:
+def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: ArtifactInfo, plan: Plan) -> RunResult:
     import pyarrow.compute as pc
 
     errors = stats.filter(pc.equal(stats.column("status"), STATUS_ERROR))
@@ -343,7 +343,7 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Mode
         sample_errors=sample,
         wall_seconds=wall,
         images_per_second=stats.num_rows / wall if wall > 0 else 0.0,
-        model_id=card.model_id(),
+        model_id=card.model_id,
         plan=asdict(plan),
         errors_by_cause=dict(sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))),
         spec_digest=spec_digest(spec),
@@ -373,7 +373,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
     mode = resolve_mode(quiet)
     examples.prepare(spec, progress=mode)
-    read_card(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
+    describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
     listing_started = time.perf_counter()
     manifest = list_archive(spec.source, spec.storage, progress=mode)
     listing_seconds = time.perf_counter() - listing_started

@@ -163,11 +163,12 @@ class ExampleSpec(_Spec):
     train_model: bool = Field(
         True, description="Train the example model into model.uri when no artifact is there yet.")
     model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog", "logreg-hog",
-                   "mlp-attributes"] = Field(
+                   "mlp-attributes", "tree-hog"] = Field(
         "resnet18", description="Which example model to train: a torchvision CNN (digits); svm-hog, "
         "a calibrated RBF SVM over HOG (digits); logreg-hog, binary logistic regression over HOG "
         "(faces); mlp-attributes, a multilabel MLP on pixels predicting digit attributes (even, "
-        "large, prime, closed-loop).")
+        "large, prime, closed-loop); tree-hog, a hierarchical tree (small or large digit, then the "
+        "digit) of calibrated SVMs over HOG.")
 
 
 class JobSpec(_Spec):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -126,13 +126,18 @@ class PredictStage:
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.loader import load_classifier
 
+        from imgclf_ray.models.hierarchy import HierarchicalClassifier
+
         self.reporter = reporter
         self.classifier = load_classifier(model_uri, storage, device=device, threads=threads)
+        self.run_id = run_id
+        self.tree = isinstance(self.classifier, HierarchicalClassifier)
+        if self.tree:
+            return
         card = self.classifier.card
         self.labels = np.asarray(card.labels, dtype=object)
         self.head = Head(card.task, card.labels, card.thresholds, threshold, thresholds)
         self.topk = min(topk, len(self.labels))
-        self.run_id = run_id
 
     def _proba(self, inputs: np.ndarray, ok: np.ndarray, error: np.ndarray, status: np.ndarray) -> np.ndarray:
         probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
@@ -149,17 +154,61 @@ class PredictStage:
                     ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {_cause(exc)}"
         return probs
 
+    def _decide(self, inputs, ok, error, status) -> dict[str, Any]:
+        probs = self._proba(inputs, ok, error, status)
+        decision = self.head.decide(probs)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
+        top_scores = np.take_along_axis(probs, order, axis=1)
+        n = len(ok)
+        return {
+            "label": pa.array(self.labels[decision.label], mask=~ok),
+            "score": pa.array(decision.score.astype(np.float32), mask=~ok),
+            "topk_labels": [list(self.labels[o]) if k else None for o, k in zip(order, ok)],
+            "topk_scores": [list(s) if k else None for s, k in zip(top_scores, ok)],
+            "labels": [list(self.labels[c]) if k else None for c, k in zip(decision.chosen, ok)]
+                      if decision.chosen is not None else [None] * n,
+            "class_scores": [list(p) if k else None for p, k in zip(probs, ok)],
+            "label_path": [None] * n,
+            "path_scores": [None] * n,
+        }
+
+    def _route(self, inputs, ok, error, status) -> dict[str, Any]:
+        n = len(ok)
+        paths: list = [None] * n
+        scores: list = [None] * n
+        idx = np.flatnonzero(ok)
+        try:
+            routed = self.classifier.route(inputs[idx])
+            for j, i in enumerate(idx):
+                paths[i], scores[i] = routed[0][j], routed[1][j]
+        except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
+            for i in idx:
+                try:
+                    (paths[i],), (scores[i],) = self.classifier.route(inputs[i:i + 1])
+                except Exception as exc:  # noqa: BLE001
+                    ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {_cause(exc)}"
+        return {
+            "label": [p[-1] if k else None for p, k in zip(paths, ok)],
+            "score": [float(np.prod(s)) if k else None for s, k in zip(scores, ok)],
+            "topk_labels": [None] * n,
+            "topk_scores": [None] * n,
+            "labels": [None] * n,
+            "class_scores": [None] * n,
+            "label_path": [p if k else None for p, k in zip(paths, ok)],
+            "path_scores": [s if k else None for s, k in zip(scores, ok)],
+        }
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         started = time.perf_counter()
         status = np.asarray(batch["status"], dtype=object).copy()
         # Nulls of a string column may come back from Arrow as None or NaN.
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
         ok = status == STATUS_OK
-        probs = self._proba(batch["inputs"], ok, error, status)
-        decision = self.head.decide(probs)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
-        top_scores = np.take_along_axis(probs, order, axis=1)
         n = len(status)
+        if self.tree:
+            predictions = self._route(batch["inputs"], ok, error, status)
+        else:
+            predictions = self._decide(batch["inputs"], ok, error, status)
         uris = [str(u) for u in batch["uri"]]
         frames = np.asarray(batch["frame"], dtype=np.int32)
         width = np.asarray(batch["width"], dtype=np.int32)
@@ -175,13 +224,7 @@ class PredictStage:
             "height": pa.array(height, mask=height == 0),
             "status": list(status),
             "error": list(error),
-            "label": pa.array(self.labels[decision.label], mask=~ok),
-            "score": pa.array(decision.score.astype(np.float32), mask=~ok),
-            "topk_labels": [list(self.labels[o]) if k else None for o, k in zip(order, ok)],
-            "topk_scores": [list(s) if k else None for s, k in zip(top_scores, ok)],
-            "labels": [list(self.labels[c]) if k else None for c, k in zip(decision.chosen, ok)]
-                      if decision.chosen is not None else [None] * n,
-            "class_scores": [list(p) if k else None for p, k in zip(probs, ok)],
+            **predictions,
             "model_id": [self.classifier.model_id] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

@@ -162,3 +162,13 @@ def attributes_model(tmp_path_factory, digits_archive):
     uri = str(tmp_path_factory.mktemp("attributes-model"))
     train_sklearn_example("mlp-attributes", digits_archive, uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def tree_model(tmp_path_factory, digits_archive):
+    """The tree-hog example: root small/large, children name the digit (calibrated SVMs over HOG)."""
+    from imgclf_ray.examples import train_tree_example
+
+    uri = str(tmp_path_factory.mktemp("tree-model"))
+    train_tree_example(digits_archive, uri)
+    return uri

@@ -22,6 +22,8 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("topk_scores", pa.list_(pa.float32())),
     pa.field("labels", pa.list_(pa.string())),
     pa.field("class_scores", pa.list_(pa.float32())),
+    pa.field("label_path", pa.list_(pa.string())),
+    pa.field("path_scores", pa.list_(pa.float32())),
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -42,12 +44,14 @@ COLUMN_DOCS = {
     "label": "The decision: multiclass and multilabel the most probable label; binary the positive "
              "label when its probability reaches the threshold, else the negative (null on error rows).",
     "score": "Probability of `label` (softmax; sigmoid per label for multilabel).",
-    "topk_labels": "The model.topk most probable labels, best first.",
+    "topk_labels": "The model.topk most probable labels, best first (null for hierarchical).",
     "topk_scores": "Their probabilities.",
     "labels": "Multilabel: every label whose probability reaches its threshold (may be empty); null "
               "for other tasks.",
     "class_scores": "Probability of every label, in the order of the model card's labels (listed "
-                    "in the run's _manifest.json).",
+                    "in the run's _manifest.json); null for hierarchical models.",
+    "label_path": "Hierarchical: the label chosen at each level, root first (label is the last).",
+    "path_scores": "Hierarchical: the score of each level's choice (score is their product).",
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",

@@ -10,7 +10,11 @@ from imgclf_ray.spec import StorageSpec
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
                     threads: Optional[int] = None):
-    """The classifier for the artifact at ``model_uri``, whatever its framework."""
+    """The classifier for the artifact at ``model_uri``, whatever its framework or task."""
+    from imgclf_ray.models.hierarchy import HierarchicalClassifier, describe_artifact
+
+    if describe_artifact(model_uri, storage).task == "hierarchical":
+        return HierarchicalClassifier(model_uri, storage, device=device, threads=threads)
     card = read_card(model_uri, storage)
     if card.framework == "sklearn":
         from threadpoolctl import threadpool_limits

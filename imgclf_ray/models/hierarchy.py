@@ -1,0 +1,157 @@
+"""Hierarchical classification: a tree of ordinary models, routed inside the predictor.
+
+A hierarchical artifact is a folder whose ``model_card.json`` has ``task: hierarchical`` and a tree::
+
+    {"format_version": 1, "task": "hierarchical",
+     "root": {"model": "root", "children": {
+         "fruit": {"model": "fruit", "children": {"apple": {"model": "apple"}}},
+         "vegetable": {"model": "vegetable"}}}}
+
+Each ``model`` is the path (relative to the folder) of a multiclass or binary artifact; a label of a
+node without an entry under ``children`` is a leaf. Every node shares one conditioning and feature
+extractor, so each image is read and prepared once. The root runs on every image; each child runs
+only on the rows routed to it, so a batch pays only for the models it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.models.artifact import CARD_FILE, FeaturesCard, ModelCard, PreprocessCard, read_card
+from imgclf_ray.io.storage import describe_os_error, filesystem, join
+from imgclf_ray.spec import StorageSpec
+
+
+class TreeNode(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$", description="Artifact path, relative.")
+    children: dict[str, "TreeNode"] = Field(default_factory=dict, description="Child node by label.")
+
+
+TreeNode.model_rebuild()
+
+
+class TreeCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = 1
+    task: str = Field("hierarchical", pattern="^hierarchical$")
+    root: TreeNode
+    description: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What the pipeline needs to know of any artifact, plain or hierarchical."""
+
+    task: str
+    framework: str  # "torch" when any node is a torch model (GPU actors may help), else "sklearn"
+    preprocess: PreprocessCard
+    features: Optional[FeaturesCard]
+    labels: list[str]
+    model_id: str
+
+
+def _raw_card(uri: str, storage: StorageSpec) -> dict[str, Any]:
+    fs, path = filesystem(join(uri, CARD_FILE), storage)
+    try:
+        return json.loads(fs.cat_file(path))
+    except (OSError, ValueError) as exc:
+        cause = describe_os_error(exc) if isinstance(exc, OSError) else f"not JSON: {exc}"
+        raise ArtifactError(f"{uri}: no readable {CARD_FILE} ({cause}) (model.uri)") from None
+
+
+def read_tree(uri: str, storage: StorageSpec = StorageSpec()) -> TreeCard:
+    try:
+        return TreeCard.model_validate(_raw_card(uri, storage))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ArtifactError(f"{uri}/{CARD_FILE}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _nodes(node: TreeNode, path: tuple[str, ...] = ()):
+    yield path, node
+    for label, child in node.children.items():
+        yield from _nodes(child, path + (label,))
+
+
+def node_cards(uri: str, tree: TreeCard, storage: StorageSpec = StorageSpec()) -> dict[tuple[str, ...], ModelCard]:
+    """The card of every node, checked: known child labels, one shared conditioning and extractor."""
+    cards = {path: read_card(join(uri, node.model), storage) for path, node in _nodes(tree.root)}
+    root = cards[()]
+    for path, node in _nodes(tree.root):
+        card = cards[path]
+        where = "/".join(path) or "root"
+        if card.task not in ("multiclass", "binary"):
+            raise ArtifactError(f"{uri}: node {where} is a {card.task} model; tree nodes are multiclass or binary")
+        unknown = set(node.children) - set(card.labels)
+        if unknown:
+            raise ArtifactError(f"{uri}: node {where} has children for labels its model lacks: {sorted(unknown)}")
+        if card.preprocess != root.preprocess or card.features != root.features:
+            raise ArtifactError(f"{uri}: node {where} prepares images differently from the root; every "
+                                "node of a tree must share preprocess and features")
+    return cards
+
+
+def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> ArtifactInfo:
+    """Read the card(s) of any artifact and summarise them for planning the pipeline."""
+    if _raw_card(uri, storage).get("task") != "hierarchical":
+        card = read_card(uri, storage)
+        return ArtifactInfo(card.task, card.framework, card.preprocess, card.features, card.labels, card.model_id())
+    tree = read_tree(uri, storage)
+    cards = node_cards(uri, tree, storage)
+    root = cards[()]
+    digest = hashlib.sha256(json.dumps({"tree": tree.model_dump(mode="json"),
+                                        "nodes": {"/".join(p): c.model_id() for p, c in cards.items()}},
+                                       sort_keys=True).encode()).hexdigest()
+    labels = sorted({lab for c in cards.values() for lab in c.labels})
+    framework = "torch" if any(c.framework == "torch" for c in cards.values()) else "sklearn"
+    return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest)
+
+
+class HierarchicalClassifier:
+    """Loads every node's classifier once; ``route`` gives each row its label path and scores."""
+
+    def __init__(self, uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
+                 threads: Optional[int] = None):
+        from imgclf_ray.models.heads import Head
+        from imgclf_ray.models.loader import load_classifier
+
+        self.info = describe_artifact(uri, storage)
+        self.model_id = self.info.model_id
+        tree = read_tree(uri, storage)
+        self.nodes = {}
+        for path, node in _nodes(tree.root):
+            clf = load_classifier(join(uri, node.model), storage, device=device, threads=threads)
+            head = Head(clf.card.task, clf.card.labels, clf.card.thresholds)
+            self.nodes[path] = (node, clf, head)
+
+    def route(self, inputs: np.ndarray) -> tuple[list[list[str]], list[list[float]]]:
+        """Label path and per-level scores for each row; only the models a row reaches run on it."""
+        n = len(inputs)
+        paths: list[list[str]] = [[] for _ in range(n)]
+        scores: list[list[float]] = [[] for _ in range(n)]
+        pending = [((), np.arange(n))]
+        while pending:
+            key, rows = pending.pop()
+            node, clf, head = self.nodes[key]
+            decision = head.decide(clf.predict_proba(inputs[rows]))
+            chosen = np.asarray(clf.card.labels, dtype=object)[decision.label]
+            for i, label, score in zip(rows, chosen, decision.score):
+                paths[i].append(label)
+                scores[i].append(float(score))
+            for label in node.children:
+                subset = rows[chosen == label]
+                if len(subset):
+                    pending.append((key + (label,), subset))
+        return paths, scores
