@@ -142,6 +142,12 @@ def _logreg_hog():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 
 
+def _forest():
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=200, random_state=0)
+
+
 def _mlp():
     from sklearn.neural_network import MLPClassifier
 
@@ -171,6 +177,8 @@ SKLEARN_RECIPES: dict[str, Recipe] = {
     "logreg-hog": Recipe(_GREY32, _HOG, _logreg_hog, task="binary", positive="face"),
     "mlp-attributes": Recipe({"resize": 16, "crop": 16, "channels": 1}, {"name": "pixels"}, _mlp,
                              task="multilabel"),
+    "forest-lbp": Recipe({"resize": 64, "crop": 64, "channels": 1},
+                         {"name": "lbp", "params": {"points": 16, "radius": 2}}, _forest),
 }
 
 
@@ -258,6 +266,25 @@ def train_tree_example(archive_uri: str, model_uri: str, storage: StorageSpec = 
     return tree
 
 
+def write_textures_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
+    """Cut scikit-image's brick, grass and gravel photographs (512x512 greyscale) into 64x64 patches:
+    ``<uri>/<texture>/patch-NN.png``, 64 per texture."""
+    from PIL import Image
+    from skimage import data
+
+    fs, root = filesystem(uri, storage)
+    n = 0
+    for name in ("brick", "grass", "gravel"):
+        image = getattr(data, name)()
+        fs.makedirs(join(root, name), exist_ok=True)
+        for k, (i, j) in enumerate((i, j) for i in range(0, 512, 64) for j in range(0, 512, 64)):
+            buf = io.BytesIO()
+            Image.fromarray(image[i:i + 64, j:j + 64], "L").save(buf, format="PNG")
+            fs.pipe_file(join(root, name, f"patch-{k:02d}.png"), buf.getvalue())
+            n += 1
+    return n
+
+
 def write_faces_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
     """Write scikit-image's lfw_subset (100 faces, 100 non-faces, 25x25 greyscale) as PNG files:
     ``<uri>/face/`` and ``<uri>/non-face/``."""
@@ -291,7 +318,8 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
     if spec.example is None:
         return
     if not _has_images(spec.source, spec.storage):
-        write = write_digits_archive if spec.example.dataset == "digits" else write_faces_archive
+        write = {"digits": write_digits_archive, "faces": write_faces_archive,
+                 "textures": write_textures_archive}[spec.example.dataset]
         n = write(spec.source.uri, spec.storage)
         echo(f"example: wrote {n} {spec.example.dataset} images to {spec.source.uri}")
     fs, model_path = filesystem(spec.model.uri, spec.storage)

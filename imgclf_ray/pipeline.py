@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,12 +21,13 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgclf_ray.errors import RunFailed
+from imgclf_ray.errors import RunFailed, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
+from imgclf_ray.models.loader import load_classifier
 from imgclf_ray.planner import Plan, plan_resources
 from imgclf_ray.report.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
@@ -188,6 +190,9 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
 
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
     card = describe_artifact(spec.model.uri, spec.storage)
+    # Load the artifact once here, on CPU, so that a tampered, untrusted or mismatched file is
+    # refused with a clear message before any work starts (the actors load it again).
+    load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
     # Classical estimators run on CPU actors whatever the cluster has.
     device = "cpu" if card.framework == "sklearn" else spec.model.device
     plan = plan_resources(ray.cluster_resources(), spec.resources, device)
@@ -199,7 +204,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics))
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
-        with _Watch(metrics, Progress("classify", manifest.num_rows, mode=progress)):
+        with _Watch(metrics, Progress("classify", manifest.num_rows, mode=progress)), _user_errors():
             ds.write_parquet(
                 staging_path,
                 filesystem=_pyarrow_fs(fs),
@@ -232,6 +237,24 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         "plan": result.plan,
     }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode()})
     return result
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Re-raise a user's error (e.g. an artifact refused inside an actor) that Ray wrapped in its
+    own exception types, so that it reaches the CLI as one clear message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only re-raised differently when it wraps a UserError
+        seen, cause = set(), exc
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, UserError):
+                raise cause from None
+            seen.add(id(cause))
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise
 
 
 class StageMetrics:

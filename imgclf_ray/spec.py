@@ -156,19 +156,21 @@ class RunSpec(_Spec):
 class ExampleSpec(_Spec):
     """Self-contained examples: materialise data and a model that a dependency ships."""
 
-    dataset: Literal["digits", "faces"] = Field(
+    dataset: Literal["digits", "faces", "textures"] = Field(
         description="Written as PNG files into source.uri (one folder per class) when that folder "
         "holds no images yet. digits: scikit-learn's 1,797 handwritten digits; faces: scikit-image's "
-        "lfw_subset, 100 faces and 100 non-faces.")
+        "lfw_subset, 100 faces and 100 non-faces; textures: 64x64 patches of scikit-image's brick, "
+        "grass and gravel photographs, 64 each.")
     train_model: bool = Field(
         True, description="Train the example model into model.uri when no artifact is there yet.")
     model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog", "logreg-hog",
-                   "mlp-attributes", "tree-hog"] = Field(
+                   "mlp-attributes", "tree-hog", "forest-lbp"] = Field(
         "resnet18", description="Which example model to train: a torchvision CNN (digits); svm-hog, "
         "a calibrated RBF SVM over HOG (digits); logreg-hog, binary logistic regression over HOG "
         "(faces); mlp-attributes, a multilabel MLP on pixels predicting digit attributes (even, "
         "large, prime, closed-loop); tree-hog, a hierarchical tree (small or large digit, then the "
-        "digit) of calibrated SVMs over HOG.")
+        "digit) of calibrated SVMs over HOG; forest-lbp, a random forest over LBP histograms "
+        "(textures).")
 
 
 class JobSpec(_Spec):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -56,3 +58,52 @@ def test_run_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, ov
 def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "validate" in result.output and "run" in result.output
+
+
+@pytest.mark.ray
+def test_untrusted_artifact_is_refused_before_any_work(ray_session, tmp_path):
+    """A skops file holding a type outside the trusted list: one error line, nothing written."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from imgclf_ray.models.artifact import save_sklearn_artifact
+    from tests.models.test_sklearn import shout
+
+    x = np.random.default_rng(0).random((20, 64)).astype(np.float32)
+    est = make_pipeline(FunctionTransformer(shout), LogisticRegression()).fit(x, np.arange(20) % 2)
+    save_sklearn_artifact(str(tmp_path / "model"), {"preprocess": {"resize": 8, "crop": 8, "channels": 1},
+                                                    "features": {"name": "pixels"}}, est)
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "x.png").write_bytes(b"")
+    result = CliRunner().invoke(main, ["run", QUICKSTART, "--set", "example=null",
+                                       "--set", f"source.uri={tmp_path}/arch", "--set", f"model.uri={tmp_path}/model",
+                                       "--set", f"sink.uri={tmp_path}/out"])
+    assert result.exit_code == 1 and "types that are not trusted" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+EXAMPLE_JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.yaml") if p.name != "quickstart.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("job", EXAMPLE_JOBS)
+def test_every_example_job_runs(ray_session, tmp_path, job):
+    """Each example in jobs/ materialises its data and model and labels every image."""
+    where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
+             f"--set=sink.uri={tmp_path}/out", "--run-id", "r", "-q"]
+    result = CliRunner().invoke(main, ["run", str(REPO / "jobs" / job), *where])
+    assert result.exit_code == 0, result.output
+    assert "example: trained" in result.output and "held out" in result.output
+    assert re.search(r"status : ok: \d+$", result.output, re.M), result.output  # no error rows
+    rows = pq.read_table([f.removeprefix("file://") for f in committed_files(f"{tmp_path}/out", "r")]).to_pylist()
+    truth = [r["uri"].rsplit("/", 2)[-2] for r in rows]
+    if job == "digits-multilabel.yaml":
+        from imgclf_ray.examples import DIGIT_ATTRIBUTES
+
+        exact = [set(r["labels"]) == {a for a, ds in DIGIT_ATTRIBUTES.items() if int(t) in ds} for t, r in zip(truth, rows)]
+        assert sum(exact) / len(rows) >= 0.9
+    else:
+        assert sum(t == r["label"] for t, r in zip(truth, rows)) / len(rows) >= 0.9

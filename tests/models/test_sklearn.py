@@ -71,3 +71,40 @@ def test_example_svm_hog_is_accurate(svm_hog_model):
     card = read_card(svm_hog_model)
     assert card.features.name == "hog" and card.metrics["test_accuracy"] >= 0.97
     assert Path(svm_hog_model, "model.skops").exists()
+
+
+def _estimators():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    return {
+        "knn": KNeighborsClassifier(5),
+        "knn-balltree": KNeighborsClassifier(3, algorithm="ball_tree"),
+        "decision-tree": DecisionTreeClassifier(max_depth=8, random_state=0),
+        "random-forest": RandomForestClassifier(20, random_state=0),
+        "gradient-boosting": GradientBoostingClassifier(n_estimators=10, random_state=0),
+        "hist-gradient-boosting": HistGradientBoostingClassifier(max_iter=20, random_state=0),
+        "linear-svm": make_pipeline(StandardScaler(), CalibratedClassifierCV(LinearSVC(), cv=3)),
+        "kernel-svm-isotonic": CalibratedClassifierCV(SVC(), cv=3, method="isotonic"),
+        "mlp": MLPClassifier((32,), max_iter=300, random_state=0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_estimators()))
+def test_every_supported_estimator_loads_with_the_trusted_list(name, tmp_path):
+    """Conformance over the estimators users ask for by name: no type outside TRUSTED_TYPES."""
+    import warnings
+
+    x, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = _estimators()[name].fit(x[:600], y[:600])
+    save_sklearn_artifact(str(tmp_path), {"preprocess": PREP, "features": FEATURES}, est)
+    clf = SklearnClassifier(str(tmp_path))
+    np.testing.assert_allclose(clf.predict_proba(x[600:650]), est.predict_proba(x[600:650]), rtol=1e-5, atol=1e-6)
