@@ -132,3 +132,13 @@ def edges(image: np.ndarray, bins: int = 16, sigma: float = 1.0) -> np.ndarray:
     ori_hist = np.histogram(orientation, bins=bins, range=(0, np.pi), weights=magnitude)[0].astype(np.float32)
     density = np.float32(canny(grey, sigma=sigma).mean())
     return np.concatenate([mag_hist / max(mag_hist.sum(), 1.0), ori_hist / max(ori_hist.sum(), 1e-9), [density]])
+
+
+@register("cnn_embedding")
+def cnn_embedding(image: np.ndarray, backbone: str) -> np.ndarray:
+    """Pre-logits of a torch model artifact at ``backbone`` (local path, or s3:// reached through the
+    environment's settings), normalised with that model's mean/std. The classical model's
+    preprocess should give the backbone's input size. The backbone is loaded once per process."""
+    from imgclf_ray.models.torch_classifier import embedder
+
+    return embedder(backbone).embed(image[None])[0]

@@ -60,7 +60,7 @@ class PreprocessCard(_Card):
 
 class WeightsRef(_Card):
     file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name inside the artifact folder.")
-    format: Literal["safetensors", "state_dict", "skops"] = "safetensors"
+    format: Literal["safetensors", "state_dict", "torchscript", "skops"] = "safetensors"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -109,7 +109,7 @@ class ModelCard(_Card):
             if self.preprocess.mean is None:
                 raise ValueError("torch models need preprocess.mean and preprocess.std")
             if self.weights.format == "skops":
-                raise ValueError("torch weights are safetensors or state_dict, not skops")
+                raise ValueError("torch weights are safetensors, state_dict or torchscript, not skops")
         else:
             if self.features is None:
                 raise ValueError("sklearn models need a features extractor")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
 
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card
+from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card, read_weights
 from imgclf_ray.spec import StorageSpec
 
 
@@ -21,6 +22,29 @@ def build_network(architecture: str, num_classes: int):
     return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
 
 
+def _load_torchscript(uri: str, card: ModelCard, storage: StorageSpec):
+    """A TorchScript module (a zip of code and tensors, not a pickle), digest checked first."""
+    import io
+    import warnings
+
+    import torch
+
+    blob = read_weights(uri, card, storage)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is deprecated upstream in favour of torch.export; the files still load.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(io.BytesIO(blob), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+        raise ArtifactError(f"{uri}/{card.weights.file}: not a TorchScript file ({type(exc).__name__}: {exc})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def embedder(uri: str) -> "TorchClassifier":
+    """One CPU, one-thread classifier per backbone and process, for the cnn_embedding extractor."""
+    return TorchClassifier(uri, device="cpu", threads=1)
+
+
 class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
@@ -32,13 +56,16 @@ class TorchClassifier:
             torch.set_num_threads(threads)
         self.card: ModelCard = read_card(model_uri, storage)
         self.model_id = self.card.model_id()
-        net = build_network(self.card.architecture, len(self.card.labels))
-        state = load_state_dict(model_uri, self.card, storage)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{model_uri}: weights do not fit {self.card.architecture} with "
-                                f"{len(self.card.labels)} classes ({str(exc).splitlines()[0]})") from None
+        if self.card.weights.format == "torchscript":
+            net = _load_torchscript(model_uri, self.card, storage)
+        else:
+            net = build_network(self.card.architecture, len(self.card.labels))
+            state = load_state_dict(model_uri, self.card, storage)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ArtifactError(f"{model_uri}: weights do not fit {self.card.architecture} with "
+                                    f"{len(self.card.labels)} classes ({str(exc).splitlines()[0]})") from None
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -50,17 +77,37 @@ class TorchClassifier:
         self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape) * 255
         self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape) * 255
 
+    def _normalised(self, pixels: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        x = (x.float() - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Pre-logits features of a (N, C, H, W) uint8 batch: the input of the network's last
+        linear layer (resnet's pooled features, a ViT's class token, ...)."""
+        import torch
+
+        last = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
+        if not last:
+            raise ArtifactError(f"{self.card.architecture}: no linear layer to take pre-logits from")
+        captured = []
+        hook = last[-1].register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+        try:
+            with torch.inference_mode():
+                self.net(self._normalised(pixels))
+        finally:
+            hook.remove()
+        return captured[0].float().flatten(1).cpu().numpy()
+
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for a (N, C, H, W) uint8 batch: softmax, or sigmoid per label for
         multilabel models."""
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-            x = (x.float() - self._mean) / self._std
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.net(x).float()
+            logits = self.net(self._normalised(pixels)).float()
             if self.card.task == "multilabel":
                 return torch.sigmoid(logits).cpu().numpy()
             return torch.softmax(logits, dim=1).cpu().numpy()

@@ -20,20 +20,50 @@ def images(sample_photo):
     return [condition(sample_photo, cond), condition(Image.fromarray(flower), cond)]
 
 
+def _params(name, request):
+    """Extractors that need an argument get one (cnn_embedding: a backbone artifact)."""
+    return {"backbone": request.getfixturevalue("tiny_model")} if name == "cnn_embedding" else {}
+
+
 @pytest.mark.parametrize("name", extractors.names())
-def test_conformance(name, images):
-    a, b = (extractors.extract(name, im) for im in images)
+def test_conformance(name, images, request):
+    params = _params(name, request)
+    a, b = (extractors.extract(name, im, params) for im in images)
     assert a.ndim == 1 and a.dtype == np.float32 and a.shape == b.shape and len(a) > 0
     assert np.isfinite(a).all() and not np.array_equal(a, b)
-    assert np.array_equal(a, extractors.extract(name, images[0]))  # deterministic
-    grey = extractors.extract(name, images[0][:1])  # one-channel input works too
-    assert np.isfinite(grey).all()
+    assert np.array_equal(a, extractors.extract(name, images[0], params))  # deterministic
+    if name != "cnn_embedding":  # the backbone takes the channels it was trained on
+        grey = extractors.extract(name, images[0][:1], params)  # one-channel input works too
+        assert np.isfinite(grey).all()
+
+
+def test_cnn_embedding_is_the_backbones_pooled_features(images, tiny_model):
+    """resnet18 pre-logits: the 512 pooled features that feed its fc layer."""
+    import json
+    from pathlib import Path
+
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+
+    card = json.loads((Path(tiny_model) / "model_card.json").read_text())
+    net = torchvision.models.resnet18(num_classes=10)
+    net.load_state_dict(load_file(str(Path(tiny_model) / "model.safetensors")))
+    net.fc = torch.nn.Identity()
+    net.eval()
+    mean = torch.tensor(card["preprocess"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(card["preprocess"]["std"]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        ref = net((torch.from_numpy(images[0][None]).float() / 255 - mean) / std)[0].numpy()
+    got = extractors.extract("cnn_embedding", images[0], {"backbone": tiny_model})
+    assert got.shape == (512,)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_registry_refuses_duplicates_and_names_unknowns():
     with pytest.raises(ValueError, match="already registered"):
         extractors.register("hog")(lambda image: image)
-    with pytest.raises(KeyError, match="unknown feature extractor 'sift'; known: color_histogram"):
+    with pytest.raises(KeyError, match="unknown feature extractor 'sift'; known: cnn_embedding, color_histogram"):
         extractors.get("sift")
 
 

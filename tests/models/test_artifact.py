@@ -105,3 +105,26 @@ def test_multilabel_torch_models_use_independent_sigmoids(tiny_model, tmp_path):
         x = (torch.from_numpy(pixels).float() / 255 - 0.5) / 0.25
         logits = single.net.float()(x.contiguous(memory_format=torch.channels_last)).numpy()
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_torchscript_artifact_gives_the_same_probabilities(tiny_model, tmp_path):
+    import hashlib
+    import io
+
+    eager = TorchClassifier(tiny_model, threads=1)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(eager.net.float().to(memory_format=torch.contiguous_format)), buf)
+    blob = buf.getvalue()
+    card = json.loads((Path(tiny_model) / CARD_FILE).read_text())
+    card["weights"] = {"file": "model.ts", "format": "torchscript", "sha256": hashlib.sha256(blob).hexdigest()}
+    (tmp_path / "ts").mkdir()
+    (tmp_path / "ts" / "model.ts").write_bytes(blob)
+    (tmp_path / "ts" / CARD_FILE).write_text(json.dumps(card))
+    scripted = TorchClassifier(str(tmp_path / "ts"), threads=1)
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    np.testing.assert_allclose(scripted.predict_proba(pixels), eager.predict_proba(pixels), atol=1e-5)
+    (tmp_path / "ts" / "model.ts").write_bytes(b"not a zip at all")
+    card["weights"]["sha256"] = hashlib.sha256(b"not a zip at all").hexdigest()
+    (tmp_path / "ts" / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="not a TorchScript file"):
+        TorchClassifier(str(tmp_path / "ts"))
