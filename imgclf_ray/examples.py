@@ -321,7 +321,8 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
         write = {"digits": write_digits_archive, "faces": write_faces_archive,
                  "textures": write_textures_archive}[spec.example.dataset]
         n = write(spec.source.uri, spec.storage)
-        echo(f"example: wrote {n} {spec.example.dataset} images to {spec.source.uri}")
+        noun = {"digits": "digit images", "faces": "face / non-face images", "textures": "texture patches"}
+        echo(f"example: wrote {n} {noun[spec.example.dataset]} to {spec.source.uri}")
     fs, model_path = filesystem(spec.model.uri, spec.storage)
     if spec.example.train_model and not fs.exists(join(model_path, CARD_FILE)):
         recipe = spec.example.model
