@@ -72,6 +72,26 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     click.echo(format_summary(result))
 
 
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--run-id", default=None, help="Run id of the evaluation run.")
+@click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
+def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool) -> None:
+    """Score a model on a labelled archive (source.labels): run the job, compare with the true
+    labels, write evaluation.json next to the model and the run."""
+    extra = list(overrides) + ([f"sink.run_id={run_id}"] if run_id else [])
+    spec = _load(job, tuple(extra))
+    from imgclf_ray.evaluate import evaluate_job, format_metrics
+
+    try:
+        result, metrics = evaluate_job(spec, quiet=quiet)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(format_metrics(metrics))
+    click.echo(f"  written : {spec.model.uri}/evaluation.json, {result.output_uri}/evaluation.json")
+
+
 def _storage_options(fn):
     """--endpoint-url / --region / --profile for commands that read outputs directly."""
     fn = click.option("--profile", default=None, help="AWS profile for s3:// URIs.")(fn)

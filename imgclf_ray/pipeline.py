@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from imgclf_ray.errors import RunFailed, UserError
 from imgclf_ray.io import sink
+from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join
@@ -398,7 +399,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     examples.prepare(spec, progress=mode)
     describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
     listing_started = time.perf_counter()
-    manifest = list_archive(spec.source, spec.storage, progress=mode)
+    manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
     ensure_ray(spec.run.ray_address, verbose)
     import ray

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgclf_ray.errors import SpecError
 
@@ -59,6 +59,26 @@ class StorageSpec(_Spec):
         return opts
 
 
+class LabelsSpec(_Spec):
+    """Where the true labels of a labelled archive come from (for evaluate, and the report)."""
+
+    kind: Literal["folder", "table"] = Field(
+        "folder", description="folder: the image's folders below source.uri (root/<label>/x.jpg; "
+        "root/fruit/apple/x.jpg gives the hierarchical path fruit/apple); table: a CSV or Parquet "
+        "table of uri -> label.")
+    table: Optional[str] = Field(None, description="The table's URI (kind: table); .csv or .parquet.")
+    uri_column: str = Field("uri", description="Its column of image URIs, full or relative to source.uri.")
+    label_column: str = Field("label", description="Its column of labels: one label, a list joined by "
+                              "the separator (multilabel), or a path fruit/apple (hierarchical).")
+    separator: str = Field("|", min_length=1, description="Joins the labels of a multilabel image.")
+
+    @model_validator(mode="after")
+    def _table_needs_uri(self) -> "LabelsSpec":
+        if self.kind == "table" and not self.table:
+            raise ValueError("kind: table needs table: <uri of a .csv or .parquet file>")
+        return self
+
+
 class SourceSpec(_Spec):
     """Where the images are."""
 
@@ -68,6 +88,8 @@ class SourceSpec(_Spec):
         list(DEFAULT_EXTENSIONS),
         description="File extensions to include (case-insensitive). Other files are not listed.")
     recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
+    labels: Optional[LabelsSpec] = Field(None, description="True labels of a labelled archive: they "
+                                         "go into the true_label column; imgclf evaluate needs them.")
 
     @field_validator("extensions")
     @classmethod

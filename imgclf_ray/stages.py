@@ -225,6 +225,8 @@ class PredictStage:
             "status": list(status),
             "error": list(error),
             **predictions,
+            "true_label": ([t if isinstance(t, str) else None for t in batch["true_label"]]
+                           if "true_label" in batch else [None] * n),
             "model_id": [self.classifier.model_id] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

@@ -24,6 +24,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("class_scores", pa.list_(pa.float32())),
     pa.field("label_path", pa.list_(pa.string())),
     pa.field("path_scores", pa.list_(pa.float32())),
+    pa.field("true_label", pa.string()),
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -52,6 +53,8 @@ COLUMN_DOCS = {
                     "in the run's _manifest.json); null for hierarchical models.",
     "label_path": "Hierarchical: the label chosen at each level, root first (label is the last).",
     "path_scores": "Hierarchical: the score of each level's choice (score is their product).",
+    "true_label": "The known label when source.labels says where labels are (multilabel: joined by "
+                  "the separator; hierarchical: a path a/b/c); null otherwise.",
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",

@@ -236,8 +236,8 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
                          + thumbs.grid([(r_uris[i], f"{r_scores[i]:.2f}") for i in best]))
         sections.append(("exemplars", "Most confident images per label", "".join(parts)))
 
-    truth = _truth(ok, truth_from_folder)
-    if truth is not None and ok.num_rows:
+    truth = _truth(ok, truth_from_folder) if m.get("task") != "multilabel" else None
+    if truth is not None and any(t is not None for t in truth):
         sections.append(("confusion", "Against the true labels", _confusion(truth, ok_labels)))
 
     if "cluster" in t.column_names:
@@ -287,8 +287,9 @@ def _counts(t: pa.Table, column: str) -> dict[Any, int]:
 
 
 def _truth(ok: pa.Table, from_folder: bool) -> Optional[list[str]]:
-    if "true_label" in ok.column_names:
-        return [None if v is None else str(v) for v in ok.column("true_label").to_pylist()]
+    if "true_label" in ok.column_names and ok.column("true_label").null_count < ok.num_rows:
+        # Hierarchical truths are paths (a/b/c); the label is the leaf.
+        return [None if v is None else str(v).rsplit("/", 1)[-1] for v in ok.column("true_label").to_pylist()]
     if from_folder:
         return [u.rstrip("/").rsplit("/", 2)[-2] for u in ok.column("uri").to_pylist()]
     return None

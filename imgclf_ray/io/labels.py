@@ -1,0 +1,64 @@
+"""True labels for a labelled archive: from its folders, or from a table of uri -> label."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+import pyarrow as pa
+
+from imgclf_ray.errors import SourceError
+from imgclf_ray.io.storage import filesystem, to_uri
+from imgclf_ray.spec import SourceSpec, StorageSpec
+
+_GLOB_CHARS = set("*?[")
+
+
+def _root_uri(source: SourceSpec, storage: StorageSpec) -> str:
+    """The folder labels are relative to: source.uri, or the part of a glob before its wildcards."""
+    fs, path = filesystem(source.uri, storage)
+    if _GLOB_CHARS & set(path):
+        path = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+    return to_uri(fs, path.rstrip("/"))
+
+
+def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, storage)
+    try:
+        blob = fs.cat_file(path)
+    except OSError as exc:
+        raise SourceError(f"{uri}: cannot read the labels table (source.labels.table): {exc}") from None
+    if path.lower().endswith(".parquet"):
+        return pq.read_table(io.BytesIO(blob))
+    return pacsv.read_csv(io.BytesIO(blob))
+
+
+def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
+    """The manifest with a ``true_label`` column (null for images the labels do not cover)."""
+    spec = source.labels
+    if spec is None:
+        return manifest
+    root = _root_uri(source, storage).rstrip("/") + "/"
+    uris = manifest.column("uri").to_pylist()
+    if spec.kind == "folder":
+        labels = []
+        for uri in uris:
+            rel = uri[len(root):] if uri.startswith(root) else posixpath.basename(uri)
+            folder = posixpath.dirname(rel)
+            labels.append(folder or None)
+    else:
+        table = _read_table(spec.table, storage)
+        for column in (spec.uri_column, spec.label_column):
+            if column not in table.column_names:
+                raise SourceError(f"{spec.table}: no column {column!r} (source.labels); it has "
+                                  f"{', '.join(table.column_names)}")
+        by_uri = {}
+        for key, label in zip(table.column(spec.uri_column).to_pylist(), table.column(spec.label_column).to_pylist()):
+            if key is not None and label is not None:
+                key = str(key)
+                by_uri[key if "://" in key else root + key.lstrip("/")] = str(label)
+        labels = [by_uri.get(uri) for uri in uris]
+    return manifest.append_column("true_label", pa.array(labels, pa.string()))

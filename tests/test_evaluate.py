@@ -1,0 +1,103 @@
+"""Evaluation metrics for every task type, and `imgclf evaluate` on a labelled archive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.evaluate import evaluate_rows
+from imgclf_ray.io.labels import attach_true_labels
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.spec import SourceSpec
+from tests.conftest import REPO
+
+
+def row(label=None, true=None, status="ok", **kw):
+    return {"status": status, "label": label, "true_label": true, "labels": kw.get("labels"),
+            "label_path": kw.get("path"), "class_scores": kw.get("scores")}
+
+
+def test_multiclass_metrics():
+    rows = [row("a", "a"), row("a", "b"), row("b", "b"), row("c", "c"), row(status="error", true="a"), row("a", None)]
+    m = evaluate_rows(rows, "multiclass", ["a", "b", "c"])
+    assert m["images"] == 4 and m["left_out"] == {"error_rows": 1, "without_true_label": 1}
+    assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == pytest.approx(0.8333, abs=1e-4)
+    assert m["confusion_matrix"]["matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
+
+
+def test_binary_roc_auc_and_threshold():
+    rows = [row("pos", "pos", scores=[0.1, 0.9]), row("neg", "pos", scores=[0.6, 0.4]),
+            row("neg", "neg", scores=[0.7, 0.3]), row("pos", "neg", scores=[0.45, 0.55])]
+    m = evaluate_rows(rows, "binary", ["neg", "pos"], threshold=0.5)
+    assert m["roc_auc"] == 0.75 and m["accuracy"] == 0.5 and m["threshold"] == 0.5
+
+
+def test_multilabel_metrics():
+    rows = [row("x", "x|y", labels=["x", "y"]), row("x", "x", labels=["x", "z"]), row("y", "", labels=[])]
+    m = evaluate_rows(rows, "multilabel", ["x", "y", "z"])
+    assert m["subset_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert m["hamming_loss"] == pytest.approx(1 / 9, abs=1e-4)
+    assert m["micro_f1"] == pytest.approx(0.8571, abs=1e-4)
+
+
+def test_hierarchical_precision_recall_with_leaf_truths():
+    leaf_paths = {"3": ["small", "3"], "7": ["large", "7"], "4": ["small", "4"]}
+    rows = [row("3", "3", path=["small", "3"]), row("4", "small/3", path=["small", "4"]),
+            row("7", "3", path=["large", "7"])]
+    m = evaluate_rows(rows, "hierarchical", [], leaf_paths=leaf_paths)
+    # |P∩T| = 2 + 1 + 0 over 6 predicted and 6 true nodes
+    assert m["hierarchical_precision"] == 0.5 and m["hierarchical_recall"] == 0.5
+    assert m["path_accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
+    for rel in ["fruit/apple/a.png", "fruit/pear/b.png", "veg/c.png", "d.png"]:
+        (tmp_path / "arch" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "arch" / rel).write_bytes(b"x")
+    source = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "folder"})
+    table = attach_true_labels(list_archive(source), source)
+    assert table.column("true_label").to_pylist() == [None, "fruit/apple", "fruit/pear", "veg"]
+    (tmp_path / "labels.csv").write_text("path,tags\nd.png,red|round\nveg/c.png,green\n")
+    source = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "table", "table": str(tmp_path / "labels.csv"),
+                                                          "uri_column": "path", "label_column": "tags"})
+    table = attach_true_labels(list_archive(source), source)
+    assert table.column("true_label").to_pylist() == ["red|round", None, None, "green"]
+
+
+@pytest.mark.ray
+def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, attributes_model, tmp_path):
+    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+
+    archive = tmp_path / "arch"
+    archive.mkdir()
+    lines = ["file,attributes"]
+    for src in sorted(Path(digits_archive).rglob("*.png"))[::45]:
+        shutil.copy(src, archive / src.name)
+        digit = int(src.parent.name)
+        lines.append(f"{src.name},{'|'.join(a for a, ds in DIGIT_ATTRIBUTES.items() if digit in ds)}")
+    (tmp_path / "truth.csv").write_text("\n".join(lines) + "\n")
+    model = tmp_path / "model"
+    shutil.copytree(attributes_model, model)
+    result = CliRunner().invoke(main, [
+        "evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "-q", "--run-id", "eval",
+        "--set", "example=null", "--set", f"source.uri={archive}", "--set", f"model.uri={model}",
+        "--set", f"sink.uri={tmp_path}/out", "--set", "source.labels.kind=table",
+        "--set", f"source.labels.table={tmp_path}/truth.csv", "--set", "source.labels.uri_column=file",
+        "--set", "source.labels.label_column=attributes"])
+    assert result.exit_code == 0, result.output
+    assert "multilabel evaluation on 40 labelled images" in result.output
+    metrics = json.loads((model / "evaluation.json").read_text())
+    assert metrics["micro_f1"] >= 0.9 and metrics["subset_accuracy"] >= 0.75
+    assert json.loads((tmp_path / "out" / "eval" / "evaluation.json").read_text()) == metrics
+
+
+def test_evaluate_without_labels_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"),
+                                       "--set", "example=null", "--set", f"model.uri={tmp_path}"])
+    assert result.exit_code == 2 and "source.labels: imgclf evaluate needs true labels" in result.output
