@@ -22,9 +22,9 @@ def _fail(exc: UserError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _load(job: str, overrides: tuple[str, ...]) -> JobSpec:
+def _load(job: str, overrides: tuple[str, ...], model=JobSpec):
     try:
-        return load_spec(job, list(overrides))
+        return load_spec(job, list(overrides), model)
     except UserError as exc:
         _fail(exc)
         raise  # unreachable
@@ -40,7 +40,19 @@ def main() -> None:
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 def validate(job: str, overrides: tuple[str, ...]) -> None:
-    """Check a job spec without starting Ray (exit 2 on any problem)."""
+    """Check a job spec (or a training spec) without starting Ray (exit 2 on any problem)."""
+    import yaml
+
+    from imgclf_ray.spec import TrainSpec
+
+    try:
+        head = yaml.safe_load(open(job))
+    except (OSError, yaml.YAMLError):
+        head = None  # _load reports it properly
+    if isinstance(head, dict) and "data" in head and "source" not in head:
+        spec = _load(job, overrides, TrainSpec)
+        click.echo(f"{job}: ok (training {spec.name!r}: {spec.data.uri} -> {spec.model.output})")
+        return
     spec = _load(job, overrides)
     click.echo(f"{job}: ok (job {spec.name!r}: {spec.source.uri} -> {spec.sink.uri})")
 
@@ -70,6 +82,26 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+def train(job: str, overrides: tuple[str, ...]) -> None:
+    """Train a classical model (scikit-learn over a feature extractor) from a training spec."""
+    from imgclf_ray.spec import TrainSpec
+
+    spec = _load(job, overrides, TrainSpec)
+    from imgclf_ray.evaluate import format_metrics
+    from imgclf_ray.train import train_job
+
+    try:
+        metrics = train_job(spec)
+    except UserError as exc:
+        _fail(exc)
+    for name, node in (metrics["nodes"].items() if metrics.get("task") == "hierarchical" else [("", metrics)]):
+        click.echo((f"[{name}] " if name else "") + "held-out " + format_metrics(node))
+    click.echo(f"  artifact: {spec.model.output}  ({metrics['seconds']} s)")
 
 
 @main.command()
@@ -146,20 +178,20 @@ def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_fro
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["spec", "schema"]), default="spec")
+@click.argument("what", type=click.Choice(["spec", "train", "schema"]), default="spec")
 @click.option("--update", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Rewrite the generated sections of this Markdown file (e.g. README.md) instead.")
 def reference(what: str, update: Optional[str]) -> None:
-    """Print the job-spec reference or the output schema as Markdown (as in the README)."""
+    """Print the job-spec, training-spec or output-schema reference as Markdown (as in the README)."""
     from pathlib import Path
 
-    from imgclf_ray.reference import schema_reference, spec_reference, update_markdown
+    from imgclf_ray.reference import schema_reference, spec_reference, train_reference, update_markdown
 
     if update:
         Path(update).write_text(update_markdown(Path(update).read_text()))
         click.echo(f"{update}: generated sections updated")
         return
-    click.echo(spec_reference() if what == "spec" else schema_reference())
+    click.echo({"spec": spec_reference, "train": train_reference, "schema": schema_reference}[what]())
 
 
 if __name__ == "__main__":

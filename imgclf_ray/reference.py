@@ -49,8 +49,8 @@ def _default(field) -> str:
     return f"`{json.dumps(value, default=list)}`"
 
 
-def spec_reference() -> str:
-    """A table per section: key, type, default, description."""
+def spec_reference(model: type[BaseModel] = JobSpec) -> str:
+    """One table of every key (sections flattened): key, type, default, description."""
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -64,7 +64,7 @@ def spec_reference() -> str:
                 lines.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | "
                              f"{field.description or ''} |")
 
-    walk(JobSpec, "")
+    walk(model, "")
     return "\n".join(lines)
 
 
@@ -76,7 +76,14 @@ def schema_reference() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"spec-reference": spec_reference, "schema-reference": schema_reference}
+def train_reference() -> str:
+    from imgclf_ray.spec import TrainSpec
+
+    return spec_reference(TrainSpec)
+
+
+SECTIONS = {"spec-reference": spec_reference, "schema-reference": schema_reference,
+            "train-reference": train_reference}
 
 
 def update_markdown(text: str) -> str:

@@ -211,6 +211,88 @@ class JobSpec(_Spec):
     example: Optional[ExampleSpec] = Field(None, description="Bundled example data and model.")
 
 
+ESTIMATORS = ("logistic_regression", "knn", "linear_svm", "svm", "decision_tree", "random_forest",
+              "gradient_boosting", "hist_gradient_boosting", "mlp")
+
+
+class SearchSpec(_Spec):
+    """Hyper-parameter search over the estimator's parameters, by cross-validation on the training split."""
+
+    grid: dict[str, list[Any]] = Field(description="Parameter name -> values to try, e.g. {C: [1, 10, 100]}.")
+    cv: int = Field(3, ge=2, description="Cross-validation folds.")
+    halving: bool = Field(False, description="Successive halving (HalvingGridSearchCV) instead of a full grid.")
+    scoring: Optional[str] = Field(None, description="scikit-learn scorer name; default: the estimator's score.")
+
+
+class EstimatorSpec(_Spec):
+    """A scikit-learn classifier by name."""
+
+    name: Literal[ESTIMATORS] = Field(description="svm is an RBF SVC and linear_svm a LinearSVC, both "
+                                      "calibrated with CalibratedClassifierCV for probabilities; mlp is "
+                                      "an MLPClassifier (the fully connected 'ANN').")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
+    search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
+
+
+class PreprocessSpec(_Spec):
+    """Conditioning recorded in the model card and applied identically at inference."""
+
+    resize: int = Field(gt=0, description="Shorter side after resizing.")
+    crop: Optional[int] = Field(None, gt=0, description="Centre-crop side.")
+    channels: Literal[1, 3] = Field(3, description="1 = greyscale, 3 = RGB.")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+
+
+class FeatureSpec(_Spec):
+    name: str = Field(description="Feature extractor: pixels, color_histogram, hog, lbp, glcm, edges, cnn_embedding.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments.")
+
+
+class TrainModelSpec(_Spec):
+    """What to train and where to put it."""
+
+    output: str = Field(description="Artifact folder to write (local or s3://).")
+    preprocess: PreprocessSpec = Field(description="Conditioning before feature extraction.")
+    features: FeatureSpec = Field(description="Feature extractor.")
+    estimator: EstimatorSpec = Field(description="The classifier.")
+
+
+class SplitSpec(_Spec):
+    """Seeded, stratified train / validation / test split."""
+
+    test: float = Field(0.2, gt=0, lt=1, description="Fraction held out for the test metrics.")
+    validation: float = Field(0.0, ge=0, lt=1, description="Fraction of the rest used to tune "
+                              "multilabel thresholds (0: thresholds stay 0.5).")
+    seed: int = Field(0, description="Seed of the split (and of seeded estimators).")
+
+
+class TrainSpec(_Spec):
+    """`imgclf train`: fit a classical model on a labelled archive and write a safe artifact."""
+
+    name: str = Field(pattern=_SAFE_ID, description="Training job name.")
+    description: str = Field("", description="Free text for people.")
+    data: SourceSpec = Field(description="The labelled archive; data.labels says where the labels are.")
+    decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
+    task: Literal["multiclass", "binary", "multilabel", "hierarchical"] = Field(
+        "multiclass", description="hierarchical: one model per parent node of the label paths "
+        "(folders fruit/apple/...), each trained on its branch's images.")
+    positive: Optional[str] = Field(None, description="binary: the positive label (default: the "
+                                    "second in sorted order).")
+    model: TrainModelSpec = Field(description="What to train.")
+    split: SplitSpec = Field(SplitSpec(), description="How the data is split.")
+    storage: StorageSpec = Field(StorageSpec(), description="Object-storage settings.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Planner overrides (decode batch size).")
+    run: RunSpec = Field(RunSpec(), description="ray_address for the feature-extraction pass.")
+    example: Optional[ExampleSpec] = Field(None, description="Materialise bundled example data into "
+                                           "data.uri (example.model is not used).")
+
+    @model_validator(mode="after")
+    def _needs_labels(self) -> "TrainSpec":
+        if self.data.labels is None:
+            raise ValueError("data.labels must say where the labels are (e.g. {kind: folder})")
+        return self
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z0-9_.]+", key.strip()):
@@ -270,7 +352,8 @@ def _describe(err: dict[str, Any]) -> str:
     return err["msg"]
 
 
-def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ...] = ()) -> JobSpec:
+def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ...] = (),
+               model: type[BaseModel] = JobSpec) -> Any:
     """Validate a mapping as a JobSpec; errors name ``origin`` and the dotted key.
 
     ``overridden`` lists the dotted keys that came from ``--set``, so that an error in one of them
@@ -279,7 +362,7 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a job spec is a mapping of keys, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -292,8 +375,9 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
         raise SpecError("\n".join(lines)) from None
 
 
-def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> JobSpec:
-    """Read a YAML job spec, apply ``--set`` overrides, validate. Raises SpecError."""
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: type[BaseModel] = JobSpec) -> Any:
+    """Read a YAML spec (a JobSpec unless ``model`` says otherwise), apply ``--set`` overrides,
+    validate. Raises SpecError."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -312,4 +396,4 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None) -> JobSpe
             raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
         data = apply_overrides(data, overrides)
     keys = tuple(item.partition("=")[0].strip() for item in overrides or ())
-    return parse_spec(data, str(path), text, keys)
+    return parse_spec(data, str(path), text, keys, model)

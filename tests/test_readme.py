@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from imgclf_ray.reference import schema_reference, spec_reference
+from imgclf_ray.reference import SECTIONS
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("marker, generate", [("spec-reference", spec_reference), ("schema-reference", schema_reference)])
+@pytest.mark.parametrize("marker, generate", list(SECTIONS.items()))
 def test_reference_sections_are_current(marker, generate):
     readme = (REPO / "README.md").read_text()
     found = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", readme, re.S)

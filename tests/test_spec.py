@@ -115,3 +115,9 @@ def test_import_and_help_stay_light():
              "print([m for m in ('torch', 'ray', 'torchvision') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("job", sorted((REPO / "jobs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_training_spec_validates(job):
+    result = CliRunner().invoke(main, ["validate", str(job), "--set", "data.uri=s3://other-bucket/labelled"])
+    assert result.exit_code == 0 and "ok (training" in result.output and "s3://other-bucket/labelled" in result.output

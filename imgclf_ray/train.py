@@ -1,0 +1,243 @@
+"""``imgclf train``: classical models (scikit-learn over a feature extractor) from a labelled archive.
+
+Features are extracted in parallel by the same Ray Data stage that inference uses (read, decode,
+condition, extract), so training and inference see identical inputs. The split is seeded and
+stratified; an optional grid search runs on the training split; metrics come from the held-out
+test split; the artifact is written with skops and a card that records all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from imgclf_ray.errors import SourceError, SpecError
+from imgclf_ray.evaluate import evaluate_rows
+from imgclf_ray.io.labels import attach_true_labels
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.io.storage import filesystem, join
+from imgclf_ray.models.artifact import CARD_FILE, save_sklearn_artifact
+from imgclf_ray.models.heads import Head
+from imgclf_ray.spec import EstimatorSpec, TrainSpec
+
+
+def make_estimator(spec: EstimatorSpec, seed: int = 0):
+    """The scikit-learn estimator a spec names (SVMs calibrated for probabilities), with a grid
+    search around it when asked."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    seeded = {"random_state": seed}
+    base = {
+        "logistic_regression": lambda p: LogisticRegression(max_iter=2000, **p),
+        "knn": lambda p: KNeighborsClassifier(**p),
+        # SVC(probability=True) is deprecated: probabilities come from CalibratedClassifierCV.
+        "linear_svm": lambda p: CalibratedClassifierCV(LinearSVC(**p), cv=3),
+        "svm": lambda p: CalibratedClassifierCV(SVC(**p), cv=3),
+        "decision_tree": lambda p: DecisionTreeClassifier(**{**seeded, **p}),
+        "random_forest": lambda p: RandomForestClassifier(**{**seeded, **p}),
+        "gradient_boosting": lambda p: GradientBoostingClassifier(**{**seeded, **p}),
+        "hist_gradient_boosting": lambda p: HistGradientBoostingClassifier(**{**seeded, **p}),
+        "mlp": lambda p: MLPClassifier(**{"max_iter": 1000, **seeded, **p}),
+    }[spec.name]
+    scaled = spec.name in ("logistic_regression", "knn", "linear_svm", "svm", "mlp")
+
+    def build(params: dict[str, Any]):
+        est = base(params)
+        return make_pipeline(StandardScaler(), est) if scaled else est
+
+    if spec.search is None:
+        return build(spec.params)
+    from sklearn.model_selection import GridSearchCV
+
+    # Search parameters address the estimator itself: C, not calibratedclassifiercv__estimator__C.
+    prefix = {"linear_svm": "estimator__", "svm": "estimator__"}.get(spec.name, "")
+    step = f"{type(base({})).__name__.lower()}__" if scaled else ""
+    grid = {f"{step}{prefix}{k}": v for k, v in spec.search.grid.items()}
+    if spec.search.halving:
+        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+        from sklearn.model_selection import HalvingGridSearchCV
+
+        return HalvingGridSearchCV(build(spec.params), grid, cv=spec.search.cv, scoring=spec.search.scoring,
+                                   random_state=seed)
+    return GridSearchCV(build(spec.params), grid, cv=spec.search.cv, scoring=spec.search.scoring)
+
+
+def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features, true labels, error rows) for the manifest, extracted by Ray Data CPU tasks."""
+    import ray
+
+    from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
+    from imgclf_ray.pipeline import ensure_ray
+    from imgclf_ray.stages import LoadStage
+
+    ensure_ray(spec.run.ray_address)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    prep = PreprocessCard(**spec.model.preprocess.model_dump())
+    features = FeaturesCard(**spec.model.features.model_dump())
+    batch = spec.resources.decode_batch_size or 32
+    ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // batch)))
+    ds = ds.map_batches(LoadStage(spec.storage, spec.decode, prep.conditioning(), features=features),
+                        batch_size=batch, batch_format="numpy")
+    xs, ys, errors = [], [], 0
+    for out in ds.select_columns(["inputs", "status", "true_label"]).iter_batches(batch_format="numpy"):
+        ok = out["status"] == "ok"
+        errors += int((~ok).sum())
+        xs.append(out["inputs"][ok])
+        ys.append(out["true_label"][ok])
+    return np.concatenate(xs), np.concatenate(ys).astype(str), errors
+
+
+def _targets(spec: TrainSpec, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    sep = spec.data.labels.separator
+    if spec.task == "multilabel":
+        sets = [set(n.split(sep)) - {""} for n in names]
+        labels = sorted(set().union(*sets))
+        return np.array([[int(lab in s) for lab in labels] for s in sets]), labels
+    labels = sorted(set(names))
+    if spec.task == "binary":
+        if len(labels) != 2:
+            raise SpecError(f"task: binary needs two labels, the data has {len(labels)}: {labels[:10]}")
+        positive = spec.positive or labels[1]
+        if positive not in labels:
+            raise SpecError(f"positive: {positive!r} is not one of the labels {labels}")
+        labels = [lab for lab in labels if lab != positive] + [positive]
+    # Indices into the card's labels: predict_proba's columns follow the card.
+    return np.array([labels.index(n) for n in names]), labels
+
+
+def _tune_thresholds(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Per-label threshold maximising F1 on the validation split (multilabel)."""
+    out = {}
+    for j, lab in enumerate(labels):
+        best, best_f1 = 0.5, -1.0
+        for t in np.linspace(0.05, 0.95, 19):
+            pred = probs[:, j] >= t
+            tp = int((pred & (y[:, j] == 1)).sum())
+            f1 = 2 * tp / max(int(pred.sum()) + int(y[:, j].sum()), 1)
+            if f1 > best_f1 + 1e-12:
+                best, best_f1 = float(round(t, 2)), f1
+        out[lab] = best
+    return out
+
+
+def _probs(estimator, x: np.ndarray) -> np.ndarray:
+    probs = estimator.predict_proba(x)
+    if isinstance(probs, list):
+        probs = np.stack([p[:, -1] for p in probs], axis=1)
+    return np.asarray(probs, dtype=np.float32)
+
+
+def _rows(probs: np.ndarray, truth: list[str], labels: list[str], task: str, thresholds: dict[str, float]):
+    """Test-split predictions as output-like rows, decided by the same head inference uses."""
+    decision = Head(task, labels, thresholds).decide(probs)
+    return [{"status": "ok", "label": labels[decision.label[i]], "true_label": truth[i],
+             "labels": [labels[j] for j in decision.chosen[i]] if decision.chosen is not None else None,
+             "label_path": None, "class_scores": probs[i].tolist()} for i in range(len(probs))]
+
+
+def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, seed: int,
+             card_extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Split, (search,) fit, score and save one model; returns its test metrics."""
+    import sklearn
+    from sklearn.model_selection import train_test_split
+
+    task = "multiclass" if spec.task == "hierarchical" else spec.task
+    y, labels = _targets(spec.model_copy(update={"task": task}), names)
+    if len(labels) < 2:
+        raise SourceError(f"{spec.data.uri}: training needs at least two labels, found {labels}")
+    strat = names if task != "multilabel" else None
+    idx = np.arange(len(y))
+    train_idx, test_idx = train_test_split(idx, test_size=spec.split.test, stratify=strat, random_state=seed)
+    thresholds: dict[str, float] = {}
+    val_idx = np.array([], dtype=int)
+    if spec.split.validation and task == "multilabel":
+        train_idx, val_idx = train_test_split(train_idx, test_size=spec.split.validation, random_state=seed)
+    estimator = make_estimator(spec.model.estimator, seed).fit(x[train_idx], y[train_idx])
+    search = {}
+    if hasattr(estimator, "best_params_"):
+        search = {"best_params": estimator.best_params_, "best_score": round(float(estimator.best_score_), 4)}
+        estimator = estimator.best_estimator_
+    if len(val_idx):
+        thresholds = _tune_thresholds(_probs(estimator, x[val_idx]), y[val_idx], labels)
+    truth = list(names[test_idx])
+    metrics = evaluate_rows(_rows(_probs(estimator, x[test_idx]), truth, labels, task, thresholds), task, labels,
+                            spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
+    save_sklearn_artifact(output, {
+        "task": task, "labels": labels, "thresholds": thresholds,
+        "preprocess": spec.model.preprocess.model_dump(), "features": spec.model.features.model_dump(),
+        "metrics": {"test": metrics, **({"search": search} if search else {})},
+        "training": {"data": spec.data.uri, "train_images": int(len(train_idx)), "validation_images": int(len(val_idx)),
+                     "test_images": int(len(test_idx)), "seed": seed, "estimator": spec.model.estimator.model_dump(),
+                     **(card_extra or {})},
+        "library_versions": {"scikit-learn": sklearn.__version__},
+    }, estimator, spec.storage)
+    return metrics
+
+
+def train_job(spec: TrainSpec) -> dict[str, Any]:
+    """Train and save the model a TrainSpec describes; returns the test metrics (for hierarchical
+    tasks: per node)."""
+    from imgclf_ray import examples
+
+    started = time.perf_counter()
+    if spec.example is not None and not examples._has_images(spec.data, spec.storage):
+        write = {"digits": examples.write_digits_archive, "faces": examples.write_faces_archive,
+                 "textures": examples.write_textures_archive}[spec.example.dataset]
+        write(spec.data.uri, spec.storage)
+    manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
+    labelled = manifest.filter(manifest.column("true_label").is_valid())
+    if not labelled.num_rows:
+        raise SourceError(f"{spec.data.uri}: no image has a label (data.labels)")
+    x, names, errors = extract_features(spec, labelled)
+    digest = hashlib.sha256("\n".join(f"{u} {e}" for u, e in zip(labelled.column("uri").to_pylist(),
+                                                                   labelled.column("etag").to_pylist())).encode()).hexdigest()
+    extra = {"data_digest": "sha256:" + digest, "unlabelled_images": manifest.num_rows - labelled.num_rows,
+             "unreadable_images": errors}
+    seed = spec.split.seed
+    if spec.task != "hierarchical":
+        metrics = _fit_one(spec, x, names, spec.model.output, seed, extra)
+    else:
+        metrics = _fit_tree(spec, x, names, seed, extra)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    return metrics
+
+
+def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """One model per parent node of the label paths, each on its branch's rows; then the tree card."""
+    from datetime import datetime, timezone
+
+    from imgclf_ray.models.hierarchy import TreeCard
+
+    paths = [n.split("/") for n in names]
+    results: dict[str, Any] = {}
+
+    def node(prefix: tuple[str, ...]) -> dict[str, Any]:
+        rows = np.array([p[:len(prefix)] == list(prefix) and len(p) > len(prefix) for p in paths])
+        nxt = np.array([paths[i][len(prefix)] for i in np.flatnonzero(rows)])
+        folder = "/".join(("node",) + prefix) if prefix else "root"
+        results[folder] = _fit_one(spec, x[rows], nxt, join(spec.model.output, folder), seed, extra)
+        children = {}
+        for label in sorted(set(nxt)):
+            if any(len(p) > len(prefix) + 1 and p[len(prefix)] == label for p in paths):
+                children[label] = node(prefix + (label,))
+        return {"model": folder, "children": children}
+
+    tree = TreeCard(root=node(()), description=f"trained by imgclf train ({spec.name})",
+                    metrics={"nodes": {k: {m: v for m, v in r.items() if isinstance(v, (int, float))}
+                                       for k, r in results.items()}},
+                    created_at=datetime.now(timezone.utc).isoformat())
+    fs, path = filesystem(spec.model.output, spec.storage)
+    fs.pipe_file(join(path, CARD_FILE), tree.model_dump_json(indent=2).encode())
+    return {"task": "hierarchical", "nodes": results}

@@ -1,0 +1,106 @@
+"""imgclf train -> evaluate -> run round trips, on data that dependencies ship."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.errors import ArtifactError
+from imgclf_ray.models.artifact import read_card
+from imgclf_ray.models.hierarchy import describe_artifact
+from imgclf_ray.spec import load_spec, TrainSpec
+from imgclf_ray.train import train_job
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.ray
+
+
+def _train(job: str, *overrides: str) -> dict:
+    return train_job(load_spec(REPO / "jobs" / job, list(overrides), TrainSpec))
+
+
+def test_svm_on_pixels_with_grid_search_then_run_and_evaluate(ray_session, digits_archive, tmp_path):
+    out = tmp_path / "model"
+    metrics = _train("train/digits-svm-pixels.yaml", f"data.uri={digits_archive}", f"model.output={out}", "example=null")
+    assert metrics["accuracy"] >= 0.97  # README reference: SVM on pixels, digits
+    card = read_card(str(out))
+    assert card.metrics["search"]["best_params"] and card.training["test_images"] == 360
+    assert card.training["data_digest"].startswith("sha256:")
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"), "-q",
+                                       "--set", "example=null", "--set", f"source.uri={digits_archive}",
+                                       "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "evaluation.json").read_text())["accuracy"] >= 0.97
+
+
+def test_textures_lbp_and_faces_binary_reference_results(ray_session, faces_archive, tmp_path):
+    textures = _train("train/textures-lbp.yaml", f"data.uri={tmp_path}/textures", f"model.output={tmp_path}/tex")
+    assert textures["accuracy"] >= 0.95  # README reference: LBP on texture patches
+    faces = _train("train/faces-hog.yaml", f"data.uri={faces_archive}", f"model.output={tmp_path}/faces", "example=null")
+    assert faces["roc_auc"] >= 0.95 and faces["positive_label"] == "face"  # README reference
+    assert read_card(f"{tmp_path}/faces").labels == ["non-face", "face"]
+
+
+def test_multilabel_from_a_table_with_tuned_thresholds(ray_session, digits_archive, tmp_path):
+    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+
+    lines = ["uri,attributes"]
+    for src in sorted(Path(digits_archive).rglob("*.png")):
+        digit = int(src.parent.name)
+        lines.append(f"{src.relative_to(digits_archive)},{'|'.join(a for a, ds in DIGIT_ATTRIBUTES.items() if digit in ds)}")
+    (tmp_path / "attributes.csv").write_text("\n".join(lines) + "\n")
+    metrics = _train("train/digits-svm-pixels.yaml", f"data.uri={digits_archive}", "example=null", "task=multilabel",
+                     "data.labels={kind: table, table: %s, label_column: attributes}" % (tmp_path / "attributes.csv"),
+                     f"model.output={tmp_path}/ml", "model.estimator={name: mlp, params: {hidden_layer_sizes: [64]}}",
+                     "split.validation=0.2")
+    assert metrics["micro_f1"] >= 0.9 and metrics["subset_accuracy"] >= 0.8
+    card = read_card(f"{tmp_path}/ml")
+    assert card.task == "multilabel" and set(card.thresholds) == set(DIGIT_ATTRIBUTES)
+
+
+def test_hierarchical_from_nested_folders(ray_session, digits_archive, tmp_path):
+    from imgclf_ray.examples import DIGIT_GROUPS
+
+    nested = tmp_path / "nested"
+    for group, digits in DIGIT_GROUPS.items():
+        for d in digits:
+            shutil.copytree(Path(digits_archive) / d, nested / group / d)
+    metrics = _train("train/digits-svm-pixels.yaml", f"data.uri={nested}", "example=null", "task=hierarchical",
+                     f"model.output={tmp_path}/tree", "model.estimator={name: svm, params: {C: 10}}")
+    assert set(metrics["nodes"]) == {"root", "node/small", "node/large"}
+    assert all(m["accuracy"] >= 0.95 for m in metrics["nodes"].values())
+    info = describe_artifact(f"{tmp_path}/tree")
+    assert info.task == "hierarchical" and info.features.name == "pixels"
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"), "-q",
+                                       "--set", "example=null", "--set", f"source.uri={nested}",
+                                       "--set", f"model.uri={tmp_path}/tree", "--set", f"sink.uri={tmp_path}/runs"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tree" / "evaluation.json").read_text())["path_accuracy"] >= 0.95
+
+
+def test_tampered_trained_artifact_is_refused(ray_session, digits_archive, tmp_path):
+    out = tmp_path / "model"
+    _train("train/digits-svm-pixels.yaml", f"data.uri={digits_archive}", f"model.output={out}", "example=null",
+           "model.estimator={name: knn}")
+    blob = bytearray((out / "model.skops").read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (out / "model.skops").write_bytes(bytes(blob))
+    from imgclf_ray.models.loader import load_classifier
+
+    with pytest.raises(ArtifactError, match="does not match the model card"):
+        load_classifier(str(out))
+    assert hashlib.sha256(bytes(blob)).hexdigest() != read_card(str(out)).weights.sha256
+
+
+def test_train_spec_errors_name_the_key(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(REPO / "jobs" / "train/faces-hog.yaml"),
+                                       "--set", "model.estimator.name=xgboost"])
+    assert result.exit_code == 2 and "(--set model.estimator.name): model.estimator.name" in result.output
+    result = CliRunner().invoke(main, ["train", str(REPO / "jobs" / "train/faces-hog.yaml"), "--set", "data.labels=null"])
+    assert result.exit_code == 2 and "data.labels must say where the labels are" in result.output
