@@ -98,6 +98,6 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
 
 
 def test_evaluate_without_labels_is_refused(tmp_path):
-    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"),
-                                       "--set", "example=null", "--set", f"model.uri={tmp_path}"])
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"), "--set", "example=null",
+                                       "--set", "source.labels=null", "--set", f"model.uri={tmp_path}"])
     assert result.exit_code == 2 and "source.labels: imgclf evaluate needs true labels" in result.output
