@@ -241,6 +241,40 @@ class PreprocessSpec(_Spec):
     crop: Optional[int] = Field(None, gt=0, description="Centre-crop side.")
     channels: Literal[1, 3] = Field(3, description="1 = greyscale, 3 = RGB.")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    mean: Optional[list[float]] = Field(None, description="CNNs: per-channel mean on the 0..1 scale; "
+                                        "default: measured on the training split.")
+    std: Optional[list[float]] = Field(None, description="CNNs: per-channel standard deviation; "
+                                       "default: measured on the training split.")
+
+
+class AugmentSpec(_Spec):
+    """Training-only augmentation of CNN inputs (never applied at inference)."""
+
+    hflip: bool = Field(False, description="Random horizontal flips.")
+    vflip: bool = Field(False, description="Random vertical flips.")
+    rotation: float = Field(0.0, ge=0, le=180, description="Random rotation up to this many degrees.")
+    crop_scale: Optional[tuple[float, float]] = Field(None, description="Random resized crop (zoom): "
+                                                      "area fraction range, e.g. [0.8, 1.0].")
+    brightness: float = Field(0.0, ge=0, description="Random brightness factor range 1 +/- this.")
+    contrast: float = Field(0.0, ge=0, description="Random contrast factor range 1 +/- this.")
+
+
+class CnnSpec(_Spec):
+    """A torchvision CNN trained with Ray Train (CPU workers here, GPU workers where the cluster has GPUs)."""
+
+    architecture: str = Field(description="torchvision classification model name, e.g. resnet18.")
+    init_weights: Optional[str] = Field(None, description="A torch model artifact to fine-tune from "
+                                        "(its head is replaced when the label count differs); default: "
+                                        "train from scratch.")
+    epochs: int = Field(10, ge=1, description="Most epochs to train.")
+    batch_size: int = Field(64, ge=1, description="Images per step and worker.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine decay).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    patience: Optional[int] = Field(3, ge=1, description="Early stopping: epochs without a better "
+                                    "validation loss (needs split.validation > 0); null: all epochs.")
+    workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: Literal["auto", True, False] = Field("auto", description="GPU workers: auto when the cluster has GPUs.")
+    augment: AugmentSpec = Field(AugmentSpec(), description="Training-only augmentation.")
 
 
 class FeatureSpec(_Spec):
@@ -249,12 +283,21 @@ class FeatureSpec(_Spec):
 
 
 class TrainModelSpec(_Spec):
-    """What to train and where to put it."""
+    """What to train and where to put it: an estimator over features, or a CNN."""
 
     output: str = Field(description="Artifact folder to write (local or s3://).")
-    preprocess: PreprocessSpec = Field(description="Conditioning before feature extraction.")
-    features: FeatureSpec = Field(description="Feature extractor.")
-    estimator: EstimatorSpec = Field(description="The classifier.")
+    preprocess: PreprocessSpec = Field(description="Conditioning (before feature extraction).")
+    features: Optional[FeatureSpec] = Field(None, description="Feature extractor (with estimator).")
+    estimator: Optional[EstimatorSpec] = Field(None, description="A scikit-learn classifier.")
+    cnn: Optional[CnnSpec] = Field(None, description="A torchvision CNN (instead of an estimator).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "TrainModelSpec":
+        if (self.estimator is None) == (self.cnn is None):
+            raise ValueError("give either estimator (with features) or cnn")
+        if self.estimator is not None and self.features is None:
+            raise ValueError("an estimator needs features: {name: ...}")
+        return self
 
 
 class SplitSpec(_Spec):

@@ -75,7 +75,8 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0):
 
 
 def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
-    """(features, true labels, error rows) for the manifest, extracted by Ray Data CPU tasks."""
+    """(model inputs, true labels, error rows) for the manifest, made by Ray Data CPU tasks: features
+    for an estimator, conditioned (C, H, W) uint8 pixels for a CNN."""
     import ray
 
     from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
@@ -85,7 +86,7 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
     ensure_ray(spec.run.ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     prep = PreprocessCard(**spec.model.preprocess.model_dump())
-    features = FeaturesCard(**spec.model.features.model_dump())
+    features = FeaturesCard(**spec.model.features.model_dump()) if spec.model.features else None
     batch = spec.resources.decode_batch_size or 32
     ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // batch)))
     ds = ds.map_batches(LoadStage(spec.storage, spec.decode, prep.conditioning(), features=features),
@@ -164,6 +165,12 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
     val_idx = np.array([], dtype=int)
     if spec.split.validation and task == "multilabel":
         train_idx, val_idx = train_test_split(train_idx, test_size=spec.split.validation, random_state=seed)
+    if spec.model.cnn is not None:
+        if spec.split.validation:
+            train_idx, val_idx = train_test_split(
+                train_idx, test_size=spec.split.validation, random_state=seed,
+                stratify=None if task == "multilabel" else y[train_idx])
+        return _fit_cnn_one(spec, task, x, y, labels, names, train_idx, val_idx, test_idx, output, seed, card_extra)
     estimator = make_estimator(spec.model.estimator, seed).fit(x[train_idx], y[train_idx])
     search = {}
     if hasattr(estimator, "best_params_"):
@@ -183,6 +190,51 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
                      **(card_extra or {})},
         "library_versions": {"scikit-learn": sklearn.__version__},
     }, estimator, spec.storage)
+    return metrics
+
+
+def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, labels: list[str], names: np.ndarray,
+                 train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, output: str, seed: int,
+                 card_extra: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Train a CNN on Ray Train, save it as safetensors, tune multilabel thresholds, score the test split."""
+    import torch
+    import torchvision
+
+    from imgclf_ray.models.artifact import load_state_dict, read_card, save_artifact
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+    from imgclf_ray.train_cnn import fit_cnn
+
+    cnn = spec.model.cnn
+    prep = spec.model.preprocess.model_dump()
+    if prep["mean"] is None:
+        scaled = x[train_idx].astype(np.float32) / 255.0
+        prep["mean"] = scaled.mean(axis=(0, 2, 3)).round(4).tolist()
+        prep["std"] = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()
+    init = None
+    if cnn.init_weights:
+        init = load_state_dict(cnn.init_weights, read_card(cnn.init_weights, spec.storage), spec.storage)
+    state, history = fit_cnn(cnn, x[train_idx], y[train_idx], x[val_idx], y[val_idx], len(labels),
+                             task == "multilabel", prep["mean"], prep["std"], seed, init)
+    fields = {
+        "framework": "torch", "architecture": cnn.architecture, "task": task, "labels": labels,
+        "preprocess": prep,
+        "training": {"data": spec.data.uri, "train_images": int(len(train_idx)), "validation_images": int(len(val_idx)),
+                     "test_images": int(len(test_idx)), "seed": seed,
+                     "best_epoch": history[-1]["epoch"] if history else None,
+                     "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
+                                  if k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for h in history],
+                     "cnn": cnn.model_dump(), **(card_extra or {})},
+        "library_versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+    }
+    save_artifact(output, fields, state, spec.storage)
+    clf = TorchClassifier(output, spec.storage, device="cpu")
+    thresholds: dict[str, float] = {}
+    if task == "multilabel" and len(val_idx):
+        thresholds = _tune_thresholds(clf.predict_proba(x[val_idx]), y[val_idx], labels)
+    probs = np.concatenate([clf.predict_proba(x[test_idx][i:i + 256]) for i in range(0, len(test_idx), 256)])
+    metrics = evaluate_rows(_rows(probs, list(names[test_idx]), labels, task, thresholds), task, labels,
+                            spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
+    save_artifact(output, {**fields, "thresholds": thresholds, "metrics": {"test": metrics}}, state, spec.storage)
     return metrics
 
 

@@ -104,3 +104,42 @@ def test_train_spec_errors_name_the_key(tmp_path):
     assert result.exit_code == 2 and "(--set model.estimator.name): model.estimator.name" in result.output
     result = CliRunner().invoke(main, ["train", str(REPO / "jobs" / "train/faces-hog.yaml"), "--set", "data.labels=null"])
     assert result.exit_code == 2 and "data.labels must say where the labels are" in result.output
+
+
+@pytest.mark.slow
+def test_cnn_with_ray_train_then_evaluate(ray_session, digits_archive, tmp_path):
+    """README reference: a resnet18 from scratch on the digits, >= 0.97 on the held-out split."""
+    out = tmp_path / "cnn"
+    metrics = _train("train/digits-cnn.yaml", f"data.uri={digits_archive}", f"model.output={out}", "example=null")
+    assert metrics["accuracy"] >= 0.97
+    card = read_card(str(out))
+    assert card.framework == "torch" and card.weights.format == "safetensors" and card.preprocess.mean
+    assert card.training["history"] and card.training["best_epoch"] == card.training["history"][-1]["epoch"]
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "quickstart.yaml"), "-q",
+                                       "--set", "example=null", "--set", f"source.uri={digits_archive}",
+                                       "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "evaluation.json").read_text())["accuracy"] >= 0.97
+
+
+def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive, tiny_model, tmp_path):
+    """BCE training of a multilabel head on top of another artifact's weights; thresholds tuned."""
+    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+
+    archive = tmp_path / "arch"
+    lines = ["uri,attributes"]
+    for src in sorted(Path(digits_archive).rglob("*.png"))[::4]:
+        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / src.parent.name / src.name)
+        digit = int(src.parent.name)
+        lines.append(f"{src.parent.name}/{src.name},{'|'.join(a for a, ds in DIGIT_ATTRIBUTES.items() if digit in ds)}")
+    (tmp_path / "attributes.csv").write_text("\n".join(lines) + "\n")
+    metrics = _train("train/digits-cnn.yaml", f"data.uri={archive}", "example=null", "task=multilabel",
+                     "data.labels={kind: table, table: %s, label_column: attributes}" % (tmp_path / "attributes.csv"),
+                     f"model.output={tmp_path}/ml", f"model.cnn.init_weights={tiny_model}", "model.cnn.epochs=2",
+                     "model.preprocess={resize: 36, crop: 32, channels: 3, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}")
+    card = read_card(f"{tmp_path}/ml")
+    assert card.task == "multilabel" and card.labels == sorted(DIGIT_ATTRIBUTES)
+    assert set(card.thresholds) == set(DIGIT_ATTRIBUTES)  # tuned on the validation split
+    assert card.training["cnn"]["init_weights"] == tiny_model
+    assert 0.0 <= metrics["hamming_loss"] <= 1.0 and metrics["images"] == card.training["test_images"]

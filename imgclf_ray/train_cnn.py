@@ -1,0 +1,154 @@
+"""CNN training with Ray Train: a torchvision architecture from scratch or fine-tuned from an artifact.
+
+The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
+augmentation (flips, rotation, random resized crop, brightness / contrast) on each worker, AdamW
+with cosine decay, validation loss for early stopping, and a checkpoint (a plain state_dict, saved
+and read back with ``weights_only=True``) per improvement. The best one becomes a safetensors
+artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Optional
+
+import numpy as np
+
+from imgclf_ray.spec import CnnSpec
+
+CHECKPOINT_FILE = "state_dict.pt"
+HISTORY_FILE = "history.json"  # the epochs up to this checkpoint
+
+
+def _augmenter(cfg: dict[str, Any], side: int):
+    from torchvision.transforms import v2
+
+    ops = []
+    if cfg.get("crop_scale"):
+        ops.append(v2.RandomResizedCrop(side, scale=tuple(cfg["crop_scale"]), antialias=True))
+    if cfg.get("hflip"):
+        ops.append(v2.RandomHorizontalFlip())
+    if cfg.get("vflip"):
+        ops.append(v2.RandomVerticalFlip())
+    if cfg.get("rotation"):
+        ops.append(v2.RandomRotation(cfg["rotation"]))
+    if cfg.get("brightness") or cfg.get("contrast"):
+        ops.append(v2.ColorJitter(brightness=cfg.get("brightness", 0), contrast=cfg.get("contrast", 0)))
+    return v2.Compose(ops) if ops else None
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from imgclf_ray.models.torch_classifier import build_network
+
+    x_tr, y_tr, x_va, y_va = (ray.get(r) for r in config["data"])
+    torch.manual_seed(config["seed"])
+    net = build_network(config["architecture"], config["outputs"])
+    if config["init_state"] is not None:
+        own = net.state_dict()
+        fitting = {k: v for k, v in config["init_state"].items() if k in own and own[k].shape == v.shape}
+        net.load_state_dict(fitting, strict=False)  # a head of another size stays freshly initialised
+    net = ray.train.torch.prepare_model(net)
+    device = ray.train.torch.get_device()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    multilabel = config["multilabel"]
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
+    mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
+    augment = _augmenter(config["augment"], x_tr.shape[-1])
+    batch = config["batch_size"]
+    steps = config["epochs"] * max(1, -(-len(x_tr) // (batch * world)))
+    opt = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    rng = np.random.default_rng(config["seed"])
+
+    def prepare(x: np.ndarray, train: bool) -> "torch.Tensor":
+        t = torch.from_numpy(x)
+        if train and augment is not None:
+            t = torch.stack([augment(img) for img in t])
+        return ((t.to(device).float() / 255.0) - mean) / std
+
+    def target(y: np.ndarray) -> "torch.Tensor":
+        t = torch.from_numpy(y).to(device)
+        return t.float() if multilabel else t.long()
+
+    best, bad = float("inf"), 0
+    history: list[dict[str, float]] = []
+    for epoch in range(config["epochs"]):
+        net.train()
+        order = rng.permutation(len(x_tr))[rank::world]
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch):
+            idx = np.sort(order[start:start + batch])
+            opt.zero_grad()
+            loss = loss_fn(net(prepare(x_tr[idx], True)), target(y_tr[idx]))
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, count = total + float(loss) * len(idx), count + len(idx)
+        metrics = {"epoch": epoch, "train_loss": total / max(count, 1)}
+        if len(x_va):
+            net.eval()
+            with torch.inference_mode():
+                logits = torch.cat([net(prepare(x_va[i:i + 256], False)) for i in range(0, len(x_va), 256)])
+                metrics["val_loss"] = float(loss_fn(logits, target(y_va)))
+                if not multilabel:
+                    metrics["val_accuracy"] = float((logits.argmax(1).cpu().numpy() == y_va).mean())
+        history.append(metrics)
+        score = metrics.get("val_loss", metrics["train_loss"])
+        improved = score < best - 1e-6
+        best, bad = (score, 0) if improved else (best, bad + 1)
+        if improved and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                module = net.module if hasattr(net, "module") else net
+                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()},
+                           os.path.join(folder, CHECKPOINT_FILE))
+                with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
+                    json.dump(history, fh)
+                ray.train.report({**metrics, "score": score}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report({**metrics, "score": score})
+        if config["patience"] and len(x_va) and bad >= config["patience"]:
+            break
+
+
+def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
+            outputs: int, multilabel: bool, mean: list[float], std: list[float], seed: int,
+            init_state: Optional[dict] = None, storage_path: Optional[str] = None) -> tuple[dict, list[dict]]:
+    """Train on Ray Train; returns (best state_dict, per-epoch metrics up to the best epoch)."""
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = (ray.cluster_resources().get("GPU", 0) > 0) if cnn.use_gpu == "auto" else bool(cnn.use_gpu)
+    config = {
+        "data": [ray.put(a) for a in (x_tr, y_tr, x_va, y_va)],
+        "architecture": cnn.architecture, "outputs": outputs, "multilabel": multilabel,
+        "init_state": init_state, "mean": mean, "std": std, "seed": seed,
+        "augment": cnn.augment.model_dump(), "batch_size": cnn.batch_size, "epochs": cnn.epochs,
+        "lr": cnn.lr, "weight_decay": cnn.weight_decay, "patience": cnn.patience,
+    }
+    storage_path = storage_path or tempfile.mkdtemp(prefix="imgclf-train-")
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=cnn.workers, use_gpu=use_gpu),
+        run_config=RunConfig(storage_path=storage_path, name="cnn", checkpoint_config=CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="min")),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training produced no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        with open(os.path.join(folder, HISTORY_FILE)) as fh:
+            history = json.load(fh)
+    return state, history
