@@ -71,6 +71,8 @@ class LabelsSpec(_Spec):
     label_column: str = Field("label", description="Its column of labels: one label, a list joined by "
                               "the separator (multilabel), or a path fruit/apple (hierarchical).")
     separator: str = Field("|", min_length=1, description="Joins the labels of a multilabel image.")
+    split_column: Optional[str] = Field(None, description="imgclf train: a table column giving each "
+                                        "image's split (train / validation / test) instead of a seeded one.")
 
     @model_validator(mode="after")
     def _table_needs_uri(self) -> "LabelsSpec":
@@ -304,8 +306,8 @@ class SplitSpec(_Spec):
     """Seeded, stratified train / validation / test split."""
 
     test: float = Field(0.2, gt=0, lt=1, description="Fraction held out for the test metrics.")
-    validation: float = Field(0.0, ge=0, lt=1, description="Fraction of the rest used to tune "
-                              "multilabel thresholds (0: thresholds stay 0.5).")
+    validation: float = Field(0.0, ge=0, lt=1, description="Fraction of the rest held for validation: "
+                              "multilabel threshold tuning and CNN early stopping (0: neither).")
     seed: int = Field(0, description="Seed of the split (and of seeded estimators).")
 
 

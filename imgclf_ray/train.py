@@ -74,7 +74,7 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0):
     return GridSearchCV(build(spec.params), grid, cv=spec.search.cv, scoring=spec.search.scoring)
 
 
-def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
+def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], int]:
     """(model inputs, true labels, error rows) for the manifest, made by Ray Data CPU tasks: features
     for an estimator, conditioned (C, H, W) uint8 pixels for a CNN."""
     import ray
@@ -91,13 +91,18 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
     ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // batch)))
     ds = ds.map_batches(LoadStage(spec.storage, spec.decode, prep.conditioning(), features=features),
                         batch_size=batch, batch_format="numpy")
-    xs, ys, errors = [], [], 0
-    for out in ds.select_columns(["inputs", "status", "true_label"]).iter_batches(batch_format="numpy"):
+    given = "split" in manifest.column_names
+    columns = ["inputs", "status", "true_label"] + (["split"] if given else [])
+    xs, ys, ss, errors = [], [], [], 0
+    for out in ds.select_columns(columns).iter_batches(batch_format="numpy"):
         ok = out["status"] == "ok"
         errors += int((~ok).sum())
         xs.append(out["inputs"][ok])
         ys.append(out["true_label"][ok])
-    return np.concatenate(xs), np.concatenate(ys).astype(str), errors
+        if given:
+            ss.append(out["split"][ok])
+    splits = np.concatenate(ss).astype(str) if given else None
+    return np.concatenate(xs), np.concatenate(ys).astype(str), splits, errors
 
 
 def _targets(spec: TrainSpec, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -149,7 +154,7 @@ def _rows(probs: np.ndarray, truth: list[str], labels: list[str], task: str, thr
 
 
 def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, seed: int,
-             card_extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+             card_extra: Optional[dict[str, Any]] = None, splits: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Split, (search,) fit, score and save one model; returns its test metrics."""
     import sklearn
     from sklearn.model_selection import train_test_split
@@ -158,18 +163,21 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
     y, labels = _targets(spec.model_copy(update={"task": task}), names)
     if len(labels) < 2:
         raise SourceError(f"{spec.data.uri}: training needs at least two labels, found {labels}")
-    strat = names if task != "multilabel" else None
     idx = np.arange(len(y))
-    train_idx, test_idx = train_test_split(idx, test_size=spec.split.test, stratify=strat, random_state=seed)
     thresholds: dict[str, float] = {}
     val_idx = np.array([], dtype=int)
-    if spec.split.validation and task == "multilabel":
-        train_idx, val_idx = train_test_split(train_idx, test_size=spec.split.validation, random_state=seed)
+    if splits is not None:  # given by the labels table
+        train_idx, val_idx, test_idx = (idx[splits == part] for part in ("train", "validation", "test"))
+        if not len(train_idx) or not len(test_idx):
+            raise SourceError(f"{spec.data.uri}: the given split has {len(train_idx)} train and "
+                              f"{len(test_idx)} test images; both are needed")
+    else:
+        strat = names if task != "multilabel" else None
+        train_idx, test_idx = train_test_split(idx, test_size=spec.split.test, stratify=strat, random_state=seed)
+        if spec.split.validation and (task == "multilabel" or spec.model.cnn is not None):
+            train_idx, val_idx = train_test_split(train_idx, test_size=spec.split.validation, random_state=seed,
+                                                  stratify=None if task == "multilabel" else y[train_idx])
     if spec.model.cnn is not None:
-        if spec.split.validation:
-            train_idx, val_idx = train_test_split(
-                train_idx, test_size=spec.split.validation, random_state=seed,
-                stratify=None if task == "multilabel" else y[train_idx])
         return _fit_cnn_one(spec, task, x, y, labels, names, train_idx, val_idx, test_idx, output, seed, card_extra)
     estimator = make_estimator(spec.model.estimator, seed).fit(x[train_idx], y[train_idx])
     search = {}
@@ -252,21 +260,22 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     labelled = manifest.filter(manifest.column("true_label").is_valid())
     if not labelled.num_rows:
         raise SourceError(f"{spec.data.uri}: no image has a label (data.labels)")
-    x, names, errors = extract_features(spec, labelled)
+    x, names, splits, errors = extract_features(spec, labelled)
     digest = hashlib.sha256("\n".join(f"{u} {e}" for u, e in zip(labelled.column("uri").to_pylist(),
                                                                    labelled.column("etag").to_pylist())).encode()).hexdigest()
     extra = {"data_digest": "sha256:" + digest, "unlabelled_images": manifest.num_rows - labelled.num_rows,
              "unreadable_images": errors}
     seed = spec.split.seed
     if spec.task != "hierarchical":
-        metrics = _fit_one(spec, x, names, spec.model.output, seed, extra)
+        metrics = _fit_one(spec, x, names, spec.model.output, seed, extra, splits)
     else:
-        metrics = _fit_tree(spec, x, names, seed, extra)
+        metrics = _fit_tree(spec, x, names, seed, extra, splits)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return metrics
 
 
-def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extra: dict[str, Any],
+              splits: Optional[np.ndarray] = None) -> dict[str, Any]:
     """One model per parent node of the label paths, each on its branch's rows; then the tree card."""
     from datetime import datetime, timezone
 
@@ -279,7 +288,8 @@ def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extr
         rows = np.array([p[:len(prefix)] == list(prefix) and len(p) > len(prefix) for p in paths])
         nxt = np.array([paths[i][len(prefix)] for i in np.flatnonzero(rows)])
         folder = "/".join(("node",) + prefix) if prefix else "root"
-        results[folder] = _fit_one(spec, x[rows], nxt, join(spec.model.output, folder), seed, extra)
+        results[folder] = _fit_one(spec, x[rows], nxt, join(spec.model.output, folder), seed, extra,
+                                   None if splits is None else splits[rows])
         children = {}
         for label in sorted(set(nxt)):
             if any(len(p) > len(prefix) + 1 and p[len(prefix)] == label for p in paths):

@@ -143,3 +143,17 @@ def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive,
     assert set(card.thresholds) == set(DIGIT_ATTRIBUTES)  # tuned on the validation split
     assert card.training["cnn"]["init_weights"] == tiny_model
     assert 0.0 <= metrics["hamming_loss"] <= 1.0 and metrics["images"] == card.training["test_images"]
+
+
+def test_a_split_given_by_the_labels_table_is_used(ray_session, digits_archive, tmp_path):
+    files = sorted(Path(digits_archive).rglob("*.png"))[::3]
+    lines = ["uri,label,part"] + [f"{f.relative_to(digits_archive)},{f.parent.name},{'test' if i % 5 == 0 else 'train'}"
+                                  for i, f in enumerate(files)]
+    (tmp_path / "labels.parquet.csv").write_text("\n".join(lines) + "\n")
+    metrics = _train("train/digits-svm-pixels.yaml", f"data.uri={digits_archive}", "example=null",
+                     "data.labels={kind: table, table: %s, split_column: part}" % (tmp_path / "labels.parquet.csv"),
+                     f"model.output={tmp_path}/m", "model.estimator={name: knn}")
+    card = read_card(f"{tmp_path}/m")
+    assert card.training["test_images"] == len(range(0, len(files), 5)) == metrics["images"]
+    assert card.training["train_images"] == len(files) - metrics["images"]
+    assert card.training["unlabelled_images"] == 1797 - len(files)

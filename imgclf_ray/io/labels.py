@@ -37,7 +37,8 @@ def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
 
 
 def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
-    """The manifest with a ``true_label`` column (null for images the labels do not cover)."""
+    """The manifest with a ``true_label`` column (null for images the labels do not cover), and a
+    ``split`` column when the labels table gives one (``split_column``)."""
     spec = source.labels
     if spec is None:
         return manifest
@@ -51,14 +52,24 @@ def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageS
             labels.append(folder or None)
     else:
         table = _read_table(spec.table, storage)
-        for column in (spec.uri_column, spec.label_column):
+        for column in (spec.uri_column, spec.label_column, *([spec.split_column] if spec.split_column else [])):
             if column not in table.column_names:
                 raise SourceError(f"{spec.table}: no column {column!r} (source.labels); it has "
                                   f"{', '.join(table.column_names)}")
+        splits_in = (table.column(spec.split_column).to_pylist() if spec.split_column
+                     else [None] * table.num_rows)
         by_uri = {}
-        for key, label in zip(table.column(spec.uri_column).to_pylist(), table.column(spec.label_column).to_pylist()):
+        for key, label, split in zip(table.column(spec.uri_column).to_pylist(),
+                                     table.column(spec.label_column).to_pylist(), splits_in):
             if key is not None and label is not None:
                 key = str(key)
-                by_uri[key if "://" in key else root + key.lstrip("/")] = str(label)
-        labels = [by_uri.get(uri) for uri in uris]
+                by_uri[key if "://" in key else root + key.lstrip("/")] = (str(label), split)
+        labels = [by_uri.get(uri, (None, None))[0] for uri in uris]
+        if spec.split_column:
+            splits = [by_uri.get(uri, (None, None))[1] for uri in uris]
+            unknown = sorted({str(v) for v in splits if v is not None} - {"train", "validation", "test"})
+            if unknown:
+                raise SourceError(f"{spec.table}: column {spec.split_column!r} has {unknown}; splits are "
+                                  "train, validation and test")
+            manifest = manifest.append_column("split", pa.array(splits, pa.string()))
     return manifest.append_column("true_label", pa.array(labels, pa.string()))
