@@ -114,24 +114,19 @@ def tiny_model(tmp_path_factory):
     return uri
 
 
+def _materialised(tmp_path_factory, name: str, make, *args) -> str:
+    """A fresh folder filled by ``make(*args, folder)``; its path."""
+    uri = str(tmp_path_factory.mktemp(name))
+    make(*args, uri)
+    return uri
+
+
 @pytest.fixture(scope="session")
 def digits_archive(tmp_path_factory):
     """scikit-learn's 1,797 digits as PNG files, one folder per class."""
     from imgclf_ray.examples import write_digits_archive
 
-    uri = str(tmp_path_factory.mktemp("digits"))
-    write_digits_archive(uri)
-    return uri
-
-
-@pytest.fixture(scope="session")
-def svm_hog_model(tmp_path_factory, digits_archive):
-    """The svm-hog example model (calibrated RBF SVM over HOG) trained on the digits, skops."""
-    from imgclf_ray.examples import train_sklearn_example
-
-    uri = str(tmp_path_factory.mktemp("svm-hog"))
-    train_sklearn_example("svm-hog", digits_archive, uri)
-    return uri
+    return _materialised(tmp_path_factory, "digits", write_digits_archive)
 
 
 @pytest.fixture(scope="session")
@@ -139,9 +134,15 @@ def faces_archive(tmp_path_factory):
     """scikit-image's lfw_subset as PNG files: face/ and non-face/ (100 each)."""
     from imgclf_ray.examples import write_faces_archive
 
-    uri = str(tmp_path_factory.mktemp("faces"))
-    write_faces_archive(uri)
-    return uri
+    return _materialised(tmp_path_factory, "faces", write_faces_archive)
+
+
+@pytest.fixture(scope="session")
+def svm_hog_model(tmp_path_factory, digits_archive):
+    """The svm-hog example model (calibrated RBF SVM over HOG) trained on the digits, skops."""
+    from imgclf_ray.examples import train_sklearn_example
+
+    return _materialised(tmp_path_factory, "svm-hog", train_sklearn_example, "svm-hog", digits_archive)
 
 
 @pytest.fixture(scope="session")
@@ -149,9 +150,7 @@ def faces_model(tmp_path_factory, faces_archive):
     """The logreg-hog example: binary face / non-face over HOG, skops."""
     from imgclf_ray.examples import train_sklearn_example
 
-    uri = str(tmp_path_factory.mktemp("faces-model"))
-    train_sklearn_example("logreg-hog", faces_archive, uri)
-    return uri
+    return _materialised(tmp_path_factory, "faces-model", train_sklearn_example, "logreg-hog", faces_archive)
 
 
 @pytest.fixture(scope="session")
@@ -159,9 +158,8 @@ def attributes_model(tmp_path_factory, digits_archive):
     """The mlp-attributes example: a multilabel MLP on 16-px pixels (even, large, prime, closed-loop)."""
     from imgclf_ray.examples import train_sklearn_example
 
-    uri = str(tmp_path_factory.mktemp("attributes-model"))
-    train_sklearn_example("mlp-attributes", digits_archive, uri)
-    return uri
+    return _materialised(tmp_path_factory, "attributes-model", train_sklearn_example, "mlp-attributes",
+                         digits_archive)
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +167,4 @@ def tree_model(tmp_path_factory, digits_archive):
     """The tree-hog example: root small/large, children name the digit (calibrated SVMs over HOG)."""
     from imgclf_ray.examples import train_tree_example
 
-    uri = str(tmp_path_factory.mktemp("tree-model"))
-    train_tree_example(digits_archive, uri)
-    return uri
+    return _materialised(tmp_path_factory, "tree-model", train_tree_example, digits_archive)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.imaging.conditioning import Conditioning
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
-from imgclf_ray.spec import StorageSpec
+from imgclf_ray.spec import FeatureSpec, PreprocessSpec, StorageSpec
 
 if TYPE_CHECKING:
     import torch
@@ -30,17 +30,9 @@ class _Card(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PreprocessCard(_Card):
-    """How images are prepared for this model (used identically in training and inference)."""
-
-    resize: int = Field(gt=0, description="Shorter side after resizing (or square side without crop).")
-    crop: Optional[int] = Field(None, gt=0, description="Centre-crop side after resizing.")
-    channels: Literal[1, 3] = Field(3, description="Input channels: 3 = RGB, 1 = greyscale.")
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    mean: Optional[list[float]] = Field(None, description="Per-channel mean, on the 0..1 scale "
-                                        "(torch models).")
-    std: Optional[list[float]] = Field(None, description="Per-channel standard deviation, on the "
-                                       "0..1 scale (torch models).")
+class PreprocessCard(PreprocessSpec):
+    """How images are prepared for this model (used identically in training and inference): the
+    training spec's preprocess, checked, with mean/std filled in for torch models."""
 
     @model_validator(mode="after")
     def _check(self) -> "PreprocessCard":
@@ -64,11 +56,8 @@ class WeightsRef(_Card):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class FeaturesCard(_Card):
-    """The hand-crafted feature extractor a classical model was trained on."""
-
-    name: str = Field(description="Extractor name (imgclf_ray.features.extractors.names()).")
-    params: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments.")
+class FeaturesCard(FeatureSpec):
+    """The hand-crafted feature extractor a classical model was trained on (a known name)."""
 
     @model_validator(mode="after")
     def _known(self) -> "FeaturesCard":
