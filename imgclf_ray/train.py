@@ -25,9 +25,10 @@ from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
 
 
-def make_estimator(spec: EstimatorSpec, seed: int = 0):
+def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False):
     """The scikit-learn estimator a spec names (SVMs calibrated for probabilities), with a grid
-    search around it when asked."""
+    search around it when asked. For multilabel targets, estimators without native multilabel
+    support are fitted one-vs-rest (one binary model per label)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -53,8 +54,14 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0):
     }[spec.name]
     scaled = spec.name in ("logistic_regression", "knn", "linear_svm", "svm", "mlp")
 
+    native = spec.name in ("knn", "decision_tree", "random_forest", "mlp")
+
     def build(params: dict[str, Any]):
         est = base(params)
+        if multilabel and not native:
+            from sklearn.multiclass import OneVsRestClassifier
+
+            est = OneVsRestClassifier(est)
         return make_pipeline(StandardScaler(), est) if scaled else est
 
     if spec.search is None:
@@ -63,7 +70,9 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0):
 
     # Search parameters address the estimator itself: C, not calibratedclassifiercv__estimator__C.
     prefix = {"linear_svm": "estimator__", "svm": "estimator__"}.get(spec.name, "")
-    step = f"{type(base({})).__name__.lower()}__" if scaled else ""
+    if multilabel and not native:
+        prefix = "estimator__" + prefix
+    step = f"{build({}).steps[-1][0]}__" if scaled else ""  # the pipeline's name for the estimator
     grid = {f"{step}{prefix}{k}": v for k, v in spec.search.grid.items()}
     if spec.search.halving:
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
@@ -179,7 +188,7 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
                                                   stratify=None if task == "multilabel" else y[train_idx])
     if spec.model.cnn is not None:
         return _fit_cnn_one(spec, task, x, y, labels, names, train_idx, val_idx, test_idx, output, seed, card_extra)
-    estimator = make_estimator(spec.model.estimator, seed).fit(x[train_idx], y[train_idx])
+    estimator = make_estimator(spec.model.estimator, seed, task == "multilabel").fit(x[train_idx], y[train_idx])
     search = {}
     if hasattr(estimator, "best_params_"):
         search = {"best_params": estimator.best_params_, "best_score": round(float(estimator.best_score_), 4)}

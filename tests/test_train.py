@@ -157,3 +157,23 @@ def test_a_split_given_by_the_labels_table_is_used(ray_session, digits_archive, 
     assert card.training["test_images"] == len(range(0, len(files), 5)) == metrics["images"]
     assert card.training["train_images"] == len(files) - metrics["images"]
     assert card.training["unlabelled_images"] == 1797 - len(files)
+
+
+def test_multilabel_one_vs_rest_with_a_grid_search():
+    """Estimators without native multilabel support are fitted one-vs-rest; the search reaches them."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+    from imgclf_ray.spec import EstimatorSpec
+    from imgclf_ray.train import make_estimator
+
+    d = load_digits()
+    x = d.data[:600] / 16.0
+    y = np.array([[int(t in DIGIT_ATTRIBUTES[a]) for a in DIGIT_ATTRIBUTES] for t in d.target[:600]])
+    spec = EstimatorSpec(name="logistic_regression", search={"grid": {"C": [0.1, 1.0]}, "cv": 2})
+    est = make_estimator(spec, multilabel=True).fit(x, y)
+    assert set(est.best_params_) == {"onevsrestclassifier__estimator__C"}
+    assert est.predict_proba(x[:5]).shape == (5, 4)
+    svm = make_estimator(EstimatorSpec(name="svm", search={"grid": {"C": [1.0]}, "cv": 2}), multilabel=True)
+    assert "onevsrestclassifier__estimator__estimator__C" in svm.param_grid
