@@ -236,9 +236,21 @@ class EstimatorSpec(_Spec):
     search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
 
 
+class OpSpec(_Spec):
+    """One conditioning operation (imgclf_ray/imaging/ops.py)."""
+
+    name: str = Field(description="grayscale, equalize, clahe, gaussian, median, wiener, minmax, "
+                      "trim_border, letterbox, crop.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments, e.g. "
+                                   "{sigma: 1.5} for gaussian, {size: 256} for letterbox.")
+
+
 class PreprocessSpec(_Spec):
     """Conditioning recorded in the model card and applied identically at inference."""
 
+    ops: list[OpSpec] = Field(default_factory=list, description="Operations run in order on the "
+                              "decoded image before resize and crop (histogram equalisation, CLAHE, "
+                              "denoising, border trimming, letterbox ...).")
     resize: int = Field(gt=0, description="Shorter side after resizing.")
     crop: Optional[int] = Field(None, gt=0, description="Centre-crop side.")
     channels: Literal[1, 3] = Field(3, description="1 = greyscale, 3 = RGB.")

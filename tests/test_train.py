@@ -177,3 +177,19 @@ def test_multilabel_one_vs_rest_with_a_grid_search():
     assert est.predict_proba(x[:5]).shape == (5, 4)
     svm = make_estimator(EstimatorSpec(name="svm", search={"grid": {"C": [1.0]}, "cv": 2}), multilabel=True)
     assert "onevsrestclassifier__estimator__estimator__C" in svm.param_grid
+
+
+def test_conditioning_ops_are_recorded_and_applied_at_inference(ray_session, faces_archive, tmp_path):
+    """Train with CLAHE + median denoising; the card carries the ops and `imgclf evaluate` (a real
+    run) applies them again: its accuracy matches the held-out one's level."""
+    out = tmp_path / "faces"
+    metrics = _train("train/faces-hog.yaml", f"data.uri={faces_archive}", f"model.output={out}", "example=null",
+                     "model.preprocess={resize: 32, crop: 32, channels: 1, ops: [{name: clahe}, "
+                     "{name: median, params: {size: 3}}]}")
+    card = read_card(str(out))
+    assert [op.name for op in card.preprocess.ops] == ["clahe", "median"]
+    result = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "faces-binary.yaml"), "-q",
+                                       "--set", "example=null", "--set", f"source.uri={faces_archive}",
+                                       "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
+    assert result.exit_code == 0, result.output
+    assert metrics["roc_auc"] >= 0.9 and json.loads((out / "evaluation.json").read_text())["roc_auc"] >= 0.9

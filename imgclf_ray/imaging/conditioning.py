@@ -1,4 +1,4 @@
-"""Pixels -> model input: resize the shorter side, centre-crop, lay out as CHW uint8.
+"""Pixels -> model input: conditioning ops, resize the shorter side, centre-crop, CHW uint8.
 
 Normalisation (mean/std) happens on the predictor, in float, on the whole batch; keeping uint8 until
 then makes the rows that cross Ray's object store four times smaller.
@@ -7,7 +7,7 @@ then makes the rows that cross Ray's object store four times smaller.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 from PIL import Image
@@ -23,12 +23,13 @@ Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Resize + crop settings, taken from a model card."""
+    """Ops + resize + crop settings, taken from a model card."""
 
     resize: int
     crop: Optional[int] = None
     channels: Literal[1, 3] = 3
     interpolation: Interpolation = "bilinear"
+    ops: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -60,11 +61,15 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def condition(img: Image.Image, cond: Conditioning) -> np.ndarray:
-    """Apply resize + centre crop; return a (C, H, W) uint8 array.
+    """Apply the conditioning ops, then resize + centre crop; return a (C, H, W) uint8 array.
 
     Without ``crop`` the image is resized to a ``resize`` x ``resize`` square (aspect not kept),
     so every row of a batch has the same shape.
     """
+    if cond.ops:
+        from imgclf_ray.imaging.ops import apply
+
+        img = Image.fromarray(apply(list(cond.ops), np.asarray(img.convert("RGB"))), "RGB")
     if cond.crop:
         img = center_crop(resize_shorter_side(img, cond.resize, cond.interpolation), cond.crop)
     else:

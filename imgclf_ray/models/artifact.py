@@ -44,10 +44,18 @@ class PreprocessCard(PreprocessSpec):
             raise ValueError("mean and std need one value per channel")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        from imgclf_ray.imaging import ops
+
+        for op in self.ops:
+            try:
+                ops.get(op.name)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
         return self
 
     def conditioning(self) -> Conditioning:
-        return Conditioning(self.resize, self.crop, self.channels, self.interpolation)
+        return Conditioning(self.resize, self.crop, self.channels, self.interpolation,
+                            tuple((op.name, dict(op.params)) for op in self.ops))
 
 
 class WeightsRef(_Card):
