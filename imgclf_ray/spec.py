@@ -271,6 +271,7 @@ class AugmentSpec(_Spec):
                                                       "area fraction range, e.g. [0.8, 1.0].")
     brightness: float = Field(0.0, ge=0, description="Random brightness factor range 1 +/- this.")
     contrast: float = Field(0.0, ge=0, description="Random contrast factor range 1 +/- this.")
+    blur: float = Field(0.0, ge=0, description="Random Gaussian blur, sigma up to this many pixels.")
 
 
 class CnnSpec(_Spec):

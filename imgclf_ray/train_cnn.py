@@ -1,7 +1,7 @@
 """CNN training with Ray Train: a torchvision architecture from scratch or fine-tuned from an artifact.
 
 The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
-augmentation (flips, rotation, random resized crop, brightness / contrast) on each worker, AdamW
+augmentation (flips, rotation, random resized crop, brightness / contrast, blur) on each worker, AdamW
 with cosine decay, validation loss for early stopping, and a checkpoint (a plain state_dict, saved
 and read back with ``weights_only=True``) per improvement. The best one becomes a safetensors
 artifact.
@@ -36,6 +36,9 @@ def _augmenter(cfg: dict[str, Any], side: int):
         ops.append(v2.RandomRotation(cfg["rotation"]))
     if cfg.get("brightness") or cfg.get("contrast"):
         ops.append(v2.ColorJitter(brightness=cfg.get("brightness", 0), contrast=cfg.get("contrast", 0)))
+    if cfg.get("blur"):
+        kernel = 2 * int(np.ceil(2 * cfg["blur"])) + 1
+        ops.append(v2.GaussianBlur(kernel, sigma=(0.1, cfg["blur"])))
     return v2.Compose(ops) if ops else None
 
 
