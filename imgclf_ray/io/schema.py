@@ -40,7 +40,7 @@ COLUMN_DOCS = {
     "width": "Decoded width in pixels, after EXIF orientation (null when decoding failed).",
     "height": "Decoded height in pixels, after EXIF orientation (null when decoding failed).",
     "status": "'ok', or 'error' when any stage failed for this row.",
-    "error": "'<stage>: <cause>' with stage one of read / decode / preprocess / predict; null "
+    "error": "'<stage>: <cause>' with stage one of read / decode / preprocess / features / predict; null "
              "when ok.",
     "label": "The decision: multiclass and multilabel the most probable label; binary the positive "
              "label when its probability reaches the threshold, else the negative (null on error rows).",
