@@ -21,7 +21,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgclf_ray.errors import RunFailed, UserError
+from imgclf_ray.errors import RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
@@ -193,7 +193,8 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     card = describe_artifact(spec.model.uri, spec.storage)
     # Load the artifact once here, on CPU, so that a tampered, untrusted or mismatched file is
     # refused with a clear message before any work starts (the actors load it again).
-    load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
+    classifier = load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
+    _check_thresholds(spec, card, classifier)
     # Classical estimators run on CPU actors whatever the cluster has.
     device = "cpu" if card.framework == "sklearn" else spec.model.device
     plan = plan_resources(ray.cluster_resources(), spec.resources, device)
@@ -238,6 +239,20 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         "plan": result.plan,
     }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode()})
     return result
+
+
+def _check_thresholds(spec: JobSpec, card: ArtifactInfo, classifier) -> None:
+    """Job thresholds must fit the model: refused here rather than inside every actor."""
+    from imgclf_ray.models.heads import Head
+
+    if spec.model.threshold is None and not spec.model.thresholds:
+        return
+    if card.task == "hierarchical":
+        raise SpecError("model.threshold / model.thresholds: a hierarchical model uses its nodes' own thresholds")
+    try:
+        Head(card.task, card.labels, classifier.card.thresholds, spec.model.threshold, spec.model.thresholds)
+    except ValueError as exc:
+        raise SpecError(f"model.thresholds: {exc}") from None
 
 
 @contextlib.contextmanager

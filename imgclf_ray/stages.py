@@ -124,9 +124,8 @@ class PredictStage:
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
                  thresholds: Optional[dict[str, float]] = None):
         from imgclf_ray.models.heads import Head
-        from imgclf_ray.models.loader import load_classifier
-
         from imgclf_ray.models.hierarchy import HierarchicalClassifier
+        from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter
         self.classifier = load_classifier(model_uri, storage, device=device, threads=threads)

@@ -78,3 +78,12 @@ def test_multilabel_attributes_with_per_label_thresholds(ray_session, digits_arc
         digit = int(row["uri"].rsplit("/", 2)[-2])
         hits += set(row["labels"]) == {lab for lab in labels if digit in DIGIT_ATTRIBUTES[lab]}
     assert hits >= 32  # most digits get exactly their attributes
+
+
+def test_thresholds_for_unknown_labels_are_refused_before_work(ray_session, faces_archive, faces_model, tmp_path):
+    from imgclf_ray.errors import SpecError
+
+    spec = make_spec(faces_archive, str(tmp_path / "out"), faces_model, model={"thresholds": {"cat": 0.3}})
+    with pytest.raises(SpecError, match="model.thresholds: thresholds for unknown labels: cat"):
+        execute(spec, list_archive(spec.source), "bad")
+    assert not (tmp_path / "out").exists()
