@@ -313,14 +313,21 @@ def _has_images(source: SourceSpec, storage: StorageSpec) -> bool:
     return True
 
 
+def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> int:
+    """Write the bundled data set into ``source.uri`` unless images are there; how many were written."""
+    if _has_images(source, storage):
+        return 0
+    write = {"digits": write_digits_archive, "faces": write_faces_archive,
+             "textures": write_textures_archive}[dataset]
+    return write(source.uri, storage)
+
+
 def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
     """Materialise the spec's example data and model where they are missing (no-op otherwise)."""
     if spec.example is None:
         return
-    if not _has_images(spec.source, spec.storage):
-        write = {"digits": write_digits_archive, "faces": write_faces_archive,
-                 "textures": write_textures_archive}[spec.example.dataset]
-        n = write(spec.source.uri, spec.storage)
+    n = ensure_example_archive(spec.example.dataset, spec.source, spec.storage)
+    if n:
         noun = {"digits": "digit images", "faces": "face / non-face images", "textures": "texture patches"}
         echo(f"example: wrote {n} {noun[spec.example.dataset]} to {spec.source.uri}")
     fs, model_path = filesystem(spec.model.uri, spec.storage)

@@ -261,10 +261,8 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     from imgclf_ray import examples
 
     started = time.perf_counter()
-    if spec.example is not None and not examples._has_images(spec.data, spec.storage):
-        write = {"digits": examples.write_digits_archive, "faces": examples.write_faces_archive,
-                 "textures": examples.write_textures_archive}[spec.example.dataset]
-        write(spec.data.uri, spec.storage)
+    if spec.example is not None:
+        examples.ensure_example_archive(spec.example.dataset, spec.data, spec.storage)
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
     labelled = manifest.filter(manifest.column("true_label").is_valid())
     if not labelled.num_rows:
