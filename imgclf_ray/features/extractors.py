@@ -10,29 +10,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from imgclf_ray.registry import Registry
+
 Extractor = Callable[..., np.ndarray]
-_REGISTRY: dict[str, Extractor] = {}
-
-
-def register(name: str) -> Callable[[Extractor], Extractor]:
-    """Add an extractor under ``name``; a second registration of a name is an error."""
-    def wrap(fn: Extractor) -> Extractor:
-        if name in _REGISTRY:
-            raise ValueError(f"feature extractor {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Extractor:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown feature extractor {name!r}; known: {', '.join(names())}") from None
+_REGISTRY: Registry[Extractor] = Registry("feature extractor")
+register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
 
 
 def extract(name: str, image: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:

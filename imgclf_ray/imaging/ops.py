@@ -11,29 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from imgclf_ray.registry import Registry
+
 Op = Callable[..., np.ndarray]
-_REGISTRY: dict[str, Op] = {}
-
-
-def register(name: str) -> Callable[[Op], Op]:
-    """Add an operation under ``name``; a second registration of a name is an error."""
-    def wrap(fn: Op) -> Op:
-        if name in _REGISTRY:
-            raise ValueError(f"conditioning op {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Op:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown conditioning op {name!r}; known: {', '.join(names())}") from None
+_REGISTRY: Registry[Op] = Registry("conditioning op")
+register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
 
 
 def apply(ops: list[tuple[str, dict[str, Any]]], image: np.ndarray) -> np.ndarray:
