@@ -145,11 +145,10 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     """
     import json
 
-    import pyarrow.parquet as pq
-
     from imgclf_ray.errors import SpecError
     from imgclf_ray.io import sink
     from imgclf_ray.io.storage import filesystem, join
+    from imgclf_ray.io.tables import read_columns
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.pipeline import run_job
 
@@ -158,11 +157,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     result = run_job(spec, run_id, quiet=quiet, verbose=verbose)
     info = describe_artifact(spec.model.uri, spec.storage)
     columns = ["status", "label", "labels", "label_path", "class_scores", "true_label"]
-    rows = []
-    for uri in sink.run_files(result.output_uri, spec.storage):
-        fs, path = filesystem(uri, spec.storage)
-        with fs.open(path, "rb") as fh:
-            rows.extend(pq.read_table(fh, columns=columns).to_pylist())
+    rows = read_columns(sink.run_files(result.output_uri, spec.storage), columns, spec.storage).to_pylist()
     threshold = None
     if info.task == "binary":
         from imgclf_ray.models.artifact import read_card

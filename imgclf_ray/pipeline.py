@@ -19,14 +19,14 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from imgclf_ray.errors import RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
-from imgclf_ray.io.storage import filesystem, join
+from imgclf_ray.io.storage import filesystem, join, to_uri
+from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import load_classifier
 from imgclf_ray.planner import Plan, plan_resources
@@ -131,19 +131,8 @@ def _pyarrow_fs(fs):
 
 def _staged_stats(staging: sink.Staging) -> pa.Table:
     fs, _ = filesystem(staging.uri, staging.storage)
-    tables = []
-    for path in staging.staged_files():
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=["image_id", "uri", "status", "error", "label"]))
-    if not tables:
-        return pa.table({"image_id": [], "uri": [], "status": [], "error": [], "label": []})
-    return pa.concat_tables(tables)
-
-
-def _counts(column: pa.ChunkedArray) -> dict[str, int]:
-    counts = column.value_counts().to_pylist() if len(column) else []
-    return dict(sorted(((c["values"], c["counts"]) for c in counts if c["values"] is not None),
-                       key=lambda kv: (-kv[1], str(kv[0]))))
+    return read_columns([to_uri(fs, p) for p in staging.staged_files()],
+                        ["image_id", "uri", "status", "error", "label"], staging.storage)
 
 
 def build_dataset(spec: JobSpec, manifest: pa.Table, card: ArtifactInfo, plan: Plan, run_id: str,
@@ -376,9 +365,9 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Arti
         run_id=run_id,
         output_uri=join(spec.sink.uri, run_id),
         rows=stats.num_rows,
-        by_status=_counts(stats.column("status")),
-        by_label=_counts(ok.column("label")),
-        errors_by_stage=_counts(stages),
+        by_status=count_values(stats.column("status")),
+        by_label=count_values(ok.column("label")),
+        errors_by_stage=count_values(stages),
         sample_errors=sample,
         wall_seconds=wall,
         images_per_second=stats.num_rows / wall if wall > 0 else 0.0,

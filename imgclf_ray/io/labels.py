@@ -8,17 +8,15 @@ import posixpath
 import pyarrow as pa
 
 from imgclf_ray.errors import SourceError
+from imgclf_ray.io.listing import GLOB_CHARS
 from imgclf_ray.io.storage import filesystem, to_uri
 from imgclf_ray.spec import SourceSpec, StorageSpec
-
-_GLOB_CHARS = set("*?[")
-
 
 def _root_uri(source: SourceSpec, storage: StorageSpec) -> str:
     """The folder labels are relative to: source.uri, or the part of a glob before its wildcards."""
     fs, path = filesystem(source.uri, storage)
-    if _GLOB_CHARS & set(path):
-        path = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+    if GLOB_CHARS & set(path):
+        path = path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0]
     return to_uri(fs, path.rstrip("/"))
 
 

@@ -23,7 +23,7 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("size", pa.int64()),
     pa.field("etag", pa.string()),
 ])
-_GLOB_CHARS = set("*?[")
+GLOB_CHARS = set("*?[")
 _LIST_THREADS = 16
 
 
@@ -52,7 +52,7 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
     fs, root = filesystem(source.uri, storage)
     extensions = tuple(source.extensions)
     try:
-        if _GLOB_CHARS & set(root):
+        if GLOB_CHARS & set(root):
             found: dict[str, dict[str, Any]] = fs.glob(root, detail=True)
         elif fs.isfile(root):
             found = {root: fs.info(root)}

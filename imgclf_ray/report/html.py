@@ -17,10 +17,10 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imgclf_ray.io import sink
 from imgclf_ray.io.storage import filesystem, read_bytes
+from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.spec import StorageSpec
 
 THUMB = 96
@@ -39,16 +39,8 @@ class RunData:
 
 def load_run(run_uri: str, storage: StorageSpec = StorageSpec()) -> RunData:
     """Read the manifest, the summary and the columns the report needs (not the whole rows)."""
-    files = sink.run_files(run_uri, storage)
-    fs, _ = filesystem(run_uri, storage)
-    tables = []
-    for uri in files:
-        with fs.open(filesystem(uri, storage)[1], "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            names = [n for n in pf.schema_arrow.names if n in _COLUMNS or n.startswith("is_")
-                     or n == "true_label"]
-            tables.append(pf.read(columns=names))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    table = read_columns(sink.run_files(run_uri, storage),
+                         lambda n: n in _COLUMNS or n.startswith("is_") or n == "true_label", storage)
     return RunData(run_uri, sink.read_run_json(run_uri, sink.MANIFEST_FILE, storage) or {},
                    sink.read_run_json(run_uri, sink.SUMMARY_FILE, storage), table)
 
@@ -278,12 +270,7 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
 
 
 def _counts(t: pa.Table, column: str) -> dict[Any, int]:
-    """Value -> rows, most frequent first (values keep their type: cluster ids stay ints)."""
-    if not t.num_rows or column not in t.column_names:
-        return {}
-    pairs = [(c["values"], c["counts"]) for c in t.column(column).value_counts().to_pylist()
-             if c["values"] is not None]
-    return dict(sorted(pairs, key=lambda kv: (-kv[1], str(kv[0]))))
+    return count_values(t.column(column)) if column in t.column_names else {}
 
 
 def _truth(ok: pa.Table, from_folder: bool) -> Optional[list[str]]:
