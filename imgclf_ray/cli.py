@@ -87,6 +87,39 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--run-id", default=None, help="Run id (default: <name>-curate-<UTC time>).")
+@click.option("--address", default=None, help="Ray cluster address; overrides run.ray_address.")
+@click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
+@click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
+def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Optional[str],
+           quiet: bool, verbose: bool) -> None:
+    """Curate an archive: the job's curation checks (every one that applies when the job has no
+    curate section) and its clustering, without applying its model. label_issue needs the model's
+    predictions, so it runs with `imgclf run` only."""
+    from datetime import datetime, timezone
+
+    extra = list(overrides)
+    if address:
+        extra.append(f"run.ray_address={address}")
+    spec = _load(job, tuple(extra))
+    curate_spec = spec.curate.model_dump() if spec.curate else {}
+    if curate_spec.get("checks"):
+        curate_spec["checks"] = [c for c in curate_spec["checks"] if c != "label_issue"]
+    spec = JobSpec.model_validate({**spec.model_dump(), "model": None, "curate": curate_spec})
+    run_id = run_id or spec.sink.run_id or f"{spec.name}-curate-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.report.summary import format_summary
+
+    try:
+        result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(format_summary(result))
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 def train(job: str, overrides: tuple[str, ...]) -> None:
     """Train a classical model (scikit-learn over a feature extractor) from a training spec."""
     from imgclf_ray.spec import TrainSpec

@@ -330,6 +330,8 @@ def prepare(spec: JobSpec, echo=print, progress: Mode = "off") -> None:
     if n:
         noun = {"digits": "digit images", "faces": "face / non-face images", "textures": "texture patches"}
         echo(f"example: wrote {n} {noun[spec.example.dataset]} to {spec.source.uri}")
+    if spec.model is None:
+        return
     fs, model_path = filesystem(spec.model.uri, spec.storage)
     if spec.example.train_model and not fs.exists(join(model_path, CARD_FILE)):
         recipe = spec.example.model

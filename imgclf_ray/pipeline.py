@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.errors import RunFailed, SpecError, UserError
@@ -49,13 +50,17 @@ class RunResult:
     sample_errors: list[dict[str, str]]
     wall_seconds: float
     images_per_second: float
-    model_id: str
+    model_id: Optional[str]
     plan: dict[str, Any] = field(default_factory=dict)
     errors_by_cause: dict[str, int] = field(default_factory=dict)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     spec_digest: str = ""
     started_at: str = ""
     listing_seconds: Optional[float] = None
+    by_cluster: dict[str, int] = field(default_factory=dict)
+    curation_flags: dict[str, int] = field(default_factory=dict)
+    curation: dict[str, Any] = field(default_factory=dict)
+    clusterer: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable run summary (``run_summary.json`` next to the output)."""
@@ -69,8 +74,10 @@ class RunResult:
             "images_per_second": round(self.images_per_second, 2),
             "by_status": self.by_status,
             "by_label": self.by_label,
-            "by_cluster": {},
-            "curation_flags": {},
+            "by_cluster": self.by_cluster,
+            "curation_flags": self.curation_flags,
+            "curation": self.curation,
+            "clusterer": self.clusterer,
             "errors": {"by_stage": self.errors_by_stage, "by_cause": self.errors_by_cause},
             "stages": self.stages,
             "resources": self.plan,
@@ -135,18 +142,22 @@ def _staged_stats(staging: sink.Staging) -> pa.Table:
                         ["image_id", "uri", "status", "error", "label"], staging.storage)
 
 
-def build_dataset(spec: JobSpec, manifest: pa.Table, card: ArtifactInfo, plan: Plan, run_id: str,
-                  reporter=None):
-    """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
-    import ray
-    from ray.data import ActorPoolStrategy
+def _embedding(spec: JobSpec):
+    """(conditioning, feature spec) of the job's clustering embedding, or None."""
+    from imgclf_ray.models.artifact import PreprocessCard
 
-    from imgclf_ray.stages import LoadStage, PredictStage
+    if spec.cluster is None:
+        return None
+    return PreprocessCard.model_validate(spec.cluster.preprocess.model_dump()).conditioning(), spec.cluster.features
+
+
+def _load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
+    import ray
 
     blocks = -(-manifest.num_rows // plan.decode_batch_size)
-    ds = ray.data.from_arrow(manifest, override_num_blocks=blocks)
-    ds = ds.map_batches(
-        LoadStage(spec.storage, spec.decode, card.preprocess.conditioning(), reporter, card.features),
+    ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, blocks))
+    return ds.map_batches(
+        stage,
         batch_size=plan.decode_batch_size,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,
@@ -154,12 +165,29 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: ArtifactInfo, plan: P
         # actors: Ray fuses maps with equal resource asks, which would serialise the two.
         memory=plan.decode_memory,
     )
+
+
+def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo], plan: Plan, run_id: str,
+                  reporter=None, clusterer=None, rules=None):
+    """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
+    from ray.data import ActorPoolStrategy
+
+    from imgclf_ray.stages import LoadStage, PredictStage
+
+    load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
+                     card.features if card else None, measure=spec.curate is not None,
+                     embed=_embedding(spec), clusterer=clusterer,
+                     keep_embedding=bool(spec.cluster and spec.cluster.embedding))
+    ds = _load_dataset(spec, manifest, plan, load)
+    model = spec.model
     return ds.map_batches(
         PredictStage,
         fn_constructor_kwargs={
-            "model_uri": spec.model.uri, "storage": spec.storage, "topk": spec.model.topk,
-            "run_id": run_id, "device": plan.device, "threads": plan.torch_threads,
-            "reporter": reporter, "threshold": spec.model.threshold, "thresholds": spec.model.thresholds,
+            "model_uri": model.uri if model else None, "storage": spec.storage,
+            "topk": model.topk if model else 1, "run_id": run_id, "device": plan.device,
+            "threads": plan.torch_threads, "reporter": reporter,
+            "threshold": model.threshold if model else None,
+            "thresholds": model.thresholds if model else None, "rules": rules,
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -178,21 +206,31 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     """
     import ray
 
+    from imgclf_ray.curation.rows import row_rules
+
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    card = describe_artifact(spec.model.uri, spec.storage)
-    # Load the artifact once here, on CPU, so that a tampered, untrusted or mismatched file is
-    # refused with a clear message before any work starts (the actors load it again).
-    classifier = load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
-    _check_thresholds(spec, card, classifier)
-    # Classical estimators run on CPU actors whatever the cluster has.
-    device = "cpu" if card.framework == "sklearn" else spec.model.device
+    card = None
+    if spec.model is not None:
+        card = describe_artifact(spec.model.uri, spec.storage)
+        # Load the artifact once here, on CPU, so that a tampered, untrusted or mismatched file is
+        # refused with a clear message before any work starts (the actors load it again).
+        classifier = load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
+        _check_thresholds(spec, card, classifier)
+    checks = spec.curate_checks()
+    labels = _label_issue_labels(spec, card, checks)
+    # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
+    device = "cpu" if card is None or card.framework == "sklearn" else spec.model.device
     plan = plan_resources(ray.cluster_resources(), spec.resources, device)
     log.info("plan: %s", plan)
-    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
+    clusterer = prepare_clusterer(spec, manifest, plan, progress)
+    outlier_threshold = (clusterer.outlier_threshold(spec.curate.outlier_quantile)
+                         if clusterer is not None and "outlier" in checks else None)
+    rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage)
     metrics = ray.remote(num_cpus=0)(StageMetrics).remote()
-    ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics))
+    ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics), clusterer, rules)
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
         with _Watch(metrics, Progress("classify", manifest.num_rows, mode=progress)), _user_errors():
@@ -204,13 +242,17 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
                 max_rows_per_file=spec.sink.max_rows_per_file,
                 schema=OUTPUT_SCHEMA,
             )
+        staged = [to_uri(fs, p) for p in staging.staged_files()]
+        curation = _archive_checks(spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
         stats = _staged_stats(staging)
         _check_complete(manifest, stats)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
         result.started_at, result.listing_seconds = started_at, listing_seconds
+        result.curation = curation
         _check_budget(spec, result)
+        extra_files = _cluster_and_flag_summary(spec, staged, result, clusterer)
     except BaseException:
         staging.discard()
         raise
@@ -220,14 +262,132 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     sink.commit(staging, {
         "job": spec.name,
         "model_id": result.model_id,
-        "task": card.task,
-        "labels": card.labels,
+        "task": card.task if card else None,
+        "labels": card.labels if card else None,
+        "clusterer_id": result.clusterer.get("clusterer_id"),
         "by_status": result.by_status,
         "errors_by_stage": result.errors_by_stage,
         "wall_seconds": round(wall, 3),
         "plan": result.plan,
-    }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode()})
+    }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode(), **extra_files})
     return result
+
+
+def cluster_artifact_uri(spec: JobSpec) -> str:
+    return spec.cluster.artifact or join(spec.sink.uri, "_clusterers", spec.name)
+
+
+def _embedded_batches(spec: JobSpec, manifest: pa.Table, plan: Plan):
+    """Raw embedding features of the manifest's decodable rows, batch by batch (a Ray Data pass)."""
+    from imgclf_ray.stages import LoadStage
+
+    ds = _load_dataset(spec, manifest, plan, LoadStage(spec.storage, spec.decode, None, embed=_embedding(spec)))
+    for batch in ds.select_columns(["status", "cluster_features"]).iter_batches(
+            batch_size=plan.decode_batch_size, batch_format="numpy"):
+        yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]
+
+
+def prepare_clusterer(spec: JobSpec, manifest: pa.Table, plan: Plan, progress: Mode = "off"):
+    """The job's clusterer: the saved artifact when there is one (so ids stay stable from run to
+    run), else fitted now on a seeded sample (or streamed over the archive) and saved."""
+    from imgclf_ray import clustering
+
+    if spec.cluster is None:
+        return None
+    c, uri = spec.cluster, cluster_artifact_uri(spec)
+    if not c.refit and clustering.exists(uri, spec.storage):
+        clusterer = clustering.load(uri, spec.storage)
+        if not clusterer.card.matches(c):
+            raise SpecError(f"cluster: the clusterer at {uri} was fitted with other settings "
+                            f"({clusterer.card.algorithm} {clusterer.card.params}, features "
+                            f"{clusterer.card.features.name}, pca {clusterer.card.pca}); set "
+                            f"cluster.refit: true to replace it, or point cluster.artifact elsewhere")
+        log.info("cluster: reusing %s (%s)", uri, clusterer.clusterer_id)
+        return clusterer
+    rng = np.random.default_rng(c.seed)
+    n = manifest.num_rows
+    sample = manifest.take(np.sort(rng.choice(n, min(n, c.sample), replace=False)))
+    Progress.note(f"cluster: fitting {c.algorithm} on a sample of {sample.num_rows} images", progress)
+    batches = list(_embedded_batches(spec, sample, plan))
+    features = np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+    stream = _embedded_batches(spec, manifest, plan) if c.fit == "stream" else None
+    try:
+        clusterer = clustering.fit(c, features, stream)
+    except ValueError as exc:
+        raise RunFailed(f"cluster: cannot fit {c.algorithm}: {exc}") from None
+    return clustering.save(uri, clusterer, spec.storage)
+
+
+def _label_issue_labels(spec: JobSpec, card: Optional[ArtifactInfo], checks: tuple[str, ...]) -> Optional[list[str]]:
+    if "label_issue" not in checks:
+        return None
+    if card is None or card.task not in ("multiclass", "binary"):
+        raise SpecError("curate.checks: label_issue needs a multiclass or binary model (its "
+                        "class_scores); this one is " + (card.task if card else "absent"))
+    return list(card.labels)
+
+
+def _archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], labels, metrics) -> dict[str, Any]:
+    from imgclf_ray.curation import archive
+
+    if not any(c in archive.ARCHIVE_CHECKS for c in checks):
+        return {}
+    import ray
+
+    started = time.perf_counter()
+    checks = tuple(c for c in checks if c in archive.ARCHIVE_CHECKS)
+    p = max(1, int(ray.cluster_resources().get("CPU", 1)))  # partitions of the hash shuffle
+    radius, storage = spec.curate.near_duplicate_radius, spec.storage
+    task = ray.remote(num_cpus=1)
+    scans = [task(archive.scan).options(num_returns=1 + 2 * p).remote(uri, storage, checks, radius, p, labels)
+             for uri in staged]
+    exact_parts = [task(archive.reduce_exact).remote(*[s[1 + i] for s in scans]) for i in range(p)]
+    near_parts = [task(archive.reduce_near).remote(radius, *[s[1 + p + i] for s in scans]) for i in range(p)]
+    facts = archive.merge_facts(ray.get([s[0] for s in scans]), checks, labels)
+    exact: dict[str, tuple[str, bool]] = {}
+    for part in ray.get(exact_parts):
+        exact.update(part)
+    pairs, uris = [], {}
+    for part_pairs, part_uris in ray.get(near_parts):
+        pairs.extend(part_pairs)
+        uris.update(part_uris)
+    near = archive.link(pairs, uris)
+    exact_ref, near_ref = ray.put(exact), ray.put(near)
+    ray.get([task(archive.rewrite).remote(uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
+             for uri in staged])
+    metrics.add.remote("curate_archive", len(staged), time.perf_counter() - started)
+    return archive.summarise(facts, exact, near, checks, labels, radius)
+
+
+def _cluster_and_flag_summary(spec: JobSpec, staged: list[str], result: RunResult, clusterer) -> dict[str, bytes]:
+    """Fills the run's cluster and flag counts; returns clusters.json (sizes, exemplars) when the
+    job clusters."""
+    import pyarrow.compute as pc
+
+    if spec.cluster is None and spec.curate is None:
+        return {}
+    flags = [f"is_{c}" for c in spec.curate_checks()]
+    t = read_columns(staged, ["uri", "cluster", "cluster_distance", *flags], spec.storage)
+    result.curation_flags = {f[3:]: int(pc.sum(pc.fill_null(t.column(f), False)).as_py() or 0) for f in flags}
+    if clusterer is None:
+        return {}
+    clustered = t.filter(pc.is_valid(t.column("cluster")))
+    counts = count_values(clustered.column("cluster"))
+    result.by_cluster = {str(k): v for k, v in sorted(counts.items())}
+    clusters = []
+    for cluster in sorted(counts):
+        rows = clustered.filter(pc.equal(clustered.column("cluster"), cluster))
+        dist = rows.column("cluster_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+        nearest = np.argsort(np.nan_to_num(dist, nan=np.inf), kind="stable")[:5]
+        uris = rows.column("uri").to_pylist()
+        clusters.append({"cluster": int(cluster), "size": rows.num_rows,
+                         "mean_distance": None if np.isnan(dist).all() else round(float(np.nanmean(dist)), 4),
+                         "exemplars": [uris[i] for i in nearest]})
+    result.clusterer = {"clusterer_id": clusterer.clusterer_id, "artifact": cluster_artifact_uri(spec),
+                        "algorithm": clusterer.card.algorithm, "n_clusters": clusterer.card.n_clusters,
+                        "fitted_rows": clusterer.card.fitted_rows, "fitted_at": clusterer.card.fitted_at}
+    doc = {**result.clusterer, "clusters": clusters}
+    return {"clusters.json": json.dumps(doc, indent=2).encode()}
 
 
 def _check_thresholds(spec: JobSpec, card: ArtifactInfo, classifier) -> None:
@@ -350,7 +510,8 @@ def _check_budget(spec: JobSpec, result: RunResult) -> None:
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
 
 
-def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: ArtifactInfo, plan: Plan) -> RunResult:
+def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Optional[ArtifactInfo],
+            plan: Plan) -> RunResult:
     import pyarrow.compute as pc
 
     errors = stats.filter(pc.equal(stats.column("status"), STATUS_ERROR))
@@ -371,7 +532,7 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Arti
         sample_errors=sample,
         wall_seconds=wall,
         images_per_second=stats.num_rows / wall if wall > 0 else 0.0,
-        model_id=card.model_id,
+        model_id=card.model_id if card else None,
         plan=asdict(plan),
         errors_by_cause=dict(sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))),
         spec_digest=spec_digest(spec),
@@ -401,7 +562,8 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
     mode = resolve_mode(quiet)
     examples.prepare(spec, progress=mode)
-    describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
+    if spec.model is not None:
+        describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
     listing_started = time.perf_counter()
     manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started

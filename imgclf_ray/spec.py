@@ -204,13 +204,44 @@ class JobSpec(_Spec):
     description: str = Field("", description="Free text for people.")
     source: SourceSpec = Field(description="Where the images are.")
     decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
-    model: ModelSpec = Field(description="Which model to apply.")
+    model: Optional[ModelSpec] = Field(None, description="Which model to apply (none: a clustering "
+                                       "and/or curation job).")
+    cluster: Optional[ClusterSpec] = Field(None, description="Cluster the images (output columns "
+                                           "cluster, cluster_distance, cluster_probability, embedding).")
+    curate: Optional[CurateSpec] = Field(None, description="Curation checks: a score and an is_<check> "
+                                         "flag per image and check.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="Planner overrides.")
     storage: StorageSpec = Field(StorageSpec(), description="Object-storage settings shared by "
                                  "source, sink and model URIs.")
     sink: SinkSpec = Field(description="Where the output goes.")
     run: RunSpec = Field(RunSpec(), description="Run-wide behaviour.")
     example: Optional[ExampleSpec] = Field(None, description="Bundled example data and model.")
+
+    @model_validator(mode="after")
+    def _has_work(self) -> "JobSpec":
+        if self.model is None and self.cluster is None and self.curate is None:
+            raise ValueError("the job does nothing: give model, cluster or curate")
+        if self.curate is not None and self.curate.checks is not None:
+            if "outlier" in self.curate.checks and self.cluster is None:
+                raise ValueError("curate.checks: outlier measures distances in the clusterer's "
+                                 "embedding space; add a cluster section")
+            if "label_issue" in self.curate.checks and (self.model is None or self.source.labels is None):
+                raise ValueError("curate.checks: label_issue needs a model and true labels "
+                                 "(source.labels)")
+        return self
+
+    def curate_checks(self) -> tuple[str, ...]:
+        """The curation checks this job runs: those asked for, or every one it can run."""
+        if self.curate is None:
+            return ()
+        if self.curate.checks is not None:
+            return tuple(dict.fromkeys(self.curate.checks))
+        skip = set()
+        if self.cluster is None:
+            skip.add("outlier")
+        if self.model is None or self.source.labels is None:
+            skip.add("label_issue")
+        return tuple(c for c in CURATION_CHECKS if c not in skip)
 
 
 ESTIMATORS = ("logistic_regression", "knn", "linear_svm", "svm", "decision_tree", "random_forest",
@@ -455,3 +486,111 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: ty
         data = apply_overrides(data, overrides)
     keys = tuple(item.partition("=")[0].strip() for item in overrides or ())
     return parse_spec(data, str(path), text, keys, model)
+
+
+CLUSTER_ALGORITHMS = {
+    "kmeans": "sklearn.cluster.KMeans",
+    "minibatch_kmeans": "sklearn.cluster.MiniBatchKMeans",
+    "gmm": "sklearn.mixture.GaussianMixture",
+    "meanshift": "sklearn.cluster.MeanShift",
+    "dbscan": "sklearn.cluster.DBSCAN",
+    "agglomerative": "sklearn.cluster.AgglomerativeClustering",
+    "birch": "sklearn.cluster.Birch",
+}
+STREAMING_ALGORITHMS = ("minibatch_kmeans", "birch")
+
+
+def _default_cluster_preprocess() -> PreprocessSpec:
+    return PreprocessSpec(resize=64)
+
+
+class ClusterSpec(_Spec):
+    """Group the images without labels: features (+ PCA) -> a clusterer fitted on a seeded sample
+    (or streamed over the whole archive), then every image assigned inside the pipeline."""
+
+    algorithm: Literal[tuple(CLUSTER_ALGORITHMS)] = Field(
+        description="kmeans, minibatch_kmeans, gmm (Gaussian mixture, EM; per-row probability), "
+        "meanshift, dbscan, agglomerative or birch (scikit-learn's). Rows are assigned by "
+        "nearest centre (kmeans, minibatch_kmeans, meanshift; birch: nearest subcluster centre's "
+        "cluster; agglomerative: nearest cluster centroid), by posterior probability (gmm), or "
+        "dbscan: the nearest core sample's cluster when within eps, else noise -1.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
+                                   "scikit-learn class, e.g. {n_clusters: 8} or {eps: 0.5, min_samples: 5}.")
+    features: FeatureSpec = Field(FeatureSpec(name="color_histogram"), description="Feature extractor "
+                                  "that makes the embedding (cnn_embedding with a backbone artifact "
+                                  "for CNN embeddings).")
+    preprocess: PreprocessSpec = Field(default_factory=_default_cluster_preprocess,
+                                       description="Conditioning before the feature extractor.")
+    pca: Optional[int] = Field(None, ge=1, description="Reduce the features to this many principal "
+                               "components first (fitted on the sample).")
+    fit: Literal["sample", "stream"] = Field(
+        "sample", description="sample: fit on a seeded sample; stream: partial_fit over every image "
+        "(minibatch_kmeans, birch), PCA still from the sample.")
+    sample: int = Field(5000, ge=2, description="Images in the fitting sample.")
+    seed: int = Field(0, description="Seed of the sample and of seeded algorithms.")
+    artifact: Optional[str] = Field(None, description="Where the fitted clusterer is kept (local or "
+                                    "s3://); default <sink.uri>/_clusterers/<name>. A later run reuses "
+                                    "it, so cluster ids stay stable from night to night.")
+    refit: bool = Field(False, description="Fit anew and replace the artifact even when one exists.")
+    embedding: bool = Field(False, description="Write each image's embedding (after PCA) to the "
+                            "embedding column.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterSpec":
+        import importlib
+        import inspect
+
+        from imgclf_ray.features import extractors
+
+        try:
+            extractors.get(self.features.name)
+        except KeyError as exc:
+            raise ValueError(f"features: {exc.args[0]}") from None
+        if self.fit == "stream" and self.algorithm not in STREAMING_ALGORITHMS:
+            raise ValueError(f"fit: stream needs partial_fit, which only "
+                             f"{' and '.join(STREAMING_ALGORITHMS)} have")
+        module, _, name = CLUSTER_ALGORITHMS[self.algorithm].rpartition(".")
+        accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        unknown = sorted(set(self.params) - set(accepted))
+        if unknown:
+            raise ValueError(f"params: {', '.join(unknown)} not accepted by {name} "
+                             f"(accepted: {', '.join(accepted)})")
+        return self
+
+
+CURATION_CHECKS = ("blurry", "dark", "overexposed", "low_information", "grayscale", "odd_size",
+                   "odd_aspect", "duplicate", "near_duplicate", "outlier", "label_issue")
+
+
+class CurateSpec(_Spec):
+    """Per-image quality scores and flags, and archive-wide checks (a second, distributed pass)."""
+
+    checks: Optional[list[Literal[CURATION_CHECKS]]] = Field(
+        None, description="Which checks set their is_<check> flag; default every one the job can "
+        "run (outlier needs a cluster section; label_issue a model and source.labels).")
+    blur_threshold: float = Field(0.03, ge=0, description="blurry when blur_score (variance of the "
+                                  "Laplacian over the variance of the image, on a 256x256 greyscale "
+                                  "copy) is below this.")
+    dark_threshold: float = Field(0.15, ge=0, le=1, description="dark when brightness (mean "
+                                  "luminance, 0..1) is below this.")
+    overexposed_threshold: float = Field(0.85, ge=0, le=1, description="overexposed when brightness "
+                                         "is above this.")
+    low_information_threshold: float = Field(3.0, ge=0, le=8, description="low_information when "
+                                             "entropy (bits of the greyscale histogram, 0..8) is below this.")
+    grayscale_threshold: float = Field(2.0, ge=0, description="grayscale when color_spread (mean "
+                                       "difference of the largest and smallest channel, 0..255) is "
+                                       "below this: true for greyscale files and for RGB files whose "
+                                       "channels are equal.")
+    odd_size_threshold: float = Field(3.5, gt=0, description="odd_size when size_score (robust "
+                                      "z-score of log(width x height) against the archive's median "
+                                      "and MAD) is above this.")
+    odd_aspect_threshold: float = Field(3.5, gt=0, description="odd_aspect when aspect_score (robust "
+                                        "z-score of log(width / height)) is above this.")
+    near_duplicate_radius: int = Field(6, ge=0, le=20, description="near_duplicate when the 64-bit "
+                                       "perceptual hashes differ in at most this many bits.")
+    outlier_quantile: float = Field(0.99, gt=0, lt=1, description="outlier when outlier_score "
+                                    "exceeds this quantile of the same distance within the "
+                                    "clusterer's reference sample.")
+
+
+JobSpec.model_rebuild()

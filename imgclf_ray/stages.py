@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray.curation.measure import FLOAT_MEASURES, MEASURE_SIDE
+from imgclf_ray.curation.measure import measure as measure_image
+from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
-from imgclf_ray.spec import DecodeSpec, StorageSpec
+from imgclf_ray.spec import DecodeSpec, FeatureSpec, StorageSpec
+
+if TYPE_CHECKING:
+    from imgclf_ray.clustering import Clusterer
 
 
 # Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
@@ -47,28 +53,57 @@ class StageError(Exception):
 class LoadStage:
     """read -> decode -> condition [-> features], one row at a time; adds frame, width, height,
     status, error and ``inputs``: the model's input, (N, C, H, W) uint8 pixels, or (N, D) float32
-    features when the model card names a feature extractor. Error rows carry zero inputs and
-    width = height = 0."""
+    features when the model card names a feature extractor ((N, 0) without a model). Error rows
+    carry zero inputs and width = height = 0.
 
-    def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Conditioning,
-                 reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None):
+    From the same decoded image, optionally: the curation measures (``measure``; see
+    ``curation.measure``), and the clustering embedding (``embed``: conditioning + feature
+    extractor), which a fitted ``clusterer`` reduces and assigns in the same task (columns cluster,
+    cluster_distance, cluster_probability, outlier_score, embedding); without a clusterer the raw
+    features come out as ``cluster_features`` (the clusterer's fitting pass).
+    """
+
+    def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Optional[Conditioning],
+                 reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None,
+                 measure: bool = False, embed: Optional[tuple[Conditioning, FeatureSpec]] = None,
+                 clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False):
         self.storage = storage
         self.decode = decode
         self.cond = conditioning
         self.reporter = reporter
         self.features = features
+        self.measure = measure
+        self.embed = embed
+        self.clusterer = clusterer
+        self.keep_embedding = keep_embedding
         self._timing: dict[str, list[float]] = {}
         self._input_shape: Optional[tuple[int, ...]] = None
+        self._embed_len: Optional[int] = None
 
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one row's input (features: the extractor's length on a blank image)."""
         if self._input_shape is None:
+            if self.cond is None:
+                self._input_shape = (0,)
+                return self._input_shape
             shape = self.cond.output_shape
             if self.features is not None:
                 blank = np.zeros(shape, dtype=np.uint8)
                 shape = extract(self.features.name, blank, self.features.params).shape
             self._input_shape = shape
         return self._input_shape
+
+    def embed_length(self) -> int:
+        if self._embed_len is None:
+            cond, spec = self.embed
+            self._embed_len = len(extract(spec.name, np.zeros(cond.output_shape, np.uint8), spec.params))
+        return self._embed_len
+
+    def _target_side(self) -> Optional[int]:
+        sides = [c.crop or c.resize for c in (self.cond, self.embed[0] if self.embed else None) if c]
+        if self.measure:
+            sides.append(MEASURE_SIDE)
+        return max(sides) if sides else None
 
     def _timed(self, stage: str, fn, *args):
         started = time.perf_counter()
@@ -81,15 +116,23 @@ class LoadStage:
             entry[0] += 1
             entry[1] += time.perf_counter() - started
 
-    def load_one(self, uri: str) -> tuple[np.ndarray, int, int]:
-        """Model input and (width, height) of one image; raises tagged errors ('read: ...')."""
+    def _embed_one(self, img) -> np.ndarray:
+        cond, spec = self.embed
+        return extract(spec.name, condition(img, cond), spec.params)
+
+    def load_one(self, uri: str) -> tuple[Optional[np.ndarray], int, int, Optional[dict], Optional[np.ndarray]]:
+        """Model input, (width, height), curation measures and embedding features of one image;
+        raises tagged errors ('read: ...')."""
         data = self._timed("read", read_bytes, uri, self.storage)
-        img, (width, height) = self._timed("decode", decode_image, data, self.decode,
-                                           self.cond.crop or self.cond.resize)
+        img, (width, height) = self._timed("decode", decode_image, data, self.decode, self._target_side())
+        measures = self._timed("curate", measure_image, img) if self.measure else None
+        embedded = self._timed("embed", self._embed_one, img) if self.embed else None
+        if self.cond is None:
+            return None, width, height, measures, embedded
         pixels = self._timed("preprocess", condition, img, self.cond)
-        if self.features is None:
-            return pixels, width, height
-        return self._timed("features", extract, self.features.name, pixels, self.features.params), width, height
+        if self.features is not None:
+            pixels = self._timed("features", extract, self.features.name, pixels, self.features.params)
+        return pixels, width, height, measures, embedded
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["uri"])
@@ -99,17 +142,61 @@ class LoadStage:
         height = np.zeros(n, dtype=np.int32)
         status = np.full(n, STATUS_OK, dtype=object)
         error = np.full(n, None, dtype=object)
+        extra: dict[str, np.ndarray] = {}
+        if self.measure:
+            extra.update({k: np.full(n, np.nan, dtype=np.float32) for k in FLOAT_MEASURES})
+            extra["pixel_hash"] = np.full(n, None, dtype=object)
+            extra["phash"] = np.zeros(n, dtype=np.int64)
+        embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
         self._timing = {}
         for i, uri in enumerate(batch["uri"]):
             try:
-                inputs[i], width[i], height[i] = self.load_one(str(uri))
+                row, width[i], height[i], measures, vector = self.load_one(str(uri))
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
+                continue
+            if row is not None:
+                inputs[i] = row
+            if measures is not None:
+                for key, value in measures.items():
+                    extra[key][i] = value
+            if vector is not None:
+                embedded[i] = vector
+        if embedded is not None:
+            extra.update(self._cluster(embedded, status == STATUS_OK))
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
         return {**batch, "frame": np.full(n, self.decode.frame, dtype=np.int32), "width": width,
-                "height": height, "status": status, "error": error, "inputs": inputs}
+                "height": height, "status": status, "error": error, "inputs": inputs, **extra}
+
+    def _cluster(self, features: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
+        if self.clusterer is None:
+            return {"cluster_features": features}
+        started = time.perf_counter()
+        n, idx = len(ok), np.flatnonzero(ok)
+        z = self.clusterer.reduce(features[idx])
+        cluster = np.full(n, -1, dtype=np.int32)
+        distance = np.full(n, np.nan, dtype=np.float32)
+        probability = np.full(n, np.nan, dtype=np.float32)
+        outlier = np.full(n, np.nan, dtype=np.float32)
+        labels, dist, proba = self.clusterer.assign(z)
+        cluster[idx], distance[idx], outlier[idx] = labels, dist, self.clusterer.outlier_scores(z)
+        if proba is not None:
+            probability[idx] = proba
+        out = {"cluster": cluster, "cluster_distance": distance, "cluster_probability": probability,
+               "outlier_score": outlier}
+        if self.keep_embedding:
+            embedding = np.zeros((n, z.shape[1]), dtype=np.float32)
+            embedding[idx] = z
+            out["embedding"] = embedding
+        if self.reporter is not None:
+            self.reporter("cluster", int(len(idx)), time.perf_counter() - started)
+        return out
+
+
+_PREDICTION_COLUMNS = ("label", "score", "topk_labels", "topk_scores", "labels", "class_scores",
+                       "label_path", "path_scores")
 
 
 class PredictStage:
@@ -119,19 +206,22 @@ class PredictStage:
     ever pickles a URI and settings.
     """
 
-    def __init__(self, model_uri: str, storage: StorageSpec, topk: int, run_id: str,
+    def __init__(self, model_uri: Optional[str], storage: StorageSpec, topk: int, run_id: str,
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
-                 thresholds: Optional[dict[str, float]] = None):
+                 thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.hierarchy import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter
-        self.classifier = load_classifier(model_uri, storage, device=device, threads=threads)
+        self.rules = rules
         self.run_id = run_id
+        # Without a model (clustering / curation jobs) rows pass through with null predictions.
+        self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads)
+                           if model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
-        if self.tree:
+        if self.tree or self.classifier is None:
             return
         card = self.classifier.card
         self.labels = np.asarray(card.labels, dtype=object)
@@ -204,7 +294,9 @@ class PredictStage:
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
         ok = status == STATUS_OK
         n = len(status)
-        if self.tree:
+        if self.classifier is None:
+            predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
+        elif self.tree:
             predictions = self._route(batch["inputs"], ok, error, status)
         else:
             predictions = self._decide(batch["inputs"], ok, error, status)
@@ -226,9 +318,10 @@ class PredictStage:
             **predictions,
             "true_label": ([t if isinstance(t, str) else None for t in batch["true_label"]]
                            if "true_label" in batch else [None] * n),
-            "model_id": [self.classifier.model_id] * n,
+            "model_id": [self.classifier.model_id if self.classifier else None] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,
+            **row_columns(batch, status == STATUS_OK, self.rules),
         }
         table = pa.table(columns, schema=OUTPUT_SCHEMA)
         if self.reporter is not None:

@@ -28,7 +28,37 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+    # Clustering and curation (null unless the job has a cluster / curate section).
+    pa.field("cluster", pa.int32()),
+    pa.field("cluster_distance", pa.float32()),
+    pa.field("cluster_probability", pa.float32()),
+    pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("outlier_score", pa.float32()),
+    pa.field("is_outlier", pa.bool_()),
+    pa.field("blur_score", pa.float32()),
+    pa.field("is_blurry", pa.bool_()),
+    pa.field("brightness", pa.float32()),
+    pa.field("is_dark", pa.bool_()),
+    pa.field("is_overexposed", pa.bool_()),
+    pa.field("entropy", pa.float32()),
+    pa.field("is_low_information", pa.bool_()),
+    pa.field("color_spread", pa.float32()),
+    pa.field("is_grayscale", pa.bool_()),
+    pa.field("size_score", pa.float32()),
+    pa.field("is_odd_size", pa.bool_()),
+    pa.field("aspect_score", pa.float32()),
+    pa.field("is_odd_aspect", pa.bool_()),
+    pa.field("pixel_hash", pa.string()),
+    pa.field("duplicate_group", pa.string()),
+    pa.field("is_duplicate", pa.bool_()),
+    pa.field("phash", pa.int64()),
+    pa.field("near_duplicate_group", pa.string()),
+    pa.field("is_near_duplicate", pa.bool_()),
+    pa.field("label_quality", pa.float32()),
+    pa.field("is_label_issue", pa.bool_()),
 ])
+# The clustering and curation columns: the tail of the schema, from "cluster" on.
+EXTRA_COLUMNS = tuple(OUTPUT_SCHEMA.names[OUTPUT_SCHEMA.get_field_index("cluster"):])
 
 COLUMN_DOCS = {
     "image_id": "Stable id: first 32 hex digits of sha256('<uri>#<frame>'); the same image gets the "
@@ -58,6 +88,42 @@ COLUMN_DOCS = {
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",
+    "cluster": "Cluster id from the job's clusterer (cluster section); -1 = noise (dbscan).",
+    "cluster_distance": "Euclidean distance, in the clusterer's (PCA-reduced) space, to the centre, "
+                        "centroid, mixture mean or nearest core sample the row was assigned to.",
+    "cluster_probability": "gmm: posterior probability of `cluster`; null for other algorithms.",
+    "embedding": "The row's embedding in the clusterer's space (cluster.embedding: true).",
+    "outlier_score": "Distance to the k-th nearest image (k = 5) of the clusterer's reference sample.",
+    "is_outlier": "outlier_score above the curate.outlier_quantile of the reference sample's own "
+                  "k-th-neighbour distances.",
+    "blur_score": "Variance of the Laplacian over the image's variance, on a 256x256 greyscale copy "
+                  "(lower = blurrier; independent of brightness).",
+    "is_blurry": "blur_score < curate.blur_threshold.",
+    "brightness": "Mean luminance, 0..1.",
+    "is_dark": "brightness < curate.dark_threshold.",
+    "is_overexposed": "brightness > curate.overexposed_threshold.",
+    "entropy": "Shannon entropy of the greyscale histogram in bits (0..8).",
+    "is_low_information": "entropy < curate.low_information_threshold.",
+    "color_spread": "Mean over pixels of (largest - smallest channel), 0..255.",
+    "is_grayscale": "color_spread < curate.grayscale_threshold (greyscale files and RGB files "
+                    "whose channels are equal).",
+    "size_score": "Robust z-score of log(width x height) against the run's median and MAD.",
+    "is_odd_size": "size_score > curate.odd_size_threshold.",
+    "aspect_score": "Robust z-score of log(width / height) against the run's median and MAD.",
+    "is_odd_aspect": "aspect_score > curate.odd_aspect_threshold.",
+    "pixel_hash": "BLAKE2b-128 of the decoded pixels and their shape.",
+    "duplicate_group": "Exact duplicates (same pixel_hash): the image_id of the group's first "
+                       "image by uri; null when the image has no duplicate.",
+    "is_duplicate": "In a duplicate group and not its first image (the copies one could drop).",
+    "phash": "64-bit DCT perceptual hash (as imagehash.phash), as a signed int64.",
+    "near_duplicate_group": "Near duplicates (phash within curate.near_duplicate_radius bits, "
+                            "linked transitively): the image_id of the group's first image by uri.",
+    "is_near_duplicate": "In a near-duplicate group and not its first image.",
+    "label_quality": "Probability the model gives the true label (self-confidence); needs "
+                     "true_label and class_scores.",
+    "is_label_issue": "Confident learning: a class other than true_label reaches its per-class "
+                      "threshold (mean self-confidence of that class) and is the most probable "
+                      "such class.",
 }
 
 STATUS_OK = "ok"

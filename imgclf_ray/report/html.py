@@ -228,11 +228,11 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
                          + thumbs.grid([(r_uris[i], f"{r_scores[i]:.2f}") for i in best]))
         sections.append(("exemplars", "Most confident images per label", "".join(parts)))
 
-    truth = _truth(ok, truth_from_folder) if m.get("task") != "multilabel" else None
+    truth = _truth(ok, truth_from_folder) if m.get("task") not in ("multilabel", None) else None
     if truth is not None and any(t is not None for t in truth):
         sections.append(("confusion", "Against the true labels", _confusion(truth, ok_labels)))
 
-    if "cluster" in t.column_names:
+    if "cluster" in t.column_names and t.column("cluster").null_count < t.num_rows:
         clustered = t.filter(pc.is_valid(t.column("cluster")))
         sizes = _counts(clustered, "cluster")
         parts = [f'<img class="chart" src="{_bar_chart(sizes, "Images per cluster", "cluster")}" alt="cluster sizes">']
@@ -242,7 +242,8 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
                          + thumbs.grid([(u, "") for u in rows.column("uri").to_pylist()[:per_group]]))
         sections.append(("clusters", "Clusters", "".join(parts)))
 
-    flags = [c for c in t.column_names if c.startswith("is_")]
+    # Checks the run did not do have all-null columns.
+    flags = [c for c in t.column_names if c.startswith("is_") and t.column(c).null_count < t.num_rows]
     if flags:
         counts = {c[3:]: int(pc.sum(t.column(c)).as_py() or 0) for c in flags}
         parts = [_table(["check", "flagged", "share"],

@@ -48,6 +48,12 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
 
+    @staticmethod
+    def note(message: str, mode: Mode = "auto", stream: Optional[TextIO] = None) -> None:
+        """One line for people (not shown with mode "off")."""
+        if mode != "off":
+            print(message, file=stream or sys.stderr, flush=True)
+
     def set(self, count: int) -> None:
         if count <= self.count:
             return

@@ -25,6 +25,10 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
         lines.append(f"  errors : {_line(result.errors_by_stage)}")
         for err in result.sample_errors[:max_errors]:
             lines.append(f"           {err['uri']}: {err['error']}")
-    lines.append(f"  model  : {result.model_id}")
+    if result.by_cluster:
+        lines.append(f"  clusters: {_line(result.by_cluster)}")
+    if result.curation_flags:
+        lines.append(f"  flagged: {_line(result.curation_flags)}")
+    lines.append(f"  model  : {result.model_id or '- (no model)'}")
     lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
     return "\n".join(lines)

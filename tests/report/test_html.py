@@ -85,8 +85,8 @@ def test_cluster_and_curation_sections_appear_with_their_columns(labelled_run, t
     run = load_run(str(labelled_run / "labelled"))
     t = run.table
     n = t.num_rows
-    t = t.append_column("cluster", pa.array(np.arange(n) % 2, pa.int32()))
-    t = t.append_column("is_dark", pa.array([i < 3 for i in range(n)]))
+    t = t.set_column(t.schema.get_field_index("cluster"), "cluster", pa.array(np.arange(n) % 2, pa.int32()))
+    t = t.set_column(t.schema.get_field_index("is_dark"), "is_dark", pa.array([i < 3 for i in range(n)]))
     staging = sink.Staging.new(str(tmp_path), "curated")
     Path(staging.uri).mkdir(parents=True)
     pq.write_table(t, Path(staging.uri) / "x-0.parquet.staged")
@@ -94,6 +94,7 @@ def test_cluster_and_curation_sections_appear_with_their_columns(labelled_run, t
     html = render_report(load_run(str(tmp_path / "curated")))
     assert 'id="clusters"' in html and "cluster 0 (7)" in html and "cluster 1 (7)" in html
     assert 'id="curation"' in html and "<td>dark</td><td>3</td>" in html
+    assert "<td>blurry</td>" not in html  # checks the run did not do (all-null columns) are left out
     assert 'id="confusion"' not in html  # no true labels asked for
 
 

@@ -1,0 +1,297 @@
+"""Archive-wide curation checks: a second, distributed pass over a run's staged output.
+
+Checks that compare an image with the rest of the archive cannot be decided one batch at a time.
+After the pipeline has staged every row (and before anything is committed) this pass runs as Ray
+tasks, map-reduce style, so no step needs the whole archive in one process:
+
+1. scan (one task per staged file): histograms of log(area) and log(aspect); per-class sums of
+   the self-confidence for label issues; the rows' ``pixel_hash`` and their perceptual-hash *bands*
+   routed into P partitions by hash.
+2. reduce (one task per partition): exact duplicates = rows sharing a ``pixel_hash``; near-duplicate
+   candidates = rows sharing a band. With radius r the 64 hash bits are cut into r + 1 bands, so
+   two hashes within r bits agree exactly on at least one band (pigeonhole): only rows in the
+   same band bucket are compared, with a vectorised popcount, never all pairs of the archive.
+3. the driver links the near-duplicate pairs into groups (union-find over the pairs only) and
+   merges the histograms into the archive's median and MAD.
+4. rewrite (one task per staged file): adds the archive-wide scores and flags to each row.
+
+The Ray orchestration of these plain functions is ``pipeline._archive_checks``.
+A group's representative (its ``*_group`` id) is its first image by uri; every other member is
+flagged as the duplicate one could drop.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imgclf_ray.curation.measure import hamming
+from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK
+from imgclf_ray.io.storage import filesystem
+from imgclf_ray.spec import CurateSpec, StorageSpec
+
+ARCHIVE_CHECKS = ("odd_size", "odd_aspect", "duplicate", "near_duplicate", "label_issue")
+AREA_EDGES = np.linspace(0.0, 40.0, 4001)  # natural log of pixels; 0.01 wide bins
+ASPECT_EDGES = np.linspace(-8.0, 8.0, 3201)  # natural log of width / height; 0.005 wide bins
+MAD_FLOOR = 0.05  # log units: images within ~5 % of the typical size are never odd
+_SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "phash",
+                 "class_scores", "true_label"]
+
+
+def _read(uri: str, storage: StorageSpec, columns: Optional[list[str]] = None) -> pa.Table:
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+
+
+def bands(radius: int) -> list[tuple[int, int]]:
+    """(shift, width) of the r + 1 bands that cut a 64-bit hash."""
+    n = radius + 1
+    widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
+    out, shift = [], 64
+    for w in widths:
+        shift -= w
+        out.append((shift, w))
+    return out
+
+
+def _band_values(phash: np.ndarray, radius: int) -> list[np.ndarray]:
+    u = phash.astype(np.int64).view(np.uint64)
+    return [(u >> np.uint64(shift)) & np.uint64((1 << w) - 1 if w < 64 else 0xFFFFFFFFFFFFFFFF)
+            for shift, w in bands(radius)]
+
+
+def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, partitions: int,
+          labels: Optional[list[str]]) -> tuple:
+    t = _read(uri, storage, _SCAN_COLUMNS)
+    ok = t.filter(pc.equal(t.column("status"), STATUS_OK))
+    stats: dict[str, Any] = {}
+    width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
+    height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+    sized = (width > 0) & (height > 0)
+    stats["area"] = np.histogram(np.log(width[sized] * height[sized]), AREA_EDGES)[0]
+    stats["aspect"] = np.histogram(np.log(width[sized] / height[sized]), ASPECT_EDGES)[0]
+    if "label_issue" in checks and labels:
+        probs, given = _self_confidence_inputs(ok, labels)
+        k = len(labels)
+        rows = given >= 0
+        stats["conf_sum"] = np.bincount(given[rows], weights=probs[rows, given[rows]], minlength=k)
+        stats["conf_count"] = np.bincount(given[rows], minlength=k)
+    exact: list[pa.Table] = []
+    near: list[pa.Table] = []
+    if "duplicate" in checks:
+        hashed = ok.filter(pc.is_valid(ok.column("pixel_hash")))
+        keys = np.array([int(h[:8], 16) for h in hashed.column("pixel_hash").to_pylist()], dtype=np.int64)
+        part = keys % partitions
+        base = hashed.select(["image_id", "uri", "pixel_hash"])
+        exact = [base.filter(pa.array(part == p)) for p in range(partitions)]
+    if "near_duplicate" in checks:
+        hashed = ok.filter(pc.is_valid(ok.column("phash")))
+        phash = hashed.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
+        tables = []
+        for b, value in enumerate(_band_values(phash, radius)):
+            tables.append(pa.table({
+                "band": pa.array(np.full(len(value), b, np.int8)), "value": pa.array(value),
+                "image_id": hashed.column("image_id"), "uri": hashed.column("uri"),
+                "phash": pa.array(phash)}))
+        banded = pa.concat_tables(tables) if tables else pa.table({})
+        if banded.num_rows:
+            v = banded.column("value").to_numpy()
+            b = banded.column("band").to_numpy().astype(np.uint64)
+            part = ((v ^ (b * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(partitions)).astype(np.int64)
+            near = [banded.filter(pa.array(part == p)) for p in range(partitions)]
+    empty = pa.table({})
+    exact = exact or [empty] * partitions
+    near = near or [empty] * partitions
+    return (stats, *exact, *near)
+
+
+def _self_confidence_inputs(t: pa.Table, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities rows x classes, index of the true label or -1) of rows with both."""
+    index = {label: i for i, label in enumerate(labels)}
+    scores = t.column("class_scores").to_pylist()
+    truth = t.column("true_label").to_pylist()
+    k = len(labels)
+    probs = np.zeros((len(scores), k), dtype=np.float64)
+    given = np.full(len(scores), -1, dtype=np.int64)
+    for i, (p, y) in enumerate(zip(scores, truth)):
+        if p is not None and len(p) == k and y in index:
+            probs[i], given[i] = p, index[y]
+    return probs, given
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """[start, end) of runs of equal consecutive keys, for runs of two or more."""
+    out, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            if i - start >= 2:
+                out.append((start, i))
+            start = i
+    return out
+
+
+def reduce_exact(*parts: pa.Table) -> dict[str, tuple[str, bool]]:
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return {}
+    t = pa.concat_tables(parts)
+    t = t.take(pc.sort_indices(t, [("pixel_hash", "ascending"), ("uri", "ascending"), ("image_id", "ascending")]))
+    hashes, ids = t.column("pixel_hash").to_pylist(), t.column("image_id").to_pylist()
+    members: dict[str, tuple[str, bool]] = {}
+    for start, end in _runs(hashes):
+        rep = ids[start]
+        for j in range(start, end):
+            members[ids[j]] = (rep, j != start)
+    return members
+
+
+def reduce_near(radius: int, *parts: pa.Table) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Pairs of rows within ``radius`` bits that share a band, and the uris of their rows."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return [], {}
+    t = pa.concat_tables(parts)
+    t = t.take(pc.sort_indices(t, [("band", "ascending"), ("value", "ascending")]))
+    keys = list(zip(t.column("band").to_pylist(), t.column("value").to_pylist()))
+    ids = np.asarray(t.column("image_id").to_pylist(), dtype=object)
+    uris = t.column("uri").to_pylist()
+    phash = t.column("phash").to_numpy()
+    pairs: set[tuple[str, str]] = set()
+    involved: dict[str, str] = {}
+    for start, end in _runs(keys):
+        h = phash[start:end]
+        for offset in range(0, end - start, 1024):  # bounded memory for very large buckets
+            block = h[offset:offset + 1024]
+            close = hamming(block[:, None], h[None, :]) <= radius
+            for a, b in zip(*np.nonzero(close)):
+                a, b = start + offset + int(a), start + int(b)
+                if a < b and ids[a] != ids[b]:
+                    pairs.add((ids[a], ids[b]))
+                    involved[ids[a]], involved[ids[b]] = uris[a], uris[b]
+    return sorted(pairs), involved
+
+
+def link(pairs: list[tuple[str, str]], uris: dict[str, str]) -> dict[str, tuple[str, bool]]:
+    """Union-find over near-duplicate pairs: id -> (group representative id, not the representative)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for x in uris:
+        groups.setdefault(find(x), []).append(x)
+    out: dict[str, tuple[str, bool]] = {}
+    for members in groups.values():
+        rep = min(members, key=lambda m: (uris[m], m))
+        for m in members:
+            out[m] = (rep, m != rep)
+    return out
+
+
+def _median_mad(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """Median and median absolute deviation of values histogrammed into ``edges``."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    total = counts.sum()
+    if not total:
+        return 0.0, MAD_FLOOR
+    median = float(centres[np.searchsorted(np.cumsum(counts), total / 2.0)])
+    dev = np.abs(centres - median)
+    order = np.argsort(dev, kind="stable")
+    mad = float(dev[order][np.searchsorted(np.cumsum(counts[order]), total / 2.0)])
+    return median, mad
+
+
+def _robust_z(values: np.ndarray, median: float, mad: float) -> np.ndarray:
+    return np.abs(values - median) / (1.4826 * max(mad, MAD_FLOOR))
+
+
+def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: CurateSpec,
+             facts: dict[str, Any], exact: dict, near: dict, labels: Optional[list[str]]) -> None:
+    t = _read(uri, storage)
+    n = t.num_rows
+    ok = pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False).to_numpy(zero_copy_only=False)
+    width = pc.fill_null(t.column("width"), 0).to_numpy().astype(np.float64)
+    height = pc.fill_null(t.column("height"), 0).to_numpy().astype(np.float64)
+    sized = ok & (width > 0) & (height > 0)
+    cols: dict[str, pa.Array] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for check, score, value, key, threshold in (
+                ("odd_size", "size_score", np.log(width * height), "area", curate.odd_size_threshold),
+                ("odd_aspect", "aspect_score", np.log(width / height), "aspect", curate.odd_aspect_threshold)):
+            if check in checks:
+                z = _robust_z(value, *facts[key])
+                cols[score] = pa.array(z.astype(np.float32), mask=~sized)
+                cols[f"is_{check}"] = pa.array(z > threshold, mask=~sized)
+    ids = t.column("image_id").to_pylist()
+    for check, group_col, members in (("duplicate", "duplicate_group", exact),
+                                      ("near_duplicate", "near_duplicate_group", near)):
+        if check in checks:
+            found = [members.get(i) if k else None for i, k in zip(ids, ok)]
+            cols[group_col] = pa.array([m[0] if m else None for m in found], pa.string())
+            cols[f"is_{check}"] = pa.array([(m[1] if m else False) if k else None
+                                            for m, k in zip(found, ok)], pa.bool_())
+    if "label_issue" in checks and labels and "label_thresholds" in facts:
+        probs, given = _self_confidence_inputs(t, labels)
+        rows = ok & (given >= 0)
+        thresholds = np.asarray(facts["label_thresholds"])
+        quality = probs[np.arange(n), np.maximum(given, 0)]
+        above = probs >= thresholds[None, :]
+        best = np.where(above, probs, -np.inf).argmax(axis=1)
+        issue = above.any(axis=1) & (best != given)
+        cols["label_quality"] = pa.array(quality.astype(np.float32), mask=~rows)
+        cols["is_label_issue"] = pa.array(issue, mask=~rows)
+    for name, values in cols.items():
+        t = t.set_column(t.schema.get_field_index(name), OUTPUT_SCHEMA.field(name), values)
+    fs, path = filesystem(uri, storage)
+    sink = pa.BufferOutputStream()
+    pq.write_table(t.cast(OUTPUT_SCHEMA), sink)
+    fs.pipe_file(path, sink.getvalue().to_pybytes())
+
+
+def merge_facts(stats: list[dict[str, Any]], checks: tuple[str, ...],
+                labels: Optional[list[str]]) -> dict[str, Any]:
+    """The scans' histograms and sums -> archive medians / MADs and class thresholds."""
+    facts: dict[str, Any] = {
+        "area": _median_mad(sum(s["area"] for s in stats), AREA_EDGES),
+        "aspect": _median_mad(sum(s["aspect"] for s in stats), ASPECT_EDGES),
+    }
+    if "label_issue" in checks and labels:
+        conf = sum(s["conf_sum"] for s in stats)
+        count = sum(s["conf_count"] for s in stats)
+        # A class nobody is labelled with can never be confidently anything: threshold above 1.
+        facts["label_thresholds"] = np.where(count > 0, conf / np.maximum(count, 1), 1.1).tolist()
+    return facts
+
+
+def summarise(facts: dict[str, Any], exact: dict, near: dict, checks: tuple[str, ...],
+              labels: Optional[list[str]], radius: int) -> dict[str, Any]:
+    """What the run summary records about the archive-wide checks."""
+    summary: dict[str, Any] = {"checks": list(checks)}
+    if "odd_size" in checks:
+        summary["median_pixels"] = round(float(np.exp(facts["area"][0])))
+    if "odd_aspect" in checks:
+        summary["median_aspect"] = round(float(np.exp(facts["aspect"][0])), 3)
+    if "duplicate" in checks:
+        summary["duplicate_groups"] = len({g for g, _ in exact.values()})
+    if "near_duplicate" in checks:
+        summary["near_duplicate_groups"] = len({g for g, _ in near.values()})
+        summary["near_duplicate_radius"] = radius
+    if "label_thresholds" in facts:
+        summary["label_thresholds"] = dict(zip(labels, [round(x, 4) for x in facts["label_thresholds"]]))
+    return summary
