@@ -98,9 +98,17 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     predictions, so it runs with `imgclf run` only."""
     from datetime import datetime, timezone
 
+    import yaml
+
     extra = list(overrides)
     if address:
         extra.append(f"run.ray_address={address}")
+    try:
+        head = yaml.safe_load(open(job))
+    except (OSError, yaml.YAMLError):
+        head = None  # _load reports it properly
+    if isinstance(head, dict) and "curate" not in head:
+        extra.insert(0, "curate={}")
     spec = _load(job, tuple(extra))
     curate_spec = spec.curate.model_dump() if spec.curate else {}
     if curate_spec.get("checks"):

@@ -154,6 +154,8 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
 
     if spec.source.labels is None:
         raise SpecError("source.labels: imgclf evaluate needs true labels (e.g. source.labels.kind: folder)")
+    if spec.model is None:
+        raise SpecError("model: imgclf evaluate needs a model to evaluate")
     result = run_job(spec, run_id, quiet=quiet, verbose=verbose)
     info = describe_artifact(spec.model.uri, spec.storage)
     columns = ["status", "label", "labels", "label_path", "class_scores", "true_label"]

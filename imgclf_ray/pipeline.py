@@ -142,6 +142,10 @@ def _staged_stats(staging: sink.Staging) -> pa.Table:
                         ["image_id", "uri", "status", "error", "label"], staging.storage)
 
 
+# Checks that need the per-image measures (scores and hashes) of the decode tasks.
+MEASURED_CHECKS = {"blurry", "dark", "overexposed", "low_information", "grayscale", "duplicate", "near_duplicate"}
+
+
 def _embedding(spec: JobSpec):
     """(conditioning, feature spec) of the job's clustering embedding, or None."""
     from imgclf_ray.models.artifact import PreprocessCard
@@ -175,7 +179,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
     from imgclf_ray.stages import LoadStage, PredictStage
 
     load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
-                     card.features if card else None, measure=spec.curate is not None,
+                     card.features if card else None, measure=bool(set(spec.curate_checks()) & MEASURED_CHECKS),
                      embed=_embedding(spec), clusterer=clusterer,
                      keep_embedding=bool(spec.cluster and spec.cluster.embedding))
     ds = _load_dataset(spec, manifest, plan, load)

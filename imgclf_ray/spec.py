@@ -456,6 +456,13 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
         lines = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+            if err["type"] == "value_error":
+                # Our validators start their message with the key they are about ("params: ...").
+                err = {**err, "msg": err["msg"].removeprefix("Value error, ")}
+                keyed = re.match(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", err["msg"], re.S)
+                if keyed:
+                    loc = loc + tuple(keyed.group(1).split("."))
+                    err["msg"] = keyed.group(2)
             dotted = ".".join(str(p) for p in loc) or "(top level)"
             from_set = [k for k in overridden if dotted == k or dotted.startswith(k + ".")]
             line = _line_of(text, loc) if text and not from_set else None

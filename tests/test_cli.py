@@ -107,3 +107,8 @@ def test_every_example_job_runs(ray_session, tmp_path, job):
         assert sum(exact) / len(rows) >= 0.9
     else:
         assert sum(t == r["label"] for t, r in zip(truth, rows)) / len(rows) >= 0.9
+    if job == "textures-curate.yaml":  # clusters found without labels match the texture classes
+        from sklearn.metrics import adjusted_rand_score
+
+        assert adjusted_rand_score(truth, [r["cluster"] for r in rows]) >= 0.9
+        assert not any(r["is_label_issue"] or r["is_duplicate"] for r in rows)

@@ -49,3 +49,37 @@ def test_s3_archive_to_s3_output(ray_session, s3, moto_server, tiny_model, sampl
     assert where == "s3://output/reports/night-1.html"
     assert page.count('<img class="thumb" src="data:image/jpeg;base64,') >= 7
     assert "Errors (1)" in page and "s3://archive/cams/bad/page.jpg" in page
+
+
+def test_s3_clustering_and_curation(ray_session, s3, moto_server):
+    """The clusterer artifact, the staged files the archive pass rewrites, and the output: all on S3."""
+    import io
+
+    from PIL import Image
+
+    from imgclf_ray.spec import parse_spec
+    from tests.corpus import jpeg_bytes, png_bytes
+    from tests.curation.photos import photos
+
+    for name, img in photos().items():
+        data = jpeg_bytes(img)
+        s3.pipe(f"archive/album/{name}.jpg", data)
+        if name in ("coffee", "rocket"):
+            s3.pipe(f"archive/album/{name}-copy.png", png_bytes(Image.open(io.BytesIO(data))))
+    spec = parse_spec({"name": "album", "source": {"uri": "s3://archive/album"},
+                       "sink": {"uri": "s3://output/curated"}, "storage": {"endpoint_url": moto_server},
+                       "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}},
+                       "curate": {"checks": ["duplicate", "dark", "outlier"]}}, "<test>")
+    manifest = list_archive(spec.source, spec.storage)
+    result = execute(spec, manifest, "c1")
+    assert result.curation_flags["duplicate"] == 2 and sum(result.by_cluster.values()) == 9
+    assert s3.exists("output/curated/_clusterers/album/clusterer_card.json")
+    assert s3.exists("output/curated/c1/clusters.json") and not s3.exists("output/curated/_staging/c1")
+    files = committed_files("s3://output/curated", "c1", spec.storage)
+    rows = pads.dataset([f.removeprefix("s3://") for f in files], filesystem=s3, format="parquet").to_table().to_pylist()
+    copies = {r["uri"].rsplit("/", 1)[-1]: r for r in rows if r["duplicate_group"]}
+    assert set(copies) == {"coffee.jpg", "coffee-copy.png", "rocket.jpg", "rocket-copy.png"}
+    # The group is named after its first image by uri ("coffee-copy.png" < "coffee.jpg").
+    assert copies["coffee.jpg"]["duplicate_group"] == copies["coffee-copy.png"]["image_id"]
+    assert copies["coffee.jpg"]["is_duplicate"] and not copies["coffee-copy.png"]["is_duplicate"]
+    assert all(r["is_near_duplicate"] is None for r in rows)  # not asked for

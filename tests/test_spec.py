@@ -49,6 +49,13 @@ def test_minimal_spec_gets_documented_defaults(tmp_path):
     (GOOD + "storage:\n  secret: abc\n", "storage.secret: credentials do not belong in a job spec"),
     ("name: [unclosed\n", "job.yaml:2: not valid YAML"),
     ("- a\n- b\n", "job.yaml: a job spec is a mapping"),
+    (GOOD + "cluster:\n  algorithm: dbscan\n  params: {n_clusters: 3}\n",
+     "job.yaml:10: cluster.params: n_clusters not accepted by DBSCAN"),
+    (GOOD + "cluster:\n  algorithm: kmeans\n  fit: stream\n", "job.yaml:10: cluster.fit: stream needs partial_fit"),
+    (GOOD + "curate:\n  checks: [outlier]\n", "job.yaml:9: curate.checks: outlier measures distances"),
+    (GOOD + "curate:\n  checks: [label_issue]\n", "job.yaml:9: curate.checks: label_issue needs a model and true labels"),
+    (GOOD + "curate:\n  near_duplicate_radius: 40\n", "curate.near_duplicate_radius: Input should be less than or equal to 20"),
+    (GOOD.replace("model:\n  uri: data/model\n", ""), "job.yaml: (top level): the job does nothing: give model, cluster or curate"),
 ])
 def test_bad_specs_name_file_line_and_key(tmp_path, text, expected):
     with pytest.raises(SpecError) as info:

@@ -66,6 +66,22 @@ def _band_values(phash: np.ndarray, radius: int) -> list[np.ndarray]:
             for shift, w in bands(radius)]
 
 
+def route_bands(rows: pa.Table, radius: int, partitions: int) -> list[pa.Table]:
+    """One row per (row, band) with the band's value, split into ``partitions`` by (band, value)."""
+    phash = rows.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
+    tables = []
+    for b, value in enumerate(_band_values(phash, radius)):
+        tables.append(pa.table({
+            "band": pa.array(np.full(len(value), b, np.int8)), "value": pa.array(value),
+            "image_id": rows.column("image_id"), "uri": rows.column("uri"), "phash": pa.array(phash)}))
+    banded = pa.concat_tables(tables)
+    value = banded.column("value").to_numpy()
+    band = banded.column("band").to_numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):  # a multiplicative hash: wrapping is intended
+        part = ((value ^ (band * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(partitions)).astype(np.int64)
+    return [banded.filter(pa.array(part == p)) for p in range(partitions)]
+
+
 def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, partitions: int,
           labels: Optional[list[str]]) -> tuple:
     t = _read(uri, storage, _SCAN_COLUMNS)
@@ -91,20 +107,7 @@ def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, p
         base = hashed.select(["image_id", "uri", "pixel_hash"])
         exact = [base.filter(pa.array(part == p)) for p in range(partitions)]
     if "near_duplicate" in checks:
-        hashed = ok.filter(pc.is_valid(ok.column("phash")))
-        phash = hashed.column("phash").to_numpy(zero_copy_only=False).astype(np.int64)
-        tables = []
-        for b, value in enumerate(_band_values(phash, radius)):
-            tables.append(pa.table({
-                "band": pa.array(np.full(len(value), b, np.int8)), "value": pa.array(value),
-                "image_id": hashed.column("image_id"), "uri": hashed.column("uri"),
-                "phash": pa.array(phash)}))
-        banded = pa.concat_tables(tables) if tables else pa.table({})
-        if banded.num_rows:
-            v = banded.column("value").to_numpy()
-            b = banded.column("band").to_numpy().astype(np.uint64)
-            part = ((v ^ (b * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(partitions)).astype(np.int64)
-            near = [banded.filter(pa.array(part == p)) for p in range(partitions)]
+        near = route_bands(ok.filter(pc.is_valid(ok.column("phash"))), radius, partitions)
     empty = pa.table({})
     exact = exact or [empty] * partitions
     near = near or [empty] * partitions
