@@ -205,3 +205,16 @@ def test_flipped_labels_are_found_by_confident_learning(ray_session, digits_arch
     assert max(quality[f] for f in flipped) < np.median(list(quality.values()))
     assert result.curation["label_thresholds"].keys() == {str(d) for d in range(10)}
     assert all(r["is_blurry"] is None for r in rows)  # only the checks asked for set flags
+
+
+def test_gmm_on_cnn_embeddings_gives_probabilities(ray_session, two_families, tiny_model, tmp_path):
+    """CNN embeddings (a torch artifact's pooled features) -> PCA -> Gaussian mixture."""
+    out = str(tmp_path / "out")
+    spec = _spec(str(two_families), out, cluster={
+        "algorithm": "gmm", "params": {"n_components": 2}, "pca": 8, "embedding": True,
+        "features": {"name": "cnn_embedding", "params": {"backbone": tiny_model}},
+        "preprocess": {"resize": 36, "crop": 32}})
+    result = _run(spec, "g1")
+    rows = read_run(out, "g1")
+    assert sum(result.by_cluster.values()) == 60 and len(rows[0]["embedding"]) == 8
+    assert all(0.5 <= r["cluster_probability"] <= 1.0 for r in rows)  # the most probable of two
