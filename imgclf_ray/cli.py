@@ -11,14 +11,14 @@ from typing import Optional
 
 import click
 
-from imgclf_ray.errors import UserError
+from imgclf_ray.errors import SpecError, UserError
 from imgclf_ray.spec import JobSpec, load_spec
 
 _SET_HELP = "Override a spec value: --set source.uri=s3://bucket/prefix (repeatable; YAML values)."
 
 
 def _fail(exc: UserError) -> None:
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {exc}" if exc.exit_code else str(exc), err=bool(exc.exit_code))
     sys.exit(exc.exit_code)
 
 
@@ -60,15 +60,24 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--run-id", default=None, help="Run id (output folder name); overrides sink.run_id.")
+@click.option("--run-id", default=None, help="Run id (output folder name); overrides sink.run_id. "
+              "Running a committed run id again replaces it.")
+@click.option("--date", "date", default=None, metavar="YYYY-MM-DD|today",
+              help="Scheduled runs: run id <name>-<date>, once per date; a second run of a committed "
+              "date does nothing and says so.")
 @click.option("--address", default=None, help="Ray cluster address; overrides run.ray_address.")
 @click.option("-q", "--quiet", is_flag=True, help="Progress as a log line every 10 s instead of bars "
               "(the default when stderr is not a terminal, e.g. under cron).")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
-def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Optional[str],
-        quiet: bool, verbose: bool) -> None:
+def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
+        address: Optional[str], quiet: bool, verbose: bool) -> None:
     """Run a job: list the archive, classify every image, commit Parquet."""
     extra = list(overrides)
+    once = False
+    if date:
+        if run_id:
+            _fail(SpecError("give --run-id or --date, not both"))
+        run_id, once = _dated_run_id(job, overrides, date), True
     if run_id:
         extra.append(f"sink.run_id={run_id}")
     if address:
@@ -78,10 +87,22 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], address: Op
     from imgclf_ray.report.summary import format_summary
 
     try:
-        result = run_job(spec, quiet=quiet, verbose=verbose)
+        result = run_job(spec, quiet=quiet, verbose=verbose, once=once)
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))
+
+
+def _dated_run_id(job: str, overrides: tuple[str, ...], date: str) -> str:
+    from datetime import datetime, timezone
+
+    if date == "today":
+        date = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    try:
+        datetime.strptime(date, "%Y-%m-%d")
+    except ValueError:
+        _fail(SpecError(f"--date {date!r}: expected YYYY-MM-DD or today"))
+    return f"{_load(job, overrides).name}-{date}"
 
 
 @main.command()

@@ -25,3 +25,10 @@ class SourceError(UserError):
 
 class RunFailed(UserError):
     """The run finished its work but must not be committed (error budget exceeded, rows lost)."""
+
+
+class NothingToDo(UserError):
+    """Not an error: the run had nothing to do (an incremental run with nothing new, a dated run
+    already committed). The CLI says so and exits 0."""
+
+    exit_code = 0

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from imgclf_ray.errors import RunFailed, SpecError, UserError
+from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
@@ -29,7 +29,7 @@ from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
-from imgclf_ray.models.loader import load_classifier
+from imgclf_ray.models.loader import check_artifact
 from imgclf_ray.planner import Plan, plan_resources
 from imgclf_ray.report.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
@@ -57,6 +57,7 @@ class RunResult:
     spec_digest: str = ""
     started_at: str = ""
     listing_seconds: Optional[float] = None
+    first_batch_seconds: Optional[float] = None
     by_cluster: dict[str, int] = field(default_factory=dict)
     curation_flags: dict[str, int] = field(default_factory=dict)
     curation: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class RunResult:
             "started_at": self.started_at,
             "wall_seconds": round(self.wall_seconds, 3),
             "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),
+            "first_batch_seconds": self.first_batch_seconds,
             "rows": self.rows,
             "images_per_second": round(self.images_per_second, 2),
             "by_status": self.by_status,
@@ -192,6 +194,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
             "threads": plan.torch_threads, "reporter": reporter,
             "threshold": model.threshold if model else None,
             "thresholds": model.thresholds if model else None, "rules": rules,
+            "precision": model.precision if model else "fp32",
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -216,15 +219,15 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     card = None
     if spec.model is not None:
         card = describe_artifact(spec.model.uri, spec.storage)
-        # Load the artifact once here, on CPU, so that a tampered, untrusted or mismatched file is
-        # refused with a clear message before any work starts (the actors load it again).
-        classifier = load_classifier(spec.model.uri, spec.storage, device="cpu", threads=1)
-        _check_thresholds(spec, card, classifier)
+        # A tampered, untrusted or malformed file is refused with a clear message before any work
+        # starts (the actors load it again).
+        _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage))
     checks = spec.curate_checks()
     labels = _label_issue_labels(spec, card, checks)
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
     device = "cpu" if card is None or card.framework == "sklearn" else spec.model.device
-    plan = plan_resources(ray.cluster_resources(), spec.resources, device)
+    plan = plan_resources(ray.cluster_resources(), spec.resources, device,
+                          light=card is None or card.framework == "sklearn")
     log.info("plan: %s", plan)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
@@ -253,6 +256,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         _check_complete(manifest, stats)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
+        result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
         result.started_at, result.listing_seconds = started_at, listing_seconds
         result.curation = curation
         _check_budget(spec, result)
@@ -262,6 +266,11 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         raise
     finally:
         ray.kill(metrics)
+    if spec.incremental is not None:
+        # Recorded before the commit; it counts only once the run's _SUCCESS exists.
+        from imgclf_ray.io import state
+
+        state.record(state_uri(spec), run_id, [to_uri(fs, p) for p in staging.staged_files()], spec.storage)
     summary = result.summary()
     sink.commit(staging, {
         "job": spec.name,
@@ -275,6 +284,35 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         "plan": result.plan,
     }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode(), **extra_files})
     return result
+
+
+def _since_process_start(when: Optional[float]) -> Optional[float]:
+    """Seconds from this process's start (the CLI invoked) to ``when``."""
+    import psutil
+
+    if when is None:
+        return None
+    return round(when - psutil.Process(os.getpid()).create_time(), 2)
+
+
+def state_uri(spec: JobSpec) -> str:
+    return spec.incremental.state or join(spec.sink.uri, "_state", spec.name)
+
+
+def _incremental(spec: JobSpec, manifest: pa.Table, mode: Mode) -> pa.Table:
+    """The rows of ``manifest`` earlier committed runs have not processed (with this model)."""
+    from imgclf_ray.io import state
+
+    model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
+    seen = state.load(state_uri(spec), spec.sink.uri, spec.storage)
+    todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
+    Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
+                  f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+    if not todo.num_rows:
+        raise NothingToDo(f"nothing new: all {manifest.num_rows} listed images were processed by "
+                          f"earlier runs{' with this model' if model_id else ''} ({state_uri(spec)}); "
+                          "nothing was run or committed")
+    return todo
 
 
 def cluster_artifact_uri(spec: JobSpec) -> str:
@@ -394,7 +432,7 @@ def _cluster_and_flag_summary(spec: JobSpec, staged: list[str], result: RunResul
     return {"clusters.json": json.dumps(doc, indent=2).encode()}
 
 
-def _check_thresholds(spec: JobSpec, card: ArtifactInfo, classifier) -> None:
+def _check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[str, float]) -> None:
     """Job thresholds must fit the model: refused here rather than inside every actor."""
     from imgclf_ray.models.heads import Head
 
@@ -403,7 +441,7 @@ def _check_thresholds(spec: JobSpec, card: ArtifactInfo, classifier) -> None:
     if card.task == "hierarchical":
         raise SpecError("model.threshold / model.thresholds: a hierarchical model uses its nodes' own thresholds")
     try:
-        Head(card.task, card.labels, classifier.card.thresholds, spec.model.threshold, spec.model.thresholds)
+        Head(card.task, card.labels, card_thresholds, spec.model.threshold, spec.model.thresholds)
     except ValueError as exc:
         raise SpecError(f"model.thresholds: {exc}") from None
 
@@ -431,11 +469,18 @@ class StageMetrics:
 
     def __init__(self) -> None:
         self.totals: dict[str, list[float]] = {}
+        self.first_batch_at: Optional[float] = None
 
     def add(self, stage: str, rows: int, seconds: float) -> None:
+        if stage == "predict" and self.first_batch_at is None:
+            self.first_batch_at = time.time()
         entry = self.totals.setdefault(stage, [0, 0.0])
         entry[0] += rows
         entry[1] += seconds
+
+    def first_batch(self) -> Optional[float]:
+        """Unix time the first predicted batch was reported."""
+        return self.first_batch_at
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {stage: {"rows": int(rows), "worker_seconds": round(sec, 3),
@@ -557,7 +602,7 @@ def spec_digest(spec: JobSpec) -> str:
 
 
 def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
-            verbose: bool = False) -> RunResult:
+            verbose: bool = False, once: bool = False) -> RunResult:
     """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit.
 
     Progress goes to stderr: a bar on a terminal, a log line every 10 s otherwise or with ``quiet``.
@@ -565,12 +610,18 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     from imgclf_ray import examples
 
     mode = resolve_mode(quiet)
+    run_id = run_id or spec.sink.run_id
+    if once and run_id and sink.committed_files(spec.sink.uri, run_id, spec.storage):
+        raise NothingToDo(f"run {run_id} is already committed at {join(spec.sink.uri, run_id)}; "
+                          "nothing was done (a dated run happens once; --run-id replaces a run)")
     examples.prepare(spec, progress=mode)
     if spec.model is not None:
         describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
     listing_started = time.perf_counter()
     manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
+    if spec.incremental is not None:
+        manifest = _incremental(spec, manifest, mode)
     ensure_ray(spec.run.ray_address, verbose)
     import ray
 

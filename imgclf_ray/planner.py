@@ -41,8 +41,13 @@ class Plan:
 
 
 def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = ResourcesSpec(),
-                   device: str = "auto") -> Plan:
-    """Size the predictor pool and batches from ``ray.cluster_resources()``."""
+                   device: str = "auto", light: bool = False) -> Plan:
+    """Size the predictor pool and batches from ``ray.cluster_resources()``.
+
+    ``light``: the predictor is cheap next to decoding (a scikit-learn estimator over features,
+    or no model at all): it gets a quarter CPU per actor, one actor per 8 CPUs, and the decode
+    tasks, which then do nearly all the work, ask for half a CPU each so that they fill the cores.
+    """
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
     if cpus <= 0:
@@ -55,6 +60,18 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
     decode_cpus = min(1.0, cpus / 2)
     reserve = max(decode_cpus, math.floor(cpus / 4))
 
+    if light and not use_gpu:
+        cpus_per_actor = overrides.cpus_per_actor or 0.25
+        actors = overrides.actors or max(1, int(cpus // 8))
+        decode = min(0.5, cpus / 4)
+        if actors * cpus_per_actor > cpus - decode + 1e-9:
+            raise SpecError(f"resources: {actors} actors x {cpus_per_actor} CPUs leave no CPU for "
+                            f"reading and decoding on a cluster of {cpus:g} CPUs")
+        return Plan(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=0.0,
+                    batch_size=overrides.batch_size or 256,
+                    # Cheap rows: bigger blocks amortise the per-task cost of Ray (~10 ms a task).
+                    decode_batch_size=overrides.decode_batch_size or 256, decode_cpus=decode,
+                    decode_memory=DECODE_TASK_MEMORY, torch_threads=1, cluster_cpus=cpus, cluster_gpus=gpus)
     if use_gpu:
         gpus_per_actor = overrides.gpus_per_actor or 1.0
         cpus_per_actor = overrides.cpus_per_actor or 1.0
@@ -78,7 +95,10 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         decode_batch_size=overrides.decode_batch_size or 32,
         decode_cpus=decode_cpus,
         decode_memory=DECODE_TASK_MEMORY,
-        torch_threads=max(1, int(round(cpus_per_actor))),
+        # CPU actors may also use the cores the decode tasks leave idle: decoding is several
+        # times cheaper per image than a CNN's forward pass, so its CPUs are mostly free.
+        torch_threads=max(1, int(round(cpus_per_actor)),
+                          0 if use_gpu else int(cpus // actors)),
         cluster_cpus=cpus,
         cluster_gpus=gpus,
     )

@@ -136,6 +136,10 @@ class ModelSpec(_Spec):
     thresholds: Optional[dict[str, float]] = Field(
         None, description="Per-label decision thresholds (multilabel, or binary's positive label), "
         "replacing the card's and model.threshold for those labels.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
+        "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
+        "third decimal, so near-ties may change label.")
 
 
 class ResourcesSpec(_Spec):
@@ -197,6 +201,15 @@ class ExampleSpec(_Spec):
         "(textures).")
 
 
+class IncrementalSpec(_Spec):
+    """What earlier runs processed is recorded per run in a state store (any fsspec URI)."""
+
+    state: Optional[str] = Field(None, description="State store location (local or s3://); default "
+                                 "<sink.uri>/_state/<name>.")
+    reprocess_on_model_change: bool = Field(
+        True, description="Images processed by another model (model id) are processed again.")
+
+
 class JobSpec(_Spec):
     """One imgclf job: list an archive, classify every image, commit Parquet."""
 
@@ -216,6 +229,9 @@ class JobSpec(_Spec):
     sink: SinkSpec = Field(description="Where the output goes.")
     run: RunSpec = Field(RunSpec(), description="Run-wide behaviour.")
     example: Optional[ExampleSpec] = Field(None, description="Bundled example data and model.")
+    incremental: Optional[IncrementalSpec] = Field(
+        None, description="Nightly runs over a growing archive: process only images that are new, "
+        "changed, or were labelled by another model, as recorded in a state store.")
 
     @model_validator(mode="after")
     def _has_work(self) -> "JobSpec":
@@ -265,6 +281,38 @@ class EstimatorSpec(_Spec):
                                       "an MLPClassifier (the fully connected 'ANN').")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
     search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "EstimatorSpec":
+        for key, names in (("params", self.params), ("search.grid", self.search.grid if self.search else {})):
+            _check_params(ESTIMATOR_CLASSES[self.name], names, key)
+        return self
+
+
+ESTIMATOR_CLASSES = {
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+    "knn": "sklearn.neighbors.KNeighborsClassifier",
+    "linear_svm": "sklearn.svm.LinearSVC",
+    "svm": "sklearn.svm.SVC",
+    "decision_tree": "sklearn.tree.DecisionTreeClassifier",
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "mlp": "sklearn.neural_network.MLPClassifier",
+}
+
+
+def _check_params(dotted_class: str, params: dict[str, Any], key: str) -> None:
+    """Refuse keyword arguments the scikit-learn class does not take (named in the message)."""
+    import importlib
+    import inspect
+
+    module, _, name = dotted_class.rpartition(".")
+    accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"{key}: {', '.join(unknown)} not accepted by {name} "
+                         f"(accepted: {', '.join(accepted)})")
 
 
 class OpSpec(_Spec):
@@ -544,9 +592,6 @@ class ClusterSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterSpec":
-        import importlib
-        import inspect
-
         from imgclf_ray.features import extractors
 
         try:
@@ -556,12 +601,7 @@ class ClusterSpec(_Spec):
         if self.fit == "stream" and self.algorithm not in STREAMING_ALGORITHMS:
             raise ValueError(f"fit: stream needs partial_fit, which only "
                              f"{' and '.join(STREAMING_ALGORITHMS)} have")
-        module, _, name = CLUSTER_ALGORITHMS[self.algorithm].rpartition(".")
-        accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-        unknown = sorted(set(self.params) - set(accepted))
-        if unknown:
-            raise ValueError(f"params: {', '.join(unknown)} not accepted by {name} "
-                             f"(accepted: {', '.join(accepted)})")
+        _check_params(CLUSTER_ALGORITHMS[self.algorithm], self.params, "params")
         return self
 
 

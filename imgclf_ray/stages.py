@@ -209,7 +209,8 @@ class PredictStage:
     def __init__(self, model_uri: Optional[str], storage: StorageSpec, topk: int, run_id: str,
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
-                 thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None):
+                 thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
+                 precision: str = "fp32"):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.hierarchy import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
@@ -218,8 +219,8 @@ class PredictStage:
         self.rules = rules
         self.run_id = run_id
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
-        self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads)
-                           if model_uri else None)
+        self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
+                                           precision=precision) if model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
             return

@@ -41,7 +41,7 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False)
 
     seeded = {"random_state": seed}
     base = {
-        "logistic_regression": lambda p: LogisticRegression(max_iter=2000, **p),
+        "logistic_regression": lambda p: LogisticRegression(**{"max_iter": 2000, **p}),
         "knn": lambda p: KNeighborsClassifier(**p),
         # SVC(probability=True) is deprecated: probabilities come from CalibratedClassifierCV.
         "linear_svm": lambda p: CalibratedClassifierCV(LinearSVC(**p), cv=3),

@@ -63,7 +63,7 @@ def test_dockerfiles_copy_what_exists_and_pin_the_same_torch():
 def _entrypoint_args(entrypoint: str) -> list[str]:
     args = shlex.split(entrypoint)
     assert args[:2] == ["imgclf", "run"]
-    keep, skip = [], {"--quiet": 0, "--address": 1, "--run-id": 1}
+    keep, skip = [], {"--quiet": 0, "--address": 1, "--run-id": 1, "--date": 1}
     it = iter(args[2:])
     for a in it:
         if a in skip:
@@ -83,7 +83,7 @@ def test_rayjob_entrypoint_is_a_valid_imgclf_run():
     assert result.exit_code == 0, result.output
 
 
-def test_nightly_cronjob_creates_one_dated_rayjob_with_a_dated_run_id():
+def test_nightly_cronjob_creates_one_dated_rayjob_that_runs_once_per_date():
     cron = _docs(REPO / "cluster" / "kuberay" / "nightly-cronjob.yaml")[0]
     assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert len(cron["spec"]["schedule"].split()) == 5
@@ -95,7 +95,7 @@ def test_nightly_cronjob_creates_one_dated_rayjob_with_a_dated_run_id():
         out = out.replace(old, new.replace("$NIGHT", "2026-11-29"))
     job = yaml.safe_load(out)
     assert job["metadata"]["name"] == "imgclf-nightly-2026-11-29"
-    assert "--run-id nightly-2026-11-29" in job["spec"]["entrypoint"]
+    assert "--date 2026-11-29" in job["spec"]["entrypoint"]  # run id <name>-2026-11-29, once
 
 
 def test_cluster_launcher_and_compose_are_consistent():

@@ -11,6 +11,7 @@ def test_two_cpu_laptop_leaves_a_cpu_for_decoding():
     plan = plan_resources({"CPU": 2.0})
     assert plan.actors == 1 and plan.cpus_per_actor == 1 and plan.gpus_per_actor == 0
     assert plan.actors * plan.cpus_per_actor + plan.decode_cpus <= 2
+    assert plan.torch_threads == 2  # the decode CPU is mostly idle: torch may use it too
 
 
 def test_one_cpu_machine_shares_it():
@@ -39,3 +40,14 @@ def test_overrides_and_impossible_requests():
         plan_resources({"CPU": 2.0}, ResourcesSpec(actors=2))
     with pytest.raises(SpecError, match="no GPUs"):
         plan_resources({"CPU": 2.0}, device="cuda")
+
+
+def test_light_predictors_leave_the_cores_to_decoding():
+    """scikit-learn over features (or no model): decoding is the work, so it gets the CPUs."""
+    plan = plan_resources({"CPU": 2.0}, light=True)
+    assert plan.actors == 1 and plan.cpus_per_actor == 0.25 and plan.decode_cpus == 0.5
+    assert int((2.0 - plan.actors * plan.cpus_per_actor) // plan.decode_cpus) >= 3  # decode tasks at once
+    big = plan_resources({"CPU": 32.0}, light=True)
+    assert big.actors == 4 and big.device == "cpu"
+    with pytest.raises(SpecError, match="leave no CPU"):
+        plan_resources({"CPU": 2.0}, ResourcesSpec(actors=8, cpus_per_actor=1), light=True)

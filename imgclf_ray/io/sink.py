@@ -113,6 +113,16 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     fs.pipe_file(join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
     staging.discard()
+    # Attempts of this run id that a killed driver left behind are dead now that one committed.
+    _, run_staging = filesystem(join(staging.sink_uri, "_staging", staging.run_id), staging.storage)
+    if fs.exists(run_staging):
+        fs.rm(run_staging, recursive=True)
+        try:
+            parent = run_staging.rsplit("/", 1)[0]
+            if fs.isdir(parent) and not fs.ls(parent):
+                fs.rmdir(parent)
+        except OSError:  # another run is staging there
+            pass
     return manifest
 
 

@@ -1,0 +1,27 @@
+"""The benchmark script's smoke run (CI runs it tiny; speed is measured by running it, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_runs_every_path(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--n", "4", "--quick",
+                           "--skip-s3", "--work", str(tmp_path / "work"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["imgclf (CNN)", "imgclf (CNN, draft)", "imgclf (CNN, draft, bf16)", "plain PyTorch loop",
+                       "Ray Data docs pattern", "imgclf (classical)"]
+    assert all(r["images"] == 4 and r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
+    assert "| ratio | measured | target | met |" in proc.stdout
+    assert result["first_batch_seconds"] and result["decode_resize_per_core"] > 0

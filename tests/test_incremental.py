@@ -1,0 +1,140 @@
+"""Operating at scale: nightly incremental runs against a state store, runs once per date, and a
+run resumed after its driver was killed. Real local Ray; the killed driver is a real process tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.errors import NothingToDo
+from imgclf_ray.io import state
+from imgclf_ray.io.sink import committed_files
+from imgclf_ray.pipeline import run_job
+from imgclf_ray.spec import parse_spec
+from tests.corpus import digit_images, png_bytes
+from tests.test_pipeline import read_run
+
+pytestmark = pytest.mark.ray
+
+
+def _archive(root: Path, start: int, n: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, img in digit_images(start + n)[start:]:
+        (root / f"{name}.png").write_bytes(png_bytes(img))
+
+
+def _spec(root: Path, out: Path, model: str, **incremental):
+    return parse_spec({"name": "nightly", "source": {"uri": str(root)}, "model": {"uri": model},
+                       "sink": {"uri": str(out)}, "incremental": incremental,
+                       "resources": {"decode_batch_size": 8}}, "<test>")
+
+
+def _uris(out: Path, run_id: str) -> set[str]:
+    return {Path(r["uri"]).name for r in read_run(str(out), run_id)}
+
+
+def test_nightly_runs_process_only_new_and_changed_images(ray_session, tiny_model, tmp_path):
+    root, out = tmp_path / "archive", tmp_path / "out"
+    _archive(root, 0, 10)
+    spec = _spec(root, out, tiny_model)
+    assert run_job(spec, "nightly-2026-11-27", quiet=True).rows == 10
+
+    with pytest.raises(NothingToDo, match="nothing new: all 10 listed images"):
+        run_job(spec, "nightly-2026-11-28", quiet=True)
+    assert not (out / "nightly-2026-11-28").exists()
+
+    _archive(root, 10, 5)  # 5 added ...
+    changed = sorted(root.glob("*.png"))[0]
+    changed.write_bytes(png_bytes(digit_images(40)[39][1]))  # ... and 1 modified
+    os.utime(changed, (time.time() + 60, time.time() + 60))
+    result = run_job(spec, "nightly-2026-11-29", quiet=True)
+    assert result.rows == 6
+    assert _uris(out, "nightly-2026-11-29") == {f"digit-{i:02d}-{i % 10}.png" for i in range(10, 15)} | {changed.name}
+
+    # A new model reprocesses everything, unless told otherwise.
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)
+    card = (other / "model_card.json").read_text().replace('"created_at": "', '"created_at": "x')
+    (other / "model_card.json").write_text(card)
+    keep = _spec(root, out, str(other), reprocess_on_model_change=False)
+    with pytest.raises(NothingToDo):
+        run_job(keep, "nightly-2026-11-30", quiet=True)
+    assert run_job(_spec(root, out, str(other)), "nightly-2026-11-30", quiet=True).rows == 15
+
+
+def test_state_of_an_uncommitted_run_does_not_count(ray_session, tiny_model, tmp_path):
+    root, out = tmp_path / "archive", tmp_path / "out"
+    _archive(root, 0, 4)
+    spec = _spec(root, out, tiny_model)
+    run_job(spec, "r1", quiet=True)
+    store = out / "_state" / "nightly"
+    # A driver killed between recording the state and committing leaves a file like this one.
+    shutil.copy(store / "processed-r1.parquet", store / "processed-r0.parquet")
+    assert set(state.load(str(store), str(out), spec.storage)) == {f"file://{p}" for p in sorted(root.glob("*.png"))}
+    shutil.rmtree(out / "r1")  # the run's output is gone: its state no longer counts either
+    assert state.load(str(store), str(out), spec.storage) == {}
+    assert run_job(spec, "r2", quiet=True).rows == 4
+
+
+def test_a_date_runs_once(ray_session, tiny_model, tmp_path):
+    root, out = tmp_path / "archive", tmp_path / "out"
+    _archive(root, 0, 3)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: nightly\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\nsink: {{uri: {out}}}\n")
+    first = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-29", "-q"])
+    assert first.exit_code == 0 and "run nightly-2026-11-29: 3 images" in first.output
+    stamp = (out / "nightly-2026-11-29" / "_SUCCESS").stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-29", "-q"])
+    assert again.exit_code == 0 and "already committed" in again.output and "error" not in again.output
+    assert (out / "nightly-2026-11-29" / "_SUCCESS").stat().st_mtime_ns == stamp  # untouched
+    bad = CliRunner().invoke(main, ["run", str(job), "--date", "29/11/2026"])
+    assert bad.exit_code == 2 and "expected YYYY-MM-DD" in bad.output
+
+
+@pytest.mark.slow
+def test_run_resumed_after_its_driver_was_killed(ray_session, tiny_model, tmp_path):
+    """kill -9 of the driver and its Ray processes mid-run, then the same run id again: every
+    input exactly once, and nothing of the dead attempt left where readers look."""
+    import psutil
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    _archive(root, 0, 400)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: resume\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\n"
+                   f"sink: {{uri: {out}, min_rows_per_file: 8}}\nresources: {{decode_batch_size: 8, batch_size: 8}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("imgclf")), "run", str(job), "--run-id", "r",
+                             "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "_staging").rglob("*.parquet.staged")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        assert list((out / "_staging").rglob("*.parquet.staged")), "nothing was staged in time"
+    finally:
+        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        for p in tree:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+    assert not (out / "r" / "_SUCCESS").exists()
+    spec = parse_spec({"name": "resume", "source": {"uri": str(root)}, "model": {"uri": tiny_model},
+                       "sink": {"uri": str(out)}}, "<test>")
+    assert run_job(spec, "r", quiet=True).rows == 400
+    rows = read_run(str(out), "r")
+    assert len(rows) == 400 and len({r["uri"] for r in rows}) == 400
+    assert not (out / "_staging").exists()  # the dead attempt is gone too
+    visible = sorted(str(p) for p in out.rglob("*.parquet"))
+    assert visible == sorted(f.removeprefix("file://") for f in committed_files(str(out), "r"))
