@@ -118,7 +118,9 @@ def make_classical_model(work: Path, corpus: Path, uri: Path) -> None:
 
 def write_job(work: Path, name: str, source: str, model: Path, sink: Path, **extra) -> Path:
     job = {"name": name, "source": {"uri": source, "extensions": [".jpg"]}, "model": {"uri": str(model)},
-           "sink": {"uri": str(sink)}, **extra}
+           "sink": {"uri": str(sink)}}
+    for key, value in extra.items():
+        job[key] = {**job.get(key, {}), **value}
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(job))
     return path
@@ -278,7 +280,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                                     decode={"jpeg_draft": True}), n, work))
     add(run_imgclf("imgclf (CNN, draft, bf16)", write_job(
         work, "cnn-bf16", str(corpus), work / "cnn", work / "out-bf16", decode={"jpeg_draft": True},
-        model={"uri": str(work / "cnn"), "precision": "bf16"}), n, work))
+        model={"precision": "bf16"}), n, work))
     agreement = _label_agreement(work / "out-draft" / "bench", work / "out-bf16" / "bench")
     print(f"  bf16 vs fp32 top-1 labels agree on {100 * agreement:.1f} % of images", flush=True)
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),

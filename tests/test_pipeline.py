@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +144,22 @@ def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_m
     spec = make_spec(str(archive), str(out), tiny_model)
     manifest = list_archive(spec.source)
     execute(spec, manifest, "nightly")
-    # A crashed attempt left staged files behind; readers must not see them.
-    leftover = out / "_staging" / "nightly" / "deadbeef"
-    leftover.mkdir(parents=True)
-    (leftover / "x-0.parquet.staged").write_bytes(b"partial")
+    # A crashed attempt left staged files behind; readers must not see them, and the next commit
+    # of the run id removes them. An attempt still writing (newer files) is left alone.
+    dead = out / "_staging" / "nightly" / "deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "x-0.parquet.staged").write_bytes(b"partial")
+    live = out / "_staging" / "nightly" / "c0ffee"
+    live.mkdir(parents=True)
+    (live / "y-0.parquet.staged").write_bytes(b"being written")
+    os.utime(live / "y-0.parquet.staged", (time.time() + 600, time.time() + 600))
     execute(spec, manifest, "nightly")
     visible = glob.glob(str(out / "**" / "*.parquet"), recursive=True)
     assert all("/nightly/part-" in v for v in visible)
     rows = pq.read_table(visible).to_pylist()
     assert len(rows) == manifest.num_rows
     assert len({r["image_id"] for r in rows}) == manifest.num_rows
-    assert (leftover / "x-0.parquet.staged").exists()  # another attempt's files are not ours to delete
+    assert not dead.exists() and (live / "y-0.parquet.staged").exists()
     assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet", "run_summary.json"]
 
 

@@ -17,6 +17,7 @@ first, so no reader ever takes a mix of old and new files for a committed run.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,10 +42,11 @@ class Staging:
     run_id: str
     attempt: str
     storage: StorageSpec
+    started: float = 0.0  # Unix time the attempt began
 
     @classmethod
     def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> "Staging":
-        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage)
+        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, time.time())
 
     @property
     def uri(self) -> str:
@@ -113,17 +115,32 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     fs.pipe_file(join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
     staging.discard()
-    # Attempts of this run id that a killed driver left behind are dead now that one committed.
-    _, run_staging = filesystem(join(staging.sink_uri, "_staging", staging.run_id), staging.storage)
-    if fs.exists(run_staging):
-        fs.rm(run_staging, recursive=True)
+    _remove_dead_attempts(staging)
+    return manifest
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """Modification time (Unix seconds) from an fsspec info dict (local mtime, S3 LastModified)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified", 0)))
+    return value.timestamp() if isinstance(value, datetime) else float(value or 0)
+
+
+def _remove_dead_attempts(staging: Staging) -> None:
+    """Remove attempts of this run id that a killed driver left behind: those whose files all
+    predate this (committed) attempt. An attempt still writing has newer files and is left alone."""
+    fs, run_staging = filesystem(join(staging.sink_uri, "_staging", staging.run_id), staging.storage)
+    if not fs.exists(run_staging):
+        return
+    for attempt in fs.ls(run_staging, detail=False):
+        files = fs.find(attempt, detail=True)
+        if all(_modified(info) < staging.started for info in files.values()):
+            fs.rm(attempt, recursive=True)
+    for folder in (run_staging, run_staging.rsplit("/", 1)[0]):  # _staging/<run_id>, _staging
         try:
-            parent = run_staging.rsplit("/", 1)[0]
-            if fs.isdir(parent) and not fs.ls(parent):
-                fs.rmdir(parent)
+            if fs.isdir(folder) and not fs.ls(folder):
+                fs.rmdir(folder)
         except OSError:  # another run is staging there
             pass
-    return manifest
 
 
 def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:

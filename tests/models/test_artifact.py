@@ -128,3 +128,27 @@ def test_torchscript_artifact_gives_the_same_probabilities(tiny_model, tmp_path)
     (tmp_path / "ts" / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="not a TorchScript file"):
         TorchClassifier(str(tmp_path / "ts"))
+
+
+def test_bf16_precision_stays_close_to_fp32(tiny_model):
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    exact = TorchClassifier(tiny_model, device="cpu").predict_proba(pixels)
+    fast = TorchClassifier(tiny_model, device="cpu", precision="bf16").predict_proba(pixels)
+    assert fast.dtype == np.float32 and np.allclose(fast.sum(1), 1, atol=1e-3)
+    np.testing.assert_allclose(fast, exact, atol=2e-2)
+
+
+def test_batch_norm_folding_keeps_the_function(tiny_model):
+    import torch
+
+    from imgclf_ray.models.torch_classifier import _fold_batch_norm, build_network
+
+    torch.manual_seed(1)
+    net = build_network("resnet18", 10).eval()
+    folded = _fold_batch_norm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(x).numpy(), net(x).numpy(), atol=1e-4)
