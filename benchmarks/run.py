@@ -116,8 +116,8 @@ def make_classical_model(work: Path, corpus: Path, uri: Path) -> None:
     subprocess.run([IMGCLF, "train", str(spec)], check=True, stdout=subprocess.DEVNULL)
 
 
-def write_job(work: Path, name: str, source: str, model: Path, sink: Path, **extra) -> Path:
-    job = {"name": name, "source": {"uri": source, "extensions": [".jpg"]}, "model": {"uri": str(model)},
+def write_job(work: Path, name: str, source: str, model_dir: Path, sink: Path, **extra) -> Path:
+    job = {"name": name, "source": {"uri": source, "extensions": [".jpg"]}, "model": {"uri": str(model_dir)},
            "sink": {"uri": str(sink)}}
     for key, value in extra.items():
         job[key] = {**job.get(key, {}), **value}

@@ -253,7 +253,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         curation = _archive_checks(spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
         stats = _staged_stats(staging)
-        _check_complete(manifest, stats)
+        _check_complete(manifest, stats, spec.decode.frames)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
         result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
@@ -542,10 +542,18 @@ class _StagedNames:
         return sink.staged_filename(write_uuid, task_index)
 
 
-def _check_complete(manifest: pa.Table, stats: pa.Table) -> None:
+def _check_complete(manifest: pa.Table, stats: pa.Table, frames: str = "one") -> None:
+    """Every listed input in the staged output, each row (uri + frame) once; with decode.frames:
+    all a file gives one row per frame."""
     listed = manifest.num_rows
     written = stats.num_rows
     distinct = len(stats.column("image_id").unique()) if written else 0
+    if frames == "all":
+        missing = len(set(manifest.column("uri").to_pylist()) - set(stats.column("uri").to_pylist()))
+        if missing or distinct != written:
+            raise RunFailed(f"output check failed: {listed} files listed, {missing} missing from the "
+                            f"{written} rows written ({distinct} distinct); nothing was committed")
+        return
     if written != listed or distinct != listed:
         raise RunFailed(f"output check failed: {listed} images listed, {written} rows written "
                         f"({distinct} distinct); nothing was committed")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imgclf_ray.errors import SpecError
 
-DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm")
 # Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
 PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$"
@@ -119,6 +119,31 @@ class DecodeSpec(_Spec):
         "followed by resizing, so use it when the model was trained that way or tolerates it).")
     background: tuple[int, int, int] = Field(
         (255, 255, 255), description="RGB colour that transparent pixels are flattened onto.")
+    frames: Literal["one", "all"] = Field(
+        "one", description="one: decode.frame of every file; all: one row per frame of multi-frame "
+        "files (DICOM, multi-page TIFF, animated GIF), with its index in the frame column.")
+    dicom_window: Optional[tuple[float, float]] = Field(
+        None, description="DICOM greyscale: the window (centre, width) in modality units (e.g. "
+        "Hounsfield: [40, 400] soft tissue), instead of the file's own VOI LUT / window.")
+    dicom_attributes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DICOM_ATTRIBUTES),
+        description="DICOM attributes (keywords) written to the dicom column of DICOM rows.")
+    dicom_allow_phi: bool = Field(False, description="Allow patient-identifying attributes "
+                                  "(PatientName, PatientID, PatientBirthDate, ...) in dicom_attributes.")
+
+    @model_validator(mode="after")
+    def _dicom_keywords(self) -> "DecodeSpec":
+        if list(self.dicom_attributes) != list(DEFAULT_DICOM_ATTRIBUTES):
+            from imgclf_ray.imaging.dicom import check_keywords
+
+            check_keywords(self.dicom_attributes, self.dicom_allow_phi)
+        if self.dicom_window is not None and self.dicom_window[1] <= 0:
+            raise ValueError("dicom_window: the width must be positive")
+        return self
+
+
+DEFAULT_DICOM_ATTRIBUTES = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                            "BodyPartExamined")
 
 
 class ModelSpec(_Spec):

@@ -7,6 +7,7 @@ stage catches failures per row: a row that fails gets ``status="error"`` and
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -19,7 +20,9 @@ from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging.conditioning import Conditioning, condition
-from imgclf_ray.imaging.decode import DecodeError, decode_image
+from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count
+from imgclf_ray.imaging.dicom import attributes as dicom_attributes
+from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
@@ -120,11 +123,22 @@ class LoadStage:
         cond, spec = self.embed
         return extract(spec.name, condition(img, cond), spec.params)
 
-    def load_one(self, uri: str) -> tuple[Optional[np.ndarray], int, int, Optional[dict], Optional[np.ndarray]]:
-        """Model input, (width, height), curation measures and embedding features of one image;
-        raises tagged errors ('read: ...')."""
-        data = self._timed("read", read_bytes, uri, self.storage)
-        img, (width, height) = self._timed("decode", decode_image, data, self.decode, self._target_side())
+    def _decode_spec(self, frame: Optional[int]) -> DecodeSpec:
+        if frame is None or frame == self.decode.frame:
+            return self.decode
+        return self.decode.model_copy(update={"frame": frame})
+
+    def load_one(self, uri: str, frame: Optional[int] = None, data: Optional[bytes] = None
+                 ) -> tuple[Optional[np.ndarray], int, int, Optional[dict], Optional[np.ndarray]]:
+        """Model input, (width, height), curation measures and embedding features of one image
+        (frame ``frame``, default decode.frame); raises tagged errors ('read: ...')."""
+        if data is None:
+            data = self._timed("read", read_bytes, uri, self.storage)
+        self._dicom = None
+        if is_dicom(data):
+            self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
+        img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(frame),
+                                           self._target_side())
         measures = self._timed("curate", measure_image, img) if self.measure else None
         embedded = self._timed("embed", self._embed_one, img) if self.embed else None
         if self.cond is None:
@@ -134,7 +148,29 @@ class LoadStage:
             pixels = self._timed("features", extract, self.features.name, pixels, self.features.params)
         return pixels, width, height, measures, embedded
 
+    def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list, list]:
+        """decode.frames: all — one output row per frame: the batch's columns repeated, the frame
+        of each row, and the bytes read (read once per file; None where the read failed)."""
+        frames, blobs = [], []
+        for uri in batch["uri"]:
+            try:
+                data = self._timed("read", read_bytes, str(uri), self.storage)
+                count = frame_count(data)
+            except StageError:
+                data, count = None, 1  # the row's own load reads again and reports the cause
+            frames.append(range(count))
+            blobs.append(data)
+        counts = np.array([len(f) for f in frames])
+        expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
+        return expanded, [f for fs in frames for f in fs], [b for b, c in zip(blobs, counts) for _ in range(c)]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._timing = {}
+        if self.decode.frames == "all":
+            batch, frame_of, data_of = self._expand(batch)
+        else:
+            frame_of = [self.decode.frame] * len(batch["uri"])
+            data_of = [None] * len(batch["uri"])
         n = len(batch["uri"])
         shape = self.input_shape()
         inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)
@@ -148,13 +184,15 @@ class LoadStage:
             extra["pixel_hash"] = np.full(n, None, dtype=object)
             extra["phash"] = np.zeros(n, dtype=np.int64)
         embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
-        self._timing = {}
+        dicom = np.full(n, None, dtype=object)
         for i, uri in enumerate(batch["uri"]):
             try:
-                row, width[i], height[i], measures, vector = self.load_one(str(uri))
+                row, width[i], height[i], measures, vector = self.load_one(str(uri), frame_of[i], data_of[i])
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
                 continue
+            finally:
+                dicom[i] = getattr(self, "_dicom", None)
             if row is not None:
                 inputs[i] = row
             if measures is not None:
@@ -167,8 +205,9 @@ class LoadStage:
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
-        return {**batch, "frame": np.full(n, self.decode.frame, dtype=np.int32), "width": width,
-                "height": height, "status": status, "error": error, "inputs": inputs, **extra}
+        return {**batch, "frame": np.asarray(frame_of, dtype=np.int32), "width": width,
+                "height": height, "status": status, "error": error, "inputs": inputs,
+                "dicom_json": dicom, **extra}
 
     def _cluster(self, features: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
         if self.clusterer is None:
@@ -319,6 +358,8 @@ class PredictStage:
             **predictions,
             "true_label": ([t if isinstance(t, str) else None for t in batch["true_label"]]
                            if "true_label" in batch else [None] * n),
+            "dicom": [list(json.loads(d).items()) if isinstance(d, str) else None
+                      for d in batch.get("dicom_json", [None] * n)],
             "model_id": [self.classifier.model_id if self.classifier else None] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

@@ -75,6 +75,10 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    from imgclf_ray.imaging import dicom
+
+    if dicom.is_dicom(data):
+        return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels)
     # Pillow reads both settings from module globals. We check the pixel limit ourselves (with a
     # message that names the spec key) and set the truncation flag only for this call.
     saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
@@ -129,3 +133,18 @@ def _decode(data: bytes, options: DecodeSpec,
             width, height = height, width
         img = ImageOps.exif_transpose(img)
     return to_rgb(img, options.background), (width, height)
+
+
+def frame_count(data: bytes) -> int:
+    """Frames in a multi-frame file (DICOM NumberOfFrames, TIFF pages, GIF / WebP frames); 1 for
+    still images and for anything unreadable (its decode reports why)."""
+    from imgclf_ray.imaging import dicom
+
+    try:
+        if dicom.is_dicom(data):
+            return dicom.frame_count(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return max(1, int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - the row's decode gives the real cause
+        return 1

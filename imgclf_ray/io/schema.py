@@ -25,6 +25,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("label_path", pa.list_(pa.string())),
     pa.field("path_scores", pa.list_(pa.float32())),
     pa.field("true_label", pa.string()),
+    pa.field("dicom", pa.map_(pa.string(), pa.string())),
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -85,6 +86,9 @@ COLUMN_DOCS = {
     "path_scores": "Hierarchical: the score of each level's choice (score is their product).",
     "true_label": "The known label when source.labels says where labels are (multilabel: joined by "
                   "the separator; hierarchical: a path a/b/c); null otherwise.",
+    "dicom": "DICOM rows: the attributes decode.dicom_attributes names (SOPInstanceUID, "
+             "StudyInstanceUID, SeriesInstanceUID, Modality, BodyPartExamined by default), as "
+             "strings; patient-identifying ones only with decode.dicom_allow_phi; null otherwise.",
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",

@@ -1,0 +1,178 @@
+"""DICOM bytes -> display pixels with pydicom, as a radiologist's viewer would show them.
+
+Compressed transfer syntaxes (JPEG baseline / extended / lossless, JPEG-LS, JPEG 2000, RLE) decode
+through the pylibjpeg plugins. Greyscale frames go through the modality LUT (rescale slope and
+intercept, e.g. to Hounsfield units), then the window the job gives (``decode.dicom_window``), else
+the file's VOI LUT or first window centre/width (the DICOM linear window function), else the
+frame's own range — never clipped to a fixed bit depth. MONOCHROME1 (0 = white) is inverted so
+that every image reads white-on-black alike. Colour (RGB, YBR converted to RGB, palette colour)
+is scaled to 8 bits over its sample range.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from imgclf_ray.imaging.decode import DecodeError
+
+# Attributes that identify a patient (PS3.15 basic confidentiality profile, the usual ones): never
+# written unless the job sets decode.dicom_allow_phi. Every "Patient..." keyword counts as well,
+# except the two that describe the patient's position in the scanner.
+PHI_KEYWORDS = {
+    "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
+    "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
+    "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "MilitaryRank", "EthnicGroup",
+    "Occupation", "AdditionalPatientHistory", "DeviceSerialNumber", "StationName", "StudyID",
+    "RequestingPhysician", "ResponsiblePerson",
+}
+NOT_PHI = {"PatientOrientation", "PatientPosition"}
+
+
+def is_phi(keyword: str) -> bool:
+    return keyword in PHI_KEYWORDS or (keyword.startswith("Patient") and keyword not in NOT_PHI)
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: 128-byte preamble, then 'DICM'."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _read(data: bytes, header_only: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+
+
+def frame_count(data: bytes) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return max(1, int(_read(data, header_only=True).get("NumberOfFrames", 1) or 1))
+
+
+def attributes(data: bytes, keywords: list[str]) -> dict[str, Optional[str]]:
+    """The asked-for top-level attributes as strings (None where absent)."""
+    ds = _read(data, header_only=True)
+    out: dict[str, Optional[str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword in keywords:
+            try:
+                value = ds.get(keyword)
+            except (ValueError, TypeError) as exc:
+                raise DecodeError(f"malformed DICOM attribute {keyword} ({exc})") from None
+            out[keyword] = None if value is None or value == "" else str(value)
+    return out
+
+
+def _first(value) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """The DICOM linear VOI function (PS3.3 C.11.2.1.2.1) onto 0..255."""
+    width = max(width, 1.0)
+    low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    y = ((x - (center - 0.5)) / (width - 1 if width > 1 else 1) + 0.5) * 255.0
+    return np.where(x <= low, 0.0, np.where(x > high, 255.0, y))
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    finite = x[np.isfinite(x)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return (x - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(x, dtype=np.float64)
+
+
+def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
+           max_pixels: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
+    """One frame of a DICOM file as an 8-bit RGB image, and its (width, height)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(data, frame, window, max_pixels)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise DecodeError(f"malformed DICOM attributes ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
+            max_pixels: Optional[int]) -> tuple[Image.Image, tuple[int, int]]:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+    ds = _read(data)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = ds.get("SOPClassUID")
+        kind = getattr(sop, "name", None) or str(sop or "unknown SOP class")
+        raise DecodeError(f"DICOM object without pixel data ({kind})")
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if max_pixels is not None and rows * columns > max_pixels:
+        raise DecodeError(f"image is {columns}x{rows} = {rows * columns:,} pixels, over the "
+                          f"decompression-bomb limit of {max_pixels:,} (decode.max_image_pixels)")
+    if frame >= frames:
+        raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=frame if frames > 1 else None)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
+        name = getattr(syntax, "name", str(syntax))
+        raise DecodeError(f"DICOM pixel data not decodable ({name}; {type(exc).__name__}: {exc})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour: scale over the sample range
+        rgb = arr[..., :3]
+        if rgb.dtype != np.uint8:
+            bits = int(ds.get("BitsStored", 16) or 16)
+            rgb = np.clip(np.rint(rgb.astype(np.float64) * 255.0 / (2 ** bits - 1)), 0, 255)
+        img = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
+        return img, img.size
+    if arr.ndim != 2:
+        raise DecodeError(f"DICOM frame has shape {arr.shape}; expected rows x columns (x samples)")
+    x = apply_modality_lut(arr, ds).astype(np.float64)
+    center, width = window if window else (_first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
+    if window is None and "VOILUTSequence" in ds:
+        y = _stretch(apply_voi_lut(x, ds, index=0).astype(np.float64))
+    elif center is not None and width is not None:
+        y = _window(x, center, width)
+    else:
+        y = _stretch(x)
+    grey = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    img = Image.fromarray(grey, "L").convert("RGB")
+    return img, img.size
+
+
+def check_keywords(keywords: list[str], allow_phi: bool) -> None:
+    """Refuse unknown DICOM keywords, and patient-identifying ones unless allowed (ValueError)."""
+    from pydicom.datadict import keyword_dict
+
+    unknown = [k for k in keywords if k not in keyword_dict]
+    if unknown:
+        raise ValueError(f"dicom_attributes: unknown DICOM keyword(s) {', '.join(unknown)}")
+    phi = [k for k in keywords if is_phi(k)]
+    if phi and not allow_phi:
+        raise ValueError(f"dicom_attributes: {', '.join(phi)} identify the patient; they are written "
+                         f"only with decode.dicom_allow_phi: true")
+

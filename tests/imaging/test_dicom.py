@@ -1,0 +1,150 @@
+"""DICOM with the files the pydicom wheel itself ships: transfer syntaxes, LUTs, MONOCHROME1,
+multi-frame, non-image objects, attributes and patient identifiers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf_ray.imaging.decode import DecodeError, decode_image
+from imgclf_ray.imaging.dicom import attributes, is_dicom
+from imgclf_ray.spec import DecodeSpec
+
+pydicom = pytest.importorskip("pydicom")
+FILES = Path(pydicom.data.__file__).parent / "test_files"
+logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def _grey(name: str, **decode) -> np.ndarray:
+    img, _ = decode_image((FILES / name).read_bytes(), DecodeSpec(**decode))
+    arr = np.asarray(img)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+    return arr[..., 0]
+
+
+def test_every_shipped_file_is_an_image_or_a_clear_decode_error():
+    outcomes = {}
+    for f in sorted(p for p in FILES.rglob("*") if p.is_file()):
+        try:
+            img, (w, h) = decode_image(f.read_bytes(), DecodeSpec())
+            assert img.mode == "RGB" and img.size == (w, h)
+            outcomes[f.name] = "ok"
+        except DecodeError as exc:  # anything else would be a crash of the row, not an error row
+            outcomes[f.name] = str(exc)
+    ok = [n for n, o in outcomes.items() if o == "ok"]
+    assert len(ok) >= 60
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                 "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm", "SC_ybr_full_422_uncompressed.dcm"):
+        assert outcomes[name] == "ok", (name, outcomes[name])
+    assert outcomes["rtplan.dcm"] == "DICOM object without pixel data (RT Plan Storage)"
+    assert outcomes["test-SR.dcm"] == "DICOM object without pixel data (Comprehensive SR Storage)"
+    assert "not decodable" in outcomes["MR_truncated.dcm"]
+
+
+def test_lossless_transfer_syntaxes_give_the_same_pixels():
+    reference = _grey("MR_small.dcm")
+    for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+                 "MR_small_bigendian.dcm", "MR_small_implicit.dcm"):
+        np.testing.assert_array_equal(_grey(name), reference, err_msg=name)
+
+
+def test_window_from_the_file_and_from_the_job():
+    raw = pydicom.dcmread(FILES / "MR_small.dcm").pixel_array.astype(float)  # no rescale in this file
+    shown = _grey("MR_small.dcm")  # the file's window: centre 600, width 1600
+    assert (shown[raw <= 600 - 0.5 - 799.5] == 0).all() and (shown[raw > 600 - 0.5 + 799.5] == 255).all()
+    narrow = _grey("MR_small.dcm", dicom_window=(600, 200))
+    assert (narrow[raw <= 499.5] == 0).all() and (narrow[raw > 699.5] == 255).all()
+    inside = (raw > 520) & (raw < 680)
+    np.testing.assert_allclose(narrow[inside], ((raw[inside] - 599.5) / 199 + 0.5) * 255, atol=0.51)
+
+
+def test_sixteen_bit_without_a_window_uses_the_whole_range_never_clipping():
+    ds = pydicom.dcmread(FILES / "CT_small.dcm")
+    assert "WindowCenter" not in ds and ds.RescaleIntercept == -1024  # modality LUT to Hounsfield
+    raw = ds.pixel_array.astype(float).ravel()
+    shown = _grey("CT_small.dcm").astype(float).ravel()
+    assert shown.min() == 0 and shown.max() == 255
+    order = np.argsort(raw, kind="stable")
+    assert (np.diff(shown[order]) >= 0).all()  # a monotonic map of the stored values
+    hu = raw * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    soft = _grey("CT_small.dcm", dicom_window=(40, 400)).astype(float).ravel()
+    assert (soft[hu <= 40 - 0.5 - 199.5] == 0).all() and (soft[hu > 40 - 0.5 + 199.5] == 255).all()
+
+
+def test_monochrome1_is_inverted():
+    ds = pydicom.dcmread(FILES / "MR_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    inverted, _ = decode_image(buf.getvalue(), DecodeSpec())
+    np.testing.assert_array_equal(np.asarray(inverted)[..., 0], 255 - _grey("MR_small.dcm"))
+
+
+def test_multi_frame_files_give_any_frame():
+    data = (FILES / "SC_rgb_rle_2frame.dcm").read_bytes()
+    first, _ = decode_image(data, DecodeSpec())
+    second, _ = decode_image(data, DecodeSpec(frame=1))
+    expected = pydicom.dcmread(FILES / "SC_rgb_rle_2frame.dcm").pixel_array
+    np.testing.assert_array_equal(np.asarray(first), expected[0])
+    np.testing.assert_array_equal(np.asarray(second), expected[1])
+    with pytest.raises(DecodeError, match="frame 2 asked for .* the file has 2"):
+        decode_image(data, DecodeSpec(frame=2))
+
+
+def test_attributes_and_patient_identifiers():
+    data = (FILES / "CT_small.dcm").read_bytes()
+    assert is_dicom(data) and not is_dicom(b"\x89PNG" + b"\x00" * 200)
+    attrs = attributes(data, list(DecodeSpec().dicom_attributes))
+    assert attrs["Modality"] == "CT" and attrs["SOPInstanceUID"].startswith("1.3.6.1.4.1.5962")
+    assert "PatientName" not in attrs
+    with pytest.raises(ValueError, match="PatientName, PatientID identify the patient"):
+        DecodeSpec(dicom_attributes=["Modality", "PatientName", "PatientID"])
+    with pytest.raises(ValueError, match="unknown DICOM keyword"):
+        DecodeSpec(dicom_attributes=["Modalty"])
+    allowed = DecodeSpec(dicom_attributes=["PatientName"], dicom_allow_phi=True)
+    assert attributes(data, allowed.dicom_attributes)["PatientName"] == "CompressedSamples^CT1"
+
+
+@pytest.mark.ray
+def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.pipeline import execute
+    from tests.test_pipeline import make_spec, read_run
+
+    archive = tmp_path / "dicom"
+    archive.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtplan.dcm"):
+        (archive / name).write_bytes((FILES / name).read_bytes())
+    spec = make_spec(str(archive), str(tmp_path / "out"), tiny_model)
+    result = execute(spec, list_archive(spec.source), "d1")
+    assert result.by_status == {"ok": 4, "error": 1}
+    rows = {Path(r["uri"]).name: r for r in read_run(str(tmp_path / "out"), "d1")}
+    assert rows["rtplan.dcm"]["error"] == "decode: DICOM object without pixel data (RT Plan Storage)"
+    ct = dict(rows["CT_small.dcm"]["dicom"])
+    assert ct["Modality"] == "CT" and set(ct) == set(DecodeSpec().dicom_attributes)
+    assert rows["CT_small.dcm"]["label"] is not None and (rows["CT_small.dcm"]["width"], rows["CT_small.dcm"]["height"]) == (128, 128)
+    assert all("Patient" not in json.dumps(r["dicom"]) for r in rows.values())
+
+
+@pytest.mark.ray
+def test_multi_frame_files_become_one_row_per_frame(ray_session, tiny_model, tmp_path):
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.pipeline import execute
+    from tests.test_pipeline import make_spec, read_run
+
+    archive = tmp_path / "frames"
+    archive.mkdir()
+    for name in ("SC_rgb_rle_2frame.dcm", "CT_small.dcm", "rtplan.dcm"):
+        (archive / name).write_bytes((FILES / name).read_bytes())
+    spec = make_spec(str(archive), str(tmp_path / "out"), tiny_model, decode={"frames": "all"})
+    result = execute(spec, list_archive(spec.source), "f1")
+    rows = sorted((Path(r["uri"]).name, r["frame"], r["status"]) for r in read_run(str(tmp_path / "out"), "f1"))
+    assert rows == [("CT_small.dcm", 0, "ok"), ("SC_rgb_rle_2frame.dcm", 0, "ok"),
+                    ("SC_rgb_rle_2frame.dcm", 1, "ok"), ("rtplan.dcm", 0, "error")]
+    assert result.rows == 4
