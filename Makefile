@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast clean
+.PHONY: install browser demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,9 @@ test: install browser
 test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## Side-by-side throughput (README "Performance"): N = 2000 by default, BENCH_ARGS="--n 500" for less.
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 clean:
-	rm -rf out data .pytest_cache
+	rm -rf out data .pytest_cache benchmarks/work

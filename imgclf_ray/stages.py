@@ -82,6 +82,7 @@ class LoadStage:
         self._timing: dict[str, list[float]] = {}
         self._input_shape: Optional[tuple[int, ...]] = None
         self._embed_len: Optional[int] = None
+        self._dicom: Optional[str] = None  # attributes (JSON) of the row being loaded
 
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one row's input (features: the extractor's length on a blank image)."""
@@ -134,7 +135,6 @@ class LoadStage:
         (frame ``frame``, default decode.frame); raises tagged errors ('read: ...')."""
         if data is None:
             data = self._timed("read", read_bytes, uri, self.storage)
-        self._dicom = None
         if is_dicom(data):
             self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
         img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(frame),
@@ -186,13 +186,14 @@ class LoadStage:
         embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
         dicom = np.full(n, None, dtype=object)
         for i, uri in enumerate(batch["uri"]):
+            self._dicom = None
             try:
                 row, width[i], height[i], measures, vector = self.load_one(str(uri), frame_of[i], data_of[i])
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
                 continue
             finally:
-                dicom[i] = getattr(self, "_dicom", None)
+                dicom[i] = self._dicom
             if row is not None:
                 inputs[i] = row
             if measures is not None:
