@@ -214,7 +214,7 @@ def runs(output_uri: str, endpoint_url: Optional[str], region: Optional[str], pr
     for m in found:
         counts = m.get("by_status", {})
         click.echo(f"{m['run_id']:<36} {m.get('committed_at', '')[:19]:<20} {m.get('rows', 0):>9} "
-                   f"{counts.get('ok', 0):>9} {counts.get('error', 0):>7}  {m.get('model_id', '')[:19]}")
+                   f"{counts.get('ok', 0):>9} {counts.get('error', 0):>7}  {(m.get('model_id') or '-')[:19]}")
 
 
 @main.command()

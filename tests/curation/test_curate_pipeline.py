@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,13 @@ def test_curate_flags_blur_dark_duplicates_and_odd_shapes(ray_session, album_arc
     assert "outlier" not in flags and "label_issue" not in flags  # no clusterer, no model
     assert summary["curation"]["duplicate_groups"] == 7
     assert summary["curation"]["median_pixels"] == pytest.approx(400 * 300, rel=0.02)
+    # A run without a model is listed and reported like any other.
+    runs = CliRunner().invoke(main, ["runs", str(tmp_path / "out")])
+    assert runs.exit_code == 0 and re.search(r"^c1\s.*\s37\s+37\s+0\s+-$", runs.output, re.M), runs.output
+    from imgclf_ray.report.html import load_run, render_report
+
+    html = render_report(load_run(str(tmp_path / "out" / "c1")))
+    assert 'id="curation"' in html and 'id="classes"' not in html and "<td>duplicate</td><td>7</td>" in html
 
 
 @pytest.fixture(scope="module")
