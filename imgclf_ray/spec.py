@@ -81,6 +81,15 @@ class LabelsSpec(_Spec):
         return self
 
 
+class ImageTableSpec(_Spec):
+    """Parquet / Arrow tables of images: an image-bytes column and metadata columns."""
+
+    image_column: str = Field("image", description="Column of encoded image bytes (binary), or a "
+                              "struct with a 'bytes' field (Hugging Face datasets' Image feature).")
+    carry: list[str] = Field(default_factory=list, description="Columns copied, as strings, into "
+                             "the output's metadata column.")
+
+
 class SourceSpec(_Spec):
     """Where the images are."""
 
@@ -92,6 +101,16 @@ class SourceSpec(_Spec):
     recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
     labels: Optional[LabelsSpec] = Field(None, description="True labels of a labelled archive: they "
                                          "go into the true_label column; imgclf evaluate needs them.")
+    table: Optional[ImageTableSpec] = Field(
+        None, description="The archive is Parquet tables with the image bytes in a column (one row "
+        "per image; its row index goes into the frame column); extensions default to .parquet.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _table_files(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("table") is not None and "extensions" not in data:
+            return {**data, "extensions": [".parquet"]}
+        return data
 
     @field_validator("extensions")
     @classmethod

@@ -7,6 +7,7 @@ stage catches failures per row: a row that fails gets ``status="error"`` and
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
-from imgclf_ray.spec import DecodeSpec, FeatureSpec, StorageSpec
+from imgclf_ray.spec import DecodeSpec, FeatureSpec, ImageTableSpec, StorageSpec
 
 if TYPE_CHECKING:
     from imgclf_ray.clustering import Clusterer
@@ -69,8 +70,10 @@ class LoadStage:
     def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Optional[Conditioning],
                  reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None,
                  measure: bool = False, embed: Optional[tuple[Conditioning, FeatureSpec]] = None,
-                 clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False):
+                 clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False,
+                 table: Optional[ImageTableSpec] = None):
         self.storage = storage
+        self.table = table
         self.decode = decode
         self.cond = conditioning
         self.reporter = reporter
@@ -164,13 +167,50 @@ class LoadStage:
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
         return expanded, [f for fs in frames for f in fs], [b for b, c in zip(blobs, counts) for _ in range(c)]
 
+    def _table_rows(self, data: bytes) -> tuple[list[Optional[bytes]], list[Optional[str]]]:
+        """Image bytes and carried metadata (JSON) of every row of one image table."""
+        import pyarrow.parquet as pq
+
+        cols = [self.table.image_column, *self.table.carry]
+        t = pq.read_table(io.BytesIO(data), columns=cols)
+        images = []
+        for value in t.column(self.table.image_column).to_pylist():
+            images.append(value.get("bytes") if isinstance(value, dict) else value)
+        carried = [json.dumps({k: None if v is None else str(v) for k, v in row.items()})
+                   for row in t.select(self.table.carry).to_pylist()] if self.table.carry else [None] * t.num_rows
+        return images, carried
+
+    def _expand_tables(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list, list, list]:
+        """source.table: one output row per table row; a table that cannot be read is one error row."""
+        frames, blobs, metas, counts = [], [], [], []
+        for uri in batch["uri"]:
+            try:
+                data = self._timed("read", read_bytes, str(uri), self.storage)
+                images, carried = self._timed("read", self._table_rows, data)
+            except StageError:
+                images, carried = [None], [None]  # the row's own load reports the cause
+            counts.append(len(images))
+            frames.extend(range(len(images)))
+            blobs.extend(images)
+            metas.extend(carried)
+        expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
+        return expanded, frames, blobs, metas
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
-        if self.decode.frames == "all":
+        metadata = None
+        if self.table is not None:
+            batch, frame_of, data_of, metadata = self._expand_tables(batch)
+            # A table row's bytes are one still image; a row without bytes is an error row.
+            data_of = [d if d is not None else b"" for d in data_of]
+            frame_of_decode = [0] * len(frame_of)
+        elif self.decode.frames == "all":
             batch, frame_of, data_of = self._expand(batch)
+            frame_of_decode = frame_of
         else:
             frame_of = [self.decode.frame] * len(batch["uri"])
             data_of = [None] * len(batch["uri"])
+            frame_of_decode = frame_of
         n = len(batch["uri"])
         shape = self.input_shape()
         inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)
@@ -188,7 +228,7 @@ class LoadStage:
         for i, uri in enumerate(batch["uri"]):
             self._dicom = None
             try:
-                row, width[i], height[i], measures, vector = self.load_one(str(uri), frame_of[i], data_of[i])
+                row, width[i], height[i], measures, vector = self.load_one(str(uri), frame_of_decode[i], data_of[i])
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
                 continue
@@ -208,7 +248,8 @@ class LoadStage:
                 self.reporter(stage, rows, seconds)
         return {**batch, "frame": np.asarray(frame_of, dtype=np.int32), "width": width,
                 "height": height, "status": status, "error": error, "inputs": inputs,
-                "dicom_json": dicom, **extra}
+                "dicom_json": dicom, "metadata_json": np.asarray(metadata if metadata is not None else [None] * n,
+                                                                 dtype=object), **extra}
 
     def _cluster(self, features: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
         if self.clusterer is None:
@@ -361,6 +402,8 @@ class PredictStage:
                            if "true_label" in batch else [None] * n),
             "dicom": [list(json.loads(d).items()) if isinstance(d, str) else None
                       for d in batch.get("dicom_json", [None] * n)],
+            "metadata": [list(json.loads(d).items()) if isinstance(d, str) else None
+                         for d in batch.get("metadata_json", [None] * n)],
             "model_id": [self.classifier.model_id if self.classifier else None] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

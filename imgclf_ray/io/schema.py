@@ -26,6 +26,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("path_scores", pa.list_(pa.float32())),
     pa.field("true_label", pa.string()),
     pa.field("dicom", pa.map_(pa.string(), pa.string())),
+    pa.field("metadata", pa.map_(pa.string(), pa.string())),
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -65,7 +66,8 @@ COLUMN_DOCS = {
     "image_id": "Stable id: first 32 hex digits of sha256('<uri>#<frame>'); the same image gets the "
                 "same id in every run.",
     "uri": "Full URI of the source file (file:///..., s3://bucket/key).",
-    "frame": "Frame index within the file (0 for still images; the decode.frame asked for).",
+    "frame": "Frame index within the file (0 for still images; the decode.frame asked for; each "
+             "frame with decode.frames: all), or the row index within an image table.",
     "size": "Bytes of the source file, from the listing.",
     "etag": "S3 ETag, or 'mtime:<seconds>' for filesystems without one, from the listing.",
     "width": "Decoded width in pixels, after EXIF orientation (null when decoding failed).",
@@ -89,6 +91,8 @@ COLUMN_DOCS = {
     "dicom": "DICOM rows: the attributes decode.dicom_attributes names (SOPInstanceUID, "
              "StudyInstanceUID, SeriesInstanceUID, Modality, BodyPartExamined by default), as "
              "strings; patient-identifying ones only with decode.dicom_allow_phi; null otherwise.",
+    "metadata": "Image tables (source.table): the source.table.carry columns of the image's row, "
+                "as strings; null otherwise.",
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",
