@@ -183,7 +183,8 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
     load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
                      card.features if card else None, measure=bool(set(spec.curate_checks()) & MEASURED_CHECKS),
                      embed=_embedding(spec), clusterer=clusterer,
-                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), table=spec.source.table)
+                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), table=spec.source.table,
+                     webdataset=spec.source.webdataset)
     ds = _load_dataset(spec, manifest, plan, load)
     model = spec.model
     return ds.map_batches(
@@ -253,7 +254,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         curation = _archive_checks(spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
         stats = _staged_stats(staging)
-        _check_complete(manifest, stats, "all" if spec.source.table else spec.decode.frames)
+        _check_complete(manifest, stats, "all" if spec.source.table or spec.source.webdataset else spec.decode.frames)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
         result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
@@ -324,7 +325,7 @@ def _embedded_batches(spec: JobSpec, manifest: pa.Table, plan: Plan):
     from imgclf_ray.stages import LoadStage
 
     ds = _load_dataset(spec, manifest, plan, LoadStage(spec.storage, spec.decode, None, embed=_embedding(spec),
-                                                       table=spec.source.table))
+                                                       table=spec.source.table, webdataset=spec.source.webdataset))
     for batch in ds.select_columns(["status", "cluster_features"]).iter_batches(
             batch_size=plan.decode_batch_size, batch_format="numpy"):
         yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]

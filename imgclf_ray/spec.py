@@ -90,6 +90,16 @@ class ImageTableSpec(_Spec):
                              "the output's metadata column.")
 
 
+class WebDatasetSpec(_Spec):
+    """WebDataset tar shards: files sharing a key (``<key>.<ext>``) make one sample."""
+
+    image_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "webp", "tif", "tiff"],
+                                        description="Member extensions holding the image (first found wins).")
+    label_extension: Optional[str] = Field("cls", description="Member holding the label: its text "
+                                           "(.cls / .txt), or the 'label' field of a .json member.")
+    label_field: str = Field("label", description="The label's field in a .json member.")
+
+
 class SourceSpec(_Spec):
     """Where the images are."""
 
@@ -105,12 +115,26 @@ class SourceSpec(_Spec):
         None, description="The archive is Parquet tables with the image bytes in a column (one row "
         "per image; its row index goes into the frame column); extensions default to .parquet.")
 
+    webdataset: Optional[WebDatasetSpec] = Field(
+        None, description="The archive is WebDataset tar shards (shard-000000.tar ...): one row per "
+        "sample key, its index in the shard in the frame column, its label (when the shard has one) "
+        "in true_label; extensions default to .tar.")
+
     @model_validator(mode="before")
     @classmethod
     def _table_files(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("table") is not None and "extensions" not in data:
-            return {**data, "extensions": [".parquet"]}
+        if isinstance(data, dict) and "extensions" not in data:
+            if data.get("table") is not None:
+                return {**data, "extensions": [".parquet"]}
+            if data.get("webdataset") is not None:
+                return {**data, "extensions": [".tar"]}
         return data
+
+    @model_validator(mode="after")
+    def _one_container(self) -> "SourceSpec":
+        if self.table is not None and self.webdataset is not None:
+            raise ValueError("give table or webdataset, not both")
+        return self
 
     @field_validator("extensions")
     @classmethod

@@ -27,7 +27,7 @@ from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
-from imgclf_ray.spec import DecodeSpec, FeatureSpec, ImageTableSpec, StorageSpec
+from imgclf_ray.spec import DecodeSpec, FeatureSpec, ImageTableSpec, StorageSpec, WebDatasetSpec
 
 if TYPE_CHECKING:
     from imgclf_ray.clustering import Clusterer
@@ -71,9 +71,10 @@ class LoadStage:
                  reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None,
                  measure: bool = False, embed: Optional[tuple[Conditioning, FeatureSpec]] = None,
                  clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False,
-                 table: Optional[ImageTableSpec] = None):
+                 table: Optional[ImageTableSpec] = None, webdataset: Optional[WebDatasetSpec] = None):
         self.storage = storage
         self.table = table
+        self.webdataset = webdataset
         self.decode = decode
         self.cond = conditioning
         self.reporter = reporter
@@ -180,26 +181,70 @@ class LoadStage:
                    for row in t.select(self.table.carry).to_pylist()] if self.table.carry else [None] * t.num_rows
         return images, carried
 
+    def _shard_samples(self, data: bytes) -> tuple[list[Optional[bytes]], list[Optional[str]], list[Optional[str]]]:
+        """Image bytes, metadata (JSON: the sample key) and label of every sample of a tar shard."""
+        import tarfile
+
+        wds = self.webdataset
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                # WebDataset's convention: the key is the path up to the first dot of the file name.
+                folder, _, name = member.name.rpartition("/")
+                stem, _, ext = name.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+        images, metas, labels = [], [], []
+        for key, files in samples.items():
+            image = next((files[e] for e in wds.image_extensions if e in files), None)
+            if image is None:
+                continue  # a sample without an image member (e.g. metadata only) is not an image
+            label = None
+            if wds.label_extension and wds.label_extension in files:
+                raw = files[wds.label_extension]
+                if wds.label_extension == "json":
+                    label = json.loads(raw).get(wds.label_field)
+                else:
+                    label = raw.decode("utf-8").strip()
+            images.append(image)
+            metas.append(json.dumps({"key": key}))
+            labels.append(None if label is None else str(label))
+        return images, metas, labels
+
     def _expand_tables(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list, list, list]:
-        """source.table: one output row per table row; a table that cannot be read is one error row."""
-        frames, blobs, metas, counts = [], [], [], []
+        """source.table / source.webdataset: one output row per table row or shard sample; a file
+        that cannot be read is one error row."""
+        frames, blobs, metas, counts, labels = [], [], [], [], []
         for uri in batch["uri"]:
             try:
                 data = self._timed("read", read_bytes, str(uri), self.storage)
-                images, carried = self._timed("read", self._table_rows, data)
+                if self.webdataset is not None:
+                    images, carried, found = self._timed("read", self._shard_samples, data)
+                else:
+                    images, carried = self._timed("read", self._table_rows, data)
+                    found = [None] * len(images)
+                if not images:
+                    raise StageError("read", "no image samples in this file")
             except StageError:
-                images, carried = [None], [None]  # the row's own load reports the cause
+                images, carried, found = [None], [None], [None]  # the row's own load reports the cause
+            labels.extend(found)
             counts.append(len(images))
             frames.extend(range(len(images)))
             blobs.extend(images)
             metas.extend(carried)
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
+        if self.webdataset is not None:  # the shard's label, else the listing's (source.labels)
+            listed = expanded.get("true_label", [None] * len(labels))
+            expanded["true_label"] = np.asarray([f if f is not None else (t if isinstance(t, str) else None)
+                                                 for f, t in zip(labels, listed)], dtype=object)
         return expanded, frames, blobs, metas
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
         metadata = None
-        if self.table is not None:
+        if self.table is not None or self.webdataset is not None:
             batch, frame_of, data_of, metadata = self._expand_tables(batch)
             # A table row's bytes are one still image; a row without bytes is an error row.
             data_of = [d if d is not None else b"" for d in data_of]
