@@ -152,23 +152,12 @@ class LoadStage:
             pixels = self._timed("features", extract, self.features.name, pixels, self.features.params)
         return pixels, width, height, measures, embedded
 
-    def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list, list]:
-        """decode.frames: all — one output row per frame: the batch's columns repeated, the frame
-        of each row, and the bytes read (read once per file; None where the read failed)."""
-        frames, blobs = [], []
-        for uri in batch["uri"]:
-            try:
-                data = self._timed("read", read_bytes, str(uri), self.storage)
-                count = frame_count(data)
-            except StageError:
-                data, count = None, 1  # the row's own load reads again and reports the cause
-            frames.append(range(count))
-            blobs.append(data)
-        counts = np.array([len(f) for f in frames])
-        expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
-        return expanded, [f for fs in frames for f in fs], [b for b, c in zip(blobs, counts) for _ in range(c)]
+    def _frames(self, data: bytes) -> tuple[list[int], list[bytes], list[None], list[None]]:
+        """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes."""
+        count = frame_count(data)
+        return list(range(count)), [data] * count, [None] * count, [None] * count
 
-    def _table_rows(self, data: bytes) -> tuple[list[Optional[bytes]], list[Optional[str]]]:
+    def _table_rows(self, data: bytes) -> tuple[list[int], list[Optional[bytes]], list[Optional[str]], list[None]]:
         """Image bytes and carried metadata (JSON) of every row of one image table."""
         import pyarrow.parquet as pq
 
@@ -179,9 +168,10 @@ class LoadStage:
             images.append(value.get("bytes") if isinstance(value, dict) else value)
         carried = [json.dumps({k: None if v is None else str(v) for k, v in row.items()})
                    for row in t.select(self.table.carry).to_pylist()] if self.table.carry else [None] * t.num_rows
-        return images, carried
+        # A row's bytes are one still image (frame 0); a row without bytes is an error row.
+        return [0] * len(images), [b if b is not None else b"" for b in images], carried, [None] * len(images)
 
-    def _shard_samples(self, data: bytes) -> tuple[list[Optional[bytes]], list[Optional[str]], list[Optional[str]]]:
+    def _shard_samples(self, data: bytes) -> tuple[list[int], list[bytes], list[str], list[Optional[str]]]:
         """Image bytes, metadata (JSON: the sample key) and label of every sample of a tar shard."""
         import tarfile
 
@@ -211,30 +201,30 @@ class LoadStage:
             images.append(image)
             metas.append(json.dumps({"key": key}))
             labels.append(None if label is None else str(label))
-        return images, metas, labels
+        return [0] * len(images), images, metas, labels
 
-    def _expand_tables(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list, list, list]:
-        """source.table / source.webdataset: one output row per table row or shard sample; a file
-        that cannot be read is one error row."""
-        frames, blobs, metas, counts, labels = [], [], [], [], []
+    def _expand(self, batch: dict[str, np.ndarray], split) -> tuple[dict[str, np.ndarray], list, list, list]:
+        """One output row per part of each file: ``split(bytes)`` gives the parts' (frame to
+        decode, image bytes, metadata JSON, label) — the frames of a multi-frame file, the rows of
+        an image table, the samples of a shard. Each file is read once; one that cannot be read or
+        split is one row, whose own load then reports the cause. Returns the batch's columns
+        repeated per part, and per part: the frame to decode, its bytes and its metadata; the
+        ``frame`` column holds the part's index in its file."""
+        frames, blobs, metas, labels, counts, index = [], [], [], [], [], []
         for uri in batch["uri"]:
             try:
                 data = self._timed("read", read_bytes, str(uri), self.storage)
-                if self.webdataset is not None:
-                    images, carried, found = self._timed("read", self._shard_samples, data)
-                else:
-                    images, carried = self._timed("read", self._table_rows, data)
-                    found = [None] * len(images)
-                if not images:
-                    raise StageError("read", "no image samples in this file")
+                parts = self._timed("read", split, data)
+                if not parts[0]:
+                    raise StageError("read", "no images in this file")
             except StageError:
-                images, carried, found = [None], [None], [None]  # the row's own load reports the cause
-            labels.extend(found)
-            counts.append(len(images))
-            frames.extend(range(len(images)))
-            blobs.extend(images)
-            metas.extend(carried)
+                parts = ([self.decode.frame], [None], [None], [None])
+            counts.append(len(parts[0]))
+            index.extend(range(len(parts[0])))
+            for out, part in zip((frames, blobs, metas, labels), parts):
+                out.extend(part)
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
+        expanded["frame"] = np.asarray(index, dtype=np.int32)
         if self.webdataset is not None:  # the shard's label, else the listing's (source.labels)
             listed = expanded.get("true_label", [None] * len(labels))
             expanded["true_label"] = np.asarray([f if f is not None else (t if isinstance(t, str) else None)
@@ -243,19 +233,14 @@ class LoadStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
-        metadata = None
-        if self.table is not None or self.webdataset is not None:
-            batch, frame_of, data_of, metadata = self._expand_tables(batch)
-            # A table row's bytes are one still image; a row without bytes is an error row.
-            data_of = [d if d is not None else b"" for d in data_of]
-            frame_of_decode = [0] * len(frame_of)
-        elif self.decode.frames == "all":
-            batch, frame_of, data_of = self._expand(batch)
-            frame_of_decode = frame_of
+        split = (self._table_rows if self.table is not None else self._shard_samples
+                 if self.webdataset is not None else self._frames if self.decode.frames == "all" else None)
+        if split is not None:
+            batch, decode_frame, data_of, metadata = self._expand(batch, split)
         else:
-            frame_of = [self.decode.frame] * len(batch["uri"])
-            data_of = [None] * len(batch["uri"])
-            frame_of_decode = frame_of
+            decode_frame = [self.decode.frame] * len(batch["uri"])
+            data_of, metadata = [None] * len(batch["uri"]), None
+            batch = {**batch, "frame": np.asarray(decode_frame, dtype=np.int32)}
         n = len(batch["uri"])
         shape = self.input_shape()
         inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)
@@ -273,7 +258,7 @@ class LoadStage:
         for i, uri in enumerate(batch["uri"]):
             self._dicom = None
             try:
-                row, width[i], height[i], measures, vector = self.load_one(str(uri), frame_of_decode[i], data_of[i])
+                row, width[i], height[i], measures, vector = self.load_one(str(uri), decode_frame[i], data_of[i])
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
                 continue
@@ -291,7 +276,7 @@ class LoadStage:
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
-        return {**batch, "frame": np.asarray(frame_of, dtype=np.int32), "width": width,
+        return {**batch, "width": width,
                 "height": height, "status": status, "error": error, "inputs": inputs,
                 "dicom_json": dicom, "metadata_json": np.asarray(metadata if metadata is not None else [None] * n,
                                                                  dtype=object), **extra}
