@@ -138,10 +138,17 @@ def _pyarrow_fs(fs):
     return PyFileSystem(FSSpecHandler(fs))
 
 
-def _staged_stats(staging: sink.Staging) -> pa.Table:
-    fs, _ = filesystem(staging.uri, staging.storage)
-    return read_columns([to_uri(fs, p) for p in staging.staged_files()],
-                        ["image_id", "uri", "status", "error", "label"], staging.storage)
+def _staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
+    """The columns every after-write step needs (checks, counts, clusters, flags, state), read
+    from the staged files once."""
+    from imgclf_ray.io.state import STATE_COLUMNS
+
+    columns = ["image_id", "uri", "status", "error", "label"]
+    if spec.curate is not None or spec.cluster is not None:
+        columns += ["cluster", "cluster_distance", *(f"is_{c}" for c in spec.curate_checks())]
+    if spec.incremental is not None:
+        columns += STATE_COLUMNS
+    return read_columns(staged, list(dict.fromkeys(columns)), spec.storage)
 
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
@@ -253,7 +260,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         staged = [to_uri(fs, p) for p in staging.staged_files()]
         curation = _archive_checks(spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
-        stats = _staged_stats(staging)
+        stats = _staged_stats(spec, staged)
         _check_complete(manifest, stats, "all" if spec.source.table or spec.source.webdataset else spec.decode.frames)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
@@ -261,7 +268,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         result.started_at, result.listing_seconds = started_at, listing_seconds
         result.curation = curation
         _check_budget(spec, result)
-        extra_files = _cluster_and_flag_summary(spec, staged, result, clusterer)
+        extra_files = _cluster_and_flag_summary(spec, stats, result, clusterer)
     except BaseException:
         staging.discard()
         raise
@@ -271,7 +278,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         # Recorded before the commit; it counts only once the run's _SUCCESS exists.
         from imgclf_ray.io import state
 
-        state.record(state_uri(spec), run_id, [to_uri(fs, p) for p in staging.staged_files()], spec.storage)
+        state.record(state_uri(spec), run_id, stats, spec.storage)
     summary = result.summary()
     sink.commit(staging, {
         "job": spec.name,
@@ -300,11 +307,10 @@ def state_uri(spec: JobSpec) -> str:
     return spec.incremental.state or join(spec.sink.uri, "_state", spec.name)
 
 
-def _incremental(spec: JobSpec, manifest: pa.Table, mode: Mode) -> pa.Table:
-    """The rows of ``manifest`` earlier committed runs have not processed (with this model)."""
+def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mode: Mode) -> pa.Table:
+    """The rows of ``manifest`` earlier committed runs have not processed (with model ``model_id``)."""
     from imgclf_ray.io import state
 
-    model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
     seen = state.load(state_uri(spec), spec.sink.uri, spec.storage)
     todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
     Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
@@ -403,7 +409,7 @@ def _archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], l
     return archive.summarise(facts, exact, near, checks, labels, radius)
 
 
-def _cluster_and_flag_summary(spec: JobSpec, staged: list[str], result: RunResult, clusterer) -> dict[str, bytes]:
+def _cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clusterer) -> dict[str, bytes]:
     """Fills the run's cluster and flag counts; returns clusters.json (sizes, exemplars) when the
     job clusters."""
     import pyarrow.compute as pc
@@ -411,7 +417,6 @@ def _cluster_and_flag_summary(spec: JobSpec, staged: list[str], result: RunResul
     if spec.cluster is None and spec.curate is None:
         return {}
     flags = [f"is_{c}" for c in spec.curate_checks()]
-    t = read_columns(staged, ["uri", "cluster", "cluster_distance", *flags], spec.storage)
     result.curation_flags = {f[3:]: int(pc.sum(pc.fill_null(t.column(f), False)).as_py() or 0) for f in flags}
     if clusterer is None:
         return {}
@@ -625,13 +630,13 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
         raise NothingToDo(f"run {run_id} is already committed at {join(spec.sink.uri, run_id)}; "
                           "nothing was done (a dated run happens once; --run-id replaces a run)")
     examples.prepare(spec, progress=mode)
-    if spec.model is not None:
-        describe_artifact(spec.model.uri, spec.storage)  # fail on a bad artifact before Ray starts
+    # Fail on a bad artifact before Ray starts.
+    model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
     listing_started = time.perf_counter()
     manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
     if spec.incremental is not None:
-        manifest = _incremental(spec, manifest, mode)
+        manifest = _incremental(spec, manifest, model_id, mode)
     ensure_ray(spec.run.ray_address, verbose)
     import ray
 

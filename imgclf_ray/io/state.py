@@ -30,9 +30,9 @@ def state_file(state_uri: str, run_id: str) -> str:
     return join(state_uri, f"{PREFIX}{run_id}{SUFFIX}")
 
 
-def record(state_uri: str, run_id: str, staged: list[str], storage: StorageSpec) -> int:
-    """Write the run's processed rows (read from its staged output); returns how many."""
-    t = read_columns(staged, STATE_COLUMNS + ["status"], storage)
+def record(state_uri: str, run_id: str, t: pa.Table, storage: StorageSpec) -> int:
+    """Write the run's processed rows (``t``: its staged output, at least STATE_COLUMNS and
+    status); returns how many."""
     t = t.filter(pc.equal(t.column("status"), STATUS_OK)).select(STATE_COLUMNS)
     sink = io.BytesIO()
     pq.write_table(t, sink)
