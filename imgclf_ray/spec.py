@@ -402,6 +402,11 @@ class PreprocessSpec(_Spec):
     crop: Optional[int] = Field(None, gt=0, description="Centre-crop side.")
     channels: Literal[1, 3] = Field(3, description="1 = greyscale, 3 = RGB.")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    normalize: Literal["dataset", "per_image"] = Field(
+        "dataset", description="CNN input normalisation: dataset = (x - mean) / std with the per-channel "
+        "mean/std below; per_image = per-image standardisation, each image by its own mean and standard "
+        "deviation over all pixels and channels (std floored at 1/sqrt(pixels), as "
+        "tf.image.per_image_standardization), for archives whose exposure varies image to image.")
     mean: Optional[list[float]] = Field(None, description="CNNs: per-channel mean on the 0..1 scale; "
                                         "default: measured on the training split.")
     std: Optional[list[float]] = Field(None, description="CNNs: per-channel standard deviation; "

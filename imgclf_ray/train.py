@@ -223,7 +223,7 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
 
     cnn = spec.model.cnn
     prep = spec.model.preprocess.model_dump()
-    if prep["mean"] is None:
+    if prep["mean"] is None and prep["normalize"] == "dataset":
         scaled = x[train_idx].astype(np.float32) / 255.0
         prep["mean"] = scaled.mean(axis=(0, 2, 3)).round(4).tolist()
         prep["std"] = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()

@@ -49,7 +49,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from imgclf_ray.models.torch_classifier import build_network
+    from imgclf_ray.models.torch_classifier import build_network, normalise
 
     x_tr, y_tr, x_va, y_va = (ray.get(r) for r in config["data"])
     torch.manual_seed(config["seed"])
@@ -64,8 +64,10 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     multilabel = config["multilabel"]
     loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
-    mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
+    mean = std = None  # None: per-image standardisation
+    if config["mean"] is not None:
+        mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
     augment = _augmenter(config["augment"], x_tr.shape[-1])
     batch = config["batch_size"]
     steps = config["epochs"] * max(1, -(-len(x_tr) // (batch * world)))
@@ -77,7 +79,7 @@ def train_loop(config: dict[str, Any]) -> None:
         t = torch.from_numpy(x)
         if train and augment is not None:
             t = torch.stack([augment(img) for img in t])
-        return ((t.to(device).float() / 255.0) - mean) / std
+        return normalise(t.to(device), mean, std)
 
     def target(y: np.ndarray) -> "torch.Tensor":
         t = torch.from_numpy(y).to(device)
@@ -124,9 +126,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
-            outputs: int, multilabel: bool, mean: list[float], std: list[float], seed: int,
+            outputs: int, multilabel: bool, mean: Optional[list[float]], std: Optional[list[float]], seed: int,
             init_state: Optional[dict] = None, storage_path: Optional[str] = None) -> tuple[dict, list[dict]]:
-    """Train on Ray Train; returns (best state_dict, per-epoch metrics up to the best epoch)."""
+    """Train on Ray Train; returns (best state_dict, per-epoch metrics up to the best epoch).
+    ``mean`` None: inputs are standardised per image (``normalize: per_image``)."""
     import ray
     import torch
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig

@@ -145,6 +145,19 @@ def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive,
     assert 0.0 <= metrics["hamming_loss"] <= 1.0 and metrics["images"] == card.training["test_images"]
 
 
+def test_cnn_trained_with_per_image_standardisation(ray_session, digits_archive, tmp_path):
+    """normalize: per_image in training: no mean/std measured or recorded, and the artifact runs."""
+    archive = tmp_path / "arch"
+    for src in sorted(Path(digits_archive).rglob("*.png"))[::6]:
+        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / src.parent.name / src.name)
+    metrics = _train("train/digits-cnn.yaml", f"data.uri={archive}", "example=null", f"model.output={tmp_path}/m",
+                     "model.cnn.epochs=2", "model.preprocess.normalize=per_image")
+    card = read_card(f"{tmp_path}/m")
+    assert card.preprocess.normalize == "per_image" and card.preprocess.mean is None
+    assert metrics["images"] == card.training["test_images"] and metrics["accuracy"] > 0.2  # 10 classes
+
+
 def test_a_split_given_by_the_labels_table_is_used(ray_session, digits_archive, tmp_path):
     files = sorted(Path(digits_archive).rglob("*.png"))[::3]
     lines = ["uri,label,part"] + [f"{f.relative_to(digits_archive)},{f.parent.name},{'test' if i % 5 == 0 else 'train'}"

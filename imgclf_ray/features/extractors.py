@@ -35,9 +35,14 @@ def _grey_u8(image: np.ndarray) -> np.ndarray:
 
 
 @register("pixels")
-def pixels(image: np.ndarray, grey: bool = False) -> np.ndarray:
-    """Raw intensities scaled to 0..1 (size set by the card's resize/crop)."""
-    return (_grey(image) if grey else image.astype(np.float32) / 255.0).ravel()
+def pixels(image: np.ndarray, grey: bool = False, standardize: bool = False) -> np.ndarray:
+    """Raw intensities scaled to 0..1 (size set by the card's resize/crop); with ``standardize``,
+    per-image standardisation (the image's own mean subtracted, divided by its standard deviation
+    floored at 1/sqrt(values), as CNN inputs with ``normalize: per_image``)."""
+    values = (_grey(image) if grey else image.astype(np.float32) / 255.0).ravel()
+    if standardize:
+        values = (values - values.mean()) / max(float(values.std()), values.size ** -0.5)
+    return values
 
 
 @register("color_histogram")

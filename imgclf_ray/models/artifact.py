@@ -40,6 +40,8 @@ class PreprocessCard(PreprocessSpec):
             raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
+        if self.normalize == "per_image" and self.mean is not None:
+            raise ValueError("normalize: per_image uses each image's own mean and std; drop mean and std")
         if self.mean is not None and (len(self.mean) != self.channels or len(self.std) != self.channels):
             raise ValueError("mean and std need one value per channel")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -103,8 +105,8 @@ class ModelCard(_Card):
     @model_validator(mode="after")
     def _consistent(self) -> "ModelCard":
         if self.framework == "torch":
-            if self.preprocess.mean is None:
-                raise ValueError("torch models need preprocess.mean and preprocess.std")
+            if self.preprocess.mean is None and self.preprocess.normalize == "dataset":
+                raise ValueError("torch models need preprocess.mean and preprocess.std (or normalize: per_image)")
             if self.weights.format == "skops":
                 raise ValueError("torch weights are safetensors, state_dict or torchscript, not skops")
         else:

@@ -22,6 +22,19 @@ def build_network(architecture: str, num_classes: int):
     return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
 
 
+def normalise(pixels, mean=None, std=None):
+    """A (N, C, H, W) uint8 tensor -> float on the 0..1 scale, then ``(x - mean) / std`` with
+    per-channel (1, C, 1, 1) tensors, or, with ``mean`` None, per-image standardisation: each image
+    by its own mean and standard deviation over all its values, the deviation floored at
+    1/sqrt(values) (tf.image.per_image_standardization's rule; a flat image becomes zeros)."""
+    x = pixels.float() / 255.0
+    if mean is not None:
+        return (x - mean) / std
+    dims = tuple(range(1, x.ndim))
+    floor = x[0].numel() ** -0.5 if len(x) else 1.0
+    return (x - x.mean(dim=dims, keepdim=True)) / x.std(dim=dims, keepdim=True, correction=0).clamp_min(floor)
+
+
 def _load_torchscript(uri: str, card: ModelCard, storage: StorageSpec):
     """A TorchScript module (a zip of code and tensors, not a pickle), digest checked first."""
     import io
@@ -91,14 +104,16 @@ class TorchClassifier:
             self.net = self.net.to(memory_format=torch.channels_last)
         prep = self.card.preprocess
         shape = (1, prep.channels, 1, 1)
-        self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape) * 255
-        self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape) * 255
+        self._mean = self._std = None
+        if prep.normalize == "dataset":
+            self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape)
+            self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape)
 
     def _normalised(self, pixels: np.ndarray):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        x = ((x.float() - self._mean) / self._std).to(self.dtype)
+        x = normalise(x, self._mean, self._std).to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:

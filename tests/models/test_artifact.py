@@ -152,3 +152,54 @@ def test_batch_norm_folding_keeps_the_function(tiny_model):
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         np.testing.assert_allclose(folded(x).numpy(), net(x).numpy(), atol=1e-4)
+
+
+def _per_image_model(tiny_model, tmp_path) -> str:
+    art = _copy(tiny_model, tmp_path / "per-image")
+    card = json.loads((art / CARD_FILE).read_text())
+    card["preprocess"] = {**card["preprocess"], "normalize": "per_image", "mean": None, "std": None}
+    (art / CARD_FILE).write_text(json.dumps(card))
+    return str(art)
+
+
+def test_per_image_standardisation_equals_scikit_learns_scale():
+    """Each image minus its own mean over its own standard deviation (sklearn.preprocessing.scale on
+    the flattened image); a flat image becomes zeros instead of dividing by zero."""
+    from sklearn.preprocessing import scale
+
+    from imgclf_ray.features.extractors import pixels
+    from imgclf_ray.models.torch_classifier import normalise
+
+    batch = np.random.default_rng(1).integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    batch[2] = 77
+    out = normalise(torch.from_numpy(batch)).numpy()
+    for image, got in zip(batch[:2], out[:2]):
+        np.testing.assert_allclose(got.ravel(), scale(image.astype(np.float64).ravel() / 255.0), atol=1e-5)
+        np.testing.assert_allclose(pixels(image, standardize=True), got.ravel(), atol=1e-5)
+    assert np.array_equal(out[2], np.zeros_like(out[2]))
+
+
+def test_per_image_models_ignore_exposure_and_contrast(tiny_model, tmp_path):
+    """The point of normalize: per_image: a darker, flatter copy of an image gets the probabilities
+    of the original, where the dataset mean/std model sees a different input."""
+    images = np.random.default_rng(2).integers(40, 216, (4, 3, 32, 32), dtype=np.uint8)
+    dimmed = (images.astype(np.float32) * 0.5 + 10).round().astype(np.uint8)
+    per_image = TorchClassifier(_per_image_model(tiny_model, tmp_path), threads=1)
+    dataset = TorchClassifier(tiny_model, threads=1)
+    moved = np.abs(per_image.predict_proba(dimmed) - per_image.predict_proba(images)).max()
+    moved_dataset = np.abs(dataset.predict_proba(dimmed) - dataset.predict_proba(images)).max()
+    assert moved < 0.1 * moved_dataset, (moved, moved_dataset)  # what is left is uint8 rounding
+
+
+def test_per_image_cards_carry_no_mean_or_std(tiny_model, tmp_path):
+    art = Path(_per_image_model(tiny_model, tmp_path))
+    assert read_card(str(art)).preprocess.normalize == "per_image"
+    card = json.loads((art / CARD_FILE).read_text())
+    card["preprocess"]["mean"], card["preprocess"]["std"] = [0.5] * 3, [0.25] * 3
+    (art / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="per_image uses each image's own mean"):
+        read_card(str(art))
+    card["preprocess"].update(normalize="dataset", mean=None, std=None)
+    (art / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="torch models need preprocess.mean"):
+        read_card(str(art))
