@@ -167,11 +167,13 @@ def _embedding(spec: JobSpec):
 def _load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
     import ray
 
-    blocks = -(-manifest.num_rows // plan.decode_batch_size)
-    ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, blocks))
+    # A container file (image table, shard, video) is many images already: one file per call
+    # keeps a batch's rows, and so the task's memory, bounded by one file's images.
+    files = 1 if spec.source.container else plan.decode_batch_size
+    ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // files)))
     return ds.map_batches(
         stage,
-        batch_size=plan.decode_batch_size,
+        batch_size=files,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,
         # The memory ask also keeps decoding in tasks of its own, running beside the predictor
@@ -190,8 +192,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
     load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
                      card.features if card else None, measure=bool(set(spec.curate_checks()) & MEASURED_CHECKS),
                      embed=_embedding(spec), clusterer=clusterer,
-                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), table=spec.source.table,
-                     webdataset=spec.source.webdataset)
+                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), source=spec.source)
     ds = _load_dataset(spec, manifest, plan, load)
     model = spec.model
     return ds.map_batches(
@@ -261,7 +262,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         curation = _archive_checks(spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
         stats = _staged_stats(spec, staged)
-        _check_complete(manifest, stats, "all" if spec.source.table or spec.source.webdataset else spec.decode.frames)
+        _check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
         result = _result(spec, run_id, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
         result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
@@ -331,7 +332,7 @@ def _embedded_batches(spec: JobSpec, manifest: pa.Table, plan: Plan):
     from imgclf_ray.stages import LoadStage
 
     ds = _load_dataset(spec, manifest, plan, LoadStage(spec.storage, spec.decode, None, embed=_embedding(spec),
-                                                       table=spec.source.table, webdataset=spec.source.webdataset))
+                                                       source=spec.source))
     for batch in ds.select_columns(["status", "cluster_features"]).iter_batches(
             batch_size=plan.decode_batch_size, batch_format="numpy"):
         yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]

@@ -100,6 +100,19 @@ class WebDatasetSpec(_Spec):
     label_field: str = Field("label", description="The label's field in a .json member.")
 
 
+class VideoSpec(_Spec):
+    """Video files (driving logs): sampled frames, one row each, decoded with PyAV (FFmpeg)."""
+
+    fps: Optional[float] = Field(1.0, gt=0, description="Frames per second to keep: the first frame "
+                                 "at or after each 1/fps step of presentation time; null: every frame.")
+    keyframes: bool = Field(False, description="Decode keyframes only (the decoder skips the other "
+                            "frames, the fastest way through a long log); fps still applies.")
+    max_frames: Optional[int] = Field(None, ge=1, description="At most this many rows per file.")
+
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".ts")
+
+
 class SourceSpec(_Spec):
     """Where the images are."""
 
@@ -119,6 +132,10 @@ class SourceSpec(_Spec):
         None, description="The archive is WebDataset tar shards (shard-000000.tar ...): one row per "
         "sample key, its index in the shard in the frame column, its label (when the shard has one) "
         "in true_label; extensions default to .tar.")
+    video: Optional[VideoSpec] = Field(
+        None, description="The archive is video files: one row per sampled frame, the frame's number "
+        "in the stream in the frame column and its presentation time in timestamp; extensions "
+        "default to " + ", ".join(VIDEO_EXTENSIONS) + ".")
 
     @model_validator(mode="before")
     @classmethod
@@ -128,13 +145,21 @@ class SourceSpec(_Spec):
                 return {**data, "extensions": [".parquet"]}
             if data.get("webdataset") is not None:
                 return {**data, "extensions": [".tar"]}
+            if data.get("video") is not None:
+                return {**data, "extensions": list(VIDEO_EXTENSIONS)}
         return data
 
     @model_validator(mode="after")
     def _one_container(self) -> "SourceSpec":
-        if self.table is not None and self.webdataset is not None:
-            raise ValueError("give table or webdataset, not both")
+        given = [k for k in ("table", "webdataset", "video") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of table, webdataset, video, not {' and '.join(given)}")
         return self
+
+    @property
+    def container(self) -> Optional[str]:
+        """table, webdataset or video when each file holds several images, else None."""
+        return next((k for k in ("table", "webdataset", "video") if getattr(self, k) is not None), None)
 
     @field_validator("extensions")
     @classmethod
@@ -500,6 +525,9 @@ class TrainSpec(_Spec):
     def _needs_labels(self) -> "TrainSpec":
         if self.data.labels is None:
             raise ValueError("data.labels must say where the labels are (e.g. {kind: folder})")
+        if self.data.container:
+            raise ValueError(f"data.{self.data.container}: training reads one image per file (image "
+                             "tables, shards and videos are read by imgclf run, not yet by imgclf train)")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -27,7 +28,8 @@ from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
-from imgclf_ray.spec import DecodeSpec, FeatureSpec, ImageTableSpec, StorageSpec, WebDatasetSpec
+from imgclf_ray.imaging import video
+from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
 
 if TYPE_CHECKING:
     from imgclf_ray.clustering import Clusterer
@@ -54,6 +56,22 @@ class StageError(Exception):
         self.stage = stage
 
 
+@dataclass
+class Part:
+    """One image of a file: the file itself, a frame of a multi-frame file or video, a row of an
+    image table, a sample of a shard."""
+
+    frame: int  # the output's frame column: the part's number in its file
+    data: Optional[bytes] = None  # bytes to decode (None: read the file)
+    decode_frame: Optional[int] = None  # the frame to decode from ``data`` (None: decode.frame)
+    image: Optional[Any] = None  # already decoded RGB Pillow image (video frames)
+    size: tuple[int, int] = (0, 0)  # its (width, height) as stored
+    metadata: Optional[str] = None  # JSON for the metadata column
+    label: Optional[str] = None  # a label the container carries (shards), for true_label
+    timestamp: float = float("nan")  # video: presentation time in seconds
+    error: Optional[str] = None  # '<stage>: <cause>' when the part is already known to be bad
+
+
 class LoadStage:
     """read -> decode -> condition [-> features], one row at a time; adds frame, width, height,
     status, error and ``inputs``: the model's input, (N, C, H, W) uint8 pixels, or (N, D) float32
@@ -71,10 +89,9 @@ class LoadStage:
                  reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None,
                  measure: bool = False, embed: Optional[tuple[Conditioning, FeatureSpec]] = None,
                  clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False,
-                 table: Optional[ImageTableSpec] = None, webdataset: Optional[WebDatasetSpec] = None):
+                 source: Optional[SourceSpec] = None):
         self.storage = storage
-        self.table = table
-        self.webdataset = webdataset
+        self.source = source
         self.decode = decode
         self.cond = conditioning
         self.reporter = reporter
@@ -133,16 +150,20 @@ class LoadStage:
             return self.decode
         return self.decode.model_copy(update={"frame": frame})
 
-    def load_one(self, uri: str, frame: Optional[int] = None, data: Optional[bytes] = None
+    def load_one(self, uri: str, part: Optional[Part] = None
                  ) -> tuple[Optional[np.ndarray], int, int, Optional[dict], Optional[np.ndarray]]:
-        """Model input, (width, height), curation measures and embedding features of one image
-        (frame ``frame``, default decode.frame); raises tagged errors ('read: ...')."""
-        if data is None:
-            data = self._timed("read", read_bytes, uri, self.storage)
-        if is_dicom(data):
-            self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
-        img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(frame),
-                                           self._target_side())
+        """Model input, (width, height), curation measures and embedding features of one image:
+        the file at ``uri``, or ``part`` of it (its bytes, or its already decoded frame); raises
+        tagged errors ('read: ...')."""
+        part = part or Part(self.decode.frame)
+        if part.image is not None:
+            img, (width, height) = part.image, part.size
+        else:
+            data = part.data if part.data is not None else self._timed("read", read_bytes, uri, self.storage)
+            if is_dicom(data):
+                self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
+            img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
+                                               self._target_side())
         measures = self._timed("curate", measure_image, img) if self.measure else None
         embedded = self._timed("embed", self._embed_one, img) if self.embed else None
         if self.cond is None:
@@ -152,30 +173,38 @@ class LoadStage:
             pixels = self._timed("features", extract, self.features.name, pixels, self.features.params)
         return pixels, width, height, measures, embedded
 
-    def _frames(self, data: bytes) -> tuple[list[int], list[bytes], list[None], list[None]]:
+    def _frames(self, data: bytes) -> list[Part]:
         """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes."""
-        count = frame_count(data)
-        return list(range(count)), [data] * count, [None] * count, [None] * count
+        return [Part(i, data, decode_frame=i) for i in range(frame_count(data))]
 
-    def _table_rows(self, data: bytes) -> tuple[list[int], list[Optional[bytes]], list[Optional[str]], list[None]]:
+    def _video_frames(self, data: bytes) -> list[Part]:
+        """The sampled frames of a video file, decoded here (source.video)."""
+        v = self.source.video
+        frames = video.sample(data, v.fps, v.keyframes, v.max_frames, self._target_side(),
+                              self.decode.max_image_pixels)
+        return [Part(f.index, image=f.image, size=f.size, timestamp=f.timestamp,
+                     error=f"decode: {f.error}" if f.error else None) for f in frames]
+
+    def _table_rows(self, data: bytes) -> list[Part]:
         """Image bytes and carried metadata (JSON) of every row of one image table."""
         import pyarrow.parquet as pq
 
-        cols = [self.table.image_column, *self.table.carry]
-        t = pq.read_table(io.BytesIO(data), columns=cols)
-        images = []
-        for value in t.column(self.table.image_column).to_pylist():
-            images.append(value.get("bytes") if isinstance(value, dict) else value)
-        carried = [json.dumps({k: None if v is None else str(v) for k, v in row.items()})
-                   for row in t.select(self.table.carry).to_pylist()] if self.table.carry else [None] * t.num_rows
-        # A row's bytes are one still image (frame 0); a row without bytes is an error row.
-        return [0] * len(images), [b if b is not None else b"" for b in images], carried, [None] * len(images)
+        table = self.source.table
+        t = pq.read_table(io.BytesIO(data), columns=[table.image_column, *table.carry])
+        carried = ([json.dumps({k: None if v is None else str(v) for k, v in row.items()})
+                    for row in t.select(table.carry).to_pylist()] if table.carry else [None] * t.num_rows)
+        parts = []
+        for i, (value, meta) in enumerate(zip(t.column(table.image_column).to_pylist(), carried)):
+            image = value.get("bytes") if isinstance(value, dict) else value
+            # A row's bytes are one still image; a row without bytes is an error row.
+            parts.append(Part(i, image if image is not None else b"", metadata=meta))
+        return parts
 
-    def _shard_samples(self, data: bytes) -> tuple[list[int], list[bytes], list[str], list[Optional[str]]]:
+    def _shard_samples(self, data: bytes) -> list[Part]:
         """Image bytes, metadata (JSON: the sample key) and label of every sample of a tar shard."""
         import tarfile
 
-        wds = self.webdataset
+        wds = self.source.webdataset
         samples: dict[str, dict[str, bytes]] = {}
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             for member in tar:
@@ -186,7 +215,7 @@ class LoadStage:
                 stem, _, ext = name.partition(".")
                 key = f"{folder}/{stem}" if folder else stem
                 samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-        images, metas, labels = [], [], []
+        parts = []
         for key, files in samples.items():
             image = next((files[e] for e in wds.image_extensions if e in files), None)
             if image is None:
@@ -198,50 +227,51 @@ class LoadStage:
                     label = json.loads(raw).get(wds.label_field)
                 else:
                     label = raw.decode("utf-8").strip()
-            images.append(image)
-            metas.append(json.dumps({"key": key}))
-            labels.append(None if label is None else str(label))
-        return [0] * len(images), images, metas, labels
+            parts.append(Part(len(parts), image, metadata=json.dumps({"key": key}),
+                              label=None if label is None else str(label)))
+        return parts
 
-    def _expand(self, batch: dict[str, np.ndarray], split) -> tuple[dict[str, np.ndarray], list, list, list]:
-        """One output row per part of each file: ``split(bytes)`` gives the parts' (frame to
-        decode, image bytes, metadata JSON, label) — the frames of a multi-frame file, the rows of
-        an image table, the samples of a shard. Each file is read once; one that cannot be read or
-        split is one row, whose own load then reports the cause. Returns the batch's columns
-        repeated per part, and per part: the frame to decode, its bytes and its metadata; the
-        ``frame`` column holds the part's index in its file."""
-        frames, blobs, metas, labels, counts, index = [], [], [], [], [], []
-        for uri in batch["uri"]:
-            try:
-                data = self._timed("read", read_bytes, str(uri), self.storage)
-                parts = self._timed("read", split, data)
-                if not parts[0]:
-                    raise StageError("read", "no images in this file")
-            except StageError:
-                parts = ([self.decode.frame], [None], [None], [None])
-            counts.append(len(parts[0]))
-            index.extend(range(len(parts[0])))
-            for out, part in zip((frames, blobs, metas, labels), parts):
-                out.extend(part)
+    def _splitter(self) -> Optional[Callable[[bytes], list[Part]]]:
+        container = self.source.container if self.source is not None else None
+        if container is not None:
+            return {"table": self._table_rows, "webdataset": self._shard_samples, "video": self._video_frames}[container]
+        return self._frames if self.decode.frames == "all" else None
+
+    def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[Part]]:
+        """One output row per part of each file: the frames of a multi-frame file or a video, the
+        rows of an image table, the samples of a shard (without a container: the file itself).
+        Each file is read once; one that cannot be read or split is one error row with the cause.
+        Returns the batch's columns repeated per part (``frame`` = the part's number in its file,
+        ``timestamp``, and the shard's label in ``true_label``), and the parts."""
+        split = self._splitter()
+        if split is None:
+            parts = [Part(self.decode.frame) for _ in batch["uri"]]
+            counts = [1] * len(parts)
+        else:
+            parts, counts = [], []
+            for uri in batch["uri"]:
+                try:
+                    data = self._timed("read", read_bytes, str(uri), self.storage)
+                    stage = "decode" if self.source is not None and self.source.video is not None else "read"
+                    found = self._timed(stage, split, data) or [Part(self.decode.frame, error=f"{stage}: no images in this file")]
+                except StageError as exc:
+                    found = [Part(self.decode.frame, error=str(exc))]
+                parts.extend(found)
+                counts.append(len(found))
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
-        expanded["frame"] = np.asarray(index, dtype=np.int32)
-        if self.webdataset is not None:  # the shard's label, else the listing's (source.labels)
-            listed = expanded.get("true_label", [None] * len(labels))
-            expanded["true_label"] = np.asarray([f if f is not None else (t if isinstance(t, str) else None)
-                                                 for f, t in zip(labels, listed)], dtype=object)
-        return expanded, frames, blobs, metas
+        expanded["frame"] = np.asarray([p.frame for p in parts], dtype=np.int32)
+        expanded["timestamp"] = np.asarray([p.timestamp for p in parts], dtype=np.float64)
+        expanded["metadata_json"] = np.asarray([p.metadata for p in parts], dtype=object)
+        if any(p.label is not None for p in parts):  # the shard's label, else the listing's
+            listed = expanded.get("true_label", [None] * len(parts))
+            expanded["true_label"] = np.asarray([p.label if p.label is not None else (t if isinstance(t, str) else None)
+                                                 for p, t in zip(parts, listed)], dtype=object)
+        return expanded, parts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
-        split = (self._table_rows if self.table is not None else self._shard_samples
-                 if self.webdataset is not None else self._frames if self.decode.frames == "all" else None)
-        if split is not None:
-            batch, decode_frame, data_of, metadata = self._expand(batch, split)
-        else:
-            decode_frame = [self.decode.frame] * len(batch["uri"])
-            data_of, metadata = [None] * len(batch["uri"]), None
-            batch = {**batch, "frame": np.asarray(decode_frame, dtype=np.int32)}
-        n = len(batch["uri"])
+        batch, parts = self._expand(batch)
+        n = len(parts)
         shape = self.input_shape()
         inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)
         width = np.zeros(n, dtype=np.int32)
@@ -255,10 +285,13 @@ class LoadStage:
             extra["phash"] = np.zeros(n, dtype=np.int64)
         embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
         dicom = np.full(n, None, dtype=object)
-        for i, uri in enumerate(batch["uri"]):
+        for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
+            if part.error is not None:
+                status[i], error[i] = STATUS_ERROR, part.error
+                continue
             self._dicom = None
             try:
-                row, width[i], height[i], measures, vector = self.load_one(str(uri), decode_frame[i], data_of[i])
+                row, width[i], height[i], measures, vector = self.load_one(str(uri), part)
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
                 continue
@@ -276,10 +309,8 @@ class LoadStage:
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
-        return {**batch, "width": width,
-                "height": height, "status": status, "error": error, "inputs": inputs,
-                "dicom_json": dicom, "metadata_json": np.asarray(metadata if metadata is not None else [None] * n,
-                                                                 dtype=object), **extra}
+        return {**batch, "width": width, "height": height, "status": status, "error": error,
+                "inputs": inputs, "dicom_json": dicom, **extra}
 
     def _cluster(self, features: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
         if self.clusterer is None:
@@ -421,6 +452,8 @@ class PredictStage:
             "image_id": [image_id(u, int(f)) for u, f in zip(uris, frames)],
             "uri": uris,
             "frame": frames,
+            "timestamp": (pa.array(batch["timestamp"], pa.float64(), mask=np.isnan(batch["timestamp"]))
+                          if "timestamp" in batch else pa.nulls(n, pa.float64())),
             "size": pa.array(batch["size"], pa.int64()),
             "etag": [e if isinstance(e, str) else None for e in batch["etag"]],
             "width": pa.array(width, mask=width == 0),

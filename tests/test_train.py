@@ -104,6 +104,8 @@ def test_train_spec_errors_name_the_key(tmp_path):
     assert result.exit_code == 2 and "(--set model.estimator.name): model.estimator.name" in result.output
     result = CliRunner().invoke(main, ["train", str(REPO / "jobs" / "train/faces-hog.yaml"), "--set", "data.labels=null"])
     assert result.exit_code == 2 and "data.labels must say where the labels are" in result.output
+    result = CliRunner().invoke(main, ["train", str(REPO / "jobs" / "train/faces-hog.yaml"), "--set", "data.video={fps: 1}"])
+    assert result.exit_code == 2 and "data.video: training reads one image per file" in result.output
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("uri", pa.string(), nullable=False),
     pa.field("frame", pa.int32()),
+    pa.field("timestamp", pa.float64()),
     pa.field("size", pa.int64()),
     pa.field("etag", pa.string()),
     pa.field("width", pa.int32()),
@@ -67,7 +68,10 @@ COLUMN_DOCS = {
                 "same id in every run.",
     "uri": "Full URI of the source file (file:///..., s3://bucket/key).",
     "frame": "Frame index within the file (0 for still images; the decode.frame asked for; each "
-             "frame with decode.frames: all), or the row index within an image table.",
+             "frame with decode.frames: all), the row index within an image table, the sample's index "
+             "in a shard, or a video frame's number in its stream.",
+    "timestamp": "Video frames: presentation time in seconds from the file's start (null for "
+                 "anything else).",
     "size": "Bytes of the source file, from the listing.",
     "etag": "S3 ETag, or 'mtime:<seconds>' for filesystems without one, from the listing.",
     "width": "Decoded width in pixels, after EXIF orientation (null when decoding failed).",

@@ -1,0 +1,100 @@
+"""Video files -> sampled frames, with PyAV (FFmpeg's demuxers and decoders).
+
+Frames are taken at a rate (the first frame at or after each 1/fps step of presentation time),
+keyframes only (the decoder is told to skip the others, so they cost nothing), or all of them. A
+packet the decoder refuses becomes an error frame; the frames around it still come out.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from PIL import Image
+
+from imgclf_ray.imaging.decode import DecodeError
+
+
+@dataclass
+class VideoFrame:
+    index: int  # the frame's number in the stream (see ``sample``)
+    timestamp: float  # presentation time in seconds (NaN when the packet had none)
+    image: Optional[Image.Image] = None  # RGB, shorter side at most ``short_side``
+    size: tuple[int, int] = (0, 0)  # the frame's own (width, height)
+    error: Optional[str] = None  # why this frame could not be decoded
+
+
+def _scaled(width: int, height: int, short_side: Optional[int]) -> tuple[int, int]:
+    """Shorter side brought down to ``short_side`` as the conditioning's resize computes it."""
+    if not short_side or min(width, height) <= short_side:
+        return width, height
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
+           max_frames: Optional[int] = None, short_side: Optional[int] = None,
+           max_pixels: Optional[int] = None) -> list[VideoFrame]:
+    """The frames of the first video stream of ``data`` chosen by ``fps`` / ``keyframes``, at most
+    ``max_frames``. Each is converted to RGB by FFmpeg's scaler, which also brings the shorter side
+    down to ``short_side`` (area averaging) so that a long clip never holds full-size frames.
+
+    ``index`` counts decoded frames (exact: the frame's position in the stream); with ``keyframes``
+    the skipped frames are never decoded, so it is the timestamp times the stream's average rate
+    (exact for constant frame rate). Raises DecodeError when the file is not a readable video.
+    """
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise DecodeError(f"not a video PyAV can open ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise DecodeError("no video stream in this file")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # a decode task holds one CPU
+        if keyframes:
+            stream.codec_context.skip_frame = "NONKEY"
+        base = stream.time_base
+        rate = stream.average_rate
+        start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
+        frames: list[VideoFrame] = []
+        counter, next_t, last_index = 0, -math.inf, -1
+
+        def index_of(t: float) -> int:
+            nonlocal last_index
+            guess = round((t - start) * rate) if keyframes and rate and not math.isnan(t) else counter
+            last_index = max(guess, last_index + 1)
+            return last_index
+
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except (av.FFmpegError, ValueError) as exc:
+                t = float(packet.pts * base) if packet.pts is not None and base else math.nan
+                frames.append(VideoFrame(index_of(t), t, error=f"corrupt video packet ({exc})"))
+                counter += 1
+                continue
+            for frame in decoded:
+                t = float(frame.time) if frame.time is not None else math.nan
+                keep = fps is None or math.isnan(t) or t >= next_t - 1e-6
+                index = index_of(t)
+                counter += 1
+                if not keep:
+                    continue
+                if fps is not None and not math.isnan(t):
+                    next_t = start + (math.floor((t - start) * fps + 1e-6) + 1) / fps
+                width, height = frame.width, frame.height
+                if max_pixels is not None and width * height > max_pixels:
+                    raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
+                                      f"the limit of {max_pixels:,} (decode.max_image_pixels)")
+                w, h = _scaled(width, height, short_side)
+                image = frame.to_image(width=w, height=h, interpolation="AREA")
+                frames.append(VideoFrame(index, t, image, (width, height)))
+                if max_frames is not None and len(frames) >= max_frames:
+                    return frames
+        return frames

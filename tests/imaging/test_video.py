@@ -1,0 +1,160 @@
+"""Video files written by PyAV: frames at a rate, keyframes only, every frame; bad files and
+packets are error rows."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf_ray.imaging.decode import DecodeError
+from imgclf_ray.imaging.video import sample
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.pipeline import execute
+from imgclf_ray.spec import parse_spec
+from tests.test_pipeline import read_run
+
+av = pytest.importorskip("av")
+
+FPS, FRAMES, GOP = 25, 50, 10
+
+
+def _write_video(frames: int = FRAMES, fps: int = FPS, gop: int = GOP, size=(160, 120), fmt: str = "mp4") -> bytes:
+    """An H.264 MP4 of a real photograph panning right, with frame i's number written into its
+    top-left block as grey level 4 * i (so a decoded frame says which one it is)."""
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[0]
+    w, h = size
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=fps, options={"g": str(gop), "keyint_min": str(gop),
+                                                               "sc_threshold": "0", "crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = np.ascontiguousarray(photo[100:100 + h, 100 + 2 * i:100 + 2 * i + w])
+            img[:32, :32] = 4 * i
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def _number(frame) -> int:
+    return int(round(np.asarray(frame.image)[4:12, 4:12].mean() / 4))
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    return _write_video()
+
+
+def test_every_frame_in_order_with_its_timestamp(clip):
+    frames = sample(clip)
+    assert [f.index for f in frames] == list(range(FRAMES))
+    assert [_number(f) for f in frames] == list(range(FRAMES))
+    np.testing.assert_allclose([f.timestamp for f in frames], np.arange(FRAMES) / FPS, atol=1e-6)
+    assert all(f.size == (160, 120) and f.image.size == (160, 120) and f.error is None for f in frames)
+
+
+def test_frames_at_a_rate(clip):
+    frames = sample(clip, fps=5)
+    assert [f.index for f in frames] == list(range(0, FRAMES, 5))
+    assert [_number(f) for f in frames] == list(range(0, FRAMES, 5))
+    np.testing.assert_allclose([f.timestamp for f in frames], np.arange(0, 2, 0.2), atol=1e-6)
+    # 3 per second of a 25 fps clip: the first frame at or after each third of a second
+    assert [f.index for f in sample(clip, fps=3)] == [0, 9, 17, 25, 34, 42]
+
+
+def test_keyframes_only_are_decoded(clip):
+    frames = sample(clip, keyframes=True)
+    assert [f.index for f in frames] == list(range(0, FRAMES, GOP))
+    assert [_number(f) for f in frames] == list(range(0, FRAMES, GOP))
+    # with a rate: the first keyframe at or after each half second
+    assert [f.index for f in sample(clip, keyframes=True, fps=2)] == [0, 20, 30, 40]
+    assert [f.index for f in sample(clip, keyframes=True, max_frames=2)] == [0, 10]
+
+
+def test_frames_are_scaled_down_to_the_model_side_only(clip):
+    frames = sample(clip, fps=25, max_frames=3, short_side=60)
+    assert len(frames) == 3 and frames[0].image.size == (80, 60) and frames[0].size == (160, 120)
+    assert sample(clip, max_frames=1, short_side=500)[0].image.size == (160, 120)  # never enlarged
+
+
+def test_bad_files_are_refused_with_a_reason(clip):
+    with pytest.raises(DecodeError, match="not a video PyAV can open"):
+        sample(b"\x00\x00\x00\x18ftypmp42 but then nothing useful")
+    with pytest.raises(DecodeError, match="not a video PyAV can open"):
+        sample(b"<html>this is an error page</html>")
+    wav = io.BytesIO()
+    with av.open(wav, mode="w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    with pytest.raises(DecodeError, match="no video stream"):
+        sample(wav.getvalue())
+    with pytest.raises(DecodeError, match="decode.max_image_pixels"):
+        sample(clip, max_pixels=100 * 100)
+
+
+def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
+    """A log cut short (upload interrupted) or with damaged bytes in the middle: the readable frames
+    come out, damaged packets become error frames, nothing raises."""
+    ts = _write_video(frames=30, gop=5, fmt="mpegts")  # a streamable container, as cameras record
+    frames = sample(ts[: len(ts) * 2 // 3])
+    assert 5 <= len(frames) < 30 and [f.index for f in frames] == list(range(len(frames)))
+    assert [_number(f) for f in frames if f.error is None][:5] == [0, 1, 2, 3, 4]
+    mp4 = _write_video(frames=30, gop=5)  # MP4 keeps its index at the end: cut, it cannot be opened
+    with pytest.raises(DecodeError, match="not a video PyAV can open"):
+        sample(mp4[: len(mp4) * 2 // 3])
+    buf = io.BytesIO()  # MPEG-4 part 2 in AVI, 20 frames of noise, bytes overwritten mid-file
+    with av.open(buf, mode="w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height = 64, 48
+        for i in range(20):
+            noise = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(noise, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    avi = bytearray(buf.getvalue())
+    middle = len(avi) // 2
+    avi[middle:middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    frames = sample(bytes(avi))
+    errors = [f for f in frames if f.error]
+    assert errors and all(f.error.startswith("corrupt video packet") and f.image is None for f in errors)
+    assert len(frames) - len(errors) >= 10 and len({f.index for f in frames}) == len(frames)
+
+
+@pytest.mark.ray
+def test_video_archive_one_row_per_sampled_frame(ray_session, tiny_model, tmp_path, clip):
+    root = tmp_path / "logs"
+    (root / "day1").mkdir(parents=True)
+    (root / "day1" / "cam-front.mp4").write_bytes(clip)
+    (root / "day1" / "cam-rear.mp4").write_bytes(_write_video(frames=25))
+    (root / "day1" / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "day1" / "notes.txt").write_text("not listed")
+    spec = parse_spec({"name": "video", "source": {"uri": str(root), "video": {"fps": 5}},
+                       "model": {"uri": tiny_model}, "sink": {"uri": str(tmp_path / "out")}}, "<test>")
+    manifest = list_archive(spec.source)
+    assert manifest.num_rows == 3
+    result = execute(spec, manifest, "v1")
+    assert result.rows == 10 + 5 + 1 and result.by_status == {"ok": 15, "error": 1}
+    rows = read_run(str(tmp_path / "out"), "v1")
+    by_file: dict[str, list] = {}
+    for r in rows:
+        by_file.setdefault(Path(r["uri"]).name, []).append(r)
+    front = sorted(by_file["cam-front.mp4"], key=lambda r: r["frame"])
+    assert [r["frame"] for r in front] == list(range(0, FRAMES, 5))
+    assert [round(r["timestamp"], 6) for r in front] == [round(t, 6) for t in np.arange(0, 2, 0.2)]
+    assert all(r["label"] is not None and (r["width"], r["height"]) == (160, 120) for r in front)
+    assert len({r["image_id"] for r in rows}) == 16
+    (broken,) = by_file["broken.mp4"]
+    assert broken["status"] == "error" and broken["error"].startswith("decode: not a video PyAV can open")
+    assert broken["timestamp"] is None or math.isnan(broken["timestamp"])
