@@ -26,7 +26,7 @@ def main(corpus: str, model: str, out: str) -> None:
 
     card = json.loads((Path(model) / "model_card.json").read_text())
     prep = card["preprocess"]
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     transform = T.Compose([T.ToTensor(), T.Resize(prep["resize"]), T.CenterCrop(prep["crop"]),
                            T.Normalize(prep["mean"], prep["std"])])

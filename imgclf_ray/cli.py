@@ -146,6 +146,116 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     click.echo(format_summary(result))
 
 
+_ADDRESS_HELP = ("Ray Jobs API (the head's dashboard), e.g. http://HEAD:8265; default "
+                 "$RAY_API_SERVER_ADDRESS, an http(s) $RAY_ADDRESS, else http://127.0.0.1:8265. A "
+                 "cluster with token authentication takes its token from RAY_AUTH_TOKEN / "
+                 "RAY_AUTH_TOKEN_PATH with RAY_AUTH_MODE=token.")
+
+
+def _address(fn):
+    return click.option("--address", default=None, help=_ADDRESS_HELP)(fn)
+
+
+def _cluster_call(fn, *args, **kwargs):
+    from imgclf_ray.submission import default_address
+
+    try:
+        return fn(kwargs.pop("address") or default_address(), *args, **kwargs)
+    except UserError as exc:
+        _fail(exc)
+
+
+def _print_status(st) -> None:
+    from datetime import datetime, timezone
+
+    def when(t):
+        return f"{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if t else "-"
+
+    click.echo(f"{st.run_id}: {st.status}  (started {when(st.started)}, ended {when(st.ended)})")
+    if st.message:
+        click.echo(f"  {st.message.splitlines()[0]}")
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--run-id", default=None, help="Run id, also the Ray submission id (default: "
+              "<name>-<UTC time>).")
+@click.option("--date", "date", default=None, metavar="YYYY-MM-DD|today", help="Scheduled runs: run "
+              "id <name>-<date>; a date already submitted is not submitted again (one that failed or "
+              "was stopped is resubmitted and resumes), one already committed does nothing.")
+@_address
+@click.option("--wait", is_flag=True, help="Follow the run's log until it ends; exit 0 only when it "
+              "succeeded.")
+def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
+           address: Optional[str], wait: bool) -> None:
+    """Submit a job to a Ray cluster through the Ray Jobs API (spec and package shipped with it)."""
+    from imgclf_ray import submission
+
+    if date and run_id:
+        _fail(SpecError("give --run-id or --date, not both"))
+    spec = _load(job, overrides)
+    if date:
+        run_id = _dated_run_id(job, overrides, date)
+        date = run_id[len(spec.name) + 1:]
+    elif not run_id:
+        from imgclf_ray.pipeline import default_run_id
+
+        run_id = spec.sink.run_id or default_run_id(spec)
+    done = _cluster_call(submission.submit, job, list(overrides), spec, run_id, date, address=address)
+    if done.action.startswith("already"):
+        click.echo(f"run {run_id} is {done.action} on the cluster; nothing was submitted")
+        return
+    again = f" (the earlier attempt {done.previous}; it resumes)" if done.previous else ""
+    click.echo(f"{done.action} run {run_id}{again}")
+    if not wait:
+        click.echo(f"  follow it: imgclf logs {run_id} --follow   stop it: imgclf stop {run_id}")
+        return
+    _echo_logs(run_id, True, address)
+    st = _cluster_call(submission.wait, run_id, address=address)
+    _print_status(st)
+    sys.exit(0 if st.status == "SUCCEEDED" else 1)
+
+
+@main.command()
+@click.argument("run_id")
+@_address
+def status(run_id: str, address: Optional[str]) -> None:
+    """Where a submitted run stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    from imgclf_ray import submission
+
+    _print_status(_cluster_call(submission.status, run_id, address=address))
+
+
+@main.command()
+@click.argument("run_id")
+@_address
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+def logs(run_id: str, address: Optional[str], follow: bool) -> None:
+    """A submitted run's driver log."""
+    _echo_logs(run_id, follow, address)
+
+
+def _echo_logs(run_id: str, follow: bool, address: Optional[str]) -> None:
+    from imgclf_ray.submission import default_address, logs
+
+    try:
+        for chunk in logs(address or default_address(), run_id, follow=follow):
+            click.echo(chunk, nl=False)
+    except UserError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("run_id")
+@_address
+def stop(run_id: str, address: Optional[str]) -> None:
+    """Stop a submitted run (nothing of it is committed; submitting it again resumes it)."""
+    from imgclf_ray import submission
+
+    _print_status(_cluster_call(submission.stop, run_id, address=address))
+
+
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)

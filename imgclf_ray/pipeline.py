@@ -93,7 +93,8 @@ def default_run_id(spec: JobSpec) -> str:
 
 
 def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
-    """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process."""
+    """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process
+    (never a silent join of whatever ``ray start`` left running on this machine)."""
     import ray
 
     if not ray.is_initialized():
@@ -102,7 +103,7 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(include_dashboard=False, **kwargs)
+            ray.init(address="local", include_dashboard=False, **kwargs)
     # Right after start-up the node may not have reported its resources yet; the planner needs them.
     deadline = time.monotonic() + 30
     while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:

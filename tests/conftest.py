@@ -48,7 +48,7 @@ def ray_session():
     from imgclf_ray.pipeline import ensure_ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     ensure_ray()
     yield ray
     ray.shutdown()

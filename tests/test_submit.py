@@ -1,0 +1,171 @@
+"""imgclf submit / status / logs / stop against a real head node (`ray start --head`, dashboard
+on loopback, token authentication on), started and stopped by this module."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, _free_port
+from tests.test_pipeline import read_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+JOB = """\
+name: nightly-digits
+source: {{uri: {archive}, extensions: [".png"]}}
+model: {{uri: {model}}}
+sink: {{uri: {sink}}}
+"""
+
+
+def stop_ray_node(marker: str, grace: float = 10.0) -> None:
+    """Stop exactly one Ray node: every process whose command line names its temp dir (GCS,
+    raylet, dashboard, agents) and their children (workers). `ray stop` would also stop the test
+    session's own Ray instance."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(marker in a for a in proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+                found.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.Error:
+            continue
+    for proc in found.values():
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(found.values()), timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A head node with its dashboard (the Jobs API) on 127.0.0.1 and token authentication on;
+    yields (address, environment with the token)."""
+    temp = tempfile.mkdtemp(prefix="imgclf-head-", dir="/tmp")  # short: Unix socket paths
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(name, None)
+    dashboard = _free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           "--num-cpus=2", "--object-store-memory=150000000", f"--temp-dir={temp}",
+           "--include-dashboard=true", "--disable-usage-stats"]
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{dashboard}", env, temp
+    finally:
+        stop_ray_node(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def imgclf(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "imgclf_ray", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture()
+def job(tmp_path, digits_archive, tiny_model):
+    archive = tmp_path / "archive"
+    for src in sorted(Path(digits_archive).rglob("*.png"))[::30]:  # 60 images
+        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / src.parent.name / src.name)
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(JOB.format(archive=archive, model=tiny_model, sink=tmp_path / "out"))
+    return spec, sum(1 for _ in archive.rglob("*.png")), tmp_path / "out"
+
+
+def _job_info(env, address: str, run_id: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", (
+        "import sys; from ray.job_submission import JobSubmissionClient as C;"
+        "print(C(sys.argv[1]).get_job_info(sys.argv[2]).json())"), address, run_id],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
+    address, env, temp = head
+    spec, images, sink = job
+    token = env["RAY_AUTH_TOKEN"]
+    first = imgclf(env, "submit", str(spec), "--date", "2026-11-28", "--address", address, "--wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "submitted run nightly-digits-2026-11-28" in first.stdout
+    assert "SUCCEEDED" in first.stdout and f"nightly-digits-2026-11-28: {images} images" in first.stdout
+    rows = read_run(str(sink), "nightly-digits-2026-11-28")
+    assert len(rows) == images and len({r["image_id"] for r in rows}) == images
+    # The same night again: the Jobs API knows the run; nothing is submitted, nothing rewritten.
+    again = imgclf(env, "submit", str(spec), "--date", "2026-11-28", "--address", address)
+    assert again.returncode == 0 and "already SUCCEEDED" in again.stdout and "nothing was submitted" in again.stdout
+    assert len(read_run(str(sink), "nightly-digits-2026-11-28")) == images
+    st = imgclf(env, "status", "nightly-digits-2026-11-28", "--address", address)
+    assert st.returncode == 0 and "SUCCEEDED" in st.stdout
+    log = imgclf(env, "logs", "nightly-digits-2026-11-28", "--address", address)
+    assert f"{images} images" in log.stdout
+    # The submission carries the spec and the package, never the token.
+    info = _job_info(env, address, "nightly-digits-2026-11-28")
+    assert set(info["runtime_env"]) <= {"working_dir", "py_modules", "_ray_commit"}
+    assert info["metadata"] == {"imgclf_job": "nightly-digits", "imgclf_run_id": "nightly-digits-2026-11-28"}
+    assert "--date 2026-11-28" in info["entrypoint"]
+    seen = [first.stdout, first.stderr, again.stdout, st.stdout, log.stdout, json.dumps(info)]
+    assert not any(token in text for text in seen)
+    for path in [*Path(temp).rglob("*"), *sink.rglob("*")]:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_stopped_run_resubmitted_resumes_exactly_once(head, job):
+    address, env, _ = head
+    spec, images, sink = job
+    out = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address)
+    assert out.returncode == 0 and "submitted run stop-me" in out.stdout, out.stderr
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "listing" not in imgclf(env, "logs", "stop-me", "--address", address).stdout:
+        time.sleep(1)
+    stopped = imgclf(env, "stop", "stop-me", "--address", address)
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not (sink / "stop-me" / "_SUCCESS").exists()
+    again = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--wait")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resubmitted run stop-me (the earlier attempt STOPPED; it resumes)" in again.stdout
+    rows = read_run(str(sink), "stop-me")
+    assert len(rows) == images and len({r["image_id"] for r in rows}) == images
+
+
+def test_wrong_token_unknown_run_and_unreachable_head_are_one_line_each(head):
+    address, env, _ = head
+    wrong = imgclf({**env, "RAY_AUTH_TOKEN": "not-the-token"}, "status", "x", "--address", address)
+    assert wrong.returncode == 1 and "Invalid authentication token" in wrong.stderr
+    assert "RAY_AUTH_TOKEN" in wrong.stderr and "Traceback" not in wrong.stderr
+    unknown = imgclf(env, "status", "no-such-run", "--address", address)
+    assert unknown.returncode == 1 and "no run 'no-such-run' on this cluster" in unknown.stderr
+    closed = imgclf(env, "logs", "x", "--address", f"http://127.0.0.1:{_free_port()}")
+    assert closed.returncode == 1 and "cannot reach the Ray Jobs API" in closed.stderr
+    assert "Traceback" not in unknown.stderr + closed.stderr
+
+
+def test_paths_a_cluster_cannot_see_are_refused_before_submitting(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(JOB.format(archive="data/archive", model="/models/m", sink="s3://bucket/out"))
+    out = imgclf(dict(os.environ), "submit", str(spec), "--address", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "source.uri: 'data/archive' is relative to this machine's folder" in out.stderr
