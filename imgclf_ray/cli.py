@@ -78,6 +78,7 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
         if run_id:
             _fail(SpecError("give --run-id or --date, not both"))
         run_id, once = _dated_run_id(job, overrides, date), True
+        extra.append(f"sink.run_date={run_id[-10:]}")
     if run_id:
         extra.append(f"sink.run_id={run_id}")
     if address:

@@ -23,6 +23,11 @@ class SourceError(UserError):
     """The archive cannot be listed (missing bucket or folder, no permission, nothing matched)."""
 
 
+class AccessDenied(UserError):
+    """An object the listing showed cannot be read for permission: the credentials or policies
+    are wrong for the whole run, so it stops and commits nothing (not one error row per image)."""
+
+
 class RunFailed(UserError):
     """The run finished its work but must not be committed (error budget exceeded, rows lost)."""
 

@@ -15,12 +15,13 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray import errors
 from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
@@ -86,6 +87,12 @@ class RunResult:
             "model_id": self.model_id,
             "spec_digest": self.spec_digest,
         }
+
+
+def run_folder(spec: JobSpec, run_id: str, run_date: Optional[date] = None) -> str:
+    """The run's folder under sink.uri (sink.layout; the run date defaults to today, UTC)."""
+    when = run_date or spec.sink.run_date or datetime.now(timezone.utc).date()
+    return sink.run_path(spec.sink.layout, run_id, when, spec.name)
 
 
 def default_run_id(spec: JobSpec) -> str:
@@ -208,7 +215,10 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=plan.actors),
+        # An autoscaling pool (1 .. plan.actors): after a node is lost, a fixed pool restarts its
+        # actors elsewhere and can take every CPU the decode tasks need, and the run never ends
+        # (tests/test_node_loss.py); this one gives idle actors back.
+        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
@@ -245,8 +255,14 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     outlier_threshold = (clusterer.outlier_threshold(spec.curate.outlier_quantile)
                          if clusterer is not None and "outlier" in checks else None)
     rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
-    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage)
-    metrics = ray.remote(num_cpus=0)(StageMetrics).remote()
+    run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date))
+    # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
+    # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    metrics = ray.remote(num_cpus=0, scheduling_strategy=here)(StageMetrics).remote()
     ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics), clusterer, rules)
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
@@ -264,7 +280,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         wall = time.perf_counter() - started
         stats = _staged_stats(spec, staged)
         _check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
-        result = _result(spec, run_id, stats, wall, card, plan)
+        result = _result(spec, run_id, staging.run_uri, stats, wall, card, plan)
         result.stages = ray.get(metrics.snapshot.remote())
         result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
         result.started_at, result.listing_seconds = started_at, listing_seconds
@@ -284,6 +300,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     summary = result.summary()
     sink.commit(staging, {
         "job": spec.name,
+        "run_date": run_date.isoformat(),
         "model_id": result.model_id,
         "task": card.task if card else None,
         "labels": card.labels if card else None,
@@ -457,8 +474,9 @@ def _check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[s
 
 @contextlib.contextmanager
 def _user_errors():
-    """Re-raise a user's error (e.g. an artifact refused inside an actor) that Ray wrapped in its
-    own exception types, so that it reaches the CLI as one clear message."""
+    """Re-raise a user's error (e.g. an artifact refused inside an actor, an object refused for
+    permission inside a decode task) that Ray wrapped in its own exception types, so that it reaches
+    the CLI as one clear message."""
     try:
         yield
     except UserError:
@@ -470,7 +488,17 @@ def _user_errors():
                 raise cause from None
             seen.add(id(cause))
             cause = getattr(cause, "cause", None) or cause.__cause__
+        # Ray Data wraps a UDF's exception in UserCodeException and the chain does not survive
+        # pickling; the worker's traceback text still names it.
+        found = _USER_ERROR_LINE.search(str(exc))
+        if found and isinstance(getattr(errors, found.group(1), None), type):
+            kind = getattr(errors, found.group(1))
+            if issubclass(kind, UserError):
+                raise kind(found.group(2).strip()) from None
         raise
+
+
+_USER_ERROR_LINE = re.compile(r"imgclf_ray\.errors\.(\w+): (.+)")
 
 
 class StageMetrics:
@@ -576,7 +604,7 @@ def _check_budget(spec: JobSpec, result: RunResult) -> None:
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
 
 
-def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Optional[ArtifactInfo],
+def _result(spec: JobSpec, run_id: str, output_uri: str, stats: pa.Table, wall: float, card: Optional[ArtifactInfo],
             plan: Plan) -> RunResult:
     import pyarrow.compute as pc
 
@@ -590,7 +618,7 @@ def _result(spec: JobSpec, run_id: str, stats: pa.Table, wall: float, card: Opti
         causes[error_cause(message)] = causes.get(error_cause(message), 0) + 1
     return RunResult(
         run_id=run_id,
-        output_uri=join(spec.sink.uri, run_id),
+        output_uri=output_uri,
         rows=stats.num_rows,
         by_status=count_values(stats.column("status")),
         by_label=count_values(ok.column("label")),
@@ -628,8 +656,8 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
     mode = resolve_mode(quiet)
     run_id = run_id or spec.sink.run_id
-    if once and run_id and sink.committed_files(spec.sink.uri, run_id, spec.storage):
-        raise NothingToDo(f"run {run_id} is already committed at {join(spec.sink.uri, run_id)}; "
+    if once and run_id and sink.run_files(join(spec.sink.uri, run_folder(spec, run_id)), spec.storage):
+        raise NothingToDo(f"run {run_id} is already committed at {join(spec.sink.uri, run_folder(spec, run_id))}; "
                           "nothing was done (a dated run happens once; --run-id replaces a run)")
     examples.prepare(spec, progress=mode)
     # Fail on a bad artifact before Ray starts.

@@ -8,6 +8,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,6 +20,7 @@ from imgclf_ray.errors import SpecError
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm")
 # Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
 PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+LAYOUT_FIELDS = ("run_id", "date", "year", "month", "day", "name")
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$"
 # Names that would put a credential into a spec; refused with a pointer to where they belong.
 _SECRET_KEYS = {
@@ -238,7 +240,8 @@ class ModelSpec(_Spec):
 class ResourcesSpec(_Spec):
     """Overrides for the resource planner; leave unset to size from the cluster."""
 
-    actors: Optional[int] = Field(None, ge=1, description="Predictor actors in the pool.")
+    actors: Optional[int] = Field(None, ge=1, description="Most predictor actors in the pool (it "
+                                  "scales between 1 and this with the work queued).")
     cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs reserved by each "
                                             "predictor actor (also its torch thread count).")
     gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per predictor actor; 0 "
@@ -252,14 +255,36 @@ class SinkSpec(_Spec):
     """Where the Parquet output goes."""
 
     uri: str = Field(description="Output location (local folder or s3://bucket/prefix). Each run "
-                     "is committed to <uri>/<run_id>/ with _manifest.json and _SUCCESS.")
+                     "is committed to <uri>/<layout>/ with _manifest.json and _SUCCESS.")
     run_id: Optional[str] = Field(
         None, pattern=_SAFE_ID,
         description="Name of this run's output folder; default <job name>-<UTC timestamp>. "
         "Rerunning an existing run_id replaces that run's output.")
+    layout: str = Field("{run_id}", description="Path of a run's folder under uri, a template of "
+                        "{run_id} (the last part, always), {date} (YYYY-MM-DD), {year}, {month}, {day} "
+                        "and {name}: e.g. 'date={date}/{run_id}' (Hive-style partitions: readers "
+                        "prune by date) or '{year}/{month}/{day}/{run_id}'.")
+    run_date: Optional[date] = Field(None, description="The run's date in the layout; default: the "
+                                     "date of `imgclf run --date`, else the UTC date the run starts.")
     min_rows_per_file: int = Field(50_000, ge=1, description="Rows gathered before a Parquet file "
                                    "is written (fewer only for the last files of a run).")
     max_rows_per_file: int = Field(500_000, ge=1, description="Upper bound on rows per Parquet file.")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, v: str) -> str:
+        import string
+
+        fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        unknown = sorted(fields - set(LAYOUT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}} (known: {', '.join(LAYOUT_FIELDS)})")
+        parts = v.strip("/").split("/")
+        if parts[-1] != "{run_id}":
+            raise ValueError("the last part must be {run_id} (one folder per run)")
+        if any(p in ("", ".", "..") or p.startswith(("_", ".")) for p in parts):
+            raise ValueError("parts may not be empty, '.', '..' or start with '_' or '.' (reserved)")
+        return v.strip("/")
 
 
 class RunSpec(_Spec):

@@ -20,6 +20,7 @@ import pyarrow as pa
 from imgclf_ray.curation.measure import FLOAT_MEASURES, MEASURE_SIDE
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.curation.rows import RowRules, row_columns
+from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count
@@ -141,6 +142,18 @@ class LoadStage:
             entry[0] += 1
             entry[1] += time.perf_counter() - started
 
+    def _read(self, uri: str) -> bytes:
+        """The file's bytes; a read refused for permission stops the run (AccessDenied)."""
+        try:
+            return self._timed("read", read_bytes, uri, self.storage)
+        except StageError as exc:
+            if isinstance(exc.__cause__, PermissionError):
+                raise AccessDenied(f"{uri}: access denied (PermissionError) while reading an object the "
+                                   "listing showed; the run stopped and nothing was committed: check "
+                                   "the object's ACL, the bucket policy or KMS key permissions for "
+                                   "the credentials the workers use") from None
+            raise
+
     def _embed_one(self, img) -> np.ndarray:
         cond, spec = self.embed
         return extract(spec.name, condition(img, cond), spec.params)
@@ -159,7 +172,7 @@ class LoadStage:
         if part.image is not None:
             img, (width, height) = part.image, part.size
         else:
-            data = part.data if part.data is not None else self._timed("read", read_bytes, uri, self.storage)
+            data = part.data if part.data is not None else self._read(uri)
             if is_dicom(data):
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
             img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
@@ -251,7 +264,7 @@ class LoadStage:
             parts, counts = [], []
             for uri in batch["uri"]:
                 try:
-                    data = self._timed("read", read_bytes, str(uri), self.storage)
+                    data = self._read(str(uri))
                     stage = "decode" if self.source is not None and self.source.video is not None else "read"
                     found = self._timed(stage, split, data) or [Part(self.decode.frame, error=f"{stage}: no images in this file")]
                 except StageError as exc:

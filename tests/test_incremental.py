@@ -3,6 +3,7 @@ run resumed after its driver was killed. Real local Ray; the killed driver is a 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,38 @@ def test_a_date_runs_once(ray_session, tiny_model, tmp_path):
     assert (out / "nightly-2026-11-29" / "_SUCCESS").stat().st_mtime_ns == stamp  # untouched
     bad = CliRunner().invoke(main, ["run", str(job), "--date", "29/11/2026"])
     assert bad.exit_code == 2 and "expected YYYY-MM-DD" in bad.output
+
+
+def test_runs_partitioned_by_date_are_found_by_every_reader(ray_session, tiny_model, tmp_path):
+    """sink.layout 'date={date}/{run_id}': each run under its date's partition, committed with
+    its manifest; once-per-date, the incremental state, `imgclf runs` and the report find it; a
+    Hive-partitioned dataset over the sink prunes by date."""
+    import pyarrow.dataset as pads
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    _archive(root, 0, 3)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: nightly\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\n"
+                   f"sink: {{uri: {out}, layout: 'date={{date}}/{{run_id}}'}}\nincremental: {{}}\n")
+    first = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-28", "-q"])
+    assert first.exit_code == 0, first.output
+    folder = out / "date=2026-11-28" / "nightly-2026-11-28"
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    assert (folder / "_SUCCESS").exists() and manifest["run_date"] == "2026-11-28"
+    assert manifest["run_path"] == "date=2026-11-28/nightly-2026-11-28" and manifest["rows"] == 3
+    again = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-28", "-q"])
+    assert again.exit_code == 0 and "already committed" in again.output
+    _archive(root, 3, 2)
+    second = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-29", "-q"])
+    assert second.exit_code == 0 and "run nightly-2026-11-29: 2 images" in second.output  # state found
+    assert committed_files(str(out), "nightly-2026-11-29")
+    listed = CliRunner().invoke(main, ["runs", str(out)])
+    assert "nightly-2026-11-28" in listed.output and "nightly-2026-11-29" in listed.output
+    report = CliRunner().invoke(main, ["report", str(out), "--run", "nightly-2026-11-28", "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0 and (tmp_path / "r.html").exists()
+    dataset = pads.dataset(str(out), format="parquet", partitioning="hive", exclude_invalid_files=True)
+    assert dataset.to_table(filter=pads.field("date") == "2026-11-29").num_rows == 2
+    assert dataset.count_rows() == 5
 
 
 @pytest.mark.slow

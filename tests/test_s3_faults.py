@@ -1,6 +1,7 @@
 """S3 faults, injected by a proxy in front of the moto server: transient 503 SlowDown answers are
 retried with backoff and the run is exact; a listing refused for permission fails fast, before Ray,
-with one clear message and nothing committed."""
+and an object refused for permission mid-run stops the run, each with one clear message and
+nothing committed."""
 
 from __future__ import annotations
 
@@ -123,3 +124,23 @@ def test_a_listing_refused_for_permission_fails_fast_and_commits_nothing(digits_
     assert "error: s3://archive/digits: cannot list (PermissionError: access denied)" in result.output
     assert "Traceback" not in result.output
     assert proxy.injected >= 1 and not (tmp_path / "out").exists()
+
+
+def test_an_object_refused_for_permission_mid_run_stops_the_run_and_commits_nothing(
+        ray_session, digits_on_s3, moto_server, tiny_model, tmp_path):
+    denied = "/archive/digits/digit-07-7.png"
+    proxy = FaultyProxy(moto_server, lambda method, path: (403, "AccessDenied", "Access Denied")
+                        if method == "GET" and path == denied else None)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: denied\nsource: {{uri: s3://archive/digits}}\nmodel: {{uri: {tiny_model}}}\n"
+                   f"sink: {{uri: {tmp_path / 'out'}}}\nstorage: {{endpoint_url: '{proxy.url}'}}\n")
+    try:
+        result = CliRunner().invoke(main, ["run", str(job), "-q", "--run-id", "r1"])
+    finally:
+        proxy.close()
+    assert result.exit_code == 1, result.output
+    assert ("error: s3://archive/digits/digit-07-7.png: access denied (PermissionError) while reading"
+            in result.output) and "nothing was committed" in result.output
+    assert "Traceback" not in result.output and proxy.injected >= 1
+    out = tmp_path / "out"
+    assert not (out / "r1").exists() and not list(out.rglob("*.parquet*"))

@@ -1,11 +1,12 @@
 """Exactly-once output: data files are staged, checked, then committed with a manifest and _SUCCESS.
 
-Layout under ``sink.uri``::
+Layout under ``sink.uri`` (``<run>`` is ``sink.layout``: ``<run_id>`` by default, or e.g.
+``date=2026-11-28/<run_id>`` to partition the runs by date)::
 
-    <run_id>/part-00000.parquet ...   committed data files (the only *.parquet files outside _staging)
-    <run_id>/_manifest.json           files, row counts, run facts
-    <run_id>/run_summary.json         counts, errors by stage and cause, stage throughput (alerting)
-    <run_id>/_SUCCESS                 written last: a run without it is not committed
+    <run>/part-00000.parquet ...      committed data files (the only *.parquet files outside _staging)
+    <run>/_manifest.json              files, row counts, run facts (run_id, run_date, run_path)
+    <run>/run_summary.json            counts, errors by stage and cause, stage throughput (alerting)
+    <run>/_SUCCESS                    written last: a run without it is not committed
     _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged
 
 Readers trust a run only when ``_SUCCESS`` exists, and then only the files its manifest lists; a
@@ -20,7 +21,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Optional
 
 import pyarrow.parquet as pq
@@ -43,10 +44,12 @@ class Staging:
     attempt: str
     storage: StorageSpec
     started: float = 0.0  # Unix time the attempt began
+    run_path: str = ""  # the run's folder under sink_uri (sink.layout); default: the run id
 
     @classmethod
-    def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> "Staging":
-        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, time.time())
+    def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(),
+            run_path: Optional[str] = None) -> "Staging":
+        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, time.time(), run_path or run_id)
 
     @property
     def uri(self) -> str:
@@ -54,7 +57,7 @@ class Staging:
 
     @property
     def run_uri(self) -> str:
-        return join(self.sink_uri, self.run_id)
+        return join(self.sink_uri, self.run_path or self.run_id)
 
     def staged_files(self) -> list[str]:
         fs, path = filesystem(self.uri, self.storage)
@@ -73,6 +76,12 @@ class Staging:
                     fs.rmdir(parent)
             except OSError:  # another attempt is writing there, or the store has no folders
                 pass
+
+
+def run_path(layout: str, run_id: str, run_date: date, name: str) -> str:
+    """A run's folder under the sink, from ``sink.layout``."""
+    return layout.format(run_id=run_id, date=run_date.isoformat(), year=f"{run_date.year:04d}",
+                         month=f"{run_date.month:02d}", day=f"{run_date.day:02d}", name=name)
 
 
 def staged_filename(write_uuid: str, task_index: int) -> str:
@@ -105,6 +114,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
         files.append({"path": name, "rows": rows, "bytes": fs.size(join(run_path, name))})
     manifest = {
         "run_id": staging.run_id,
+        "run_path": staging.run_path or staging.run_id,
         "committed_at": datetime.now(timezone.utc).isoformat(),
         "rows": sum(f["rows"] for f in files),
         "files": files,
@@ -145,7 +155,29 @@ def _remove_dead_attempts(staging: Staging) -> None:
 
 def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:
     """URIs of a committed run's data files, from its manifest; [] if the run is not committed."""
-    return run_files(join(sink_uri, run_id), storage)
+    found = committed_runs(sink_uri, storage, run_id)
+    return run_files(found[run_id], storage) if run_id in found else []
+
+
+def committed_runs(sink_uri: str, storage: StorageSpec = StorageSpec(), run_id: Optional[str] = None) -> dict[str, str]:
+    """run id -> run folder URI of every committed run under ``sink_uri`` (whatever its layout:
+    a folder with _SUCCESS, outside the reserved _* folders); with ``run_id``, at most that one,
+    found without a listing when it sits at the top (the default layout)."""
+    fs, root = filesystem(sink_uri, storage)
+    root = root.rstrip("/")
+    if run_id is not None and fs.exists(join(root, run_id, SUCCESS_FILE)):
+        return {run_id: to_uri(fs, join(root, run_id))}
+    if not fs.isdir(root):
+        return {}
+    found = {}
+    for path in fs.find(root):
+        rel = path[len(root):].strip("/")
+        parts = rel.split("/")
+        if parts[-1] != SUCCESS_FILE or len(parts) < 2 or any(p.startswith(("_", ".")) for p in parts[:-1]):
+            continue
+        if run_id is None or parts[-2] == run_id:
+            found[parts[-2]] = to_uri(fs, path.rsplit("/", 1)[0])
+    return found
 
 
 def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
@@ -167,20 +199,13 @@ def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec())
 
 
 def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:
-    """The committed runs under ``sink_uri`` (folders with _SUCCESS), oldest commit first; each is
-    its manifest plus ``uri``."""
-    fs, root = filesystem(sink_uri, storage)
-    if not fs.isdir(root):
-        return []
+    """The committed runs under ``sink_uri`` (folders with _SUCCESS, any layout), oldest commit
+    first; each is its manifest plus ``uri``."""
+    fs, _ = filesystem(sink_uri, storage)
     runs = []
-    for entry in fs.ls(root, detail=True):
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry.get("type") != "directory" or name.startswith(("_", ".")):
-            continue
-        if not fs.exists(join(entry["name"], SUCCESS_FILE)):
-            continue
-        manifest = json.loads(fs.cat_file(join(entry["name"], MANIFEST_FILE)))
-        runs.append({**manifest, "uri": to_uri(fs, entry["name"].rstrip("/"))})
+    for folder in committed_runs(sink_uri, storage).values():
+        manifest = json.loads(fs.cat_file(join(filesystem(folder, storage)[1], MANIFEST_FILE)))
+        runs.append({**manifest, "uri": folder})
     return sorted(runs, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
 
 
@@ -193,10 +218,11 @@ def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageS
     if run_id is None and fs.exists(join(path, SUCCESS_FILE)):
         return output_uri.rstrip("/")
     if run_id is not None:
-        if not fs.exists(join(path, run_id, SUCCESS_FILE)):
+        found = committed_runs(output_uri, storage, run_id)
+        if run_id not in found:
             raise UserError(f"{output_uri}: run {run_id!r} is not committed (no _SUCCESS)")
-        return join(output_uri, run_id)
+        return found[run_id]
     runs = list_runs(output_uri, storage)
     if not runs:
         raise UserError(f"{output_uri}: no committed run here")
-    return join(output_uri, runs[-1]["run_id"])
+    return runs[-1]["uri"]

@@ -44,22 +44,22 @@ def record(state_uri: str, run_id: str, t: pa.Table, storage: StorageSpec) -> in
 
 def load(state_uri: str, sink_uri: str, storage: StorageSpec) -> dict[str, tuple]:
     """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state."""
-    from imgclf_ray.io.sink import MANIFEST_FILE, SUCCESS_FILE, read_run_json
+    from imgclf_ray.io.sink import MANIFEST_FILE, committed_runs, read_run_json
     from imgclf_ray.io.storage import to_uri
 
     fs, root = filesystem(state_uri, storage)
     if not fs.isdir(root):
         return {}
+    committed = committed_runs(sink_uri, storage)  # one listing of the sink, whatever its layout
     runs = []
     for path in fs.find(root):
         name = path.rsplit("/", 1)[-1]
         if not (name.startswith(PREFIX) and name.endswith(SUFFIX)):
             continue
-        run_uri = join(sink_uri, name[len(PREFIX):-len(SUFFIX)])
-        sink_fs, run_path = filesystem(run_uri, storage)
-        if sink_fs.exists(join(run_path, SUCCESS_FILE)):  # a file whose run never committed is ignored
-            committed = (read_run_json(run_uri, MANIFEST_FILE, storage) or {}).get("committed_at", "")
-            runs.append((committed, to_uri(fs, path)))
+        run_uri = committed.get(name[len(PREFIX):-len(SUFFIX)])
+        if run_uri is not None:  # a file whose run never committed is ignored
+            when = (read_run_json(run_uri, MANIFEST_FILE, storage) or {}).get("committed_at", "")
+            runs.append((when, to_uri(fs, path)))
     seen: dict[str, tuple] = {}
     for _, uri in sorted(runs):  # later commits win
         t = read_columns([uri], STATE_COLUMNS, storage)
