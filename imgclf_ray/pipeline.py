@@ -215,10 +215,10 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
-        # An autoscaling pool (1 .. plan.actors): after a node is lost, a fixed pool restarts its
+        # Full size at the start, free to shrink: after a node is lost, a fixed pool restarts its
         # actors elsewhere and can take every CPU the decode tasks need, and the run never ends
         # (tests/test_node_loss.py); this one gives idle actors back.
-        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors),
+        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
