@@ -240,8 +240,8 @@ class ModelSpec(_Spec):
 class ResourcesSpec(_Spec):
     """Overrides for the resource planner; leave unset to size from the cluster."""
 
-    actors: Optional[int] = Field(None, ge=1, description="Most predictor actors in the pool (it "
-                                  "scales between 1 and this with the work queued).")
+    actors: Optional[int] = Field(None, ge=1, description="Predictor actors in the pool (it starts "
+                                  "with this many and may shrink, e.g. after losing a node).")
     cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs reserved by each "
                                             "predictor actor (also its torch thread count).")
     gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per predictor actor; 0 "
