@@ -491,10 +491,9 @@ def _user_errors():
         # Ray Data wraps a UDF's exception in UserCodeException and the chain does not survive
         # pickling; the worker's traceback text still names it.
         found = _USER_ERROR_LINE.search(str(exc))
-        if found and isinstance(getattr(errors, found.group(1), None), type):
-            kind = getattr(errors, found.group(1))
-            if issubclass(kind, UserError):
-                raise kind(found.group(2).strip()) from None
+        kind = getattr(errors, found.group(1), None) if found else None
+        if isinstance(kind, type) and issubclass(kind, UserError):
+            raise kind(found.group(2).strip()) from None
         raise
 
 
@@ -656,8 +655,9 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
     mode = resolve_mode(quiet)
     run_id = run_id or spec.sink.run_id
-    if once and run_id and sink.run_files(join(spec.sink.uri, run_folder(spec, run_id)), spec.storage):
-        raise NothingToDo(f"run {run_id} is already committed at {join(spec.sink.uri, run_folder(spec, run_id))}; "
+    done_at = join(spec.sink.uri, run_folder(spec, run_id)) if once and run_id else None
+    if done_at and sink.run_files(done_at, spec.storage):
+        raise NothingToDo(f"run {run_id} is already committed at {done_at}; "
                           "nothing was done (a dated run happens once; --run-id replaces a run)")
     examples.prepare(spec, progress=mode)
     # Fail on a bad artifact before Ray starts.

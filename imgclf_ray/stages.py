@@ -22,6 +22,7 @@ from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
+from imgclf_ray.imaging import video
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
@@ -29,7 +30,6 @@ from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.io.storage import describe_os_error, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
-from imgclf_ray.imaging import video
 from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
 
 if TYPE_CHECKING:
