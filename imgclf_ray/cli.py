@@ -238,13 +238,13 @@ def logs(run_id: str, address: Optional[str], follow: bool) -> None:
 
 
 def _echo_logs(run_id: str, follow: bool, address: Optional[str]) -> None:
-    from imgclf_ray.submission import default_address, logs
+    from imgclf_ray.submission import logs
 
-    try:
-        for chunk in logs(address or default_address(), run_id, follow=follow):
+    def echo(where: str) -> None:
+        for chunk in logs(where, run_id, follow=follow):
             click.echo(chunk, nl=False)
-    except UserError as exc:
-        _fail(exc)
+
+    _cluster_call(echo, address=address)
 
 
 @main.command()

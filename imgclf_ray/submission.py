@@ -14,6 +14,7 @@ cluster's own environment (instance roles, its secrets), never from the submissi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -44,33 +45,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@contextlib.contextmanager
 def _guard(address: str, what: str):
     """Map the Jobs client's exceptions to one readable ClusterError."""
     from ray.exceptions import AuthenticationError
 
-    class _Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, exc, tb):
-            if exc is None or isinstance(exc, UserError):
-                return False
-            if isinstance(exc, AuthenticationError):
-                raise ClusterError(
-                    f"{address}: {_first_line(exc)} — this cluster uses token authentication: set "
-                    "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or a file named by "
-                    "RAY_AUTH_TOKEN_PATH (never in the job spec)") from None
-            if isinstance(exc, (ConnectionError, OSError)):
-                raise ClusterError(f"{address}: cannot reach the Ray Jobs API ({_first_line(exc)}); "
-                                   "is the dashboard running and --address right?") from None
-            if isinstance(exc, (RuntimeError, ValueError)):
-                message = _first_line(exc)
-                if "404" in message or "does not exist" in message:
-                    raise ClusterError(f"{address}: no run {what!r} on this cluster") from None
-                raise ClusterError(f"{address}: {what}: {message}") from None
-            return False
-
-    return _Guard()
+    try:
+        yield
+    except UserError:
+        raise
+    except AuthenticationError as exc:
+        raise ClusterError(f"{address}: {_first_line(exc)} — this cluster uses token authentication: "
+                           "set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or a file named by "
+                           "RAY_AUTH_TOKEN_PATH (never in the job spec)") from None
+    except (ConnectionError, OSError) as exc:
+        raise ClusterError(f"{address}: cannot reach the Ray Jobs API ({_first_line(exc)}); is the "
+                           "dashboard running and --address right?") from None
+    except (RuntimeError, ValueError) as exc:
+        message = _first_line(exc)
+        if "404" in message or "does not exist" in message:
+            raise ClusterError(f"{address}: no run {what!r} on this cluster") from None
+        raise ClusterError(f"{address}: {what}: {message}") from None
 
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -193,8 +188,9 @@ class RunStatus:
     entrypoint: str
 
 
-def status(address: str, run_id: str) -> RunStatus:
-    jobs = client(address)
+def status(address: str, run_id: str, jobs=None) -> RunStatus:
+    """The run's latest attempt as the Jobs API reports it (``jobs``: a client to reuse)."""
+    jobs = jobs or client(address)
     with _guard(address, run_id):
         info = jobs.get_job_info(latest_submission(jobs, run_id))
     return RunStatus(run_id, str(info.status.value), info.message or "",
@@ -227,8 +223,9 @@ def logs(address: str, run_id: str, follow: bool = False) -> Iterator[str]:
 def wait(address: str, run_id: str, timeout: Optional[float] = None, poll: float = 1.0) -> RunStatus:
     """Block until the run reaches SUCCEEDED, FAILED or STOPPED (or ``timeout`` seconds pass)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    jobs = client(address)
     while True:
-        current = status(address, run_id)
+        current = status(address, run_id, jobs)
         if current.status in TERMINAL or (deadline is not None and time.monotonic() > deadline):
             return current
         time.sleep(poll)
