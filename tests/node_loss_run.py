@@ -1,8 +1,9 @@
 """A run on a local three-node Ray cluster (``ray.cluster_utils.Cluster``, resources planned as
 for any cluster) that loses the node holding a predictor actor mid-run. Run by tests/test_node_loss.py in a process of its own (the
-test session has its own Ray instance); prints one JSON line with what happened.
+test session has its own Ray instance); writes what happened to REPORT as JSON (stdout is Ray's:
+its log lines arrive until shutdown).
 
-    python -m tests.node_loss_run ARCHIVE MODEL SINK
+    python -m tests.node_loss_run ARCHIVE MODEL SINK REPORT
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 
 
-def main(archive: str, model: str, sink_uri: str) -> None:
+def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
@@ -56,13 +57,14 @@ def main(archive: str, model: str, sink_uri: str) -> None:
     started = time.monotonic()
     result = execute(spec, manifest, "loss-1")
     killer.join(timeout=1)
-    print(json.dumps({"listed": manifest.num_rows, "rows": result.rows, "by_status": result.by_status,
-                      "removed": bool(removed), "removed_after_s": round(removed.get("at", started) - started, 1),
-                      "seconds": round(time.monotonic() - started, 1),
-                      "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"])}))
+    with open(report, "w") as fh:
+        json.dump({"listed": manifest.num_rows, "rows": result.rows, "by_status": result.by_status,
+                   "removed": bool(removed), "removed_after_s": round(removed.get("at", started) - started, 1),
+                   "seconds": round(time.monotonic() - started, 1),
+                   "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"])}, fh)
     ray.shutdown()
     cluster.shutdown()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

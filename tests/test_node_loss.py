@@ -17,9 +17,10 @@ from tests.test_pipeline import read_run
 def test_losing_the_node_of_a_predictor_actor_mid_run_keeps_the_output_exact(digits_archive, tiny_model, tmp_path):
     # Its own process: the cluster's driver cannot share the session's Ray instance.
     done = subprocess.run([sys.executable, "-m", "tests.node_loss_run", digits_archive, tiny_model,
-                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=480)
+                           str(tmp_path / "out"), str(tmp_path / "report.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["removed"] and report["alive_nodes"] == 2  # the head (driver) and one worker
     assert report["removed_after_s"] < report["seconds"] - 5  # the node went while work remained
     assert report["rows"] == report["listed"] == 1797 and report["by_status"] == {"ok": 1797}
