@@ -215,9 +215,9 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
-        # Full size at the start, free to shrink: after a node is lost, a fixed pool restarts its
-        # actors elsewhere and can take every CPU the decode tasks need, and the run never ends
-        # (tests/test_node_loss.py); this one gives idle actors back.
+        # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
+        # every actor, even when the smaller cluster then has no CPU left for the decode tasks;
+        # this one can give idle actors back (tests/test_node_loss.py).
         compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,

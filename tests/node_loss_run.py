@@ -1,5 +1,6 @@
 """A run on a local three-node Ray cluster (``ray.cluster_utils.Cluster``, resources planned as
-for any cluster) that loses the node holding a predictor actor mid-run. Run by tests/test_node_loss.py in a process of its own (the
+for any cluster) that loses the node holding a predictor actor mid-run (a replacement node joins
+a few seconds later). Run by tests/test_node_loss.py in a process of its own (the
 test session has its own Ray instance); writes what happened to REPORT as JSON (stdout is Ray's:
 its log lines arrive until shutdown).
 
@@ -32,34 +33,46 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
                        "model": {"uri": model},
                        "sink": {"uri": sink_uri}}, "<node-loss>")
     manifest = list_archive(spec.source)
-    removed: dict = {}
+    outcome: dict = {}
 
-    def kill_a_predictor_node() -> None:
-        """Once a predictor actor is alive on a worker node, remove that node (its raylet, the
-        actor, any decode task and object copies on it)."""
-        by_id = {w.node_id: w for w in workers}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not removed:
-            try:
-                actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-            except Exception:  # noqa: BLE001 - the state API may not answer yet
-                actors = []
-            for actor in actors:
-                if "PredictStage" in actor.class_name and actor.node_id in by_id:
-                    time.sleep(2.0)  # let it take some batches first
-                    cluster.remove_node(by_id[actor.node_id], allow_graceful=False)
-                    removed.update(node=actor.node_id, at=time.monotonic())
-                    return
-            time.sleep(0.2)
+    def run() -> None:
+        try:
+            outcome["result"] = execute(spec, manifest, "loss-1")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
 
-    killer = threading.Thread(target=kill_a_predictor_node, daemon=True)
-    killer.start()
+    # The run goes in a thread; this (main) thread removes the node of a predictor actor once it
+    # has taken some batches, then adds a replacement a few seconds later, as KubeRay or the
+    # cluster launcher would (Ray needs the main thread to start a node). Ray Data does not shrink
+    # a pool while an actor restart waits for room, so on a cluster that stays smaller the run
+    # would wait for capacity.
     started = time.monotonic()
-    result = execute(spec, manifest, "loss-1")
-    killer.join(timeout=1)
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    by_id = {w.node_id: w for w in workers}
+    removed_at = None
+    while runner.is_alive() and removed_at is None and time.monotonic() - started < 120:
+        try:
+            actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        except Exception:  # noqa: BLE001 - the state API may not answer yet
+            actors = []
+        victim = next((a.node_id for a in actors if "PredictStage" in a.class_name and a.node_id in by_id), None)
+        if victim is None:
+            time.sleep(0.2)
+            continue
+        time.sleep(2.0)  # let it take some batches first
+        cluster.remove_node(by_id[victim], allow_graceful=False)
+        removed_at = time.monotonic()
+        time.sleep(3.0)
+        cluster.add_node(num_cpus=2, object_store_memory=150_000_000)
+    runner.join(timeout=400)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
     with open(report, "w") as fh:
         json.dump({"listed": manifest.num_rows, "rows": result.rows, "by_status": result.by_status,
-                   "removed": bool(removed), "removed_after_s": round(removed.get("at", started) - started, 1),
+                   "removed": removed_at is not None,
+                   "removed_after_s": round((removed_at or started) - started, 1),
                    "seconds": round(time.monotonic() - started, 1),
                    "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"])}, fh)
     ray.shutdown()
