@@ -244,11 +244,13 @@ class LoadStage:
                               label=None if label is None else str(label)))
         return parts
 
-    def _splitter(self) -> Optional[Callable[[bytes], list[Part]]]:
+    def _splitter(self) -> Optional[tuple[str, Callable[[bytes], list[Part]]]]:
+        """(the stage a failure is charged to, the function that splits a file into parts)."""
         container = self.source.container if self.source is not None else None
         if container is not None:
-            return {"table": self._table_rows, "webdataset": self._shard_samples, "video": self._video_frames}[container]
-        return self._frames if self.decode.frames == "all" else None
+            return {"table": ("read", self._table_rows), "webdataset": ("read", self._shard_samples),
+                    "video": ("decode", self._video_frames)}[container]
+        return ("read", self._frames) if self.decode.frames == "all" else None
 
     def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[Part]]:
         """One output row per part of each file: the frames of a multi-frame file or a video, the
@@ -256,16 +258,16 @@ class LoadStage:
         Each file is read once; one that cannot be read or split is one error row with the cause.
         Returns the batch's columns repeated per part (``frame`` = the part's number in its file,
         ``timestamp``, and the shard's label in ``true_label``), and the parts."""
-        split = self._splitter()
-        if split is None:
+        splitter = self._splitter()
+        if splitter is None:
             parts = [Part(self.decode.frame) for _ in batch["uri"]]
             counts = [1] * len(parts)
         else:
+            stage, split = splitter
             parts, counts = [], []
             for uri in batch["uri"]:
                 try:
                     data = self._read(str(uri))
-                    stage = "decode" if self.source is not None and self.source.video is not None else "read"
                     found = self._timed(stage, split, data) or [Part(self.decode.frame, error=f"{stage}: no images in this file")]
                 except StageError as exc:
                     found = [Part(self.decode.frame, error=str(exc))]

@@ -43,13 +43,13 @@ class Staging:
     run_id: str
     attempt: str
     storage: StorageSpec
+    run_path: str  # the run's folder under sink_uri (sink.layout)
     started: float = 0.0  # Unix time the attempt began
-    run_path: str = ""  # the run's folder under sink_uri (sink.layout); default: the run id
 
     @classmethod
     def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(),
             run_path: Optional[str] = None) -> "Staging":
-        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, time.time(), run_path or run_id)
+        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, run_path or run_id, time.time())
 
     @property
     def uri(self) -> str:
@@ -57,7 +57,7 @@ class Staging:
 
     @property
     def run_uri(self) -> str:
-        return join(self.sink_uri, self.run_path or self.run_id)
+        return join(self.sink_uri, self.run_path)
 
     def staged_files(self) -> list[str]:
         fs, path = filesystem(self.uri, self.storage)
@@ -114,7 +114,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
         files.append({"path": name, "rows": rows, "bytes": fs.size(join(run_path, name))})
     manifest = {
         "run_id": staging.run_id,
-        "run_path": staging.run_path or staging.run_id,
+        "run_path": staging.run_path,
         "committed_at": datetime.now(timezone.utc).isoformat(),
         "rows": sum(f["rows"] for f in files),
         "files": files,
@@ -201,11 +201,8 @@ def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec())
 def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:
     """The committed runs under ``sink_uri`` (folders with _SUCCESS, any layout), oldest commit
     first; each is its manifest plus ``uri``."""
-    fs, _ = filesystem(sink_uri, storage)
-    runs = []
-    for folder in committed_runs(sink_uri, storage).values():
-        manifest = json.loads(fs.cat_file(join(filesystem(folder, storage)[1], MANIFEST_FILE)))
-        runs.append({**manifest, "uri": folder})
+    runs = [{**read_run_json(folder, MANIFEST_FILE, storage), "uri": folder}
+            for folder in committed_runs(sink_uri, storage).values()]
     return sorted(runs, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
 
 
