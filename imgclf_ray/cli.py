@@ -11,8 +11,9 @@ from typing import Optional
 
 import click
 
-from imgclf_ray.errors import SpecError, UserError
-from imgclf_ray.spec import JobSpec, load_spec
+from imgclf_ray.errors import SpecError, UserError, describe_failure
+from imgclf_ray.ids import id_problem
+from imgclf_ray.spec import JobSpec, load_spec, peek_spec
 
 _SET_HELP = "Override a spec value: --set source.uri=s3://bucket/prefix (repeatable; YAML values)."
 
@@ -22,15 +23,44 @@ def _fail(exc: UserError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _load(job: str, overrides: tuple[str, ...], model=JobSpec):
+def _load(job: str, overrides: tuple[str, ...], model=JobSpec, values: Optional[dict[str, str]] = None):
     try:
-        return load_spec(job, list(overrides), model)
+        return load_spec(job, list(overrides), model, values)
     except UserError as exc:
         _fail(exc)
         raise  # unreachable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _plain_id(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """Click callback: a run id given on the command line is a plain name (imgclf_ray.ids), refused
+    with exit 2 before anything starts."""
+    problem = None if value is None else id_problem(value)
+    if problem:
+        name = param.opts[0] if param.param_type_name == "option" else param.human_readable_name
+        _fail(SpecError(f"{name}: {problem}"))
+    return value
+
+
+class _OneLineErrors(click.Group):
+    """Every failure a user can cause or meet is one ``error:`` line and an exit code, never a
+    traceback (set IMGCLF_DEBUG=1 to see one)."""
+
+    def invoke(self, ctx: click.Context):
+        import os
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except UserError as exc:
+            _fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for the CLI
+            if os.environ.get("IMGCLF_DEBUG"):
+                raise
+            _fail(describe_failure(exc))
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imgclf-ray")
 def main() -> None:
     """Batch image classification on Ray: archive in, labelled Parquet out."""
@@ -41,14 +71,9 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 def validate(job: str, overrides: tuple[str, ...]) -> None:
     """Check a job spec (or a training spec) without starting Ray (exit 2 on any problem)."""
-    import yaml
-
     from imgclf_ray.spec import TrainSpec
 
-    try:
-        head = yaml.safe_load(open(job))
-    except (OSError, yaml.YAMLError):
-        head = None  # _load reports it properly
+    head = peek_spec(job)
     if isinstance(head, dict) and "data" in head and "source" not in head:
         spec = _load(job, overrides, TrainSpec)
         click.echo(f"{job}: ok (training {spec.name!r}: {spec.data.uri} -> {spec.model.output})")
@@ -60,7 +85,7 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--run-id", default=None, help="Run id (output folder name); overrides sink.run_id. "
+@click.option("--run-id", default=None, callback=_plain_id, help="Run id (output folder name); overrides sink.run_id. "
               "Running a committed run id again replaces it.")
 @click.option("--date", "date", default=None, metavar="YYYY-MM-DD|today",
               help="Scheduled runs: run id <name>-<date>, once per date; a second run of a committed "
@@ -72,18 +97,18 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
         address: Optional[str], quiet: bool, verbose: bool) -> None:
     """Run a job: list the archive, classify every image, commit Parquet."""
-    extra = list(overrides)
+    extra, values = list(overrides), {}
     once = False
     if date:
         if run_id:
             _fail(SpecError("give --run-id or --date, not both"))
         run_id, once = _dated_run_id(job, overrides, date), True
-        extra.append(f"sink.run_date={run_id[-10:]}")
+        values["sink.run_date"] = run_id[-10:]
     if run_id:
-        extra.append(f"sink.run_id={run_id}")
+        values["sink.run_id"] = run_id
     if address:
         extra.append(f"run.ray_address={address}")
-    spec = _load(job, tuple(extra))
+    spec = _load(job, tuple(extra), values=values)
     from imgclf_ray.pipeline import run_job
     from imgclf_ray.report.summary import format_summary
 
@@ -99,7 +124,11 @@ def _dated_run_id(job: str, overrides: tuple[str, ...], date: str) -> str:
 
     if date == "today":
         date = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    import re
+
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+            raise ValueError
         datetime.strptime(date, "%Y-%m-%d")
     except ValueError:
         _fail(SpecError(f"--date {date!r}: expected YYYY-MM-DD or today"))
@@ -109,7 +138,7 @@ def _dated_run_id(job: str, overrides: tuple[str, ...], date: str) -> str:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--run-id", default=None, help="Run id (default: <name>-curate-<UTC time>).")
+@click.option("--run-id", default=None, callback=_plain_id, help="Run id (default: <name>-curate-<UTC time>).")
 @click.option("--address", default=None, help="Ray cluster address; overrides run.ray_address.")
 @click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
@@ -120,18 +149,13 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     predictions, so it runs with `imgclf run` only."""
     from datetime import datetime, timezone
 
-    import yaml
-
     extra = list(overrides)
     if address:
         extra.append(f"run.ray_address={address}")
-    try:
-        head = yaml.safe_load(open(job))
-    except (OSError, yaml.YAMLError):
-        head = None  # _load reports it properly
+    head = peek_spec(job)
     if isinstance(head, dict) and "curate" not in head:
         extra.insert(0, "curate={}")
-    spec = _load(job, tuple(extra))
+    spec = _load(job, tuple(extra), values={"sink.run_id": run_id} if run_id else None)
     curate_spec = spec.curate.model_dump() if spec.curate else {}
     if curate_spec.get("checks"):
         curate_spec["checks"] = [c for c in curate_spec["checks"] if c != "label_issue"]
@@ -180,7 +204,7 @@ def _print_status(st) -> None:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--run-id", default=None, help="Run id, also the Ray submission id (default: "
+@click.option("--run-id", default=None, callback=_plain_id, help="Run id, also the Ray submission id (default: "
               "<name>-<UTC time>).")
 @click.option("--date", "date", default=None, metavar="YYYY-MM-DD|today", help="Scheduled runs: run "
               "id <name>-<date>; a date already submitted is not submitted again (one that failed or "
@@ -219,7 +243,7 @@ def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Op
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_plain_id)
 @_address
 def status(run_id: str, address: Optional[str]) -> None:
     """Where a submitted run stands: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
@@ -229,7 +253,7 @@ def status(run_id: str, address: Optional[str]) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_plain_id)
 @_address
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 def logs(run_id: str, address: Optional[str], follow: bool) -> None:
@@ -248,7 +272,7 @@ def _echo_logs(run_id: str, follow: bool, address: Optional[str]) -> None:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", callback=_plain_id)
 @_address
 def stop(run_id: str, address: Optional[str]) -> None:
     """Stop a submitted run (nothing of it is committed; submitting it again resumes it)."""
@@ -280,13 +304,12 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--run-id", default=None, help="Run id of the evaluation run.")
+@click.option("--run-id", default=None, callback=_plain_id, help="Run id of the evaluation run.")
 @click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
 def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool) -> None:
     """Score a model on a labelled archive (source.labels): run the job, compare with the true
     labels, write evaluation.json next to the model and the run."""
-    extra = list(overrides) + ([f"sink.run_id={run_id}"] if run_id else [])
-    spec = _load(job, tuple(extra))
+    spec = _load(job, overrides, values={"sink.run_id": run_id} if run_id else None)
     from imgclf_ray.evaluate import evaluate_job, format_metrics
 
     try:
@@ -330,7 +353,7 @@ def runs(output_uri: str, endpoint_url: Optional[str], region: Optional[str], pr
 
 @main.command()
 @click.argument("output_uri")
-@click.option("--run", "run_id", default=None, help="Run id (default: the latest committed run, or "
+@click.option("--run", "run_id", default=None, callback=_plain_id, help="Run id (default: the latest committed run, or "
               "OUTPUT_URI itself when it is a run folder).")
 @click.option("-o", "--out", default=None, help="Where to write the HTML (local or s3://); default "
               "<run_id>-report.html here.")

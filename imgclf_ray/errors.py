@@ -37,3 +37,56 @@ class NothingToDo(UserError):
     already committed). The CLI says so and exits 0."""
 
     exit_code = 0
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def describe_failure(exc: BaseException) -> UserError:
+    """A failure that is not a UserError, as one message with its cause and what to do (the CLI's
+    last line of defence: unreachable storage, files where folders should be, corrupt side files,
+    a worker killed for memory)."""
+    import json
+
+    for e in _chain(exc):
+        kind = type(e).__name__
+        module = type(e).__module__ or ""
+        if kind in ("OutOfMemoryError", "WorkerCrashedError", "ObjectLostError") and module.startswith("ray"):
+            return RunFailed("a Ray worker was killed for memory or crashed, so the run stopped and nothing "
+                             "was committed: lower resources.decode_batch_size / resources.batch_size or "
+                             "decode.max_decode_bytes, or give the machine more memory; rerun the same "
+                             "run id to resume")
+        if module.startswith(("botocore", "aiobotocore")) or kind in ("NoCredentialsError", "ClientError"):
+            return UserError(f"object storage refused or could not be reached ({kind}: {_first_line(e)}): check "
+                             "storage.endpoint_url / AWS_ENDPOINT_URL, the credentials in the environment "
+                             "(AWS_ACCESS_KEY_ID ...) or storage.profile, and the bucket name")
+        if isinstance(e, json.JSONDecodeError):
+            return UserError(f"a JSON file is corrupt ({e.msg} at line {e.lineno}); if it is a run's "
+                             "_manifest.json, rerun that run id to rewrite it")
+        if isinstance(e, NotADirectoryError):
+            return UserError(f"{e.filename or _first_line(e)}: a file stands where a folder is needed "
+                             "(check sink.uri / the path given)")
+        if isinstance(e, FileNotFoundError):
+            return UserError(f"{e.filename or _first_line(e)}: no such file or folder")
+        if isinstance(e, PermissionError):
+            return UserError(f"{e.filename or _first_line(e)}: permission denied")
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return UserError(f"could not connect ({kind}: {_first_line(e)}): check the address or endpoint")
+    if isinstance(exc, OSError):
+        return UserError(f"{kind_of(exc)}: {_first_line(exc)}")
+    return UserError(f"unexpected {kind_of(exc)}: {_first_line(exc)} (set IMGCLF_DEBUG=1 for the traceback "
+                     "and report it)")
+
+
+def kind_of(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or repr(exc)
+    return text.splitlines()[0][:300]

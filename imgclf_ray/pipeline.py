@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Optional
@@ -26,6 +27,7 @@ from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
+from imgclf_ray.io.lock import RunLock
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
@@ -225,17 +227,36 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
 
 
 def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
-            progress: Mode = "off", listing_seconds: Optional[float] = None) -> RunResult:
+            progress: Mode = "off", listing_seconds: Optional[float] = None,
+            lock: Optional[RunLock] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
-    Ray must be initialised. Raises RunFailed (nothing committed) when the error budget is exceeded
-    or the staged output does not hold every listed input exactly once.
+    Ray must be initialised. Holds the run id's lock while it works (``lock``, when the caller took
+    it already). Raises RunFailed (nothing committed) when the error budget is exceeded or the
+    staged output does not hold every listed input exactly once; RunLocked when another attempt
+    of the run id is live.
     """
+    run_id = run_id or spec.sink.run_id or default_run_id(spec)
+    if lock is not None:
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock)
+    with _locked(spec, run_id) as lock:
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock)
+
+
+@contextlib.contextmanager
+def _locked(spec: JobSpec, run_id: str):
+    """The run id's lock, with what a killed earlier attempt left half done finished or undone."""
+    with RunLock(spec.sink.uri, run_id, uuid.uuid4().hex[:12], spec.storage) as lock:
+        sink.recover(spec.sink.uri, run_id, spec.storage)
+        yield lock
+
+
+def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
+             listing_seconds: Optional[float], lock: RunLock) -> RunResult:
     import ray
 
     from imgclf_ray.curation.rows import row_rules
 
-    run_id = run_id or spec.sink.run_id or default_run_id(spec)
     card = None
     if spec.model is not None:
         card = describe_artifact(spec.model.uri, spec.storage)
@@ -256,7 +277,8 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
                          if clusterer is not None and "outlier" in checks else None)
     rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
-    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date))
+    staging = sink.Staging(spec.sink.uri.rstrip("/"), run_id, lock.attempt, spec.storage,
+                           run_folder(spec, run_id, run_date), time.time())
     # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
     # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -292,12 +314,14 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         raise
     finally:
         ray.kill(metrics)
-    if spec.incremental is not None:
-        # Recorded before the commit; it counts only once the run's _SUCCESS exists.
-        from imgclf_ray.io import state
+    from imgclf_ray.io import state
 
-        state.record(state_uri(spec), run_id, stats, spec.storage)
+    if spec.incremental is not None:
+        # Recorded before the commit under this attempt's name; it counts only while the committed
+        # manifest names this attempt.
+        state.record(state_uri(spec), run_id, staging.attempt, stats, spec.storage)
     summary = result.summary()
+    lock.verify()
     sink.commit(staging, {
         "job": spec.name,
         "run_date": run_date.isoformat(),
@@ -310,6 +334,8 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
         "wall_seconds": round(wall, 3),
         "plan": result.plan,
     }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode(), **extra_files})
+    if spec.incremental is not None:
+        state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
     return result
 
 
@@ -654,12 +680,17 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     from imgclf_ray import examples
 
     mode = resolve_mode(quiet)
-    run_id = run_id or spec.sink.run_id
-    done_at = join(spec.sink.uri, run_folder(spec, run_id)) if once and run_id else None
-    if done_at and sink.run_files(done_at, spec.storage):
-        raise NothingToDo(f"run {run_id} is already committed at {done_at}; "
-                          "nothing was done (a dated run happens once; --run-id replaces a run)")
+    run_id = run_id or spec.sink.run_id or default_run_id(spec)
     examples.prepare(spec, progress=mode)
+    with _locked(spec, run_id) as lock:
+        done = sink.committed_runs(spec.sink.uri, spec.storage, run_id) if once else {}
+        if run_id in done:
+            raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
+                              "nothing was done (a dated run happens once; --run-id replaces a run)")
+        return _run_locked(spec, run_id, mode, verbose, lock)
+
+
+def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock) -> RunResult:
     # Fail on a bad artifact before Ray starts.
     model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
     listing_started = time.perf_counter()
@@ -672,4 +703,4 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds)
+    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock)

@@ -16,17 +16,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgclf_ray.errors import SpecError
+from imgclf_ray.ids import id_problem
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm")
 # Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
 PILLOW_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 LAYOUT_FIELDS = ("run_id", "date", "year", "month", "day", "name")
-_SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$"
 # Names that would put a credential into a spec; refused with a pointer to where they belong.
 _SECRET_KEYS = {
     "key", "secret", "token", "password", "session_token", "aws_access_key_id",
     "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
 }
+
+
+def _plain(v: str) -> str:
+    """A field validator's half of the identifier rule (imgclf_ray.ids)."""
+    problem = id_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
 
 
 class _Spec(BaseModel):
@@ -257,7 +265,7 @@ class SinkSpec(_Spec):
     uri: str = Field(description="Output location (local folder or s3://bucket/prefix). Each run "
                      "is committed to <uri>/<layout>/ with _manifest.json and _SUCCESS.")
     run_id: Optional[str] = Field(
-        None, pattern=_SAFE_ID,
+        None,
         description="Name of this run's output folder; default <job name>-<UTC timestamp>. "
         "Rerunning an existing run_id replaces that run's output.")
     layout: str = Field("{run_id}", description="Path of a run's folder under uri, a template of "
@@ -269,6 +277,11 @@ class SinkSpec(_Spec):
     min_rows_per_file: int = Field(50_000, ge=1, description="Rows gathered before a Parquet file "
                                    "is written (fewer only for the last files of a run).")
     max_rows_per_file: int = Field(500_000, ge=1, description="Upper bound on rows per Parquet file.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _plain_run_id(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else _plain(v)
 
     @field_validator("layout")
     @classmethod
@@ -284,6 +297,10 @@ class SinkSpec(_Spec):
             raise ValueError("the last part must be {run_id} (one folder per run)")
         if any(p in ("", ".", "..") or p.startswith(("_", ".")) for p in parts):
             raise ValueError("parts may not be empty, '.', '..' or start with '_' or '.' (reserved)")
+        sample = v.format(run_id="r", date="2026-01-01", year="2026", month="01", day="01", name="n")
+        if any(not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]*", p) for p in sample.strip("/").split("/")):
+            raise ValueError("parts are plain names: letters, digits, '_', '-', '.' and '=' (no spaces "
+                             "or control characters)")
         return v.strip("/")
 
 
@@ -331,7 +348,13 @@ class IncrementalSpec(_Spec):
 class JobSpec(_Spec):
     """One imgclf job: list an archive, classify every image, commit Parquet."""
 
-    name: str = Field(pattern=_SAFE_ID, description="Job name; part of the default run id.")
+    name: str = Field(description="Job name; part of the default run id and of state paths (a plain "
+                      "name: letters, digits, '_', '-', '.').")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return _plain(v)
     description: str = Field("", description="Free text for people.")
     source: SourceSpec = Field(description="Where the images are.")
     decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
@@ -529,7 +552,12 @@ class SplitSpec(_Spec):
 class TrainSpec(_Spec):
     """`imgclf train`: fit a classical model on a labelled archive and write a safe artifact."""
 
-    name: str = Field(pattern=_SAFE_ID, description="Training job name.")
+    name: str = Field(description="Training job name (a plain name: letters, digits, '_', '-', '.').")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return _plain(v)
     description: str = Field("", description="Free text for people.")
     data: SourceSpec = Field(description="The labelled archive; data.labels says where the labels are.")
     decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
@@ -561,7 +589,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or not re.fullmatch(r"[A-Za-z0-9_.]+", key.strip()):
         raise SpecError(f"--set {item!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = load_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -645,16 +673,57 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
         raise SpecError("\n".join(lines)) from None
 
 
-def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: type[BaseModel] = JobSpec) -> Any:
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand past MAX_YAML_NODES nodes (a
+    'billion laughs' alias bomb is a few hundred bytes that expand to gigabytes when walked)."""
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:  # nodes after alias expansion; each distinct node is measured once
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts once instead of looping
+                children = (n.value if isinstance(n, yaml.SequenceNode) else
+                            [x for kv in n.value for x in kv] if isinstance(n, yaml.MappingNode) else [])
+                sizes[id(n)] = min(1 + sum(size(c) for c in children), MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} values (an alias "
+                                 "bomb?); write the values out")
+        return super().construct_document(node)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python values, safely (no tags that run code, aliases bounded)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def peek_spec(path: str | Path) -> Any:
+    """The YAML content of a spec file, or None when it cannot be read (load_spec says why)."""
+    try:
+        return load_yaml(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: type[BaseModel] = JobSpec,
+              values: Optional[dict[str, str]] = None) -> Any:
     """Read a YAML spec (a JobSpec unless ``model`` says otherwise), apply ``--set`` overrides,
-    validate. Raises SpecError."""
+    then ``values`` (dotted key -> a value taken as it is, never parsed as YAML: the CLI's --run-id
+    and --date), validate. Raises SpecError."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read job spec ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a YAML job spec (the file is not UTF-8 text)") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -665,7 +734,16 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: ty
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
         data = apply_overrides(data, overrides)
-    keys = tuple(item.partition("=")[0].strip() for item in overrides or ())
+    for dotted, value in (values or {}).items():
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
+        node = data
+        for part in dotted.split(".")[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"{path}: {part} is not a mapping")
+        node[dotted.split(".")[-1]] = value
+    keys = tuple(item.partition("=")[0].strip() for item in overrides or ()) + tuple(values or ())
     return parse_spec(data, str(path), text, keys, model)
 
 

@@ -78,8 +78,12 @@ def test_state_of_an_uncommitted_run_does_not_count(ray_session, tiny_model, tmp
     spec = _spec(root, out, tiny_model)
     run_job(spec, "r1", quiet=True)
     store = out / "_state" / "nightly"
-    # A driver killed between recording the state and committing leaves a file like this one.
-    shutil.copy(store / "processed-r1.parquet", store / "processed-r0.parquet")
+    (record,) = store.glob("processed-r1~*.state")
+    # A driver killed between recording the state and committing leaves files like these: one of
+    # a run that never committed, one of another attempt of a committed run id.
+    shutil.copy(record, store / "processed-r0~0123456789ab.state")
+    shutil.copy(record, store / "processed-r1~0123456789ab.state")
+    (store / "processed-r1~0123456789ab.state").write_bytes(b"not even parquet")
     assert set(state.load(str(store), str(out), spec.storage)) == {f"file://{p}" for p in sorted(root.glob("*.png"))}
     shutil.rmtree(out / "r1")  # the run's output is gone: its state no longer counts either
     assert state.load(str(store), str(out), spec.storage) == {}

@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -144,23 +145,22 @@ def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_m
     spec = make_spec(str(archive), str(out), tiny_model)
     manifest = list_archive(spec.source)
     execute(spec, manifest, "nightly")
-    # A crashed attempt left staged files behind; readers must not see them, and the next commit
-    # of the run id removes them. An attempt still writing (newer files) is left alone.
+    first = sorted(os.listdir(out / "nightly"))
+    # A crashed attempt left staged files behind; readers must not see them, and the next attempt
+    # of the run id (which holds its lock, so every other attempt is dead) removes them.
     dead = out / "_staging" / "nightly" / "deadbeef"
     dead.mkdir(parents=True)
     (dead / "x-0.parquet.staged").write_bytes(b"partial")
-    live = out / "_staging" / "nightly" / "c0ffee"
-    live.mkdir(parents=True)
-    (live / "y-0.parquet.staged").write_bytes(b"being written")
-    os.utime(live / "y-0.parquet.staged", (time.time() + 600, time.time() + 600))
     execute(spec, manifest, "nightly")
     visible = glob.glob(str(out / "**" / "*.parquet"), recursive=True)
     assert all("/nightly/part-" in v for v in visible)
     rows = pq.read_table(visible).to_pylist()
     assert len(rows) == manifest.num_rows
     assert len({r["image_id"] for r in rows}) == manifest.num_rows
-    assert not dead.exists() and (live / "y-0.parquet.staged").exists()
-    assert sorted(os.listdir(out / "nightly")) == ["_SUCCESS", "_manifest.json", "part-00000.parquet", "run_summary.json"]
+    assert not (out / "_staging").exists() and not (out / "_locks").exists()
+    names = sorted(os.listdir(out / "nightly"))
+    assert names[:2] == ["_SUCCESS", "_manifest.json"] and names[3] == "run_summary.json"
+    assert re.fullmatch(r"part-00000-[0-9a-f]{12}\.parquet", names[2]) and names[2] not in first
 
 
 def test_classical_model_through_ray_equals_the_estimator_outside(ray_session, mixed_archive, svm_hog_model, tmp_path, sample_photo):

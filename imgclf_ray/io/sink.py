@@ -3,16 +3,19 @@
 Layout under ``sink.uri`` (``<run>`` is ``sink.layout``: ``<run_id>`` by default, or e.g.
 ``date=2026-11-28/<run_id>`` to partition the runs by date)::
 
-    <run>/part-00000.parquet ...      committed data files (the only *.parquet files outside _staging)
-    <run>/_manifest.json              files, row counts, run facts (run_id, run_date, run_path)
+    <run>/part-00000-<attempt>.parquet ...  committed data files (the only *.parquet files)
+    <run>/_manifest.json              files, row counts, run facts (run_id, attempt, run_date, run_path)
     <run>/run_summary.json            counts, errors by stage and cause, stage throughput (alerting)
     <run>/_SUCCESS                    written last: a run without it is not committed
-    _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged
+    _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged, and the
+                                      commit's plan (_commit.json) while it commits
+    _locks/<run_id>.lock              the run id's lock (imgclf_ray.io.lock)
 
-Readers trust a run only when ``_SUCCESS`` exists, and then only the files its manifest lists; a
-reader that simply globs ``**/*.parquet`` sees committed files only, since staged files do not end
-in ``.parquet``. Committing a run id that already exists replaces its files: the old ``_SUCCESS`` goes
-first, so no reader ever takes a mix of old and new files for a committed run.
+Readers trust a run only when ``_SUCCESS`` exists, and then only the files its manifest lists. What a
+reader that globs ``**/*.parquet`` sees is in the README's "Guarantees": staged files never (they do
+not end in ``.parquet``); while a run commits, its files appear one by one before its ``_SUCCESS``;
+while a run id is replaced, the old files until the new manifest is written, then both sets for
+as long as the old files take to delete — never fewer than one whole set.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from typing import Any, Optional
 
 import pyarrow.parquet as pq
 
+from imgclf_ray.errors import UserError
+from imgclf_ray.ids import id_problem
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.spec import StorageSpec
 
 STAGED_SUFFIX = ".parquet.staged"
+COMMIT_PLAN = "_commit.json"
 MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = "run_summary.json"
@@ -89,25 +95,122 @@ def staged_filename(write_uuid: str, task_index: int) -> str:
     return f"{write_uuid}_{task_index:06d}-{{i}}{STAGED_SUFFIX}"
 
 
+def _put_atomic(fs, path: str, blob: bytes) -> None:
+    """Write a small file so that a reader sees the old or the new content, never a part (object
+    stores: one PUT; local: a temporary file renamed over it)."""
+    if _is_local(fs):
+        import os
+
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, blob)
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _remove(fs, paths) -> None:
+    """Delete the given files, one by one (never a folder), ignoring those already gone."""
+    for path in paths:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def _rmdir_if_empty(fs, path: str) -> None:
+    try:
+        if fs.isdir(path) and not fs.ls(path):
+            fs.rmdir(path)
+    except OSError:  # not empty after all, or the store has no folders
+        pass
+
+
+def _listed(manifest: dict[str, Any]) -> list[str]:
+    """The file names a manifest says its run wrote (data files and side files)."""
+    names = [f["path"] for f in manifest.get("files", [])]
+    names += list(manifest.get("side_files", [SUMMARY_FILE]))
+    for name in names:
+        problem = id_problem(name)
+        if problem:
+            raise UserError(f"a manifest of run {manifest.get('run_id')!r} lists {name!r}: {problem}; "
+                            "it was not written by imgclf and nothing was deleted")
+    return names
+
+
+def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), keep: str = "") -> None:
+    """Finish or undo the commits of ``run_id`` that a killed driver left half done, and remove
+    the staging of its dead attempts (all but ``keep``). Call only while holding the run's lock.
+
+    Each commit first writes its plan (``_commit.json`` in its staging: the run folder, the new file
+    names, the files it replaces). If the run folder's manifest is that attempt's, the commit got
+    past its manifest: the replaced files it had not yet deleted are deleted now. Otherwise the
+    files it had moved into the run folder are deleted: the previous commit stands."""
+    fs, run_staging = filesystem(join(sink_uri, "_staging", run_id), storage)
+    _, root = filesystem(sink_uri, storage)
+    if not fs.isdir(run_staging):
+        return
+    for attempt in fs.ls(run_staging, detail=False):
+        if attempt.rstrip("/").rsplit("/", 1)[-1] == keep:
+            continue
+        try:
+            plan = json.loads(fs.cat_file(join(attempt, COMMIT_PLAN)))
+        except FileNotFoundError:
+            plan = None
+        if plan is not None:
+            folder = join(root, plan["run_path"])
+            current = read_run_json(to_uri(fs, folder), MANIFEST_FILE, storage) or {}
+            if current.get("attempt") == plan["attempt"]:  # past its manifest: roll forward
+                for old_folder, names in plan["replaced"].items():
+                    if old_folder != plan["run_path"]:
+                        _remove(fs, [join(root, old_folder, SUCCESS_FILE)])
+                    _remove(fs, [join(root, old_folder, n) for n in names if
+                                 old_folder != plan["run_path"] or n not in plan["files"] + current.get("side_files", [])
+                                 + [MANIFEST_FILE]])
+                    if old_folder != plan["run_path"]:
+                        _rmdir_if_empty(fs, join(root, old_folder))
+            else:  # before its manifest: undo the moves
+                keep_names = set(_listed(current)) if current else set()
+                _remove(fs, [join(folder, n) for n in plan["files"] if n not in keep_names])
+        fs.rm(attempt, recursive=True)  # our own staging: _staging/<run_id>/<attempt>/
+    _rmdir_if_empty(fs, run_staging)
+    _rmdir_if_empty(fs, run_staging.rsplit("/", 1)[0])
+
+
 def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[str, bytes]] = None) -> dict[str, Any]:
-    """Publish the staged files as run ``staging.run_id``; returns the manifest written.
+    """Publish the staged files as run ``staging.run_id``; returns the manifest written. The caller
+    holds the run's lock (imgclf_ray.io.lock).
 
     ``facts`` (counts, model id, plan ...) are recorded in the manifest as they are;
     ``extra_files`` (name -> bytes, e.g. run_summary.json) are written beside it, before _SUCCESS.
+
+    A run id already committed (in this folder or, with a dated layout, in another) is replaced:
+    the new files land under names of their own, the new manifest and _SUCCESS are written, and
+    only then are the files the previous manifest lists deleted, one by one. Nothing else under
+    the sink is ever deleted.
     """
-    fs, _ = filesystem(staging.sink_uri, staging.storage)
+    fs, root = filesystem(staging.sink_uri, staging.storage)
+    root = root.rstrip("/")
     _, run_path = filesystem(staging.run_uri, staging.storage)
+    recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
+    previous = {}
+    for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
+        _, folder = filesystem(folder_uri, staging.storage)
+        rel = folder[len(root):].strip("/")
+        previous[rel] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
     staged = staging.staged_files()
-    # Invalidate a previous commit of this run id before touching its files.
-    for name in (SUCCESS_FILE, MANIFEST_FILE):
-        if fs.exists(join(run_path, name)):
-            fs.rm(join(run_path, name))
-    if fs.exists(run_path):
-        fs.rm(run_path, recursive=True)
+    names = [f"part-{i:05d}-{staging.attempt}.parquet" for i in range(len(staged))]
+    plan = {"attempt": staging.attempt, "run_path": staging.run_path, "files": names, "replaced": previous}
+    _, staging_path = filesystem(staging.uri, staging.storage)
+    fs.makedirs(staging_path, exist_ok=True)
+    fs.pipe_file(join(staging_path, COMMIT_PLAN), json.dumps(plan).encode())
     fs.makedirs(run_path, exist_ok=True)
     files = []
-    for i, src in enumerate(staged):
-        name = f"part-{i:05d}.parquet"
+    for src, name in zip(staged, names):
         with fs.open(src, "rb") as fh:
             rows = pq.ParquetFile(fh).metadata.num_rows
         fs.mv(src, join(run_path, name))
@@ -115,42 +218,29 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     manifest = {
         "run_id": staging.run_id,
         "run_path": staging.run_path,
+        "attempt": staging.attempt,
         "committed_at": datetime.now(timezone.utc).isoformat(),
         "rows": sum(f["rows"] for f in files),
         "files": files,
+        "side_files": sorted(extra_files or {}),
         **facts,
     }
     for name, blob in (extra_files or {}).items():
-        fs.pipe_file(join(run_path, name), blob)
-    fs.pipe_file(join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
+        _put_atomic(fs, join(run_path, name), blob)
+    _put_atomic(fs, join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
+    # Committed. Now the previous commit's files, exactly those its manifest listed.
+    keep = set(names) | set(manifest["side_files"]) | {MANIFEST_FILE}
+    for folder, listed in previous.items():
+        where = join(root, folder)
+        if folder == staging.run_path:
+            _remove(fs, [join(where, n) for n in listed if n not in keep])
+        else:
+            _remove(fs, [join(where, SUCCESS_FILE)])
+            _remove(fs, [join(where, n) for n in listed])
+            _rmdir_if_empty(fs, where)
     staging.discard()
-    _remove_dead_attempts(staging)
     return manifest
-
-
-def _modified(info: dict[str, Any]) -> float:
-    """Modification time (Unix seconds) from an fsspec info dict (local mtime, S3 LastModified)."""
-    value = info.get("mtime", info.get("LastModified", info.get("last_modified", 0)))
-    return value.timestamp() if isinstance(value, datetime) else float(value or 0)
-
-
-def _remove_dead_attempts(staging: Staging) -> None:
-    """Remove attempts of this run id that a killed driver left behind: those whose files all
-    predate this (committed) attempt. An attempt still writing has newer files and is left alone."""
-    fs, run_staging = filesystem(join(staging.sink_uri, "_staging", staging.run_id), staging.storage)
-    if not fs.exists(run_staging):
-        return
-    for attempt in fs.ls(run_staging, detail=False):
-        files = fs.find(attempt, detail=True)
-        if all(_modified(info) < staging.started for info in files.values()):
-            fs.rm(attempt, recursive=True)
-    for folder in (run_staging, run_staging.rsplit("/", 1)[0]):  # _staging/<run_id>, _staging
-        try:
-            if fs.isdir(folder) and not fs.ls(folder):
-                fs.rmdir(folder)
-        except OSError:  # another run is staging there
-            pass
 
 
 def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:
@@ -159,25 +249,46 @@ def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSp
     return run_files(found[run_id], storage) if run_id in found else []
 
 
-def committed_runs(sink_uri: str, storage: StorageSpec = StorageSpec(), run_id: Optional[str] = None) -> dict[str, str]:
+def committed_runs(sink_uri: str, storage: StorageSpec = StorageSpec(), run_id: Optional[str] = None,
+                   every: bool = False):
     """run id -> run folder URI of every committed run under ``sink_uri`` (whatever its layout:
-    a folder with _SUCCESS, outside the reserved _* folders); with ``run_id``, at most that one,
-    found without a listing when it sits at the top (the default layout)."""
+    a folder with _SUCCESS, outside the reserved _* folders); with ``run_id``, at most that one.
+    With ``every`` (and ``run_id``): the list of every folder that run id is committed in (one,
+    unless a crash of an earlier version left two)."""
     fs, root = filesystem(sink_uri, storage)
     root = root.rstrip("/")
-    if run_id is not None and fs.exists(join(root, run_id, SUCCESS_FILE)):
+    if run_id is not None and not every and fs.exists(join(root, run_id, SUCCESS_FILE)):
         return {run_id: to_uri(fs, join(root, run_id))}
     if not fs.isdir(root):
-        return {}
-    found = {}
+        return [] if every else {}
+    found, folders = {}, []
     for path in fs.find(root):
         rel = path[len(root):].strip("/")
         parts = rel.split("/")
         if parts[-1] != SUCCESS_FILE or len(parts) < 2 or any(p.startswith(("_", ".")) for p in parts[:-1]):
             continue
-        if run_id is None or parts[-2] == run_id:
+        if id_problem(parts[-2]) is None and (run_id is None or parts[-2] == run_id):
             found[parts[-2]] = to_uri(fs, path.rsplit("/", 1)[0])
-    return found
+            folders.append(found[parts[-2]])
+    return folders if every else found
+
+
+def read_manifest(run_uri: str, storage: StorageSpec = StorageSpec()) -> dict[str, Any]:
+    """The manifest of a committed run folder, checked: its run id and file names are plain names.
+    Raises UserError (one message) for a missing, corrupt or hostile manifest."""
+    try:
+        manifest = read_run_json(run_uri, MANIFEST_FILE, storage)
+    except ValueError:
+        raise UserError(f"{run_uri}/{MANIFEST_FILE} is corrupt (not JSON); rerun run "
+                        f"{run_uri.rstrip('/').rsplit('/', 1)[-1]} to rewrite it") from None
+    if manifest is None:
+        raise UserError(f"{run_uri} has {SUCCESS_FILE} but no {MANIFEST_FILE}: it was not committed by imgclf, "
+                        "or it was damaged; rerun its run id to rewrite it")
+    if not isinstance(manifest, dict) or id_problem(manifest.get("run_id")) or not isinstance(manifest.get("files"), list):
+        raise UserError(f"{run_uri}/{MANIFEST_FILE}: not an imgclf manifest (run_id must be a plain name "
+                        "and files a list)")
+    _listed(manifest)
+    return manifest
 
 
 def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
@@ -185,7 +296,7 @@ def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
     fs, run_path = filesystem(run_uri, storage)
     if not fs.exists(join(run_path, SUCCESS_FILE)):
         return []
-    manifest = json.loads(fs.cat_file(join(run_path, MANIFEST_FILE)))
+    manifest = read_manifest(run_uri, storage)
     return [to_uri(fs, join(run_path, f["path"])) for f in manifest["files"]]
 
 
@@ -201,18 +312,17 @@ def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec())
 def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:
     """The committed runs under ``sink_uri`` (folders with _SUCCESS, any layout), oldest commit
     first; each is its manifest plus ``uri``."""
-    runs = [{**read_run_json(folder, MANIFEST_FILE, storage), "uri": folder}
+    runs = [{**read_manifest(folder, storage), "uri": folder}
             for folder in committed_runs(sink_uri, storage).values()]
-    return sorted(runs, key=lambda m: (m.get("committed_at", ""), m["run_id"]))
+    return sorted(runs, key=lambda m: (str(m.get("committed_at", "")), m["run_id"]))
 
 
 def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()) -> str:
     """The URI of one committed run: ``output_uri`` itself when it is a run folder, else its run
     ``run_id``, else its latest committed run. Raises UserError when there is none."""
-    from imgclf_ray.errors import UserError
-
     fs, path = filesystem(output_uri, storage)
     if run_id is None and fs.exists(join(path, SUCCESS_FILE)):
+        read_manifest(output_uri, storage)
         return output_uri.rstrip("/")
     if run_id is not None:
         found = committed_runs(output_uri, storage, run_id)

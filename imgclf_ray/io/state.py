@@ -1,11 +1,13 @@
 """The state store of incremental jobs: what earlier runs processed, so that a nightly run does
 only what is new or changed.
 
-One Parquet file per run, ``<state>/processed-<run_id>.parquet``: uri, frame, size, etag, model_id
-and run_id of every row that run labelled ``ok`` (error rows are not recorded, so they are tried
-again the next night). The file is written *before* the run is committed and counts only once the
-run's ``_SUCCESS`` exists: a driver killed between the two leaves a file that is ignored, and a
-committed run always has its state. A run id written again replaces its file.
+One file per committed attempt, ``<state>/processed-<run_id>~<attempt>.state`` (Parquet content; the
+name never matches a ``*.parquet`` glob over the sink): uri, frame, size, etag, model_id and run_id of
+every row that attempt labelled ``ok`` (error rows are not recorded, so they are tried again the
+next night). A record counts only while the committed manifest of its run names the same attempt:
+a driver killed before its commit leaves a record that never counts, a run id committed again by
+another attempt makes the older record void, and a committed run always has its record (it is
+written before the commit). The table is keyed by uri, so it can be partitioned by uri hash later.
 """
 
 from __future__ import annotations
@@ -22,21 +24,33 @@ from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.io.tables import read_columns
 from imgclf_ray.spec import StorageSpec
 
-PREFIX, SUFFIX = "processed-", ".parquet"
+PREFIX, SUFFIX, LEGACY_SUFFIX = "processed-", ".state", ".parquet"
 STATE_COLUMNS = ["uri", "frame", "size", "etag", "model_id", "run_id"]
 
 
-def state_file(state_uri: str, run_id: str) -> str:
-    return join(state_uri, f"{PREFIX}{run_id}{SUFFIX}")
+def state_file(state_uri: str, run_id: str, attempt: str) -> str:
+    return join(state_uri, f"{PREFIX}{run_id}~{attempt}{SUFFIX}")
 
 
-def record(state_uri: str, run_id: str, t: pa.Table, storage: StorageSpec) -> int:
-    """Write the run's processed rows (``t``: its staged output, at least STATE_COLUMNS and
+def _parse(name: str) -> Optional[tuple[str, Optional[str]]]:
+    """(run id, attempt) of a state file name; attempt None for the older one-file-per-run records."""
+    if not name.startswith(PREFIX):
+        return None
+    if name.endswith(SUFFIX) and "~" in name:
+        run_id, _, attempt = name[len(PREFIX):-len(SUFFIX)].rpartition("~")
+        return run_id, attempt
+    if name.endswith(LEGACY_SUFFIX):
+        return name[len(PREFIX):-len(LEGACY_SUFFIX)], None
+    return None
+
+
+def record(state_uri: str, run_id: str, attempt: str, t: pa.Table, storage: StorageSpec) -> int:
+    """Write the attempt's processed rows (``t``: its staged output, at least STATE_COLUMNS and
     status); returns how many."""
     t = t.filter(pc.equal(t.column("status"), STATUS_OK)).select(STATE_COLUMNS)
     sink = io.BytesIO()
     pq.write_table(t, sink)
-    fs, path = filesystem(state_file(state_uri, run_id), storage)
+    fs, path = filesystem(state_file(state_uri, run_id, attempt), storage)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(path, sink.getvalue())
     return t.num_rows
@@ -44,22 +58,24 @@ def record(state_uri: str, run_id: str, t: pa.Table, storage: StorageSpec) -> in
 
 def load(state_uri: str, sink_uri: str, storage: StorageSpec) -> dict[str, tuple]:
     """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state."""
-    from imgclf_ray.io.sink import MANIFEST_FILE, committed_runs, read_run_json
+    from imgclf_ray.io.sink import committed_runs, read_manifest
     from imgclf_ray.io.storage import to_uri
 
     fs, root = filesystem(state_uri, storage)
     if not fs.isdir(root):
         return {}
     committed = committed_runs(sink_uri, storage)  # one listing of the sink, whatever its layout
+    manifests: dict[str, dict] = {}
     runs = []
     for path in fs.find(root):
-        name = path.rsplit("/", 1)[-1]
-        if not (name.startswith(PREFIX) and name.endswith(SUFFIX)):
-            continue
-        run_uri = committed.get(name[len(PREFIX):-len(SUFFIX)])
-        if run_uri is not None:  # a file whose run never committed is ignored
-            when = (read_run_json(run_uri, MANIFEST_FILE, storage) or {}).get("committed_at", "")
-            runs.append((when, to_uri(fs, path)))
+        parsed = _parse(path.rsplit("/", 1)[-1])
+        if parsed is None or parsed[0] not in committed:
+            continue  # not a record, or its run never committed
+        run_id, attempt = parsed
+        if run_id not in manifests:
+            manifests[run_id] = read_manifest(committed[run_id], storage)
+        if manifests[run_id].get("attempt") == attempt:  # the record of the attempt that committed
+            runs.append((str(manifests[run_id].get("committed_at", "")), to_uri(fs, path)))
     seen: dict[str, tuple] = {}
     for _, uri in sorted(runs):  # later commits win
         t = read_columns([uri], STATE_COLUMNS, storage)
@@ -88,3 +104,14 @@ def pending(manifest: pa.Table, seen: dict[str, tuple], model_id: Optional[str],
         why[reason] += 1
         keep.append(reason != "unchanged")
     return manifest.filter(pa.array(keep, pa.bool_())), why
+
+
+def forget_others(state_uri: str, run_id: str, attempt: str, storage: StorageSpec) -> None:
+    """Delete the records of ``run_id`` written by other attempts (void once ``attempt`` committed)."""
+    fs, root = filesystem(state_uri, storage)
+    if not fs.isdir(root):
+        return
+    for path in fs.ls(root, detail=False):
+        parsed = _parse(path.rsplit("/", 1)[-1])
+        if parsed is not None and parsed[0] == run_id and parsed[1] != attempt:
+            fs.rm_file(path)
