@@ -32,7 +32,7 @@ from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
-from imgclf_ray.models.loader import check_artifact
+from imgclf_ray.models.loader import check_artifact, refuse_code
 from imgclf_ray.planner import Plan, plan_resources
 from imgclf_ray.report.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
@@ -214,6 +214,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
             "threshold": model.threshold if model else None,
             "thresholds": model.thresholds if model else None, "rules": rules,
             "precision": model.precision if model else "fp32",
+            "trusted": model.trusted if model else False,
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -262,7 +263,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         card = describe_artifact(spec.model.uri, spec.storage)
         # A tampered, untrusted or malformed file is refused with a clear message before any work
         # starts (the actors load it again).
-        _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage))
+        _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted))
     checks = spec.curate_checks()
     labels = _label_issue_labels(spec, card, checks)
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
@@ -691,8 +692,10 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
 
 def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock) -> RunResult:
-    # Fail on a bad artifact before Ray starts.
+    # Fail on a bad artifact, or one that would run code, before Ray starts.
     model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
+    if spec.model is not None:
+        refuse_code(spec.model.uri, spec.storage, spec.model.trusted)
     listing_started = time.perf_counter()
     manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started

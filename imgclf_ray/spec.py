@@ -186,6 +186,26 @@ class DecodeSpec(_Spec):
         PILLOW_MAX_IMAGE_PIXELS, gt=0,
         description="Decompression-bomb guard: an image whose header claims more pixels is an "
         "error row, never decoded. null turns the guard off (trusted archives only).")
+    max_decode_bytes: Optional[int] = Field(
+        1 << 30, gt=0,
+        description="Memory budget of one image or frame: width x height x channels x bytes per "
+        "sample, read from the header, over this is an error row, never decoded (default 1 GiB). "
+        "null turns the check off.")
+    max_frames: int = Field(
+        1000, ge=1,
+        description="Most rows made from one multi-frame file (DICOM, TIFF, GIF, ICNS/ICO) with "
+        "frames: all: over it, the first max_frames frames and one error row naming the limit. "
+        "Video keeps source.video.max_frames.")
+    max_member_bytes: int = Field(
+        256 << 20, gt=0,
+        description="Largest image one member of a container may hold (a tar/WebDataset member, a "
+        "row's bytes in an image table), as its header declares; larger ones are error rows, never "
+        "read (default 256 MiB).")
+    max_container_bytes: int = Field(
+        2 << 30, gt=0,
+        description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
+        "members, an image table's uncompressed row groups); over it the file is one error row "
+        "(default 2 GiB).")
     allow_truncated: bool = Field(
         False, description="Decode truncated files as far as they go instead of rejecting them.")
     exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")
@@ -206,12 +226,14 @@ class DecodeSpec(_Spec):
     dicom_attributes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_DICOM_ATTRIBUTES),
         description="DICOM attributes (keywords) written to the dicom column of DICOM rows.")
-    dicom_allow_phi: bool = Field(False, description="Allow patient-identifying attributes "
-                                  "(PatientName, PatientID, PatientBirthDate, ...) in dicom_attributes.")
+    dicom_allow_phi: bool = Field(False, description="Lift the de-identification keep list (DICOM "
+                                  "PS3.15 Annex E Basic Profile, Retain UIDs Option) and the value checks: any "
+                                  "non-sequence attribute, patient-identifying ones included (PatientName, "
+                                  "PatientID, dates ...), is written as it is. The run warns when it is set.")
 
     @model_validator(mode="after")
     def _dicom_keywords(self) -> "DecodeSpec":
-        if list(self.dicom_attributes) != list(DEFAULT_DICOM_ATTRIBUTES):
+        if list(self.dicom_attributes) != list(DEFAULT_DICOM_ATTRIBUTES):  # the defaults are kept ones
             from imgclf_ray.imaging.dicom import check_keywords
 
             check_keywords(self.dicom_attributes, self.dicom_allow_phi)
@@ -239,6 +261,10 @@ class ModelSpec(_Spec):
     thresholds: Optional[dict[str, float]] = Field(
         None, description="Per-label decision thresholds (multilabel, or binary's positive label), "
         "replacing the card's and model.threshold for those labels.")
+    trusted: bool = Field(
+        False, description="Load artifact formats that run code stored in the file (TorchScript: "
+        "its code runs when it is loaded and at every prediction). Only for files whose author you "
+        "trust; safetensors, state_dict (weights_only) and skops artifacts never need it.")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
         "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "

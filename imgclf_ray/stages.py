@@ -105,6 +105,7 @@ class LoadStage:
         self._input_shape: Optional[tuple[int, ...]] = None
         self._embed_len: Optional[int] = None
         self._dicom: Optional[str] = None  # attributes (JSON) of the row being loaded
+        self._opened: dict = {}  # the file whose frames are being decoded (decode_image's cache)
 
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one row's input (features: the extractor's length on a blank image)."""
@@ -174,9 +175,10 @@ class LoadStage:
         else:
             data = part.data if part.data is not None else self._read(uri)
             if is_dicom(data):
-                self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes))
+                self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
+                                                             self.decode.dicom_allow_phi))
             img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
-                                               self._target_side())
+                                               self._target_side(), self._opened)
         measures = self._timed("curate", measure_image, img) if self.measure else None
         embedded = self._timed("embed", self._embed_one, img) if self.embed else None
         if self.cond is None:
@@ -187,8 +189,14 @@ class LoadStage:
         return pixels, width, height, measures, embedded
 
     def _frames(self, data: bytes) -> list[Part]:
-        """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes."""
-        return [Part(i, data, decode_frame=i) for i in range(frame_count(data))]
+        """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes (the
+        opened file kept between them), at most decode.max_frames, then one error row."""
+        n, limit = frame_count(data), self.decode.max_frames
+        parts = [Part(i, data, decode_frame=i) for i in range(min(n, limit))]
+        if n > limit:
+            parts.append(Part(limit, error=f"read: the file has {n:,} frames, over decode.max_frames "
+                                           f"({limit:,}): the first {limit:,} were classified"))
+        return parts
 
     def _video_frames(self, data: bytes) -> list[Part]:
         """The sampled frames of a video file, decoded here (source.video)."""
@@ -319,6 +327,7 @@ class LoadStage:
                     extra[key][i] = value
             if vector is not None:
                 embedded[i] = vector
+        self._opened.clear()
         if embedded is not None:
             extra.update(self._cluster(embedded, status == STATUS_OK))
         if self.reporter is not None:
@@ -367,7 +376,7 @@ class PredictStage:
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
                  thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", trusted: bool = False):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.hierarchy import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
@@ -377,7 +386,7 @@ class PredictStage:
         self.run_id = run_id
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
-                                           precision=precision) if model_uri else None)
+                                           precision=precision, trusted=trusted) if model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
             return

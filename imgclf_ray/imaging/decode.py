@@ -65,84 +65,131 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
 
 
 def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
-                 target_short_side: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
+                 target_short_side: Optional[int] = None,
+                 cache: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an RGB Pillow image, EXIF orientation applied.
 
     Returns the image and its full-resolution (width, height) as displayed (after orientation). With
     ``options.jpeg_draft``, a ``target_short_side`` and a JPEG much larger than that, the DCT-domain
-    draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the target.
-    Raises DecodeError with a readable cause for anything that is not a decodable image.
+    draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the target. ``cache`` (a dict the
+    caller keeps while it decodes several frames of the same bytes) keeps the opened file, so that
+    decoding frame after frame is linear in the frames, not quadratic.
+    Raises DecodeError with a readable cause for anything that is not a decodable image, over
+    the pixel limit (the file's own size, and that of every sub-image, tile or frame inside it) or
+    over the memory budget.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
     from imgclf_ray.imaging import dicom
 
     if dicom.is_dicom(data):
-        return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels)
-    # Pillow reads both settings from module globals. We check the pixel limit ourselves (with a
-    # message that names the spec key) and set the truncation flag only for this call.
+        return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels,
+                            options.max_decode_bytes, cache)
+    # Pillow reads both settings from module globals; they are set for this call only. Its bomb
+    # check runs on every size it meets (ICNS / ICO sub-images, GIF frames, TIFF pages), and a
+    # warning is an error here.
     saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS = None
+    Image.MAX_IMAGE_PIXELS = options.max_image_pixels
     ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
     try:
-        return _decode(data, options, target_short_side)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode(data, options, target_short_side, cache)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"an image inside the file is over the decompression-bomb limit of "
+                          f"{options.max_image_pixels:,} pixels (decode.max_image_pixels): {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
+_BYTES_PER_BAND = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 
 
-def _decode(data: bytes, options: DecodeSpec,
-            target_short_side: Optional[int]) -> tuple[Image.Image, tuple[int, int]]:
+def check_budget(width: int, height: int, bytes_per_pixel: int, budget: Optional[int], what: str = "image") -> None:
+    """DecodeError when decoding ``width`` x ``height`` pixels of ``bytes_per_pixel`` needs more
+    than ``budget`` bytes (decode.max_decode_bytes): checked from the header, before decoding."""
+    need = width * height * bytes_per_pixel
+    if budget is not None and need > budget:
+        raise DecodeError(f"{what} of {width}x{height} needs {need / 2**20:,.0f} MiB to decode, over "
+                          f"decode.max_decode_bytes ({budget / 2**20:,.0f} MiB)")
+
+
+def _open(data: bytes, cache: Optional[dict]) -> Image.Image:
+    if cache is not None and cache.get("data") is data:
+        return cache["image"]
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the outer size: checked by _decode
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DecodeError(_sniff(data)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(f"unreadable header ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if cache is not None:
+        cache.clear()
+        cache.update(data=data, image=img)
+    return img
+
+
+def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
+            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int]]:
+    img = _open(data, cache)
     width, height = img.size
     limit = options.max_image_pixels
     if limit is not None and width * height > limit:
         raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over the "
                           f"decompression-bomb limit of {limit:,} (decode.max_image_pixels)")
-    n_frames = getattr(img, "n_frames", 1)
+    check_budget(width, height, len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1), options.max_decode_bytes)
     try:
         if options.frame:
+            n_frames = getattr(img, "n_frames", 1)
             if options.frame >= n_frames:
                 raise DecodeError(f"frame {options.frame} asked for (decode.frame), the file has "
                                   f"{n_frames}")
+        if img.tell() != options.frame:
             img.seek(options.frame)
         if options.jpeg_draft and target_short_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             scale = target_short_side / min(width, height)
             if scale < 0.5:
                 img.draft(img.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
+        if img.size != (width, height):  # a page or frame of its own size
+            check_budget(*img.size, len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1), options.max_decode_bytes,
+                         "frame")
         img.load()
     except DecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         msg = str(exc)
         if "truncated" in msg or isinstance(exc, EOFError):
             raise DecodeError(f"truncated file ({msg or 'unexpected end of data'}); "
                               "decode.allow_truncated accepts such files") from None
         raise DecodeError(f"corrupt image data ({type(exc).__name__}: {msg})") from None
+    shown = img
     if options.exif_transpose:
         if img.getexif().get(0x0112) in _SWAPS_AXES:
             width, height = height, width
-        img = ImageOps.exif_transpose(img)
-    return to_rgb(img, options.background), (width, height)
+        shown = ImageOps.exif_transpose(img)
+    rgb = to_rgb(shown, options.background)
+    if cache is not None and rgb is img:
+        rgb = img.copy()  # the cached file object moves on to the next frame
+    return rgb, (width, height)
 
 
 def frame_count(data: bytes) -> int:
-    """Frames in a multi-frame file (DICOM NumberOfFrames, TIFF pages, GIF / WebP frames); 1 for
-    still images and for anything unreadable (its decode reports why)."""
+    """Frames in a multi-frame file (DICOM NumberOfFrames checked against the pixel data, TIFF
+    pages, GIF / WebP frames); 1 for still images and for anything unreadable (its decode reports
+    why). Raises DecodeError for a DICOM file that declares more frames than it holds."""
     from imgclf_ray.imaging import dicom
 
+    if dicom.is_dicom(data):
+        return dicom.frame_count(data)  # a count its pixel data cannot hold is this file's error
     try:
-        if dicom.is_dicom(data):
-            return dicom.frame_count(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return max(1, int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1)))

@@ -20,23 +20,6 @@ from PIL import Image
 
 from imgclf_ray.imaging.decode import DecodeError
 
-# Attributes that identify a patient (PS3.15 basic confidentiality profile, the usual ones): never
-# written unless the job sets decode.dicom_allow_phi. Every "Patient..." keyword counts as well,
-# except the two that describe the patient's position in the scanner.
-PHI_KEYWORDS = {
-    "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
-    "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "MilitaryRank", "EthnicGroup",
-    "Occupation", "AdditionalPatientHistory", "DeviceSerialNumber", "StationName", "StudyID",
-    "RequestingPhysician", "ResponsiblePerson",
-}
-NOT_PHI = {"PatientOrientation", "PatientPosition"}
-
-
-def is_phi(keyword: str) -> bool:
-    return keyword in PHI_KEYWORDS or (keyword.startswith("Patient") and keyword not in NOT_PHI)
-
-
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file: 128-byte preamble, then 'DICM'."""
     return len(data) >= 132 and data[128:132] == b"DICM"
@@ -51,28 +34,57 @@ def _read(data: bytes, header_only: bool = False):
             warnings.simplefilter("ignore")
             return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+        # pydicom's messages can quote element values: the cause is named by its type only.
+        raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}; element values are not shown)") from None
 
 
 def frame_count(data: bytes) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return max(1, int(_read(data, header_only=True).get("NumberOfFrames", 1) or 1))
+    """The frames a DICOM file holds: NumberOfFrames, checked against its pixel data (a declared
+    count the data cannot hold is a DecodeError, before any row is made)."""
+    ds = _read(data)
+    return _checked_frames(ds)
 
 
-def attributes(data: bytes, keywords: list[str]) -> dict[str, Optional[str]]:
-    """The asked-for top-level attributes as strings (None where absent)."""
-    ds = _read(data, header_only=True)
-    out: dict[str, Optional[str]] = {}
+def _checked_frames(ds) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for keyword in keywords:
+        try:
+            frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        except (TypeError, ValueError):
+            raise DecodeError("malformed NumberOfFrames (values are not shown)") from None
+        if frames == 1 or "PixelData" not in ds:
+            return frames
+        pixels = ds.PixelData
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and syntax.is_compressed:
+            from pydicom.encaps import generate_fragments
+
             try:
-                value = ds.get(keyword)
-            except (ValueError, TypeError) as exc:
-                raise DecodeError(f"malformed DICOM attribute {keyword} ({exc})") from None
-            out[keyword] = None if value is None or value == "" else str(value)
-    return out
+                fragments = sum(1 for _ in generate_fragments(pixels[8 + int.from_bytes(pixels[4:8], "little"):]))
+            except Exception:  # noqa: BLE001 - a broken item list is the decode's error
+                fragments = 0
+            if fragments < frames:  # a frame is one fragment or more
+                raise DecodeError(f"declares {frames:,} frames but its compressed pixel data holds "
+                                  f"{fragments:,} fragments")
+            return frames
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 8) or 8)
+        frame_bits = rows * columns * samples * bits
+        if frame_bits and len(pixels) * 8 < frame_bits * frames:
+            raise DecodeError(f"declares {frames:,} frames of {columns}x{rows} but its pixel data holds "
+                              f"{len(pixels) * 8 // frame_bits:,}")
+        return frames
+
+
+def attributes(data: bytes, keywords: list[str], allow_phi: bool = False) -> dict[str, Optional[str]]:
+    """The asked-for top-level attributes as strings; None where absent or where the value does
+    not fit its value representation (imaging.deid), unless ``allow_phi``."""
+    from imgclf_ray.imaging.deid import safe_value
+
+    ds = _read(data, header_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {keyword: safe_value(ds, keyword, allow_phi) for keyword in keywords}
 
 
 def _first(value) -> Optional[float]:
@@ -99,23 +111,34 @@ def _stretch(x: np.ndarray) -> np.ndarray:
 
 
 def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
-           max_pixels: Optional[int] = None) -> tuple[Image.Image, tuple[int, int]]:
-    """One frame of a DICOM file as an 8-bit RGB image, and its (width, height)."""
+           max_pixels: Optional[int] = None, max_bytes: Optional[int] = None,
+           cache: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
+    """One frame of a DICOM file as an 8-bit RGB image, and its (width, height). ``cache`` keeps
+    the parsed file between frames of the same bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _decode(data, frame, window, max_pixels)
+            return _decode(data, frame, window, max_pixels, max_bytes, cache)
     except DecodeError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise DecodeError(f"malformed DICOM attributes ({type(exc).__name__}: {exc})") from None
+        raise DecodeError(f"malformed DICOM attributes ({type(exc).__name__}; element values are not shown)") from None
 
 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
-            max_pixels: Optional[int]) -> tuple[Image.Image, tuple[int, int]]:
+            max_pixels: Optional[int], max_bytes: Optional[int],
+            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int]]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-    ds = _read(data)
+    from imgclf_ray.imaging.decode import check_budget
+
+    if cache is not None and cache.get("data") is data:
+        ds = cache["dataset"]
+    else:
+        ds = _read(data)
+        if cache is not None:
+            cache.clear()
+            cache.update(data=data, dataset=ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         kind = getattr(sop, "name", None) or str(sop or "unknown SOP class")
@@ -125,6 +148,8 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     if max_pixels is not None and rows * columns > max_pixels:
         raise DecodeError(f"image is {columns}x{rows} = {rows * columns:,} pixels, over the "
                           f"decompression-bomb limit of {max_pixels:,} (decode.max_image_pixels)")
+    # The modality and VOI LUTs work on float64 copies of the frame: 8 bytes a sample.
+    check_budget(columns, rows, int(ds.get("SamplesPerPixel", 1) or 1) * 8, max_bytes, "DICOM frame")
     if frame >= frames:
         raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -165,14 +190,19 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
 
 
 def check_keywords(keywords: list[str], allow_phi: bool) -> None:
-    """Refuse unknown DICOM keywords, and patient-identifying ones unless allowed (ValueError)."""
-    from pydicom.datadict import keyword_dict
+    """Refuse keywords that are unknown, sequences, or outside the de-identification profile's keep
+    list unless ``allow_phi`` (ValueError naming them)."""
+    from imgclf_ray.imaging.deid import PROFILE, keyword_problem
 
-    unknown = [k for k in keywords if k not in keyword_dict]
+    problems = {k: keyword_problem(k, allow_phi) for k in keywords}
+    unknown = [k for k, p in problems.items() if p == "not a DICOM keyword"]
     if unknown:
         raise ValueError(f"dicom_attributes: unknown DICOM keyword(s) {', '.join(unknown)}")
-    phi = [k for k in keywords if is_phi(k)]
-    if phi and not allow_phi:
-        raise ValueError(f"dicom_attributes: {', '.join(phi)} identify the patient; they are written "
-                         f"only with decode.dicom_allow_phi: true")
-
+    sequences = [k for k, p in problems.items() if p and p.startswith("a sequence")]
+    if sequences:
+        raise ValueError(f"dicom_attributes: {', '.join(sequences)}: sequences are never written "
+                         "(they can nest any attribute, identifying ones included)")
+    phi = [k for k, p in problems.items() if p]
+    if phi:
+        raise ValueError(f"dicom_attributes: {', '.join(phi)} are not kept by the {PROFILE} (they may "
+                         "identify the patient); they are written only with decode.dicom_allow_phi: true")

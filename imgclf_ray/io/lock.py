@@ -79,7 +79,9 @@ class RunLock:
     def _acquire_local(self) -> None:
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        locks = os.path.dirname(self.path)
+        self._made = [p for p in (os.path.dirname(locks), locks) if not os.path.isdir(p)]
+        os.makedirs(locks, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -175,10 +177,11 @@ class RunLock:
             os.unlink(self.path)  # while still locked: a later locker checks the inode it locked
             os.close(self._fd)
             self._fd = None
-            try:
-                os.rmdir(os.path.dirname(self.path))
-            except OSError:  # other runs' locks are there
-                pass
+            for folder in (os.path.dirname(self.path), *self._made[:1]):  # _locks, the sink if we made it
+                try:
+                    os.rmdir(folder)
+                except OSError:  # other runs' locks, or the run's output, are there
+                    break
             return
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import CARD_FILE, FeaturesCard, ModelCard, PreprocessCard, read_card
+from imgclf_ray.ids import id_problem
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
 from imgclf_ray.spec import StorageSpec
 
@@ -32,8 +33,16 @@ from imgclf_ray.spec import StorageSpec
 class TreeNode(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$", description="Artifact path, relative.")
+    model: str = Field(description="Artifact path inside the tree's folder: plain names joined by '/'.")
     children: dict[str, "TreeNode"] = Field(default_factory=dict, description="Child node by label.")
+
+    @field_validator("model")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        problems = [id_problem(part) for part in v.split("/")]
+        if any(problems):
+            raise ValueError(f"{v!r} must stay inside the artifact folder ({next(p for p in problems if p)})")
+        return v
 
 
 TreeNode.model_rebuild()
@@ -123,7 +132,7 @@ class HierarchicalClassifier:
     """Loads every node's classifier once; ``route`` gives each row its label path and scores."""
 
     def __init__(self, uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, trusted: bool = False):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.loader import load_classifier
 
@@ -132,7 +141,7 @@ class HierarchicalClassifier:
         tree = read_tree(uri, storage)
         self.nodes = {}
         for path, node in _nodes(tree.root):
-            clf = load_classifier(join(uri, node.model), storage, device=device, threads=threads)
+            clf = load_classifier(join(uri, node.model), storage, device=device, threads=threads, trusted=trusted)
             head = Head(clf.card.task, clf.card.labels, clf.card.thresholds)
             self.nodes[path] = (node, clf, head)
 

@@ -8,13 +8,39 @@ from imgclf_ray.models.artifact import read_card
 from imgclf_ray.spec import StorageSpec
 
 
+# Artifact formats whose loading runs code stored in the file; refused unless the job trusts it.
+CODE_FORMATS = {"torchscript": "TorchScript runs code stored in the file when it is loaded and at every prediction"}
+
+
+def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> None:
+    """ArtifactError unless every weights file of the artifact (each node of a tree) is in a format
+    that cannot run code, or the job marks the artifact trusted (model.trusted). Reads only cards."""
+    from imgclf_ray.errors import ArtifactError
+    from imgclf_ray.models.hierarchy import describe_artifact, node_cards, read_tree
+
+    if trusted:
+        return
+    if describe_artifact(model_uri, storage).task == "hierarchical":
+        cards = node_cards(model_uri, read_tree(model_uri, storage), storage).values()
+    else:
+        cards = [read_card(model_uri, storage)]
+    for card in cards:
+        why = CODE_FORMATS.get(card.weights.format)
+        if why:
+            raise ArtifactError(f"{model_uri}: {card.weights.file} is {card.weights.format}; {why}, so it is "
+                                "refused. Export the weights to safetensors, or set model.trusted: true "
+                                "in the job if you trust the file's author")
+
+
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
-                    threads: Optional[int] = None, precision: str = "fp32"):
-    """The classifier for the artifact at ``model_uri``, whatever its framework or task."""
+                    threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False):
+    """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
+    that run code (CODE_FORMATS) load only when ``trusted``."""
     from imgclf_ray.models.hierarchy import HierarchicalClassifier, describe_artifact
 
+    refuse_code(model_uri, storage, trusted)
     if describe_artifact(model_uri, storage).task == "hierarchical":
-        return HierarchicalClassifier(model_uri, storage, device=device, threads=threads)
+        return HierarchicalClassifier(model_uri, storage, device=device, threads=threads, trusted=trusted)
     card = read_card(model_uri, storage)
     if card.framework == "sklearn":
         from threadpoolctl import threadpool_limits
@@ -26,16 +52,17 @@ def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device
         return SklearnClassifier(model_uri, storage)
     from imgclf_ray.models.torch_classifier import TorchClassifier
 
-    return TorchClassifier(model_uri, storage, device=device, threads=threads, precision=precision)
+    return TorchClassifier(model_uri, storage, device=device, threads=threads, precision=precision, trusted=trusted)
 
 
-def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec()) -> dict[str, float]:
+def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> dict[str, float]:
     """Refuse a bad artifact on the driver, before any work starts; returns its card's thresholds.
 
     A torch artifact in safetensors is checked without importing torch (the card, the weights'
     sha256, a well-formed safetensors header): the actors build the network anyway, and the
     driver's start-up stays seconds shorter. Every other artifact is loaded as the actors will
-    load it (skops trusted types, ``torch.load(weights_only=True)``, TorchScript, each node of a tree).
+    load it (skops trusted types, ``torch.load(weights_only=True)``, each node of a tree). Formats that
+    run code are refused first, from the card alone, unless ``trusted``: nothing of them is loaded.
     """
     import json
     import struct
@@ -44,6 +71,7 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec()) -> dict
     from imgclf_ray.models.artifact import read_weights
     from imgclf_ray.models.hierarchy import describe_artifact
 
+    refuse_code(model_uri, storage, trusted)
     if describe_artifact(model_uri, storage).task != "hierarchical":
         card = read_card(model_uri, storage)
         if card.framework == "torch" and card.weights.format == "safetensors":
@@ -56,6 +84,6 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec()) -> dict
             except (struct.error, ValueError) as exc:
                 raise ArtifactError(f"{model_uri}/{card.weights.file}: not a safetensors file ({exc})") from None
             return dict(card.thresholds)
-    classifier = load_classifier(model_uri, storage, device="cpu", threads=1)
+    classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted)
     card = getattr(classifier, "card", None)  # a tree has one card per node
     return dict(card.thresholds) if card is not None else {}

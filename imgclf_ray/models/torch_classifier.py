@@ -78,7 +78,8 @@ class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
     def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec(),
-                 device: str = "auto", threads: Optional[int] = None, precision: str = "fp32"):
+                 device: str = "auto", threads: Optional[int] = None, precision: str = "fp32",
+                 trusted: bool = False):
         import torch
 
         if threads:
@@ -86,6 +87,10 @@ class TorchClassifier:
         self.card: ModelCard = read_card(model_uri, storage)
         self.model_id = self.card.model_id()
         if self.card.weights.format == "torchscript":
+            if not trusted:
+                from imgclf_ray.models.loader import refuse_code
+
+                refuse_code(model_uri, storage)
             net = _load_torchscript(model_uri, self.card, storage)
         else:
             net = build_network(self.card.architecture, len(self.card.labels))

@@ -41,7 +41,7 @@ def load_run(run_uri: str, storage: StorageSpec = StorageSpec()) -> RunData:
     """Read the manifest, the summary and the columns the report needs (not the whole rows)."""
     table = read_columns(sink.run_files(run_uri, storage),
                          lambda n: n in _COLUMNS or n.startswith("is_") or n == "true_label", storage)
-    return RunData(run_uri, sink.read_run_json(run_uri, sink.MANIFEST_FILE, storage) or {},
+    return RunData(run_uri, sink.read_manifest(run_uri, storage),
                    sink.read_run_json(run_uri, sink.SUMMARY_FILE, storage), table)
 
 

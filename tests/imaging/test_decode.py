@@ -33,9 +33,12 @@ def test_pixel_limit_is_configurable():
     with pytest.raises(DecodeError, match="decode.max_image_pixels"):
         decode_image(small, DecodeSpec(max_image_pixels=9_999))
     assert decode_image(small, DecodeSpec(max_image_pixels=10_000))[1] == (100, 100)
-    # null turns the guard off: the header is accepted, and the missing data is what fails.
-    with pytest.raises(DecodeError, match="truncated|corrupt"):
+    # null turns the pixel guard off; the memory budget (1 GiB) still refuses 400 MP of RGB ...
+    with pytest.raises(DecodeError, match=r"1,144 MiB to decode, over decode.max_decode_bytes"):
         decode_image(png_header_only(20_000, 20_000), DecodeSpec(max_image_pixels=None))
+    # ... and without it the header is accepted, and the missing data is what fails.
+    with pytest.raises(DecodeError, match="truncated|corrupt"):
+        decode_image(png_header_only(20_000, 20_000), DecodeSpec(max_image_pixels=None, max_decode_bytes=None))
 
 
 def test_exif_orientation_applied(sample_photo):

@@ -120,14 +120,17 @@ def test_torchscript_artifact_gives_the_same_probabilities(tiny_model, tmp_path)
     (tmp_path / "ts").mkdir()
     (tmp_path / "ts" / "model.ts").write_bytes(blob)
     (tmp_path / "ts" / CARD_FILE).write_text(json.dumps(card))
-    scripted = TorchClassifier(str(tmp_path / "ts"), threads=1)
+    # TorchScript runs code stored in the file: refused unless the job trusts it (model.trusted).
+    with pytest.raises(ArtifactError, match="model.ts is torchscript; TorchScript runs code .* model.trusted: true"):
+        TorchClassifier(str(tmp_path / "ts"), threads=1)
+    scripted = TorchClassifier(str(tmp_path / "ts"), threads=1, trusted=True)
     pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
     np.testing.assert_allclose(scripted.predict_proba(pixels), eager.predict_proba(pixels), atol=1e-5)
     (tmp_path / "ts" / "model.ts").write_bytes(b"not a zip at all")
     card["weights"]["sha256"] = hashlib.sha256(b"not a zip at all").hexdigest()
     (tmp_path / "ts" / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="not a TorchScript file"):
-        TorchClassifier(str(tmp_path / "ts"))
+        TorchClassifier(str(tmp_path / "ts"), trusted=True)
 
 
 def test_bf16_precision_stays_close_to_fp32(tiny_model):
