@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from imgclf_ray import errors
+from imgclf_ray import errors, faults
 from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
@@ -317,10 +317,12 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         ray.kill(metrics)
     from imgclf_ray.io import state
 
+    faults.point("after_write")
     if spec.incremental is not None:
         # Recorded before the commit under this attempt's name; it counts only while the committed
         # manifest names this attempt.
         state.record(state_uri(spec), run_id, staging.attempt, stats, spec.storage)
+    faults.point("after_state")
     summary = result.summary()
     lock.verify()
     sink.commit(staging, {
@@ -334,9 +336,11 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         "errors_by_stage": result.errors_by_stage,
         "wall_seconds": round(wall, 3),
         "plan": result.plan,
+        "dicom_allow_phi": spec.decode.dicom_allow_phi,
     }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode(), **extra_files})
     if spec.incremental is not None:
         state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
+    faults.point("after_commit")
     return result
 
 
@@ -353,11 +357,12 @@ def state_uri(spec: JobSpec) -> str:
     return spec.incremental.state or join(spec.sink.uri, "_state", spec.name)
 
 
-def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mode: Mode) -> pa.Table:
-    """The rows of ``manifest`` earlier committed runs have not processed (with model ``model_id``)."""
+def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mode: Mode, run_id: str) -> pa.Table:
+    """The rows of ``manifest`` earlier committed runs (other than ``run_id``, which this run
+    replaces) have not processed (with model ``model_id``)."""
     from imgclf_ray.io import state
 
-    seen = state.load(state_uri(spec), spec.sink.uri, spec.storage)
+    seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
     todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
     Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
                   f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
@@ -692,6 +697,10 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
 
 def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock) -> RunResult:
+    if spec.decode.dicom_allow_phi:
+        Progress.note("WARNING: decode.dicom_allow_phi is true: the dicom column of this run may hold "
+                      "patient-identifying attributes, exactly as the files store them; the manifest "
+                      "records it", mode)
     # Fail on a bad artifact, or one that would run code, before Ray starts.
     model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
     if spec.model is not None:
@@ -700,7 +709,7 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
     if spec.incremental is not None:
-        manifest = _incremental(spec, manifest, model_id, mode)
+        manifest = _incremental(spec, manifest, model_id, mode, run_id)
     ensure_ray(spec.run.ray_address, verbose)
     import ray
 

@@ -49,6 +49,11 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _over_member(size: int, decode: DecodeSpec) -> str:
+    return (f"member of {size / 2**20:,.0f} MiB, over decode.max_member_bytes "
+            f"({decode.max_member_bytes / 2**20:,.0f} MiB); not read")
+
+
 class StageError(Exception):
     """A per-row failure tagged with the stage it happened in."""
 
@@ -211,13 +216,21 @@ class LoadStage:
         import pyarrow.parquet as pq
 
         table = self.source.table
-        t = pq.read_table(io.BytesIO(data), columns=[table.image_column, *table.carry])
+        pf = pq.ParquetFile(io.BytesIO(data))
+        expanded = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
+        if expanded > self.decode.max_container_bytes:
+            raise ValueError(f"the table expands to {expanded / 2**20:,.0f} MiB, over "
+                             f"decode.max_container_bytes ({self.decode.max_container_bytes / 2**20:,.0f} MiB)")
+        t = pf.read(columns=[table.image_column, *table.carry])
         carried = ([json.dumps({k: None if v is None else str(v) for k, v in row.items()})
                     for row in t.select(table.carry).to_pylist()] if table.carry else [None] * t.num_rows)
         parts = []
         for i, (value, meta) in enumerate(zip(t.column(table.image_column).to_pylist(), carried)):
             image = value.get("bytes") if isinstance(value, dict) else value
             # A row's bytes are one still image; a row without bytes is an error row.
+            if image is not None and len(image) > self.decode.max_member_bytes:
+                parts.append(Part(i, metadata=meta, error=f"read: {_over_member(len(image), self.decode)}"))
+                continue
             parts.append(Part(i, image if image is not None else b"", metadata=meta))
         return parts
 
@@ -227,6 +240,8 @@ class LoadStage:
 
         wds = self.source.webdataset
         samples: dict[str, dict[str, bytes]] = {}
+        too_big: dict[str, str] = {}  # sample key -> why its image was not read
+        total = 0
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             for member in tar:
                 if not member.isfile():
@@ -235,11 +250,22 @@ class LoadStage:
                 folder, _, name = member.name.rpartition("/")
                 stem, _, ext = name.partition(".")
                 key = f"{folder}/{stem}" if folder else stem
-                samples.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
+                files = samples.setdefault(key, {})
+                # Sizes come from the member headers: nothing over the limits is read.
+                if member.size > self.decode.max_member_bytes:
+                    too_big[key] = _over_member(member.size, self.decode)
+                    continue
+                total += member.size
+                if total > self.decode.max_container_bytes:
+                    raise ValueError(f"the shard expands past decode.max_container_bytes "
+                                     f"({self.decode.max_container_bytes / 2**20:,.0f} MiB)")
+                files[ext.lower()] = tar.extractfile(member).read()
         parts = []
         for key, files in samples.items():
             image = next((files[e] for e in wds.image_extensions if e in files), None)
             if image is None:
+                if key in too_big:
+                    parts.append(Part(len(parts), metadata=json.dumps({"key": key}), error=f"read: {too_big[key]}"))
                 continue  # a sample without an image member (e.g. metadata only) is not an image
             label = None
             if wds.label_extension and wds.label_extension in files:

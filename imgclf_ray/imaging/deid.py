@@ -92,7 +92,7 @@ def safe_value(ds, keyword: str, allow_phi: bool) -> Optional[str]:
     from pydicom.datadict import dictionary_VR, keyword_dict
 
     tag = keyword_dict.get(keyword)
-    if tag is None or tag not in ds:
+    if tag is None or tag not in ds or (keyword not in KEEP and not allow_phi):
         return None
     try:
         element = ds[tag]

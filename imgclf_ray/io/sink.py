@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import pyarrow.parquet as pq
 
+from imgclf_ray import faults
 from imgclf_ray.errors import UserError
 from imgclf_ray.ids import id_problem
 from imgclf_ray.io.storage import filesystem, join, to_uri
@@ -148,8 +149,9 @@ def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), ke
 
     Each commit first writes its plan (``_commit.json`` in its staging: the run folder, the new file
     names, the files it replaces). If the run folder's manifest is that attempt's, the commit got
-    past its manifest: the replaced files it had not yet deleted are deleted now. Otherwise the
-    files it had moved into the run folder are deleted: the previous commit stands."""
+    past its manifest (written only once every file is in place): it is finished — _SUCCESS
+    written if it was not, the replaced files it had not yet deleted deleted. Otherwise the files
+    it had moved into the run folder are deleted: the previous commit stands."""
     fs, run_staging = filesystem(join(sink_uri, "_staging", run_id), storage)
     _, root = filesystem(sink_uri, storage)
     if not fs.isdir(run_staging):
@@ -165,6 +167,8 @@ def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), ke
             folder = join(root, plan["run_path"])
             current = read_run_json(to_uri(fs, folder), MANIFEST_FILE, storage) or {}
             if current.get("attempt") == plan["attempt"]:  # past its manifest: roll forward
+                if not fs.exists(join(folder, SUCCESS_FILE)):  # its files and manifest are complete
+                    fs.pipe_file(join(folder, SUCCESS_FILE), b"")
                 for old_folder, names in plan["replaced"].items():
                     if old_folder != plan["run_path"]:
                         _remove(fs, [join(root, old_folder, SUCCESS_FILE)])
@@ -215,6 +219,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
             rows = pq.ParquetFile(fh).metadata.num_rows
         fs.mv(src, join(run_path, name))
         files.append({"path": name, "rows": rows, "bytes": fs.size(join(run_path, name))})
+    faults.point("commit_moved")
     manifest = {
         "run_id": staging.run_id,
         "run_path": staging.run_path,
@@ -228,7 +233,9 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     for name, blob in (extra_files or {}).items():
         _put_atomic(fs, join(run_path, name), blob)
     _put_atomic(fs, join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
+    faults.point("commit_manifest")
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
+    faults.point("commit_success")
     # Committed. Now the previous commit's files, exactly those its manifest listed.
     keep = set(names) | set(manifest["side_files"]) | {MANIFEST_FILE}
     for folder, listed in previous.items():

@@ -56,8 +56,10 @@ def record(state_uri: str, run_id: str, attempt: str, t: pa.Table, storage: Stor
     return t.num_rows
 
 
-def load(state_uri: str, sink_uri: str, storage: StorageSpec) -> dict[str, tuple]:
-    """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state."""
+def load(state_uri: str, sink_uri: str, storage: StorageSpec, replacing: Optional[str] = None) -> dict[str, tuple]:
+    """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state.
+    ``replacing``: the run id about to be run again, whose output will be replaced, so its own
+    record does not count (else rerunning a committed night would drop its images)."""
     from imgclf_ray.io.sink import committed_runs, read_manifest
     from imgclf_ray.io.storage import to_uri
 
@@ -69,8 +71,8 @@ def load(state_uri: str, sink_uri: str, storage: StorageSpec) -> dict[str, tuple
     runs = []
     for path in fs.find(root):
         parsed = _parse(path.rsplit("/", 1)[-1])
-        if parsed is None or parsed[0] not in committed:
-            continue  # not a record, or its run never committed
+        if parsed is None or parsed[0] not in committed or parsed[0] == replacing:
+            continue  # not a record, its run never committed, or it is being replaced
         run_id, attempt = parsed
         if run_id not in manifests:
             manifests[run_id] = read_manifest(committed[run_id], storage)

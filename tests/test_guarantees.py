@@ -1,0 +1,475 @@
+"""The README's "Guarantees", each proved by injecting the fault: hostile identifiers for every
+command, replaced runs next to files that are not theirs, drivers killed at each step boundary,
+two real attempts of one run id at once (local and S3), a glob reader polling during a replace, a
+scripted model, crafted DICOMs, frame / page / member / YAML bombs, and the failures a user meets."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgclf_ray.cli import main
+from imgclf_ray.io import sink
+from imgclf_ray.io.lock import RunLock, RunLocked
+from imgclf_ray.spec import DecodeSpec, SourceSpec, StorageSpec, load_spec
+from tests.corpus import digit_images, png_bytes, png_header_only
+
+IMGCLF = str(Path(sys.executable).with_name("imgclf"))
+NAME, PID, BIRTH = "DOE^JANE^SECRET", "PID-778899", "19580423"
+
+
+def one_error_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def _job(tmp_path: Path, model: str = "/nonexistent/model", **extra) -> Path:
+    job = tmp_path / "job.yaml"
+    body = {"name": "g", "source": {"uri": str(tmp_path / "archive")}, "model": {"uri": model},
+            "sink": {"uri": str(tmp_path / "out")}, **extra}
+    job.write_text(json.dumps(body))
+    return job
+
+
+# -- 1. identifiers: plain path segments, for every command -----------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["run", "{job}", "--run-id", "../../somewhere"],
+    ["run", "{job}", "--run-id", "date=2026-01-01"],
+    ["run", "{job}", "--run-id", "ts #1"],
+    ["curate", "{job}", "--run-id", "_state"],
+    ["evaluate", "{job}", "--run-id", "a/b"],
+    ["submit", "{job}", "--run-id", "../../x"],
+    ["status", "../x"],
+    ["logs", "/etc"],
+    ["stop", ".."],
+    ["report", "{out}", "--run", "../x"],
+])
+def test_hostile_identifiers_are_refused_before_anything_starts(args, tmp_path):
+    job = _job(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(main, [a.format(job=job, out=tmp_path / "out") for a in args])
+    line = one_error_line(result, 2)
+    assert "is not a plain name" in line or "empty" in line
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing deleted
+
+
+def test_run_ids_and_dates_from_the_command_line_are_strings_never_yaml(tmp_path):
+    job = _job(tmp_path)
+    for value in ("2026-11-29", "null", "1e3", "true", "0x10"):
+        spec = load_spec(job, [], values={"sink.run_id": value})
+        assert spec.sink.run_id == value
+    assert str(load_spec(job, [], values={"sink.run_date": "2026-11-29"}).sink.run_date) == "2026-11-29"
+    bad = CliRunner().invoke(main, ["run", str(job), "--date", "2026-1-1"])
+    assert "expected YYYY-MM-DD" in one_error_line(bad, 2)
+
+
+def test_hostile_manifests_and_tree_cards_are_refused(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from imgclf_ray.models.hierarchy import TreeNode
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    (out / "evil").mkdir(parents=True)
+    (out / "evil" / "_SUCCESS").write_bytes(b"")
+    (out / "evil" / "_manifest.json").write_text(json.dumps({"run_id": "../../evil", "files": []}))
+    line = one_error_line(CliRunner().invoke(main, ["report", str(out / "evil")]), 1)
+    assert "not an imgclf manifest" in line and not list(tmp_path.rglob("*.html"))
+    (out / "evil" / "_manifest.json").write_text(json.dumps({"run_id": "evil", "files": [{"path": "../../../etc/passwd"}]}))
+    assert "it was not written by imgclf" in one_error_line(CliRunner().invoke(main, ["runs", str(out)]), 1)
+    with pytest.raises(ValidationError, match="must stay inside the artifact folder"):
+        TreeNode(model="../other-model")
+
+
+# -- 2. delete only what you wrote ----------------------------------------------------------------
+
+def _stage(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1) -> sink.Staging:
+    """An attempt with its staged files written as the pipeline writes them (one image_id column)."""
+    staging = sink.Staging.new(sink_uri, run_id, run_path=run_path)
+    os.makedirs(staging.uri, exist_ok=True)
+    for i, chunk in enumerate(np.array_split(np.asarray(ids, dtype=object), files)):
+        pq.write_table(pa.table({"image_id": list(chunk)}), f"{staging.uri}/f{i}{sink.STAGED_SUFFIX}")
+    return staging
+
+
+def _commit(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1) -> dict:
+    staging = _stage(sink_uri, run_id, ids, run_path, files)
+    with RunLock(sink_uri, run_id, staging.attempt):
+        return sink.commit(staging, {"job": "g"}, {sink.SUMMARY_FILE: b"{}"})
+
+
+def _visible_ids(root: Path) -> list[str]:
+    files = glob.glob(str(root / "**" / "*.parquet"), recursive=True)
+    return sorted(pq.read_table(files).column("image_id").to_pylist()) if files else []
+
+
+def test_replacing_a_run_deletes_exactly_the_files_its_manifest_listed(tmp_path):
+    out = tmp_path / "out"
+    ids = [f"img{i}" for i in range(6)]
+    _commit(str(out), "r", ids, "date=2026-01-01/r", files=3)
+    _commit(str(out), "other", ["o1", "o2"], "date=2026-01-01/other")
+    (out / "date=2026-01-01" / "r" / "notes.txt").write_text("the user's own file")
+    for keep in ("_state/g/processed-x~abc.state", "_clusterers/g/clusterer.json"):
+        (out / keep).parent.mkdir(parents=True, exist_ok=True)
+        (out / keep).write_text("not the run's")
+    # The same run id on another date: it replaces the first, wherever that was.
+    _commit(str(out), "r", ids, "date=2026-01-02/r", files=2)
+    assert sink.committed_runs(str(out), run_id="r", every=True) == [f"file://{out}/date=2026-01-02/r"]
+    assert sorted(os.listdir(out / "date=2026-01-01" / "r")) == ["notes.txt"]
+    assert sorted(os.listdir(out / "date=2026-01-01" / "other"))[:2] == ["_SUCCESS", "_manifest.json"]
+    assert (out / "_state/g/processed-x~abc.state").exists() and (out / "_clusterers/g/clusterer.json").exists()
+    assert _visible_ids(out) == sorted(ids + ["o1", "o2"])  # every image once, for a plain glob
+    # And again in the same folder: only the listed files go.
+    _commit(str(out), "r", ids[:2], "date=2026-01-02/r")
+    assert _visible_ids(out) == sorted(ids[:2] + ["o1", "o2"])
+
+
+def test_a_glob_reader_polling_during_a_replace_always_sees_one_whole_set(tmp_path):
+    out = tmp_path / "out"
+    ids = [f"img{i}" for i in range(60)]
+    first = _commit(str(out), "r", ids, files=30)
+    old = {f["path"] for f in first["files"]}
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            seen.append({os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)})
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        second = _commit(str(out), "r", ids, files=30)
+    finally:
+        stop.set()
+        reader.join()
+    new = {f["path"] for f in second["files"]}
+    seen.append({os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)})
+    assert len(seen) > 2 and not old & new
+    # Never fewer than one whole set: the old files until the new manifest, then both, then the new.
+    assert all(old <= s or new <= s for s in seen)
+    assert seen[-1] == new
+
+
+KILL_COMMIT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    from tests.test_guarantees import _commit
+    os.environ["IMGCLF_KILL_AT"] = {point!r}
+    _commit({out!r}, "r", ["a", "b", "c", "d"], files=2)
+""")
+
+
+@pytest.mark.parametrize("point", ["commit_moved", "commit_manifest", "commit_success"])
+def test_a_replace_killed_mid_commit_is_undone_or_finished_by_the_next_attempt(point, tmp_path):
+    out = tmp_path / "out"
+    _commit(str(out), "r", ["a", "b", "c", "d"], files=2)
+    code = KILL_COMMIT.format(root=str(Path(__file__).parents[1]), point=point, out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    with RunLock(str(out), "r", "next") as _:  # the dead attempt's lock went with its process
+        sink.recover(str(out), "r")
+    assert _visible_ids(out) == ["a", "b", "c", "d"]  # one whole set, whichever commit won
+    assert sorted(f.rsplit("/", 1)[-1] for f in sink.committed_files(str(out), "r")) == \
+        sorted(n for n in os.listdir(out / "r") if n.endswith(".parquet"))
+    assert not (out / "_staging").exists()
+
+
+# -- 3. exactly once: drivers killed at each step, two attempts at once -----------------------------
+
+def _archive(root: Path, start: int, n: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, img in digit_images(start + n)[start:]:
+        (root / f"{name}.png").write_bytes(png_bytes(img))
+
+
+def _nightly_job(tmp_path: Path, model: str, sink_uri: str, storage: str = "") -> Path:
+    job = tmp_path / "nightly.yaml"
+    job.write_text(f"name: nightly\nsource: {{uri: {tmp_path / 'archive'}}}\nmodel: {{uri: {model}}}\n"
+                   f"sink: {{uri: {sink_uri}}}\nincremental: {{}}\n{storage}"
+                   "resources: {decode_batch_size: 4, batch_size: 4}\n")
+    return job
+
+
+def _driver(job: Path, run_id: str, **env) -> subprocess.Popen:
+    """A real driver (its own local Ray) in its own session, so that what it leaves can be killed."""
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
+    return subprocess.Popen([IMGCLF, "run", str(job), "--run-id", run_id, "-q"], env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill what is left of a driver's session (its Ray processes), by its process group only."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("point", ["after_write", "after_state", "commit_manifest", "after_commit"])
+def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, ray_session, tiny_model, tmp_path):
+    from imgclf_ray.errors import NothingToDo
+    from imgclf_ray.pipeline import run_job
+
+    out = tmp_path / "out"
+    _archive(tmp_path / "archive", 0, 3)
+    job = _nightly_job(tmp_path, tiny_model, str(out))
+    spec = load_spec(job)
+    assert run_job(spec, "n1", quiet=True).rows == 3
+    _archive(tmp_path / "archive", 3, 2)
+    proc = _driver(job, "n2", IMGCLF_KILL_AT=point)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        _reap(proc)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
+    _archive(tmp_path / "archive", 5, 1)
+    # The README's resume: the same run id again. Every image since n1 is in n2, once.
+    assert run_job(spec, "n2", quiet=True).rows == 3
+    with pytest.raises(NothingToDo):
+        run_job(spec, "n3", quiet=True)
+    uris = [Path(u).name for u in pq.read_table(glob.glob(f"{out}/**/*.parquet", recursive=True)).column("uri").to_pylist()]
+    assert len(uris) == 6 and len(set(uris)) == 6
+    assert not (out / "_staging").exists() and not (out / "_locks").exists()
+    assert len(list((out / "_state" / "nightly").iterdir())) == 2  # one record per committed run
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_attempts_of_one_run_id_at_once_one_commits(where, request, tiny_model, tmp_path):
+    _archive(tmp_path / "archive", 0, 4)
+    if where == "s3":
+        s3, endpoint = request.getfixturevalue("s3"), request.getfixturevalue("moto_server")
+        sink_uri, storage = "s3://output/nightly", f"storage: {{endpoint_url: '{endpoint}'}}\n"
+        lock_exists = lambda: s3.exists("output/nightly/_locks/n1.lock")  # noqa: E731
+    else:
+        sink_uri, storage = str(tmp_path / "out"), ""
+        lock_exists = (tmp_path / "out" / "_locks" / "n1.lock").exists
+    job = _nightly_job(tmp_path, tiny_model, sink_uri, storage)
+    first = _driver(job, "n1")
+    try:
+        deadline = time.monotonic() + 120
+        while not lock_exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = _driver(job, "n1")
+        try:
+            out2, _ = second.communicate(timeout=120)
+        finally:
+            _reap(second)
+        out1, _ = first.communicate(timeout=300)
+    finally:
+        _reap(first)
+    assert first.returncode == 0, out1.decode()[-2000:]
+    assert second.returncode == 1 and "being run by another attempt" in out2.decode(), out2.decode()[-2000:]
+    files = sink.committed_files(sink_uri, "n1", StorageSpec(endpoint_url=endpoint) if where == "s3" else StorageSpec())
+    assert len(files) == 1
+
+
+def test_an_s3_lease_is_held_renewed_taken_over_only_when_abandoned(s3, moto_server):
+    storage = StorageSpec(endpoint_url=moto_server)
+    a = RunLock("s3://output/sink", "r", "attempt-a", storage).acquire()
+    try:
+        with pytest.raises(RunLocked, match="being run by another attempt \\(attempt-a"):
+            RunLock("s3://output/sink", "r", "attempt-b", storage).acquire()
+        a.verify()
+        # attempt-a stops renewing (a hung or partitioned driver): after the expiry it is abandoned.
+        holder = json.loads(s3.cat_file("output/sink/_locks/r.lock"))
+        s3.pipe_file("output/sink/_locks/r.lock", json.dumps({**holder, "renewed_at": time.time() - 3600}).encode())
+        b = RunLock("s3://output/sink", "r", "attempt-b", storage).acquire()
+        with pytest.raises(RunLocked, match="lost its lease to attempt-b"):
+            a.verify()
+        b.release()
+        assert not s3.exists("output/sink/_locks/r.lock")
+    finally:
+        a._stop.set()
+    # A holder on this host whose process is gone stops blocking at once.
+    dead = {"attempt": "gone", "host": __import__("socket").gethostname(), "pid": 2 ** 22 - 1,
+            "pid_started": 0.0, "renewed_at": time.time()}
+    s3.pipe_file("output/sink/_locks/r.lock", json.dumps(dead).encode())
+    RunLock("s3://output/sink", "r", "attempt-c", storage).acquire().release()
+
+
+# -- 4. no code from artifacts --------------------------------------------------------------------
+
+def test_a_scripted_model_is_refused_before_anything_runs(tiny_model, tmp_path):
+    import hashlib
+
+    import torch
+
+    from imgclf_ray.models.artifact import CARD_FILE
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+
+    net = TorchClassifier(tiny_model, threads=1).net.float().to(memory_format=torch.contiguous_format)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(net), buf)
+    model = tmp_path / "scripted"
+    model.mkdir()
+    (model / "model.ts").write_bytes(buf.getvalue())
+    card = json.loads((Path(tiny_model) / CARD_FILE).read_text())
+    card["weights"] = {"file": "model.ts", "format": "torchscript", "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    (model / CARD_FILE).write_text(json.dumps(card))
+    _archive(tmp_path / "archive", 0, 2)
+    line = one_error_line(CliRunner().invoke(main, ["run", str(_job(tmp_path, str(model)))]), 1)
+    assert "TorchScript runs code stored in the file" in line and "model.trusted: true" in line
+    assert not (tmp_path / "out").exists()
+
+
+# -- 5. no patient identifiers --------------------------------------------------------------------
+
+def crafted_dicom(frames: int = 1, swallow: bool = False, declared: int | None = None) -> bytes:
+    """A small DICOM with identifying attributes; ``swallow``: SOPInstanceUID's length is patched
+    so that its value swallows the elements up to and with PatientID (a malformed length)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = meta_sop = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyDate, ds.Modality = meta_sop, "1.2.3.4", "20200101", "OT"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PID, BIRTH
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 8, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if declared or frames > 1:
+        ds.NumberOfFrames = declared or frames
+    ds.PixelData = (np.arange(64 * frames) % 256).astype(np.uint8).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = bytearray(buf.getvalue())
+    if swallow:
+        at = data.index(struct.pack("<HH", 0x0008, 0x0018) + b"UI", 132)
+        struct.pack_into("<H", data, at + 6, data.index(PID.encode()) + len(PID) - (at + 8))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("keyword", ["OriginalAttributesSequence", "IssuerOfPatientID", "MedicalRecordLocator",
+                                     "ConsultingPhysicianName", "CurrentPatientLocation", "AdmissionID",
+                                     "StudyDate", "PatientName", "PatientSex"])
+def test_identifying_or_nested_dicom_keywords_are_refused(keyword, tmp_path):
+    job = _job(tmp_path, decode={"dicom_attributes": ["Modality", keyword]})
+    line = one_error_line(CliRunner().invoke(main, ["validate", str(job)]), 2)
+    assert "decode.dicom_attributes" in line and keyword in line
+
+
+@pytest.mark.ray
+def test_crafted_dicoms_leak_no_identifier_anywhere(ray_session, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "plain.dcm").write_bytes(crafted_dicom())
+    (archive / "swallowed.dcm").write_bytes(crafted_dicom(swallow=True))
+    (archive / "cut.dcm").write_bytes(crafted_dicom()[:300])
+    (archive / "declares-a-million.dcm").write_bytes(crafted_dicom(declared=1_000_000))
+    attrs = ["SOPInstanceUID", "StudyInstanceUID", "Modality", "Rows", "PatientPosition"]
+    job = _job(tmp_path, tiny_model, decode={"dicom_attributes": attrs, "frames": "all"})
+    ran = CliRunner().invoke(main, ["run", str(job), "--run-id", "phi", "-q"])
+    assert ran.exit_code == 0, ran.output
+    report = CliRunner().invoke(main, ["report", str(tmp_path / "out")])
+    assert report.exit_code == 0, report.output
+    rows = {Path(r["uri"]).name: r for r in pq.read_table([f.removeprefix("file://") for f in sink.committed_files(str(tmp_path / "out"), "phi")]).to_pylist()}
+    assert rows["plain.dcm"]["status"] == "ok" and dict(rows["plain.dcm"]["dicom"])["SOPInstanceUID"] == "1.2.3.4"
+    assert rows["swallowed.dcm"]["status"] == "ok" and dict(rows["swallowed.dcm"]["dicom"])["SOPInstanceUID"] is None
+    assert rows["cut.dcm"]["status"] == "error"
+    assert "declares 1,000,000 frames" in rows["declares-a-million.dcm"]["error"]
+    everything = [ran.output, report.output] + [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*")
+                                                 if p.is_file() and "archive" not in p.parts and p.suffix != ".yaml"]
+    for secret in (NAME, "SECRET", PID, BIRTH):
+        assert not [text[:80] for text in everything if secret in text], secret
+
+
+# -- 6. bounds ------------------------------------------------------------------------------------
+
+def _load(tmp_path: Path, files: dict[str, bytes], decode: DecodeSpec, source: SourceSpec | None = None):
+    from imgclf_ray.stages import LoadStage
+
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = LoadStage(StorageSpec(), decode, None, source=source)(
+        {"uri": np.array([f"file://{tmp_path}/{n}" for n in files], dtype=object)})
+    return list(zip(out["frame"].tolist(), out["status"].tolist(), out["error"].tolist()))
+
+
+def test_frame_page_and_member_bombs_end_in_one_error_row(tmp_path):
+    # A 1 KB DICOM declaring a million frames: one error row, before any frame row is made.
+    rows = _load(tmp_path, {"bomb.dcm": crafted_dicom(declared=1_000_000)}, DecodeSpec(frames="all"))
+    assert rows == [(0, "error", "read: declares 1,000,000 frames of 8x8 but its pixel data holds 1")]
+    # 1,500 TIFF pages: decoded one after the other from one opened file, the first 1,000 kept.
+    pages = [Image.new("L", (4, 4), i % 256) for i in range(1500)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    rows = _load(tmp_path, {"pages.tif": buf.getvalue()}, DecodeSpec(frames="all"))
+    assert len(rows) == 1001 and all(r[1] == "ok" for r in rows[:1000]) and rows[999][0] == 999
+    assert rows[1000] == (1000, "error", "read: the file has 1,500 frames, over decode.max_frames (1,000): "
+                                         "the first 1,000 were classified")
+    # A gzip shard with a junk member over the member limit: that sample is an error row, unread.
+    shard = io.BytesIO()
+    with tarfile.open(fileobj=shard, mode="w:gz") as tar:
+        for key, data in (("a", png_bytes(Image.new("RGB", (8, 8)))), ("junk", os.urandom(200_000))):
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    rows = _load(tmp_path, {"s.tar.gz": shard.getvalue()}, DecodeSpec(max_member_bytes=100_000),
+                 SourceSpec(uri=str(tmp_path), webdataset={}))
+    assert rows[0][1] == "ok" and rows[1][1] == "error" and "over decode.max_member_bytes" in rows[1][2]
+    # An ICNS whose sub-image declares 50000 x 50000: refused by the bomb check, not decoded.
+    png = png_header_only(50_000, 50_000)
+    entry = b"ic10" + struct.pack(">I", 8 + len(png)) + png
+    rows = _load(tmp_path, {"icon.icns": b"icns" + struct.pack(">I", 8 + len(entry)) + entry}, DecodeSpec())
+    assert rows[0][1] == "error" and "decompression-bomb limit" in rows[0][2]
+
+
+def test_a_yaml_alias_bomb_is_refused(tmp_path):
+    lines = ["name: g", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert "alias bomb" in one_error_line(CliRunner().invoke(main, ["validate", str(bomb)]), 2)
+
+
+# -- 7. one line for every failure a user can cause or meet ---------------------------------------
+
+def test_failures_a_user_meets_are_one_error_line(tmp_path):
+    png = tmp_path / "photo.png"
+    png.write_bytes(png_bytes(Image.new("RGB", (4, 4))))
+    assert "not UTF-8 text" in one_error_line(CliRunner().invoke(main, ["run", str(png)]), 2)
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("a file where the sink's folder should be")
+    _archive(tmp_path / "archive", 0, 1)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: g\nsource: {{uri: {tmp_path / 'archive'}}}\ncurate: {{}}\nsink: {{uri: {blocker}/out}}\n")
+    assert "a file stands where a folder is needed" in one_error_line(CliRunner().invoke(main, ["run", str(job)]), 1)
+    only = tmp_path / "only-success" / "r"
+    only.mkdir(parents=True)
+    (only / "_SUCCESS").write_bytes(b"")
+    for cmd in (["runs", str(only.parent)], ["report", str(only.parent)]):
+        assert "has _SUCCESS but no _manifest.json" in one_error_line(CliRunner().invoke(main, cmd), 1)
+    (only / "_manifest.json").write_text("{ not json")
+    assert "is corrupt (not JSON)" in one_error_line(CliRunner().invoke(main, ["runs", str(only.parent)]), 1)
+    closed = CliRunner().invoke(main, ["runs", "s3://bucket/sink", "--endpoint-url", "http://127.0.0.1:9"])
+    assert "object storage refused or could not be reached" in one_error_line(closed, 1)
