@@ -308,7 +308,7 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
 def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool) -> None:
     """Score a model on a labelled archive (source.labels): run the job, compare with the true
-    labels, write evaluation.json next to the model and the run."""
+    labels, write evaluation.json into the run's folder."""
     spec = _load(job, overrides, values={"sink.run_id": run_id} if run_id else None)
     from imgclf_ray.evaluate import evaluate_job, format_metrics
 
@@ -317,7 +317,7 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
     except UserError as exc:
         _fail(exc)
     click.echo(format_metrics(metrics))
-    click.echo(f"  written : {spec.model.uri}/evaluation.json, {result.output_uri}/evaluation.json")
+    click.echo(f"  written : {result.output_uri}/evaluation.json")
 
 
 def _storage_options(fn):

@@ -56,7 +56,8 @@ def describe_failure(exc: BaseException) -> UserError:
     for e in _chain(exc):
         kind = type(e).__name__
         module = type(e).__module__ or ""
-        if kind in ("OutOfMemoryError", "WorkerCrashedError", "ObjectLostError") and module.startswith("ray"):
+        if module.startswith("ray") and any(k in kind or k in _first_line(e) for k in
+                                            ("OutOfMemoryError", "WorkerCrashedError", "ObjectLostError")):
             return RunFailed("a Ray worker was killed for memory or crashed, so the run stopped and nothing "
                              "was committed: lower resources.decode_batch_size / resources.batch_size or "
                              "decode.max_decode_bytes, or give the machine more memory; rerun the same "

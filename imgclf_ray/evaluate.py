@@ -140,8 +140,8 @@ def _leaf_paths(model_uri: str, storage) -> dict[str, list[str]]:
 def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbose: bool = False):
     """Run the job on its labelled archive and score the committed output against the true labels.
 
-    Writes ``evaluation.json`` next to the model artifact and into the run's folder; returns
-    (RunResult, metrics).
+    Writes ``evaluation.json`` into the run's folder (never into the user's model folder: a job
+    touches only its own output); returns (RunResult, metrics).
     """
     import json
 
@@ -172,7 +172,6 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
                             _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None)
     metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri})
     blob = json.dumps(metrics, indent=2).encode()
-    for folder in (spec.model.uri, result.output_uri):
-        fs, path = filesystem(join(folder, "evaluation.json"), spec.storage)
-        fs.pipe_file(path, blob)
+    fs, path = filesystem(join(result.output_uri, "evaluation.json"), spec.storage)
+    fs.pipe_file(path, blob)
     return result, metrics

@@ -292,8 +292,9 @@ class SinkSpec(_Spec):
                      "is committed to <uri>/<layout>/ with _manifest.json and _SUCCESS.")
     run_id: Optional[str] = Field(
         None,
-        description="Name of this run's output folder; default <job name>-<UTC timestamp>. "
-        "Rerunning an existing run_id replaces that run's output.")
+        description="Name of this run's output folder (a plain name: letters, digits, '_', '-', "
+        "'.'); default <job name>-<UTC timestamp>. Rerunning an existing run_id replaces that run's "
+        "output, whatever its date in the layout.")
     layout: str = Field("{run_id}", description="Path of a run's folder under uri, a template of "
                         "{run_id} (the last part, always), {date} (YYYY-MM-DD), {year}, {month}, {day} "
                         "and {name}: e.g. 'date={date}/{run_id}' (Hive-style partitions: readers "

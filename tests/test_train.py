@@ -21,6 +21,12 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.ray
 
 
+def _evaluation(tmp_path):
+    """The evaluation an `imgclf evaluate` wrote into its run folder (never the model folder)."""
+    (found,) = (tmp_path / "runs").glob("*/evaluation.json")
+    return json.loads(found.read_text())
+
+
 def _train(job: str, *overrides: str) -> dict:
     return train_job(load_spec(REPO / "jobs" / job, list(overrides), TrainSpec))
 
@@ -36,7 +42,7 @@ def test_svm_on_pixels_with_grid_search_then_run_and_evaluate(ray_session, digit
                                        "--set", "example=null", "--set", f"source.uri={digits_archive}",
                                        "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "evaluation.json").read_text())["accuracy"] >= 0.97
+    assert _evaluation(tmp_path)["accuracy"] >= 0.97
 
 
 def test_textures_lbp_and_faces_binary_reference_results(ray_session, faces_archive, tmp_path):
@@ -81,7 +87,7 @@ def test_hierarchical_from_nested_folders(ray_session, digits_archive, tmp_path)
                                        "--set", "example=null", "--set", f"source.uri={nested}",
                                        "--set", f"model.uri={tmp_path}/tree", "--set", f"sink.uri={tmp_path}/runs"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "tree" / "evaluation.json").read_text())["path_accuracy"] >= 0.95
+    assert _evaluation(tmp_path)["path_accuracy"] >= 0.95
 
 
 def test_tampered_trained_artifact_is_refused(ray_session, digits_archive, tmp_path):
@@ -121,7 +127,7 @@ def test_cnn_with_ray_train_then_evaluate(ray_session, digits_archive, tmp_path)
                                        "--set", "example=null", "--set", f"source.uri={digits_archive}",
                                        "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "evaluation.json").read_text())["accuracy"] >= 0.97
+    assert _evaluation(tmp_path)["accuracy"] >= 0.97
 
 
 def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive, tiny_model, tmp_path):
@@ -207,7 +213,7 @@ def test_conditioning_ops_are_recorded_and_applied_at_inference(ray_session, fac
                                        "--set", "example=null", "--set", f"source.uri={faces_archive}",
                                        "--set", f"model.uri={out}", "--set", f"sink.uri={tmp_path}/runs"])
     assert result.exit_code == 0, result.output
-    assert metrics["roc_auc"] >= 0.9 and json.loads((out / "evaluation.json").read_text())["roc_auc"] >= 0.9
+    assert metrics["roc_auc"] >= 0.9 and _evaluation(tmp_path)["roc_auc"] >= 0.9
 
 
 def test_augmentation_is_random_and_keeps_the_shape():

@@ -12,6 +12,7 @@ is scaled to 8 bits over its sample range.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from typing import Optional
 
@@ -19,6 +20,10 @@ import numpy as np
 from PIL import Image
 
 from imgclf_ray.imaging.decode import DecodeError
+
+# pydicom logs what it finds odd with the element's value ("Invalid value for VR PN: 'DOE^JANE'"):
+# those lines would carry patient data into the workers' logs, so its logger stays quiet.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file: 128-byte preamble, then 'DICM'."""

@@ -42,33 +42,42 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
     ``max_frames``. Each is converted to RGB by FFmpeg's scaler, which also brings the shorter side
     down to ``short_side`` (area averaging) so that a long clip never holds full-size frames.
 
-    ``index`` counts decoded frames (exact: the frame's position in the stream); with ``keyframes``
-    the skipped frames are never decoded, so it is the timestamp times the stream's average rate
-    (exact for constant frame rate). Raises DecodeError when the file is not a readable video.
+    ``index`` is the frame's identity in the stream, whatever the sampling: the rank of its
+    presentation timestamp among those of every packet of the stream (read by a first demux pass
+    that decodes nothing), so fps, keyframes and max_frames give the same frame the same number,
+    with B-frames and variable frame rates alike. Raises DecodeError when the file is not a readable
+    video.
     """
+    import bisect
+
     import av
 
     try:
+        with av.open(io.BytesIO(data), mode="r") as probe:
+            if not probe.streams.video:
+                raise DecodeError("no video stream in this file")
+            timeline = sorted(p.pts for p in probe.demux(probe.streams.video[0]) if p.pts is not None)
         container = av.open(io.BytesIO(data), mode="r")
+    except DecodeError:
+        raise
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise DecodeError(f"not a video PyAV can open ({exc})") from None
     with container:
-        if not container.streams.video:
-            raise DecodeError("no video stream in this file")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
         base = stream.time_base
-        rate = stream.average_rate
         start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
         frames: list[VideoFrame] = []
-        counter, next_t, last_index = 0, -math.inf, -1
+        next_t, last_index = -math.inf, -1
 
-        def index_of(t: float) -> int:
+        def index_of(pts: Optional[int]) -> int:
             nonlocal last_index
-            guess = round((t - start) * rate) if keyframes and rate and not math.isnan(t) else counter
-            last_index = max(guess, last_index + 1)
+            if pts is not None and timeline:
+                last_index = bisect.bisect_left(timeline, pts)
+            else:  # no timestamp: the next number after the last frame seen
+                last_index += 1
             return last_index
 
         for packet in container.demux(stream):
@@ -76,14 +85,12 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
                 t = float(packet.pts * base) if packet.pts is not None and base else math.nan
-                frames.append(VideoFrame(index_of(t), t, error=f"corrupt video packet ({exc})"))
-                counter += 1
+                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet ({exc})"))
                 continue
             for frame in decoded:
                 t = float(frame.time) if frame.time is not None else math.nan
                 keep = fps is None or math.isnan(t) or t >= next_t - 1e-6
-                index = index_of(t)
-                counter += 1
+                index = index_of(frame.pts)
                 if not keep:
                     continue
                 if fps is not None and not math.isnan(t):

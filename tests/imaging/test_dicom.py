@@ -108,7 +108,8 @@ def test_attributes_and_patient_identifiers():
     with pytest.raises(ValueError, match="unknown DICOM keyword"):
         DecodeSpec(dicom_attributes=["Modalty"])
     allowed = DecodeSpec(dicom_attributes=["PatientName"], dicom_allow_phi=True)
-    assert attributes(data, allowed.dicom_attributes)["PatientName"] == "CompressedSamples^CT1"
+    assert attributes(data, allowed.dicom_attributes, allowed.dicom_allow_phi)["PatientName"] == "CompressedSamples^CT1"
+    assert attributes(data, ["PatientName"])["PatientName"] is None  # outside the keep list
 
 
 @pytest.mark.ray

@@ -158,3 +158,45 @@ def test_video_archive_one_row_per_sampled_frame(ray_session, tiny_model, tmp_pa
     (broken,) = by_file["broken.mp4"]
     assert broken["status"] == "error" and broken["error"].startswith("decode: not a video PyAV can open")
     assert broken["timestamp"] is None or math.isnan(broken["timestamp"])
+
+
+def _write_vfr(frames: int = 40, size=(96, 64)) -> bytes:
+    """An H.264 MP4 with B-frames and a variable frame rate (steps of 20, 60 and 33 ms), frame i's
+    number painted in as in _write_video."""
+    from fractions import Fraction
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=30, options={"g": "8", "bf": "3", "crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i in range(frames):
+            img = np.full((size[1], size[0], 3), 128, dtype=np.uint8)
+            img[:32, :32] = 4 * i
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            t += (20, 60, 33)[i % 3]
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["constant rate", "variable rate with B-frames"])
+def test_a_frame_keeps_its_number_whatever_the_sampling(kind, clip):
+    """frame = the rank of the frame's presentation time in the stream: the same picture has the
+    same number (so the same image_id) at any fps, keyframes only or not, with any max_frames."""
+    data = clip if kind == "constant rate" else _write_vfr()
+    every = sample(data)
+    assert [f.index for f in every] == list(range(len(every)))
+    assert [_number(f) for f in every] == list(range(len(every)))
+    number_at = {round(f.timestamp, 6): f.index for f in every}
+    for mode in ({"fps": 3}, {"fps": 7}, {"keyframes": True}, {"keyframes": True, "fps": 2},
+                 {"fps": 5, "max_frames": 3}):
+        chosen = sample(data, **mode)
+        assert chosen, mode
+        for f in chosen:
+            assert f.index == number_at[round(f.timestamp, 6)] == _number(f), (mode, f.timestamp)
+        assert max(f.index for f in chosen) < len(every)
