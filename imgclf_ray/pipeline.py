@@ -425,6 +425,9 @@ def _label_issue_labels(spec: JobSpec, card: Optional[ArtifactInfo], checks: tup
     if card is None or card.task not in ("multiclass", "binary"):
         raise SpecError("curate.checks: label_issue needs a multiclass or binary model (its "
                         "class_scores); this one is " + (card.task if card else "absent"))
+    if card.scores == "uncalibrated":
+        raise SpecError("curate.checks: label_issue needs probabilities; this model's scores are "
+                        "uncalibrated (train it with estimator.calibrate: sigmoid)")
     return list(card.labels)
 
 
@@ -496,6 +499,10 @@ def _check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[s
 
     if spec.model.threshold is None and not spec.model.thresholds:
         return
+    if card.scores == "uncalibrated":
+        raise SpecError("model.threshold / model.thresholds: this model's scores are uncalibrated (the "
+                        "softmax of its decision_function); thresholds need probabilities: train it "
+                        "with estimator.calibrate: sigmoid")
     if card.task == "hierarchical":
         raise SpecError("model.threshold / model.thresholds: a hierarchical model uses its nodes' own thresholds")
     try:

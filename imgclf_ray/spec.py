@@ -444,9 +444,14 @@ class SearchSpec(_Spec):
 class EstimatorSpec(_Spec):
     """A scikit-learn classifier by name."""
 
-    name: Literal[ESTIMATORS] = Field(description="svm is an RBF SVC and linear_svm a LinearSVC, both "
-                                      "calibrated with CalibratedClassifierCV for probabilities; mlp is "
-                                      "an MLPClassifier (the fully connected 'ANN').")
+    name: Literal[ESTIMATORS] = Field(description="The scikit-learn classifier with its defaults: svm "
+                                      "is SVC (RBF), linear_svm LinearSVC, mlp MLPClassifier (the fully "
+                                      "connected 'ANN'); see the README's estimator table for scaling.")
+    calibrate: Optional[Literal["sigmoid", "isotonic"]] = Field(
+        None, description="Calibrate the scores with CalibratedClassifierCV(method=..., cv=3): three "
+        "more fits on two thirds of the training split each, probabilities averaged (labels can "
+        "differ slightly from the bare estimator's). Needed for job thresholds and label_issue on "
+        "estimators without predict_proba (svm, linear_svm).")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
     search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
 

@@ -25,10 +25,18 @@ from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
 
 
-def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False):
-    """The scikit-learn estimator a spec names (SVMs calibrated for probabilities), with a grid
-    search around it when asked. For multilabel targets, estimators without native multilabel
-    support are fitted one-vs-rest (one binary model per label)."""
+# Estimators whose fit depends on the features' scale (distances, margins, gradients).
+SCALE_SENSITIVE = ("logistic_regression", "knn", "linear_svm", "svm", "mlp")
+
+
+def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False, features: Optional[str] = None):
+    """The scikit-learn estimator a spec names, with scikit-learn's defaults (plus ``random_state``
+    = the seed, and max_iter 2000 / 1000 for logistic regression / MLP), as scikit-learn would fit
+    it on the same features. A StandardScaler goes first only for a scale-sensitive estimator on
+    features that are not already bounded to [0, 1] (``features``: the extractor's name; see
+    BOUNDED_FEATURES). ``spec.calibrate`` wraps it in CalibratedClassifierCV (cv=3). With a grid
+    search when asked. For multilabel targets, estimators without native multilabel support are
+    fitted one-vs-rest (one binary model per label)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -43,21 +51,25 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False)
     base = {
         "logistic_regression": lambda p: LogisticRegression(**{"max_iter": 2000, **p}),
         "knn": lambda p: KNeighborsClassifier(**p),
-        # SVC(probability=True) is deprecated: probabilities come from CalibratedClassifierCV.
-        "linear_svm": lambda p: CalibratedClassifierCV(LinearSVC(**p), cv=3),
-        "svm": lambda p: CalibratedClassifierCV(SVC(**p), cv=3),
+        "linear_svm": lambda p: LinearSVC(**{**seeded, **p}),
+        "svm": lambda p: SVC(**p),
         "decision_tree": lambda p: DecisionTreeClassifier(**{**seeded, **p}),
         "random_forest": lambda p: RandomForestClassifier(**{**seeded, **p}),
         "gradient_boosting": lambda p: GradientBoostingClassifier(**{**seeded, **p}),
         "hist_gradient_boosting": lambda p: HistGradientBoostingClassifier(**{**seeded, **p}),
         "mlp": lambda p: MLPClassifier(**{"max_iter": 1000, **seeded, **p}),
     }[spec.name]
-    scaled = spec.name in ("logistic_regression", "knn", "linear_svm", "svm", "mlp")
+    from imgclf_ray.features.extractors import BOUNDED_FEATURES
+
+    scaled = spec.name in SCALE_SENSITIVE and features not in BOUNDED_FEATURES
+    calibrated = spec.calibrate is not None
 
     native = spec.name in ("knn", "decision_tree", "random_forest", "mlp")
 
     def build(params: dict[str, Any]):
         est = base(params)
+        if calibrated:  # SVC(probability=True) is deprecated: this is scikit-learn's way
+            est = CalibratedClassifierCV(est, method=spec.calibrate, cv=3)
         if multilabel and not native:
             from sklearn.multiclass import OneVsRestClassifier
 
@@ -69,7 +81,7 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False)
     from sklearn.model_selection import GridSearchCV
 
     # Search parameters address the estimator itself: C, not calibratedclassifiercv__estimator__C.
-    prefix = {"linear_svm": "estimator__", "svm": "estimator__"}.get(spec.name, "")
+    prefix = "estimator__" if calibrated else ""
     if multilabel and not native:
         prefix = "estimator__" + prefix
     step = f"{build({}).steps[-1][0]}__" if scaled else ""  # the pipeline's name for the estimator
@@ -147,11 +159,10 @@ def _tune_thresholds(probs: np.ndarray, y: np.ndarray, labels: list[str]) -> dic
     return out
 
 
-def _probs(estimator, x: np.ndarray) -> np.ndarray:
-    probs = estimator.predict_proba(x)
-    if isinstance(probs, list):
-        probs = np.stack([p[:, -1] for p in probs], axis=1)
-    return np.asarray(probs, dtype=np.float32)
+def _probs(estimator, x: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    from imgclf_ray.models.sklearn_classifier import estimator_scores
+
+    return estimator_scores(estimator, x, multilabel)
 
 
 def _rows(probs: np.ndarray, truth: list[str], labels: list[str], task: str, thresholds: dict[str, float]):
@@ -188,15 +199,17 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
                                                   stratify=None if task == "multilabel" else y[train_idx])
     if spec.model.cnn is not None:
         return _fit_cnn_one(spec, task, x, y, labels, names, train_idx, val_idx, test_idx, output, seed, card_extra)
-    estimator = make_estimator(spec.model.estimator, seed, task == "multilabel").fit(x[train_idx], y[train_idx])
+    estimator = make_estimator(spec.model.estimator, seed, task == "multilabel",
+                               spec.model.features.name).fit(x[train_idx], y[train_idx])
     search = {}
     if hasattr(estimator, "best_params_"):
         search = {"best_params": estimator.best_params_, "best_score": round(float(estimator.best_score_), 4)}
         estimator = estimator.best_estimator_
     if len(val_idx):
-        thresholds = _tune_thresholds(_probs(estimator, x[val_idx]), y[val_idx], labels)
+        thresholds = _tune_thresholds(_probs(estimator, x[val_idx], task == "multilabel"), y[val_idx], labels)
     truth = list(names[test_idx])
-    metrics = evaluate_rows(_rows(_probs(estimator, x[test_idx]), truth, labels, task, thresholds), task, labels,
+    probs = _probs(estimator, x[test_idx], task == "multilabel")
+    metrics = evaluate_rows(_rows(probs, truth, labels, task, thresholds), task, labels,
                             spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
     save_sklearn_artifact(output, {
         "task": task, "labels": labels, "thresholds": thresholds,

@@ -196,8 +196,12 @@ def test_multilabel_one_vs_rest_with_a_grid_search():
     est = make_estimator(spec, multilabel=True).fit(x, y)
     assert set(est.best_params_) == {"onevsrestclassifier__estimator__C"}
     assert est.predict_proba(x[:5]).shape == (5, 4)
-    svm = make_estimator(EstimatorSpec(name="svm", search={"grid": {"C": [1.0]}, "cv": 2}), multilabel=True)
-    assert "onevsrestclassifier__estimator__estimator__C" in svm.param_grid
+    svm = make_estimator(EstimatorSpec(name="svm", search={"grid": {"C": [1.0]}, "cv": 2}), multilabel=True,
+                         features="pixels")
+    assert "estimator__C" in svm.param_grid  # no scaler on bounded features, no calibration unless asked
+    calibrated = make_estimator(EstimatorSpec(name="svm", calibrate="sigmoid", search={"grid": {"C": [1.0]}, "cv": 2}),
+                                multilabel=True)
+    assert "onevsrestclassifier__estimator__estimator__C" in calibrated.param_grid
 
 
 def test_conditioning_ops_are_recorded_and_applied_at_inference(ray_session, faces_archive, tmp_path):

@@ -15,6 +15,10 @@ from imgclf_ray.registry import Registry
 Extractor = Callable[..., np.ndarray]
 _REGISTRY: Registry[Extractor] = Registry("feature extractor")
 register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
+# Extractors whose values are already bounded to [0, 1] (pixels / 255, normalised histograms,
+# block-normalised HOG): scale-sensitive estimators use them as they are, as scikit-learn users
+# do. Others (GLCM statistics, CNN embeddings, any newly registered one) get a StandardScaler.
+BOUNDED_FEATURES = frozenset({"pixels", "color_histogram", "hog", "lbp", "edges"})
 
 
 def extract(name: str, image: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:

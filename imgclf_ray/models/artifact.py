@@ -94,6 +94,11 @@ class ModelCard(_Card):
     weights: WeightsRef
     preprocess: PreprocessCard
     features: Optional[FeaturesCard] = Field(None, description="Feature extractor (sklearn models).")
+    scores: Literal["probability", "uncalibrated"] = Field(
+        "probability", description="probability: predict_proba (calibrated, or a probabilistic model); "
+        "uncalibrated: an estimator without predict_proba (SVMs not calibrated), whose scores are the "
+        "softmax of its decision_function (a logistic sigmoid per label for binary and multilabel): "
+        "monotone, so labels equal the estimator's predict, but not probabilities.")
     thresholds: dict[str, float] = Field(default_factory=dict, description="Decision thresholds by "
                                          "label (binary: the positive label; multilabel: each); 0.5 "
                                          "where absent.")
@@ -186,6 +191,7 @@ def save_sklearn_artifact(uri: str, card_fields: dict[str, Any], estimator: Any,
 
     fields = {"framework": "sklearn", "architecture": type(estimator).__name__, **card_fields}
     fields.setdefault("labels", [str(c) for c in estimator.classes_])
+    fields.setdefault("scores", "probability" if hasattr(estimator, "predict_proba") else "uncalibrated")
     return _write(uri, fields, "model.skops", "skops", sio.dumps(estimator), storage)
 
 

@@ -69,6 +69,7 @@ class ArtifactInfo:
     features: Optional[FeaturesCard]
     labels: list[str]
     model_id: str
+    scores: str = "probability"  # "uncalibrated" when any model's scores are (ModelCard.scores)
 
 
 def _raw_card(uri: str, storage: StorageSpec) -> dict[str, Any]:
@@ -116,7 +117,8 @@ def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> Artifac
     """Read the card(s) of any artifact and summarise them for planning the pipeline."""
     if _raw_card(uri, storage).get("task") != "hierarchical":
         card = read_card(uri, storage)
-        return ArtifactInfo(card.task, card.framework, card.preprocess, card.features, card.labels, card.model_id())
+        return ArtifactInfo(card.task, card.framework, card.preprocess, card.features, card.labels, card.model_id(),
+                            card.scores)
     tree = read_tree(uri, storage)
     cards = node_cards(uri, tree, storage)
     root = cards[()]
@@ -125,7 +127,8 @@ def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> Artifac
                                        sort_keys=True).encode()).hexdigest()
     labels = sorted({lab for c in cards.values() for lab in c.labels})
     framework = "torch" if any(c.framework == "torch" for c in cards.values()) else "sklearn"
-    return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest)
+    scores = "uncalibrated" if any(c.scores == "uncalibrated" for c in cards.values()) else "probability"
+    return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest, scores)
 
 
 class HierarchicalClassifier:

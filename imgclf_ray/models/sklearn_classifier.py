@@ -51,9 +51,9 @@ class SklearnClassifier:
             raise ArtifactError(f"{model_uri}/{self.card.weights.file}: holds types that are not trusted: "
                                 f"{', '.join(refused)}; refusing to load")
         self.estimator = sio.loads(blob, trusted=sorted(untrusted))
-        if not hasattr(self.estimator, "predict_proba"):
-            raise ArtifactError(f"{model_uri}: {type(self.estimator).__name__} has no predict_proba "
-                                "(wrap an SVM in CalibratedClassifierCV)")
+        if not hasattr(self.estimator, "predict_proba") and not hasattr(self.estimator, "decision_function"):
+            raise ArtifactError(f"{model_uri}: {type(self.estimator).__name__} has neither predict_proba "
+                                "nor decision_function")
         if self.card.task != "multilabel":
             # Columns of predict_proba must follow the card's labels: classes are those labels, or
             # their indices (0 = negative, 1 = positive for binary).
@@ -64,8 +64,25 @@ class SklearnClassifier:
                                     f"card's labels {self.card.labels}")
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """(N, classes) probabilities; for multilabel estimators, each label's own probability."""
-        probs = self.estimator.predict_proba(np.asarray(features, dtype=np.float32))
+        """(N, classes) scores (see estimator_scores); for multilabel, each label's own."""
+        return estimator_scores(self.estimator, np.asarray(features, dtype=np.float32), self.card.task == "multilabel")
+
+
+def estimator_scores(estimator, x: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """(N, classes) scores of a fitted estimator: ``predict_proba`` when it has one; else the
+    softmax of ``decision_function`` over the classes (a logistic sigmoid of it for binary and
+    for each label of a multilabel model): monotone, so the top score is ``predict``'s label, but
+    uncalibrated (the card says so: ModelCard.scores)."""
+    if hasattr(estimator, "predict_proba"):
+        probs = estimator.predict_proba(x)
         if isinstance(probs, list):  # multi-output estimators: one (N, 2) array per label
             probs = np.stack([p[:, -1] for p in probs], axis=1)
         return np.asarray(probs, dtype=np.float32)
+    d = np.asarray(estimator.decision_function(x), dtype=np.float64)
+    if multilabel:
+        return (1.0 / (1.0 + np.exp(-d))).astype(np.float32)
+    if d.ndim == 1:  # binary: the positive class's margin
+        p = 1.0 / (1.0 + np.exp(-d))
+        return np.stack([1.0 - p, p], axis=1).astype(np.float32)
+    e = np.exp(d - d.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -53,13 +53,29 @@ def test_untrusted_types_are_refused_before_loading(tmp_path):
         SklearnClassifier(str(tmp_path))
 
 
-def test_svm_without_probabilities_and_bad_cards_are_refused(tmp_path):
+def test_svm_without_probabilities_scores_uncalibrated_and_bad_cards_are_refused(tmp_path):
     from sklearn.svm import SVC
 
     x, y = _data()
-    save_sklearn_artifact(str(tmp_path / "svc"), {"preprocess": PREP, "features": FEATURES}, SVC().fit(x[:300], y[:300]))
-    with pytest.raises(ArtifactError, match="no predict_proba .*CalibratedClassifierCV"):
-        SklearnClassifier(str(tmp_path / "svc"))
+    svc = SVC().fit(x[:300], y[:300])
+    card = save_sklearn_artifact(str(tmp_path / "svc"), {"preprocess": PREP, "features": FEATURES}, svc)
+    assert card.scores == "uncalibrated"  # softmax of decision_function: same labels, not probabilities
+    scores = SklearnClassifier(str(tmp_path / "svc")).predict_proba(x[300:])
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+    assert (svc.classes_[scores.argmax(axis=1)] == svc.predict(x[300:])).mean() >= 0.99
+    # Thresholds and label issues need probabilities: refused, with the way to get them.
+    from imgclf_ray.errors import SpecError
+    from imgclf_ray.models.hierarchy import describe_artifact
+    from imgclf_ray.pipeline import _check_thresholds, _label_issue_labels
+    from imgclf_ray.spec import parse_spec
+
+    info = describe_artifact(str(tmp_path / "svc"))
+    spec = parse_spec({"name": "t", "source": {"uri": "x", "labels": {"kind": "folder"}}, "sink": {"uri": "y"},
+                       "model": {"uri": str(tmp_path / "svc"), "threshold": 0.7}}, "<test>")
+    with pytest.raises(SpecError, match="uncalibrated .* estimator.calibrate: sigmoid"):
+        _check_thresholds(spec, info, {})
+    with pytest.raises(SpecError, match="label_issue needs probabilities"):
+        _label_issue_labels(spec, info, ("label_issue",))
     card = json.loads((tmp_path / "svc" / "model_card.json").read_text())
     card["features"] = {"name": "sift"}
     (tmp_path / "svc" / "model_card.json").write_text(json.dumps(card))
