@@ -26,9 +26,9 @@ from imgclf_ray import errors, faults
 from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
-from imgclf_ray.io.listing import list_archive
+from imgclf_ray.io.listing import list_archive, skipped_counts
 from imgclf_ray.io.lock import RunLock
-from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK
+from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
@@ -65,6 +65,8 @@ class RunResult:
     curation_flags: dict[str, int] = field(default_factory=dict)
     curation: dict[str, Any] = field(default_factory=dict)
     clusterer: dict[str, Any] = field(default_factory=dict)
+    files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
+    listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable run summary (``run_summary.json`` next to the output)."""
@@ -76,6 +78,8 @@ class RunResult:
             "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),
             "first_batch_seconds": self.first_batch_seconds,
             "rows": self.rows,
+            "files": self.files,
+            "listing": {"files": self.files, "skipped": self.listing_skipped},
             "images_per_second": round(self.images_per_second, 2),
             "by_status": self.by_status,
             "by_label": self.by_label,
@@ -229,7 +233,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
 
 def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
             progress: Mode = "off", listing_seconds: Optional[float] = None,
-            lock: Optional[RunLock] = None) -> RunResult:
+            lock: Optional[RunLock] = None, listing_skipped: Optional[dict[str, int]] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
     Ray must be initialised. Holds the run id's lock while it works (``lock``, when the caller took
@@ -239,9 +243,9 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
     """
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
     if lock is not None:
-        return _execute(spec, manifest, run_id, progress, listing_seconds, lock)
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped)
     with _locked(spec, run_id) as lock:
-        return _execute(spec, manifest, run_id, progress, listing_seconds, lock)
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped)
 
 
 @contextlib.contextmanager
@@ -253,7 +257,8 @@ def _locked(spec: JobSpec, run_id: str):
 
 
 def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
-             listing_seconds: Optional[float], lock: RunLock) -> RunResult:
+             listing_seconds: Optional[float], lock: RunLock,
+             listing_skipped: Optional[dict[str, int]] = None) -> RunResult:
     import ray
 
     from imgclf_ray.curation.rows import row_rules
@@ -289,7 +294,9 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
     ds = build_dataset(spec, manifest, card, plan, run_id, _ActorReporter(metrics), clusterer, rules)
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
-        with _Watch(metrics, Progress("classify", manifest.num_rows, mode=progress)), _user_errors():
+        split = spec.source.container is not None or spec.decode.frames == "all"
+        shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
+        with _Watch(metrics, shown, split=split), _user_errors():
             ds.write_parquet(
                 staging_path,
                 filesystem=_pyarrow_fs(fs),
@@ -304,6 +311,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         stats = _staged_stats(spec, staged)
         _check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
         result = _result(spec, run_id, staging.run_uri, stats, wall, card, plan)
+        result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
         result.stages = ray.get(metrics.snapshot.remote())
         result.first_batch_seconds = _since_process_start(ray.get(metrics.first_batch.remote()))
         result.started_at, result.listing_seconds = started_at, listing_seconds
@@ -577,16 +585,22 @@ class _ActorReporter:
 class _Watch:
     """Polls the metrics actor in a background thread and moves the progress display."""
 
-    def __init__(self, metrics, progress: Progress, every: float = 0.5):
-        self.metrics, self.progress, self.every = metrics, progress, every
+    def __init__(self, metrics, progress: Progress, every: float = 0.5, split: bool = False):
+        """``split``: files become several rows each, so the count is of files read (the known
+        total) and the rows made so far go beside it."""
+        self.metrics, self.progress, self.every, self.split = metrics, progress, every, split
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _poll(self) -> None:
         import ray
 
-        done = ray.get(self.metrics.snapshot.remote()).get("predict", {}).get("rows", 0)
-        self.progress.set(done)
+        snapshot = ray.get(self.metrics.snapshot.remote())
+        rows = snapshot.get("predict", {}).get("rows", 0)
+        if self.split:
+            self.progress.set(min(snapshot.get("read", {}).get("rows", 0), self.progress.total or 0), rows)
+        else:
+            self.progress.set(rows)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -635,10 +649,12 @@ def _check_complete(manifest: pa.Table, stats: pa.Table, frames: str = "one") ->
 
 
 def _check_budget(spec: JobSpec, result: RunResult) -> None:
+    """Skipped rows (files that are no image, with source.extensions: any) do not count."""
     budget = spec.run.max_error_rate
     errors = result.by_status.get(STATUS_ERROR, 0)
-    if budget is not None and result.rows and errors / result.rows > budget:
-        raise RunFailed(f"{errors} of {result.rows} images failed ({errors / result.rows:.1%}), over "
+    images = result.rows - result.by_status.get(STATUS_SKIPPED, 0)
+    if budget is not None and images and errors / images > budget:
+        raise RunFailed(f"{errors} of {images} images failed ({errors / images:.1%}), over "
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
 
 
@@ -713,7 +729,12 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted)
     listing_started = time.perf_counter()
-    manifest = attach_true_labels(list_archive(spec.source, spec.storage, progress=mode), spec.source, spec.storage)
+    listed = list_archive(spec.source, spec.storage, progress=mode)
+    skipped = skipped_counts(listed)
+    if skipped:
+        Progress.note(f"listing: {listed.num_rows} files; skipped " + ", ".join(
+            f"{n} ({why})" for why, n in skipped.items()), mode)
+    manifest = attach_true_labels(listed, spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
     if spec.incremental is not None:
         manifest = _incremental(spec, manifest, model_id, mode, run_id)
@@ -722,4 +743,5 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock)
+    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
+                   listing_skipped=skipped)

@@ -128,9 +128,13 @@ class SourceSpec(_Spec):
 
     uri: str = Field(description="Archive location: a local folder, file://, s3://bucket/prefix, or "
                      "any fsspec URI; a glob (s3://b/2026-*/**/*.jpg) selects files directly.")
-    extensions: list[str] = Field(
+    extensions: Any = Field(
         list(DEFAULT_EXTENSIONS),
-        description="File extensions to include (case-insensitive). Other files are not listed.")
+        description="File extensions to list from a folder or prefix (case-insensitive; other files "
+        "are skipped and counted in the run summary), or any: every file is listed and its first "
+        "bytes decide (DICOM's DICM preamble, image magic numbers) — for extensionless DICOM series "
+        "(IM0001, 1.2.840...); a file that is no image is a 'skipped' row. A glob or a URI naming "
+        "one file takes the files it names, whatever their extension.")
     recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
     labels: Optional[LabelsSpec] = Field(None, description="True labels of a labelled archive: they "
                                          "go into the true_label column; imgclf evaluate needs them.")
@@ -164,7 +168,15 @@ class SourceSpec(_Spec):
         given = [k for k in ("table", "webdataset", "video") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of table, webdataset, video, not {' and '.join(given)}")
+        if given and self.extensions == "any":
+            raise ValueError(f"extensions: any reads images by content; {given[0]} files are chosen by "
+                             "extension")
         return self
+
+    @property
+    def sniff(self) -> bool:
+        """Every file is listed and its content decides (extensions: any)."""
+        return self.extensions == "any"
 
     @property
     def container(self) -> Optional[str]:
@@ -173,9 +185,18 @@ class SourceSpec(_Spec):
 
     @field_validator("extensions")
     @classmethod
-    def _dotted_lower(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("list at least one extension")
+    def _dotted_lower(cls, v: Any) -> Any:
+        if v == "any":
+            return v
+        hint = "; to list every file and decide by its content, write source.extensions: any"
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"a list of extensions such as ['.jpg', '.dcm'], or any{hint}")
+        for e in v:
+            if not isinstance(e, str):
+                raise ValueError(f"{e!r} is not an extension (a string such as '.dcm'){hint}")
+            if e.strip(" .") == "" or set(e) & set("*?[]/\\"):
+                raise ValueError(f"{e!r} matches no extension (patterns and empty extensions are not "
+                                 f"extensions){hint}")
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in v]
 
 

@@ -24,11 +24,11 @@ from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging import video
 from imgclf_ray.imaging.conditioning import Conditioning, condition
-from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count
+from imgclf_ray.imaging.decode import SNIFF_BYTES, DecodeError, decode_image, frame_count, looks_like_image
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
 from imgclf_ray.imaging.dicom import is_dicom
-from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
-from imgclf_ray.io.storage import describe_os_error, read_bytes
+from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, image_id
+from imgclf_ray.io.storage import describe_os_error, filesystem, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
 from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
 
@@ -49,9 +49,21 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _read_if_image(uri: str, storage: StorageSpec) -> Optional[bytes]:
+    """The whole file when its first bytes are an image's, else None (the rest is never read)."""
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb", block_size=SNIFF_BYTES) as fh:  # one small ranged GET first
+        head = fh.read(SNIFF_BYTES)
+        return head + fh.read() if looks_like_image(head) else None
+
+
 def _over_member(size: int, decode: DecodeSpec) -> str:
     return (f"member of {size / 2**20:,.0f} MiB, over decode.max_member_bytes "
             f"({decode.max_member_bytes / 2**20:,.0f} MiB); not read")
+
+
+class NotAnImage(Exception):
+    """source.extensions: any, and the file's first bytes are no image format: a skipped row."""
 
 
 class StageError(Exception):
@@ -76,6 +88,7 @@ class Part:
     label: Optional[str] = None  # a label the container carries (shards), for true_label
     timestamp: float = float("nan")  # video: presentation time in seconds
     error: Optional[str] = None  # '<stage>: <cause>' when the part is already known to be bad
+    skipped: bool = False  # with error: the file is no image (source.extensions: any)
 
 
 class LoadStage:
@@ -149,8 +162,15 @@ class LoadStage:
             entry[1] += time.perf_counter() - started
 
     def _read(self, uri: str) -> bytes:
-        """The file's bytes; a read refused for permission stops the run (AccessDenied)."""
+        """The file's bytes; a read refused for permission stops the run (AccessDenied). With
+        source.extensions: any, only the first bytes of a file that is no image are read
+        (NotAnImage)."""
         try:
+            if self.source is not None and self.source.sniff:
+                data = self._timed("read", _read_if_image, uri, self.storage)
+                if data is None:
+                    raise NotAnImage("read: not an image (its first bytes match no image format)")
+                return data
             return self._timed("read", read_bytes, uri, self.storage)
         except StageError as exc:
             if isinstance(exc.__cause__, PermissionError):
@@ -305,6 +325,8 @@ class LoadStage:
                     found = self._timed(stage, split, data) or [Part(self.decode.frame, error=f"{stage}: no images in this file")]
                 except StageError as exc:
                     found = [Part(self.decode.frame, error=str(exc))]
+                except NotAnImage as exc:
+                    found = [Part(self.decode.frame, error=str(exc), skipped=True)]
                 parts.extend(found)
                 counts.append(len(found))
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}
@@ -336,13 +358,16 @@ class LoadStage:
         dicom = np.full(n, None, dtype=object)
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
-                status[i], error[i] = STATUS_ERROR, part.error
+                status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, part.error
                 continue
             self._dicom = None
             try:
                 row, width[i], height[i], measures, vector = self.load_one(str(uri), part)
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
+                continue
+            except NotAnImage as exc:
+                status[i], error[i] = STATUS_SKIPPED, str(exc)
                 continue
             finally:
                 dicom[i] = self._dicom

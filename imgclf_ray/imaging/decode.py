@@ -21,6 +21,26 @@ class DecodeError(ValueError):
     """The bytes are not an image we can decode; the message says why, for the error column."""
 
 
+SNIFF_BYTES = 4096
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether the first bytes of a file are those of an image imgclf decodes: DICOM's preamble
+    ('DICM' at byte 128) or the magic number of a format Pillow opens (its plugins' own checks)."""
+    from imgclf_ray.imaging import dicom
+
+    if dicom.is_dicom(head):
+        return True
+    Image.init()
+    for _, accept in Image.OPEN.values():
+        try:
+            if accept is not None and accept(head):
+                return True
+        except Exception:  # noqa: BLE001 - a plugin's check that fails on these bytes says no
+            continue
+    return False
+
+
 def _sniff(data: bytes) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):

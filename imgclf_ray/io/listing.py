@@ -7,9 +7,10 @@ fsspec directly.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
@@ -37,10 +38,22 @@ def _etag(info: dict[str, Any]) -> str:
     return f"mtime:{mtime}" if mtime is not None else ""
 
 
-def _keep(path: str, info: dict[str, Any], extensions: tuple[str, ...]) -> bool:
+def _why_skipped(path: str, info: dict[str, Any], extensions: Optional[tuple[str, ...]]) -> Optional[str]:
+    """Why a listed entry is not an input (None: it is one). ``extensions`` None: any file."""
     name = posixpath.basename(path.rstrip("/"))
-    return (info.get("type", "file") == "file" and not name.startswith((".", "_"))
-            and name.lower().endswith(extensions))
+    if info.get("type", "file") != "file":
+        return "folder"
+    if name.startswith((".", "_")):
+        return "hidden (name starts with '.' or '_')"
+    if extensions is not None and not name.lower().endswith(extensions):
+        return "extension not in source.extensions"
+    return None
+
+
+def skipped_counts(manifest: pa.Table) -> dict[str, int]:
+    """Files the listing saw and left out, by reason (kept in the manifest table's metadata)."""
+    raw = (manifest.schema.metadata or {}).get(b"imgclf.skipped")
+    return json.loads(raw) if raw else {}
 
 
 def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progress: Mode = "off") -> pa.Table:
@@ -50,12 +63,15 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
     not exist, cannot be read, or holds no image.
     """
     fs, root = filesystem(source.uri, storage)
-    extensions = tuple(source.extensions)
+    # The extension filter applies to a folder or prefix; a glob or a file URI names its files.
+    extensions = None if source.sniff else tuple(source.extensions)
     try:
         if GLOB_CHARS & set(root):
             found: dict[str, dict[str, Any]] = fs.glob(root, detail=True)
+            extensions = None
         elif fs.isfile(root):
             found = {root: fs.info(root)}
+            extensions = None
         elif not fs.isdir(root):
             raise SourceError(f"{source.uri}: no such folder or prefix (source.uri)")
         else:
@@ -76,11 +92,21 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
         raise
     except OSError as exc:
         raise SourceError(f"{source.uri}: cannot list ({describe_os_error(exc)})") from None
-    rows = sorted((p, i) for p, i in found.items() if _keep(p, i, extensions))
+    rows, skipped = [], {}
+    for path, info in sorted(found.items()):
+        why = _why_skipped(path, info, extensions)
+        if why is None:
+            rows.append((path, info))
+        elif why != "folder":
+            skipped[why] = skipped.get(why, 0) + 1
     if not rows:
-        raise SourceError(f"{source.uri}: no files with extensions {', '.join(extensions)} "
-                          "(source.extensions)")
-    return manifest_table((to_uri(fs, p), i.get("size"), _etag(i)) for p, i in rows)
+        wanted = "files" if extensions is None else f"files with extensions {', '.join(extensions)}"
+        hint = (f"; {skipped['extension not in source.extensions']} other files were skipped — "
+                "source.extensions: any lists every file and reads it by content (extensionless "
+                "DICOM series ...)") if skipped.get("extension not in source.extensions") else ""
+        raise SourceError(f"{source.uri}: no {wanted} (source.extensions){hint}")
+    table = manifest_table((to_uri(fs, p), i.get("size"), _etag(i)) for p, i in rows)
+    return table.replace_schema_metadata({b"imgclf.skipped": json.dumps(skipped).encode()}) if skipped else table
 
 
 def manifest_table(rows: Iterable[tuple[str, int | None, str]]) -> pa.Table:

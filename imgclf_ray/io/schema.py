@@ -76,7 +76,9 @@ COLUMN_DOCS = {
     "etag": "S3 ETag, or 'mtime:<seconds>' for filesystems without one, from the listing.",
     "width": "Decoded width in pixels, after EXIF orientation (null when decoding failed).",
     "height": "Decoded height in pixels, after EXIF orientation (null when decoding failed).",
-    "status": "'ok', or 'error' when any stage failed for this row.",
+    "status": "'ok'; 'error' when any stage failed for this row; 'skipped' when source.extensions is "
+              "any and the file's first bytes are no image format (cause in error; not counted against "
+              "run.max_error_rate).",
     "error": "'<stage>: <cause>' with stage one of read / decode / preprocess / features / predict; null "
              "when ok.",
     "label": "The decision: multiclass and multilabel the most probable label; binary the positive "
@@ -140,6 +142,7 @@ COLUMN_DOCS = {
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"  # source.extensions: any, and the file's content is no image
 
 
 def image_id(uri: str, frame: int = 0) -> str:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imgclf_ray.io.schema import STATUS_OK
+from imgclf_ray.io.schema import STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.io.tables import read_columns
 from imgclf_ray.spec import StorageSpec
@@ -47,7 +47,9 @@ def _parse(name: str) -> Optional[tuple[str, Optional[str]]]:
 def record(state_uri: str, run_id: str, attempt: str, t: pa.Table, storage: StorageSpec) -> int:
     """Write the attempt's processed rows (``t``: its staged output, at least STATE_COLUMNS and
     status); returns how many."""
-    t = t.filter(pc.equal(t.column("status"), STATUS_OK)).select(STATE_COLUMNS)
+    # ok rows, and files that are no image (extensions: any): neither is tried again.
+    done = pc.is_in(t.column("status"), pa.array([STATUS_OK, STATUS_SKIPPED]))
+    t = t.filter(done).select(STATE_COLUMNS)
     sink = io.BytesIO()
     pq.write_table(t, sink)
     fs, path = filesystem(state_file(state_uri, run_id, attempt), storage)

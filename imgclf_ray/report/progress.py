@@ -39,6 +39,7 @@ class Progress:
         self.interval = interval
         self.clock = clock
         self.count = 0
+        self.rows: Optional[int] = None  # rows made so far, when files split into several rows
         self.started = clock()
         self._last_log = self.started
         self._logged_count: Optional[int] = None
@@ -54,7 +55,13 @@ class Progress:
         if mode != "off":
             print(message, file=stream or sys.stderr, flush=True)
 
-    def set(self, count: int) -> None:
+    def set(self, count: int, rows: Optional[int] = None) -> None:
+        """``count`` of ``total`` done; ``rows``: the rows they made, when that differs (frames,
+        pages, table rows, shard samples, video frames)."""
+        if rows is not None and rows != self.rows:
+            self.rows = rows
+            if self._bar is not None:
+                self._bar.set_postfix_str(f"{rows} rows", refresh=False)
         if count <= self.count:
             return
         delta, self.count = count - self.count, count
@@ -72,7 +79,10 @@ class Progress:
         text = f"{self.desc}: {self.count}"
         if self.total:
             text += f"/{self.total} ({100.0 * self.count / self.total:.1f}%)"
-        text += f" {self.unit}, {rate:.1f} {self.unit}/s, elapsed {_fmt_eta(elapsed)}"
+        text += f" {self.unit}"
+        if self.rows is not None:
+            text += f" ({self.rows} rows)"
+        text += f", {rate:.1f} {self.unit}/s, elapsed {_fmt_eta(elapsed)}"
         if self.total and rate > 0 and self.count < self.total:
             text += f", ETA {_fmt_eta((self.total - self.count) / rate)}"
         return text

@@ -15,12 +15,15 @@ def _line(counts: dict[str, int], limit: int = 12) -> str:
 
 def format_summary(result: RunResult, max_errors: int = 5) -> str:
     """Rows by status and label, errors by stage with a few examples, throughput, output location."""
+    files = f" from {result.files} files" if result.files and result.files != result.rows else ""
     lines = [
-        f"run {result.run_id}: {result.rows} images in {result.wall_seconds:.1f} s "
+        f"run {result.run_id}: {result.rows} images{files} in {result.wall_seconds:.1f} s "
         f"({result.images_per_second:.1f} images/s)",
         f"  status : {_line(result.by_status)}",
         f"  labels : {_line(result.by_label)}",
     ]
+    if result.listing_skipped:
+        lines.append("  listing: skipped " + ", ".join(f"{n} files ({why})" for why, n in result.listing_skipped.items()))
     if result.errors_by_stage:
         lines.append(f"  errors : {_line(result.errors_by_stage)}")
         for err in result.sample_errors[:max_errors]:

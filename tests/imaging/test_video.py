@@ -146,6 +146,10 @@ def test_video_archive_one_row_per_sampled_frame(ray_session, tiny_model, tmp_pa
     assert manifest.num_rows == 3
     result = execute(spec, manifest, "v1")
     assert result.rows == 10 + 5 + 1 and result.by_status == {"ok": 15, "error": 1}
+    assert result.files == 3 and result.summary()["listing"] == {"files": 3, "skipped": {}}
+    from imgclf_ray.report.summary import format_summary
+
+    assert format_summary(result).startswith("run v1: 16 images from 3 files")
     rows = read_run(str(tmp_path / "out"), "v1")
     by_file: dict[str, list] = {}
     for r in rows:

@@ -51,3 +51,12 @@ def test_closing_line_is_not_repeated():
         clock.now = 2
         p.set(10)
     assert out.getvalue().count("classify: 10/10") == 1
+
+
+def test_files_that_split_into_rows_count_files_with_the_rows_beside_them():
+    out, clock = io.StringIO(), Clock()
+    with Progress("classify", 15, unit="file", mode="log", interval=10, stream=out, clock=clock) as p:
+        clock.now = 10
+        p.set(12, rows=120)
+    assert out.getvalue().splitlines()[0] == \
+        "classify: 12/15 (80.0%) file (120 rows), 1.2 file/s, elapsed 0:10, ETA 0:02"
