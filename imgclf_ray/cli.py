@@ -306,11 +306,18 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--run-id", default=None, callback=_plain_id, help="Run id of the evaluation run.")
 @click.option("-q", "--quiet", is_flag=True, help="Progress as log lines.")
-def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool) -> None:
+@click.option("--history", is_flag=True, help="List the evaluations kept under the job's sink (one "
+              "per evaluation run: when, model, data digest, headline metric) instead of running one.")
+def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool, history: bool) -> None:
     """Score a model on a labelled archive (source.labels): run the job, compare with the true
-    labels, write evaluation.json into the run's folder."""
+    labels, write evaluation.json into the run's folder (every evaluation is kept: --history)."""
     spec = _load(job, overrides, values={"sink.run_id": run_id} if run_id else None)
-    from imgclf_ray.evaluate import evaluate_job, format_metrics
+    from imgclf_ray.evaluate import evaluate_job, evaluation_history, format_history, format_metrics
+
+    if history:
+        found = evaluation_history(spec.sink.uri, spec.storage)
+        click.echo(format_history(found) if found else f"{spec.sink.uri}: no evaluation kept yet")
+        return
 
     try:
         result, metrics = evaluate_job(spec, quiet=quiet)

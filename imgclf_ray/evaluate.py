@@ -143,11 +143,12 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     Writes ``evaluation.json`` into the run's folder (never into the user's model folder: a job
     touches only its own output); returns (RunResult, metrics).
     """
+    import hashlib
     import json
+    from datetime import datetime, timezone
 
     from imgclf_ray.errors import SpecError
     from imgclf_ray.io import sink
-    from imgclf_ray.io.storage import filesystem, join
     from imgclf_ray.io.tables import read_columns
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.pipeline import run_job
@@ -170,8 +171,38 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
                      or card.thresholds.get(positive, 0.5))
     metrics = evaluate_rows(rows, info.task, info.labels, spec.source.labels.separator, threshold,
                             _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None)
-    metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri})
-    blob = json.dumps(metrics, indent=2).encode()
-    fs, path = filesystem(join(result.output_uri, "evaluation.json"), spec.storage)
-    fs.pipe_file(path, blob)
+    inputs = read_columns(sink.run_files(result.output_uri, spec.storage), ["uri", "etag"], spec.storage)
+    data = sorted(set(zip(inputs.column("uri").to_pylist(), inputs.column("etag").to_pylist())))
+    metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri,
+                    "data_digest": "sha256:" + hashlib.sha256(json.dumps(data).encode()).hexdigest(),
+                    "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    sink.add_side_file(result.output_uri, EVALUATION_FILE, json.dumps(metrics, indent=2).encode(), spec.storage)
     return result, metrics
+
+
+EVALUATION_FILE = "evaluation.json"
+_HEADLINE = ("accuracy", "micro_f1", "path_accuracy")
+
+
+def evaluation_history(sink_uri: str, storage=None) -> list[dict[str, Any]]:
+    """Every evaluation kept under a sink (one per committed evaluation run), oldest first."""
+    from imgclf_ray.io import sink
+    from imgclf_ray.spec import StorageSpec
+
+    storage = storage or StorageSpec()
+    found = []
+    for run in sink.list_runs(sink_uri, storage):
+        if EVALUATION_FILE in run.get("side_files", []):
+            found.append(sink.read_run_json(run["uri"], EVALUATION_FILE, storage) or {})
+    return sorted(found, key=lambda m: (str(m.get("evaluated_at", "")), str(m.get("run_id", ""))))
+
+
+def format_history(history: list[dict[str, Any]]) -> str:
+    """One line per evaluation: when, run, model, data digest, the headline metric."""
+    lines = [f"{'evaluated at (UTC)':<20} {'run id':<32} {'model':<16} {'data':<16} metric"]
+    for m in history:
+        name = next((k for k in _HEADLINE if k in m), None)
+        value = f"{name} {m[name]:.4f}" if name else "-"
+        lines.append(f"{str(m.get('evaluated_at', ''))[:19]:<20} {str(m.get('run_id', '')):<32} "
+                     f"{str(m.get('model_id') or '-')[7:19]:<16} {str(m.get('data_digest') or '-')[7:19]:<16} {value}")
+    return "\n".join(lines)

@@ -95,6 +95,14 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
     metrics = json.loads((tmp_path / "out" / "eval" / "evaluation.json").read_text())
     assert metrics["micro_f1"] >= 0.9 and metrics["subset_accuracy"] >= 0.75
     assert not (model / "evaluation.json").exists()  # the user's model folder is not the job's output
+    assert metrics["data_digest"].startswith("sha256:") and metrics["evaluated_at"]
+    manifest = json.loads((tmp_path / "out" / "eval" / "_manifest.json").read_text())
+    assert "evaluation.json" in manifest["side_files"]  # replacing the run deletes it too
+    history = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "--history",
+                                        "--set", f"sink.uri={tmp_path}/out", "--set", "example=null"])
+    assert history.exit_code == 0, history.output
+    lines = history.output.strip().splitlines()
+    assert len(lines) == 2 and " eval " in lines[1] and f"micro_f1 {metrics['micro_f1']:.4f}" in lines[1]
 
 
 def test_evaluate_without_labels_is_refused(tmp_path):

@@ -250,6 +250,19 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     return manifest
 
 
+def add_side_file(run_uri: str, name: str, blob: bytes, storage: StorageSpec = StorageSpec()) -> None:
+    """Write a file into a committed run's folder and list it in its manifest (side_files), so that
+    replacing the run deletes it too (e.g. evaluation.json, written after the commit)."""
+    if id_problem(name):
+        raise ValueError(f"{name!r}: {id_problem(name)}")
+    fs, run_path = filesystem(run_uri, storage)
+    manifest = read_manifest(run_uri, storage)
+    _put_atomic(fs, join(run_path, name), blob)
+    if name not in manifest.get("side_files", []):
+        manifest["side_files"] = sorted({*manifest.get("side_files", []), name})
+        _put_atomic(fs, join(run_path, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
+
+
 def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec()) -> list[str]:
     """URIs of a committed run's data files, from its manifest; [] if the run is not committed."""
     found = committed_runs(sink_uri, storage, run_id)
