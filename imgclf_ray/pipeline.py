@@ -167,6 +167,7 @@ def _staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
 MEASURED_CHECKS = {"blurry", "dark", "overexposed", "low_information", "grayscale", "duplicate", "near_duplicate"}
+# odd_aspect needs only width and height: decided per row with the measured checks.
 
 
 def _embedding(spec: JobSpec):
@@ -463,7 +464,7 @@ def _archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], l
     for part_pairs, part_uris in ray.get(near_parts):
         pairs.extend(part_pairs)
         uris.update(part_uris)
-    near = archive.link(pairs, uris)
+    near = archive.without_exact_groups(archive.link(pairs, uris), exact)
     exact_ref, near_ref = ray.put(exact), ray.put(near)
     ray.get([task(archive.rewrite).remote(uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
              for uri in staged])

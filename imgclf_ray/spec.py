@@ -864,6 +864,9 @@ class ClusterSpec(_Spec):
 
 CURATION_CHECKS = ("blurry", "dark", "overexposed", "low_information", "grayscale", "odd_size",
                    "odd_aspect", "duplicate", "near_duplicate", "outlier", "label_issue")
+# cleanvision's issue names, accepted in curate.checks.
+CLEANVISION_NAMES = {"light": "overexposed", "odd_aspect_ratio": "odd_aspect", "exact_duplicates": "duplicate",
+                     "near_duplicates": "near_duplicate"}
 
 
 class CurateSpec(_Spec):
@@ -871,27 +874,34 @@ class CurateSpec(_Spec):
 
     checks: Optional[list[Literal[CURATION_CHECKS]]] = Field(
         None, description="Which checks set their is_<check> flag; default every one the job can "
-        "run (outlier needs a cluster section; label_issue a model and source.labels).")
-    blur_threshold: float = Field(0.03, ge=0, description="blurry when blur_score (variance of the "
-                                  "Laplacian over the variance of the image, on a 256x256 greyscale "
-                                  "copy) is below this.")
-    dark_threshold: float = Field(0.15, ge=0, le=1, description="dark when brightness (mean "
-                                  "luminance, 0..1) is below this.")
-    overexposed_threshold: float = Field(0.85, ge=0, le=1, description="overexposed when brightness "
-                                         "is above this.")
-    low_information_threshold: float = Field(3.0, ge=0, le=8, description="low_information when "
-                                             "entropy (bits of the greyscale histogram, 0..8) is below this.")
-    grayscale_threshold: float = Field(2.0, ge=0, description="grayscale when color_spread (mean "
-                                       "difference of the largest and smallest channel, 0..255) is "
-                                       "below this: true for greyscale files and for RGB files whose "
-                                       "channels are equal.")
-    odd_size_threshold: float = Field(3.5, gt=0, description="odd_size when size_score (robust "
-                                      "z-score of log(width x height) against the archive's median "
-                                      "and MAD) is above this.")
-    odd_aspect_threshold: float = Field(3.5, gt=0, description="odd_aspect when aspect_score (robust "
-                                        "z-score of log(width / height)) is above this.")
-    near_duplicate_radius: int = Field(6, ge=0, le=20, description="near_duplicate when the 64-bit "
-                                       "perceptual hashes differ in at most this many bits.")
+        "run (outlier needs a cluster section; label_issue a model and source.labels). cleanvision's "
+        "names are accepted too: light, odd_aspect_ratio, exact_duplicates, near_duplicates.")
+    blur_threshold: float = Field(0.29, ge=0, le=1, description="blurry when blur_score "
+                                  "(cleanvision's blurry score, 0..1) is below this (cleanvision's default).")
+    dark_threshold: float = Field(0.32, ge=0, le=1, description="dark when dark_score (99th "
+                                  "percentile of brightness, 0..1) is below this (cleanvision's default).")
+    overexposed_threshold: float = Field(0.05, ge=0, le=1, description="overexposed (cleanvision's "
+                                         "light) when light_score (1 - the 5th percentile of "
+                                         "brightness) is below this (cleanvision's default).")
+    low_information_threshold: float = Field(3.0, ge=0, le=32, description="low_information when "
+                                             "entropy (Pillow's Image.entropy(), bits) is below this "
+                                             "(cleanvision's 0.3 on entropy / 10).")
+    grayscale_threshold: float = Field(0.5, ge=0, le=1, description="grayscale when grayscale_score "
+                                       "(0: the file stores one channel, 1: colour) is below this.")
+    odd_size_threshold: float = Field(3.0, gt=0, description="odd_size when sqrt(width x height) is "
+                                      "outside Q1 - k IQR .. Q3 + k IQR of the run, k = this "
+                                      "(cleanvision's iqr_factor).")
+    odd_aspect_threshold: float = Field(0.35, gt=0, le=1, description="odd_aspect when aspect_score "
+                                        "(min(width / height, height / width)) is below this "
+                                        "(cleanvision's default).")
+    near_duplicate_radius: int = Field(0, ge=0, le=20, description="near_duplicate when the 64-bit "
+                                       "perceptual hashes differ in at most this many bits; 0 (equal "
+                                       "hashes) is cleanvision's definition.")
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _cleanvision_names(cls, v: Any) -> Any:
+        return [CLEANVISION_NAMES.get(c, c) for c in v] if isinstance(v, list) else v
     outlier_quantile: float = Field(0.99, gt=0, lt=1, description="outlier when outlier_score "
                                     "exceeds this quantile of the same distance within the "
                                     "clusterer's reference sample.")

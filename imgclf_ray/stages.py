@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from imgclf_ray.curation.measure import FLOAT_MEASURES, MEASURE_SIDE
+from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.errors import AccessDenied
@@ -60,6 +60,9 @@ def _read_if_image(uri: str, storage: StorageSpec) -> Optional[bytes]:
 def _over_member(size: int, decode: DecodeSpec) -> str:
     return (f"member of {size / 2**20:,.0f} MiB, over decode.max_member_bytes "
             f"({decode.max_member_bytes / 2**20:,.0f} MiB); not read")
+
+
+VIDEO_MEASURE_SIDE = 256  # video frames are measured at this shorter side at most
 
 
 class NotAnImage(Exception):
@@ -147,7 +150,9 @@ class LoadStage:
     def _target_side(self) -> Optional[int]:
         sides = [c.crop or c.resize for c in (self.cond, self.embed[0] if self.embed else None) if c]
         if self.measure:
-            sides.append(MEASURE_SIDE)
+            if self.source is None or self.source.container != "video":
+                return None  # the curation measures look at the whole image, as cleanvision does
+            sides.append(VIDEO_MEASURE_SIDE)
         return max(sides) if sides else None
 
     def _timed(self, stage: str, fn, *args):
@@ -195,6 +200,7 @@ class LoadStage:
         the file at ``uri``, or ``part`` of it (its bytes, or its already decoded frame); raises
         tagged errors ('read: ...')."""
         part = part or Part(self.decode.frame)
+        stored: dict = {} if self.measure else None  # the image as its file stores it, for curation
         if part.image is not None:
             img, (width, height) = part.image, part.size
         else:
@@ -203,8 +209,8 @@ class LoadStage:
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
                                                              self.decode.dicom_allow_phi))
             img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
-                                               self._target_side(), self._opened)
-        measures = self._timed("curate", measure_image, img) if self.measure else None
+                                               self._target_side(), self._opened, stored)
+        measures = self._timed("curate", measure_image, img, stored.get("image")) if self.measure else None
         embedded = self._timed("embed", self._embed_one, img) if self.embed else None
         if self.cond is None:
             return None, width, height, measures, embedded

@@ -4,20 +4,23 @@ Checks that compare an image with the rest of the archive cannot be decided one 
 After the pipeline has staged every row (and before anything is committed) this pass runs as Ray
 tasks, map-reduce style, so no step needs the whole archive in one process:
 
-1. scan (one task per staged file): histograms of log(area) and log(aspect); per-class sums of
-   the self-confidence for label issues; the rows' ``pixel_hash`` and their perceptual-hash *bands*
+1. scan (one task per staged file): the counts of each distinct sqrt(width x height) (an archive
+   holds few distinct image sizes, so exact quartiles need no more); per-class sums of the
+   self-confidence for label issues; the rows' ``pixel_hash`` and their perceptual-hash *bands*
    routed into P partitions by hash.
 2. reduce (one task per partition): exact duplicates = rows sharing a ``pixel_hash``; near-duplicate
    candidates = rows sharing a band. With radius r the 64 hash bits are cut into r + 1 bands, so
    two hashes within r bits agree exactly on at least one band (pigeonhole): only rows in the
    same band bucket are compared, with a vectorised popcount, never all pairs of the archive.
-3. the driver links the near-duplicate pairs into groups (union-find over the pairs only) and
-   merges the histograms into the archive's median and MAD.
+3. the driver links the near-duplicate pairs into groups (union-find over the pairs only), drops
+   the near groups that are exactly a duplicate group (as cleanvision does), and merges the size
+   counts into the archive's quartiles.
 4. rewrite (one task per staged file): adds the archive-wide scores and flags to each row.
 
-The Ray orchestration of these plain functions is ``pipeline._archive_checks``.
-A group's representative (its ``*_group`` id) is its first image by uri; every other member is
-flagged as the duplicate one could drop.
+The Ray orchestration of these plain functions is ``pipeline._archive_checks``. Definitions are
+cleanvision's: odd size by the IQR rule on sqrt(area), every member of a duplicate set flagged,
+near duplicates = equal perceptual hashes (``curate.near_duplicate_radius`` widens that). A
+group's id (its ``*_group`` column) is its first image by uri.
 """
 
 from __future__ import annotations
@@ -35,10 +38,7 @@ from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK
 from imgclf_ray.io.storage import filesystem
 from imgclf_ray.spec import CurateSpec, StorageSpec
 
-ARCHIVE_CHECKS = ("odd_size", "odd_aspect", "duplicate", "near_duplicate", "label_issue")
-AREA_EDGES = np.linspace(0.0, 40.0, 4001)  # natural log of pixels; 0.01 wide bins
-ASPECT_EDGES = np.linspace(-8.0, 8.0, 3201)  # natural log of width / height; 0.005 wide bins
-MAD_FLOOR = 0.05  # log units: images within ~5 % of the typical size are never odd
+ARCHIVE_CHECKS = ("odd_size", "duplicate", "near_duplicate", "label_issue")
 _SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "phash",
                  "class_scores", "true_label"]
 
@@ -90,8 +90,8 @@ def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, p
     width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
     height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
     sized = (width > 0) & (height > 0)
-    stats["area"] = np.histogram(np.log(width[sized] * height[sized]), AREA_EDGES)[0]
-    stats["aspect"] = np.histogram(np.log(width[sized] / height[sized]), ASPECT_EDGES)[0]
+    values, counts = np.unique(np.sqrt(width[sized] * height[sized]), return_counts=True)
+    stats["sizes"] = dict(zip(values.tolist(), counts.tolist()))
     if "label_issue" in checks and labels:
         probs, given = _self_confidence_inputs(ok, labels)
         k = len(labels)
@@ -150,7 +150,7 @@ def reduce_exact(*parts: pa.Table) -> dict[str, tuple[str, bool]]:
     for start, end in _runs(hashes):
         rep = ids[start]
         for j in range(start, end):
-            members[ids[j]] = (rep, j != start)
+            members[ids[j]] = (rep, True)  # every member is flagged, as cleanvision does
     return members
 
 
@@ -203,25 +203,48 @@ def link(pairs: list[tuple[str, str]], uris: dict[str, str]) -> dict[str, tuple[
     for members in groups.values():
         rep = min(members, key=lambda m: (uris[m], m))
         for m in members:
-            out[m] = (rep, m != rep)
+            out[m] = (rep, True)
     return out
 
 
-def _median_mad(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
-    """Median and median absolute deviation of values histogrammed into ``edges``."""
-    centres = (edges[:-1] + edges[1:]) / 2
-    total = counts.sum()
-    if not total:
-        return 0.0, MAD_FLOOR
-    median = float(centres[np.searchsorted(np.cumsum(counts), total / 2.0)])
-    dev = np.abs(centres - median)
-    order = np.argsort(dev, kind="stable")
-    mad = float(dev[order][np.searchsorted(np.cumsum(counts[order]), total / 2.0)])
-    return median, mad
+def without_exact_groups(near: dict[str, tuple[str, bool]], exact: dict[str, tuple[str, bool]]
+                         ) -> dict[str, tuple[str, bool]]:
+    """The near-duplicate groups that are not exactly a duplicate group (cleanvision drops those)."""
+    def groups(members):
+        out: dict[str, set] = {}
+        for image, (group, _) in members.items():
+            out.setdefault(group, set()).add(image)
+        return out
+
+    exact_sets = {frozenset(s) for s in groups(exact).values()}
+    keep = {g for g, s in groups(near).items() if frozenset(s) not in exact_sets}
+    return {image: m for image, m in near.items() if m[0] in keep}
 
 
-def _robust_z(values: np.ndarray, median: float, mad: float) -> np.ndarray:
-    return np.abs(values - median) / (1.4826 * max(mad, MAD_FLOOR))
+def percentiles(counts: dict[float, int], qs: tuple[float, ...]) -> list[float]:
+    """``numpy.percentile`` (linear interpolation) of a multiset given as value -> count."""
+    values = np.array(sorted(counts), dtype=np.float64)
+    cum = np.cumsum([counts[v] for v in sorted(counts)])
+    n = int(cum[-1]) if len(cum) else 0
+    out = []
+    for q in qs:
+        if not n:
+            out.append(0.0)
+            continue
+        pos = q / 100.0 * (n - 1)
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        a, b = values[np.searchsorted(cum, lo + 1)], values[np.searchsorted(cum, hi + 1)]
+        out.append(float(a + (b - a) * (pos - lo)))
+    return out
+
+
+def size_scores(size: np.ndarray, q1: float, q3: float, k: float) -> tuple[np.ndarray, float]:
+    """cleanvision's odd-size score of sqrt(area) values and the threshold it is compared with."""
+    low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+    mid, gap = (low + high) / 2, high - low
+    norm, threshold = (gap, 0.5) if gap > 0 else (mid, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1 - np.clip(np.abs(size - mid) / norm, 0, 1), threshold
 
 
 def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: CurateSpec,
@@ -233,14 +256,10 @@ def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: Cur
     height = pc.fill_null(t.column("height"), 0).to_numpy().astype(np.float64)
     sized = ok & (width > 0) & (height > 0)
     cols: dict[str, pa.Array] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for check, score, value, key, threshold in (
-                ("odd_size", "size_score", np.log(width * height), "area", curate.odd_size_threshold),
-                ("odd_aspect", "aspect_score", np.log(width / height), "aspect", curate.odd_aspect_threshold)):
-            if check in checks:
-                z = _robust_z(value, *facts[key])
-                cols[score] = pa.array(z.astype(np.float32), mask=~sized)
-                cols[f"is_{check}"] = pa.array(z > threshold, mask=~sized)
+    if "odd_size" in checks:
+        score, threshold = size_scores(np.sqrt(width * height), *facts["size_quartiles"], curate.odd_size_threshold)
+        cols["size_score"] = pa.array(score.astype(np.float32), mask=~sized)
+        cols["is_odd_size"] = pa.array(score < threshold, mask=~sized)
     ids = t.column("image_id").to_pylist()
     for check, group_col, members in (("duplicate", "duplicate_group", exact),
                                       ("near_duplicate", "near_duplicate_group", near)):
@@ -252,11 +271,8 @@ def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: Cur
     if "label_issue" in checks and labels and "label_thresholds" in facts:
         probs, given = _self_confidence_inputs(t, labels)
         rows = ok & (given >= 0)
-        thresholds = np.asarray(facts["label_thresholds"])
         quality = probs[np.arange(n), np.maximum(given, 0)]
-        above = probs >= thresholds[None, :]
-        best = np.where(above, probs, -np.inf).argmax(axis=1)
-        issue = above.any(axis=1) & (best != given)
+        issue = label_issues(probs, np.maximum(given, 0), np.asarray(facts["label_thresholds"]))
         cols["label_quality"] = pa.array(quality.astype(np.float32), mask=~rows)
         cols["is_label_issue"] = pa.array(issue, mask=~rows)
     for name, values in cols.items():
@@ -267,18 +283,35 @@ def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: Cur
     fs.pipe_file(path, sink.getvalue().to_pybytes())
 
 
+def label_issues(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """cleanlab's ``find_label_issues(filter_by="confident_learning")`` on out-of-sample
+    probabilities: a row is an issue when it is counted off the diagonal of the confident joint —
+    its class among those reaching their per-class threshold (the most probable class when more
+    than one does) is not its given label — and the model's top class (given label favoured by
+    1e-6) is not the given label either."""
+    n = len(given)
+    confident = probs >= thresholds[None, :] - 1e-6
+    count = confident.sum(axis=1)
+    guess = np.where(count > 1, probs.argmax(axis=1), confident.argmax(axis=1))
+    favoured = probs.copy()
+    favoured[np.arange(n), given] += 1e-6
+    return (count > 0) & (guess != given) & (favoured.argmax(axis=1) != given)
+
+
 def merge_facts(stats: list[dict[str, Any]], checks: tuple[str, ...],
                 labels: Optional[list[str]]) -> dict[str, Any]:
-    """The scans' histograms and sums -> archive medians / MADs and class thresholds."""
-    facts: dict[str, Any] = {
-        "area": _median_mad(sum(s["area"] for s in stats), AREA_EDGES),
-        "aspect": _median_mad(sum(s["aspect"] for s in stats), ASPECT_EDGES),
-    }
+    """The scans' size counts and sums -> the archive's size quartiles and class thresholds."""
+    sizes: dict[float, int] = {}
+    for s in stats:
+        for value, count in s["sizes"].items():
+            sizes[value] = sizes.get(value, 0) + count
+    facts: dict[str, Any] = {"size_quartiles": percentiles(sizes, (25, 75))}
     if "label_issue" in checks and labels:
         conf = sum(s["conf_sum"] for s in stats)
         count = sum(s["conf_count"] for s in stats)
-        # A class nobody is labelled with can never be confidently anything: threshold above 1.
-        facts["label_thresholds"] = np.where(count > 0, conf / np.maximum(count, 1), 1.1).tolist()
+        # cleanlab's get_confident_thresholds: a class nobody is labelled with gets 2 (never
+        # reached), the others the mean self-confidence, at least 2e-6.
+        facts["label_thresholds"] = np.where(count > 0, np.maximum(conf / np.maximum(count, 1), 2e-6), 2.0).tolist()
     return facts
 
 
@@ -287,9 +320,7 @@ def summarise(facts: dict[str, Any], exact: dict, near: dict, checks: tuple[str,
     """What the run summary records about the archive-wide checks."""
     summary: dict[str, Any] = {"checks": list(checks)}
     if "odd_size" in checks:
-        summary["median_pixels"] = round(float(np.exp(facts["area"][0])))
-    if "odd_aspect" in checks:
-        summary["median_aspect"] = round(float(np.exp(facts["aspect"][0])), 3)
+        summary["size_quartiles"] = [round(q, 2) for q in facts["size_quartiles"]]
     if "duplicate" in checks:
         summary["duplicate_groups"] = len({g for g, _ in exact.values()})
     if "near_duplicate" in checks:

@@ -1,31 +1,40 @@
 """Per-image quality measures, computed once per decoded image in the pipeline's CPU tasks.
 
-Every measure is taken on the decoded image (after EXIF orientation), not on the model's input, so
-the scores do not depend on which model (if any) the job applies:
+The flags follow cleanvision's definitions and default thresholds (cleanvision 0.3, its
+``issue_managers``), so that imgclf and cleanvision flag the same images. Like cleanvision, the
+measures are taken on the image as the file stores it (its own Pillow mode and size, before any
+conversion to RGB); DICOM frames and video frames have no such file image and are measured on
+what they decode to (greyscale DICOM as one channel):
 
-- ``blur_score``: variance of the Laplacian over the variance of the image, on a greyscale copy
-  scaled down to at most 256x256 (small images are never scaled up, which would blur them). Dividing by the image's own variance makes it independent of brightness and contrast (a
-  darkened sharp photo stays sharp); lower is blurrier.
-- ``brightness``: mean luminance (ITU-R 601-2, Pillow's "L"), 0..1.
-- ``entropy``: Shannon entropy of the 256-bin greyscale histogram, in bits (0..8).
-- ``color_spread``: mean over pixels of (largest - smallest channel), 0..255: 0 for greyscale
-  files and for RGB files whose channels are equal.
-- ``pixel_hash``: BLAKE2b-128 of the decoded pixels and their shape (exact duplicates whatever the
-  file format or metadata).
-- ``phash``: 64-bit perceptual hash (DCT of a 32x32 greyscale copy, the 8x8 lowest frequencies
-  against their median, as in Zauner's pHash and the ``imagehash`` package) as a signed int64.
+- ``dark_score``: 99th percentile of per-pixel brightness sqrt(.241 R² + .691 G² + .068 B²) / 255
+  (one-channel images: value / 255); dark below 0.32.
+- ``light_score``: 1 - the 5th percentile of that brightness; light (``overexposed``) below 0.05.
+- ``brightness``: mean brightness of the channel means (cleanvision's ``brightness``), informative.
+- ``entropy``: Pillow's ``Image.entropy()`` in bits; low information below 3.0 (cleanvision's
+  score entropy / 10 below 0.3).
+- ``blur_score``: cleanvision's blurry score on a copy whose longer side is at most 64 px: with
+  s = std of Pillow's FIND_EDGES on its greyscale and h = std of its greyscale histogram,
+  min(1 - e^(-s/100) + (1 - e^(-h/100) if that exceeds 0.18, else 0), 1); blurry below 0.29.
+- ``grayscale_score``: 0 for a one-channel image (Pillow mode L, LA, 1, I, I;16, F), 1 for colour
+  (an RGB file whose channels are equal is colour, as for cleanvision); grayscale below 0.5.
+- ``color_spread``: mean over pixels of (largest - smallest channel) of the RGB image, informative.
+- ``pixel_hash``: MD5 of the image's pixel bytes (cleanvision's exact-duplicate hash).
+- ``phash``: 64-bit perceptual hash (the ``imagehash`` package's phash: DCT of a 32x32 greyscale
+  copy, the 8x8 lowest frequencies against their median) as a signed int64; near duplicates share it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-MEASURE_SIDE = 256
-FLOAT_MEASURES = ("blur_score", "brightness", "entropy", "color_spread")
+BLUR_SIDE = 64  # cleanvision's MAX_RESOLUTION_FOR_BLURRY_DETECTION
+FLOAT_MEASURES = ("blur_score", "brightness", "dark_score", "light_score", "entropy", "grayscale_score",
+                  "color_spread")
+ONE_CHANNEL_MODES = {"L", "LA", "La", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 def phash(img: Image.Image) -> int:
@@ -39,31 +48,61 @@ def phash(img: Image.Image) -> int:
 
 
 def pixel_hash(img: Image.Image) -> str:
+    """MD5 of the pixel bytes as the file stores them (cleanvision's exact-duplicate hash)."""
+    return hashlib.md5(np.asarray(img).tobytes()).hexdigest()
+
+
+def _brightness(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((arr.shape, str(arr.dtype))).encode())
-    digest.update(np.ascontiguousarray(arr).tobytes())
-    return digest.hexdigest()
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        r, g, b = (arr[:, :, i].astype(np.int64) for i in range(3))
+        return np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b) / 255
+    return (arr[:, :, 0] if arr.ndim == 3 else arr) / 255.0
 
 
-def measure(img: Image.Image) -> dict[str, Any]:
-    """All per-image measures of one decoded RGB image."""
-    from scipy.ndimage import laplace
+def _mean_brightness(img: Image.Image) -> float:
+    from PIL import ImageStat
 
-    size = (min(img.width, MEASURE_SIDE), min(img.height, MEASURE_SIDE))
-    grey = np.asarray(img.convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    variance = float(grey.var())
-    blur = float(laplace(grey).var()) / variance if variance > 1e-6 else 0.0
-    counts = np.bincount(grey.astype(np.uint8).ravel(), minlength=256)
-    p = counts[counts > 0] / grey.size
+    means = ImageStat.Stat(img).mean
+    r, g, b = means[:3] if len(means) >= 3 else (means[0],) * 3
+    return float(np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b) / 255)
+
+
+def blur_score(img: Image.Image) -> float:
+    """cleanvision's blurry score (lower = blurrier), on a copy at most 64 px on its longer side."""
+    from PIL import ImageFilter, ImageStat
+
+    ratio = max(img.width, img.height) / BLUR_SIDE
+    small = img.resize((max(int(img.width // ratio), 1), max(int(img.height // ratio), 1))) if ratio > 1 else img
+    grey = small.convert("L")
+    edges = float(np.sqrt(ImageStat.Stat(grey.filter(ImageFilter.FIND_EDGES)).var[0]))
+    spread = 1 - np.exp(-float(np.std(grey.histogram())) * 0.01)
+    return float(min(1 - np.exp(-edges * 0.01) + (spread if spread > 0.18 else 0.0), 1.0))
+
+
+def _entropy(stored: Image.Image, img: Image.Image) -> float:
+    try:
+        return float(stored.entropy())
+    except (ValueError, TypeError):  # modes Pillow has no histogram entropy for
+        return float(img.entropy())
+
+
+def measure(img: Image.Image, stored: Optional[Image.Image] = None) -> dict[str, Any]:
+    """All per-image measures: ``stored`` is the image as the file stores it (cleanvision's view;
+    default ``img``), ``img`` the decoded RGB image."""
+    stored = img if stored is None else stored
+    p5, p99 = np.percentile(_brightness(stored), [5, 99])
     small = np.asarray(img.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
     return {
-        "blur_score": blur,
-        "brightness": float(grey.mean()) / 255.0,
-        "entropy": float(-(p * np.log2(p)).sum()),
+        "blur_score": blur_score(stored),
+        "brightness": _mean_brightness(stored),
+        "dark_score": float(p99),
+        "light_score": float(1.0 - p5),
+        "entropy": _entropy(stored, img),
+        "grayscale_score": 0.0 if stored.mode in ONE_CHANNEL_MODES else 1.0,
         "color_spread": float((small.max(axis=2) - small.min(axis=2)).mean()),
-        "pixel_hash": pixel_hash(img),
-        "phash": phash(img),
+        "pixel_hash": pixel_hash(stored),
+        "phash": phash(stored),
     }
 
 

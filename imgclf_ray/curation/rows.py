@@ -1,8 +1,9 @@
 """The clustering and curation columns of an output batch, and the per-image flags.
 
-Per-image flags (blurry, dark, overexposed, low_information, grayscale, outlier) are decided here,
-in the predictor, from the scores the decode tasks measured; the archive-wide ones (odd_size,
-odd_aspect, duplicate, near_duplicate, label_issue) by ``curation.archive`` after all rows exist.
+Per-image flags (blurry, dark, overexposed, low_information, grayscale, odd_aspect, outlier) are
+decided here, in the predictor, from the scores the decode tasks measured (``curation.measure``,
+cleanvision's definitions); the archive-wide ones (odd_size, duplicate, near_duplicate,
+label_issue) by ``curation.archive`` after all rows exist.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from imgclf_ray.io.schema import EXTRA_COLUMNS, OUTPUT_SCHEMA
 # flag -> (score column, comparison, threshold field of CurateSpec)
 ROW_CHECKS = {
     "blurry": ("blur_score", "<", "blur_threshold"),
-    "dark": ("brightness", "<", "dark_threshold"),
-    "overexposed": ("brightness", ">", "overexposed_threshold"),
+    "dark": ("dark_score", "<", "dark_threshold"),
+    "overexposed": ("light_score", "<", "overexposed_threshold"),
     "low_information": ("entropy", "<", "low_information_threshold"),
-    "grayscale": ("color_spread", "<", "grayscale_threshold"),
+    "grayscale": ("grayscale_score", "<", "grayscale_threshold"),
+    "odd_aspect": ("aspect_score", "<", "odd_aspect_threshold"),
     "outlier": ("outlier_score", ">", None),  # threshold from the clusterer's reference sample
 }
-FLOAT_COLUMNS = ("blur_score", "brightness", "entropy", "color_spread", "cluster_distance",
-                 "cluster_probability", "outlier_score")
+FLOAT_COLUMNS = ("blur_score", "brightness", "dark_score", "light_score", "entropy", "color_spread",
+                 "grayscale_score", "aspect_score", "cluster_distance", "cluster_probability", "outlier_score")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ def row_columns(batch: dict[str, Any], ok: np.ndarray, rules: Optional[RowRules]
     """Every clustering / curation column the batch carries, nulls on error rows; flags by ``rules``."""
     n = len(ok)
     out: dict[str, pa.Array] = {}
+    if rules is not None and "odd_aspect" in rules.thresholds and "width" in batch:
+        w, h = (np.asarray(batch[k], dtype=np.float64) for k in ("width", "height"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            batch = {**batch, "aspect_score": np.where((w > 0) & (h > 0), np.minimum(w / h, h / w), np.nan)}
     for name in FLOAT_COLUMNS:
         if name in batch:
             values = np.asarray(batch[name], dtype=np.float32)

@@ -86,14 +86,16 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
 
 def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
                  target_short_side: Optional[int] = None,
-                 cache: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
+                 cache: Optional[dict] = None, stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an RGB Pillow image, EXIF orientation applied.
 
     Returns the image and its full-resolution (width, height) as displayed (after orientation). With
     ``options.jpeg_draft``, a ``target_short_side`` and a JPEG much larger than that, the DCT-domain
     draft mode decodes at 1/2, 1/4 or 1/8 scale, never below the target. ``cache`` (a dict the
     caller keeps while it decodes several frames of the same bytes) keeps the opened file, so that
-    decoding frame after frame is linear in the frames, not quadratic.
+    decoding frame after frame is linear in the frames, not quadratic. ``stored`` (a dict), when
+    given, receives under "image" the image as the file stores it (its own mode, before EXIF
+    orientation and RGB conversion): what the curation measures look at.
     Raises DecodeError with a readable cause for anything that is not a decodable image, over
     the pixel limit (the file's own size, and that of every sub-image, tile or frame inside it) or
     over the memory budget.
@@ -104,7 +106,7 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
 
     if dicom.is_dicom(data):
         return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels,
-                            options.max_decode_bytes, cache)
+                            options.max_decode_bytes, cache, stored)
     # Pillow reads both settings from module globals; they are set for this call only. Its bomb
     # check runs on every size it meets (ICNS / ICO sub-images, GIF frames, TIFF pages), and a
     # warning is an error here.
@@ -114,7 +116,7 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(data, options, target_short_side, cache)
+            return _decode(data, options, target_short_side, cache, stored)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"an image inside the file is over the decompression-bomb limit of "
                           f"{options.max_image_pixels:,} pixels (decode.max_image_pixels): {exc}") from None
@@ -156,7 +158,7 @@ def _open(data: bytes, cache: Optional[dict]) -> Image.Image:
 
 
 def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
-            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int]]:
+            cache: Optional[dict], stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, cache)
     width, height = img.size
     limit = options.max_image_pixels
@@ -190,6 +192,8 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
             raise DecodeError(f"truncated file ({msg or 'unexpected end of data'}); "
                               "decode.allow_truncated accepts such files") from None
         raise DecodeError(f"corrupt image data ({type(exc).__name__}: {msg})") from None
+    if stored is not None:
+        stored["image"] = img.copy() if cache is not None else img
     shown = img
     if options.exif_transpose:
         if img.getexif().get(0x0112) in _SWAPS_AXES:

@@ -117,13 +117,16 @@ def _stretch(x: np.ndarray) -> np.ndarray:
 
 def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
            max_pixels: Optional[int] = None, max_bytes: Optional[int] = None,
-           cache: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
+           cache: Optional[dict] = None, stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     """One frame of a DICOM file as an 8-bit RGB image, and its (width, height). ``cache`` keeps
     the parsed file between frames of the same bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _decode(data, frame, window, max_pixels, max_bytes, cache)
+            img, size, native = _decode(data, frame, window, max_pixels, max_bytes, cache)
+            if stored is not None:
+                stored["image"] = native
+            return img, size
     except DecodeError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
@@ -132,7 +135,7 @@ def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = 
 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
-            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int]]:
+            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     from imgclf_ray.imaging.decode import check_budget
@@ -176,7 +179,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             bits = int(ds.get("BitsStored", 16) or 16)
             rgb = np.clip(np.rint(rgb.astype(np.float64) * 255.0 / (2 ** bits - 1)), 0, 255)
         img = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
-        return img, img.size
+        return img, img.size, img
     if arr.ndim != 2:
         raise DecodeError(f"DICOM frame has shape {arr.shape}; expected rows x columns (x samples)")
     x = apply_modality_lut(arr, ds).astype(np.float64)
@@ -190,8 +193,9 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     grey = np.clip(np.rint(y), 0, 255).astype(np.uint8)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
-    img = Image.fromarray(grey, "L").convert("RGB")
-    return img, img.size
+    native = Image.fromarray(grey, "L")
+    img = native.convert("RGB")
+    return img, img.size, native
 
 
 def check_keywords(keywords: list[str], allow_phi: bool) -> None:

@@ -41,11 +41,14 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("blur_score", pa.float32()),
     pa.field("is_blurry", pa.bool_()),
     pa.field("brightness", pa.float32()),
+    pa.field("dark_score", pa.float32()),
     pa.field("is_dark", pa.bool_()),
+    pa.field("light_score", pa.float32()),
     pa.field("is_overexposed", pa.bool_()),
     pa.field("entropy", pa.float32()),
     pa.field("is_low_information", pa.bool_()),
     pa.field("color_spread", pa.float32()),
+    pa.field("grayscale_score", pa.float32()),
     pa.field("is_grayscale", pa.bool_()),
     pa.field("size_score", pa.float32()),
     pa.field("is_odd_size", pa.bool_()),
@@ -110,29 +113,36 @@ COLUMN_DOCS = {
     "outlier_score": "Distance to the k-th nearest image (k = 5) of the clusterer's reference sample.",
     "is_outlier": "outlier_score above the curate.outlier_quantile of the reference sample's own "
                   "k-th-neighbour distances.",
-    "blur_score": "Variance of the Laplacian over the image's variance, on a 256x256 greyscale copy "
-                  "(lower = blurrier; independent of brightness).",
-    "is_blurry": "blur_score < curate.blur_threshold.",
-    "brightness": "Mean luminance, 0..1.",
-    "is_dark": "brightness < curate.dark_threshold.",
-    "is_overexposed": "brightness > curate.overexposed_threshold.",
-    "entropy": "Shannon entropy of the greyscale histogram in bits (0..8).",
-    "is_low_information": "entropy < curate.low_information_threshold.",
-    "color_spread": "Mean over pixels of (largest - smallest channel), 0..255.",
-    "is_grayscale": "color_spread < curate.grayscale_threshold (greyscale files and RGB files "
-                    "whose channels are equal).",
-    "size_score": "Robust z-score of log(width x height) against the run's median and MAD.",
-    "is_odd_size": "size_score > curate.odd_size_threshold.",
-    "aspect_score": "Robust z-score of log(width / height) against the run's median and MAD.",
-    "is_odd_aspect": "aspect_score > curate.odd_aspect_threshold.",
-    "pixel_hash": "BLAKE2b-128 of the decoded pixels and their shape.",
+    "blur_score": "cleanvision's blurry score: edge strength (FIND_EDGES std) and histogram spread "
+                  "of a greyscale copy at most 64 px on its longer side, 0..1 (lower = blurrier).",
+    "is_blurry": "blur_score < curate.blur_threshold (0.29, cleanvision's).",
+    "brightness": "Mean brightness sqrt(.241 R² + .691 G² + .068 B²) / 255 of the channel means, 0..1.",
+    "dark_score": "99th percentile of per-pixel brightness, 0..1.",
+    "is_dark": "dark_score < curate.dark_threshold (0.32, cleanvision's).",
+    "light_score": "1 - the 5th percentile of per-pixel brightness, 0..1.",
+    "is_overexposed": "light_score < curate.overexposed_threshold (0.05; cleanvision's 'light').",
+    "entropy": "Pillow's Image.entropy() of the image as stored, in bits.",
+    "is_low_information": "entropy < curate.low_information_threshold (3.0 bits; cleanvision's 0.3 "
+                          "on entropy / 10).",
+    "color_spread": "Mean over pixels of (largest - smallest channel) of the RGB image, 0..255.",
+    "grayscale_score": "0 when the file stores one channel (Pillow mode L, LA, 1, I, I;16, F; "
+                       "greyscale DICOM), 1 for colour.",
+    "is_grayscale": "grayscale_score < curate.grayscale_threshold (0.5).",
+    "size_score": "cleanvision's odd-size score of sqrt(width x height): 1 - its distance from the "
+                  "middle of [Q1 - k IQR, Q3 + k IQR] over that range's width (the run's quartiles).",
+    "is_odd_size": "size_score < 0.5 (sqrt(width x height) outside Q1 - k IQR .. Q3 + k IQR, k = "
+                   "curate.odd_size_threshold, 3).",
+    "aspect_score": "min(width / height, height / width).",
+    "is_odd_aspect": "aspect_score < curate.odd_aspect_threshold (0.35, cleanvision's).",
+    "pixel_hash": "MD5 of the pixel bytes as the file stores them (cleanvision's exact hash).",
     "duplicate_group": "Exact duplicates (same pixel_hash): the image_id of the group's first "
                        "image by uri; null when the image has no duplicate.",
-    "is_duplicate": "In a duplicate group and not its first image (the copies one could drop).",
+    "is_duplicate": "In a duplicate group (every member, as cleanvision flags them).",
     "phash": "64-bit DCT perceptual hash (as imagehash.phash), as a signed int64.",
-    "near_duplicate_group": "Near duplicates (phash within curate.near_duplicate_radius bits, "
-                            "linked transitively): the image_id of the group's first image by uri.",
-    "is_near_duplicate": "In a near-duplicate group and not its first image.",
+    "near_duplicate_group": "Near duplicates (phash within curate.near_duplicate_radius bits, 0 by "
+                            "default: equal hashes, as cleanvision; linked transitively), except a "
+                            "group that is exactly a duplicate group: the image_id of its first image by uri.",
+    "is_near_duplicate": "In a near-duplicate group (every member).",
     "label_quality": "Probability the model gives the true label (self-confidence); needs "
                      "true_label and class_scores.",
     "is_label_issue": "Confident learning: a class other than true_label reaches its per-class "

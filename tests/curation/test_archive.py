@@ -1,5 +1,5 @@
 """The archive pass's parts without Ray: banded near-duplicate matching against brute force,
-union-find grouping, histogram medians."""
+union-find grouping, exact quartiles from size counts."""
 
 from __future__ import annotations
 
@@ -52,21 +52,35 @@ def test_link_groups_transitively_and_picks_the_first_uri():
     uris = {"a": "file:///3.jpg", "b": "file:///1.jpg", "c": "file:///2.jpg", "d": "file:///9.jpg",
             "e": "file:///8.jpg"}
     groups = archive.link([("a", "b"), ("b", "c"), ("d", "e")], uris)
-    assert groups["a"] == ("b", True) and groups["b"] == ("b", False) and groups["c"] == ("b", True)
-    assert groups["e"] == ("e", False) and groups["d"] == ("e", True)
+    # Every member is flagged (as cleanvision flags them); the group id is the first by uri.
+    assert groups == {"a": ("b", True), "b": ("b", True), "c": ("b", True), "d": ("e", True), "e": ("e", True)}
+    # A near group that is exactly an exact-duplicate group is dropped, as cleanvision does.
+    exact = {"a": ("b", True), "b": ("b", True), "c": ("b", True)}
+    assert archive.without_exact_groups(groups, exact) == {"d": ("e", True), "e": ("e", True)}
 
 
 def test_exact_duplicates_group_by_pixel_hash():
     t = pa.table({"image_id": ["i1", "i2", "i3", "i4"], "uri": ["z", "a", "m", "q"],
                   "pixel_hash": ["h1", "h1", "h2", "h1"]})
     members = archive.reduce_exact(t.slice(0, 2), t.slice(2))
-    assert members == {"i2": ("i2", False), "i4": ("i2", True), "i1": ("i2", True)}
+    assert members == {"i2": ("i2", True), "i4": ("i2", True), "i1": ("i2", True)}
 
 
-def test_histogram_median_and_mad():
+def test_size_quartiles_from_counts_equal_numpys_and_the_odd_size_rule_is_cleanvisions():
     rng = np.random.default_rng(0)
-    values = np.log(rng.integers(100, 5000, 10_000) * 300.0)
-    counts = np.histogram(values, archive.AREA_EDGES)[0]
-    median, mad = archive._median_mad(counts, archive.AREA_EDGES)
-    assert median == pytest.approx(np.median(values), abs=0.01)
-    assert mad == pytest.approx(np.median(np.abs(values - np.median(values))), abs=0.02)
+    values = np.sqrt(rng.choice([640 * 480, 1920 * 1080, 400 * 300, 4000 * 3000, 32 * 32], 10_001,
+                                p=[0.4, 0.3, 0.2, 0.09, 0.01]).astype(np.float64))
+    uniq, counts = np.unique(values, return_counts=True)
+    q = archive.percentiles(dict(zip(uniq.tolist(), counts.tolist())), (25, 75))
+    np.testing.assert_allclose(q, np.percentile(values, [25, 75]))
+    for small in (values[:7], values[:2], np.array([300.0] * 5)):
+        u, c = np.unique(small, return_counts=True)
+        np.testing.assert_allclose(archive.percentiles(dict(zip(u.tolist(), c.tolist())), (25, 75)),
+                                   np.percentile(small, [25, 75]))
+    # cleanvision's SizeProperty on the same values
+    q1, q3 = np.percentile(values, [25, 75])
+    lo, hi = q1 - 3 * (q3 - q1), q3 + 3 * (q3 - q1)
+    theirs = 1 - np.clip(np.abs(values - (lo + hi) / 2) / (hi - lo), 0, 1)
+    ours, threshold = archive.size_scores(values, q1, q3, 3.0)
+    np.testing.assert_allclose(ours, theirs) and threshold == 0.5
+    assert ((ours < 0.5) == ((values < lo) | (values > hi))).all()

@@ -67,25 +67,26 @@ def test_curate_flags_blur_dark_duplicates_and_odd_shapes(ray_session, album_arc
     root, names = album_archive
     job = tmp_path / "job.yaml"
     job.write_text(f"name: album\nsource: {{uri: {root}}}\nsink: {{uri: {tmp_path / 'out'}}}\n"
-                   "resources: {decode_batch_size: 8}\n")
+                   "resources: {decode_batch_size: 8}\ncurate: {near_duplicate_radius: 6}\n")
     result = CliRunner().invoke(main, ["curate", str(job), "--run-id", "c1", "-q"])
     assert result.exit_code == 0, result.output
     assert "model  : - (no model)" in result.output
     rows = _by_name(read_run(str(tmp_path / "out"), "c1"))
     assert len(rows) == 7 * 5 + 2 and all(r["status"] == "ok" for r in rows.values())
     assert all(r["label"] is None and r["model_id"] is None for r in rows.values())
+    assert all(r["is_blurry"] is not None for r in rows.values())  # cleanvision's rule: tests/curation/test_cleanvision.py
     family = {n: r for n, r in rows.items() if not n.startswith("z-")}
-    assert {n for n, r in family.items() if r["is_blurry"]} == {f"b-{p}-blurred.jpg" for p in names}
     assert {n for n, r in family.items() if r["is_dark"]} == {f"c-{p}-dark.jpg" for p in names}
-    # Exact duplicates: the PNG holding the JPEG's decoded pixels, grouped under the JPEG (first by uri).
+    # Exact duplicates: the PNG holding the JPEG's decoded pixels; every member flagged (as
+    # cleanvision does), the group named by its first image by uri.
     dups = {n: r for n, r in rows.items() if r["duplicate_group"] is not None}
     assert set(dups) == {f"a-{p}.jpg" for p in names} | {f"e-{p}-same-pixels.png" for p in names}
     for p in names:
         original = rows[f"a-{p}.jpg"]
-        assert original["duplicate_group"] == original["image_id"] and not original["is_duplicate"]
+        assert original["duplicate_group"] == original["image_id"] and original["is_duplicate"]
         assert rows[f"e-{p}-same-pixels.png"]["duplicate_group"] == original["image_id"]
         assert rows[f"e-{p}-same-pixels.png"]["is_duplicate"]
-        # Near duplicates: the resized, re-encoded copy joins its original's group ...
+        # Near duplicates within 6 bits: the resized, re-encoded copy joins its original's group ...
         assert rows[f"d-{p}-small.jpg"]["near_duplicate_group"] == original["image_id"]
         assert rows[f"d-{p}-small.jpg"]["is_near_duplicate"]
     # ... and no group ever holds two different photographs.
@@ -95,22 +96,22 @@ def test_curate_flags_blur_dark_duplicates_and_odd_shapes(ray_session, album_arc
             groups.setdefault(r["near_duplicate_group"], set()).add(n.split(".")[0].split("-")[1])
     assert len(groups) == len(names) and all(len(v) == 1 for v in groups.values())
     assert {n for n, r in rows.items() if r["is_odd_aspect"]} == {"z-strip.jpg"}
-    assert {n for n, r in rows.items() if r["is_odd_size"]} == {"z-thumb.jpg"}
-    assert rows["z-strip.jpg"]["aspect_score"] > 10 and rows["a-coffee.jpg"]["size_score"] < 1
+    # cleanvision's IQR rule: nearly every image is 400x300, so the IQR is 0 and any other size is odd.
+    assert {n for n, r in rows.items() if r["is_odd_size"]} == {"z-thumb.jpg"} | {f"d-{p}-small.jpg" for p in names}
+    assert rows["z-strip.jpg"]["aspect_score"] == pytest.approx(100 / 1200) and rows["a-coffee.jpg"]["size_score"] == 1
     summary = json.loads((tmp_path / "out" / "c1" / "run_summary.json").read_text())
     flags = summary["curation_flags"]
-    assert flags["blurry"] == 7 + sum(bool(rows[z]["is_blurry"]) for z in ("z-strip.jpg", "z-thumb.jpg"))
-    assert flags["duplicate"] == 7 and flags["odd_size"] == 1 and flags["odd_aspect"] == 1
+    assert flags["duplicate"] == 14 and flags["odd_size"] == 8 and flags["odd_aspect"] == 1
     assert "outlier" not in flags and "label_issue" not in flags  # no clusterer, no model
     assert summary["curation"]["duplicate_groups"] == 7
-    assert summary["curation"]["median_pixels"] == pytest.approx(400 * 300, rel=0.02)
+    assert summary["curation"]["size_quartiles"] == [pytest.approx(346.41, abs=0.01)] * 2
     # A run without a model is listed and reported like any other.
     runs = CliRunner().invoke(main, ["runs", str(tmp_path / "out")])
     assert runs.exit_code == 0 and re.search(r"^c1\s.*\s37\s+37\s+0\s+-$", runs.output, re.M), runs.output
     from imgclf_ray.report.html import load_run, render_report
 
     html = render_report(load_run(str(tmp_path / "out" / "c1")))
-    assert 'id="curation"' in html and 'id="classes"' not in html and "<td>duplicate</td><td>7</td>" in html
+    assert 'id="curation"' in html and 'id="classes"' not in html and "<td>duplicate</td><td>14</td>" in html
 
 
 @pytest.fixture(scope="module")

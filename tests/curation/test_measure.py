@@ -22,40 +22,60 @@ def album():
 
 def _flags(images: list[Image.Image], curate: CurateSpec = CurateSpec()) -> dict[str, np.ndarray]:
     rows = [measure(img) for img in images]
-    batch = {k: np.array([r[k] for r in rows]) for k in ("blur_score", "brightness", "entropy", "color_spread")}
-    rules = row_rules(("blurry", "dark", "overexposed", "low_information", "grayscale"), curate, None)
+    batch = {k: np.array([r[k] for r in rows]) for k in ("blur_score", "dark_score", "light_score", "entropy",
+                                                          "grayscale_score")}
+    batch["width"], batch["height"] = np.array([i.width for i in images]), np.array([i.height for i in images])
+    rules = row_rules(("blurry", "dark", "overexposed", "low_information", "grayscale", "odd_aspect"), curate, None)
     cols = row_columns(batch, np.ones(len(rows), bool), rules)
     return {k: cols[k].to_numpy(zero_copy_only=False) for k in cols if k.startswith("is_")
             and cols[k].null_count == 0}
 
 
-def test_blurred_and_darkened_copies_are_flagged_and_the_originals_are_not(album):
-    originals = list(album.values())
-    flags = _flags(originals + [blurred(p) for p in originals] + [darkened(p) for p in originals])
-    n = len(originals)
-    assert not flags["is_blurry"][:n].any() and flags["is_blurry"][n:2 * n].all()
-    assert not flags["is_dark"][:2 * n].any() and flags["is_dark"][2 * n:].all()
-    # Darkening keeps the edges: the blur measure is normalised by the image's own contrast.
-    assert not flags["is_blurry"][2 * n:].any()
-    assert not flags["is_overexposed"].any() and not flags["is_grayscale"].any()
+def _cleanvision_scores(img: Image.Image) -> dict[str, float]:
+    """cleanvision's own property code on one image: its scores, before its thresholds."""
+    import pandas as pd
+    from cleanvision.issue_managers.image_property import (BlurrinessProperty, BrightnessProperty,
+                                                           EntropyProperty, calc_aspect_ratio)
+
+    dark, light = BrightnessProperty("dark"), BrightnessProperty("light")
+    raw = pd.DataFrame([{**dark.calculate(img), **BlurrinessProperty().calculate(img),
+                         **EntropyProperty().calculate(img)}])
+    return {
+        "dark_score": float(dark.get_scores(raw, "dark").iloc[0, 0]),
+        "light_score": float(light.get_scores(raw, "light").iloc[0, 0]),
+        "blur_score": float(BlurrinessProperty().get_scores(raw, "blurry", normalizing_factor=0.01,
+                                                              color_threshold=0.18).iloc[0, 0]),
+        "entropy": float(raw["entropy"].iloc[0]),  # its score is this / 10, clipped at 1
+        "aspect": calc_aspect_ratio(img),
+    }
 
 
-def test_overexposed_flat_and_grey_images():
-    photo = photos()["coffee"]
-    bright = Image.eval(photo, lambda v: min(255, int(v * 0.2 + 230)))
+def test_scores_equal_cleanvisions_own_property_code(album):
+    pytest.importorskip("cleanvision")
+    images = []
+    for img in album.values():
+        images += [img, blurred(img), darkened(img), img.convert("L"), Image.eval(img, lambda v: min(255, 200 + v))]
+    images += [Image.new("RGB", (300, 200), (90, 120, 40)), album["coffee"].resize((1200, 100))]
+    for img in images:
+        ours, theirs = measure(img), _cleanvision_scores(img)
+        for key in ("dark_score", "light_score", "blur_score"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+        assert ours["entropy"] == pytest.approx(theirs["entropy"], abs=1e-6)
+        assert ours["grayscale_score"] == (0.0 if img.mode == "L" else 1.0)
+
+
+def test_flags_on_known_images(album):
+    photo = album["coffee"]
+    bright = Image.eval(photo, lambda v: min(255, v // 10 + 245))
     flat = Image.new("RGB", (300, 200), (90, 120, 40))
-    grey_as_rgb = photo.convert("L").convert("RGB")  # an RGB file whose channels are equal
-    flags = _flags([bright, flat, grey_as_rgb])
-    assert flags["is_overexposed"].tolist() == [True, False, False]
-    assert flags["is_low_information"].tolist() == [False, True, False]
-    assert flags["is_grayscale"].tolist() == [False, False, True]
-    assert measure(flat)["entropy"] == 0.0
-
-
-def test_small_images_are_not_scaled_up_into_blur():
-    """A sharp 64x64 patch is measured at its own size, not blurred by upscaling to 256."""
-    patch = photos()["rocket"].crop((100, 100, 164, 164))
-    assert measure(patch)["blur_score"] > CurateSpec().blur_threshold
+    strip = photo.resize((1200, 100))
+    flags = _flags([photo, darkened(photo), bright, flat, photo.convert("L"), strip])
+    assert flags["is_dark"].tolist() == [False, True, False, False, False, False]
+    assert flags["is_overexposed"].tolist() == [False, False, True, False, False, False]
+    assert flags["is_low_information"].tolist() == [False, False, False, True, False, False]
+    assert flags["is_grayscale"].tolist() == [False, False, False, False, True, False]
+    assert flags["is_odd_aspect"].tolist() == [False, False, False, False, False, True]
+    assert measure(flat)["entropy"] == pytest.approx(np.log2(3))  # Pillow: three one-value channels
 
 
 def test_perceptual_hash_equals_the_imagehash_reference(album):
