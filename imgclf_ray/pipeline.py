@@ -78,7 +78,6 @@ class RunResult:
             "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),
             "first_batch_seconds": self.first_batch_seconds,
             "rows": self.rows,
-            "files": self.files,
             "listing": {"files": self.files, "skipped": self.listing_skipped},
             "images_per_second": round(self.images_per_second, 2),
             "by_status": self.by_status,
@@ -167,7 +166,6 @@ def _staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
 MEASURED_CHECKS = {"blurry", "dark", "overexposed", "low_information", "grayscale", "duplicate", "near_duplicate"}
-# odd_aspect needs only width and height: decided per row with the measured checks.
 
 
 def _embedding(spec: JobSpec):
@@ -284,8 +282,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
                          if clusterer is not None and "outlier" in checks else None)
     rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
-    staging = sink.Staging(spec.sink.uri.rstrip("/"), run_id, lock.attempt, spec.storage,
-                           run_folder(spec, run_id, run_date), time.time())
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt)
     # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
     # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

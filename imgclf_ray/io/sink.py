@@ -21,7 +21,6 @@ as long as the old files take to delete — never fewer than one whole set.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -51,12 +50,11 @@ class Staging:
     attempt: str
     storage: StorageSpec
     run_path: str  # the run's folder under sink_uri (sink.layout)
-    started: float = 0.0  # Unix time the attempt began
 
     @classmethod
     def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(),
-            run_path: Optional[str] = None) -> "Staging":
-        return cls(sink_uri.rstrip("/"), run_id, uuid.uuid4().hex[:12], storage, run_path or run_id, time.time())
+            run_path: Optional[str] = None, attempt: Optional[str] = None) -> "Staging":
+        return cls(sink_uri.rstrip("/"), run_id, attempt or uuid.uuid4().hex[:12], storage, run_path or run_id)
 
     @property
     def uri(self) -> str:
