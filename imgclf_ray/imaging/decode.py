@@ -128,6 +128,10 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
 _BYTES_PER_BAND = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 
 
+def _pixel_bytes(img: Image.Image) -> int:
+    return len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1)
+
+
 def check_budget(width: int, height: int, bytes_per_pixel: int, budget: Optional[int], what: str = "image") -> None:
     """DecodeError when decoding ``width`` x ``height`` pixels of ``bytes_per_pixel`` needs more
     than ``budget`` bytes (decode.max_decode_bytes): checked from the header, before decoding."""
@@ -165,7 +169,7 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     if limit is not None and width * height > limit:
         raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over the "
                           f"decompression-bomb limit of {limit:,} (decode.max_image_pixels)")
-    check_budget(width, height, len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1), options.max_decode_bytes)
+    check_budget(width, height, _pixel_bytes(img), options.max_decode_bytes)
     try:
         if options.frame:
             n_frames = getattr(img, "n_frames", 1)
@@ -179,8 +183,7 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
             if scale < 0.5:
                 img.draft(img.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
         if img.size != (width, height):  # a page or frame of its own size
-            check_budget(*img.size, len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1), options.max_decode_bytes,
-                         "frame")
+            check_budget(*img.size, _pixel_bytes(img), options.max_decode_bytes, "frame")
         img.load()
     except DecodeError:
         raise

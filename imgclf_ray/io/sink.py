@@ -141,6 +141,20 @@ def _listed(manifest: dict[str, Any]) -> list[str]:
     return names
 
 
+def _delete_replaced(fs, root: str, replaced: dict[str, list[str]], run_path: str, keep: set[str]) -> None:
+    """Delete the files a replaced commit listed (folder under the sink -> its file names): in the
+    run's own folder all but ``keep`` (the new commit's names); in another folder (another date of
+    the layout) all of them and its _SUCCESS, then that folder if it is left empty."""
+    for folder, listed in replaced.items():
+        where = join(root, folder)
+        if folder == run_path:
+            _remove(fs, [join(where, n) for n in listed if n not in keep])
+        else:
+            _remove(fs, [join(where, SUCCESS_FILE)])
+            _remove(fs, [join(where, n) for n in listed])
+            _rmdir_if_empty(fs, where)
+
+
 def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), keep: str = "") -> None:
     """Finish or undo the commits of ``run_id`` that a killed driver left half done, and remove
     the staging of its dead attempts (all but ``keep``). Call only while holding the run's lock.
@@ -167,14 +181,8 @@ def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), ke
             if current.get("attempt") == plan["attempt"]:  # past its manifest: roll forward
                 if not fs.exists(join(folder, SUCCESS_FILE)):  # its files and manifest are complete
                     fs.pipe_file(join(folder, SUCCESS_FILE), b"")
-                for old_folder, names in plan["replaced"].items():
-                    if old_folder != plan["run_path"]:
-                        _remove(fs, [join(root, old_folder, SUCCESS_FILE)])
-                    _remove(fs, [join(root, old_folder, n) for n in names if
-                                 old_folder != plan["run_path"] or n not in plan["files"] + current.get("side_files", [])
-                                 + [MANIFEST_FILE]])
-                    if old_folder != plan["run_path"]:
-                        _rmdir_if_empty(fs, join(root, old_folder))
+                _delete_replaced(fs, root, plan["replaced"], plan["run_path"],
+                                 {*plan["files"], *current.get("side_files", []), MANIFEST_FILE})
             else:  # before its manifest: undo the moves
                 keep_names = set(_listed(current)) if current else set()
                 _remove(fs, [join(folder, n) for n in plan["files"] if n not in keep_names])
@@ -235,15 +243,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     fs.pipe_file(join(run_path, SUCCESS_FILE), b"")
     faults.point("commit_success")
     # Committed. Now the previous commit's files, exactly those its manifest listed.
-    keep = set(names) | set(manifest["side_files"]) | {MANIFEST_FILE}
-    for folder, listed in previous.items():
-        where = join(root, folder)
-        if folder == staging.run_path:
-            _remove(fs, [join(where, n) for n in listed if n not in keep])
-        else:
-            _remove(fs, [join(where, SUCCESS_FILE)])
-            _remove(fs, [join(where, n) for n in listed])
-            _rmdir_if_empty(fs, where)
+    _delete_replaced(fs, root, previous, staging.run_path, {*names, *manifest["side_files"], MANIFEST_FILE})
     staging.discard()
     return manifest
 
