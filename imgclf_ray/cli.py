@@ -281,6 +281,52 @@ def stop(run_id: str, address: Optional[str]) -> None:
     _print_status(_cluster_call(submission.stop, run_id, address=address))
 
 
+@main.group()
+def model() -> None:
+    """Model artifacts: bring a model trained elsewhere."""
+
+
+@model.command("import")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--format", "fmt", required=True, type=click.Choice(["timm", "hf", "torchvision", "onnx", "skops"]),
+              help="timm: a hub-style folder (config.json + model.safetensors) or a checkpoint with "
+              "--architecture; hf: a transformers save_pretrained folder; torchvision: a state_dict "
+              "(.pth / .safetensors) with --architecture and/or --weights; onnx: a .onnx file (or its "
+              "folder, with external data); skops: a fitted scikit-learn pipeline with --features.")
+@click.option("--out", required=True, help="Artifact folder to write (local or s3://); model.uri takes it.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Label names, one per line, in output order (overrides the model's own).")
+@click.option("--preprocess", "preprocess_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON/YAML of the card's preprocess keys (resize, crop, interpolation, mean, std, ...).")
+@click.option("--architecture", default=None, help="timm / torchvision model name.")
+@click.option("--weights", default=None, help="torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V2: "
+              "its categories and transforms (metadata shipped with torchvision; nothing is downloaded).")
+@click.option("--task", type=click.Choice(["multiclass", "binary", "multilabel"]), default=None,
+              help="Default: the model's own (Hugging Face problem_type), else multiclass.")
+@click.option("--features", default=None, help="skops: the feature extractor the pipeline was fitted on.")
+def model_import(source: str, fmt: str, out: str, labels_file: Optional[str], preprocess_file: Optional[str],
+                 architecture: Optional[str], weights: Optional[str], task: Optional[str],
+                 features: Optional[str]) -> None:
+    """Import a model from SOURCE as an artifact that model.uri accepts, read with its own library
+    (nothing unpickled, downloaded or executed), and print what was found and where from."""
+    from imgclf_ray.models.importers import import_model
+
+    card, origins = import_model(fmt, source, out, labels_file, preprocess_file, architecture, weights, task, features)
+    p = card.preprocess
+    shape = f"resize {p.resize}" + (f", centre crop {p.crop}" if p.crop else " (square)")
+    norm = f"mean {p.mean} std {p.std}" if p.normalize == "dataset" else "per image"
+    names = ", ".join(card.labels[:5]) + (f", ... ({len(card.labels)})" if len(card.labels) > 5 else "")
+    click.echo(f"imported {fmt} {card.architecture} -> {out}")
+    click.echo(f"  task        : {card.task} ({origins.get('task', 'default')})")
+    click.echo(f"  labels      : {names} ({origins.get('labels')})")
+    click.echo(f"  input       : {p.channels}x{p.crop or p.resize}x{p.crop or p.resize}, {shape}, "
+               f"{p.interpolation} ({origins.get('preprocess')})")
+    click.echo(f"  normalise   : {norm}")
+    if card.framework != "sklearn":
+        click.echo(f"  outputs     : {card.outputs}")
+    click.echo(f"  model id    : {card.model_id()}")
+
+
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)

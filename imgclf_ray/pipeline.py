@@ -218,6 +218,7 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
             "thresholds": model.thresholds if model else None, "rules": rules,
             "precision": model.precision if model else "fp32",
             "trusted": model.trusted if model else False,
+            "runtime": model.runtime if model else "torch",
         },
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -267,7 +268,8 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         card = describe_artifact(spec.model.uri, spec.storage)
         # A tampered, untrusted or malformed file is refused with a clear message before any work
         # starts (the actors load it again).
-        _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted))
+        _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
+                                                     spec.model.runtime))
     checks = spec.curate_checks()
     labels = _label_issue_labels(spec, card, checks)
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.

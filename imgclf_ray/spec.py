@@ -290,6 +290,17 @@ class ModelSpec(_Spec):
         "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
         "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
         "third decimal, so near-ties may change label.")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="Torch models: torch runs the network in PyTorch; onnxruntime runs an ONNX "
+        "export of it (made once per machine into $IMGCLF_CACHE, default ~/.cache/imgclf-ray, never "
+        "into the model folder) with ONNX Runtime on CPU actors (GPU actors need the onnxruntime-gpu "
+        "package). ONNX artifacts always run in ONNX Runtime.")
+
+    @model_validator(mode="after")
+    def _runtime(self) -> "ModelSpec":
+        if self.runtime == "onnxruntime" and self.precision != "fp32":
+            raise ValueError("runtime onnxruntime runs in fp32: drop precision: bf16")
+        return self
 
 
 class ResourcesSpec(_Spec):
@@ -526,8 +537,15 @@ class PreprocessSpec(_Spec):
                               "denoising, border trimming, letterbox ...).")
     resize: int = Field(gt=0, description="Shorter side after resizing.")
     crop: Optional[int] = Field(None, gt=0, description="Centre-crop side.")
+    crop_offset: Literal["round", "floor"] = Field(
+        "round", description="How the centre crop's offset is rounded when the margin is odd: round "
+        "(torchvision, timm) or floor (Hugging Face image processors).")
     channels: Literal[1, 3] = Field(3, description="1 = greyscale, 3 = RGB.")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    resampler: Literal["pil", "torch"] = Field(
+        "pil", description="pil: Pillow's resize (torchvision and timm transforms on PIL images); torch: "
+        "torchvision's uint8 tensor resize with antialiasing (Hugging Face's torchvision-backed image "
+        "processors).")
     normalize: Literal["dataset", "per_image"] = Field(
         "dataset", description="CNN input normalisation: dataset = (x - mean) / std with the per-channel "
         "mean/std below; per_image = per-image standardisation, each image by its own mean and standard "
@@ -555,10 +573,12 @@ class AugmentSpec(_Spec):
 class CnnSpec(_Spec):
     """A torchvision CNN trained with Ray Train (CPU workers here, GPU workers where the cluster has GPUs)."""
 
-    architecture: str = Field(description="torchvision classification model name, e.g. resnet18.")
-    init_weights: Optional[str] = Field(None, description="A torch model artifact to fine-tune from "
-                                        "(its head is replaced when the label count differs); default: "
-                                        "train from scratch.")
+    architecture: Optional[str] = Field(None, description="torchvision classification model name, e.g. "
+                                        "resnet18 (default: init_weights' architecture).")
+    init_weights: Optional[str] = Field(None, description="A torch model artifact to fine-tune from, "
+                                        "trained here or imported (torchvision, timm): its network, and "
+                                        "its preprocess unless model.preprocess is given; the head is "
+                                        "replaced when the label count differs. Default: train from scratch.")
     epochs: int = Field(10, ge=1, description="Most epochs to train.")
     batch_size: int = Field(64, ge=1, description="Images per step and worker.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine decay).")
@@ -568,6 +588,12 @@ class CnnSpec(_Spec):
     workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel).")
     use_gpu: Literal["auto", True, False] = Field("auto", description="GPU workers: auto when the cluster has GPUs.")
     augment: AugmentSpec = Field(AugmentSpec(), description="Training-only augmentation.")
+
+    @model_validator(mode="after")
+    def _network(self) -> "CnnSpec":
+        if self.architecture is None and self.init_weights is None:
+            raise ValueError("give architecture (a torchvision model name) or init_weights (an artifact)")
+        return self
 
 
 class FeatureSpec(_Spec):
@@ -579,7 +605,9 @@ class TrainModelSpec(_Spec):
     """What to train and where to put it: an estimator over features, or a CNN."""
 
     output: str = Field(description="Artifact folder to write (local or s3://).")
-    preprocess: PreprocessSpec = Field(description="Conditioning (before feature extraction).")
+    preprocess: Optional[PreprocessSpec] = Field(None, description="Conditioning (before feature "
+                                                 "extraction); default with cnn.init_weights: that "
+                                                 "artifact's.")
     features: Optional[FeatureSpec] = Field(None, description="Feature extractor (with estimator).")
     estimator: Optional[EstimatorSpec] = Field(None, description="A scikit-learn classifier.")
     cnn: Optional[CnnSpec] = Field(None, description="A torchvision CNN (instead of an estimator).")
@@ -590,6 +618,8 @@ class TrainModelSpec(_Spec):
             raise ValueError("give either estimator (with features) or cnn")
         if self.estimator is not None and self.features is None:
             raise ValueError("an estimator needs features: {name: ...}")
+        if self.preprocess is None and (self.cnn is None or self.cnn.init_weights is None):
+            raise ValueError("preprocess is required (resize, crop, ...) unless cnn.init_weights gives it")
         return self
 
 

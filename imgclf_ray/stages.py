@@ -433,7 +433,7 @@ class PredictStage:
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
                  thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
-                 precision: str = "fp32", trusted: bool = False):
+                 precision: str = "fp32", trusted: bool = False, runtime: str = "torch"):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.hierarchy import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
@@ -443,7 +443,8 @@ class PredictStage:
         self.run_id = run_id
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
-                                           precision=precision, trusted=trusted) if model_uri else None)
+                                           precision=precision, trusted=trusted, runtime=runtime)
+                           if model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
             return

@@ -240,13 +240,16 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
         scaled = x[train_idx].astype(np.float32) / 255.0
         prep["mean"] = scaled.mean(axis=(0, 2, 3)).round(4).tolist()
         prep["std"] = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-3).round(4).tolist()
-    init = None
+    init, network = None, {"library": "torchvision", "architecture": cnn.architecture, "network_config": {}}
     if cnn.init_weights:
-        init = load_state_dict(cnn.init_weights, read_card(cnn.init_weights, spec.storage), spec.storage)
+        init_card = read_card(cnn.init_weights, spec.storage)
+        network = {"library": init_card.library, "architecture": init_card.architecture,
+                   "network_config": init_card.network_config}
+        init = load_state_dict(cnn.init_weights, init_card, spec.storage)
     state, history = fit_cnn(cnn, x[train_idx], y[train_idx], x[val_idx], y[val_idx], len(labels),
-                             task == "multilabel", prep["mean"], prep["std"], seed, init)
+                             task == "multilabel", prep["mean"], prep["std"], seed, init, network=network)
     fields = {
-        "framework": "torch", "architecture": cnn.architecture, "task": task, "labels": labels,
+        "framework": "torch", **network, "task": task, "labels": labels,
         "preprocess": prep,
         "training": {"data": spec.data.uri, "train_images": int(len(train_idx)), "validation_images": int(len(val_idx)),
                      "test_images": int(len(test_idx)), "seed": seed,
@@ -254,7 +257,8 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
                      "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
                                   if k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for h in history],
                      "cnn": cnn.model_dump(), **(card_extra or {})},
-        "library_versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+        "library_versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                             **_library_version(network["library"])},
     }
     save_artifact(output, fields, state, spec.storage)
     clf = TorchClassifier(output, spec.storage, device="cpu")
@@ -268,12 +272,44 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
     return metrics
 
 
+def _library_version(library: str) -> dict[str, str]:
+    if library == "torchvision":
+        return {}
+    import importlib.metadata
+
+    return {library: importlib.metadata.version(library)}
+
+
+def with_init_network(spec: TrainSpec) -> TrainSpec:
+    """A CNN fine-tuned from an artifact takes that artifact's network, and its preprocess when the
+    spec gives none; a Hugging Face network is refused (fine-tune it with transformers)."""
+    cnn = spec.model.cnn
+    if cnn is None or not cnn.init_weights:
+        return spec
+    from imgclf_ray.models.artifact import read_card
+    from imgclf_ray.spec import PreprocessSpec
+
+    card = read_card(cnn.init_weights, spec.storage)
+    where = f"model.cnn.init_weights {cnn.init_weights}"
+    if card.framework != "torch" or card.weights.format == "torchscript" or card.library == "transformers":
+        raise SpecError(f"{where}: a {card.library if card.framework == 'torch' else card.framework} "
+                        f"{card.weights.format} model cannot be fine-tuned here (torchvision and timm networks can)")
+    if cnn.architecture and cnn.architecture != card.architecture:
+        raise SpecError(f"model.cnn.architecture {cnn.architecture!r} differs from {where}'s "
+                        f"{card.architecture!r}; drop one")
+    update: dict[str, Any] = {"cnn": cnn.model_copy(update={"architecture": card.architecture})}
+    if spec.model.preprocess is None:
+        update["preprocess"] = PreprocessSpec(**card.preprocess.model_dump())
+    return spec.model_copy(update={"model": spec.model.model_copy(update=update)})
+
+
 def train_job(spec: TrainSpec) -> dict[str, Any]:
     """Train and save the model a TrainSpec describes; returns the test metrics (for hierarchical
     tasks: per node)."""
     from imgclf_ray import examples
 
     started = time.perf_counter()
+    spec = with_init_network(spec)
     if spec.example is not None:
         examples.ensure_example_archive(spec.example.dataset, spec.data, spec.storage)
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)

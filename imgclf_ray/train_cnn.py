@@ -1,4 +1,5 @@
-"""CNN training with Ray Train: a torchvision architecture from scratch or fine-tuned from an artifact.
+"""CNN training with Ray Train: a torchvision architecture from scratch, or a torchvision / timm
+network fine-tuned from an artifact.
 
 The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
 augmentation (flips, rotation, random resized crop, brightness / contrast, blur) on each worker, AdamW
@@ -53,7 +54,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     x_tr, y_tr, x_va, y_va = (ray.get(r) for r in config["data"])
     torch.manual_seed(config["seed"])
-    net = build_network(config["architecture"], config["outputs"])
+    net = build_network(config["architecture"], config["outputs"], config["library"], config["network_config"])
     if config["init_state"] is not None:
         own = net.state_dict()
         fitting = {k: v for k, v in config["init_state"].items() if k in own and own[k].shape == v.shape}
@@ -127,7 +128,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
             outputs: int, multilabel: bool, mean: Optional[list[float]], std: Optional[list[float]], seed: int,
-            init_state: Optional[dict] = None, storage_path: Optional[str] = None) -> tuple[dict, list[dict]]:
+            init_state: Optional[dict] = None, storage_path: Optional[str] = None,
+            network: Optional[dict[str, Any]] = None) -> tuple[dict, list[dict]]:
     """Train on Ray Train; returns (best state_dict, per-epoch metrics up to the best epoch).
     ``mean`` None: inputs are standardised per image (``normalize: per_image``)."""
     import ray
@@ -138,7 +140,9 @@ def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, 
     use_gpu = (ray.cluster_resources().get("GPU", 0) > 0) if cnn.use_gpu == "auto" else bool(cnn.use_gpu)
     config = {
         "data": [ray.put(a) for a in (x_tr, y_tr, x_va, y_va)],
-        "architecture": cnn.architecture, "outputs": outputs, "multilabel": multilabel,
+        "architecture": cnn.architecture, "library": "torchvision", "network_config": {},
+        **{k: v for k, v in (network or {}).items() if k != "architecture"},
+        "outputs": outputs, "multilabel": multilabel,
         "init_state": init_state, "mean": mean, "std": std, "seed": seed,
         "augment": cnn.augment.model_dump(), "batch_size": cnn.batch_size, "epochs": cnn.epochs,
         "lr": cnn.lr, "weight_decay": cnn.weight_decay, "patience": cnn.patience,

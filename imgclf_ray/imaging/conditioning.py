@@ -29,6 +29,8 @@ class Conditioning:
     crop: Optional[int] = None
     channels: Literal[1, 3] = 3
     interpolation: Interpolation = "bilinear"
+    crop_offset: Literal["round", "floor"] = "round"
+    resampler: Literal["pil", "torch"] = "pil"
     ops: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     @property
@@ -37,7 +39,27 @@ class Conditioning:
         return (self.channels, side, side)
 
 
-def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolation = "bilinear") -> Image.Image:
+def resize(img: Image.Image, width: int, height: int, interpolation: Interpolation = "bilinear",
+           resampler: str = "pil") -> Image.Image:
+    """Resize to ``width`` x ``height`` with Pillow (``resampler="pil"``: what torchvision and timm
+    transforms do to PIL images), or with torchvision's tensor resize on uint8 and antialiasing
+    (``"torch"``: what Hugging Face's torchvision-backed image processors do; within one grey level
+    of Pillow's, not equal)."""
+    if resampler == "pil":
+        return img.resize((width, height), _RESAMPLE[interpolation])
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    arr = np.asarray(img)
+    chw = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 3 else arr[:, :, None])).permute(2, 0, 1)
+    out = F.resize(chw, [height, width], interpolation=InterpolationMode(interpolation), antialias=True)
+    out = out.permute(1, 2, 0).numpy()
+    return Image.fromarray(out if arr.ndim == 3 else out[:, :, 0], img.mode)
+
+
+def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolation = "bilinear",
+                        resampler: str = "pil") -> Image.Image:
     """Scale so that the shorter side is ``size`` pixels, keeping the aspect ratio.
 
     Sizes are computed as torchvision's ``Resize(size)`` does (the longer side truncated), so
@@ -50,13 +72,18 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
-    return img.resize(new, _RESAMPLE[interpolation])
+    return resize(img, *new, interpolation, resampler)
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Cut the central ``size`` x ``size`` square, placed as torchvision's ``CenterCrop`` does."""
+def center_crop(img: Image.Image, size: int, offset: str = "round") -> Image.Image:
+    """Cut the central ``size`` x ``size`` square, placed as torchvision's ``CenterCrop`` does
+    (``offset="round"``), or as Hugging Face image processors do (``"floor"``: the odd pixel of the
+    margin goes to the right and bottom)."""
     w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    if offset == "floor":
+        left, top = (w - size) // 2, (h - size) // 2
+    else:
+        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -71,9 +98,10 @@ def condition(img: Image.Image, cond: Conditioning) -> np.ndarray:
 
         img = Image.fromarray(apply(list(cond.ops), np.asarray(img.convert("RGB"))), "RGB")
     if cond.crop:
-        img = center_crop(resize_shorter_side(img, cond.resize, cond.interpolation), cond.crop)
+        img = center_crop(resize_shorter_side(img, cond.resize, cond.interpolation, cond.resampler), cond.crop,
+                          cond.crop_offset)
     else:
-        img = img.resize((cond.resize, cond.resize), _RESAMPLE[cond.interpolation])
+        img = resize(img, cond.resize, cond.resize, cond.interpolation, cond.resampler)
     if cond.channels == 1:
         img = img.convert("L")
     arr = np.asarray(img, dtype=np.uint8)

@@ -56,13 +56,13 @@ class PreprocessCard(PreprocessSpec):
         return self
 
     def conditioning(self) -> Conditioning:
-        return Conditioning(self.resize, self.crop, self.channels, self.interpolation,
-                            tuple((op.name, dict(op.params)) for op in self.ops))
+        return Conditioning(self.resize, self.crop, self.channels, self.interpolation, self.crop_offset,
+                            self.resampler, tuple((op.name, dict(op.params)) for op in self.ops))
 
 
 class WeightsRef(_Card):
     file: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="File name inside the artifact folder.")
-    format: Literal["safetensors", "state_dict", "torchscript", "skops"] = "safetensors"
+    format: Literal["safetensors", "state_dict", "torchscript", "skops", "onnx"] = "safetensors"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -87,9 +87,23 @@ class ModelCard(_Card):
     task: Literal["multiclass", "binary", "multilabel"] = Field(
         "multiclass", description="binary: labels are [negative, positive]; multilabel: independent "
         "per-label probabilities (sigmoid / one estimator per label).")
-    framework: Literal["torch", "sklearn"] = "torch"
-    architecture: str = Field(description="torchvision model name (torch), or the estimator's class "
-                              "name (sklearn, informative).")
+    framework: Literal["torch", "sklearn", "onnx"] = Field(
+        "torch", description="torch: a network built by ``library``; sklearn: a skops estimator over "
+        "``features``; onnx: a graph run by ONNX Runtime.")
+    library: Literal["torchvision", "timm", "transformers"] = Field(
+        "torchvision", description="torch models: the library that builds the network from "
+        "``architecture`` (and ``network_config``) before the weights are loaded.")
+    architecture: str = Field(description="The network's name in its library (torchvision / timm model "
+                              "name, transformers class), the estimator's class name (sklearn) or the "
+                              "graph's name (onnx); informative for the last two.")
+    network_config: dict[str, Any] = Field(default_factory=dict, description="timm: model_args and "
+                                           "pretrained_cfg; transformers: the model's config.json.")
+    outputs: Literal["logits", "probabilities"] = Field(
+        "logits", description="What the network returns: logits (softmax, or a sigmoid per label for "
+        "multilabel, is applied here) or probabilities already (used as they are).")
+    source: dict[str, Any] = Field(default_factory=dict, description="Imported models: the source "
+                                   "format, every source file's sha256, where labels and preprocessing "
+                                   "came from, the reference preprocessing.")
     labels: list[str] = Field(min_length=2)
     weights: WeightsRef
     preprocess: PreprocessCard
@@ -109,9 +123,12 @@ class ModelCard(_Card):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelCard":
-        if self.framework == "torch":
+        if self.framework in ("torch", "onnx"):
             if self.preprocess.mean is None and self.preprocess.normalize == "dataset":
-                raise ValueError("torch models need preprocess.mean and preprocess.std (or normalize: per_image)")
+                raise ValueError(f"{self.framework} models need preprocess.mean and preprocess.std "
+                                 "(or normalize: per_image)")
+            if (self.framework == "onnx") != (self.weights.format == "onnx"):
+                raise ValueError("onnx models are stored as onnx (weights.format: onnx), and only they")
             if self.weights.format == "skops":
                 raise ValueError("torch weights are safetensors, state_dict or torchscript, not skops")
         else:
@@ -181,7 +198,7 @@ def save_artifact(uri: str, card_fields: dict[str, Any], state_dict: dict[str, "
     from safetensors.torch import save as save_safetensors
 
     blob = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
-    return _write(uri, card_fields, "model.safetensors", "safetensors", blob, storage)
+    return write_artifact(uri, card_fields, "model.safetensors", "safetensors", blob, storage)
 
 
 def save_sklearn_artifact(uri: str, card_fields: dict[str, Any], estimator: Any,
@@ -192,11 +209,13 @@ def save_sklearn_artifact(uri: str, card_fields: dict[str, Any], estimator: Any,
     fields = {"framework": "sklearn", "architecture": type(estimator).__name__, **card_fields}
     fields.setdefault("labels", [str(c) for c in estimator.classes_])
     fields.setdefault("scores", "probability" if hasattr(estimator, "predict_proba") else "uncalibrated")
-    return _write(uri, fields, "model.skops", "skops", sio.dumps(estimator), storage)
+    return write_artifact(uri, fields, "model.skops", "skops", sio.dumps(estimator), storage)
 
 
-def _write(uri: str, card_fields: dict[str, Any], name: str, fmt: str, blob: bytes,
-           storage: StorageSpec) -> ModelCard:
+def write_artifact(uri: str, card_fields: dict[str, Any], name: str, fmt: str, blob: bytes,
+           storage: StorageSpec = StorageSpec()) -> ModelCard:
+    """Write ``blob`` as the weights file ``name`` (format ``fmt``) and the card made of
+    ``card_fields``; the card is validated before anything is written."""
     card = ModelCard.model_validate({
         **card_fields,
         "weights": {"file": name, "format": fmt, "sha256": hashlib.sha256(blob).hexdigest()},

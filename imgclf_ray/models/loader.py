@@ -33,9 +33,11 @@ def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: b
 
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
-                    threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False):
+                    threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False,
+                    runtime: str = "torch"):
     """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
-    that run code (CODE_FORMATS) load only when ``trusted``."""
+    that run code (CODE_FORMATS) load only when ``trusted``; ``runtime: onnxruntime`` runs torch
+    models through a cached ONNX export of themselves."""
     from imgclf_ray.models.hierarchy import HierarchicalClassifier, describe_artifact
 
     refuse_code(model_uri, storage, trusted)
@@ -50,19 +52,27 @@ def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device
         if threads:
             threadpool_limits(threads)
         return SklearnClassifier(model_uri, storage)
+    if card.framework == "onnx":
+        from imgclf_ray.models.onnx_runtime import OnnxClassifier
+
+        return OnnxClassifier(model_uri, storage, device=device, threads=threads)
     from imgclf_ray.models.torch_classifier import TorchClassifier
 
-    return TorchClassifier(model_uri, storage, device=device, threads=threads, precision=precision, trusted=trusted)
+    return TorchClassifier(model_uri, storage, device=device, threads=threads, precision=precision,
+                           trusted=trusted, runtime=runtime)
 
 
-def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> dict[str, float]:
+def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,
+                   runtime: str = "torch") -> dict[str, float]:
     """Refuse a bad artifact on the driver, before any work starts; returns its card's thresholds.
 
     A torch artifact in safetensors is checked without importing torch (the card, the weights'
     sha256, a well-formed safetensors header): the actors build the network anyway, and the
     driver's start-up stays seconds shorter. Every other artifact is loaded as the actors will
-    load it (skops trusted types, ``torch.load(weights_only=True)``, each node of a tree). Formats that
-    run code are refused first, from the card alone, unless ``trusted``: nothing of them is loaded.
+    load it (skops trusted types, ``torch.load(weights_only=True)``, ONNX Runtime, each node of a
+    tree; with ``runtime: onnxruntime`` the ONNX export is made here, once, into the cache). A
+    library the card needs (timm, transformers, onnxruntime) must be installed. Formats that run
+    code are refused first, from the card alone, unless ``trusted``: nothing of them is loaded.
     """
     import json
     import struct
@@ -70,11 +80,15 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
     from imgclf_ray.errors import ArtifactError
     from imgclf_ray.models.artifact import read_weights
     from imgclf_ray.models.hierarchy import describe_artifact
+    from imgclf_ray.models.networks import require
 
     refuse_code(model_uri, storage, trusted)
     if describe_artifact(model_uri, storage).task != "hierarchical":
         card = read_card(model_uri, storage)
-        if card.framework == "torch" and card.weights.format == "safetensors":
+        require(card.framework if card.framework == "onnx" else card.library)
+        if runtime == "onnxruntime":
+            require("onnx")
+        if card.framework == "torch" and card.weights.format == "safetensors" and runtime == "torch":
             blob = read_weights(model_uri, card, storage)
             try:
                 (size,) = struct.unpack("<Q", blob[:8])
@@ -84,6 +98,6 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
             except (struct.error, ValueError) as exc:
                 raise ArtifactError(f"{model_uri}/{card.weights.file}: not a safetensors file ({exc})") from None
             return dict(card.thresholds)
-    classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted)
+    classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted, runtime=runtime)
     card = getattr(classifier, "card", None)  # a tree has one card per node
     return dict(card.thresholds) if card is not None else {}

@@ -1,4 +1,5 @@
-"""A torchvision CNN applied to preprocessed uint8 batches. Knows nothing of Ray."""
+"""A torch network (torchvision, timm, transformers, TorchScript) applied to preprocessed uint8
+batches, in torch or through ONNX Runtime. Knows nothing of Ray."""
 
 from __future__ import annotations
 
@@ -9,17 +10,10 @@ import numpy as np
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card, read_weights
+from imgclf_ray.models.networks import build_network, logits, transformers_config, transformers_network
 from imgclf_ray.spec import StorageSpec
 
-
-def build_network(architecture: str, num_classes: int):
-    """An untrained torchvision classification network by name (weights never downloaded)."""
-    import torchvision
-
-    if architecture not in torchvision.models.list_models(module=torchvision.models):
-        raise ArtifactError(f"unknown architecture {architecture!r}: not a torchvision "
-                            "classification model (see torchvision.models.list_models())")
-    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+__all__ = ["TorchClassifier", "build_network", "normalise", "embedder"]
 
 
 def normalise(pixels, mean=None, std=None):
@@ -79,7 +73,7 @@ class TorchClassifier:
 
     def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec(),
                  device: str = "auto", threads: Optional[int] = None, precision: str = "fp32",
-                 trusted: bool = False):
+                 trusted: bool = False, runtime: str = "torch"):
         import torch
 
         if threads:
@@ -93,15 +87,15 @@ class TorchClassifier:
                 refuse_code(model_uri, storage)
             net = _load_torchscript(model_uri, self.card, storage)
         else:
-            net = build_network(self.card.architecture, len(self.card.labels))
-            state = load_state_dict(model_uri, self.card, storage)
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ArtifactError(f"{model_uri}: weights do not fit {self.card.architecture} with "
-                                    f"{len(self.card.labels)} classes ({str(exc).splitlines()[0]})") from None
+            net = self._network(model_uri, storage)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.session = None
+        if runtime == "onnxruntime":
+            from imgclf_ray.models import onnx_runtime
+
+            self.session = onnx_runtime.session(str(onnx_runtime.exported(net.eval(), self.card)), threads, device)
+            device = "cpu"  # the inputs are prepared on the host for ONNX Runtime
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.net = _fold_batch_norm(net.eval()).to(self.device, self.dtype)
@@ -113,6 +107,19 @@ class TorchClassifier:
         if prep.normalize == "dataset":
             self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape)
             self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape)
+
+    def _network(self, model_uri: str, storage: StorageSpec):
+        card, n = self.card, len(self.card.labels)
+        state = load_state_dict(model_uri, card, storage)
+        if card.library == "transformers":
+            return transformers_network(transformers_config(card.network_config, n), state)
+        net = build_network(card.architecture, n, card.library, card.network_config)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{model_uri}: weights do not fit {card.library} {card.architecture} with "
+                                f"{n} classes ({str(exc).splitlines()[0]})") from None
+        return net
 
     def _normalised(self, pixels: np.ndarray):
         import torch
@@ -144,7 +151,14 @@ class TorchClassifier:
         import torch
 
         with torch.inference_mode():
-            logits = self.net(self._normalised(pixels)).float()
+            x = self._normalised(pixels)
+            if self.session is not None:
+                from imgclf_ray.models.onnx_runtime import scores
+
+                return scores(self.session.run(None, {"pixels": x.float().contiguous().numpy()})[0], self.card)
+            out = logits(self.net(x)).float()
+            if self.card.outputs == "probabilities":
+                return out.cpu().numpy()
             if self.card.task == "multilabel":
-                return torch.sigmoid(logits).cpu().numpy()
-            return torch.softmax(logits, dim=1).cpu().numpy()
+                return torch.sigmoid(out).cpu().numpy()
+            return torch.softmax(out, dim=1).cpu().numpy()
