@@ -11,13 +11,17 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
 
   imgclf (CNN)          ``imgclf run`` on the corpus, exact torchvision pixels
   imgclf (CNN, draft)   the same with ``decode.jpeg_draft`` (DCT-domain downscaling)
+  imgclf (CNN, draft, bf16 / onnxruntime)  the same with ``model.precision: bf16`` / ``model.runtime:
+                        onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime)
   plain PyTorch loop    ``benchmarks/plain_torch.py``: Pillow + torchvision transforms, all cores
   Ray Data docs         ``benchmarks/ray_data_docs.py``: read_images -> map_batches -> actor pool
   imgclf (classical)    ``imgclf run`` with the HOG + logistic-regression artifact
   imgclf 4N             the CNN job on four times the images (scaling)
   imgclf (S3)           the CNN job reading the corpus from an S3 server (moto on 127.0.0.1)
 
-and prints images/s, peak memory (PSS summed over the process tree, sampled every 0.25 s) and the
+then, in one process, the predictor alone on the same model and uint8 batches (torch eager as a
+plain script writes it, imgclf's fp32 path, its bf16 path, ONNX Runtime: images/s and the largest
+probability difference from imgclf's fp32), and prints images/s, peak memory (PSS summed over the process tree, sampled every 0.25 s) and the
 ratios the targets are stated in. ``--json FILE`` keeps the figures.
 """
 
@@ -202,6 +206,55 @@ def _loop_seconds(out: Path) -> float:
     return json.loads(Path(str(out) + ".timing.json").read_text())["loop_seconds"]
 
 
+def predictor_rates(model: Path, seconds: float, batch: int = 32) -> list[dict]:
+    """The model alone, one process, all cores, one (batch, 3, 224, 224) uint8 batch: images/s of
+    torch eager fp32 (no folding, contiguous), imgclf's torch fp32 (batch-norm folded, channels
+    last), its bf16, and ONNX Runtime on the cached export; max |p - p(imgclf fp32)| for each."""
+    import numpy as np
+    import torch
+
+    from imgclf_ray.models.loader import load_classifier
+
+    cores = os.cpu_count() or 1
+    x = np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)
+
+    class Eager:
+        def __init__(self):
+            from imgclf_ray.models.artifact import load_state_dict, read_card
+            from imgclf_ray.models.torch_classifier import build_network, normalise
+
+            card = read_card(str(model))
+            self.net = build_network(card.architecture, len(card.labels)).eval()
+            self.net.load_state_dict(load_state_dict(str(model), card))
+            self.mean = torch.tensor(card.preprocess.mean).view(1, 3, 1, 1)
+            self.std = torch.tensor(card.preprocess.std).view(1, 3, 1, 1)
+            self.normalise = normalise
+
+        def predict_proba(self, pixels):
+            with torch.inference_mode():
+                return torch.softmax(self.net(self.normalise(torch.from_numpy(pixels), self.mean, self.std)), 1).numpy()
+
+    paths = [("torch eager fp32 (plain)", Eager),
+             ("imgclf torch fp32", lambda: load_classifier(str(model), device="cpu", threads=cores)),
+             ("imgclf torch bf16", lambda: load_classifier(str(model), device="cpu", threads=cores, precision="bf16")),
+             ("imgclf onnxruntime", lambda: load_classifier(str(model), device="cpu", threads=cores,
+                                                             runtime="onnxruntime"))]
+    out, reference = [], None
+    for name, make in paths:
+        clf = make()
+        probs = clf.predict_proba(x)  # warm-up (kernel selection)
+        reference = probs if name == "imgclf torch fp32" else reference
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            clf.predict_proba(x)
+            count += 1
+        out.append({"path": name, "rate": round(batch * count / (time.perf_counter() - start), 1), "probs": probs})
+        del clf
+    for row in out:
+        row["max_abs_diff"] = float(np.abs(row.pop("probs") - reference).max())
+    return out
+
+
 def decode_resize_rate(files: list[Path], seconds: float = 3.0) -> float:
     """Single-core Pillow decode + resize (shorter side 224) rate, images/s."""
     from PIL import Image
@@ -283,6 +336,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         model={"precision": "bf16"}), n, work))
     agreement = _label_agreement(work / "out-draft" / "bench", work / "out-bf16" / "bench")
     print(f"  bf16 vs fp32 top-1 labels agree on {100 * agreement:.1f} % of images", flush=True)
+    ort_env = {"IMGCLF_CACHE": str(work / "cache")}
+    add(run_imgclf("imgclf (CNN, draft, onnxruntime)", write_job(
+        work, "cnn-ort", str(corpus), work / "cnn", work / "out-ort", decode={"jpeg_draft": True},
+        model={"runtime": "onnxruntime"}), n, work, env=ort_env))
+    ort_agreement = _label_agreement(work / "out-draft" / "bench", work / "out-ort" / "bench")
+    print(f"  onnxruntime vs torch fp32 top-1 labels agree on {100 * ort_agreement:.1f} % of images", flush=True)
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),
                           str(work / "plain.parquet")], log=work / "plain.log")
     add(Row("plain PyTorch loop", n, wall, peak, None, _loop_seconds(work / "plain.parquet")))
@@ -303,6 +362,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         finally:
             server.stop()
     decode_plain = decode_resize_rate(files)
+    os.environ["IMGCLF_CACHE"] = str(work / "cache")
+    predictor = predictor_rates(work / "cnn", seconds=1.0 if args.quick else 10.0)
     by = {r.method: r for r in rows}
     # The targets are judged on exact fp32 output; bf16 (opt-in, other numerics) is reported beside.
     ours = max(by["imgclf (CNN)"], by["imgclf (CNN, draft)"], key=lambda r: r.rate)
@@ -312,6 +373,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "CNN vs Ray Data docs pattern": (ours.rate / by["Ray Data docs pattern"].rate, 3.0),
         "CNN bf16 vs plain PyTorch loop (fp32)": (bf16.rate / by["plain PyTorch loop"].rate, 1.5),
         "CNN bf16 vs Ray Data docs pattern (fp32)": (bf16.rate / by["Ray Data docs pattern"].rate, 3.0),
+        "CNN onnxruntime vs CNN torch fp32 (draft)": (
+            by["imgclf (CNN, draft, onnxruntime)"].rate / by["imgclf (CNN, draft)"].rate, None),
+        "predictor onnxruntime vs imgclf torch fp32": (
+            predictor[3]["rate"] / predictor[1]["rate"], None),
         "classical vs decode+resize x cores": (by["imgclf (classical)"].rate / (decode_plain * cores), 0.7),
         "classical vs decode+resize x cores, without start-up": (
             (by["imgclf (classical)"].pipeline_rate or 0) / (decode_plain * cores), None),
@@ -332,6 +397,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for r in rows:
         print(f"| {r.method} | {r.images} | {r.seconds:.1f} | {r.rate:.1f} | "
               f"{r.pipeline_rate or 0:.1f} | {r.peak_mb:.0f} |")
+    print("\n| predictor alone (ResNet-18, batch 32, 224 px) | images/s | max abs p diff vs imgclf fp32 |\n|---|---|---|")
+    for p in predictor:
+        print(f"| {p['path']} | {p['rate']:.1f} | {p['max_abs_diff']:.1e} |")
     print("\n| ratio | measured | target | met |\n|---|---|---|---|")
     for name, (value, target) in ratios.items():
         if target is None:
@@ -341,6 +409,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"| {name} | {value:.2f} | {'<=' if target < 0 else '>='} {abs(target)} | "
               f"{'-' if args.quick else ('yes' if ok else 'NO')} |")
     result = {"n": n, "cores": cores, "bf16_label_agreement": round(agreement, 4),
+              "onnxruntime_label_agreement": round(ort_agreement, 4), "predictor": predictor,
               "rows": [asdict(r) | {"rate": round(r.rate, 2), "pipeline_rate": r.pipeline_rate} for r in rows],
               "decode_resize_per_core": round(decode_plain, 1), "first_batch_seconds": first,
               "ratios": {k: round(v, 3) for k, (v, _) in ratios.items()}}

@@ -273,7 +273,9 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
     checks = spec.curate_checks()
     labels = _label_issue_labels(spec, card, checks)
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
-    device = "cpu" if card is None or card.framework == "sklearn" else spec.model.device
+    device = "cpu" if card is None or card.framework == "sklearn" or (_in_onnxruntime(spec, card) and
+                                                                       spec.model.device == "auto") \
+        else spec.model.device
     plan = plan_resources(ray.cluster_resources(), spec.resources, device,
                           light=card is None or card.framework == "sklearn")
     log.info("plan: %s", plan)
@@ -499,6 +501,19 @@ def _cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clu
                         "fitted_rows": clusterer.card.fitted_rows, "fitted_at": clusterer.card.fitted_at}
     doc = {**result.clusterer, "clusters": clusters}
     return {"clusters.json": json.dumps(doc, indent=2).encode()}
+
+
+def _in_onnxruntime(spec: JobSpec, card) -> bool:
+    """Whether the model runs in ONNX Runtime without its CUDA provider here (onnxruntime-gpu):
+    then ``device: auto`` plans CPU actors, not GPUs the runtime would not use."""
+    if card.framework != "onnx" and spec.model.runtime != "onnxruntime":
+        return False
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    except ImportError:
+        return True
 
 
 def _check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +22,10 @@ for _key, _value in {
 }.items():
     os.environ[_key] = _value
 os.environ.pop("AWS_PROFILE", None)
+# ONNX exports (model.runtime: onnxruntime) go to a cache of the session's own, which the Ray
+# workers inherit; Hugging Face libraries never reach for a hub.
+os.environ.setdefault("IMGCLF_CACHE", tempfile.mkdtemp(prefix="imgclf-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parents[1]
