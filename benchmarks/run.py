@@ -189,7 +189,7 @@ def measure(cmd: list[str], env: Optional[dict] = None, log: Optional[Path] = No
 
 def run_imgclf(method: str, job: Path, images: int, work: Path, env: Optional[dict] = None) -> Row:
     wall, peak = measure([IMGCLF, "run", str(job), "-q", "--run-id", "bench"], env, work / f"{job.stem}.log")
-    summary = json.loads(Path(json.loads(job.read_text())["sink"]["uri"], "bench", "run_summary.json").read_text())
+    summary = json.loads(Path(json.loads(job.read_text())["sink"]["uri"], "bench", "_run_summary.json").read_text())
     assert summary["rows"] == images and summary["by_status"].get("ok") == images, summary["by_status"]
     return Row(method, images, wall, peak, summary.get("first_batch_seconds"), summary["wall_seconds"])
 

@@ -356,7 +356,7 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
               "per evaluation run: when, model, data digest, headline metric) instead of running one.")
 def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet: bool, history: bool) -> None:
     """Score a model on a labelled archive (source.labels): run the job, compare with the true
-    labels, write evaluation.json into the run's folder (every evaluation is kept: --history)."""
+    labels, write _evaluation.json into the run's folder (every evaluation is kept: --history)."""
     spec = _load(job, overrides, values={"sink.run_id": run_id} if run_id else None)
     from imgclf_ray.evaluate import evaluate_job, evaluation_history, format_history, format_metrics
 
@@ -370,7 +370,9 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
     except UserError as exc:
         _fail(exc)
     click.echo(format_metrics(metrics))
-    click.echo(f"  written : {result.output_uri}/evaluation.json")
+    from imgclf_ray.evaluate import EVALUATION_FILE
+
+    click.echo(f"  written : {result.output_uri}/{EVALUATION_FILE}")
 
 
 def _storage_options(fn):
@@ -388,20 +390,85 @@ def _storage(endpoint_url: Optional[str], region: Optional[str], profile: Option
 
 @main.command()
 @click.argument("output_uri")
+@click.option("--json", "as_json", is_flag=True, help="Every run's manifest as one JSON list (for scripts).")
 @_storage_options
-def runs(output_uri: str, endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
-    """List the committed runs under a sink location, oldest first."""
+def runs(output_uri: str, as_json: bool, endpoint_url: Optional[str], region: Optional[str],
+         profile: Optional[str]) -> None:
+    """List the committed runs under a sink location, oldest first (a night with nothing new shows
+    as a run of 0 rows)."""
+    import json
+
     from imgclf_ray.io.sink import list_runs
 
     found = list_runs(output_uri, _storage(endpoint_url, region, profile))
+    if as_json:
+        click.echo(json.dumps(found, indent=1, default=str))
+        return
     if not found:
         click.echo(f"{output_uri}: no committed run")
         return
     click.echo(f"{'run id':<36} {'committed at (UTC)':<20} {'rows':>9} {'ok':>9} {'errors':>7}  model")
     for m in found:
         counts = m.get("by_status", {})
+        note = "  (nothing new)" if m.get("nothing_new") else ""
         click.echo(f"{m['run_id']:<36} {m.get('committed_at', '')[:19]:<20} {m.get('rows', 0):>9} "
-                   f"{counts.get('ok', 0):>9} {counts.get('error', 0):>7}  {(m.get('model_id') or '-')[:19]}")
+                   f"{counts.get('ok', 0):>9} {counts.get('error', 0):>7}  {(m.get('model_id') or '-')[:19]}{note}")
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--sink", "sink_uri", default=None, help="Sink location: RUN_A and RUN_B are then run ids "
+              "under it (else each is a run folder).")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
+@_storage_options
+def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endpoint_url: Optional[str],
+            region: Optional[str], profile: Optional[str]) -> None:
+    """Compare two committed runs: label counts and shares, drift per label (population stability
+    index, chi-square p-value), the confidence shift, error causes new in RUN_B."""
+    import json
+
+    from imgclf_ray.io.sink import resolve_run
+    from imgclf_ray.report.compare import compare_runs, format_comparison
+
+    storage = _storage(endpoint_url, region, profile)
+    uris = [resolve_run(sink_uri, r, storage) if sink_uri else resolve_run(r, None, storage) for r in (run_a, run_b)]
+    result = compare_runs(*uris, storage)
+    click.echo(json.dumps(result, indent=1) if as_json else format_comparison(result))
+
+
+@main.command()
+@click.argument("output_uri")
+@click.option("--run", "run_id", default=None, callback=_plain_id, help="Run id (default: the latest "
+              "committed run, or OUTPUT_URI itself when it is a run folder).")
+@click.option("--to", "fmt", type=click.Choice(["csv", "jsonl", "label-studio"]), required=True)
+@click.option("--where", default=None, help="Rows to keep, e.g. 'is_label_issue', 'score < 0.6', "
+              "\"label == 'cat' and not is_dark\".")
+@click.option("--sort", default=None, help="Order by a column, ascending ('score': least confident "
+              "first) or descending ('-score').")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
+@click.option("--document-root", default=None, help="label-studio, local images: Label Studio's "
+              "LOCAL_FILES_DOCUMENT_ROOT (images are served relative to it).")
+@click.option("-o", "--out", default=None, help="File to write (default: stdout).")
+@_storage_options
+def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str], sort: Optional[str],
+           limit: Optional[int], document_root: Optional[str], out: Optional[str], endpoint_url: Optional[str],
+           region: Optional[str], profile: Optional[str]) -> None:
+    """Export rows of a committed run for review: CSV, JSON Lines, or Label Studio tasks with
+    the predicted choice and score as pre-annotations."""
+    import sys
+
+    from imgclf_ray.report.export import export_run
+
+    blob, n = export_run(output_uri, run_id, fmt, where, sort, limit, document_root,
+                         _storage(endpoint_url, region, profile))
+    if out is None:
+        sys.stdout.buffer.write(blob)
+        sys.stdout.flush()
+        return
+    with open(out, "wb") as fh:
+        fh.write(blob)
+    click.echo(f"{n} {'tasks' if fmt == 'label-studio' else 'rows'} written to {out}", err=True)
 
 
 @main.command()

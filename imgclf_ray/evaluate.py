@@ -140,7 +140,7 @@ def _leaf_paths(model_uri: str, storage) -> dict[str, list[str]]:
 def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbose: bool = False):
     """Run the job on its labelled archive and score the committed output against the true labels.
 
-    Writes ``evaluation.json`` into the run's folder (never into the user's model folder: a job
+    Writes ``_evaluation.json`` into the run's folder (never into the user's model folder: a job
     touches only its own output); returns (RunResult, metrics).
     """
     import hashlib
@@ -180,7 +180,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     return result, metrics
 
 
-EVALUATION_FILE = "evaluation.json"
+EVALUATION_FILE = "_evaluation.json"
 _HEADLINE = ("accuracy", "micro_f1", "path_accuracy")
 
 
@@ -192,7 +192,7 @@ def evaluation_history(sink_uri: str, storage=None) -> list[dict[str, Any]]:
     storage = storage or StorageSpec()
     found = []
     for run in sink.list_runs(sink_uri, storage):
-        if EVALUATION_FILE in run.get("side_files", []):
+        if {EVALUATION_FILE, sink.LEGACY_NAMES[EVALUATION_FILE]} & set(run.get("side_files", [])):
             found.append(sink.read_run_json(run["uri"], EVALUATION_FILE, storage) or {})
     return sorted(found, key=lambda m: (str(m.get("evaluated_at", "")), str(m.get("run_id", ""))))
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from imgclf_ray import errors, faults
 from imgclf_ray.errors import NothingToDo, RunFailed, SpecError, UserError
@@ -28,7 +29,7 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive, skipped_counts
 from imgclf_ray.io.lock import RunLock
-from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from imgclf_ray.io.schema import SCHEMA_VERSION, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, run_schema
 from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
@@ -67,9 +68,11 @@ class RunResult:
     clusterer: dict[str, Any] = field(default_factory=dict)
     files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
+    nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
+    ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
 
     def summary(self) -> dict[str, Any]:
-        """The machine-readable run summary (``run_summary.json`` next to the output)."""
+        """The machine-readable run summary (``_run_summary.json`` next to the output)."""
         return {
             "run_id": self.run_id,
             "output_uri": self.output_uri,
@@ -91,6 +94,7 @@ class RunResult:
             "resources": self.plan,
             "model_id": self.model_id,
             "spec_digest": self.spec_digest,
+            **({"nothing_new": self.nothing_new} if self.nothing_new else {}),
         }
 
 
@@ -104,14 +108,20 @@ def default_run_id(spec: JobSpec) -> str:
     return f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
-def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
+def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool = False) -> Optional[str]:
     """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process
-    (never a silent join of whatever ``ray start`` left running on this machine)."""
+    (never a silent join of whatever ``ray start`` left running on this machine). With ``quiet``
+    (cron), Ray's own console lines (its start-up warnings, worker output) go to a log file instead,
+    whose path is returned; the session's own logs keep everything as usual."""
     import ray
 
+    ray_log = None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+        if quiet:
+            ray_log = _ray_to_file()
+            kwargs = {"configure_logging": False, "log_to_driver": False}
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -127,6 +137,22 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False) -> None:
             if _drop_misleading_warnings not in handler.filters:
                 handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _ray_to_file() -> str:
+    """Send the "ray" loggers' console output of this process to a file; its path."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.data", "ray.train"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+    return path
 
 
 _MISLEADING = (
@@ -305,7 +331,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
                 filename_provider=_StagedNames(),
                 min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
                 max_rows_per_file=spec.sink.max_rows_per_file,
-                schema=OUTPUT_SCHEMA,
+                schema=run_schema(run_id, card.model_id if card else None, card.labels if card else None),
             )
         staged = [to_uri(fs, p) for p in staging.staged_files()]
         curation = _archive_checks(spec, staged, checks, labels, metrics)
@@ -337,6 +363,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
     lock.verify()
     sink.commit(staging, {
         "job": spec.name,
+        "schema_version": SCHEMA_VERSION,
         "run_date": run_date.isoformat(),
         "model_id": result.model_id,
         "task": card.task if card else None,
@@ -376,11 +403,41 @@ def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mod
     todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
     Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
                   f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
-    if not todo.num_rows:
-        raise NothingToDo(f"nothing new: all {manifest.num_rows} listed images were processed by "
-                          f"earlier runs{' with this model' if model_id else ''} ({state_uri(spec)}); "
-                          "nothing was run or committed")
     return todo
+
+
+def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
+                        skipped: dict[str, int], listing_seconds: float) -> RunResult:
+    """Commit an empty run record (one schema-only Parquet file, its manifest and summary saying
+    why), so that every night shows in ``imgclf runs`` and ``read_run`` — without starting Ray."""
+    import io
+    import uuid
+
+    from imgclf_ray.io import state
+
+    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
+    run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt)
+    empty = run_schema(run_id, info.model_id if info else None, info.labels if info else None).empty_table()
+    buf = io.BytesIO()
+    pq.write_table(empty, buf)
+    fs, staging_path = filesystem(staging.uri, spec.storage)
+    fs.makedirs(staging_path, exist_ok=True)
+    fs.pipe_file(join(staging_path, sink.staged_filename(uuid.uuid4().hex, 0)), buf.getvalue())
+    result = RunResult(run_id, staging.run_uri, 0, {}, {}, {}, [], 0.0, 0.0, info.model_id if info else None,
+                       spec_digest=spec_digest(spec), started_at=datetime.now(timezone.utc).isoformat(),
+                       listing_seconds=listing_seconds, files=files, listing_skipped=skipped, nothing_new=why)
+    if spec.incremental is not None:
+        state.record(state_uri(spec), run_id, staging.attempt, empty, spec.storage)
+    lock.verify()
+    sink.commit(staging, {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": run_date.isoformat(),
+                          "model_id": result.model_id, "task": info.task if info else None,
+                          "labels": info.labels if info else None, "by_status": {}, "errors_by_stage": {},
+                          "wall_seconds": 0.0, "nothing_new": why},
+                extra_files={sink.SUMMARY_FILE: json.dumps(result.summary(), indent=2).encode()})
+    if spec.incremental is not None:
+        state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
+    return result
 
 
 def cluster_artifact_uri(spec: JobSpec) -> str:
@@ -474,7 +531,7 @@ def _archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], l
 
 
 def _cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clusterer) -> dict[str, bytes]:
-    """Fills the run's cluster and flag counts; returns clusters.json (sizes, exemplars) when the
+    """Fills the run's cluster and flag counts; returns _clusters.json (sizes, exemplars) when the
     job clusters."""
     import pyarrow.compute as pc
 
@@ -500,7 +557,7 @@ def _cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clu
                         "algorithm": clusterer.card.algorithm, "n_clusters": clusterer.card.n_clusters,
                         "fitted_rows": clusterer.card.fitted_rows, "fitted_at": clusterer.card.fitted_at}
     doc = {**result.clusterer, "clusters": clusters}
-    return {"clusters.json": json.dumps(doc, indent=2).encode()}
+    return {"_clusters.json": json.dumps(doc, indent=2).encode()}
 
 
 def _in_onnxruntime(spec: JobSpec, card) -> bool:
@@ -752,11 +809,18 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     manifest = attach_true_labels(listed, spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
     if spec.incremental is not None:
+        listed_rows = manifest.num_rows
         manifest = _incremental(spec, manifest, model_id, mode, run_id)
-    ensure_ray(spec.run.ray_address, verbose)
+        if not manifest.num_rows:
+            why = (f"all {listed_rows} listed images were processed by earlier runs"
+                   f"{' with this model' if model_id else ''}")
+            return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds)
+    ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=mode == "log" and not verbose)
     import ray
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
-                   listing_skipped=skipped)
+    result = execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
+                     listing_skipped=skipped)
+    result.ray_log = ray_log
+    return result

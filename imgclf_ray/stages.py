@@ -545,10 +545,8 @@ class PredictStage:
             **predictions,
             "true_label": ([t if isinstance(t, str) else None for t in batch["true_label"]]
                            if "true_label" in batch else [None] * n),
-            "dicom": [list(json.loads(d).items()) if isinstance(d, str) else None
-                      for d in batch.get("dicom_json", [None] * n)],
-            "metadata": [list(json.loads(d).items()) if isinstance(d, str) else None
-                         for d in batch.get("metadata_json", [None] * n)],
+            "dicom": [d if isinstance(d, str) else None for d in batch.get("dicom_json", [None] * n)],
+            "metadata": [d if isinstance(d, str) else None for d in batch.get("metadata_json", [None] * n)],
             "model_id": [self.classifier.model_id if self.classifier else None] * n,
             "run_id": [self.run_id] * n,
             "processed_at": [now] * n,

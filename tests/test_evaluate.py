@@ -92,12 +92,12 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
         "--set", "source.labels.label_column=attributes"])
     assert result.exit_code == 0, result.output
     assert "multilabel evaluation on 40 labelled images" in result.output
-    metrics = json.loads((tmp_path / "out" / "eval" / "evaluation.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "eval" / "_evaluation.json").read_text())
     assert metrics["micro_f1"] >= 0.9 and metrics["subset_accuracy"] >= 0.75
-    assert not (model / "evaluation.json").exists()  # the user's model folder is not the job's output
+    assert not (model / "_evaluation.json").exists()  # the user's model folder is not the job's output
     assert metrics["data_digest"].startswith("sha256:") and metrics["evaluated_at"]
     manifest = json.loads((tmp_path / "out" / "eval" / "_manifest.json").read_text())
-    assert "evaluation.json" in manifest["side_files"]  # replacing the run deletes it too
+    assert "_evaluation.json" in manifest["side_files"]  # replacing the run deletes it too
     history = CliRunner().invoke(main, ["evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "--history",
                                         "--set", f"sink.uri={tmp_path}/out", "--set", "example=null"])
     assert history.exit_code == 0, history.output

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 
 from imgclf_ray.cli import main
-from imgclf_ray.errors import NothingToDo
 from imgclf_ray.io import state
 from imgclf_ray.io.sink import committed_files
 from imgclf_ray.pipeline import run_job
@@ -49,9 +48,12 @@ def test_nightly_runs_process_only_new_and_changed_images(ray_session, tiny_mode
     spec = _spec(root, out, tiny_model)
     assert run_job(spec, "nightly-2026-11-27", quiet=True).rows == 10
 
-    with pytest.raises(NothingToDo, match="nothing new: all 10 listed images"):
-        run_job(spec, "nightly-2026-11-28", quiet=True)
-    assert not (out / "nightly-2026-11-28").exists()
+    # Nothing new: an empty run record is committed (schema only), so the night shows.
+    empty = run_job(spec, "nightly-2026-11-28", quiet=True)
+    assert empty.rows == 0 and empty.nothing_new.startswith("all 10 listed images were processed")
+    assert read_run(str(out), "nightly-2026-11-28") == []
+    summary = json.loads((out / "nightly-2026-11-28" / "_run_summary.json").read_text())
+    assert summary["rows"] == 0 and summary["nothing_new"] == empty.nothing_new
 
     _archive(root, 10, 5)  # 5 added ...
     changed = sorted(root.glob("*.png"))[0]
@@ -67,8 +69,7 @@ def test_nightly_runs_process_only_new_and_changed_images(ray_session, tiny_mode
     card = (other / "model_card.json").read_text().replace('"created_at": "', '"created_at": "x')
     (other / "model_card.json").write_text(card)
     keep = _spec(root, out, str(other), reprocess_on_model_change=False)
-    with pytest.raises(NothingToDo):
-        run_job(keep, "nightly-2026-11-30", quiet=True)
+    assert run_job(keep, "nightly-2026-11-30", quiet=True).nothing_new
     assert run_job(_spec(root, out, str(other)), "nightly-2026-11-30", quiet=True).rows == 15
 
 

@@ -99,7 +99,7 @@ def test_bad_files_become_error_rows_and_good_ones_match_the_model(ray_session, 
     run_dir = tmp_path / "out" / "run1"
     manifest_json = json.loads((run_dir / "_manifest.json").read_text())
     assert manifest_json["rows"] == len(rows) and (run_dir / "_SUCCESS").exists()
-    summary = json.loads((run_dir / "run_summary.json").read_text())
+    summary = json.loads((run_dir / "_run_summary.json").read_text())
     assert summary["by_status"] == result.by_status and summary["rows"] == len(rows)
     assert summary["errors"]["by_cause"] == {
         "decode: empty file": 1, "decode: image is NxN = N pixels, over the decompression-bomb limit of N": 1,
@@ -159,8 +159,8 @@ def test_rerun_replaces_and_readers_see_only_committed_files(ray_session, tiny_m
     assert len({r["image_id"] for r in rows}) == manifest.num_rows
     assert not (out / "_staging").exists() and not (out / "_locks").exists()
     names = sorted(os.listdir(out / "nightly"))
-    assert names[:2] == ["_SUCCESS", "_manifest.json"] and names[3] == "run_summary.json"
-    assert re.fullmatch(r"part-00000-[0-9a-f]{12}\.parquet", names[2]) and names[2] not in first
+    assert names[:3] == ["_SUCCESS", "_manifest.json", "_run_summary.json"]
+    assert re.fullmatch(r"part-00000-[0-9a-f]{12}\.parquet", names[3]) and names[3] not in first
 
 
 def test_classical_model_through_ray_equals_the_estimator_outside(ray_session, mixed_archive, svm_hog_model, tmp_path, sample_photo):

@@ -74,7 +74,7 @@ def test_s3_clustering_and_curation(ray_session, s3, moto_server):
     result = execute(spec, manifest, "c1")
     assert result.curation_flags["duplicate"] == 4 and sum(result.by_cluster.values()) == 9
     assert s3.exists("output/curated/_clusterers/album/clusterer_card.json")
-    assert s3.exists("output/curated/c1/clusters.json") and not s3.exists("output/curated/_staging/c1")
+    assert s3.exists("output/curated/c1/_clusters.json") and not s3.exists("output/curated/_staging/c1")
     files = committed_files("s3://output/curated", "c1", spec.storage)
     rows = pads.dataset([f.removeprefix("s3://") for f in files], filesystem=s3, format="parquet").to_table().to_pylist()
     copies = {r["uri"].rsplit("/", 1)[-1]: r for r in rows if r["duplicate_group"]}

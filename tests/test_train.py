@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 
 def _evaluation(tmp_path):
     """The evaluation an `imgclf evaluate` wrote into its run folder (never the model folder)."""
-    (found,) = (tmp_path / "runs").glob("*/evaluation.json")
+    (found,) = (tmp_path / "runs").glob("*/_evaluation.json")
     return json.loads(found.read_text())
 
 

@@ -279,7 +279,7 @@ def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: Cur
         t = t.set_column(t.schema.get_field_index(name), OUTPUT_SCHEMA.field(name), values)
     fs, path = filesystem(uri, storage)
     sink = pa.BufferOutputStream()
-    pq.write_table(t.cast(OUTPUT_SCHEMA), sink)
+    pq.write_table(t.cast(OUTPUT_SCHEMA.with_metadata(t.schema.metadata)), sink)
     fs.pipe_file(path, sink.getvalue().to_pybytes())
 
 

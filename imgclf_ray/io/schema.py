@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Optional
 
 import pyarrow as pa
+
+# 2: side files start with "_" (_run_summary.json, _clusters.json, _evaluation.json); dicom and
+#    metadata are JSON object strings, not map columns; every Parquet file carries the run's facts
+#    in its key-value metadata (RUN_METADATA_KEYS); a run with nothing to do commits an empty file.
+# 1: the first release.
+SCHEMA_VERSION = 2
 
 OUTPUT_SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
@@ -26,8 +34,8 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("label_path", pa.list_(pa.string())),
     pa.field("path_scores", pa.list_(pa.float32())),
     pa.field("true_label", pa.string()),
-    pa.field("dicom", pa.map_(pa.string(), pa.string())),
-    pa.field("metadata", pa.map_(pa.string(), pa.string())),
+    pa.field("dicom", pa.string()),
+    pa.field("metadata", pa.string()),
     pa.field("model_id", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("processed_at", pa.timestamp("us", tz="UTC")),
@@ -97,11 +105,12 @@ COLUMN_DOCS = {
     "path_scores": "Hierarchical: the score of each level's choice (score is their product).",
     "true_label": "The known label when source.labels says where labels are (multilabel: joined by "
                   "the separator; hierarchical: a path a/b/c); null otherwise.",
-    "dicom": "DICOM rows: the attributes decode.dicom_attributes names (SOPInstanceUID, "
-             "StudyInstanceUID, SeriesInstanceUID, Modality, BodyPartExamined by default), as "
-             "strings; patient-identifying ones only with decode.dicom_allow_phi; null otherwise.",
-    "metadata": "Image tables (source.table): the source.table.carry columns of the image's row, "
-                "as strings; null otherwise.",
+    "dicom": "DICOM rows: a JSON object of the attributes decode.dicom_attributes names "
+             "(SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID, Modality, BodyPartExamined by "
+             "default), values as strings; patient-identifying ones only with "
+             "decode.dicom_allow_phi; null otherwise.",
+    "metadata": "Image tables (source.table): a JSON object of the source.table.carry columns of "
+                "the image's row, values as strings; null otherwise.",
     "model_id": "'sha256:<hex>' digest of the model card, which records the weights' sha256.",
     "run_id": "The run that wrote this row (also the output folder name).",
     "processed_at": "UTC time the row left the predictor.",
@@ -158,3 +167,16 @@ STATUS_SKIPPED = "skipped"  # source.extensions: any, and the file's content is 
 def image_id(uri: str, frame: int = 0) -> str:
     """Stable row id from uri + frame."""
     return hashlib.sha256(f"{uri}#{frame}".encode()).hexdigest()[:32]
+
+
+RUN_METADATA_KEYS = ("imgclf.schema_version", "imgclf.run_id", "imgclf.model_id", "imgclf.labels")
+
+
+def run_schema(run_id: str, model_id: Optional[str], labels: Optional[list[str]]) -> pa.Schema:
+    """OUTPUT_SCHEMA with the run's facts in its key-value metadata (written into every Parquet
+    file of the run): the schema version, run id, model digest and the label order of
+    class_scores (a JSON list; "null" without a model)."""
+    return OUTPUT_SCHEMA.with_metadata({
+        "imgclf.schema_version": str(SCHEMA_VERSION), "imgclf.run_id": run_id,
+        "imgclf.model_id": model_id or "", "imgclf.labels": json.dumps(labels),
+    })

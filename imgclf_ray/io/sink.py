@@ -5,7 +5,7 @@ Layout under ``sink.uri`` (``<run>`` is ``sink.layout``: ``<run_id>`` by default
 
     <run>/part-00000-<attempt>.parquet ...  committed data files (the only *.parquet files)
     <run>/_manifest.json              files, row counts, run facts (run_id, attempt, run_date, run_path)
-    <run>/run_summary.json            counts, errors by stage and cause, stage throughput (alerting)
+    <run>/_run_summary.json           counts, errors by stage and cause, stage throughput (alerting)
     <run>/_SUCCESS                    written last: a run without it is not committed
     _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged, and the
                                       commit's plan (_commit.json) while it commits
@@ -38,7 +38,11 @@ STAGED_SUFFIX = ".parquet.staged"
 COMMIT_PLAN = "_commit.json"
 MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"
-SUMMARY_FILE = "run_summary.json"
+SUMMARY_FILE = "_run_summary.json"
+# Side files of output schema version 1 had no leading "_", which folder readers (pandas, pyarrow,
+# polars) took for data files; a run of that version is still read by these names.
+LEGACY_NAMES = {"_run_summary.json": "run_summary.json", "_clusters.json": "clusters.json",
+                "_evaluation.json": "evaluation.json"}
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,18 @@ def _rmdir_if_empty(fs, path: str) -> None:
         pass
 
 
+def file_name_problem(name: object) -> Optional[str]:
+    """Why ``name`` cannot be a file of a run folder (None if it can): a plain name, or "_" and a
+    plain name (side files: folder readers skip names starting with "_")."""
+    return id_problem(name[1:] if isinstance(name, str) and name.startswith("_") else name)
+
+
 def _listed(manifest: dict[str, Any]) -> list[str]:
     """The file names a manifest says its run wrote (data files and side files)."""
     names = [f["path"] for f in manifest.get("files", [])]
-    names += list(manifest.get("side_files", [SUMMARY_FILE]))
+    names += list(manifest.get("side_files", [LEGACY_NAMES[SUMMARY_FILE]]))
     for name in names:
-        problem = id_problem(name)
+        problem = file_name_problem(name)
         if problem:
             raise UserError(f"a manifest of run {manifest.get('run_id')!r} lists {name!r}: {problem}; "
                             "it was not written by imgclf and nothing was deleted")
@@ -196,7 +206,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     holds the run's lock (imgclf_ray.io.lock).
 
     ``facts`` (counts, model id, plan ...) are recorded in the manifest as they are;
-    ``extra_files`` (name -> bytes, e.g. run_summary.json) are written beside it, before _SUCCESS.
+    ``extra_files`` (name -> bytes, e.g. _run_summary.json) are written beside it, before _SUCCESS.
 
     A run id already committed (in this folder or, with a dated layout, in another) is replaced:
     the new files land under names of their own, the new manifest and _SUCCESS are written, and
@@ -250,9 +260,9 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
 
 def add_side_file(run_uri: str, name: str, blob: bytes, storage: StorageSpec = StorageSpec()) -> None:
     """Write a file into a committed run's folder and list it in its manifest (side_files), so that
-    replacing the run deletes it too (e.g. evaluation.json, written after the commit)."""
-    if id_problem(name):
-        raise ValueError(f"{name!r}: {id_problem(name)}")
+    replacing the run deletes it too (e.g. _evaluation.json, written after the commit)."""
+    if file_name_problem(name):
+        raise ValueError(f"{name!r}: {file_name_problem(name)}")
     fs, run_path = filesystem(run_uri, storage)
     manifest = read_manifest(run_uri, storage)
     _put_atomic(fs, join(run_path, name), blob)
@@ -319,12 +329,17 @@ def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
 
 
 def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[dict[str, Any]]:
-    """A JSON file of a run folder (``_manifest.json``, ``run_summary.json``), or None if absent."""
+    """A JSON file of a run folder (``_manifest.json``, ``_run_summary.json``), or None if absent
+    (a run of output schema 1 is read by its side files' old names)."""
     fs, run_path = filesystem(run_uri, storage)
-    try:
-        return json.loads(fs.cat_file(join(run_path, name)))
-    except FileNotFoundError:
-        return None
+    for candidate in (name, LEGACY_NAMES.get(name)):
+        if candidate is None:
+            continue
+        try:
+            return json.loads(fs.cat_file(join(run_path, candidate)))
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:

@@ -16,6 +16,9 @@ def _line(counts: dict[str, int], limit: int = 12) -> str:
 def format_summary(result: RunResult, max_errors: int = 5) -> str:
     """Rows by status and label, errors by stage with a few examples, throughput, output location."""
     files = f" from {result.files} files" if result.files and result.files != result.rows else ""
+    if result.nothing_new:
+        return (f"run {result.run_id}: nothing new ({result.nothing_new}); committed an empty run "
+                f"record\n  output : {result.output_uri}")
     lines = [
         f"run {result.run_id}: {result.rows} images{files} in {result.wall_seconds:.1f} s "
         f"({result.images_per_second:.1f} images/s)",
@@ -34,4 +37,6 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
         lines.append(f"  flagged: {_line(result.curation_flags)}")
     lines.append(f"  model  : {result.model_id or '- (no model)'}")
     lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
+    if result.ray_log:
+        lines.append(f"  ray log: {result.ray_log}")
     return "\n".join(lines)

@@ -99,7 +99,7 @@ def test_curate_flags_blur_dark_duplicates_and_odd_shapes(ray_session, album_arc
     # cleanvision's IQR rule: nearly every image is 400x300, so the IQR is 0 and any other size is odd.
     assert {n for n, r in rows.items() if r["is_odd_size"]} == {"z-thumb.jpg"} | {f"d-{p}-small.jpg" for p in names}
     assert rows["z-strip.jpg"]["aspect_score"] == pytest.approx(100 / 1200) and rows["a-coffee.jpg"]["size_score"] == 1
-    summary = json.loads((tmp_path / "out" / "c1" / "run_summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "c1" / "_run_summary.json").read_text())
     flags = summary["curation_flags"]
     assert flags["duplicate"] == 14 and flags["odd_size"] == 8 and flags["odd_aspect"] == 1
     assert "outlier" not in flags and "label_issue" not in flags  # no clusterer, no model
@@ -144,7 +144,7 @@ def test_two_families_recovered_and_the_clusterer_is_reused_night_after_night(ra
     family = [Path(r["uri"]).parent.name for r in rows]
     assert adjusted_rand_score(family, [r["cluster"] for r in rows]) >= 0.9
     assert all(len(r["embedding"]) == 48 for r in rows)  # 3 HSV channels x 16 bins
-    clusters = json.loads((tmp_path / "out" / "night-1" / "clusters.json").read_text())
+    clusters = json.loads((tmp_path / "out" / "night-1" / "_clusters.json").read_text())
     assert sorted(c["size"] for c in clusters["clusters"]) == [30, 30]
     assert all(len(c["exemplars"]) == 5 for c in clusters["clusters"])
     assert first.by_cluster == {"0": 30, "1": 30} and first.clusterer["fitted_rows"] == 60

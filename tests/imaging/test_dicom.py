@@ -127,7 +127,7 @@ def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
     assert result.by_status == {"ok": 4, "error": 1}
     rows = {Path(r["uri"]).name: r for r in read_run(str(tmp_path / "out"), "d1")}
     assert rows["rtplan.dcm"]["error"] == "decode: DICOM object without pixel data (RT Plan Storage)"
-    ct = dict(rows["CT_small.dcm"]["dicom"])
+    ct = json.loads(rows["CT_small.dcm"]["dicom"])
     assert ct["Modality"] == "CT" and set(ct) == set(DecodeSpec().dicom_attributes)
     assert rows["CT_small.dcm"]["label"] is not None and (rows["CT_small.dcm"]["width"], rows["CT_small.dcm"]["height"]) == (128, 128)
     assert all("Patient" not in json.dumps(r["dicom"]) for r in rows.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,8 +38,8 @@ def test_image_table_rows_become_output_rows_with_their_metadata(ray_session, ti
     result = execute(spec, list_archive(spec.source), "t1")
     assert result.rows == 12 and result.by_status == {"ok": 10, "error": 2}
     rows = {(Path(r["uri"]).name, r["frame"]): r for r in read_run(str(tmp_path / "out"), "t1")}
-    assert dict(rows[("part-0.parquet", 3)]["metadata"]) == {"camera": "front", "frame_no": "3"}
-    assert dict(rows[("part-1.parquet", 2)]["metadata"]) == {"camera": "left", "frame_no": "2"}
+    assert json.loads(rows[("part-0.parquet", 3)]["metadata"]) == {"camera": "front", "frame_no": "3"}
+    assert json.loads(rows[("part-1.parquet", 2)]["metadata"]) == {"camera": "left", "frame_no": "2"}
     assert rows[("part-0.parquet", 6)]["error"].startswith("decode: not a format")
     assert rows[("part-0.parquet", 7)]["error"] == "decode: empty file (0 bytes)"
     assert rows[("part-1.parquet", 0)]["label"] is not None and rows[("part-1.parquet", 0)]["width"] == 8

@@ -33,7 +33,7 @@ def test_webdataset_shards_one_row_per_sample_with_its_label(ray_session, tiny_m
     assert spec.source.extensions == [".tar"]
     result = execute(spec, list_archive(spec.source), "w1")
     assert result.rows == 10 and result.by_status == {"ok": 9, "error": 1}
-    rows = {dict(r["metadata"])["key"]: r for r in read_run(str(tmp_path / "out"), "w1")}
+    rows = {json.loads(r["metadata"])["key"]: r for r in read_run(str(tmp_path / "out"), "w1")}
     assert set(rows) == {f"sample{i:03d}" for i in range(9)} | {"broken"}
     assert all(rows[f"sample{i:03d}"]["true_label"] == str(i % 10) for i in range(9))
     assert rows["sample005"]["frame"] == 1 and Path(rows["sample005"]["uri"]).name == "shard-000001.tar"

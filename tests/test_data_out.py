@@ -1,0 +1,145 @@
+"""Nights compared, runs listed as JSON, review exports (CSV, JSON Lines, Label Studio tasks), on
+runs committed through the sink's own commit (no Ray needed: the rows are made here)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from imgclf_ray.cli import main
+from imgclf_ray.io import sink
+from imgclf_ray.io.schema import OUTPUT_SCHEMA, run_schema
+
+
+def commit_run(out: Path, run_id: str, rows: list[dict], uri_prefix: str = "file:///data/archive") -> None:
+    """Commit ``rows`` (label, score, optional error / flags) as run ``run_id`` under ``out``."""
+    now = datetime.now(timezone.utc)
+    full = []
+    for i, r in enumerate(rows):
+        error = r.get("error")
+        full.append({"image_id": f"{run_id}-{i}", "uri": f"{uri_prefix}/img{i:03d}.png", "frame": 0,
+                     "status": "error" if error else "ok", "error": error,
+                     "label": None if error else r["label"], "score": None if error else r["score"],
+                     "topk_labels": None if error else [r["label"]], "topk_scores": None if error else [r["score"]],
+                     "run_id": run_id, "model_id": "sha256:abc", "processed_at": now,
+                     "is_label_issue": r.get("issue")})
+    table = pa.Table.from_pylist(full, schema=run_schema(run_id, "sha256:abc", ["cat", "dog"]))
+    staging = sink.Staging.new(str(out), run_id)
+    Path(staging.uri).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, Path(staging.uri) / sink.staged_filename("u", 0))
+    counts = {"ok": sum(r.get("error") is None for r in rows)}
+    counts["error"] = len(rows) - counts["ok"]
+    sink.commit(staging, {"job": "t", "by_status": counts, "labels": ["cat", "dog"]},
+                extra_files={sink.SUMMARY_FILE: b"{}"})
+
+
+@pytest.fixture
+def nights(tmp_path):
+    """Night A: 80 cat / 20 dog, confident; night B: 50 / 50, less confident, 2 new-cause errors."""
+    out = tmp_path / "out"
+    commit_run(out, "night-a", [{"label": "cat", "score": 0.95}] * 80 + [{"label": "dog", "score": 0.9}] * 20
+               + [{"error": "decode: cannot identify image file (OSError)"}])
+    commit_run(out, "night-b", [{"label": "cat", "score": 0.7}] * 50
+               + [{"label": "dog", "score": 0.6, "issue": True}] * 50
+               + [{"error": "read: file vanished after listing (FileNotFoundError)"}] * 2)
+    return out
+
+
+def test_compare_shows_the_label_shift(nights):
+    result = CliRunner().invoke(main, ["compare", "night-a", "night-b", "--sink", str(nights), "--json"])
+    assert result.exit_code == 0, result.output
+    c = json.loads(result.output)
+    by = {row["label"]: row for row in c["labels"]}
+    assert (by["cat"]["count_a"], by["cat"]["count_b"], by["dog"]["share_a"], by["dog"]["share_b"]) == (80, 50, 0.2, 0.5)
+    assert by["dog"]["psi"] > 0.25 and by["dog"]["chi2_p"] < 0.001 and c["psi_total"] > 0.25
+    assert c["confidence"]["mean_b"] < c["confidence"]["mean_a"] and c["confidence"]["ks_p"] < 0.001
+    assert list(c["new_error_causes"]) == ["read: file vanished after listing"]
+    text = CliRunner().invoke(main, ["compare", str(nights / "night-a"), str(nights / "night-b")]).output
+    assert "significant drift" in text and "new error causes: read: file vanished after listing (2)" in text
+
+
+def test_runs_as_json(nights):
+    result = CliRunner().invoke(main, ["runs", str(nights), "--json"])
+    assert result.exit_code == 0
+    assert [r["run_id"] for r in json.loads(result.output)] == ["night-a", "night-b"]
+
+
+def test_export_the_least_confident_rows_as_csv_and_jsonl(nights, tmp_path):
+    out = tmp_path / "review.csv"
+    result = CliRunner().invoke(main, ["export", str(nights), "--run", "night-b", "--to", "csv",
+                                       "--where", "status == 'ok'", "--sort", "score", "--limit", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 5 and {r["label"] for r in rows} == {"dog"} and rows[0]["score"].startswith("0.6")
+    result = CliRunner().invoke(main, ["export", str(nights), "--to", "jsonl", "--where", "is_label_issue and score < 0.65"])
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert len(lines) == 50 and all(r["is_label_issue"] and r["run_id"] == "night-b" for r in lines)
+
+
+def test_export_refuses_a_bad_filter_in_one_line(nights):
+    for where, expected in (("colour == 'red'", "no column 'colour'"), ("score <", "cannot read"),
+                            ("label", "not a true/false column")):
+        result = CliRunner().invoke(main, ["export", str(nights), "--to", "csv", "--where", where])
+        assert result.exit_code != 0 and result.output.startswith("error: --where") and expected in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def _valid_label_studio_task(task: dict) -> None:
+    """Label Studio's import format for pre-annotated tasks (labelstud.io/guide/predictions): a
+    task is {"data": {...}, "predictions": [{"model_version", "score", "result": [{"from_name",
+    "to_name", "type", "value": {"choices": [...]}}]}]}."""
+    assert set(task) == {"data", "predictions"} and isinstance(task["data"]["image"], str)
+    (pred,) = task["predictions"]
+    assert isinstance(pred["model_version"], str) and 0 <= pred["score"] <= 1
+    (res,) = pred["result"]
+    assert res["type"] == "choices" and res["from_name"] == "choice" and res["to_name"] == "image"
+    assert isinstance(res["value"]["choices"], list) and all(isinstance(c, str) for c in res["value"]["choices"])
+
+
+def test_label_studio_tasks(nights, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(nights), "--run", "night-a", "--to", "label-studio"])
+    assert result.exit_code != 0 and "--document-root is needed for local images" in result.output
+    result = CliRunner().invoke(main, ["export", str(nights), "--run", "night-a", "--to", "label-studio",
+                                       "--document-root", "/data", "--sort", "score", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    tasks = json.loads(result.output)
+    assert len(tasks) == 3
+    for task in tasks:
+        _valid_label_studio_task(task)
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=archive/img080.png"
+    assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == ["dog"]
+    commit_run(tmp_path / "s3out", "s", [{"label": "cat", "score": 0.9}], uri_prefix="s3://bucket/images")
+    tasks = json.loads(CliRunner().invoke(main, ["export", str(tmp_path / "s3out"), "--to", "label-studio"]).output)
+    assert tasks[0]["data"]["image"] == "s3://bucket/images/img000.png"
+
+
+def test_a_run_of_output_schema_1_is_still_read(tmp_path):
+    """Runs committed before schema 2: run_summary.json without '_', map columns."""
+    from imgclf_ray.io.sink import read_run_json
+    from imgclf_ray.io.tables import read_columns
+
+    out = tmp_path / "out"
+    commit_run(out, "old", [{"label": "cat", "score": 0.9}])
+    run = out / "old"
+    (run / "_run_summary.json").rename(run / "run_summary.json")
+    manifest = json.loads((run / "_manifest.json").read_text())
+    manifest.pop("side_files")
+    (run / "_manifest.json").write_text(json.dumps(manifest))
+    (part,) = run.glob("part-*.parquet")
+    t = pq.read_table(part)
+    t = t.set_column(t.schema.get_field_index("dicom"), pa.field("dicom", pa.map_(pa.string(), pa.string())),
+                     pa.array([[("Modality", "CT")]], pa.map_(pa.string(), pa.string())))
+    pq.write_table(t.replace_schema_metadata(None), part)
+    assert read_run_json(str(run), sink.SUMMARY_FILE) == {}
+    assert read_columns(sink.run_files(str(run)), lambda n: True).num_rows == 1
+    result = CliRunner().invoke(main, ["runs", str(out)])
+    assert result.exit_code == 0 and "old" in result.output
+    assert OUTPUT_SCHEMA.field("dicom").type == pa.string()

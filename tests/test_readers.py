@@ -1,0 +1,117 @@
+"""Every tool people read Parquet with sees each committed image once, with no options: a sink
+holding two dated incremental nights (curation, clustering, a clusterer artifact, the state store)
+and a "nothing new" night, read with pandas, pyarrow, Ray, polars, DuckDB and Hugging Face
+datasets — and through the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import imgclf_ray
+from tests.corpus import digit_images, png_bytes
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _archive(root: Path, start: int, n: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, img in digit_images(start + n)[start:]:
+        (root / f"{name}.png").write_bytes(png_bytes(img))
+
+
+@pytest.fixture(scope="module")
+def sink(ray_session, tmp_path_factory, tiny_model):
+    """Night 1: 12 images; night 2: 6 new ones; night 3: nothing new (an empty run record)."""
+    root = tmp_path_factory.mktemp("readers")
+    archive, out = root / "archive", root / "out"
+    job = {"name": "nightly", "source": {"uri": str(archive)}, "model": {"uri": tiny_model, "topk": 3},
+           "sink": {"uri": str(out), "layout": "date={date}/{run_id}"}, "incremental": {},
+           "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}},
+           "curate": {"checks": ["dark", "duplicate", "outlier"]},
+           "resources": {"decode_batch_size": 8}}
+    _archive(archive, 0, 12)
+    first = imgclf_ray.run(job, {"sink.run_date": "2026-11-28"}, run_id="n-2026-11-28")
+    _archive(archive, 12, 6)
+    second = imgclf_ray.run(job, {"sink.run_date": "2026-11-29"}, run_id="n-2026-11-29")
+    third = imgclf_ray.run(job, {"sink.run_date": "2026-11-30"}, run_id="n-2026-11-30")
+    assert (first.rows, second.rows, third.rows) == (12, 6, 0) and third.nothing_new
+    assert list((out / "_state").rglob("*")) and list((out / "_clusterers").rglob("*.json"))
+    return out
+
+
+EXPECTED = 18  # one row per (run, image): 12 + 6 + 0
+
+
+def _once(uris) -> None:
+    uris = list(uris)
+    assert len(uris) == EXPECTED and len(set(uris)) == EXPECTED
+
+
+def test_folder_readers_see_a_run_and_the_sink(sink):
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    run = next(sink.glob("date=2026-11-28/n-2026-11-28"))
+    assert len(pd.read_parquet(run)) == 12 and pq.read_table(run).num_rows == 12
+    _once(pd.read_parquet(sink)["uri"])
+    _once(pads.dataset(sink, format="parquet").to_table().column("uri").to_pylist())
+    _once(pq.read_table(sink).column("uri").to_pylist())
+
+
+def test_ray_reads_the_sink(sink):
+    import ray.data
+
+    _once(r["uri"] for r in ray.data.read_parquet(str(sink)).select_columns(["uri"]).take_all())
+
+
+def test_glob_readers_see_committed_files_only(sink):
+    import duckdb
+    import polars as pl
+
+    glob = f"{sink}/**/*.parquet"
+    _once(pl.read_parquet(glob)["uri"].to_list())
+    _once(r[0] for r in duckdb.sql(f"SELECT uri FROM read_parquet('{glob}')").fetchall())
+
+
+def test_hugging_face_datasets_loads_the_sink(sink, tmp_path):
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=f"{sink}/**/*.parquet", split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    _once(ds["uri"])
+    row = ds[0]
+    assert isinstance(row["class_scores"], list) and row["dicom"] is None
+
+
+def test_each_file_carries_the_run_facts(sink):
+    from imgclf_ray.io.schema import SCHEMA_VERSION
+
+    for path in sink.rglob("part-*.parquet"):
+        meta = pq.read_schema(path).metadata
+        assert meta[b"imgclf.schema_version"] == str(SCHEMA_VERSION).encode()
+        assert meta[b"imgclf.run_id"].decode() in str(path)
+        assert json.loads(meta[b"imgclf.labels"]) == [f"class{i}" for i in range(10)]
+        assert meta[b"imgclf.model_id"].startswith(b"sha256:")
+
+
+def test_python_api_reads_runs(sink):
+    latest = imgclf_ray.read_run(str(sink))  # the latest committed run: night 3, empty
+    assert latest.num_rows == 0 and "class_scores" in latest.schema.names
+    night = imgclf_ray.read_run(str(sink), "n-2026-11-29")
+    assert night.num_rows == 6 and set(night.column("run_id").to_pylist()) == {"n-2026-11-29"}
+    assert imgclf_ray.read_run_dataset(str(sink), "n-2026-11-28").count() == 12
+
+
+def test_python_api_refuses_a_bad_spec_before_ray(tmp_path):
+    from imgclf_ray.errors import SpecError
+
+    with pytest.raises(SpecError, match="model.topk"):
+        imgclf_ray.run({"name": "j", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "o")},
+                        "model": {"uri": "m"}}, {"model.topk": 0})
+    with pytest.raises(SpecError, match="run_id"):
+        imgclf_ray.run({"name": "j", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "o")},
+                        "model": {"uri": "m"}}, run_id="../escape")
