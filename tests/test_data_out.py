@@ -37,8 +37,12 @@ def commit_run(out: Path, run_id: str, rows: list[dict], uri_prefix: str = "file
     pq.write_table(table, Path(staging.uri) / sink.staged_filename("u", 0))
     counts = {"ok": sum(r.get("error") is None for r in rows)}
     counts["error"] = len(rows) - counts["ok"]
+    by_label: dict[str, int] = {}
+    for r in rows:
+        if not r.get("error"):
+            by_label[r["label"]] = by_label.get(r["label"], 0) + 1
     sink.commit(staging, {"job": "t", "by_status": counts, "labels": ["cat", "dog"]},
-                extra_files={sink.SUMMARY_FILE: b"{}"})
+                extra_files={sink.SUMMARY_FILE: json.dumps({"by_label": by_label}).encode()})
 
 
 @pytest.fixture
@@ -138,8 +142,17 @@ def test_a_run_of_output_schema_1_is_still_read(tmp_path):
     t = t.set_column(t.schema.get_field_index("dicom"), pa.field("dicom", pa.map_(pa.string(), pa.string())),
                      pa.array([[("Modality", "CT")]], pa.map_(pa.string(), pa.string())))
     pq.write_table(t.replace_schema_metadata(None), part)
-    assert read_run_json(str(run), sink.SUMMARY_FILE) == {}
+    assert read_run_json(str(run), sink.SUMMARY_FILE) == {"by_label": {"cat": 1}}
     assert read_columns(sink.run_files(str(run)), lambda n: True).num_rows == 1
     result = CliRunner().invoke(main, ["runs", str(out)])
     assert result.exit_code == 0 and "old" in result.output
     assert OUTPUT_SCHEMA.field("dicom").type == pa.string()
+
+
+def test_report_has_the_recent_nights(nights, tmp_path):
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", str(nights), "--run", "night-b", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert '<section id="nights"><h2>Recent nights</h2>' in page
+    assert "night-a" in page and "50.0%" in page and "20.0%" in page  # dog's share, night by night

@@ -173,8 +173,59 @@ img.chart{max-width:100%}td.err{color:#a4161a}h3{font-size:14px;margin:12px 0 6p
 """
 
 
+def recent_nights(run_uri: str, manifest: dict[str, Any], storage: StorageSpec = StorageSpec(),
+                  last: int = 8) -> list[dict[str, Any]]:
+    """The runs of the same sink up to this one (at most ``last``, oldest first): run id, rows,
+    error rate and label shares, from their manifests and summaries."""
+    run_path = str(manifest.get("run_path") or manifest.get("run_id", ""))
+    base = run_uri.rstrip("/")
+    if not run_path or not base.endswith("/" + run_path):
+        return []
+    runs = sink.list_runs(base[: -len(run_path) - 1], storage)
+    ids = [r["run_id"] for r in runs]
+    if manifest.get("run_id") not in ids:
+        return []
+    out = []
+    for r in runs[max(0, ids.index(manifest["run_id"]) - last + 1): ids.index(manifest["run_id"]) + 1]:
+        summary = sink.read_run_json(r["uri"], sink.SUMMARY_FILE, storage) or {}
+        by_label = summary.get("by_label") or {}
+        labelled = sum(by_label.values())
+        rows = int(r.get("rows", 0))
+        out.append({"run_id": r["run_id"], "rows": rows,
+                    "error_rate": (r.get("by_status") or {}).get("error", 0) / rows if rows else 0.0,
+                    "shares": {k: v / labelled for k, v in by_label.items()} if labelled else {},
+                    "nothing_new": bool(r.get("nothing_new"))})
+    return out
+
+
+def _nights_chart(nights: list[dict[str, Any]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({k for n in nights for k in n["shares"]})[:20]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(5, 0.6 * len(nights) + 3), 5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    x = np.arange(len(nights))
+    base = np.zeros(len(nights))
+    for label in labels:
+        share = np.array([n["shares"].get(label, 0.0) for n in nights])
+        top.bar(x, share, bottom=base, label=str(label))
+        base += share
+    top.set_ylabel("label share")
+    top.set_title("Recent nights")
+    if labels:
+        top.legend(fontsize=7, ncol=min(4, len(labels)), loc="upper left", bbox_to_anchor=(1, 1))
+    bottom.plot(x, [100 * n["error_rate"] for n in nights], marker="o", color="#b03a2e")
+    bottom.set_ylabel("errors %")
+    bottom.set_xticks(x, [n["run_id"] for n in nights], rotation=45, ha="right", fontsize=7)
+    return _figure_uri(fig)
+
+
 def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from_folder: bool = False,
-                  per_group: int = 8, max_thumbnails: int = 400) -> str:
+                  per_group: int = 8, max_thumbnails: int = 400,
+                  nights: Optional[list[dict[str, Any]]] = None) -> str:
     """The HTML text of the report for ``run``."""
     t = run.table
     n = t.num_rows
@@ -255,6 +306,14 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
                              + thumbs.grid([(u, "") for u in flagged.column("uri").to_pylist()[:per_group]]))
         sections.append(("curation", "Curation flags", "".join(parts)))
 
+    if nights and len(nights) > 1:
+        top = sorted({k for night in nights for k in night["shares"]})[:8]
+        rows = [[night["run_id"], night["rows"], f"{100 * night['error_rate']:.1f}%"]
+                + [f"{100 * night['shares'].get(k, 0):.1f}%" for k in top] for night in nights]
+        sections.append(("nights", "Recent nights",
+                         f'<img class="chart" src="{_nights_chart(nights)}" alt="label shares and error rate by night">'
+                         + _table(["run", "images", "errors"] + [str(k) for k in top], rows)))
+
     causes = (s.get("errors") or {}).get("by_cause") or {}
     err_rows = [[u, e] for u, e in zip(errors.column("uri").to_pylist()[:200], errors.column("error").to_pylist()[:200])]
     sections.append(("errors", f"Errors ({errors.num_rows})",
@@ -306,7 +365,8 @@ def write_report(output_uri: str, run_id: Optional[str] = None, out: Optional[st
     ``<run_id>-report.html`` in the current directory). Returns where it was written."""
     run_uri = sink.resolve_run(output_uri, run_id, storage)
     run = load_run(run_uri, storage)
-    page = render_report(run, storage, truth_from_folder=truth_from_folder)
+    page = render_report(run, storage, truth_from_folder=truth_from_folder,
+                         nights=recent_nights(run_uri, run.manifest, storage))
     out = out or f"{run.manifest.get('run_id', 'run')}-report.html"
     fs, path = filesystem(out, storage)
     fs.pipe_file(path, page.encode())
