@@ -68,6 +68,13 @@ def _fold_batch_norm(net):
         return net
 
 
+def _native_bf16() -> bool:
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
@@ -98,6 +105,12 @@ class TorchClassifier:
             device = "cpu"  # the inputs are prepared on the host for ONNX Runtime
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if precision == "bf16" and self.device.type == "cpu" and not _native_bf16():
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "model.precision bf16 on a CPU without AVX512-BF16 or AMX is emulated and several times "
+                "slower than fp32 (measured 7x on ResNet-18); use fp32 here")
         self.net = _fold_batch_norm(net.eval()).to(self.device, self.dtype)
         if self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -133,6 +133,33 @@ def test_torchscript_artifact_gives_the_same_probabilities(tiny_model, tmp_path)
         TorchClassifier(str(tmp_path / "ts"), trusted=True)
 
 
+def test_a_torchscript_model_returning_a_dict_labels(tiny_model, tmp_path):
+    """The Hugging Face style: forward returns {"logits": ...}; the logits are taken from it."""
+    import hashlib
+    import io
+
+    eager = TorchClassifier(tiny_model, threads=1)
+
+    class DictOut(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.net(x), "pooled": x.mean(dim=(2, 3))}
+
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(DictOut(eager.net.float().to(memory_format=torch.contiguous_format))), buf)
+    card = json.loads((Path(tiny_model) / CARD_FILE).read_text())
+    card["weights"] = {"file": "model.ts", "format": "torchscript",
+                       "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    (tmp_path / "model.ts").write_bytes(buf.getvalue())
+    (tmp_path / CARD_FILE).write_text(json.dumps(card))
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    np.testing.assert_allclose(TorchClassifier(str(tmp_path), threads=1, trusted=True).predict_proba(pixels),
+                               eager.predict_proba(pixels), atol=1e-5)
+
+
 def test_bf16_precision_stays_close_to_fp32(tiny_model):
     from imgclf_ray.models.torch_classifier import TorchClassifier
 

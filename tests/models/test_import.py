@@ -331,6 +331,14 @@ def test_onnx_external_data_outside_its_folder_is_refused(onnx_model, tmp_path):
     assert "outside the model's folder" in out
 
 
+def test_onnxruntime_runs_in_fp32_only():
+    from imgclf_ray.errors import SpecError
+
+    with pytest.raises(SpecError, match="runtime onnxruntime runs in fp32"):
+        parse_spec({"name": "j", "source": {"uri": "in"}, "sink": {"uri": "out"},
+                    "model": {"uri": "m", "runtime": "onnxruntime", "precision": "bf16"}}, "<test>")
+
+
 # -- fine-tuning an imported model ----------------------------------------------------------------
 
 @pytest.mark.slow
