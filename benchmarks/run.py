@@ -303,6 +303,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--skip-s3", action="store_true")
     parser.add_argument("--predictor-seconds", type=float, default=10.0,
                         help="how long each path of the predictor-alone comparison runs")
+    parser.add_argument("--predictor-batch", type=int, default=32, help="its batch size")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -365,7 +366,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             server.stop()
     decode_plain = decode_resize_rate(files)
     os.environ["IMGCLF_CACHE"] = str(work / "cache")
-    predictor = predictor_rates(work / "cnn", seconds=args.predictor_seconds)
+    predictor = predictor_rates(work / "cnn", seconds=args.predictor_seconds, batch=args.predictor_batch)
     by = {r.method: r for r in rows}
     # The targets are judged on exact fp32 output; bf16 (opt-in, other numerics) is reported beside.
     ours = max(by["imgclf (CNN)"], by["imgclf (CNN, draft)"], key=lambda r: r.rate)
