@@ -14,8 +14,9 @@ from tests.conftest import REPO
 @pytest.mark.slow
 def test_benchmark_smoke_runs_every_path(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--n", "4", "--quick",
-                           "--skip-s3", "--predictor-seconds", "0.5", "--predictor-batch", "2", "--work", str(tmp_path / "work"), "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--n", "4", "--quick", "--skip-s3",
+                           "--predictor-seconds", "0.5", "--predictor-batch", "2", "--work", str(tmp_path / "work"),
+                           "--json", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
