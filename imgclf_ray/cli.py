@@ -303,7 +303,8 @@ def model() -> None:
               "its categories and transforms (metadata shipped with torchvision; nothing is downloaded).")
 @click.option("--task", type=click.Choice(["multiclass", "binary", "multilabel"]), default=None,
               help="Default: the model's own (Hugging Face problem_type), else multiclass.")
-@click.option("--features", default=None, help="skops: the feature extractor the pipeline was fitted on.")
+@click.option("--features", default=None, help="skops: the feature extractor the pipeline was fitted on: "
+              "a name, or '{name: hog, params: {...}}'.")
 def model_import(source: str, fmt: str, out: str, labels_file: Optional[str], preprocess_file: Optional[str],
                  architecture: Optional[str], weights: Optional[str], task: Optional[str],
                  features: Optional[str]) -> None:

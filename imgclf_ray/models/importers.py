@@ -535,7 +535,11 @@ def import_skops(src: Path, labels: Optional[list[str]], preprocess: Optional[di
 
     if not features:
         raise ArtifactError("--features NAME is needed with skops (the extractor the pipeline was fitted on: "
-                            "pixels, color_histogram, hog, lbp, glcm, edges)")
+                            "pixels, color_histogram, hog, lbp, glcm, edges; or '{name: hog, params: {...}}')")
+    from imgclf_ray.spec import load_yaml
+
+    parsed = load_yaml(features)
+    feature_spec = parsed if isinstance(parsed, dict) else {"name": str(features)}
     if preprocess is None:
         raise ArtifactError("--preprocess FILE is needed with skops (resize, crop, channels the features saw)")
     blob = src.read_bytes()
@@ -550,7 +554,7 @@ def import_skops(src: Path, labels: Optional[list[str]], preprocess: Optional[di
     classes = [str(c) for c in getattr(est, "classes_", [])]
     labels = labels or classes
     return Found(fields={"framework": "sklearn", "architecture": type(est).__name__, "labels": labels,
-                         "preprocess": preprocess, "features": {"name": features},
+                         "preprocess": preprocess, "features": feature_spec,
                          "scores": "probability" if hasattr(est, "predict_proba") else "uncalibrated"},
                  blob=blob, weights_file="model.skops", weights_format="skops",
                  origins={"labels": "--labels" if labels is not classes else "estimator classes_",

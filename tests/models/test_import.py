@@ -363,3 +363,27 @@ def test_fine_tune_an_imported_timm_model_then_evaluate(ray_session, digits_arch
                                        "--set", f"model.uri={tmp_path}/ft", "--set", f"sink.uri={tmp_path}/runs"])
     assert result.exit_code == 0, result.output
     assert _evaluation(tmp_path)["images"] == len(list(data.rglob("*.png")))
+
+
+def test_a_skops_pipeline_over_our_features(svm_hog_model, tmp_path):
+    """A fitted scikit-learn estimator saved with skops, over one of imgclf's extractors: imported,
+    it scores as the original; a file holding a type outside the trusted list is refused."""
+    import skops.io as sio
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from imgclf_ray.models.loader import load_classifier
+
+    card = read_card(svm_hog_model)
+    (tmp_path / "prep.json").write_text(card.preprocess.model_dump_json())
+    features = json.dumps(card.features.model_dump())
+    imported(str(Path(svm_hog_model) / "model.skops"), "--format", "skops", "--features", features,
+             "--preprocess", str(tmp_path / "prep.json"), "--out", str(tmp_path / "a"))
+    x = np.random.default_rng(0).random((5, load_classifier(svm_hog_model).estimator.n_features_in_))
+    np.testing.assert_allclose(load_classifier(str(tmp_path / "a")).predict_proba(x),
+                               load_classifier(svm_hog_model).predict_proba(x))
+    sio.dump(make_pipeline(FunctionTransformer(json.loads), load_classifier(svm_hog_model).estimator),
+             tmp_path / "custom.skops")
+    out = refused(tmp_path, str(tmp_path / "custom.skops"), "--format", "skops", "--features", "hog",
+                  "--preprocess", str(tmp_path / "prep.json"))
+    assert "not trusted" in out and "json.loads" in out
