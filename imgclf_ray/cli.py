@@ -113,7 +113,7 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     from imgclf_ray.report.summary import format_summary
 
     try:
-        result = run_job(spec, quiet=quiet, verbose=verbose, once=once)
+        result = run_job(spec, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))

@@ -111,8 +111,9 @@ def default_run_id(spec: JobSpec) -> str:
 def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool = False) -> Optional[str]:
     """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process
     (never a silent join of whatever ``ray start`` left running on this machine). With ``quiet``
-    (cron), Ray's own console lines (its start-up warnings, worker output) go to a log file instead,
-    whose path is returned; the session's own logs keep everything as usual."""
+    (the CLI under cron), Ray's own console lines (its start-up warnings, the core worker's lines,
+    worker output) go to a log file instead, whose path is returned; the session's own logs keep
+    everything as usual. Never for an embedding program (it redirects this process's stderr)."""
     import ray
 
     ray_log = None
@@ -126,6 +127,8 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
             ray.init(address=address, **kwargs)
         else:
             ray.init(address="local", include_dashboard=False, **kwargs)
+        if ray_log:
+            _log_to(ray_log, ("ray",))  # ray.init cleared the "ray" logger's handlers
     # Right after start-up the node may not have reported its resources yet; the planner needs them.
     deadline = time.monotonic() + 30
     while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:
@@ -137,21 +140,40 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
             if _drop_misleading_warnings not in handler.filters:
                 handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    return ray_log
 
 
-def _ray_to_file() -> str:
-    """Send the "ray" loggers' console output of this process to a file; its path."""
-    import tempfile
-
-    path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+def _log_to(path: str, names: tuple[str, ...]) -> None:
+    """Replace the console handlers of these loggers by one appending to ``path``."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray", "ray.data", "ray.train"):
+    for name in names:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]:
             logger.removeHandler(old)
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def _ray_to_file() -> str:
+    """Send Ray's console output in this process to a file; its path. Python loggers under "ray"
+    get a file handler ("ray._private" too: ray.init clears "ray" itself before it warns), and
+    file descriptor 2, where Ray's C++ core worker writes, is pointed at the file, while
+    ``sys.stderr`` (imgclf's own lines) stays on the original stderr."""
+    import io
+    import sys
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+    _log_to(path, ("ray._private", "ray", "ray.data", "ray.train"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    original = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = io.TextIOWrapper(io.FileIO(original, "w"), encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                                  errors="backslashreplace", line_buffering=True, write_through=True)
     return path
 
 
@@ -420,7 +442,7 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt)
     empty = run_schema(run_id, info.model_id if info else None, info.labels if info else None).empty_table()
     buf = io.BytesIO()
-    pq.write_table(empty, buf)
+    pq.ParquetWriter(buf, empty.schema).close()  # no row group at all: a 0-row group breaks `datasets`
     fs, staging_path = filesystem(staging.uri, spec.storage)
     fs.makedirs(staging_path, exist_ok=True)
     fs.pipe_file(join(staging_path, sink.staged_filename(uuid.uuid4().hex, 0)), buf.getvalue())
@@ -773,7 +795,7 @@ def spec_digest(spec: JobSpec) -> str:
 
 
 def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
-            verbose: bool = False, once: bool = False) -> RunResult:
+            verbose: bool = False, once: bool = False, redirect_ray: bool = False) -> RunResult:
     """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit.
 
     Progress goes to stderr: a bar on a terminal, a log line every 10 s otherwise or with ``quiet``.
@@ -788,10 +810,11 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
         if run_id in done:
             raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
                               "nothing was done (a dated run happens once; --run-id replaces a run)")
-        return _run_locked(spec, run_id, mode, verbose, lock)
+        return _run_locked(spec, run_id, mode, verbose, lock, redirect_ray)
 
 
-def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock) -> RunResult:
+def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock,
+                redirect_ray: bool = False) -> RunResult:
     if spec.decode.dicom_allow_phi:
         Progress.note("WARNING: decode.dicom_allow_phi is true: the dicom column of this run may hold "
                       "patient-identifying attributes, exactly as the files store them; the manifest "
@@ -815,7 +838,7 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
             why = (f"all {listed_rows} listed images were processed by earlier runs"
                    f"{' with this model' if model_id else ''}")
             return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds)
-    ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=mode == "log" and not verbose)
+    ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
     import ray
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
