@@ -215,7 +215,8 @@ def import_timm(src: Path, labels: Optional[list[str]], architecture: Optional[s
         raise ArtifactError(f"unknown timm architecture {arch!r} (see timm.list_models())")
     state = load_tensors(files["weights"])
     if not pretrained_cfg:
-        pretrained_cfg = dict(timm.models.get_pretrained_cfg(arch).to_dict()) if timm.models.get_pretrained_cfg(arch) else {}
+        default = timm.models.get_pretrained_cfg(arch)
+        pretrained_cfg = dict(default.to_dict()) if default else {}
     probe = timm.create_model(arch, pretrained=False, pretrained_cfg=pretrained_cfg or None, **model_args)
     head = probe.get_classifier()
     head_key = next((k for k, m in probe.named_modules() if m is head), None)
