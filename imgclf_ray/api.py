@@ -26,22 +26,10 @@ if TYPE_CHECKING:
     from imgclf_ray.pipeline import RunResult
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
-    from imgclf_ray.errors import SpecError
-
-    node = data
-    parts = dotted.split(".")
-    for i, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"{origin} (overrides {dotted}): {'.'.join(parts[:i + 1])} is not a mapping")
-    node[parts[-1]] = value
-
-
 def load_job(job: Union[str, Path, dict, JobSpec], overrides: Optional[dict[str, Any]] = None) -> JobSpec:
     """A validated JobSpec from a YAML path, a mapping or a JobSpec, with ``overrides`` (dotted key
     -> value, as ``--set`` on the command line; values are taken as they are) applied."""
-    from imgclf_ray.spec import load_spec, parse_spec
+    from imgclf_ray.spec import apply_values, load_spec, parse_spec
 
     overrides = dict(overrides or {})
     if isinstance(job, (str, Path)):
@@ -50,9 +38,7 @@ def load_job(job: Union[str, Path, dict, JobSpec], overrides: Optional[dict[str,
         if not overrides:
             return job
         job = job.model_dump(mode="json", exclude_unset=True)
-    data = copy.deepcopy(job)
-    for dotted, value in overrides.items():
-        _set(data, dotted, value, "<dict>")
+    data = apply_values(copy.deepcopy(job), overrides, "<dict>")
     return parse_spec(data, "<dict>", overridden=tuple(overrides))
 
 

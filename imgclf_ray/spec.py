@@ -793,6 +793,19 @@ def peek_spec(path: str | Path) -> Any:
         return None
 
 
+def apply_values(data: dict[str, Any], values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Set each dotted key of ``values`` in ``data`` to its value, taken as it is (never parsed as
+    YAML: the CLI's --run-id and --date, the Python API's overrides). Raises SpecError."""
+    for dotted, value in values.items():
+        node = data
+        for part in dotted.split(".")[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"{origin}: {part} is not a mapping")
+        node[dotted.split(".")[-1]] = value
+    return data
+
+
 def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: type[BaseModel] = JobSpec,
               values: Optional[dict[str, str]] = None) -> Any:
     """Read a YAML spec (a JobSpec unless ``model`` says otherwise), apply ``--set`` overrides,
@@ -817,15 +830,10 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: ty
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
         data = apply_overrides(data, overrides)
-    for dotted, value in (values or {}).items():
+    if values:
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a job spec is a mapping of keys, got {type(data).__name__}")
-        node = data
-        for part in dotted.split(".")[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SpecError(f"{path}: {part} is not a mapping")
-        node[dotted.split(".")[-1]] = value
+        apply_values(data, values, str(path))
     keys = tuple(item.partition("=")[0].strip() for item in overrides or ()) + tuple(values or ())
     return parse_spec(data, str(path), text, keys, model)
 
