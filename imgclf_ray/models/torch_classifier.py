@@ -111,7 +111,8 @@ class TorchClassifier:
             logging.getLogger(__name__).warning(
                 "model.precision bf16 on a CPU without AVX512-BF16 or AMX is emulated and several times "
                 "slower than fp32 (measured 7x on ResNet-18); use fp32 here")
-        self.net = _fold_batch_norm(net.eval()).to(self.device, self.dtype)
+        # With ONNX Runtime the torch network only serves embed(): not worth folding.
+        self.net = net.eval() if self.session is not None else _fold_batch_norm(net.eval()).to(self.device, self.dtype)
         if self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
         prep = self.card.preprocess
