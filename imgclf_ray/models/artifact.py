@@ -154,9 +154,17 @@ def read_card(uri: str, storage: StorageSpec = StorageSpec()) -> ModelCard:
     try:
         return ModelCard.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ArtifactError(f"{uri}/{CARD_FILE}: {key}: {first['msg']}") from None
+        raise ArtifactError(f"{uri}/{CARD_FILE}: {first_error(exc)}") from None
+
+
+def first_error(exc: ValueError) -> str:
+    """'dotted.key: message' of a pydantic ValidationError's first error (the text of another
+    ValueError)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first = errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def read_weights(uri: str, card: ModelCard, storage: StorageSpec = StorageSpec()) -> bytes:

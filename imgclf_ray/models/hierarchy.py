@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.models.artifact import CARD_FILE, FeaturesCard, ModelCard, PreprocessCard, read_card
+from imgclf_ray.models.artifact import CARD_FILE, FeaturesCard, ModelCard, PreprocessCard, first_error, read_card
 from imgclf_ray.ids import id_problem
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
 from imgclf_ray.spec import StorageSpec
@@ -85,8 +85,7 @@ def read_tree(uri: str, storage: StorageSpec = StorageSpec()) -> TreeCard:
     try:
         return TreeCard.model_validate(_raw_card(uri, storage))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ArtifactError(f"{uri}/{CARD_FILE}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ArtifactError(f"{uri}/{CARD_FILE}: {first_error(exc)}") from None
 
 
 def _nodes(node: TreeNode, path: tuple[str, ...] = ()):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.models.artifact import ModelCard, PreprocessCard, write_artifact
+from imgclf_ray.models.artifact import ModelCard, PreprocessCard, first_error, write_artifact
 from imgclf_ray.models.networks import require
 from imgclf_ray.spec import StorageSpec
 
@@ -510,7 +510,7 @@ def import_onnx(src: Path, labels: Optional[list[str]], preprocess: Optional[dic
     try:
         prep = PreprocessCard.model_validate(preprocess)
     except ValueError as exc:
-        raise ArtifactError(f"preprocessing ({origins['preprocess']}): {_first_error(exc)}") from None
+        raise ArtifactError(f"preprocessing ({origins['preprocess']}): {first_error(exc)}") from None
     side = prep.crop or prep.resize
     for got, want, what in ((dims[1], prep.channels, "channels"), (dims[2], side, "height"), (dims[3], side, "width")):
         if got is not None and got != want:
@@ -608,13 +608,6 @@ def import_model(fmt: str, source: str, out: str, labels_file: Optional[str] = N
     try:
         card = write_artifact(out, fields, found.weights_file, found.weights_format, found.blob, storage)
     except ValueError as exc:  # the card's own validation (pydantic)
-        raise ArtifactError(f"the imported model's card is not valid: {_first_error(exc)}") from None
+        raise ArtifactError(f"the imported model's card is not valid: {first_error(exc)}") from None
     return card, found.origins
 
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    first = errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
