@@ -64,7 +64,8 @@ def _run_uri(sink_uri: str, run_id: Optional[str], storage: StorageSpec) -> str:
 
 
 def run_files(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()) -> list[str]:
-    """The data files of one committed run (the latest when ``run_id`` is None), from its manifest."""
+    """The data files of one committed run (the latest when ``run_id`` is None), from its manifest
+    (a Delta sink: the run's files at the table version it committed, in ``run_id=<id>/`` folders)."""
     from imgclf_ray.io.sink import run_files as files_of
 
     return files_of(_run_uri(sink_uri, run_id, storage), storage)
@@ -73,24 +74,31 @@ def run_files(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec 
 def read_run(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec(),
              columns: Optional[list[str]] = None) -> "pa.Table":
     """One committed run's rows as a pyarrow.Table: run ``run_id``, or the latest committed run
-    (empty or not); only the files its manifest lists. ``sink_uri`` may also be a run folder."""
+    (empty or not); only the files its manifest lists (a Delta sink: the run's rows at the table
+    version it committed). ``sink_uri`` may also be a run folder."""
     from imgclf_ray.io.schema import OUTPUT_SCHEMA
-    from imgclf_ray.io.tables import read_columns
+    from imgclf_ray.io.sink import read_rows
 
-    files = run_files(sink_uri, run_id, storage)
-    if not files:
-        return OUTPUT_SCHEMA.empty_table()
-    return read_columns(files, columns or (lambda name: True), storage)
+    table = read_rows(_run_uri(sink_uri, run_id, storage), columns, storage)
+    return table if table.num_columns else OUTPUT_SCHEMA.empty_table()
 
 
 def read_run_dataset(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()
                      ) -> "ray.data.Dataset":
     """The same rows as a Ray Dataset, for further distributed work (joins an initialised Ray)."""
     import ray.data
+    from ray.data.datasource import Partitioning
 
-    from imgclf_ray.io.storage import filesystem
-    from imgclf_ray.pipeline import _pyarrow_fs
+    from imgclf_ray.io.schema import OUTPUT_SCHEMA
+    from imgclf_ray.io.sink import read_manifest, run_files as files_of
+    from imgclf_ray.io.storage import filesystem, pyarrow_fs
 
-    files = run_files(sink_uri, run_id, storage)
+    uri = _run_uri(sink_uri, run_id, storage)
+    files = files_of(uri, storage)
+    if not files:
+        return ray.data.from_arrow(OUTPUT_SCHEMA.empty_table())
+    # A Delta run's files hold every column but run_id, which their run_id=<id>/ folder gives.
+    hive = read_manifest(uri, storage).get("format") == "delta"
     fs, _ = filesystem(sink_uri, storage)
-    return ray.data.read_parquet([filesystem(f, storage)[1] for f in files], filesystem=_pyarrow_fs(fs))
+    return ray.data.read_parquet([filesystem(f, storage)[1] for f in files], filesystem=pyarrow_fs(fs),
+                                 partitioning=Partitioning("hive") if hive else None)

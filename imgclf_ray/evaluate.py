@@ -149,7 +149,6 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
 
     from imgclf_ray.errors import SpecError
     from imgclf_ray.io import sink
-    from imgclf_ray.io.tables import read_columns
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.pipeline import run_job
 
@@ -160,7 +159,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     result = run_job(spec, run_id, quiet=quiet, verbose=verbose)
     info = describe_artifact(spec.model.uri, spec.storage)
     columns = ["status", "label", "labels", "label_path", "class_scores", "true_label"]
-    rows = read_columns(sink.run_files(result.output_uri, spec.storage), columns, spec.storage).to_pylist()
+    rows = sink.read_rows(result.output_uri, columns, spec.storage).to_pylist()
     threshold = None
     if info.task == "binary":
         from imgclf_ray.models.artifact import read_card
@@ -171,7 +170,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
                      or card.thresholds.get(positive, 0.5))
     metrics = evaluate_rows(rows, info.task, info.labels, spec.source.labels.separator, threshold,
                             _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None)
-    inputs = read_columns(sink.run_files(result.output_uri, spec.storage), ["uri", "etag"], spec.storage)
+    inputs = sink.read_rows(result.output_uri, ["uri", "etag"], spec.storage)
     data = sorted(set(zip(inputs.column("uri").to_pylist(), inputs.column("etag").to_pylist())))
     metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri,
                     "data_digest": "sha256:" + hashlib.sha256(json.dumps(data).encode()).hexdigest(),

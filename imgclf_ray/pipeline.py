@@ -30,7 +30,7 @@ from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive, skipped_counts
 from imgclf_ray.io.lock import RunLock
 from imgclf_ray.io.schema import SCHEMA_VERSION, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, run_schema
-from imgclf_ray.io.storage import filesystem, join, to_uri
+from imgclf_ray.io.storage import filesystem, join, pyarrow_fs, to_uri
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import check_artifact, refuse_code
@@ -191,14 +191,6 @@ def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
     return not any(text in message for text in _MISLEADING)
 
 
-def _pyarrow_fs(fs):
-    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
-
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return LocalFileSystem()
-    return PyFileSystem(FSSpecHandler(fs))
-
-
 def _staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
     """The columns every after-write step needs (checks, counts, clusters, flags, state), read
     from the staged files once."""
@@ -299,8 +291,10 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
 @contextlib.contextmanager
 def _locked(spec: JobSpec, run_id: str):
     """The run id's lock, with what a killed earlier attempt left half done finished or undone."""
+    sink.check_format(spec.sink.uri, spec.sink.format, spec.storage)
     with RunLock(spec.sink.uri, run_id, uuid.uuid4().hex[:12], spec.storage) as lock:
         sink.recover(spec.sink.uri, run_id, spec.storage)
+        sink.recover_others(spec.sink.uri, spec.storage, skip=run_id)
         yield lock
 
 
@@ -334,7 +328,8 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
                          if clusterer is not None and "outlier" in checks else None)
     rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
-    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt)
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
+                               spec.sink.format)
     # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
     # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -349,7 +344,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         with _Watch(metrics, shown, split=split), _user_errors():
             ds.write_parquet(
                 staging_path,
-                filesystem=_pyarrow_fs(fs),
+                filesystem=pyarrow_fs(fs),
                 filename_provider=_StagedNames(),
                 min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
                 max_rows_per_file=spec.sink.max_rows_per_file,
@@ -439,7 +434,8 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
 
     info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
-    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt)
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
+                               spec.sink.format)
     empty = run_schema(run_id, info.model_id if info else None, info.labels if info else None).empty_table()
     buf = io.BytesIO()
     pq.ParquetWriter(buf, empty.schema).close()  # no row group at all: a 0-row group breaks `datasets`

@@ -336,6 +336,18 @@ class SinkSpec(_Spec):
     min_rows_per_file: int = Field(50_000, ge=1, description="Rows gathered before a Parquet file "
                                    "is written (fewer only for the last files of a run).")
     max_rows_per_file: int = Field(500_000, ge=1, description="Upper bound on rows per Parquet file.")
+    format: Literal["parquet", "delta"] = Field(
+        "parquet", description="parquet: one folder of Parquet files per run (any Parquet reader). "
+        "delta: uri is one Delta Lake table partitioned by run_id; each run replaces its run id's rows "
+        "in one transaction (Spark, DuckDB, polars, Trino, deltalake read it); run records go to "
+        "<uri>/_runs/<run_id>/. A sink holds one format or the other.")
+
+    @model_validator(mode="after")
+    def _delta_layout(self) -> "SinkSpec":
+        if self.format == "delta" and self.layout != "{run_id}":
+            raise ValueError("sink.layout applies to format parquet; a Delta table is partitioned by "
+                             "run_id (leave layout unset)")
+        return self
 
     @field_validator("run_id")
     @classmethod

@@ -106,17 +106,20 @@ def test_hostile_manifests_and_tree_cards_are_refused(tmp_path, monkeypatch):
 
 # -- 2. delete only what you wrote ----------------------------------------------------------------
 
-def _stage(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1) -> sink.Staging:
-    """An attempt with its staged files written as the pipeline writes them (one image_id column)."""
-    staging = sink.Staging.new(sink_uri, run_id, run_path=run_path)
+def _stage(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1,
+           format: str = "parquet") -> sink.Staging:
+    """An attempt with its staged files written as the pipeline writes them (image_id and run_id)."""
+    staging = sink.Staging.new(sink_uri, run_id, run_path=run_path, format=format)
     os.makedirs(staging.uri, exist_ok=True)
     for i, chunk in enumerate(np.array_split(np.asarray(ids, dtype=object), files)):
-        pq.write_table(pa.table({"image_id": list(chunk)}), f"{staging.uri}/f{i}{sink.STAGED_SUFFIX}")
+        pq.write_table(pa.table({"image_id": list(chunk), "run_id": [run_id] * len(chunk)}),
+                       f"{staging.uri}/f{i}{sink.STAGED_SUFFIX}")
     return staging
 
 
-def _commit(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1) -> dict:
-    staging = _stage(sink_uri, run_id, ids, run_path, files)
+def _commit(sink_uri: str, run_id: str, ids: list[str], run_path: str | None = None, files: int = 1,
+            format: str = "parquet") -> dict:
+    staging = _stage(sink_uri, run_id, ids, run_path, files, format)
     with RunLock(sink_uri, run_id, staging.attempt):
         return sink.commit(staging, {"job": "g"}, {sink.SUMMARY_FILE: b"{}"})
 
@@ -197,6 +200,97 @@ def test_a_replace_killed_mid_commit_is_undone_or_finished_by_the_next_attempt(p
     assert not (out / "_staging").exists()
 
 
+def test_a_commit_killed_before_its_manifest_is_undone_by_the_next_run_of_any_run_id(tmp_path):
+    out = tmp_path / "out"
+    _commit(str(out), "other", ["o1"])
+    code = KILL_COMMIT.format(root=str(Path(__file__).parents[1]), point="commit_moved", out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert _visible_ids(out) == ["a", "b", "c", "d", "o1"]  # r's files moved in, no manifest yet
+    with RunLock(str(out), "next", "next") as _:  # what every run does once it holds its own lock
+        sink.recover_others(str(out), skip="next")
+    assert _visible_ids(out) == ["o1"] and not (out / "_staging").exists()
+
+
+# -- 2b. the same for a Delta sink: one transaction per run, replacing only its run id's rows ---------
+
+def _table_ids(out: Path, run_id: str | None = None) -> list[str]:
+    """What a reader of the Delta table sees (deltalake, as Spark, DuckDB and polars would)."""
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    where = None if run_id is None else pads.field("run_id") == run_id
+    return sorted(DeltaTable(str(out)).to_pyarrow_dataset().to_table(filter=where).column("image_id").to_pylist())
+
+
+def test_a_delta_sink_replaces_exactly_its_run_ids_rows_and_deletes_no_file(tmp_path):
+    out = tmp_path / "out"
+    _commit(str(out), "r", ["a1", "a2", "a3"], format="delta")
+    _commit(str(out), "other", ["o1"], format="delta")
+    for keep in ("notes.txt", "_state/g/processed-x~abc.state", "_clusterers/g/clusterer.json"):
+        (out / keep).parent.mkdir(parents=True, exist_ok=True)
+        (out / keep).write_text("not the run's")
+    files_before = {p for p in out.rglob("*.parquet")}
+    second = _commit(str(out), "r", ["b1", "b2"], format="delta")
+    assert _table_ids(out) == ["b1", "b2", "o1"] and _table_ids(out, "r") == ["b1", "b2"]
+    assert files_before <= set(out.rglob("*.parquet"))  # Delta removes logically; VACUUM is the user's
+    assert all((out / keep).exists() for keep in ("notes.txt", "_state/g/processed-x~abc.state",
+                                                  "_clusterers/g/clusterer.json"))
+    assert sorted(os.listdir(out / "_runs" / "r")) == ["_SUCCESS", "_manifest.json", "_run_summary.json"]
+    assert second["format"] == "delta" and second["files"] == [] and second["rows"] == 2
+    assert [r["run_id"] for r in sink.list_runs(str(out))] == ["other", "r"]
+    assert sorted(sink.read_rows(sink.resolve_run(str(out), "r")).column("image_id").to_pylist()) == ["b1", "b2"]
+    # One sink, one format: a Parquet run is refused on a Delta table and the other way round.
+    with pytest.raises(sink.UserError, match="is a Delta table"):
+        sink.check_format(str(out), "parquet")
+    _commit(str(tmp_path / "pq"), "p", ["x"])
+    with pytest.raises(sink.UserError, match="holds Parquet runs"):
+        sink.check_format(str(tmp_path / "pq"), "delta")
+
+
+def test_a_delta_reader_polling_during_replaces_sees_one_whole_run(tmp_path):
+    out = tmp_path / "out"
+    sets = [[f"v{v}-{i}" for i in range(20)] for v in range(4)]
+    _commit(str(out), "r", sets[0], files=5, format="delta")
+    _commit(str(out), "other", ["o1", "o2"], format="delta")
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            seen.append(_table_ids(out))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for ids in sets[1:]:
+            _commit(str(out), "r", ids, files=5, format="delta")
+    finally:
+        stop.set()
+        reader.join()
+    wholes = [sorted(ids + ["o1", "o2"]) for ids in sets]
+    assert len(seen) > 3 and all(s in wholes for s in seen)  # never a mix, never the other run missing
+    assert _table_ids(out) == wholes[-1]
+
+
+@pytest.mark.parametrize("point", ["commit_moved", "commit_manifest", "commit_success"])
+def test_a_delta_replace_killed_mid_commit_is_finished_by_the_next_attempt(point, tmp_path):
+    out = tmp_path / "out"
+    _commit(str(out), "r", ["a", "b"], format="delta")
+    code = KILL_COMMIT.format(root=str(Path(__file__).parents[1]), point=point, out=str(out)).replace(
+        "files=2)", "files=2, format='delta')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    # Its Delta commit happened (the kill came after it): the table already has the new rows;
+    # the next attempt of any run id writes the run record that goes with them.
+    assert _table_ids(out, "r") == ["a", "b", "c", "d"]
+    with RunLock(str(out), "next", "next") as _:
+        sink.recover_others(str(out), skip="next")
+    manifest = sink.read_manifest(sink.resolve_run(str(out), "r"))
+    assert manifest["rows"] == 4 and manifest["table_version"] == 1
+    assert sorted(sink.read_rows(sink.resolve_run(str(out), "r")).column("image_id").to_pylist()) == ["a", "b", "c", "d"]
+    assert not (out / "_staging").exists()
+
+
 # -- 3. exactly once: drivers killed at each step, two attempts at once -----------------------------
 
 def _archive(root: Path, start: int, n: int) -> None:
@@ -254,6 +348,37 @@ def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, ray_s
     assert len(uris) == 6 and len(set(uris)) == 6
     assert not (out / "_staging").exists() and not (out / "_locks").exists()
     assert len(list((out / "_state" / "nightly").iterdir())) == 3  # one record per committed run
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_delta_night_killed_after_its_table_commit_is_finished_by_the_next_night(ray_session, tiny_model, tmp_path):
+    """The Delta-only case: the table has the night's rows, its run record is missing. The next
+    night (another run id) writes that record first, so it neither loses nor redoes those images."""
+    from imgclf_ray.pipeline import run_job
+
+    out = tmp_path / "out"
+    _archive(tmp_path / "archive", 0, 3)
+    job = _nightly_job(tmp_path, tiny_model, str(out))
+    job.write_text(job.read_text().replace(f"sink: {{uri: {out}}}", f"sink: {{uri: {out}, format: delta}}"))
+    spec = load_spec(job)
+    assert run_job(spec, "n1", quiet=True).rows == 3
+    _archive(tmp_path / "archive", 3, 2)
+    proc = _driver(job, "n2", IMGCLF_KILL_AT="commit_moved")
+    try:
+        proc.wait(timeout=300)
+    finally:
+        _reap(proc)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
+    assert [r["run_id"] for r in sink.list_runs(str(out))] == ["n1"]  # n2's rows are in, its record is not
+    _archive(tmp_path / "archive", 5, 1)
+    assert run_job(spec, "n3", quiet=True).rows == 1
+    assert [r["run_id"] for r in sink.list_runs(str(out))] == ["n1", "n2", "n3"]
+    from deltalake import DeltaTable
+
+    uris = DeltaTable(str(out)).to_pyarrow_table(columns=["uri"]).column("uri").to_pylist()
+    assert len(uris) == 6 and len(set(uris)) == 6
+    assert not (out / "_staging").exists() and not (out / "_locks").exists()
 
 
 @pytest.mark.slow

@@ -115,3 +115,51 @@ def test_python_api_refuses_a_bad_spec_before_ray(tmp_path):
     with pytest.raises(SpecError, match="run_id"):
         imgclf_ray.run({"name": "j", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "o")},
                         "model": {"uri": "m"}}, run_id="../escape")
+
+
+# -- sink.format: delta: the same nights as one Delta table -----------------------------------------
+
+@pytest.fixture(scope="module")
+def delta_sink(ray_session, tmp_path_factory, tiny_model):
+    """Night 1: 12 images; night 2: 6 new ones; night 3: nothing new — into a Delta table."""
+    root = tmp_path_factory.mktemp("delta")
+    archive, out = root / "archive", root / "out"
+    job = {"name": "nightly", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
+           "sink": {"uri": str(out), "format": "delta"}, "incremental": {},
+           "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}}, "resources": {"decode_batch_size": 8}}
+    _archive(archive, 0, 12)
+    imgclf_ray.run(job, run_id="n1")
+    _archive(archive, 12, 6)
+    assert imgclf_ray.run(job, run_id="n2").rows == 6
+    assert imgclf_ray.run(job, run_id="n3").nothing_new
+    return out
+
+
+def test_delta_readers_see_each_image_once(delta_sink):
+    import polars as pl
+    import ray.data
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(delta_sink))
+    assert [h.get("imgclf.run_id") for h in table.history()] == ["n3", "n2", "n1"]  # one commit a night
+    _once(table.to_pandas(columns=["uri"])["uri"])
+    _once(pl.read_delta(str(delta_sink))["uri"].to_list())
+    _once(r["uri"] for r in ray.data.read_delta(str(delta_sink), columns=["uri"]).take_all())
+    night = pl.read_delta(str(delta_sink)).filter(pl.col("run_id") == "n2")
+    assert night.height == 6 and night["class_scores"].dtype == pl.List(pl.Float32)
+
+
+def test_delta_runs_read_through_imgclf(delta_sink):
+    from click.testing import CliRunner
+
+    from imgclf_ray.cli import main
+
+    assert imgclf_ray.read_run(str(delta_sink)).num_rows == 0  # night 3, empty
+    night = imgclf_ray.read_run(str(delta_sink), "n1")
+    assert night.num_rows == 12 and night.schema.names[:2] == ["image_id", "uri"]
+    assert set(night.column("run_id").to_pylist()) == {"n1"}
+    assert imgclf_ray.read_run_dataset(str(delta_sink), "n2").count() == 6
+    runs = CliRunner().invoke(main, ["runs", str(delta_sink), "--json"])
+    assert [r["run_id"] for r in json.loads(runs.output)] == ["n1", "n2", "n3"], runs.output
+    exported = CliRunner().invoke(main, ["export", str(delta_sink), "--run", "n2", "--to", "jsonl"])
+    assert exported.exit_code == 0 and len(exported.output.splitlines()) == 6

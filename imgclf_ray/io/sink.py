@@ -16,10 +16,15 @@ reader that globs ``**/*.parquet`` sees is in the README's "Guarantees": staged 
 not end in ``.parquet``); while a run commits, its files appear one by one before its ``_SUCCESS``;
 while a run id is replaced, the old files until the new manifest is written, then both sets for
 as long as the old files take to delete — never fewer than one whole set.
+
+With ``sink.format: delta`` the rows go into one Delta table at ``sink.uri`` instead (one Delta
+commit per run, replacing that run id's rows: imgclf_ray.io.delta), and the run records
+(manifest with ``files: []`` and the table version, summary, _SUCCESS) into ``_runs/<run_id>/``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ COMMIT_PLAN = "_commit.json"
 MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"
 SUMMARY_FILE = "_run_summary.json"
+RUNS_DIR = "_runs"  # the run records of a Delta sink
 # Side files of output schema version 1 had no leading "_", which folder readers (pandas, pyarrow,
 # polars) took for data files; a run of that version is still read by these names.
 LEGACY_NAMES = {"_run_summary.json": "run_summary.json", "_clusters.json": "clusters.json",
@@ -53,12 +59,16 @@ class Staging:
     run_id: str
     attempt: str
     storage: StorageSpec
-    run_path: str  # the run's folder under sink_uri (sink.layout)
+    run_path: str  # the run's folder under sink_uri (sink.layout; _runs/<run_id> for delta)
+    format: str = "parquet"  # sink.format
 
     @classmethod
     def new(cls, sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(),
-            run_path: Optional[str] = None, attempt: Optional[str] = None) -> "Staging":
-        return cls(sink_uri.rstrip("/"), run_id, attempt or uuid.uuid4().hex[:12], storage, run_path or run_id)
+            run_path: Optional[str] = None, attempt: Optional[str] = None, format: str = "parquet") -> "Staging":
+        if format == "delta":
+            run_path = f"{RUNS_DIR}/{run_id}"
+        return cls(sink_uri.rstrip("/"), run_id, attempt or uuid.uuid4().hex[:12], storage, run_path or run_id,
+                   format)
 
     @property
     def uri(self) -> str:
@@ -185,7 +195,9 @@ def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), ke
             plan = json.loads(fs.cat_file(join(attempt, COMMIT_PLAN)))
         except FileNotFoundError:
             plan = None
-        if plan is not None:
+        if plan is not None and plan.get("format") == "delta":
+            _recover_delta(fs, root, sink_uri, plan, storage)
+        elif plan is not None:
             folder = join(root, plan["run_path"])
             current = read_run_json(to_uri(fs, folder), MANIFEST_FILE, storage) or {}
             if current.get("attempt") == plan["attempt"]:  # past its manifest: roll forward
@@ -201,6 +213,79 @@ def recover(sink_uri: str, run_id: str, storage: StorageSpec = StorageSpec(), ke
     _rmdir_if_empty(fs, run_staging.rsplit("/", 1)[0])
 
 
+def _recover_delta(fs, root: str, sink_uri: str, plan: dict[str, Any], storage: StorageSpec) -> None:
+    """A Delta commit cannot be undone, and need not be: if the attempt's commit is in the table's
+    history, its run record is written now (roll forward); if not, nothing of it is visible."""
+    from imgclf_ray.io import delta
+
+    folder = join(root, plan["run_path"])
+    current = read_run_json(to_uri(fs, folder), MANIFEST_FILE, storage) or {}
+    if current.get("attempt") == plan["attempt"]:
+        version = current.get("table_version")
+    else:
+        version = delta.attempt_version(sink_uri, plan["attempt"], plan["base_version"], storage)
+    if version is not None:
+        _finish_delta(fs, root, plan, version)
+
+
+def _finish_delta(fs, root: str, plan: dict[str, Any], version: int) -> dict[str, Any]:
+    """Write the run record of a Delta commit that is in the table (side files, manifest with the
+    table version, _SUCCESS), then delete what the replaced record listed. Idempotent."""
+    folder = join(root, plan["run_path"])
+    fs.makedirs(folder, exist_ok=True)
+    manifest = {**plan["manifest"], "table_version": version}
+    for name, blob in plan["side_files"].items():
+        _put_atomic(fs, join(folder, name), base64.b64decode(blob))
+    _put_atomic(fs, join(folder, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
+    faults.point("commit_manifest")
+    fs.pipe_file(join(folder, SUCCESS_FILE), b"")
+    faults.point("commit_success")
+    _delete_replaced(fs, root, plan["replaced"], plan["run_path"], {*manifest["side_files"], MANIFEST_FILE})
+    return manifest
+
+
+def _commit_delta(staging: Staging, facts: dict[str, Any], extra_files: dict[str, bytes]) -> dict[str, Any]:
+    """``commit`` for a Delta sink: the plan (with the whole run record) first, then the one Delta
+    commit that replaces the run's rows, then the run record."""
+    from imgclf_ray.io import delta
+    from imgclf_ray.io.schema import OUTPUT_SCHEMA
+
+    fs, root = filesystem(staging.sink_uri, staging.storage)
+    root = root.rstrip("/")
+    recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
+    previous = {}
+    for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
+        _, folder = filesystem(folder_uri, staging.storage)
+        previous[folder[len(root):].strip("/")] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
+    staged = staging.staged_files()
+    schema = OUTPUT_SCHEMA
+    rows = 0
+    for src in staged:
+        with fs.open(src, "rb") as fh:
+            meta = pq.ParquetFile(fh)
+            rows += meta.metadata.num_rows
+            schema = meta.schema_arrow
+    manifest = {
+        "run_id": staging.run_id, "run_path": staging.run_path, "attempt": staging.attempt,
+        "committed_at": datetime.now(timezone.utc).isoformat(), "format": "delta", "rows": rows,
+        "files": [], "side_files": sorted(extra_files), **facts,
+    }
+    # The table's version now: a commit of this attempt can only come after it.
+    plan = {"attempt": staging.attempt, "run_path": staging.run_path, "format": "delta", "files": [],
+            "base_version": delta.current_version(staging.sink_uri, staging.storage),
+            "replaced": previous, "manifest": manifest,
+            "side_files": {n: base64.b64encode(b).decode() for n, b in extra_files.items()}}
+    _, staging_path = filesystem(staging.uri, staging.storage)
+    fs.makedirs(staging_path, exist_ok=True)
+    fs.pipe_file(join(staging_path, COMMIT_PLAN), json.dumps(plan, default=str).encode())
+    version = delta.write_run(staging.sink_uri, staging.run_id, staging.attempt,
+                              [to_uri(fs, p) for p in staged], schema, staging.storage, delta.facts(manifest))
+    faults.point("commit_moved")
+    manifest = _finish_delta(fs, root, plan, version)
+    staging.discard()
+    return manifest
+
+
 def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[str, bytes]] = None) -> dict[str, Any]:
     """Publish the staged files as run ``staging.run_id``; returns the manifest written. The caller
     holds the run's lock (imgclf_ray.io.lock).
@@ -211,8 +296,10 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     A run id already committed (in this folder or, with a dated layout, in another) is replaced:
     the new files land under names of their own, the new manifest and _SUCCESS are written, and
     only then are the files the previous manifest lists deleted, one by one. Nothing else under
-    the sink is ever deleted.
+    the sink is ever deleted. A Delta sink commits through the table instead (``_commit_delta``).
     """
+    if staging.format == "delta":
+        return _commit_delta(staging, facts, extra_files or {})
     fs, root = filesystem(staging.sink_uri, staging.storage)
     root = root.rstrip("/")
     _, run_path = filesystem(staging.run_uri, staging.storage)
@@ -280,25 +367,65 @@ def committed_files(sink_uri: str, run_id: str, storage: StorageSpec = StorageSp
 def committed_runs(sink_uri: str, storage: StorageSpec = StorageSpec(), run_id: Optional[str] = None,
                    every: bool = False):
     """run id -> run folder URI of every committed run under ``sink_uri`` (whatever its layout:
-    a folder with _SUCCESS, outside the reserved _* folders); with ``run_id``, at most that one.
+    a folder with _SUCCESS, outside the reserved _* folders but _runs); with ``run_id``, at most that one.
     With ``every`` (and ``run_id``): the list of every folder that run id is committed in (one,
     unless a crash of an earlier version left two)."""
     fs, root = filesystem(sink_uri, storage)
     root = root.rstrip("/")
-    if run_id is not None and not every and fs.exists(join(root, run_id, SUCCESS_FILE)):
-        return {run_id: to_uri(fs, join(root, run_id))}
+    if run_id is not None and not every:
+        for folder in (join(root, run_id), join(root, RUNS_DIR, run_id)):
+            if fs.exists(join(folder, SUCCESS_FILE)):
+                return {run_id: to_uri(fs, folder)}
     if not fs.isdir(root):
         return [] if every else {}
     found, folders = {}, []
-    for path in fs.find(root):
+    # A Delta sink's run records are all under _runs/ (the rest is the table's files).
+    where = join(root, RUNS_DIR) if fs.isdir(join(root, "_delta_log")) else root
+    for path in (fs.find(where) if fs.isdir(where) else []):
         rel = path[len(root):].strip("/")
         parts = rel.split("/")
-        if parts[-1] != SUCCESS_FILE or len(parts) < 2 or any(p.startswith(("_", ".")) for p in parts[:-1]):
+        folders_of = parts[1:-1] if parts[0] == RUNS_DIR else parts[:-1]  # Delta sinks: _runs/<run_id>
+        if parts[-1] != SUCCESS_FILE or not folders_of or any(p.startswith(("_", ".")) for p in folders_of):
             continue
         if id_problem(parts[-2]) is None and (run_id is None or parts[-2] == run_id):
             found[parts[-2]] = to_uri(fs, path.rsplit("/", 1)[0])
             folders.append(found[parts[-2]])
     return folders if every else found
+
+
+def check_format(sink_uri: str, format: str, storage: StorageSpec = StorageSpec()) -> None:
+    """Refuse a sink that holds the other format's runs (a Delta VACUUM would delete Parquet runs'
+    files; a Parquet run would sit among a table's files)."""
+    from imgclf_ray.io import delta
+
+    if format == "delta":
+        delta.require()
+    table = delta.is_table(sink_uri, storage)
+    if format == "parquet" and table:
+        raise UserError(f"{sink_uri} is a Delta table: set sink.format: delta to add runs to it, or choose "
+                        "another sink.uri")
+    if format == "delta" and not table and committed_runs(sink_uri, storage):
+        raise UserError(f"{sink_uri} holds Parquet runs: a Delta sink needs a folder of its own "
+                        "(choose another sink.uri, or keep sink.format: parquet)")
+
+
+def recover_others(sink_uri: str, storage: StorageSpec = StorageSpec(), skip: str = "") -> None:
+    """``recover`` every run id but ``skip`` that a killed driver left half committed (its staging
+    has a commit plan), each under its own lock; a run id another attempt holds is left to it."""
+    from imgclf_ray.io.lock import RunLock, RunLocked
+
+    fs, staging = filesystem(join(sink_uri, "_staging"), storage)
+    if not fs.isdir(staging):
+        return
+    for folder in fs.ls(staging, detail=False):
+        run_id = folder.rstrip("/").rsplit("/", 1)[-1]
+        if run_id == skip or id_problem(run_id) or not fs.glob(join(folder, "*", COMMIT_PLAN)):
+            continue
+        try:
+            with RunLock(sink_uri, run_id, uuid.uuid4().hex[:12], storage):
+                recover(sink_uri, run_id, storage)
+        except RunLocked:
+            continue
 
 
 def read_manifest(run_uri: str, storage: StorageSpec = StorageSpec()) -> dict[str, Any]:
@@ -325,7 +452,34 @@ def run_files(run_uri: str, storage: StorageSpec = StorageSpec()) -> list[str]:
     if not fs.exists(join(run_path, SUCCESS_FILE)):
         return []
     manifest = read_manifest(run_uri, storage)
+    if manifest.get("format") == "delta":
+        from imgclf_ray.io import delta
+
+        return delta.file_uris(_table_of(run_uri, manifest), manifest["run_id"], manifest.get("table_version"), storage)
     return [to_uri(fs, join(run_path, f["path"])) for f in manifest["files"]]
+
+
+def _table_of(run_uri: str, manifest: dict[str, Any]) -> str:
+    """The sink (Delta table) a Delta run record belongs to: its folder less its run path."""
+    return run_uri.rstrip("/")[: -len(manifest["run_path"].strip("/")) - 1]
+
+
+def read_rows(run_uri: str, columns=None, storage: StorageSpec = StorageSpec()):
+    """A committed run's rows as a pyarrow.Table: ``columns`` a list of names, a test on the name,
+    or None (all). From the files its manifest lists, or from its Delta table at the version its
+    manifest records. An empty table when the run folder is not committed."""
+    from imgclf_ray.io.tables import read_columns
+
+    fs, run_path = filesystem(run_uri, storage)
+    if fs.exists(join(run_path, SUCCESS_FILE)):
+        manifest = read_manifest(run_uri, storage)
+        if manifest.get("format") == "delta":
+            from imgclf_ray.io import delta
+
+            return delta.read_rows(_table_of(run_uri, manifest), manifest["run_id"], manifest.get("table_version"),
+                                   columns, storage)
+    return read_columns(run_files(run_uri, storage), columns if columns is not None else (lambda name: True),
+                        storage)
 
 
 def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[dict[str, Any]]:

@@ -35,6 +35,15 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def pyarrow_fs(fs: fsspec.AbstractFileSystem):
+    """A pyarrow filesystem over ``fs`` (pyarrow's own for local folders)."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return LocalFileSystem()
+    return PyFileSystem(FSSpecHandler(fs))
+
+
 def join(uri: str, *parts: str) -> str:
     """Join URI path segments with '/'."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])

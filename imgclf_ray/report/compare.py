@@ -13,11 +13,10 @@ EPS = 1e-4  # share floor in the PSI (a label absent on one side)
 
 
 def _run(uri: str, storage: StorageSpec) -> dict[str, Any]:
-    from imgclf_ray.io.sink import read_manifest, run_files
-    from imgclf_ray.io.tables import read_columns
+    from imgclf_ray.io.sink import read_manifest, read_rows
     from imgclf_ray.pipeline import error_cause
 
-    t = read_columns(run_files(uri, storage), ["status", "label", "score", "error"], storage)
+    t = read_rows(uri, ["status", "label", "score", "error"], storage)
     status = t.column("status").to_pylist()
     ok = [s == "ok" for s in status]
     labels = [lab for lab, k in zip(t.column("label").to_pylist(), ok) if k and lab is not None]

@@ -145,11 +145,9 @@ def export_run(output_uri: str, run_id: Optional[str], fmt: str, where: Optional
                sort: Optional[str] = None, limit: Optional[int] = None, document_root: Optional[str] = None,
                storage: StorageSpec = StorageSpec()) -> tuple[bytes, int]:
     """(the export's bytes, how many rows) of one committed run."""
-    from imgclf_ray.io.sink import resolve_run, run_files
-    from imgclf_ray.io.tables import read_columns
+    from imgclf_ray.io.sink import read_rows, resolve_run
 
-    uri = resolve_run(output_uri, run_id, storage)
-    table = select(read_columns(run_files(uri, storage), lambda name: True, storage), where, sort, limit)
+    table = select(read_rows(resolve_run(output_uri, run_id, storage), None, storage), where, sort, limit)
     if fmt == "csv":
         return to_csv(table), table.num_rows
     if fmt == "jsonl":

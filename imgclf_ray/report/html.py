@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from imgclf_ray.io import sink
 from imgclf_ray.io.storage import filesystem, read_bytes
-from imgclf_ray.io.tables import count_values, read_columns
+from imgclf_ray.io.tables import count_values
 from imgclf_ray.spec import StorageSpec
 
 THUMB = 96
@@ -39,8 +39,8 @@ class RunData:
 
 def load_run(run_uri: str, storage: StorageSpec = StorageSpec()) -> RunData:
     """Read the manifest, the summary and the columns the report needs (not the whole rows)."""
-    table = read_columns(sink.run_files(run_uri, storage),
-                         lambda n: n in _COLUMNS or n.startswith("is_") or n == "true_label", storage)
+    table = sink.read_rows(run_uri,
+                           lambda n: n in _COLUMNS or n.startswith("is_") or n == "true_label", storage)
     return RunData(run_uri, sink.read_manifest(run_uri, storage),
                    sink.read_run_json(run_uri, sink.SUMMARY_FILE, storage), table)
 

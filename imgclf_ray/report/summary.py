@@ -36,7 +36,12 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     if result.curation_flags:
         lines.append(f"  flagged: {_line(result.curation_flags)}")
     lines.append(f"  model  : {result.model_id or '- (no model)'}")
-    lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
+    if "/_runs/" in result.output_uri:  # a Delta sink: the table, and the run's record beside it
+        table = result.output_uri.rsplit("/_runs/", 1)[0]
+        lines.append(f"  output : {table}  (Delta table, rows where run_id = '{result.run_id}'; "
+                     f"run record {result.output_uri})")
+    else:
+        lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
     if result.ray_log:
         lines.append(f"  ray log: {result.ray_log}")
     return "\n".join(lines)
