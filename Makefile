@@ -2,22 +2,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install install-runtime browser demo test test-fast bench clean
 
-$(STAMP): pyproject.toml
+# The runtime dependencies only (what `make demo` needs).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+# Everything the suite uses: the runtime, every extra and the test tools.
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+install-runtime: $(RUNTIME)
 install: $(STAMP)
 
 ## Run the main job (jobs/quickstart.yaml) on a local Ray instance: digits PNGs, a resnet18 trained
-## here, Parquet under out/quickstart/.
-demo: install
+## here, Parquet under out/quickstart/. Installs the runtime dependencies only.
+demo: install-runtime
 	$(BIN)/imgclf run jobs/quickstart.yaml
 
 ## Headless Chromium for the report test (Debian's package; needs root, as in CI).

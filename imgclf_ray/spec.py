@@ -171,6 +171,11 @@ class SourceSpec(_Spec):
         if given and self.extensions == "any":
             raise ValueError(f"extensions: any reads images by content; {given[0]} files are chosen by "
                              "extension")
+        if self.video is not None:
+            from imgclf_ray.extras import installed, message
+
+            if not installed("video"):
+                raise ValueError(f"video: {message('video')}")
         return self
 
     @property
@@ -255,7 +260,7 @@ class DecodeSpec(_Spec):
     @model_validator(mode="after")
     def _dicom_keywords(self) -> "DecodeSpec":
         if list(self.dicom_attributes) != list(DEFAULT_DICOM_ATTRIBUTES):  # the defaults are kept ones
-            from imgclf_ray.imaging.dicom import check_keywords
+            from imgclf_ray.imaging.deid import check_keywords
 
             check_keywords(self.dicom_attributes, self.dicom_allow_phi)
         if self.dicom_window is not None and self.dicom_window[1] <= 0:

@@ -109,3 +109,24 @@ def safe_value(ds, keyword: str, allow_phi: bool) -> Optional[str]:
             return None
     text = str(value)
     return text if allow_phi or not _CONTROL.search(text.replace("\\", "")) else None
+
+
+def check_keywords(keywords: list[str], allow_phi: bool) -> None:
+    """Refuse keywords that are unknown, sequences, or outside the de-identification profile's keep
+    list unless ``allow_phi`` (ValueError naming them)."""
+    from imgclf_ray.extras import installed, message
+
+    if not installed("dicom"):
+        raise ValueError(f"dicom_attributes: {message('dicom')}")
+    problems = {k: keyword_problem(k, allow_phi) for k in keywords}
+    unknown = [k for k, p in problems.items() if p == "not a DICOM keyword"]
+    if unknown:
+        raise ValueError(f"dicom_attributes: unknown DICOM keyword(s) {', '.join(unknown)}")
+    sequences = [k for k, p in problems.items() if p and p.startswith("a sequence")]
+    if sequences:
+        raise ValueError(f"dicom_attributes: {', '.join(sequences)}: sequences are never written "
+                         "(they can nest any attribute, identifying ones included)")
+    phi = [k for k, p in problems.items() if p]
+    if phi:
+        raise ValueError(f"dicom_attributes: {', '.join(phi)} are not kept by the {PROFILE} (they may "
+                         "identify the patient); they are written only with decode.dicom_allow_phi: true")

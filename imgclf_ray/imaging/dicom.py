@@ -31,7 +31,9 @@ def is_dicom(data: bytes) -> bool:
 
 
 def _read(data: bytes, header_only: bool = False):
-    import pydicom
+    from imgclf_ray.extras import require
+
+    pydicom = require("dicom", error=DecodeError)
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -136,9 +138,11 @@ def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
             cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
-
+    from imgclf_ray.extras import require
     from imgclf_ray.imaging.decode import check_budget
+
+    require("dicom", error=DecodeError)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if cache is not None and cache.get("data") is data:
         ds = cache["dataset"]
@@ -196,22 +200,3 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     native = Image.fromarray(grey, "L")
     img = native.convert("RGB")
     return img, img.size, native
-
-
-def check_keywords(keywords: list[str], allow_phi: bool) -> None:
-    """Refuse keywords that are unknown, sequences, or outside the de-identification profile's keep
-    list unless ``allow_phi`` (ValueError naming them)."""
-    from imgclf_ray.imaging.deid import PROFILE, keyword_problem
-
-    problems = {k: keyword_problem(k, allow_phi) for k in keywords}
-    unknown = [k for k, p in problems.items() if p == "not a DICOM keyword"]
-    if unknown:
-        raise ValueError(f"dicom_attributes: unknown DICOM keyword(s) {', '.join(unknown)}")
-    sequences = [k for k, p in problems.items() if p and p.startswith("a sequence")]
-    if sequences:
-        raise ValueError(f"dicom_attributes: {', '.join(sequences)}: sequences are never written "
-                         "(they can nest any attribute, identifying ones included)")
-    phi = [k for k, p in problems.items() if p]
-    if phi:
-        raise ValueError(f"dicom_attributes: {', '.join(phi)} are not kept by the {PROFILE} (they may "
-                         "identify the patient); they are written only with decode.dicom_allow_phi: true")

@@ -50,7 +50,9 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
     """
     import bisect
 
-    import av
+    from imgclf_ray.extras import require
+
+    av = require("video", error=DecodeError)
 
     try:
         with av.open(io.BytesIO(data), mode="r") as probe:

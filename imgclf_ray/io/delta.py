@@ -21,7 +21,6 @@ from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
-from imgclf_ray.errors import UserError
 from imgclf_ray.spec import StorageSpec
 
 PARTITION = "run_id"
@@ -30,11 +29,9 @@ RUN_KEY, ATTEMPT_KEY = "imgclf.run_id", "imgclf.attempt"
 
 def require():
     """The deltalake package, or one clear error naming the extra that installs it."""
-    try:
-        import deltalake
-    except ImportError:  # pragma: no cover - installed by the delta extra
-        raise UserError("sink.format: delta needs the deltalake package: pip install 'imgclf-ray[delta]'") from None
-    return deltalake
+    from imgclf_ray.extras import require as extra
+
+    return extra("delta")
 
 
 def table_uri(sink_uri: str) -> str:

@@ -227,6 +227,7 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
                   per_group: int = 8, max_thumbnails: int = 400,
                   nights: Optional[list[dict[str, Any]]] = None) -> str:
     """The HTML text of the report for ``run``."""
+    _require_matplotlib()
     t = run.table
     n = t.num_rows
     m, s = run.manifest, run.summary or {}
@@ -357,6 +358,12 @@ def _confusion(truth: list[Optional[str]], predicted: list[str]) -> str:
             f"macro F1 {float(np.mean(f1)):.4f} · {len(y_true)} images with a true label</p>"
             f'<img class="chart" src="{_confusion_chart(matrix, labels)}" alt="confusion matrix">'
             + _table(["label", "precision", "recall", "F1", "support"], rows))
+
+
+def _require_matplotlib() -> None:
+    from imgclf_ray.extras import require
+
+    require("report")
 
 
 def write_report(output_uri: str, run_id: Optional[str] = None, out: Optional[str] = None,
