@@ -18,7 +18,7 @@ import numpy as np
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.models.artifact import CARD_FILE, ModelCard, save_artifact, save_sklearn_artifact
 from imgclf_ray.models.hierarchy import TreeCard
-from imgclf_ray.report.progress import Mode, Progress
+from imgclf_ray.progress import Mode, Progress
 from imgclf_ray.spec import DecodeSpec, JobSpec, SourceSpec, StorageSpec
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import check_artifact, refuse_code
 from imgclf_ray.planner import Plan, plan_resources
-from imgclf_ray.report.progress import Mode, Progress, resolve_mode
+from imgclf_ray.progress import Mode, Progress, resolve_mode
 from imgclf_ray.spec import JobSpec
 
 log = logging.getLogger(__name__)

@@ -260,7 +260,7 @@ class DecodeSpec(_Spec):
     @model_validator(mode="after")
     def _dicom_keywords(self) -> "DecodeSpec":
         if list(self.dicom_attributes) != list(DEFAULT_DICOM_ATTRIBUTES):  # the defaults are kept ones
-            from imgclf_ray.imaging.deid import check_keywords
+            from imgclf_ray.deid import check_keywords
 
             check_keywords(self.dicom_attributes, self.dicom_allow_phi)
         if self.dicom_window is not None and self.dicom_window[1] <= 0:
@@ -904,10 +904,10 @@ class ClusterSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterSpec":
-        from imgclf_ray.features import extractors
+        from imgclf_ray.registry import EXTRACTORS
 
         try:
-            extractors.get(self.features.name)
+            EXTRACTORS.get(self.features.name)
         except KeyError as exc:
             raise ValueError(f"features: {exc.args[0]}") from None
         if self.fit == "stream" and self.algorithm not in STREAMING_ALGORITHMS:

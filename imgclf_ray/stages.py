@@ -435,7 +435,7 @@ class PredictStage:
                  thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
                  precision: str = "fp32", trusted: bool = False, runtime: str = "torch"):
         from imgclf_ray.models.heads import Head
-        from imgclf_ray.models.hierarchy import HierarchicalClassifier
+        from imgclf_ray.models.tree_classifier import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter

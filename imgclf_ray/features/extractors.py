@@ -10,10 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from imgclf_ray.registry import Registry
+from imgclf_ray.registry import EXTRACTORS as _REGISTRY
 
 Extractor = Callable[..., np.ndarray]
-_REGISTRY: Registry[Extractor] = Registry("feature extractor")
 register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
 # Extractors whose values are already bounded to [0, 1] (pixels / 255, normalised histograms,
 # block-normalised HOG): scale-sensitive estimators use them as they are, as scikit-learn users

@@ -17,8 +17,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from imgclf_ray.spec import DecodeSpec
 
 
-class DecodeError(ValueError):
-    """The bytes are not an image we can decode; the message says why, for the error column."""
+from imgclf_ray.imaging.limits import DecodeError, check_budget  # noqa: F401 - re-exported
 
 
 SNIFF_BYTES = 4096
@@ -130,15 +129,6 @@ _BYTES_PER_BAND = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4
 
 def _pixel_bytes(img: Image.Image) -> int:
     return len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1)
-
-
-def check_budget(width: int, height: int, bytes_per_pixel: int, budget: Optional[int], what: str = "image") -> None:
-    """DecodeError when decoding ``width`` x ``height`` pixels of ``bytes_per_pixel`` needs more
-    than ``budget`` bytes (decode.max_decode_bytes): checked from the header, before decoding."""
-    need = width * height * bytes_per_pixel
-    if budget is not None and need > budget:
-        raise DecodeError(f"{what} of {width}x{height} needs {need / 2**20:,.0f} MiB to decode, over "
-                          f"decode.max_decode_bytes ({budget / 2**20:,.0f} MiB)")
 
 
 def _open(data: bytes, cache: Optional[dict]) -> Image.Image:

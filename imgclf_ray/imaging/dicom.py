@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from imgclf_ray.imaging.decode import DecodeError
+from imgclf_ray.imaging.limits import DecodeError, check_budget
 
 # pydicom logs what it finds odd with the element's value ("Invalid value for VR PN: 'DOE^JANE'"):
 # those lines would carry patient data into the workers' logs, so its logger stays quiet.
@@ -85,8 +85,8 @@ def _checked_frames(ds) -> int:
 
 def attributes(data: bytes, keywords: list[str], allow_phi: bool = False) -> dict[str, Optional[str]]:
     """The asked-for top-level attributes as strings; None where absent or where the value does
-    not fit its value representation (imaging.deid), unless ``allow_phi``."""
-    from imgclf_ray.imaging.deid import safe_value
+    not fit its value representation (imgclf_ray.deid), unless ``allow_phi``."""
+    from imgclf_ray.deid import safe_value
 
     ds = _read(data, header_only=True)
     with warnings.catch_warnings():
@@ -139,7 +139,6 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
             cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
     from imgclf_ray.extras import require
-    from imgclf_ray.imaging.decode import check_budget
 
     require("dicom", error=DecodeError)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array

@@ -11,10 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from imgclf_ray.registry import Registry
+from imgclf_ray.registry import OPS as _REGISTRY
 
 Op = Callable[..., np.ndarray]
-_REGISTRY: Registry[Op] = Registry("conditioning op")
 register, names, get = _REGISTRY.register, _REGISTRY.names, _REGISTRY.get
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from PIL import Image
 
-from imgclf_ray.imaging.decode import DecodeError
+from imgclf_ray.imaging.limits import DecodeError
 
 
 @dataclass

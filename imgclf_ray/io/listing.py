@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.storage import describe_os_error, filesystem, to_uri
-from imgclf_ray.report.progress import Mode, Progress
+from imgclf_ray.progress import Mode, Progress
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 MANIFEST_SCHEMA = pa.schema([

@@ -46,11 +46,11 @@ class PreprocessCard(PreprocessSpec):
             raise ValueError("mean and std need one value per channel")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
-        from imgclf_ray.imaging import ops
+        from imgclf_ray.registry import OPS
 
         for op in self.ops:
             try:
-                ops.get(op.name)
+                OPS.get(op.name)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
         return self
@@ -71,10 +71,10 @@ class FeaturesCard(FeatureSpec):
 
     @model_validator(mode="after")
     def _known(self) -> "FeaturesCard":
-        from imgclf_ray.features import extractors
+        from imgclf_ray.registry import EXTRACTORS
 
         try:
-            extractors.get(self.name)
+            EXTRACTORS.get(self.name)
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
         return self

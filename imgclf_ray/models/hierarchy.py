@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imgclf_ray.errors import ArtifactError
@@ -130,39 +129,22 @@ def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> Artifac
     return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest, scores)
 
 
-class HierarchicalClassifier:
-    """Loads every node's classifier once; ``route`` gives each row its label path and scores."""
+# Artifact formats whose loading runs code stored in the file; refused unless the job trusts it.
+CODE_FORMATS = {"torchscript": "TorchScript runs code stored in the file when it is loaded and at every prediction"}
 
-    def __init__(self, uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
-                 threads: Optional[int] = None, trusted: bool = False):
-        from imgclf_ray.models.heads import Head
-        from imgclf_ray.models.loader import load_classifier
 
-        self.info = describe_artifact(uri, storage)
-        self.model_id = self.info.model_id
-        tree = read_tree(uri, storage)
-        self.nodes = {}
-        for path, node in _nodes(tree.root):
-            clf = load_classifier(join(uri, node.model), storage, device=device, threads=threads, trusted=trusted)
-            head = Head(clf.card.task, clf.card.labels, clf.card.thresholds)
-            self.nodes[path] = (node, clf, head)
-
-    def route(self, inputs: np.ndarray) -> tuple[list[list[str]], list[list[float]]]:
-        """Label path and per-level scores for each row; only the models a row reaches run on it."""
-        n = len(inputs)
-        paths: list[list[str]] = [[] for _ in range(n)]
-        scores: list[list[float]] = [[] for _ in range(n)]
-        pending = [((), np.arange(n))]
-        while pending:
-            key, rows = pending.pop()
-            node, clf, head = self.nodes[key]
-            decision = head.decide(clf.predict_proba(inputs[rows]))
-            chosen = np.asarray(clf.card.labels, dtype=object)[decision.label]
-            for i, label, score in zip(rows, chosen, decision.score):
-                paths[i].append(label)
-                scores[i].append(float(score))
-            for label in node.children:
-                subset = rows[chosen == label]
-                if len(subset):
-                    pending.append((key + (label,), subset))
-        return paths, scores
+def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> None:
+    """ArtifactError unless every weights file of the artifact (each node of a tree) is in a format
+    that cannot run code, or the job marks the artifact trusted (model.trusted). Reads only cards."""
+    if trusted:
+        return
+    if describe_artifact(model_uri, storage).task == "hierarchical":
+        cards = node_cards(model_uri, read_tree(model_uri, storage), storage).values()
+    else:
+        cards = [read_card(model_uri, storage)]
+    for card in cards:
+        why = CODE_FORMATS.get(card.weights.format)
+        if why:
+            raise ArtifactError(f"{model_uri}: {card.weights.file} is {card.weights.format}; {why}, so it is "
+                                "refused. Export the weights to safetensors, or set model.trusted: true "
+                                "in the job if you trust the file's author")

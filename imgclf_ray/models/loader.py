@@ -5,31 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 from imgclf_ray.models.artifact import read_card
+from imgclf_ray.models.hierarchy import CODE_FORMATS, describe_artifact, refuse_code  # noqa: F401 - re-exported
+from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
-
-
-# Artifact formats whose loading runs code stored in the file; refused unless the job trusts it.
-CODE_FORMATS = {"torchscript": "TorchScript runs code stored in the file when it is loaded and at every prediction"}
-
-
-def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> None:
-    """ArtifactError unless every weights file of the artifact (each node of a tree) is in a format
-    that cannot run code, or the job marks the artifact trusted (model.trusted). Reads only cards."""
-    from imgclf_ray.errors import ArtifactError
-    from imgclf_ray.models.hierarchy import describe_artifact, node_cards, read_tree
-
-    if trusted:
-        return
-    if describe_artifact(model_uri, storage).task == "hierarchical":
-        cards = node_cards(model_uri, read_tree(model_uri, storage), storage).values()
-    else:
-        cards = [read_card(model_uri, storage)]
-    for card in cards:
-        why = CODE_FORMATS.get(card.weights.format)
-        if why:
-            raise ArtifactError(f"{model_uri}: {card.weights.file} is {card.weights.format}; {why}, so it is "
-                                "refused. Export the weights to safetensors, or set model.trusted: true "
-                                "in the job if you trust the file's author")
 
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
@@ -38,28 +16,11 @@ def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device
     """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
     that run code (CODE_FORMATS) load only when ``trusted``; ``runtime: onnxruntime`` runs torch
     models through a cached ONNX export of themselves."""
-    from imgclf_ray.models.hierarchy import HierarchicalClassifier, describe_artifact
-
     refuse_code(model_uri, storage, trusted)
-    if describe_artifact(model_uri, storage).task == "hierarchical":
-        return HierarchicalClassifier(model_uri, storage, device=device, threads=threads, trusted=trusted)
-    card = read_card(model_uri, storage)
-    if card.framework == "sklearn":
-        from threadpoolctl import threadpool_limits
-
-        from imgclf_ray.models.sklearn_classifier import SklearnClassifier
-
-        if threads:
-            threadpool_limits(threads)
-        return SklearnClassifier(model_uri, storage)
-    if card.framework == "onnx":
-        from imgclf_ray.models.onnx_runtime import OnnxClassifier
-
-        return OnnxClassifier(model_uri, storage, device=device, threads=threads)
-    from imgclf_ray.models.torch_classifier import TorchClassifier
-
-    return TorchClassifier(model_uri, storage, device=device, threads=threads, precision=precision,
-                           trusted=trusted, runtime=runtime)
+    kind = "hierarchical" if describe_artifact(model_uri, storage).task == "hierarchical" \
+        else read_card(model_uri, storage).framework
+    return CLASSIFIERS.get(kind)(model_uri, storage, device=device, threads=threads, precision=precision,
+                                 trusted=trusted, runtime=runtime)
 
 
 def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,
@@ -79,7 +40,6 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
 
     from imgclf_ray.errors import ArtifactError
     from imgclf_ray.models.artifact import read_weights
-    from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.models.networks import require
 
     refuse_code(model_uri, storage, trusted)

@@ -17,6 +17,7 @@ import numpy as np
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
+from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
 
 
@@ -136,3 +137,8 @@ def exported(net, card: ModelCard) -> Path:
                                 "use model.runtime: torch") from None
         os.replace(tmp, target)
     return target
+
+
+@CLASSIFIERS.register("onnx")
+def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int], **_) -> OnnxClassifier:
+    return OnnxClassifier(uri, storage, device=device, threads=threads)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
+from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
 
 # Types skops does not trust by default but that the estimators we support are made of. Anything
@@ -86,3 +89,12 @@ def estimator_scores(estimator, x: np.ndarray, multilabel: bool = False) -> np.n
         return np.stack([1.0 - p, p], axis=1).astype(np.float32)
     e = np.exp(d - d.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@CLASSIFIERS.register("sklearn")
+def _load(uri: str, storage: StorageSpec, *, threads: Optional[int], **_) -> SklearnClassifier:
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    return SklearnClassifier(uri, storage)

@@ -11,6 +11,7 @@ import numpy as np
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card, read_weights
 from imgclf_ray.models.networks import build_network, logits, transformers_config, transformers_network
+from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
 
 __all__ = ["TorchClassifier", "build_network", "normalise", "embedder"]
@@ -89,7 +90,7 @@ class TorchClassifier:
         self.model_id = self.card.model_id()
         if self.card.weights.format == "torchscript":
             if not trusted:
-                from imgclf_ray.models.loader import refuse_code
+                from imgclf_ray.models.hierarchy import refuse_code
 
                 refuse_code(model_uri, storage)
             net = _load_torchscript(model_uri, self.card, storage)
@@ -176,3 +177,10 @@ class TorchClassifier:
             if self.card.task == "multilabel":
                 return torch.sigmoid(out).cpu().numpy()
             return torch.softmax(out, dim=1).cpu().numpy()
+
+
+@CLASSIFIERS.register("torch")
+def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int], precision: str,
+          trusted: bool, runtime: str, **_) -> TorchClassifier:
+    return TorchClassifier(uri, storage, device=device, threads=threads, precision=precision, trusted=trusted,
+                           runtime=runtime)

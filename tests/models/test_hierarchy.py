@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.models.hierarchy import HierarchicalClassifier, describe_artifact
+from imgclf_ray.models.hierarchy import describe_artifact
+from imgclf_ray.models.tree_classifier import HierarchicalClassifier
 
 
 def _features(digits_archive, n=60):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import io
 
-from imgclf_ray.report.progress import Progress, resolve_mode
+from imgclf_ray.progress import Progress, resolve_mode
 
 
 class Clock:
