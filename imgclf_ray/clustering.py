@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
-from imgclf_ray.spec import CLUSTER_ALGORITHMS, ClusterSpec, FeatureSpec, PreprocessSpec, StorageSpec
+from imgclf_ray.registry import CLUSTER_ALGORITHMS
+from imgclf_ray.spec import ClusterSpec, FeatureSpec, PreprocessSpec, StorageSpec
 
 CARD_FILE = "clusterer_card.json"
 ARRAYS_FILE = "clusterer.safetensors"
@@ -95,12 +96,12 @@ class Clusterer:
         z = np.asarray(z, dtype=np.float64)
         if not len(z):
             return np.zeros(0, np.int32), np.zeros(0, np.float32), None
-        if self.card.algorithm == "gmm":
+        if "means" in self.arrays:  # a Gaussian mixture
             proba = self._mixture().predict_proba(z)
             cluster = proba.argmax(axis=1)
             distance = np.linalg.norm(z - self.arrays["means"][cluster], axis=1)
             return cluster.astype(np.int32), distance.astype(np.float32), proba.max(axis=1).astype(np.float32)
-        if self.card.algorithm == "dbscan":
+        if "core" in self.arrays:  # core samples within eps
             core = self.arrays["core"]
             if not len(core):
                 return np.full(len(z), -1, np.int32), np.full(len(z), np.nan, np.float32), None
@@ -159,33 +160,12 @@ def _kth_smallest_sq(z: np.ndarray, ref: np.ndarray, k: int, chunk: int = 4096) 
 
 
 def _estimator(spec: ClusterSpec):
-    module, _, name = CLUSTER_ALGORITHMS[spec.algorithm].rpartition(".")
+    module, _, name = CLUSTER_ALGORITHMS.get(spec.algorithm).cls.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     params = dict(spec.params)
     if "random_state" in cls().get_params() and "random_state" not in params:
         params["random_state"] = spec.seed
     return cls(**params)
-
-
-def _arrays_of(spec: ClusterSpec, est, z: np.ndarray) -> dict[str, np.ndarray]:
-    algo = spec.algorithm
-    if algo in ("kmeans", "minibatch_kmeans", "meanshift"):
-        centers = est.cluster_centers_
-        return {"centers": centers, "center_labels": np.arange(len(centers))}
-    if algo == "birch":
-        return {"centers": est.subcluster_centers_, "center_labels": np.asarray(est.subcluster_labels_)}
-    if algo == "gmm":
-        return {"weights": est.weights_, "means": est.means_, "covariances": est.covariances_,
-                "precisions_cholesky": est.precisions_cholesky_}
-    if algo == "agglomerative":
-        labels = est.labels_
-        ids = np.unique(labels)
-        return {"centers": np.stack([z[labels == i].mean(axis=0) for i in ids]), "center_labels": ids}
-    if algo == "dbscan":
-        core = est.core_sample_indices_
-        return {"core": z[core].reshape(len(core), z.shape[1]), "core_labels": est.labels_[core],
-                "eps": np.array([est.eps], dtype=np.float64)}
-    raise ValueError(f"unknown algorithm {algo!r}")
 
 
 def _n_clusters(arrays: dict[str, np.ndarray]) -> int:
@@ -224,7 +204,7 @@ def fit(spec: ClusterSpec, sample: np.ndarray, stream: Optional[Iterable[np.ndar
             est.partial_fit()  # the global clustering step over the subclusters
     else:
         est.fit(z)
-    arrays.update(_arrays_of(spec, est, z))
+    arrays.update(CLUSTER_ALGORITHMS.get(spec.algorithm).arrays(est, z))
     rng = np.random.default_rng(spec.seed)
     ref = z[np.sort(rng.choice(len(z), min(REFERENCE_SIZE, len(z)), replace=False))]
     k = min(OUTLIER_K, len(ref) - 1)

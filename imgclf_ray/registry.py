@@ -13,7 +13,9 @@ it a conformance test.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, Mapping, TypeVar, Union
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -21,9 +23,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Plugins of one kind (``kind`` names them in error messages)."""
 
-    def __init__(self, kind: str, providers: Union[tuple[str, ...], Mapping[str, str]] = ()):
+    def __init__(self, kind: str, providers: Union[tuple[str, ...], Mapping[str, str]] = (),
+                 package: Optional[str] = None):
         self.kind = kind
         self.providers = providers  # modules that register everything, or name -> its module
+        self.package = package  # a package each of whose modules registers what it adds
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -41,6 +45,9 @@ class Registry(Generic[T]):
                 ([] if name is not None else list(self.providers.values()))
         else:
             modules = list(self.providers)
+        if self.package is not None:
+            found = importlib.import_module(self.package)
+            modules += [f"{self.package}.{m.name}" for m in pkgutil.iter_modules(found.__path__)]
         for module in modules:
             importlib.import_module(module)
 
@@ -63,9 +70,35 @@ class Registry(Generic[T]):
         return name in self.names()
 
 
+@dataclass(frozen=True)
+class Estimator:
+    """A scikit-learn classifier by name (imgclf_ray/estimators/): built by imgclf_ray.train."""
+
+    cls: str  # the dotted scikit-learn class
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # ours over scikit-learn's (max_iter)
+    seeded: bool = False  # takes random_state = the job's seed
+    scale_sensitive: bool = False  # a StandardScaler goes first on features not bounded to [0, 1]
+    native_multilabel: bool = False  # fits multilabel targets itself (else one-vs-rest)
+
+
+@dataclass(frozen=True)
+class ClusterAlgorithm:
+    """A scikit-learn clusterer by name (imgclf_ray/cluster_algorithms/), reduced to arrays that
+    assign any image later (imgclf_ray.clustering): ``centers`` + ``center_labels`` (nearest
+    centre), ``weights``/``means``/``covariances``/``precisions_cholesky`` (a Gaussian mixture), or
+    ``core`` + ``core_labels`` + ``eps`` (nearest core sample within eps)."""
+
+    cls: str  # the dotted scikit-learn class
+    arrays: Callable[[Any, Any], dict]  # (fitted estimator, the rows it was fitted on) -> arrays
+    streaming: bool = False  # has partial_fit: cluster.fit: stream
+
+
 # The extension points. Each provider module fills its registry with @REGISTRY.register("name").
 EXTRACTORS: Registry = Registry("feature extractor", ("imgclf_ray.features.extractors",))
 OPS: Registry = Registry("conditioning op", ("imgclf_ray.imaging.ops",))
+ESTIMATORS: Registry[Estimator] = Registry("estimator", package="imgclf_ray.estimators")
+CLUSTER_ALGORITHMS: Registry[ClusterAlgorithm] = Registry("clustering algorithm",
+                                                          package="imgclf_ray.cluster_algorithms")
 # Model frameworks: how an artifact of each is loaded into a classifier (imgclf_ray.models.loader).
 CLASSIFIERS: Registry = Registry("model framework", {
     "torch": "imgclf_ray.models.torch_classifier",

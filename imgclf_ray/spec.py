@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from imgclf_ray import registry
 from imgclf_ray.errors import SpecError
 from imgclf_ray.ids import id_problem
 
@@ -477,8 +478,7 @@ class JobSpec(_Spec):
         return tuple(c for c in CURATION_CHECKS if c not in skip)
 
 
-ESTIMATORS = ("logistic_regression", "knn", "linear_svm", "svm", "decision_tree", "random_forest",
-              "gradient_boosting", "hist_gradient_boosting", "mlp")
+ESTIMATORS = tuple(registry.ESTIMATORS.names())  # imgclf_ray/estimators/
 
 
 class SearchSpec(_Spec):
@@ -507,21 +507,10 @@ class EstimatorSpec(_Spec):
     @model_validator(mode="after")
     def _known_params(self) -> "EstimatorSpec":
         for key, names in (("params", self.params), ("search.grid", self.search.grid if self.search else {})):
-            _check_params(ESTIMATOR_CLASSES[self.name], names, key)
+            _check_params(registry.ESTIMATORS.get(self.name).cls, names, key)
         return self
 
 
-ESTIMATOR_CLASSES = {
-    "logistic_regression": "sklearn.linear_model.LogisticRegression",
-    "knn": "sklearn.neighbors.KNeighborsClassifier",
-    "linear_svm": "sklearn.svm.LinearSVC",
-    "svm": "sklearn.svm.SVC",
-    "decision_tree": "sklearn.tree.DecisionTreeClassifier",
-    "random_forest": "sklearn.ensemble.RandomForestClassifier",
-    "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
-    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
-    "mlp": "sklearn.neural_network.MLPClassifier",
-}
 
 
 def _check_params(dotted_class: str, params: dict[str, Any], key: str) -> None:
@@ -855,16 +844,8 @@ def load_spec(path: str | Path, overrides: Optional[list[str]] = None, model: ty
     return parse_spec(data, str(path), text, keys, model)
 
 
-CLUSTER_ALGORITHMS = {
-    "kmeans": "sklearn.cluster.KMeans",
-    "minibatch_kmeans": "sklearn.cluster.MiniBatchKMeans",
-    "gmm": "sklearn.mixture.GaussianMixture",
-    "meanshift": "sklearn.cluster.MeanShift",
-    "dbscan": "sklearn.cluster.DBSCAN",
-    "agglomerative": "sklearn.cluster.AgglomerativeClustering",
-    "birch": "sklearn.cluster.Birch",
-}
-STREAMING_ALGORITHMS = ("minibatch_kmeans", "birch")
+CLUSTER_ALGORITHMS = tuple(registry.CLUSTER_ALGORITHMS.names())  # imgclf_ray/cluster_algorithms/
+STREAMING_ALGORITHMS = tuple(n for n in CLUSTER_ALGORITHMS if registry.CLUSTER_ALGORITHMS.get(n).streaming)
 
 
 def _default_cluster_preprocess() -> PreprocessSpec:
@@ -913,7 +894,7 @@ class ClusterSpec(_Spec):
         if self.fit == "stream" and self.algorithm not in STREAMING_ALGORITHMS:
             raise ValueError(f"fit: stream needs partial_fit, which only "
                              f"{' and '.join(STREAMING_ALGORITHMS)} have")
-        _check_params(CLUSTER_ALGORITHMS[self.algorithm], self.params, "params")
+        _check_params(registry.CLUSTER_ALGORITHMS.get(self.algorithm).cls, self.params, "params")
         return self
 
 

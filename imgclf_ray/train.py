@@ -25,46 +25,34 @@ from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
 
 
-# Estimators whose fit depends on the features' scale (distances, margins, gradients).
-SCALE_SENSITIVE = ("logistic_regression", "knn", "linear_svm", "svm", "mlp")
-
-
 def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False, features: Optional[str] = None):
-    """The scikit-learn estimator a spec names, with scikit-learn's defaults (plus ``random_state``
-    = the seed, and max_iter 2000 / 1000 for logistic regression / MLP), as scikit-learn would fit
-    it on the same features. A StandardScaler goes first only for a scale-sensitive estimator on
+    """The scikit-learn estimator a spec names (its registry entry: imgclf_ray/estimators/), with
+    scikit-learn's defaults (plus ``random_state`` = the seed for seeded ones, and the entry's
+    defaults, e.g. max_iter), as scikit-learn would fit it on the same features. A StandardScaler goes first only for a scale-sensitive estimator on
     features that are not already bounded to [0, 1] (``features``: the extractor's name; see
     BOUNDED_FEATURES). ``spec.calibrate`` wraps it in CalibratedClassifierCV (cv=3). With a grid
     search when asked. For multilabel targets, estimators without native multilabel support are
     fitted one-vs-rest (one binary model per label)."""
+    import importlib
+
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC, LinearSVC
-    from sklearn.tree import DecisionTreeClassifier
 
-    seeded = {"random_state": seed}
-    base = {
-        "logistic_regression": lambda p: LogisticRegression(**{"max_iter": 2000, **p}),
-        "knn": lambda p: KNeighborsClassifier(**p),
-        "linear_svm": lambda p: LinearSVC(**{**seeded, **p}),
-        "svm": lambda p: SVC(**p),
-        "decision_tree": lambda p: DecisionTreeClassifier(**{**seeded, **p}),
-        "random_forest": lambda p: RandomForestClassifier(**{**seeded, **p}),
-        "gradient_boosting": lambda p: GradientBoostingClassifier(**{**seeded, **p}),
-        "hist_gradient_boosting": lambda p: HistGradientBoostingClassifier(**{**seeded, **p}),
-        "mlp": lambda p: MLPClassifier(**{"max_iter": 1000, **seeded, **p}),
-    }[spec.name]
     from imgclf_ray.features.extractors import BOUNDED_FEATURES
+    from imgclf_ray.registry import ESTIMATORS
 
-    scaled = spec.name in SCALE_SENSITIVE and features not in BOUNDED_FEATURES
+    entry = ESTIMATORS.get(spec.name)
+    module, _, name = entry.cls.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = {**entry.defaults, **({"random_state": seed} if entry.seeded else {})}
+
+    def base(params: dict[str, Any]):
+        return cls(**{**defaults, **params})
+
+    scaled = entry.scale_sensitive and features not in BOUNDED_FEATURES
     calibrated = spec.calibrate is not None
-
-    native = spec.name in ("knn", "decision_tree", "random_forest", "mlp")
+    native = entry.native_multilabel
 
     def build(params: dict[str, Any]):
         est = base(params)

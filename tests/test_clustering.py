@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from imgclf_ray import clustering
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.spec import ClusterSpec
+from imgclf_ray.spec import CLUSTER_ALGORITHMS, ClusterSpec
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +105,23 @@ def test_spec_refuses_unknown_params_and_streaming_without_partial_fit():
         ClusterSpec(algorithm="kmeans", fit="stream")
     with pytest.raises(ValueError, match="unknown feature extractor 'sift'"):
         ClusterSpec(algorithm="kmeans", features={"name": "sift"})
+
+
+@pytest.mark.parametrize("algorithm", CLUSTER_ALGORITHMS)
+def test_every_registered_algorithm_fits_saves_loads_and_assigns(blobs, algorithm, tmp_path):
+    """The conformance test of imgclf_ray/cluster_algorithms/: a new module there is run here."""
+    import importlib
+    import inspect
+
+    from imgclf_ray.registry import CLUSTER_ALGORITHMS as REGISTRY
+
+    module, _, name = REGISTRY.get(algorithm).cls.rpartition(".")
+    accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    params = {k: v for k, v in {"n_clusters": 3, "n_components": 3, "eps": 3.0}.items() if k in accepted}
+    x, y = blobs
+    fitted = clustering.fit(ClusterSpec(algorithm=algorithm, params=params), x[:300])
+    clustering.save(str(tmp_path), fitted)
+    loaded = clustering.load(str(tmp_path))
+    ours, distance, _ = loaded.assign(loaded.reduce(x[300:]))
+    assert ours.dtype == np.int32 and len(ours) == 100 and np.isfinite(distance[ours >= 0]).all()
+    assert adjusted_rand_score(y[300:], ours) >= 0.8, algorithm

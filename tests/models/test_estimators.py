@@ -12,7 +12,8 @@ from sklearn.model_selection import train_test_split
 
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.models.sklearn_classifier import estimator_scores
-from imgclf_ray.spec import ESTIMATOR_CLASSES, ESTIMATORS, EstimatorSpec
+from imgclf_ray.registry import ESTIMATORS as REGISTRY
+from imgclf_ray.spec import ESTIMATORS, EstimatorSpec
 from imgclf_ray.train import make_estimator
 
 # What make_estimator adds to scikit-learn's defaults (and the reference gets too).
@@ -41,7 +42,7 @@ def dataset(request):
 
 
 def _reference(name: str):
-    module, _, cls = ESTIMATOR_CLASSES[name].rpartition(".")
+    module, _, cls = REGISTRY.get(name).cls.rpartition(".")
     params = ({"random_state": 0} if name in SEEDED else {}) | ({"max_iter": MAX_ITER[name]} if name in MAX_ITER else {})
     return getattr(importlib.import_module(module), cls)(**params)
 
