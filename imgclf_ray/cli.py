@@ -497,9 +497,9 @@ def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_fro
 @main.command()
 @click.argument("what", type=click.Choice(["spec", "train", "schema"]), default="spec")
 @click.option("--update", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Rewrite the generated sections of this Markdown file (e.g. README.md) instead.")
+              help="Rewrite the generated sections of this Markdown file (docs/reference.md) instead.")
 def reference(what: str, update: Optional[str]) -> None:
-    """Print the job-spec, training-spec or output-schema reference as Markdown (as in the README)."""
+    """Print the job-spec, training-spec or output-schema reference as Markdown (as in docs/reference.md)."""
     from pathlib import Path
 
     from imgclf_ray.reference import schema_reference, spec_reference, train_reference, update_markdown

@@ -1,6 +1,6 @@
 """Markdown reference of the job spec and the output schema, generated from the code itself.
 
-The README embeds both between markers; a test fails when they drift apart.
+docs/reference.md embeds them between markers; a test fails when they drift apart.
 """
 
 from __future__ import annotations

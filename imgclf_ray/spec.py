@@ -1,6 +1,6 @@
 """The job spec: what a YAML file in ``jobs/`` may say, validated before Ray starts.
 
-Every field carries a description; the README's job-spec reference is generated from them
+Every field carries a description; docs/reference.md's job-spec reference is generated from them
 (``imgclf reference spec``). Unknown keys are refused (``extra="forbid"``) so that a typo never
 silently falls back to a default.
 """
@@ -495,7 +495,7 @@ class EstimatorSpec(_Spec):
 
     name: Literal[ESTIMATORS] = Field(description="The scikit-learn classifier with its defaults: svm "
                                       "is SVC (RBF), linear_svm LinearSVC, mlp MLPClassifier (the fully "
-                                      "connected 'ANN'); see the README's estimator table for scaling.")
+                                      "connected 'ANN'); see docs/models.md for scaling.")
     calibrate: Optional[Literal["sigmoid", "isotonic"]] = Field(
         None, description="Calibrate the scores with CalibratedClassifierCV(method=..., cv=3): three "
         "more fits on two thirds of the training split each, probabilities averaged (labels can "
