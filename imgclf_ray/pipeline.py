@@ -273,19 +273,20 @@ def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo
 
 def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
             progress: Mode = "off", listing_seconds: Optional[float] = None,
-            lock: Optional[RunLock] = None, listing_skipped: Optional[dict[str, int]] = None) -> RunResult:
+            lock: Optional[RunLock] = None, listing_skipped: Optional[dict[str, int]] = None,
+            model: Optional[ArtifactInfo] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
     Ray must be initialised. Holds the run id's lock while it works (``lock``, when the caller took
     it already). Raises RunFailed (nothing committed) when the error budget is exceeded or the
     staged output does not hold every listed input exactly once; RunLocked when another attempt
-    of the run id is live.
+    of the run id is live. ``model``: the artifact's description when the caller read it already.
     """
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
     if lock is not None:
-        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped)
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped, model)
     with _locked(spec, run_id) as lock:
-        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped)
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped, model)
 
 
 @contextlib.contextmanager
@@ -300,18 +301,18 @@ def _locked(spec: JobSpec, run_id: str):
 
 def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
              listing_seconds: Optional[float], lock: RunLock,
-             listing_skipped: Optional[dict[str, int]] = None) -> RunResult:
+             listing_skipped: Optional[dict[str, int]] = None, model: Optional[ArtifactInfo] = None) -> RunResult:
     import ray
 
     from imgclf_ray.curation.rows import row_rules
 
     card = None
     if spec.model is not None:
-        card = describe_artifact(spec.model.uri, spec.storage)
+        card = model or describe_artifact(spec.model.uri, spec.storage)
         # A tampered, untrusted or malformed file is refused with a clear message before any work
         # starts (the actors load it again).
         _check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
-                                                     spec.model.runtime))
+                                                     spec.model.runtime, card))
     checks = spec.curate_checks()
     labels = _label_issue_labels(spec, card, checks)
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
@@ -424,7 +425,8 @@ def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mod
 
 
 def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
-                        skipped: dict[str, int], listing_seconds: float) -> RunResult:
+                        skipped: dict[str, int], listing_seconds: float,
+                        info: Optional[ArtifactInfo] = None) -> RunResult:
     """Commit an empty run record (one schema-only Parquet file, its manifest and summary saying
     why), so that every night shows in ``imgclf runs`` and ``read_run`` — without starting Ray."""
     import io
@@ -432,7 +434,7 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
 
     from imgclf_ray.io import state
 
-    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
+    info = info or (describe_artifact(spec.model.uri, spec.storage) if spec.model else None)
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
                                spec.sink.format)
@@ -815,10 +817,12 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
         Progress.note("WARNING: decode.dicom_allow_phi is true: the dicom column of this run may hold "
                       "patient-identifying attributes, exactly as the files store them; the manifest "
                       "records it", mode)
-    # Fail on a bad artifact, or one that would run code, before Ray starts.
-    model_id = describe_artifact(spec.model.uri, spec.storage).model_id if spec.model else None
+    # Fail on a bad artifact, or one that would run code, before Ray starts. The card is read here,
+    # once, and handed on.
+    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
+    model_id = info.model_id if info else None
     if spec.model is not None:
-        refuse_code(spec.model.uri, spec.storage, spec.model.trusted)
+        refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
     listing_started = time.perf_counter()
     listed = list_archive(spec.source, spec.storage, progress=mode)
     skipped = skipped_counts(listed)
@@ -833,13 +837,13 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
         if not manifest.num_rows:
             why = (f"all {listed_rows} listed images were processed by earlier runs"
                    f"{' with this model' if model_id else ''}")
-            return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds)
+            return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
     ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
     import ray
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
     ray.data.DataContext.get_current().enable_progress_bars = False
     result = execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
-                     listing_skipped=skipped)
+                     listing_skipped=skipped, model=info)
     result.ray_log = ray_log
     return result

@@ -188,3 +188,26 @@ def test_classical_model_through_ray_equals_the_estimator_outside(ray_session, m
     for rel, name in [(r, r.split("-")[-1].removesuffix(".png")) for r in good_files(sample_photo) if "digit" in r]:
         assert rows[rel]["label"] == name  # the digits are recognised
     assert result.stages["features"]["rows"] == 11
+
+
+def test_the_driver_reads_the_model_card_once(ray_session, tiny_model, tmp_path, sample_photo, monkeypatch):
+    """The card is read once before a run (the plan is made from it); the actors load their own."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from imgclf_ray.pipeline import run_job
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name, data in list(good_files(sample_photo, n_digits=2).items())[:2]:
+        (archive / Path(name).name).write_bytes(data)
+    reads = []
+    real = LocalFileSystem.cat_file
+
+    def counting(self, path, *args, **kwargs):
+        if str(path).endswith("model_card.json"):
+            reads.append(path)
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", counting)
+    result = run_job(make_spec(str(archive), str(tmp_path / "out"), tiny_model), "once", quiet=True)
+    assert result.rows == 2 and len(reads) == 1, reads

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +69,9 @@ class ArtifactInfo:
     labels: list[str]
     model_id: str
     scores: str = "probability"  # "uncalibrated" when any model's scores are (ModelCard.scores)
+    # Every card read to make this summary: () -> the card of a plain artifact; each node's path ->
+    # its card for a tree. What the checks before a run need, so that a run reads its cards once.
+    cards: Mapping[tuple[str, ...], ModelCard] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _raw_card(uri: str, storage: StorageSpec) -> dict[str, Any]:
@@ -112,11 +115,15 @@ def node_cards(uri: str, tree: TreeCard, storage: StorageSpec = StorageSpec()) -
 
 
 def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> ArtifactInfo:
-    """Read the card(s) of any artifact and summarise them for planning the pipeline."""
-    if _raw_card(uri, storage).get("task") != "hierarchical":
-        card = read_card(uri, storage)
+    """Read the card(s) of any artifact, once, and summarise them for planning the pipeline."""
+    raw = _raw_card(uri, storage)
+    if raw.get("task") != "hierarchical":
+        try:
+            card = ModelCard.model_validate(raw)
+        except ValidationError as exc:
+            raise ArtifactError(f"{uri}/{CARD_FILE}: {first_error(exc)}") from None
         return ArtifactInfo(card.task, card.framework, card.preprocess, card.features, card.labels, card.model_id(),
-                            card.scores)
+                            card.scores, {(): card})
     tree = read_tree(uri, storage)
     cards = node_cards(uri, tree, storage)
     root = cards[()]
@@ -126,23 +133,22 @@ def describe_artifact(uri: str, storage: StorageSpec = StorageSpec()) -> Artifac
     labels = sorted({lab for c in cards.values() for lab in c.labels})
     framework = "torch" if any(c.framework == "torch" for c in cards.values()) else "sklearn"
     scores = "uncalibrated" if any(c.scores == "uncalibrated" for c in cards.values()) else "probability"
-    return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest, scores)
+    return ArtifactInfo("hierarchical", framework, root.preprocess, root.features, labels, "sha256:" + digest, scores,
+                        cards)
 
 
 # Artifact formats whose loading runs code stored in the file; refused unless the job trusts it.
 CODE_FORMATS = {"torchscript": "TorchScript runs code stored in the file when it is loaded and at every prediction"}
 
 
-def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> None:
+def refuse_code(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,
+                info: Optional[ArtifactInfo] = None) -> None:
     """ArtifactError unless every weights file of the artifact (each node of a tree) is in a format
-    that cannot run code, or the job marks the artifact trusted (model.trusted). Reads only cards."""
+    that cannot run code, or the job marks the artifact trusted (model.trusted). Reads only cards
+    (none when given the artifact's ``info``)."""
     if trusted:
         return
-    if describe_artifact(model_uri, storage).task == "hierarchical":
-        cards = node_cards(model_uri, read_tree(model_uri, storage), storage).values()
-    else:
-        cards = [read_card(model_uri, storage)]
-    for card in cards:
+    for card in (info or describe_artifact(model_uri, storage)).cards.values():
         why = CODE_FORMATS.get(card.weights.format)
         if why:
             raise ArtifactError(f"{model_uri}: {card.weights.file} is {card.weights.format}; {why}, so it is "

@@ -4,27 +4,26 @@ from __future__ import annotations
 
 from typing import Optional
 
-from imgclf_ray.models.artifact import read_card
-from imgclf_ray.models.hierarchy import CODE_FORMATS, describe_artifact, refuse_code  # noqa: F401 - re-exported
+from imgclf_ray.models.hierarchy import CODE_FORMATS, ArtifactInfo, describe_artifact, refuse_code  # noqa: F401
 from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
 
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
                     threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False,
-                    runtime: str = "torch"):
+                    runtime: str = "torch", info: Optional[ArtifactInfo] = None):
     """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
     that run code (CODE_FORMATS) load only when ``trusted``; ``runtime: onnxruntime`` runs torch
     models through a cached ONNX export of themselves."""
-    refuse_code(model_uri, storage, trusted)
-    kind = "hierarchical" if describe_artifact(model_uri, storage).task == "hierarchical" \
-        else read_card(model_uri, storage).framework
+    info = info or describe_artifact(model_uri, storage)
+    refuse_code(model_uri, storage, trusted, info)
+    kind = "hierarchical" if info.task == "hierarchical" else info.cards[()].framework
     return CLASSIFIERS.get(kind)(model_uri, storage, device=device, threads=threads, precision=precision,
                                  trusted=trusted, runtime=runtime)
 
 
 def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,
-                   runtime: str = "torch") -> dict[str, float]:
+                   runtime: str = "torch", info: Optional[ArtifactInfo] = None) -> dict[str, float]:
     """Refuse a bad artifact on the driver, before any work starts; returns its card's thresholds.
 
     A torch artifact in safetensors is checked without importing torch (the card, the weights'
@@ -42,9 +41,10 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
     from imgclf_ray.models.artifact import read_weights
     from imgclf_ray.models.networks import require
 
-    refuse_code(model_uri, storage, trusted)
-    if describe_artifact(model_uri, storage).task != "hierarchical":
-        card = read_card(model_uri, storage)
+    info = info or describe_artifact(model_uri, storage)
+    refuse_code(model_uri, storage, trusted, info)
+    if info.task != "hierarchical":
+        card = info.cards[()]
         require(card.framework if card.framework == "onnx" else card.library)
         if runtime == "onnxruntime":
             require("onnx")
@@ -58,6 +58,7 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
             except (struct.error, ValueError) as exc:
                 raise ArtifactError(f"{model_uri}/{card.weights.file}: not a safetensors file ({exc})") from None
             return dict(card.thresholds)
-    classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted, runtime=runtime)
+    classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted, runtime=runtime,
+                                 info=info)
     card = getattr(classifier, "card", None)  # a tree has one card per node
     return dict(card.thresholds) if card is not None else {}
