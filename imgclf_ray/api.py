@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from imgclf_ray.pipeline import RunResult
+    from imgclf_ray.runner.result import RunResult
 
 
 def load_job(job: Union[str, Path, dict, JobSpec], overrides: Optional[dict[str, Any]] = None) -> JobSpec:
@@ -49,7 +49,7 @@ def run(job: Union[str, Path, dict, JobSpec], overrides: Optional[dict[str, Any]
     new (incremental) commits an empty run record and returns it (``.nothing_new`` says why)."""
     from imgclf_ray.errors import SpecError
     from imgclf_ray.ids import id_problem
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
 
     spec = load_job(job, overrides)
     if run_id is not None and id_problem(run_id):

@@ -109,7 +109,7 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     if address:
         extra.append(f"run.ray_address={address}")
     spec = _load(job, tuple(extra), values=values)
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
     from imgclf_ray.report.summary import format_summary
 
     try:
@@ -161,7 +161,7 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
         curate_spec["checks"] = [c for c in curate_spec["checks"] if c != "label_issue"]
     spec = JobSpec.model_validate({**spec.model_dump(), "model": None, "curate": curate_spec})
     run_id = run_id or spec.sink.run_id or f"{spec.name}-curate-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
     from imgclf_ray.report.summary import format_summary
 
     try:
@@ -224,7 +224,7 @@ def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Op
         run_id = _dated_run_id(job, overrides, date)
         date = run_id[len(spec.name) + 1:]
     elif not run_id:
-        from imgclf_ray.pipeline import default_run_id
+        from imgclf_ray.runner.job import default_run_id
 
         run_id = spec.sink.run_id or default_run_id(spec)
     done = _cluster_call(submission.submit, job, list(overrides), spec, run_id, date, address=address)

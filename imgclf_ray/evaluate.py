@@ -150,7 +150,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     from imgclf_ray.errors import SpecError
     from imgclf_ray.io import sink
     from imgclf_ray.models.hierarchy import describe_artifact
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
 
     if spec.source.labels is None:
         raise SpecError("source.labels: imgclf evaluate needs true labels (e.g. source.labels.kind: folder)")

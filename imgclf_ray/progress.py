@@ -1,7 +1,7 @@
 """Progress for people: a bar (count, rate, ETA) on a terminal, periodic log lines otherwise.
 
 ``mode="auto"`` picks the bar when stderr is a terminal, log lines when it is not (cron, CI, a file);
-``--quiet`` asks for log lines explicitly. Ray Data's own bars are switched off by the pipeline so
+``--quiet`` asks for log lines explicitly. Ray Data's own bars are switched off by the runner so
 that each count is shown once.
 """
 

@@ -1,6 +1,6 @@
 """The pipeline's stages as plain batch callables (``dict[str, np.ndarray]`` in and out).
 
-They know nothing of Ray: ``pipeline`` maps them over a Dataset; tests call them directly. Each
+They know nothing of Ray: ``runner.build`` maps them over a Dataset; tests call them directly. Each
 stage catches failures per row: a row that fails gets ``status="error"`` and
 ``error="<stage>: <cause>"`` and travels on untouched, so every listed input reaches the sink once.
 """

@@ -89,7 +89,7 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
     import ray
 
     from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
-    from imgclf_ray.pipeline import ensure_ray
+    from imgclf_ray.runner.ray_setup import ensure_ray
     from imgclf_ray.stages import LoadStage
 
     ensure_ray(spec.run.ray_address)

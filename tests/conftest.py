@@ -50,7 +50,7 @@ def ray_session():
     """One small local Ray instance for the whole session (2 CPUs, like the CI machine)."""
     import ray
 
-    from imgclf_ray.pipeline import ensure_ray
+    from imgclf_ray.runner.ray_setup import ensure_ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")

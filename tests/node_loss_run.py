@@ -21,7 +21,8 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     from ray.util.state import list_actors
 
     from imgclf_ray.io.listing import list_archive
-    from imgclf_ray.pipeline import ensure_ray, execute
+    from imgclf_ray.runner.ray_setup import ensure_ray
+    from imgclf_ray.runner.job import execute
     from imgclf_ray.spec import parse_spec
 
     # The head runs the driver only: the work, and so the loss, is on two 2-CPU worker nodes.

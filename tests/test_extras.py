@@ -16,7 +16,7 @@ WITHOUT_EXTRAS = textwrap.dedent("""
     for name in ("pydicom", "av", "matplotlib", "deltalake", "timm", "transformers", "onnxruntime"):
         sys.modules[name] = None  # import fails as if not installed
     from pathlib import Path
-    import imgclf_ray.cli, imgclf_ray.pipeline, imgclf_ray.stages, imgclf_ray.api  # noqa: F401
+    import imgclf_ray.cli, imgclf_ray.runner.job, imgclf_ray.stages, imgclf_ray.api  # noqa: F401
     from imgclf_ray.spec import load_spec, parse_spec
     from imgclf_ray.errors import SpecError, UserError
     from imgclf_ray.imaging.decode import DecodeError, decode_image

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.planner import plan_resources
 from tests.corpus import good_files
 from tests.test_pipeline import make_spec, read_run

@@ -326,7 +326,7 @@ def _reap(proc: subprocess.Popen) -> None:
 @pytest.mark.ray
 @pytest.mark.parametrize("point", ["after_write", "after_state", "commit_manifest", "after_commit"])
 def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, ray_session, tiny_model, tmp_path):
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
 
     out = tmp_path / "out"
     _archive(tmp_path / "archive", 0, 3)
@@ -355,7 +355,7 @@ def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, ray_s
 def test_a_delta_night_killed_after_its_table_commit_is_finished_by_the_next_night(ray_session, tiny_model, tmp_path):
     """The Delta-only case: the table has the night's rows, its run record is missing. The next
     night (another run id) writes that record first, so it neither loses nor redoes those images."""
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
 
     out = tmp_path / "out"
     _archive(tmp_path / "archive", 0, 3)

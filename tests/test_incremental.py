@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from imgclf_ray.cli import main
 from imgclf_ray.io import state
 from imgclf_ray.io.sink import committed_files
-from imgclf_ray.pipeline import run_job
+from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, png_bytes
 from tests.test_pipeline import read_run

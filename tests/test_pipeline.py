@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 from imgclf_ray.errors import RunFailed
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import bad_files, good_files
 
@@ -194,7 +193,7 @@ def test_the_driver_reads_the_model_card_once(ray_session, tiny_model, tmp_path,
     """The card is read once before a run (the plan is made from it); the actors load their own."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from imgclf_ray.pipeline import run_job
+    from imgclf_ray.runner.job import run_job
 
     archive = tmp_path / "archive"
     archive.mkdir()

@@ -9,7 +9,7 @@ import pytest
 
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from tests.corpus import bad_files, good_files
 from tests.test_pipeline import make_spec
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 
 from imgclf_ray.cli import main
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from tests.corpus import digit_images, png_bytes
 from tests.test_pipeline import make_spec
 

@@ -118,7 +118,7 @@ def test_every_job_validates_and_can_be_pointed_elsewhere(job):
 
 
 def test_import_and_help_stay_light():
-    probe = ("import sys, imgclf_ray, imgclf_ray.cli, imgclf_ray.pipeline, imgclf_ray.stages;"
+    probe = ("import sys, imgclf_ray, imgclf_ray.cli, imgclf_ray.runner.job, imgclf_ray.stages;"
              "print([m for m in ('torch', 'ray', 'torchvision') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from imgclf_ray.examples import DIGIT_ATTRIBUTES
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.models.artifact import read_card
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from tests.test_pipeline import make_spec, read_run
 
 pytestmark = pytest.mark.ray

@@ -17,7 +17,7 @@ tasks, map-reduce style, so no step needs the whole archive in one process:
    counts into the archive's quartiles.
 4. rewrite (one task per staged file): adds the archive-wide scores and flags to each row.
 
-The Ray orchestration of these plain functions is ``pipeline._archive_checks``. Definitions are
+The Ray orchestration of these plain functions is ``runner.passes.archive_checks``. Definitions are
 cleanvision's: odd size by the IQR rule on sqrt(area), every member of a duplicate set flagged,
 near duplicates = equal perceptual hashes (``curate.near_duplicate_radius`` widens that). A
 group's id (its ``*_group`` column) is its first image by uri.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from imgclf_ray.models.hierarchy import CODE_FORMATS, ArtifactInfo, describe_artifact, refuse_code  # noqa: F401
+from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact, refuse_code
 from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
 

@@ -14,7 +14,7 @@ EPS = 1e-4  # share floor in the PSI (a label absent on one side)
 
 def _run(uri: str, storage: StorageSpec) -> dict[str, Any]:
     from imgclf_ray.io.sink import read_manifest, read_rows
-    from imgclf_ray.pipeline import error_cause
+    from imgclf_ray.runner.result import error_cause
 
     t = read_rows(uri, ["status", "label", "score", "error"], storage)
     status = t.column("status").to_pylist()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgclf_ray.pipeline import RunResult
+from imgclf_ray.runner.result import RunResult
 
 
 def _line(counts: dict[str, int], limit: int = 12) -> str:

@@ -3,7 +3,6 @@ recognise (blurred, darkened, resized + re-encoded, same pixels in another file)
 
 from __future__ import annotations
 
-import numpy as np
 from PIL import Image, ImageFilter
 
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")

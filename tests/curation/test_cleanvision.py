@@ -3,7 +3,6 @@ their altered copies (through a real run), and label issues against cleanlab's c
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import jpeg_bytes, png_bytes
 from tests.curation.photos import blurred, darkened, photos, resized

@@ -19,8 +19,7 @@ from sklearn.metrics import adjusted_rand_score
 from imgclf_ray.cli import main
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.labels import attach_true_labels
-from imgclf_ray.io.schema import image_id
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, jpeg_bytes, png_bytes
 from tests.curation.photos import blurred, darkened, photos, resized

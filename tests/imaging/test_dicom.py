@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.imaging.dicom import attributes, is_dicom
@@ -115,7 +114,7 @@ def test_attributes_and_patient_identifiers():
 @pytest.mark.ray
 def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
-    from imgclf_ray.pipeline import execute
+    from imgclf_ray.runner.job import execute
     from tests.test_pipeline import make_spec, read_run
 
     archive = tmp_path / "dicom"
@@ -136,7 +135,7 @@ def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
 @pytest.mark.ray
 def test_multi_frame_files_become_one_row_per_frame(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
-    from imgclf_ray.pipeline import execute
+    from imgclf_ray.runner.job import execute
     from tests.test_pipeline import make_spec, read_run
 
     archive = tmp_path / "frames"

@@ -13,7 +13,7 @@ import pytest
 from imgclf_ray.imaging.decode import DecodeError
 from imgclf_ray.imaging.video import sample
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.test_pipeline import read_run
 

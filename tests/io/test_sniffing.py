@@ -9,7 +9,6 @@ from pathlib import Path
 import pydicom.data
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from imgclf_ray.cli import main
 from imgclf_ray.errors import SourceError

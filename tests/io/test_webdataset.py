@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, png_bytes
 from tests.test_pipeline import read_run

@@ -19,7 +19,7 @@ from imgclf_ray.cli import main
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
 from imgclf_ray.models.artifact import read_card
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.curation.photos import photos
 

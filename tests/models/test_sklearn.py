@@ -66,16 +66,16 @@ def test_svm_without_probabilities_scores_uncalibrated_and_bad_cards_are_refused
     # Thresholds and label issues need probabilities: refused, with the way to get them.
     from imgclf_ray.errors import SpecError
     from imgclf_ray.models.hierarchy import describe_artifact
-    from imgclf_ray.pipeline import _check_thresholds, _label_issue_labels
+    from imgclf_ray.runner.checks import check_thresholds, label_issue_labels
     from imgclf_ray.spec import parse_spec
 
     info = describe_artifact(str(tmp_path / "svc"))
     spec = parse_spec({"name": "t", "source": {"uri": "x", "labels": {"kind": "folder"}}, "sink": {"uri": "y"},
                        "model": {"uri": str(tmp_path / "svc"), "threshold": 0.7}}, "<test>")
     with pytest.raises(SpecError, match="uncalibrated .* estimator.calibrate: sigmoid"):
-        _check_thresholds(spec, info, {})
+        check_thresholds(spec, info, {})
     with pytest.raises(SpecError, match="label_issue needs probabilities"):
-        _label_issue_labels(spec, info, ("label_issue",))
+        label_issue_labels(spec, info, ("label_issue",))
     card = json.loads((tmp_path / "svc" / "model_card.json").read_text())
     card["features"] = {"name": "sift"}
     (tmp_path / "svc" / "model_card.json").write_text(json.dumps(card))

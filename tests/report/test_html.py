@@ -18,7 +18,7 @@ from PIL import Image
 from imgclf_ray.cli import main
 from imgclf_ray.io import sink
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.pipeline import execute
+from imgclf_ray.runner.job import execute
 from imgclf_ray.report.html import load_run, render_report
 from tests.corpus import bad_files, digit_images, png_bytes
 from tests.test_pipeline import make_spec

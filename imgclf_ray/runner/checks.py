@@ -1,0 +1,100 @@
+"""The checks a run must pass before it commits, and user errors brought back out of Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Optional
+
+import pyarrow as pa
+
+from imgclf_ray import errors
+from imgclf_ray.errors import RunFailed, SpecError, UserError
+from imgclf_ray.io.schema import STATUS_ERROR, STATUS_SKIPPED
+from imgclf_ray.models.hierarchy import ArtifactInfo
+from imgclf_ray.runner.result import RunResult
+from imgclf_ray.spec import JobSpec
+
+@contextlib.contextmanager
+def user_errors():
+    """Re-raise a user's error (e.g. an artifact refused inside an actor, an object refused for
+    permission inside a decode task) that Ray wrapped in its own exception types, so that it reaches
+    the CLI as one clear message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only re-raised differently when it wraps a UserError
+        seen, cause = set(), exc
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, UserError):
+                raise cause from None
+            seen.add(id(cause))
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        # Ray Data wraps a UDF's exception in UserCodeException and the chain does not survive
+        # pickling; the worker's traceback text still names it.
+        found = _USER_ERROR_LINE.search(str(exc))
+        kind = getattr(errors, found.group(1), None) if found else None
+        if isinstance(kind, type) and issubclass(kind, UserError):
+            raise kind(found.group(2).strip()) from None
+        raise
+
+
+_USER_ERROR_LINE = re.compile(r"imgclf_ray\.errors\.(\w+): (.+)")
+
+
+def check_complete(manifest: pa.Table, stats: pa.Table, frames: str = "one") -> None:
+    """Every listed input in the staged output, each row (uri + frame) once; with decode.frames:
+    all a file gives one row per frame."""
+    listed = manifest.num_rows
+    written = stats.num_rows
+    distinct = len(stats.column("image_id").unique()) if written else 0
+    if frames == "all":
+        missing = len(set(manifest.column("uri").to_pylist()) - set(stats.column("uri").to_pylist()))
+        if missing or distinct != written:
+            raise RunFailed(f"output check failed: {listed} files listed, {missing} missing from the "
+                            f"{written} rows written ({distinct} distinct); nothing was committed")
+        return
+    if written != listed or distinct != listed:
+        raise RunFailed(f"output check failed: {listed} images listed, {written} rows written "
+                        f"({distinct} distinct); nothing was committed")
+
+
+def check_budget(spec: JobSpec, result: RunResult) -> None:
+    """Skipped rows (files that are no image, with source.extensions: any) do not count."""
+    budget = spec.run.max_error_rate
+    errors = result.by_status.get(STATUS_ERROR, 0)
+    images = result.rows - result.by_status.get(STATUS_SKIPPED, 0)
+    if budget is not None and images and errors / images > budget:
+        raise RunFailed(f"{errors} of {images} images failed ({errors / images:.1%}), over "
+                        f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
+
+
+def check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[str, float]) -> None:
+    """Job thresholds must fit the model: refused here rather than inside every actor."""
+    from imgclf_ray.models.heads import Head
+
+    if spec.model.threshold is None and not spec.model.thresholds:
+        return
+    if card.scores == "uncalibrated":
+        raise SpecError("model.threshold / model.thresholds: this model's scores are uncalibrated (the "
+                        "softmax of its decision_function); thresholds need probabilities: train it "
+                        "with estimator.calibrate: sigmoid")
+    if card.task == "hierarchical":
+        raise SpecError("model.threshold / model.thresholds: a hierarchical model uses its nodes' own thresholds")
+    try:
+        Head(card.task, card.labels, card_thresholds, spec.model.threshold, spec.model.thresholds)
+    except ValueError as exc:
+        raise SpecError(f"model.thresholds: {exc}") from None
+
+
+def label_issue_labels(spec: JobSpec, card: Optional[ArtifactInfo], checks: tuple[str, ...]) -> Optional[list[str]]:
+    if "label_issue" not in checks:
+        return None
+    if card is None or card.task not in ("multiclass", "binary"):
+        raise SpecError("curate.checks: label_issue needs a multiclass or binary model (its "
+                        "class_scores); this one is " + (card.task if card else "absent"))
+    if card.scores == "uncalibrated":
+        raise SpecError("curate.checks: label_issue needs probabilities; this model's scores are "
+                        "uncalibrated (train it with estimator.calibrate: sigmoid)")
+    return list(card.labels)

@@ -1,0 +1,283 @@
+"""One run, top to bottom: list -> select (incremental) -> build -> execute -> check -> commit."""
+
+from __future__ import annotations
+
+import logging
+import contextlib
+import json
+import time
+import uuid
+from datetime import date, datetime, timezone
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgclf_ray import faults
+from imgclf_ray.errors import NothingToDo
+from imgclf_ray.io import sink
+from imgclf_ray.io.labels import attach_true_labels
+from imgclf_ray.io.listing import list_archive, skipped_counts
+from imgclf_ray.io.lock import RunLock
+from imgclf_ray.io.schema import SCHEMA_VERSION, run_schema
+from imgclf_ray.io.storage import filesystem, join, pyarrow_fs, to_uri
+from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
+from imgclf_ray.models.loader import check_artifact, refuse_code
+from imgclf_ray.planner import plan_resources
+from imgclf_ray.progress import Mode, Progress, resolve_mode
+from imgclf_ray.runner.build import StagedNames, in_onnxruntime, build_dataset
+from imgclf_ray.runner.checks import check_budget, check_complete, check_thresholds, label_issue_labels, user_errors
+from imgclf_ray.runner.metrics import StageMetrics, ActorReporter, Watch
+from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, staged_stats, prepare_clusterer
+from imgclf_ray.runner.ray_setup import ensure_ray
+from imgclf_ray.runner.result import RunResult, make_result, since_process_start, spec_digest
+from imgclf_ray.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def run_folder(spec: JobSpec, run_id: str, run_date: Optional[date] = None) -> str:
+    """The run's folder under sink.uri (sink.layout; the run date defaults to today, UTC)."""
+    when = run_date or spec.sink.run_date or datetime.now(timezone.utc).date()
+    return sink.run_path(spec.sink.layout, run_id, when, spec.name)
+
+
+def default_run_id(spec: JobSpec) -> str:
+    return f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
+            progress: Mode = "off", listing_seconds: Optional[float] = None,
+            lock: Optional[RunLock] = None, listing_skipped: Optional[dict[str, int]] = None,
+            model: Optional[ArtifactInfo] = None) -> RunResult:
+    """Classify every row of ``manifest`` and commit the output as run ``run_id``.
+
+    Ray must be initialised. Holds the run id's lock while it works (``lock``, when the caller took
+    it already). Raises RunFailed (nothing committed) when the error budget is exceeded or the
+    staged output does not hold every listed input exactly once; RunLocked when another attempt
+    of the run id is live. ``model``: the artifact's description when the caller read it already.
+    """
+    run_id = run_id or spec.sink.run_id or default_run_id(spec)
+    if lock is not None:
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped, model)
+    with _locked(spec, run_id) as lock:
+        return _execute(spec, manifest, run_id, progress, listing_seconds, lock, listing_skipped, model)
+
+
+@contextlib.contextmanager
+def _locked(spec: JobSpec, run_id: str):
+    """The run id's lock, with what a killed earlier attempt left half done finished or undone."""
+    sink.check_format(spec.sink.uri, spec.sink.format, spec.storage)
+    with RunLock(spec.sink.uri, run_id, uuid.uuid4().hex[:12], spec.storage) as lock:
+        sink.recover(spec.sink.uri, run_id, spec.storage)
+        sink.recover_others(spec.sink.uri, spec.storage, skip=run_id)
+        yield lock
+
+
+def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
+             listing_seconds: Optional[float], lock: RunLock,
+             listing_skipped: Optional[dict[str, int]] = None, model: Optional[ArtifactInfo] = None) -> RunResult:
+    import ray
+
+    from imgclf_ray.curation.rows import row_rules
+
+    card = None
+    if spec.model is not None:
+        card = model or describe_artifact(spec.model.uri, spec.storage)
+        # A tampered, untrusted or malformed file is refused with a clear message before any work
+        # starts (the actors load it again).
+        check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
+                                                     spec.model.runtime, card))
+    checks = spec.curate_checks()
+    labels = label_issue_labels(spec, card, checks)
+    # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
+    device = "cpu" if card is None or card.framework == "sklearn" or (in_onnxruntime(spec, card) and
+                                                                       spec.model.device == "auto") \
+        else spec.model.device
+    plan = plan_resources(ray.cluster_resources(), spec.resources, device,
+                          light=card is None or card.framework == "sklearn")
+    log.info("plan: %s", plan)
+    started_at = datetime.now(timezone.utc).isoformat()
+    started = time.perf_counter()
+    clusterer = prepare_clusterer(spec, manifest, plan, progress)
+    outlier_threshold = (clusterer.outlier_threshold(spec.curate.outlier_quantile)
+                         if clusterer is not None and "outlier" in checks else None)
+    rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
+    run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
+                               spec.sink.format)
+    # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
+    # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    metrics = ray.remote(num_cpus=0, scheduling_strategy=here)(StageMetrics).remote()
+    ds = build_dataset(spec, manifest, card, plan, run_id, ActorReporter(metrics), clusterer, rules)
+    fs, staging_path = filesystem(staging.uri, spec.storage)
+    try:
+        split = spec.source.container is not None or spec.decode.frames == "all"
+        shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
+        with Watch(metrics, shown, split=split), user_errors():
+            ds.write_parquet(
+                staging_path,
+                filesystem=pyarrow_fs(fs),
+                filename_provider=StagedNames(),
+                min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
+                max_rows_per_file=spec.sink.max_rows_per_file,
+                schema=run_schema(run_id, card.model_id if card else None, card.labels if card else None),
+            )
+        staged = [to_uri(fs, p) for p in staging.staged_files()]
+        curation = archive_checks(spec, staged, checks, labels, metrics)
+        wall = time.perf_counter() - started
+        stats = staged_stats(spec, staged)
+        check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
+        result = make_result(spec, run_id, staging.run_uri, stats, wall, card, plan)
+        result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
+        result.stages = ray.get(metrics.snapshot.remote())
+        result.first_batch_seconds = since_process_start(ray.get(metrics.first_batch.remote()))
+        result.started_at, result.listing_seconds = started_at, listing_seconds
+        result.curation = curation
+        check_budget(spec, result)
+        extra_files = cluster_and_flag_summary(spec, stats, result, clusterer)
+    except BaseException:
+        staging.discard()
+        raise
+    finally:
+        ray.kill(metrics)
+    from imgclf_ray.io import state
+
+    faults.point("after_write")
+    if spec.incremental is not None:
+        # Recorded before the commit under this attempt's name; it counts only while the committed
+        # manifest names this attempt.
+        state.record(state_uri(spec), run_id, staging.attempt, stats, spec.storage)
+    faults.point("after_state")
+    summary = result.summary()
+    lock.verify()
+    sink.commit(staging, {
+        "job": spec.name,
+        "schema_version": SCHEMA_VERSION,
+        "run_date": run_date.isoformat(),
+        "model_id": result.model_id,
+        "task": card.task if card else None,
+        "labels": card.labels if card else None,
+        "clusterer_id": result.clusterer.get("clusterer_id"),
+        "by_status": result.by_status,
+        "errors_by_stage": result.errors_by_stage,
+        "wall_seconds": round(wall, 3),
+        "plan": result.plan,
+        "dicom_allow_phi": spec.decode.dicom_allow_phi,
+    }, extra_files={sink.SUMMARY_FILE: json.dumps(summary, indent=2).encode(), **extra_files})
+    if spec.incremental is not None:
+        state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
+    faults.point("after_commit")
+    return result
+
+
+def state_uri(spec: JobSpec) -> str:
+    return spec.incremental.state or join(spec.sink.uri, "_state", spec.name)
+
+
+def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mode: Mode, run_id: str) -> pa.Table:
+    """The rows of ``manifest`` earlier committed runs (other than ``run_id``, which this run
+    replaces) have not processed (with model ``model_id``)."""
+    from imgclf_ray.io import state
+
+    seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
+    todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
+    Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
+                  f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+    return todo
+
+
+def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
+                        skipped: dict[str, int], listing_seconds: float,
+                        info: Optional[ArtifactInfo] = None) -> RunResult:
+    """Commit an empty run record (one schema-only Parquet file, its manifest and summary saying
+    why), so that every night shows in ``imgclf runs`` and ``read_run`` — without starting Ray."""
+    import io
+    import uuid
+
+    from imgclf_ray.io import state
+
+    info = info or (describe_artifact(spec.model.uri, spec.storage) if spec.model else None)
+    run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
+    staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
+                               spec.sink.format)
+    empty = run_schema(run_id, info.model_id if info else None, info.labels if info else None).empty_table()
+    buf = io.BytesIO()
+    pq.ParquetWriter(buf, empty.schema).close()  # no row group at all: a 0-row group breaks `datasets`
+    fs, staging_path = filesystem(staging.uri, spec.storage)
+    fs.makedirs(staging_path, exist_ok=True)
+    fs.pipe_file(join(staging_path, sink.staged_filename(uuid.uuid4().hex, 0)), buf.getvalue())
+    result = RunResult(run_id, staging.run_uri, 0, {}, {}, {}, [], 0.0, 0.0, info.model_id if info else None,
+                       spec_digest=spec_digest(spec), started_at=datetime.now(timezone.utc).isoformat(),
+                       listing_seconds=listing_seconds, files=files, listing_skipped=skipped, nothing_new=why)
+    if spec.incremental is not None:
+        state.record(state_uri(spec), run_id, staging.attempt, empty, spec.storage)
+    lock.verify()
+    sink.commit(staging, {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": run_date.isoformat(),
+                          "model_id": result.model_id, "task": info.task if info else None,
+                          "labels": info.labels if info else None, "by_status": {}, "errors_by_stage": {},
+                          "wall_seconds": 0.0, "nothing_new": why},
+                extra_files={sink.SUMMARY_FILE: json.dumps(result.summary(), indent=2).encode()})
+    if spec.incremental is not None:
+        state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
+    return result
+
+
+def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
+            verbose: bool = False, once: bool = False, redirect_ray: bool = False) -> RunResult:
+    """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit.
+
+    Progress goes to stderr: a bar on a terminal, a log line every 10 s otherwise or with ``quiet``.
+    """
+    from imgclf_ray import examples
+
+    mode = resolve_mode(quiet)
+    run_id = run_id or spec.sink.run_id or default_run_id(spec)
+    examples.prepare(spec, progress=mode)
+    with _locked(spec, run_id) as lock:
+        done = sink.committed_runs(spec.sink.uri, spec.storage, run_id) if once else {}
+        if run_id in done:
+            raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
+                              "nothing was done (a dated run happens once; --run-id replaces a run)")
+        return _run_locked(spec, run_id, mode, verbose, lock, redirect_ray)
+
+
+def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock,
+                redirect_ray: bool = False) -> RunResult:
+    if spec.decode.dicom_allow_phi:
+        Progress.note("WARNING: decode.dicom_allow_phi is true: the dicom column of this run may hold "
+                      "patient-identifying attributes, exactly as the files store them; the manifest "
+                      "records it", mode)
+    # Fail on a bad artifact, or one that would run code, before Ray starts. The card is read here,
+    # once, and handed on.
+    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
+    model_id = info.model_id if info else None
+    if spec.model is not None:
+        refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
+    listing_started = time.perf_counter()
+    listed = list_archive(spec.source, spec.storage, progress=mode)
+    skipped = skipped_counts(listed)
+    if skipped:
+        Progress.note(f"listing: {listed.num_rows} files; skipped " + ", ".join(
+            f"{n} ({why})" for why, n in skipped.items()), mode)
+    manifest = attach_true_labels(listed, spec.source, spec.storage)
+    listing_seconds = time.perf_counter() - listing_started
+    if spec.incremental is not None:
+        listed_rows = manifest.num_rows
+        manifest = _incremental(spec, manifest, model_id, mode, run_id)
+        if not manifest.num_rows:
+            why = (f"all {listed_rows} listed images were processed by earlier runs"
+                   f"{' with this model' if model_id else ''}")
+            return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
+    ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
+    import ray
+
+    # Our own progress display replaces Ray Data's bars (one count, shown once).
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    result = execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
+                     listing_skipped=skipped, model=info)
+    result.ray_log = ray_log
+    return result

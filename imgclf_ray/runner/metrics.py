@@ -1,0 +1,88 @@
+"""Rows and worker seconds per stage (a Ray actor), and the progress display that polls it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from imgclf_ray.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+class StageMetrics:
+    """Rows and worker seconds per stage, summed over all tasks and actors (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}
+        self.first_batch_at: Optional[float] = None
+
+    def add(self, stage: str, rows: int, seconds: float) -> None:
+        if stage == "predict" and self.first_batch_at is None:
+            self.first_batch_at = time.time()
+        entry = self.totals.setdefault(stage, [0, 0.0])
+        entry[0] += rows
+        entry[1] += seconds
+
+    def first_batch(self) -> Optional[float]:
+        """Unix time the first predicted batch was reported."""
+        return self.first_batch_at
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {stage: {"rows": int(rows), "worker_seconds": round(sec, 3),
+                        "rows_per_worker_second": round(rows / sec, 1) if sec > 0 else None}
+                for stage, (rows, sec) in self.totals.items()}
+
+
+class ActorReporter:
+    """The stages' reporter: forwards (stage, rows, seconds) to the StageMetrics actor, without
+    waiting for an answer."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __call__(self, stage: str, rows: int, seconds: float) -> None:
+        self.handle.add.remote(stage, rows, seconds)
+
+
+class Watch:
+    """Polls the metrics actor in a background thread and moves the progress display."""
+
+    def __init__(self, metrics, progress: Progress, every: float = 0.5, split: bool = False):
+        """``split``: files become several rows each, so the count is of files read (the known
+        total) and the rows made so far go beside it."""
+        self.metrics, self.progress, self.every, self.split = metrics, progress, every, split
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _poll(self) -> None:
+        import ray
+
+        snapshot = ray.get(self.metrics.snapshot.remote())
+        rows = snapshot.get("predict", {}).get("rows", 0)
+        if self.split:
+            self.progress.set(min(snapshot.get("read", {}).get("rows", 0), self.progress.total or 0), rows)
+        else:
+            self.progress.set(rows)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - progress display must never break a run
+                log.debug("progress poll failed", exc_info=True)
+
+    def __enter__(self) -> "Watch":
+        if self.progress.mode != "off":
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            if exc_type is None:
+                self._poll()
+        self.progress.close()

@@ -1,0 +1,145 @@
+"""The passes around the main one: the clusterer's fit sample, the archive-wide curation pass,
+and what is read back from the staged output."""
+
+from __future__ import annotations
+
+import logging
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from imgclf_ray.errors import RunFailed, SpecError
+from imgclf_ray.io.schema import STATUS_OK
+from imgclf_ray.io.storage import join
+from imgclf_ray.io.tables import count_values, read_columns
+from imgclf_ray.planner import Plan
+from imgclf_ray.progress import Mode, Progress
+from imgclf_ray.runner.build import embedding_of, load_dataset
+from imgclf_ray.runner.result import RunResult
+from imgclf_ray.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
+    """The columns every after-write step needs (checks, counts, clusters, flags, state), read
+    from the staged files once."""
+    from imgclf_ray.io.state import STATE_COLUMNS
+
+    columns = ["image_id", "uri", "status", "error", "label"]
+    if spec.curate is not None or spec.cluster is not None:
+        columns += ["cluster", "cluster_distance", *(f"is_{c}" for c in spec.curate_checks())]
+    if spec.incremental is not None:
+        columns += STATE_COLUMNS
+    return read_columns(staged, list(dict.fromkeys(columns)), spec.storage)
+
+
+def cluster_artifact_uri(spec: JobSpec) -> str:
+    return spec.cluster.artifact or join(spec.sink.uri, "_clusterers", spec.name)
+
+
+def _embedded_batches(spec: JobSpec, manifest: pa.Table, plan: Plan):
+    """Raw embedding features of the manifest's decodable rows, batch by batch (a Ray Data pass)."""
+    from imgclf_ray.stages import LoadStage
+
+    ds = load_dataset(spec, manifest, plan, LoadStage(spec.storage, spec.decode, None, embed=embedding_of(spec),
+                                                       source=spec.source))
+    for batch in ds.select_columns(["status", "cluster_features"]).iter_batches(
+            batch_size=plan.decode_batch_size, batch_format="numpy"):
+        yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]
+
+
+def prepare_clusterer(spec: JobSpec, manifest: pa.Table, plan: Plan, progress: Mode = "off"):
+    """The job's clusterer: the saved artifact when there is one (so ids stay stable from run to
+    run), else fitted now on a seeded sample (or streamed over the archive) and saved."""
+    from imgclf_ray import clustering
+
+    if spec.cluster is None:
+        return None
+    c, uri = spec.cluster, cluster_artifact_uri(spec)
+    if not c.refit and clustering.exists(uri, spec.storage):
+        clusterer = clustering.load(uri, spec.storage)
+        if not clusterer.card.matches(c):
+            raise SpecError(f"cluster: the clusterer at {uri} was fitted with other settings "
+                            f"({clusterer.card.algorithm} {clusterer.card.params}, features "
+                            f"{clusterer.card.features.name}, pca {clusterer.card.pca}); set "
+                            f"cluster.refit: true to replace it, or point cluster.artifact elsewhere")
+        log.info("cluster: reusing %s (%s)", uri, clusterer.clusterer_id)
+        return clusterer
+    rng = np.random.default_rng(c.seed)
+    n = manifest.num_rows
+    sample = manifest.take(np.sort(rng.choice(n, min(n, c.sample), replace=False)))
+    Progress.note(f"cluster: fitting {c.algorithm} on a sample of {sample.num_rows} images", progress)
+    batches = list(_embedded_batches(spec, sample, plan))
+    features = np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+    stream = _embedded_batches(spec, manifest, plan) if c.fit == "stream" else None
+    try:
+        clusterer = clustering.fit(c, features, stream)
+    except ValueError as exc:
+        raise RunFailed(f"cluster: cannot fit {c.algorithm}: {exc}") from None
+    return clustering.save(uri, clusterer, spec.storage)
+
+
+def archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], labels, metrics) -> dict[str, Any]:
+    from imgclf_ray.curation import archive
+
+    if not any(c in archive.ARCHIVE_CHECKS for c in checks):
+        return {}
+    import ray
+
+    started = time.perf_counter()
+    checks = tuple(c for c in checks if c in archive.ARCHIVE_CHECKS)
+    p = max(1, int(ray.cluster_resources().get("CPU", 1)))  # partitions of the hash shuffle
+    radius, storage = spec.curate.near_duplicate_radius, spec.storage
+    task = ray.remote(num_cpus=1)
+    scans = [task(archive.scan).options(num_returns=1 + 2 * p).remote(uri, storage, checks, radius, p, labels)
+             for uri in staged]
+    exact_parts = [task(archive.reduce_exact).remote(*[s[1 + i] for s in scans]) for i in range(p)]
+    near_parts = [task(archive.reduce_near).remote(radius, *[s[1 + p + i] for s in scans]) for i in range(p)]
+    facts = archive.merge_facts(ray.get([s[0] for s in scans]), checks, labels)
+    exact: dict[str, tuple[str, bool]] = {}
+    for part in ray.get(exact_parts):
+        exact.update(part)
+    pairs, uris = [], {}
+    for part_pairs, part_uris in ray.get(near_parts):
+        pairs.extend(part_pairs)
+        uris.update(part_uris)
+    near = archive.without_exact_groups(archive.link(pairs, uris), exact)
+    exact_ref, near_ref = ray.put(exact), ray.put(near)
+    ray.get([task(archive.rewrite).remote(uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
+             for uri in staged])
+    metrics.add.remote("curate_archive", len(staged), time.perf_counter() - started)
+    return archive.summarise(facts, exact, near, checks, labels, radius)
+
+
+def cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clusterer) -> dict[str, bytes]:
+    """Fills the run's cluster and flag counts; returns _clusters.json (sizes, exemplars) when the
+    job clusters."""
+    import pyarrow.compute as pc
+
+    if spec.cluster is None and spec.curate is None:
+        return {}
+    flags = [f"is_{c}" for c in spec.curate_checks()]
+    result.curation_flags = {f[3:]: int(pc.sum(pc.fill_null(t.column(f), False)).as_py() or 0) for f in flags}
+    if clusterer is None:
+        return {}
+    clustered = t.filter(pc.is_valid(t.column("cluster")))
+    counts = count_values(clustered.column("cluster"))
+    result.by_cluster = {str(k): v for k, v in sorted(counts.items())}
+    clusters = []
+    for cluster in sorted(counts):
+        rows = clustered.filter(pc.equal(clustered.column("cluster"), cluster))
+        dist = rows.column("cluster_distance").to_numpy(zero_copy_only=False).astype(np.float64)
+        nearest = np.argsort(np.nan_to_num(dist, nan=np.inf), kind="stable")[:5]
+        uris = rows.column("uri").to_pylist()
+        clusters.append({"cluster": int(cluster), "size": rows.num_rows,
+                         "mean_distance": None if np.isnan(dist).all() else round(float(np.nanmean(dist)), 4),
+                         "exemplars": [uris[i] for i in nearest]})
+    result.clusterer = {"clusterer_id": clusterer.clusterer_id, "artifact": cluster_artifact_uri(spec),
+                        "algorithm": clusterer.card.algorithm, "n_clusters": clusterer.card.n_clusters,
+                        "fitted_rows": clusterer.card.fitted_rows, "fitted_at": clusterer.card.fitted_at}
+    doc = {**result.clusterer, "clusters": clusters}
+    return {"_clusters.json": json.dumps(doc, indent=2).encode()}

@@ -1,0 +1,91 @@
+"""Starting or joining Ray for a run, with its console lines kept out of quiet (cron) output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+
+def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool = False) -> Optional[str]:
+    """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process
+    (never a silent join of whatever ``ray start`` left running on this machine). With ``quiet``
+    (the CLI under cron), Ray's own console lines (its start-up warnings, the core worker's lines,
+    worker output) go to a log file instead, whose path is returned; the session's own logs keep
+    everything as usual. Never for an embedding program (it redirects this process's stderr)."""
+    import ray
+
+    ray_log = None
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
+        if quiet:
+            ray_log = _ray_to_file()
+            kwargs = {"configure_logging": False, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", include_dashboard=False, **kwargs)
+        if ray_log:
+            _log_to(ray_log, ("ray",))  # ray.init cleared the "ray" logger's handlers
+    # Right after start-up the node may not have reported its resources yet; the planner needs them.
+    deadline = time.monotonic() + 30
+    while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    import ray.data  # configures the "ray.data" logger; adjust it after that
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):  # the console; the session log keeps all
+            if _drop_misleading_warnings not in handler.filters:
+                handler.addFilter(_drop_misleading_warnings)
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    return ray_log
+
+
+def _log_to(path: str, names: tuple[str, ...]) -> None:
+    """Replace the console handlers of these loggers by one appending to ``path``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in names:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def _ray_to_file() -> str:
+    """Send Ray's console output in this process to a file; its path. Python loggers under "ray"
+    get a file handler ("ray._private" too: ray.init clears "ray" itself before it warns), and
+    file descriptor 2, where Ray's C++ core worker writes, is pointed at the file, while
+    ``sys.stderr`` (imgclf's own lines) stays on the original stderr."""
+    import io
+    import sys
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+    _log_to(path, ("ray._private", "ray", "ray.data", "ray.train"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    original = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = io.TextIOWrapper(io.FileIO(original, "w"), encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                                  errors="backslashreplace", line_buffering=True, write_through=True)
+    return path
+
+
+_MISLEADING = (
+    # Logged when a run starts while from_arrow's block-metadata tasks still hold the CPUs; they
+    # finish in a moment, so "the Dataset job will hang" is wrong.
+    "does not have any available CPUs",
+    # Logged because we switch Ray Data's bars off in favour of our own progress display.
+    "Progress bars disabled",
+)
+
+
+def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in _MISLEADING)

@@ -1,0 +1,125 @@
+"""What a finished run reports: RunResult (the summary and _run_summary.json), error causes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK
+from imgclf_ray.io.tables import count_values
+from imgclf_ray.models.hierarchy import ArtifactInfo
+from imgclf_ray.planner import Plan
+from imgclf_ray.spec import JobSpec
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also the basis of the CLI summary)."""
+
+    run_id: str
+    output_uri: str
+    rows: int
+    by_status: dict[str, int]
+    by_label: dict[str, int]
+    errors_by_stage: dict[str, int]
+    sample_errors: list[dict[str, str]]
+    wall_seconds: float
+    images_per_second: float
+    model_id: Optional[str]
+    plan: dict[str, Any] = field(default_factory=dict)
+    errors_by_cause: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    spec_digest: str = ""
+    started_at: str = ""
+    listing_seconds: Optional[float] = None
+    first_batch_seconds: Optional[float] = None
+    by_cluster: dict[str, int] = field(default_factory=dict)
+    curation_flags: dict[str, int] = field(default_factory=dict)
+    curation: dict[str, Any] = field(default_factory=dict)
+    clusterer: dict[str, Any] = field(default_factory=dict)
+    files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
+    listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
+    nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
+    ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable run summary (``_run_summary.json`` next to the output)."""
+        return {
+            "run_id": self.run_id,
+            "output_uri": self.output_uri,
+            "started_at": self.started_at,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),
+            "first_batch_seconds": self.first_batch_seconds,
+            "rows": self.rows,
+            "listing": {"files": self.files, "skipped": self.listing_skipped},
+            "images_per_second": round(self.images_per_second, 2),
+            "by_status": self.by_status,
+            "by_label": self.by_label,
+            "by_cluster": self.by_cluster,
+            "curation_flags": self.curation_flags,
+            "curation": self.curation,
+            "clusterer": self.clusterer,
+            "errors": {"by_stage": self.errors_by_stage, "by_cause": self.errors_by_cause},
+            "stages": self.stages,
+            "resources": self.plan,
+            "model_id": self.model_id,
+            "spec_digest": self.spec_digest,
+            **({"nothing_new": self.nothing_new} if self.nothing_new else {}),
+        }
+
+
+def make_result(spec: JobSpec, run_id: str, output_uri: str, stats: pa.Table, wall: float, card: Optional[ArtifactInfo],
+            plan: Plan) -> RunResult:
+    import pyarrow.compute as pc
+
+    errors = stats.filter(pc.equal(stats.column("status"), STATUS_ERROR))
+    stages = pc.list_element(pc.split_pattern(errors.column("error"), ": ", max_splits=1), 0) \
+        if errors.num_rows else pa.chunked_array([], pa.string())
+    ok = stats.filter(pc.equal(stats.column("status"), STATUS_OK))
+    sample = errors.slice(0, 20).select(["uri", "error"]).to_pylist()
+    causes: dict[str, int] = {}
+    for message in errors.column("error").to_pylist():
+        causes[error_cause(message)] = causes.get(error_cause(message), 0) + 1
+    return RunResult(
+        run_id=run_id,
+        output_uri=output_uri,
+        rows=stats.num_rows,
+        by_status=count_values(stats.column("status")),
+        by_label=count_values(ok.column("label")),
+        errors_by_stage=count_values(stages),
+        sample_errors=sample,
+        wall_seconds=wall,
+        images_per_second=stats.num_rows / wall if wall > 0 else 0.0,
+        model_id=card.model_id if card else None,
+        plan=asdict(plan),
+        errors_by_cause=dict(sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        spec_digest=spec_digest(spec),
+    )
+
+
+def error_cause(message: str) -> str:
+    """The kind of an error message, for grouping: details in parentheses and numbers dropped
+    ('decode: image is NxN = N pixels, over the decompression-bomb limit of N ...')."""
+    head = re.split(r"\s[(;]", message or "", maxsplit=1)[0]
+    return re.sub(r"\d[\d,.]*", "N", head).strip()
+
+
+def spec_digest(spec: JobSpec) -> str:
+    """sha256 of the validated spec (defaults filled in), to tell runs of different specs apart."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def since_process_start(when: Optional[float]) -> Optional[float]:
+    """Seconds from this process's start (the CLI invoked) to ``when``."""
+    import psutil
+
+    if when is None:
+        return None
+    return round(when - psutil.Process(os.getpid()).create_time(), 2)
