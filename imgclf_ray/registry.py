@@ -93,12 +93,30 @@ class ClusterAlgorithm:
     streaming: bool = False  # has partial_fit: cluster.fit: stream
 
 
+@dataclass(frozen=True)
+class CurationCheck:
+    """A data-curation check by name (imgclf_ray/curation_checks/): it sets ``is_<name>``.
+
+    A row check decides each image alone, in the predictor, from a score column the decode tasks
+    measured (``score`` compared with ``op`` to the CurateSpec field ``threshold``); an archive check
+    needs every row of the run (imgclf_ray.curation.archive's map and reduce)."""
+
+    kind: str  # "row" or "archive"
+    score: Optional[str] = None  # row checks: the score column
+    op: str = "<"  # row checks: flagged when score < threshold ("<") or score > threshold (">")
+    threshold: Optional[str] = None  # row checks: the CurateSpec field; None: the clusterer's outlier threshold
+    measured: bool = False  # needs the per-image measures (scores, hashes) of the decode tasks
+    needs: Optional[str] = None  # on by default only with "cluster" (a cluster section) or "labels" (a model and source.labels)
+    cleanvision: Optional[str] = None  # cleanvision's name for it, accepted in curate.checks
+
+
 # The extension points. Each provider module fills its registry with @REGISTRY.register("name").
 EXTRACTORS: Registry = Registry("feature extractor", ("imgclf_ray.features.extractors",))
 OPS: Registry = Registry("conditioning op", ("imgclf_ray.imaging.ops",))
 ESTIMATORS: Registry[Estimator] = Registry("estimator", package="imgclf_ray.estimators")
 CLUSTER_ALGORITHMS: Registry[ClusterAlgorithm] = Registry("clustering algorithm",
                                                           package="imgclf_ray.cluster_algorithms")
+CURATION_CHECKS: Registry[CurationCheck] = Registry("curation check", package="imgclf_ray.curation_checks")
 # Model frameworks: how an artifact of each is loaded into a classifier (imgclf_ray.models.loader).
 CLASSIFIERS: Registry = Registry("model framework", {
     "torch": "imgclf_ray.models.torch_classifier",

@@ -470,12 +470,9 @@ class JobSpec(_Spec):
             return ()
         if self.curate.checks is not None:
             return tuple(dict.fromkeys(self.curate.checks))
-        skip = set()
-        if self.cluster is None:
-            skip.add("outlier")
-        if self.model is None or self.source.labels is None:
-            skip.add("label_issue")
-        return tuple(c for c in CURATION_CHECKS if c not in skip)
+        can = {None: True, "cluster": self.cluster is not None,
+               "labels": self.model is not None and self.source.labels is not None}
+        return tuple(c for c in CURATION_CHECKS if can[registry.CURATION_CHECKS.get(c).needs])
 
 
 ESTIMATORS = tuple(registry.ESTIMATORS.names())  # imgclf_ray/estimators/
@@ -898,11 +895,10 @@ class ClusterSpec(_Spec):
         return self
 
 
-CURATION_CHECKS = ("blurry", "dark", "overexposed", "low_information", "grayscale", "odd_size",
-                   "odd_aspect", "duplicate", "near_duplicate", "outlier", "label_issue")
+CURATION_CHECKS = tuple(registry.CURATION_CHECKS.names())  # imgclf_ray/curation_checks/
 # cleanvision's issue names, accepted in curate.checks.
-CLEANVISION_NAMES = {"light": "overexposed", "odd_aspect_ratio": "odd_aspect", "exact_duplicates": "duplicate",
-                     "near_duplicates": "near_duplicate"}
+CLEANVISION_NAMES = {registry.CURATION_CHECKS.get(c).cleanvision: c for c in CURATION_CHECKS
+                     if registry.CURATION_CHECKS.get(c).cleanvision}
 
 
 class CurateSpec(_Spec):

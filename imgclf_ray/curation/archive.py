@@ -36,9 +36,10 @@ import pyarrow.parquet as pq
 from imgclf_ray.curation.measure import hamming
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK
 from imgclf_ray.io.storage import filesystem
+from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import CurateSpec, StorageSpec
 
-ARCHIVE_CHECKS = ("odd_size", "duplicate", "near_duplicate", "label_issue")
+ARCHIVE_CHECKS = tuple(n for n in CURATION_CHECKS.names() if CURATION_CHECKS.get(n).kind == "archive")
 _SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "phash",
                  "class_scores", "true_label"]
 

@@ -15,17 +15,12 @@ import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.io.schema import EXTRA_COLUMNS, OUTPUT_SCHEMA
+from imgclf_ray.registry import CURATION_CHECKS
 
-# flag -> (score column, comparison, threshold field of CurateSpec)
-ROW_CHECKS = {
-    "blurry": ("blur_score", "<", "blur_threshold"),
-    "dark": ("dark_score", "<", "dark_threshold"),
-    "overexposed": ("light_score", "<", "overexposed_threshold"),
-    "low_information": ("entropy", "<", "low_information_threshold"),
-    "grayscale": ("grayscale_score", "<", "grayscale_threshold"),
-    "odd_aspect": ("aspect_score", "<", "odd_aspect_threshold"),
-    "outlier": ("outlier_score", ">", None),  # threshold from the clusterer's reference sample
-}
+# flag -> (score column, comparison, threshold field of CurateSpec or None: the clusterer's), from
+# the row checks of the registry (imgclf_ray/curation_checks/).
+ROW_CHECKS = {name: (c.score, c.op, c.threshold) for name in CURATION_CHECKS.names()
+              if (c := CURATION_CHECKS.get(name)).kind == "row"}
 FLOAT_COLUMNS = ("blur_score", "brightness", "dark_score", "light_score", "entropy", "color_spread",
                  "grayscale_score", "aspect_score", "cluster_distance", "cluster_probability", "outlier_score")
 

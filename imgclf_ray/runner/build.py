@@ -9,10 +9,11 @@ import pyarrow as pa
 from imgclf_ray.io import sink
 from imgclf_ray.models.hierarchy import ArtifactInfo
 from imgclf_ray.planner import Plan
+from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import JobSpec
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
-MEASURED_CHECKS = {"blurry", "dark", "overexposed", "low_information", "grayscale", "duplicate", "near_duplicate"}
+MEASURED_CHECKS = {n for n in CURATION_CHECKS.names() if CURATION_CHECKS.get(n).measured}
 
 
 def embedding_of(spec: JobSpec):
