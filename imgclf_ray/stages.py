@@ -7,6 +7,7 @@ stage catches failures per row: a row that fails gets ``status="error"`` and
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -20,7 +21,7 @@ import pyarrow as pa
 from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.curation.rows import RowRules, row_columns
-from imgclf_ray.errors import AccessDenied
+from imgclf_ray.errors import AccessDenied, UserError
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging import video
 from imgclf_ray.imaging.conditioning import Conditioning, condition
@@ -37,8 +38,24 @@ if TYPE_CHECKING:
 
 
 # Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
-# the wall seconds spent in it. The pipeline passes one that forwards to a Ray actor.
+# the wall seconds spent in it. The runner passes one that forwards to a Ray actor; it may also have
+# a user_error(exc) method, told of a user's error before it is raised (Ray does not carry the
+# exception's type back to the driver; the runner re-raises it from this report).
 Reporter = Callable[[str, int, float], None]
+
+
+def _reports_user_errors(method):
+    """Tell the stage's reporter of a UserError before it propagates (see Reporter)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UserError as exc:
+            report = getattr(getattr(self, "reporter", None), "user_error", None)
+            if report is not None:
+                report(exc)
+            raise
+    return wrapper
 
 
 def _cause(exc: BaseException) -> str:
@@ -345,6 +362,7 @@ class LoadStage:
                                                  for p, t in zip(parts, listed)], dtype=object)
         return expanded, parts
 
+    @_reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
         batch, parts = self._expand(batch)
@@ -429,6 +447,7 @@ class PredictStage:
     ever pickles a URI and settings.
     """
 
+    @_reports_user_errors
     def __init__(self, model_uri: Optional[str], storage: StorageSpec, topk: int, run_id: str,
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
@@ -512,6 +531,7 @@ class PredictStage:
             "path_scores": [s if k else None for s, k in zip(scores, ok)],
         }
 
+    @_reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         started = time.perf_counter()
         status = np.asarray(batch["status"], dtype=object).copy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Optional
 
 import pyarrow as pa
@@ -16,10 +15,12 @@ from imgclf_ray.runner.result import RunResult
 from imgclf_ray.spec import JobSpec
 
 @contextlib.contextmanager
-def user_errors():
+def user_errors(metrics=None):
     """Re-raise a user's error (e.g. an artifact refused inside an actor, an object refused for
     permission inside a decode task) that Ray wrapped in its own exception types, so that it reaches
-    the CLI as one clear message."""
+    the CLI as one clear message: from the exception chain when Ray kept it, else from the report
+    the stage made to the ``metrics`` actor before raising it (Ray Data does not carry a UDF's
+    exception type back)."""
     try:
         yield
     except UserError:
@@ -31,16 +32,14 @@ def user_errors():
                 raise cause from None
             seen.add(id(cause))
             cause = getattr(cause, "cause", None) or cause.__cause__
-        # Ray Data wraps a UDF's exception in UserCodeException and the chain does not survive
-        # pickling; the worker's traceback text still names it.
-        found = _USER_ERROR_LINE.search(str(exc))
-        kind = getattr(errors, found.group(1), None) if found else None
-        if isinstance(kind, type) and issubclass(kind, UserError):
-            raise kind(found.group(2).strip()) from None
+        if metrics is not None:
+            import ray
+
+            reported = ray.get(metrics.first_user_error.remote())
+            kind = getattr(errors, reported[0], None) if reported else None
+            if isinstance(kind, type) and issubclass(kind, UserError):
+                raise kind(reported[1]) from None
         raise
-
-
-_USER_ERROR_LINE = re.compile(r"imgclf_ray\.errors\.(\w+): (.+)")
 
 
 def check_complete(manifest: pa.Table, stats: pa.Table, frames: str = "one") -> None:

@@ -117,7 +117,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
     try:
         split = spec.source.container is not None or spec.decode.frames == "all"
         shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
-        with Watch(metrics, shown, split=split), user_errors():
+        with Watch(metrics, shown, split=split), user_errors(metrics):
             ds.write_parquet(
                 staging_path,
                 filesystem=pyarrow_fs(fs),

@@ -18,6 +18,15 @@ class StageMetrics:
     def __init__(self) -> None:
         self.totals: dict[str, list[float]] = {}
         self.first_batch_at: Optional[float] = None
+        self.user_error_seen: Optional[tuple[str, str]] = None
+
+    def user_error(self, kind: str, message: str) -> None:
+        """A stage met a user's error (the UserError subclass's name, its message): the first is kept."""
+        if self.user_error_seen is None:
+            self.user_error_seen = (kind, message)
+
+    def first_user_error(self) -> Optional[tuple[str, str]]:
+        return self.user_error_seen
 
     def add(self, stage: str, rows: int, seconds: float) -> None:
         if stage == "predict" and self.first_batch_at is None:
@@ -45,6 +54,12 @@ class ActorReporter:
 
     def __call__(self, stage: str, rows: int, seconds: float) -> None:
         self.handle.add.remote(stage, rows, seconds)
+
+    def user_error(self, exc: BaseException) -> None:
+        """Report a user's error and wait until it is recorded (the stage raises it next)."""
+        import ray
+
+        ray.get(self.handle.user_error.remote(type(exc).__name__, str(exc)))
 
 
 class Watch:
