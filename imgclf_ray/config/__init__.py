@@ -1,0 +1,1 @@
+"""The spec sections, by topic; import them from ``imgclf_ray.spec``."""

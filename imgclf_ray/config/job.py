@@ -1,0 +1,217 @@
+"""The job spec: model, resources, sink, run, example and incremental sections, and the job itself."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from imgclf_ray import registry
+from imgclf_ray.config.base import LAYOUT_FIELDS, plain_name, Section, StorageSpec
+from imgclf_ray.config.curate import ClusterSpec, CURATION_CHECKS, CurateSpec
+from imgclf_ray.config.source import SourceSpec, DecodeSpec
+
+
+class ModelSpec(Section):
+    """Which model to apply. Its preprocessing comes from the artifact's model card."""
+
+    uri: str = Field(description="Model artifact folder (local or s3://) holding model_card.json "
+                     "and the weights it names.")
+    topk: int = Field(5, ge=1, description="How many labels and scores go into topk_labels / "
+                      "topk_scores.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: GPU actors when the cluster has GPUs, CPU otherwise.")
+    threshold: Optional[float] = Field(
+        None, ge=0, le=1, description="Decision threshold for every label, replacing the model "
+        "card's (binary: on the positive label's probability; multilabel: on each label's).")
+    thresholds: Optional[dict[str, float]] = Field(
+        None, description="Per-label decision thresholds (multilabel, or binary's positive label), "
+        "replacing the card's and model.threshold for those labels.")
+    trusted: bool = Field(
+        False, description="Load artifact formats that run code stored in the file (TorchScript: "
+        "its code runs when it is loaded and at every prediction). Only for files whose author you "
+        "trust; safetensors, state_dict (weights_only) and skops artifacts never need it.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
+        "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
+        "third decimal, so near-ties may change label.")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="Torch models: torch runs the network in PyTorch; onnxruntime runs an ONNX "
+        "export of it (made once per machine into $IMGCLF_CACHE, default ~/.cache/imgclf-ray, never "
+        "into the model folder) with ONNX Runtime on CPU actors (GPU actors need the onnxruntime-gpu "
+        "package). ONNX artifacts always run in ONNX Runtime.")
+
+    @model_validator(mode="after")
+    def _runtime(self) -> "ModelSpec":
+        if self.runtime == "onnxruntime" and self.precision != "fp32":
+            raise ValueError("runtime onnxruntime runs in fp32: drop precision: bf16")
+        return self
+
+
+class ResourcesSpec(Section):
+    """Overrides for the resource planner; leave unset to size from the cluster."""
+
+    actors: Optional[int] = Field(None, ge=1, description="Predictor actors in the pool (it starts "
+                                  "with this many and may shrink, e.g. after losing a node).")
+    cpus_per_actor: Optional[float] = Field(None, gt=0, description="CPUs reserved by each "
+                                            "predictor actor (also its torch thread count).")
+    gpus_per_actor: Optional[float] = Field(None, ge=0, description="GPUs per predictor actor; 0 "
+                                            "forces CPU inference.")
+    batch_size: Optional[int] = Field(None, ge=1, description="Images per predictor call.")
+    decode_batch_size: Optional[int] = Field(None, ge=1, description="Images per read+decode "
+                                             "task call.")
+
+
+class SinkSpec(Section):
+    """Where the Parquet output goes."""
+
+    uri: str = Field(description="Output location (local folder or s3://bucket/prefix). Each run "
+                     "is committed to <uri>/<layout>/ with _manifest.json and _SUCCESS.")
+    run_id: Optional[str] = Field(
+        None,
+        description="Name of this run's output folder (a plain name: letters, digits, '_', '-', "
+        "'.'); default <job name>-<UTC timestamp>. Rerunning an existing run_id replaces that run's "
+        "output, whatever its date in the layout.")
+    layout: str = Field("{run_id}", description="Path of a run's folder under uri, a template of "
+                        "{run_id} (the last part, always), {date} (YYYY-MM-DD), {year}, {month}, {day} "
+                        "and {name}: e.g. 'date={date}/{run_id}' (Hive-style partitions: readers "
+                        "prune by date) or '{year}/{month}/{day}/{run_id}'.")
+    run_date: Optional[date] = Field(None, description="The run's date in the layout; default: the "
+                                     "date of `imgclf run --date`, else the UTC date the run starts.")
+    min_rows_per_file: int = Field(50_000, ge=1, description="Rows gathered before a Parquet file "
+                                   "is written (fewer only for the last files of a run).")
+    max_rows_per_file: int = Field(500_000, ge=1, description="Upper bound on rows per Parquet file.")
+    format: Literal["parquet", "delta"] = Field(
+        "parquet", description="parquet: one folder of Parquet files per run (any Parquet reader). "
+        "delta: uri is one Delta Lake table partitioned by run_id; each run replaces its run id's rows "
+        "in one transaction (Spark, DuckDB, polars, Trino, deltalake read it); run records go to "
+        "<uri>/_runs/<run_id>/. A sink holds one format or the other.")
+
+    @model_validator(mode="after")
+    def _delta_layout(self) -> "SinkSpec":
+        if self.format == "delta" and self.layout != "{run_id}":
+            raise ValueError("sink.layout applies to format parquet; a Delta table is partitioned by "
+                             "run_id (leave layout unset)")
+        return self
+
+    @field_validator("run_id")
+    @classmethod
+    def _plain_run_id(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else plain_name(v)
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, v: str) -> str:
+        import string
+
+        fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        unknown = sorted(fields - set(LAYOUT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}} (known: {', '.join(LAYOUT_FIELDS)})")
+        parts = v.strip("/").split("/")
+        if parts[-1] != "{run_id}":
+            raise ValueError("the last part must be {run_id} (one folder per run)")
+        if any(p in ("", ".", "..") or p.startswith(("_", ".")) for p in parts):
+            raise ValueError("parts may not be empty, '.', '..' or start with '_' or '.' (reserved)")
+        sample = v.format(run_id="r", date="2026-01-01", year="2026", month="01", day="01", name="n")
+        if any(not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]*", p) for p in sample.strip("/").split("/")):
+            raise ValueError("parts are plain names: letters, digits, '_', '-', '.' and '=' (no spaces "
+                             "or control characters)")
+        return v.strip("/")
+
+
+class RunSpec(Section):
+    """How the run behaves as a whole."""
+
+    max_error_rate: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="Error budget: if more than this fraction of images are error rows, the run "
+        "fails and commits nothing. null: no budget.")
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join (ray://..., or 'auto'); default: the RAY_ADDRESS "
+        "environment variable, else a local Ray instance started for this run.")
+
+
+class ExampleSpec(Section):
+    """Self-contained examples: materialise data and a model that a dependency ships."""
+
+    dataset: Literal["digits", "faces", "textures"] = Field(
+        description="Written as PNG files into source.uri (one folder per class) when that folder "
+        "holds no images yet. digits: scikit-learn's 1,797 handwritten digits; faces: scikit-image's "
+        "lfw_subset, 100 faces and 100 non-faces; textures: 64x64 patches of scikit-image's brick, "
+        "grass and gravel photographs, 64 each.")
+    train_model: bool = Field(
+        True, description="Train the example model into model.uri when no artifact is there yet.")
+    model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog", "logreg-hog",
+                   "mlp-attributes", "tree-hog", "forest-lbp"] = Field(
+        "resnet18", description="Which example model to train: a torchvision CNN (digits); svm-hog, "
+        "a calibrated RBF SVM over HOG (digits); logreg-hog, binary logistic regression over HOG "
+        "(faces); mlp-attributes, a multilabel MLP on pixels predicting digit attributes (even, "
+        "large, prime, closed-loop); tree-hog, a hierarchical tree (small or large digit, then the "
+        "digit) of calibrated SVMs over HOG; forest-lbp, a random forest over LBP histograms "
+        "(textures).")
+
+
+class IncrementalSpec(Section):
+    """What earlier runs processed is recorded per run in a state store (any fsspec URI)."""
+
+    state: Optional[str] = Field(None, description="State store location (local or s3://); default "
+                                 "<sink.uri>/_state/<name>.")
+    reprocess_on_model_change: bool = Field(
+        True, description="Images processed by another model (model id) are processed again.")
+
+
+class JobSpec(Section):
+    """One imgclf job: list an archive, classify every image, commit Parquet."""
+
+    name: str = Field(description="Job name; part of the default run id and of state paths (a plain "
+                      "name: letters, digits, '_', '-', '.').")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v)
+    description: str = Field("", description="Free text for people.")
+    source: SourceSpec = Field(description="Where the images are.")
+    decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")
+    model: Optional[ModelSpec] = Field(None, description="Which model to apply (none: a clustering "
+                                       "and/or curation job).")
+    cluster: Optional[ClusterSpec] = Field(None, description="Cluster the images (output columns "
+                                           "cluster, cluster_distance, cluster_probability, embedding).")
+    curate: Optional[CurateSpec] = Field(None, description="Curation checks: a score and an is_<check> "
+                                         "flag per image and check.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="Planner overrides.")
+    storage: StorageSpec = Field(StorageSpec(), description="Object-storage settings shared by "
+                                 "source, sink and model URIs.")
+    sink: SinkSpec = Field(description="Where the output goes.")
+    run: RunSpec = Field(RunSpec(), description="Run-wide behaviour.")
+    example: Optional[ExampleSpec] = Field(None, description="Bundled example data and model.")
+    incremental: Optional[IncrementalSpec] = Field(
+        None, description="Nightly runs over a growing archive: process only images that are new, "
+        "changed, or were labelled by another model, as recorded in a state store.")
+
+    @model_validator(mode="after")
+    def _has_work(self) -> "JobSpec":
+        if self.model is None and self.cluster is None and self.curate is None:
+            raise ValueError("the job does nothing: give model, cluster or curate")
+        if self.curate is not None and self.curate.checks is not None:
+            if "outlier" in self.curate.checks and self.cluster is None:
+                raise ValueError("curate.checks: outlier measures distances in the clusterer's "
+                                 "embedding space; add a cluster section")
+            if "label_issue" in self.curate.checks and (self.model is None or self.source.labels is None):
+                raise ValueError("curate.checks: label_issue needs a model and true labels "
+                                 "(source.labels)")
+        return self
+
+    def curate_checks(self) -> tuple[str, ...]:
+        """The curation checks this job runs: those asked for, or every one it can run."""
+        if self.curate is None:
+            return ()
+        if self.curate.checks is not None:
+            return tuple(dict.fromkeys(self.curate.checks))
+        can = {None: True, "cluster": self.cluster is not None,
+               "labels": self.model is not None and self.source.labels is not None}
+        return tuple(c for c in CURATION_CHECKS if can[registry.CURATION_CHECKS.get(c).needs])
+
