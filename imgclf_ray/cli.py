@@ -286,9 +286,28 @@ def model() -> None:
     """Model artifacts: bring a model trained elsewhere."""
 
 
+class _RegistryChoice(click.Choice):
+    """A choice among a registry's names, looked up only when a command is parsed (so that
+    ``imgclf --help`` imports none of the code behind them)."""
+
+    def __init__(self, registry_name: str):
+        super().__init__([])
+        self.registry_name = registry_name
+
+    @property
+    def choices(self):
+        from imgclf_ray import registry
+
+        return tuple(getattr(registry, self.registry_name).names())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
 @model.command("import")
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--format", "fmt", required=True, type=click.Choice(["timm", "hf", "torchvision", "onnx", "skops"]),
+@click.option("--format", "fmt", required=True, type=_RegistryChoice("MODEL_FORMATS"),
               help="timm: a hub-style folder (config.json + model.safetensors) or a checkpoint with "
               "--architecture; hf: a transformers save_pretrained folder; torchvision: a state_dict "
               "(.pth / .safetensors) with --architecture and/or --weights; onnx: a .onnx file (or its "

@@ -117,6 +117,8 @@ ESTIMATORS: Registry[Estimator] = Registry("estimator", package="imgclf_ray.esti
 CLUSTER_ALGORITHMS: Registry[ClusterAlgorithm] = Registry("clustering algorithm",
                                                           package="imgclf_ray.cluster_algorithms")
 CURATION_CHECKS: Registry[CurationCheck] = Registry("curation check", package="imgclf_ray.curation_checks")
+# Model formats `imgclf model import` reads (imgclf_ray/models/importers/: one module each).
+MODEL_FORMATS: Registry = Registry("model format", package="imgclf_ray.models.importers")
 # Model frameworks: how an artifact of each is loaded into a classifier (imgclf_ray.models.loader).
 CLASSIFIERS: Registry = Registry("model framework", {
     "torch": "imgclf_ray.models.torch_classifier",
