@@ -1,69 +1,33 @@
-"""The pipeline's stages as plain batch callables (``dict[str, np.ndarray]`` in and out).
-
-They know nothing of Ray: ``runner.build`` maps them over a Dataset; tests call them directly. Each
-stage catches failures per row: a row that fails gets ``status="error"`` and
-``error="<stage>: <cause>"`` and travels on untouched, so every listed input reaches the sink once.
-"""
+"""The CPU stage: read -> split containers (frames, pages, table rows, shard samples, video
+frames) -> decode -> measure -> embed / assign clusters -> condition -> features."""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
-import pyarrow as pa
 
 from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
-from imgclf_ray.curation.rows import RowRules, row_columns
-from imgclf_ray.errors import AccessDenied, UserError
+from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging import video
 from imgclf_ray.imaging.conditioning import Conditioning, condition
-from imgclf_ray.imaging.decode import SNIFF_BYTES, DecodeError, decode_image, frame_count, looks_like_image
+from imgclf_ray.imaging.decode import SNIFF_BYTES, decode_image, frame_count, looks_like_image
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
 from imgclf_ray.imaging.dicom import is_dicom
-from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, image_id
-from imgclf_ray.io.storage import describe_os_error, filesystem, read_bytes
+from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from imgclf_ray.io.storage import filesystem, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
 from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
+from imgclf_ray.stages.common import Reporter, reports_user_errors, cause_of, StageError
 
 if TYPE_CHECKING:
     from imgclf_ray.clustering import Clusterer
-
-
-# Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
-# the wall seconds spent in it. The runner passes one that forwards to a Ray actor; it may also have
-# a user_error(exc) method, told of a user's error before it is raised (Ray does not carry the
-# exception's type back to the driver; the runner re-raises it from this report).
-Reporter = Callable[[str, int, float], None]
-
-
-def _reports_user_errors(method):
-    """Tell the stage's reporter of a UserError before it propagates (see Reporter)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except UserError as exc:
-            report = getattr(getattr(self, "reporter", None), "user_error", None)
-            if report is not None:
-                report(exc)
-            raise
-    return wrapper
-
-
-def _cause(exc: BaseException) -> str:
-    if isinstance(exc, DecodeError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _read_if_image(uri: str, storage: StorageSpec) -> Optional[bytes]:
@@ -84,14 +48,6 @@ VIDEO_MEASURE_SIDE = 256  # video frames are measured at this shorter side at mo
 
 class NotAnImage(Exception):
     """source.extensions: any, and the file's first bytes are no image format: a skipped row."""
-
-
-class StageError(Exception):
-    """A per-row failure tagged with the stage it happened in."""
-
-    def __init__(self, stage: str, cause: str):
-        super().__init__(f"{stage}: {cause}")
-        self.stage = stage
 
 
 @dataclass
@@ -177,7 +133,7 @@ class LoadStage:
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - any failure becomes an error row for this stage
-            raise StageError(stage, _cause(exc)) from exc
+            raise StageError(stage, cause_of(exc)) from exc
         finally:
             entry = self._timing.setdefault(stage, [0, 0.0])
             entry[0] += 1
@@ -362,7 +318,7 @@ class LoadStage:
                                                  for p, t in zip(parts, listed)], dtype=object)
         return expanded, parts
 
-    @_reports_user_errors
+    @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._timing = {}
         batch, parts = self._expand(batch)
@@ -434,145 +390,3 @@ class LoadStage:
         if self.reporter is not None:
             self.reporter("cluster", int(len(idx)), time.perf_counter() - started)
         return out
-
-
-_PREDICTION_COLUMNS = ("label", "score", "topk_labels", "topk_scores", "labels", "class_scores",
-                       "label_path", "path_scores")
-
-
-class PredictStage:
-    """Applies a classifier to the ok rows of a batch and emits rows in the output schema.
-
-    ``classifier`` is built in ``__init__`` (once per actor) from plain arguments, so the driver only
-    ever pickles a URI and settings.
-    """
-
-    @_reports_user_errors
-    def __init__(self, model_uri: Optional[str], storage: StorageSpec, topk: int, run_id: str,
-                 device: str = "auto", threads: Optional[int] = None,
-                 reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
-                 thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
-                 precision: str = "fp32", trusted: bool = False, runtime: str = "torch"):
-        from imgclf_ray.models.heads import Head
-        from imgclf_ray.models.tree_classifier import HierarchicalClassifier
-        from imgclf_ray.models.loader import load_classifier
-
-        self.reporter = reporter
-        self.rules = rules
-        self.run_id = run_id
-        # Without a model (clustering / curation jobs) rows pass through with null predictions.
-        self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
-                                           precision=precision, trusted=trusted, runtime=runtime)
-                           if model_uri else None)
-        self.tree = isinstance(self.classifier, HierarchicalClassifier)
-        if self.tree or self.classifier is None:
-            return
-        card = self.classifier.card
-        self.labels = np.asarray(card.labels, dtype=object)
-        self.head = Head(card.task, card.labels, card.thresholds, threshold, thresholds)
-        self.topk = min(topk, len(self.labels))
-
-    def _proba(self, inputs: np.ndarray, ok: np.ndarray, error: np.ndarray, status: np.ndarray) -> np.ndarray:
-        probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
-        idx = np.flatnonzero(ok)
-        if not len(idx):
-            return probs
-        try:
-            probs[idx] = self.classifier.predict_proba(inputs[idx])
-        except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
-            for i in idx:
-                try:
-                    probs[i] = self.classifier.predict_proba(inputs[i:i + 1])[0]
-                except Exception as exc:  # noqa: BLE001
-                    ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {_cause(exc)}"
-        return probs
-
-    def _decide(self, inputs, ok, error, status) -> dict[str, Any]:
-        probs = self._proba(inputs, ok, error, status)
-        decision = self.head.decide(probs)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
-        top_scores = np.take_along_axis(probs, order, axis=1)
-        n = len(ok)
-        return {
-            "label": pa.array(self.labels[decision.label], mask=~ok),
-            "score": pa.array(decision.score.astype(np.float32), mask=~ok),
-            "topk_labels": [list(self.labels[o]) if k else None for o, k in zip(order, ok)],
-            "topk_scores": [list(s) if k else None for s, k in zip(top_scores, ok)],
-            "labels": [list(self.labels[c]) if k else None for c, k in zip(decision.chosen, ok)]
-                      if decision.chosen is not None else [None] * n,
-            "class_scores": [list(p) if k else None for p, k in zip(probs, ok)],
-            "label_path": [None] * n,
-            "path_scores": [None] * n,
-        }
-
-    def _route(self, inputs, ok, error, status) -> dict[str, Any]:
-        n = len(ok)
-        paths: list = [None] * n
-        scores: list = [None] * n
-        idx = np.flatnonzero(ok)
-        try:
-            routed = self.classifier.route(inputs[idx])
-            for j, i in enumerate(idx):
-                paths[i], scores[i] = routed[0][j], routed[1][j]
-        except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
-            for i in idx:
-                try:
-                    (paths[i],), (scores[i],) = self.classifier.route(inputs[i:i + 1])
-                except Exception as exc:  # noqa: BLE001
-                    ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {_cause(exc)}"
-        return {
-            "label": [p[-1] if k else None for p, k in zip(paths, ok)],
-            "score": [float(np.prod(s)) if k else None for s, k in zip(scores, ok)],
-            "topk_labels": [None] * n,
-            "topk_scores": [None] * n,
-            "labels": [None] * n,
-            "class_scores": [None] * n,
-            "label_path": [p if k else None for p, k in zip(paths, ok)],
-            "path_scores": [s if k else None for s, k in zip(scores, ok)],
-        }
-
-    @_reports_user_errors
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        started = time.perf_counter()
-        status = np.asarray(batch["status"], dtype=object).copy()
-        # Nulls of a string column may come back from Arrow as None or NaN.
-        error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
-        ok = status == STATUS_OK
-        n = len(status)
-        if self.classifier is None:
-            predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
-        elif self.tree:
-            predictions = self._route(batch["inputs"], ok, error, status)
-        else:
-            predictions = self._decide(batch["inputs"], ok, error, status)
-        uris = [str(u) for u in batch["uri"]]
-        frames = np.asarray(batch["frame"], dtype=np.int32)
-        width = np.asarray(batch["width"], dtype=np.int32)
-        height = np.asarray(batch["height"], dtype=np.int32)
-        now = datetime.now(timezone.utc)
-        columns = {
-            "image_id": [image_id(u, int(f)) for u, f in zip(uris, frames)],
-            "uri": uris,
-            "frame": frames,
-            "timestamp": (pa.array(batch["timestamp"], pa.float64(), mask=np.isnan(batch["timestamp"]))
-                          if "timestamp" in batch else pa.nulls(n, pa.float64())),
-            "size": pa.array(batch["size"], pa.int64()),
-            "etag": [e if isinstance(e, str) else None for e in batch["etag"]],
-            "width": pa.array(width, mask=width == 0),
-            "height": pa.array(height, mask=height == 0),
-            "status": list(status),
-            "error": list(error),
-            **predictions,
-            "true_label": ([t if isinstance(t, str) else None for t in batch["true_label"]]
-                           if "true_label" in batch else [None] * n),
-            "dicom": [d if isinstance(d, str) else None for d in batch.get("dicom_json", [None] * n)],
-            "metadata": [d if isinstance(d, str) else None for d in batch.get("metadata_json", [None] * n)],
-            "model_id": [self.classifier.model_id if self.classifier else None] * n,
-            "run_id": [self.run_id] * n,
-            "processed_at": [now] * n,
-            **row_columns(batch, status == STATUS_OK, self.rules),
-        }
-        table = pa.table(columns, schema=OUTPUT_SCHEMA)
-        if self.reporter is not None:
-            self.reporter("predict", n, time.perf_counter() - started)
-        return table

@@ -1,0 +1,48 @@
+"""What every stage shares: the reporter they tell rows, seconds and user errors to; the
+per-row error type and how a failure becomes its cause."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from imgclf_ray.errors import UserError
+from imgclf_ray.imaging.decode import DecodeError
+from imgclf_ray.io.storage import describe_os_error
+
+
+# Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
+# the wall seconds spent in it. The runner passes one that forwards to a Ray actor; it may also have
+# a user_error(exc) method, told of a user's error before it is raised (Ray does not carry the
+# exception's type back to the driver; the runner re-raises it from this report).
+Reporter = Callable[[str, int, float], None]
+
+
+def reports_user_errors(method):
+    """Tell the stage's reporter of a UserError before it propagates (see Reporter)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UserError as exc:
+            report = getattr(getattr(self, "reporter", None), "user_error", None)
+            if report is not None:
+                report(exc)
+            raise
+    return wrapper
+
+
+def cause_of(exc: BaseException) -> str:
+    if isinstance(exc, DecodeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class StageError(Exception):
+    """A per-row failure tagged with the stage it happened in."""
+
+    def __init__(self, stage: str, cause: str):
+        super().__init__(f"{stage}: {cause}")
+        self.stage = stage
