@@ -1,7 +1,8 @@
 """``imgclf``: validate and run image-classification jobs.
 
 Heavy modules (ray, torch) are imported inside the commands that need them, so ``imgclf --help`` and
-``imgclf validate`` start in well under a second.
+``imgclf validate`` start in well under a second. Over 400 lines because it is every command's
+options and help text, each command a thin function over the API; nothing else lives here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Exactly-once output: data files are staged, checked, then committed with a manifest and _SUCCESS.
 
+Over 400 lines on purpose: the commit protocol (plan, moves or the Delta commit, manifest,
+_SUCCESS, deletes) and its recovery are read and reviewed together, in one file.
+
 Layout under ``sink.uri`` (``<run>`` is ``sink.layout``: ``<run_id>`` by default, or e.g.
 ``date=2026-11-28/<run_id>`` to partition the runs by date)::
 
