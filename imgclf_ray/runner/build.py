@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from imgclf_ray.io import sink
-from imgclf_ray.models.hierarchy import ArtifactInfo
 from imgclf_ray.planner import Plan
 from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import JobSpec
+
+if TYPE_CHECKING:
+    from imgclf_ray.runner.plan import RunPlan
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
 MEASURED_CHECKS = {n for n in CURATION_CHECKS.names() if CURATION_CHECKS.get(n).measured}
@@ -43,15 +45,15 @@ def load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
     )
 
 
-def build_dataset(spec: JobSpec, manifest: pa.Table, card: Optional[ArtifactInfo], plan: Plan, run_id: str,
-                  reporter=None, clusterer=None, rules=None):
+def build_dataset(run: "RunPlan", manifest: pa.Table, run_id: str, reporter=None, clusterer=None, rules=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     from ray.data import ActorPoolStrategy
 
     from imgclf_ray.stages import LoadStage, PredictStage
 
+    spec, card, plan = run.spec, run.model, run.resources
     load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
-                     card.features if card else None, measure=bool(set(spec.curate_checks()) & MEASURED_CHECKS),
+                     card.features if card else None, measure=bool(set(run.checks) & MEASURED_CHECKS),
                      embed=embedding_of(spec), clusterer=clusterer,
                      keep_embedding=bool(spec.cluster and spec.cluster.embedding), source=spec.source)
     ds = load_dataset(spec, manifest, plan, load)
@@ -85,16 +87,3 @@ class StagedNames:
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
         return sink.staged_filename(write_uuid, task_index)
-
-
-def in_onnxruntime(spec: JobSpec, card) -> bool:
-    """Whether the model runs in ONNX Runtime without its CUDA provider here (onnxruntime-gpu):
-    then ``device: auto`` plans CPU actors, not GPUs the runtime would not use."""
-    if card.framework != "onnx" and spec.model.runtime != "onnxruntime":
-        return False
-    try:
-        import onnxruntime
-
-        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
-    except ImportError:
-        return True

@@ -22,12 +22,12 @@ from imgclf_ray.io.lock import RunLock
 from imgclf_ray.io.schema import SCHEMA_VERSION, run_schema
 from imgclf_ray.io.storage import filesystem, join, pyarrow_fs, to_uri
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
-from imgclf_ray.models.loader import check_artifact, refuse_code
-from imgclf_ray.planner import plan_resources
+from imgclf_ray.models.loader import refuse_code
 from imgclf_ray.progress import Mode, Progress, resolve_mode
-from imgclf_ray.runner.build import StagedNames, in_onnxruntime, build_dataset
-from imgclf_ray.runner.checks import check_budget, check_complete, check_thresholds, label_issue_labels, user_errors
+from imgclf_ray.runner.build import StagedNames, build_dataset
+from imgclf_ray.runner.checks import check_budget, check_complete, user_errors
 from imgclf_ray.runner.metrics import StageMetrics, ActorReporter, Watch
+from imgclf_ray.runner.plan import make_plan
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, staged_stats, prepare_clusterer
 from imgclf_ray.runner.ray_setup import ensure_ray
 from imgclf_ray.runner.result import RunResult, make_result, since_process_start, spec_digest
@@ -81,21 +81,8 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
 
     from imgclf_ray.curation.rows import row_rules
 
-    card = None
-    if spec.model is not None:
-        card = model or describe_artifact(spec.model.uri, spec.storage)
-        # A tampered, untrusted or malformed file is refused with a clear message before any work
-        # starts (the actors load it again).
-        check_thresholds(spec, card, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
-                                                     spec.model.runtime, card))
-    checks = spec.curate_checks()
-    labels = label_issue_labels(spec, card, checks)
-    # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
-    device = "cpu" if card is None or card.framework == "sklearn" or (in_onnxruntime(spec, card) and
-                                                                       spec.model.device == "auto") \
-        else spec.model.device
-    plan = plan_resources(ray.cluster_resources(), spec.resources, device,
-                          light=card is None or card.framework == "sklearn")
+    run = make_plan(spec, ray.cluster_resources(), model)
+    card, checks, labels, plan = run.model, run.checks, run.label_issue_labels, run.resources
     log.info("plan: %s", plan)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
@@ -112,7 +99,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     metrics = ray.remote(num_cpus=0, scheduling_strategy=here)(StageMetrics).remote()
-    ds = build_dataset(spec, manifest, card, plan, run_id, ActorReporter(metrics), clusterer, rules)
+    ds = build_dataset(run, manifest, run_id, ActorReporter(metrics), clusterer, rules)
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
         split = spec.source.container is not None or spec.decode.frames == "all"

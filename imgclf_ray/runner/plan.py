@@ -1,0 +1,54 @@
+"""One run's plan, made once before any work from the spec, the model card's description and the
+cluster's resources; the rest of the run reads the plan, never the card or the cluster again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
+from imgclf_ray.models.loader import check_artifact
+from imgclf_ray.planner import Plan, plan_resources
+from imgclf_ray.runner.checks import check_thresholds, label_issue_labels
+from imgclf_ray.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run decided before it started (frozen)."""
+
+    spec: JobSpec
+    model: Optional[ArtifactInfo]  # the artifact's description (card read once), None without a model
+    checks: tuple[str, ...]  # the curation checks it runs
+    label_issue_labels: Optional[list[str]]  # the card's labels when label_issue runs
+    resources: Plan  # actors, batch sizes, device, memory
+
+
+def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Optional[ArtifactInfo] = None) -> RunPlan:
+    """Refuse a bad artifact (tampered, untrusted, thresholds it lacks) and decide the run.
+    ``model``: the artifact's description when the caller read it already."""
+    if spec.model is not None:
+        model = model or describe_artifact(spec.model.uri, spec.storage)
+        # A tampered, untrusted or malformed file is refused with a clear message before any work
+        # starts (the actors load it again).
+        check_thresholds(spec, model, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
+                                                     spec.model.runtime, model))
+    checks = spec.curate_checks()
+    labels = label_issue_labels(spec, model, checks)
+    light = model is None or model.framework == "sklearn"
+    # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
+    device = "cpu" if light or (in_onnxruntime(spec, model) and spec.model.device == "auto") else spec.model.device
+    return RunPlan(spec, model, checks, labels, plan_resources(cluster_resources, spec.resources, device, light=light))
+
+
+def in_onnxruntime(spec: JobSpec, card) -> bool:
+    """Whether the model runs in ONNX Runtime without its CUDA provider here (onnxruntime-gpu):
+    then ``device: auto`` plans CPU actors, not GPUs the runtime would not use."""
+    if card.framework != "onnx" and spec.model.runtime != "onnxruntime":
+        return False
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    except ImportError:
+        return True
