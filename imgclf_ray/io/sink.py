@@ -247,6 +247,17 @@ def _finish_delta(fs, root: str, plan: dict[str, Any], version: int) -> dict[str
     return manifest
 
 
+def _replaced_commits(staging: Staging, root: str) -> dict[str, list[str]]:
+    """Finish or undo what a killed attempt of the run id left, then the commits this one replaces:
+    folder under the sink -> the names its manifest lists (and the manifest)."""
+    recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
+    previous = {}
+    for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
+        _, folder = filesystem(folder_uri, staging.storage)
+        previous[folder[len(root):].strip("/")] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
+    return previous
+
+
 def _commit_delta(staging: Staging, facts: dict[str, Any], extra_files: dict[str, bytes]) -> dict[str, Any]:
     """``commit`` for a Delta sink: the plan (with the whole run record) first, then the one Delta
     commit that replaces the run's rows, then the run record."""
@@ -255,11 +266,7 @@ def _commit_delta(staging: Staging, facts: dict[str, Any], extra_files: dict[str
 
     fs, root = filesystem(staging.sink_uri, staging.storage)
     root = root.rstrip("/")
-    recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
-    previous = {}
-    for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
-        _, folder = filesystem(folder_uri, staging.storage)
-        previous[folder[len(root):].strip("/")] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
+    previous = _replaced_commits(staging, root)
     staged = staging.staged_files()
     schema = OUTPUT_SCHEMA
     rows = 0
@@ -306,12 +313,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     fs, root = filesystem(staging.sink_uri, staging.storage)
     root = root.rstrip("/")
     _, run_path = filesystem(staging.run_uri, staging.storage)
-    recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
-    previous = {}
-    for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
-        _, folder = filesystem(folder_uri, staging.storage)
-        rel = folder[len(root):].strip("/")
-        previous[rel] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
+    previous = _replaced_commits(staging, root)
     staged = staging.staged_files()
     names = [f"part-{i:05d}-{staging.attempt}.parquet" for i in range(len(staged))]
     plan = {"attempt": staging.attempt, "run_path": staging.run_path, "files": names, "replaced": previous}
