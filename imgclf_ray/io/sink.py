@@ -476,15 +476,16 @@ def read_rows(run_uri: str, columns=None, storage: StorageSpec = StorageSpec()):
     from imgclf_ray.io.tables import read_columns
 
     fs, run_path = filesystem(run_uri, storage)
+    files = []
     if fs.exists(join(run_path, SUCCESS_FILE)):
-        manifest = read_manifest(run_uri, storage)
+        manifest = read_manifest(run_uri, storage)  # once, for either format
         if manifest.get("format") == "delta":
             from imgclf_ray.io import delta
 
             return delta.read_rows(_table_of(run_uri, manifest), manifest["run_id"], manifest.get("table_version"),
                                    columns, storage)
-    return read_columns(run_files(run_uri, storage), columns if columns is not None else (lambda name: True),
-                        storage)
+        files = [to_uri(fs, join(run_path, f["path"])) for f in manifest["files"]]
+    return read_columns(files, columns if columns is not None else (lambda name: True), storage)
 
 
 def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[dict[str, Any]]:
