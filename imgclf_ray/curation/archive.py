@@ -11,8 +11,10 @@ tasks, map-reduce style, so no step needs the whole archive in one process:
 2. reduce (one task per partition): exact duplicates = rows sharing a ``pixel_hash``; near-duplicate
    candidates = rows sharing a band. With radius r the 64 hash bits are cut into r + 1 bands, so
    two hashes within r bits agree exactly on at least one band (pigeonhole): only rows in the
-   same band bucket are compared, with a vectorised popcount, never all pairs of the archive.
-3. the driver links the near-duplicate pairs into groups (union-find over the pairs only), drops
+   same band bucket are compared, with a vectorised popcount, never all pairs of the archive; a
+   bucket's rows are linked into components there, and each row sends one link (to its
+   component's first row) per band: at most (r + 1) x n links reach the driver, not the pairs.
+3. the driver links the near-duplicate links into groups (union-find over the links only), drops
    the near groups that are exactly a duplicate group (as cleanvision does), and merges the size
    counts into the archive's quartiles.
 4. rewrite (one task per staged file): adds the archive-wide scores and flags to each row.
@@ -155,30 +157,55 @@ def reduce_exact(*parts: pa.Table) -> dict[str, tuple[str, bool]]:
     return members
 
 
+def _bucket_components(h: np.ndarray, radius: int) -> np.ndarray:
+    """Component label of each hash of one band bucket, hashes linked when within ``radius`` bits
+    (transitively). Equal hashes are compared once; the distinct ones in blocks of 1,024 against
+    all, each block's links merged into the labels by a connected-components pass over labels, so
+    memory stays at one block and nothing per pair is kept."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    uniq, inverse = np.unique(h, return_inverse=True)
+    m = len(uniq)
+    label = np.arange(m)
+    if radius > 0 and m > 1:
+        for offset in range(0, m, 1024):
+            a, b = np.nonzero(hamming(uniq[offset:offset + 1024, None], uniq[None, :]) <= radius)
+            la, lb = label[a + offset], label[b]
+            keep = la != lb
+            if not keep.any():
+                continue
+            graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (la[keep], lb[keep])), shape=(m, m))
+            _, merged = connected_components(graph, directed=False)
+            label = merged[label]
+    return label[inverse]
+
+
 def reduce_near(radius: int, *parts: pa.Table) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Pairs of rows within ``radius`` bits that share a band, and the uris of their rows."""
+    """Links between rows within ``radius`` bits (transitively) that share a band, and the uris of
+    their rows. Per band bucket, each row is linked to the first row of its component — at most
+    one link per row and band, so at most (radius + 1) x rows links in all, however many rows are
+    near-identical (a parked car filmed at 1 fps): the groups they make are those of all pairs."""
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return [], {}
     t = pa.concat_tables(parts)
-    t = t.take(pc.sort_indices(t, [("band", "ascending"), ("value", "ascending")]))
+    t = t.take(pc.sort_indices(t, [("band", "ascending"), ("value", "ascending"), ("image_id", "ascending")]))
     keys = list(zip(t.column("band").to_pylist(), t.column("value").to_pylist()))
-    ids = np.asarray(t.column("image_id").to_pylist(), dtype=object)
+    ids = t.column("image_id").to_pylist()
     uris = t.column("uri").to_pylist()
     phash = t.column("phash").to_numpy()
-    pairs: set[tuple[str, str]] = set()
+    links: set[tuple[str, str]] = set()
     involved: dict[str, str] = {}
     for start, end in _runs(keys):
-        h = phash[start:end]
-        for offset in range(0, end - start, 1024):  # bounded memory for very large buckets
-            block = h[offset:offset + 1024]
-            close = hamming(block[:, None], h[None, :]) <= radius
-            for a, b in zip(*np.nonzero(close)):
-                a, b = start + offset + int(a), start + int(b)
-                if a < b and ids[a] != ids[b]:
-                    pairs.add((ids[a], ids[b]))
-                    involved[ids[a]], involved[ids[b]] = uris[a], uris[b]
-    return sorted(pairs), involved
+        component = _bucket_components(phash[start:end], radius)
+        first: dict[int, int] = {}
+        for j, c in enumerate(component.tolist()):
+            a, b = first.setdefault(c, start + j), start + j
+            if ids[a] != ids[b]:
+                links.add((min(ids[a], ids[b]), max(ids[a], ids[b])))
+                involved[ids[a]], involved[ids[b]] = uris[a], uris[b]
+    return sorted(links), involved
 
 
 def link(pairs: list[tuple[str, str]], uris: dict[str, str]) -> dict[str, tuple[str, bool]]:

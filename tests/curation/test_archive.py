@@ -24,21 +24,49 @@ def _near_hashes(rng, n_base: int, copies: int, flips: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("radius", [0, 3, 6, 10])
-def test_banded_matching_finds_exactly_the_pairs_brute_force_finds(radius):
-    rng = np.random.default_rng(radius)
-    hashes = _near_hashes(rng, 150, 2, radius + 2)
-    ids = [f"id{i:04d}" for i in range(len(hashes))]
-    partitions = 3
+def _groups(members: dict[str, tuple[str, bool]]) -> set[frozenset]:
+    out: dict[str, set] = {}
+    for image, (group, _) in members.items():
+        out.setdefault(group, set()).add(image)
+    return {frozenset(g) for g in out.values()}
+
+
+def _banded_links(hashes: np.ndarray, radius: int, partitions: int = 3):
+    ids = [f"id{i:05d}" for i in range(len(hashes))]
     rows = pa.table({"image_id": ids, "uri": [f"file:///x/{i}" for i in ids], "phash": pa.array(hashes)})
     parts = archive.route_bands(rows, radius, partitions)
-    found = set()
+    links, uris = [], {}
     for p in range(partitions):
-        pairs, _ = archive.reduce_near(radius, parts[p])
-        found.update(pairs)
+        part_links, part_uris = archive.reduce_near(radius, parts[p])
+        links += part_links
+        uris.update(part_uris)
+    return ids, links, uris
+
+
+@pytest.mark.parametrize("radius", [0, 3, 6, 10])
+def test_banded_matching_groups_exactly_as_brute_force_pairs_do(radius):
+    rng = np.random.default_rng(radius)
+    hashes = _near_hashes(rng, 150, 2, radius + 2)
+    ids, links, uris = _banded_links(hashes, radius)
     d = hamming(hashes[:, None], hashes[None, :])
-    expected = {(ids[i], ids[j]) for i, j in zip(*np.nonzero(d <= radius)) if i < j}
-    assert found == expected and expected  # banding loses no pair within the radius, adds none
+    pairs = [(ids[i], ids[j]) for i, j in zip(*np.nonzero(d <= radius)) if i < j]
+    brute = archive.link(pairs, {i: f"file:///x/{i}" for pair in pairs for i in pair})
+    assert pairs and _groups(archive.link(links, uris)) == _groups(brute)  # no group lost, none merged
+    assert len(links) <= (radius + 1) * len(hashes)
+
+
+@pytest.mark.parametrize("radius", [0, 4])
+def test_ten_thousand_near_identical_frames_make_one_group_from_linearly_many_links(radius):
+    """A parked car filmed at 1 fps: every frame's hash within a bit or two of the others."""
+    rng = np.random.default_rng(1)
+    base = np.uint64(rng.integers(0, 2 ** 63, dtype=np.int64))
+    flips = rng.integers(0, 64, 10_000).astype(np.uint64)
+    noisy = np.where(rng.random(10_000) < 0.5, base, base ^ (np.uint64(1) << flips)) if radius else \
+        np.full(10_000, base, np.uint64)
+    ids, links, uris = _banded_links(noisy.view(np.int64), radius)
+    assert len(links) <= (radius + 1) * len(ids)  # all pairs would be 49,995,000
+    groups = _groups(archive.link(links, uris))
+    assert groups == {frozenset(ids)}
 
 
 def test_bands_cover_all_64_bits():
