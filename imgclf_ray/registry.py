@@ -72,7 +72,7 @@ class Registry(Generic[T]):
 
 @dataclass(frozen=True)
 class Estimator:
-    """A scikit-learn classifier by name (imgclf_ray/estimators/): built by imgclf_ray.train."""
+    """A scikit-learn classifier by name (imgclf_ray/estimators/): built by imgclf_ray.training.trainer."""
 
     cls: str  # the dotted scikit-learn class
     defaults: Mapping[str, Any] = field(default_factory=dict)  # ours over scikit-learn's (max_iter)
@@ -110,6 +110,14 @@ class CurationCheck:
     cleanvision: Optional[str] = None  # cleanvision's name for it, accepted in curate.checks
 
 
+@dataclass(frozen=True)
+class Container:
+    """A file that holds several images (imgclf_ray/containers/), split into parts before decoding."""
+
+    split: Callable[..., list]  # (bytes, SourceSpec, DecodeSpec, target side or None) -> [containers.base.Part]
+    stage: str = "read"  # the stage a file that cannot be split is charged to
+
+
 # The extension points. Each provider module fills its registry with @REGISTRY.register("name").
 EXTRACTORS: Registry = Registry("feature extractor", ("imgclf_ray.features.extractors",))
 OPS: Registry = Registry("conditioning op", ("imgclf_ray.imaging.ops",))
@@ -117,6 +125,8 @@ ESTIMATORS: Registry[Estimator] = Registry("estimator", package="imgclf_ray.esti
 CLUSTER_ALGORITHMS: Registry[ClusterAlgorithm] = Registry("clustering algorithm",
                                                           package="imgclf_ray.cluster_algorithms")
 CURATION_CHECKS: Registry[CurationCheck] = Registry("curation check", package="imgclf_ray.curation_checks")
+# Files holding several images: source.table, source.webdataset, source.video (imgclf_ray/containers/).
+CONTAINERS: Registry[Container] = Registry("source container", package="imgclf_ray.containers")
 # Model formats `imgclf model import` reads (imgclf_ray/models/importers/: one module each).
 MODEL_FORMATS: Registry = Registry("model format", package="imgclf_ray.models.importers")
 # Model frameworks: how an artifact of each is loaded into a classifier (imgclf_ray.models.loader).

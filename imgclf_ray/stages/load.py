@@ -3,11 +3,9 @@ frames) -> decode -> measure -> embed / assign clusters -> condition -> features
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -15,14 +13,15 @@ from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
-from imgclf_ray.imaging import video
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import SNIFF_BYTES, decode_image, frame_count, looks_like_image
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
 from imgclf_ray.imaging.dicom import is_dicom
+from imgclf_ray.containers.base import Part
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, read_bytes
 from imgclf_ray.models.artifact import FeaturesCard
+from imgclf_ray.registry import CONTAINERS
 from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
 from imgclf_ray.stages.common import Reporter, reports_user_errors, cause_of, StageError
 
@@ -38,33 +37,11 @@ def _read_if_image(uri: str, storage: StorageSpec) -> Optional[bytes]:
         return head + fh.read() if looks_like_image(head) else None
 
 
-def _over_member(size: int, decode: DecodeSpec) -> str:
-    return (f"member of {size / 2**20:,.0f} MiB, over decode.max_member_bytes "
-            f"({decode.max_member_bytes / 2**20:,.0f} MiB); not read")
-
-
 VIDEO_MEASURE_SIDE = 256  # video frames are measured at this shorter side at most
 
 
 class NotAnImage(Exception):
     """source.extensions: any, and the file's first bytes are no image format: a skipped row."""
-
-
-@dataclass
-class Part:
-    """One image of a file: the file itself, a frame of a multi-frame file or video, a row of an
-    image table, a sample of a shard."""
-
-    frame: int  # the output's frame column: the part's number in its file
-    data: Optional[bytes] = None  # bytes to decode (None: read the file)
-    decode_frame: Optional[int] = None  # the frame to decode from ``data`` (None: decode.frame)
-    image: Optional[Any] = None  # already decoded RGB Pillow image (video frames)
-    size: tuple[int, int] = (0, 0)  # its (width, height) as stored
-    metadata: Optional[str] = None  # JSON for the metadata column
-    label: Optional[str] = None  # a label the container carries (shards), for true_label
-    timestamp: float = float("nan")  # video: presentation time in seconds
-    error: Optional[str] = None  # '<stage>: <cause>' when the part is already known to be bad
-    skipped: bool = False  # with error: the file is no image (source.extensions: any)
 
 
 class LoadStage:
@@ -202,87 +179,12 @@ class LoadStage:
                                            f"({limit:,}): the first {limit:,} were classified"))
         return parts
 
-    def _video_frames(self, data: bytes) -> list[Part]:
-        """The sampled frames of a video file, decoded here (source.video)."""
-        v = self.source.video
-        frames = video.sample(data, v.fps, v.keyframes, v.max_frames, self._target_side(),
-                              self.decode.max_image_pixels)
-        return [Part(f.index, image=f.image, size=f.size, timestamp=f.timestamp,
-                     error=f"decode: {f.error}" if f.error else None) for f in frames]
-
-    def _table_rows(self, data: bytes) -> list[Part]:
-        """Image bytes and carried metadata (JSON) of every row of one image table."""
-        import pyarrow.parquet as pq
-
-        table = self.source.table
-        pf = pq.ParquetFile(io.BytesIO(data))
-        expanded = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
-        if expanded > self.decode.max_container_bytes:
-            raise ValueError(f"the table expands to {expanded / 2**20:,.0f} MiB, over "
-                             f"decode.max_container_bytes ({self.decode.max_container_bytes / 2**20:,.0f} MiB)")
-        t = pf.read(columns=[table.image_column, *table.carry])
-        carried = ([json.dumps({k: None if v is None else str(v) for k, v in row.items()})
-                    for row in t.select(table.carry).to_pylist()] if table.carry else [None] * t.num_rows)
-        parts = []
-        for i, (value, meta) in enumerate(zip(t.column(table.image_column).to_pylist(), carried)):
-            image = value.get("bytes") if isinstance(value, dict) else value
-            # A row's bytes are one still image; a row without bytes is an error row.
-            if image is not None and len(image) > self.decode.max_member_bytes:
-                parts.append(Part(i, metadata=meta, error=f"read: {_over_member(len(image), self.decode)}"))
-                continue
-            parts.append(Part(i, image if image is not None else b"", metadata=meta))
-        return parts
-
-    def _shard_samples(self, data: bytes) -> list[Part]:
-        """Image bytes, metadata (JSON: the sample key) and label of every sample of a tar shard."""
-        import tarfile
-
-        wds = self.source.webdataset
-        samples: dict[str, dict[str, bytes]] = {}
-        too_big: dict[str, str] = {}  # sample key -> why its image was not read
-        total = 0
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                # WebDataset's convention: the key is the path up to the first dot of the file name.
-                folder, _, name = member.name.rpartition("/")
-                stem, _, ext = name.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                files = samples.setdefault(key, {})
-                # Sizes come from the member headers: nothing over the limits is read.
-                if member.size > self.decode.max_member_bytes:
-                    too_big[key] = _over_member(member.size, self.decode)
-                    continue
-                total += member.size
-                if total > self.decode.max_container_bytes:
-                    raise ValueError(f"the shard expands past decode.max_container_bytes "
-                                     f"({self.decode.max_container_bytes / 2**20:,.0f} MiB)")
-                files[ext.lower()] = tar.extractfile(member).read()
-        parts = []
-        for key, files in samples.items():
-            image = next((files[e] for e in wds.image_extensions if e in files), None)
-            if image is None:
-                if key in too_big:
-                    parts.append(Part(len(parts), metadata=json.dumps({"key": key}), error=f"read: {too_big[key]}"))
-                continue  # a sample without an image member (e.g. metadata only) is not an image
-            label = None
-            if wds.label_extension and wds.label_extension in files:
-                raw = files[wds.label_extension]
-                if wds.label_extension == "json":
-                    label = json.loads(raw).get(wds.label_field)
-                else:
-                    label = raw.decode("utf-8").strip()
-            parts.append(Part(len(parts), image, metadata=json.dumps({"key": key}),
-                              label=None if label is None else str(label)))
-        return parts
-
     def _splitter(self) -> Optional[tuple[str, Callable[[bytes], list[Part]]]]:
         """(the stage a failure is charged to, the function that splits a file into parts)."""
-        container = self.source.container if self.source is not None else None
-        if container is not None:
-            return {"table": ("read", self._table_rows), "webdataset": ("read", self._shard_samples),
-                    "video": ("decode", self._video_frames)}[container]
+        name = self.source.container if self.source is not None else None
+        if name is not None:
+            container = CONTAINERS.get(name)
+            return container.stage, lambda data: container.split(data, self.source, self.decode, self._target_side())
         return ("read", self._frames) if self.decode.frames == "all" else None
 
     def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[Part]]:

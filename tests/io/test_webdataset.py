@@ -38,3 +38,18 @@ def test_webdataset_shards_one_row_per_sample_with_its_label(ray_session, tiny_m
     assert all(rows[f"sample{i:03d}"]["true_label"] == str(i % 10) for i in range(9))
     assert rows["sample005"]["frame"] == 1 and Path(rows["sample005"]["uri"]).name == "shard-000001.tar"
     assert rows["broken"]["error"].startswith("decode: ") and rows["broken"]["true_label"] is None  # .cls only
+
+
+def test_every_source_container_is_a_registered_module_with_a_spec_section():
+    """Containers are one module each in imgclf_ray/containers/, found by name; each name is the
+    source key holding its options, and a container's split takes a file's bytes to parts."""
+    import inspect
+
+    from imgclf_ray.registry import CONTAINERS
+    from imgclf_ray.spec import SourceSpec
+
+    assert CONTAINERS.names() == ["table", "video", "webdataset"]
+    for name in CONTAINERS.names():
+        container = CONTAINERS.get(name)
+        assert name in SourceSpec.model_fields and container.stage in ("read", "decode")
+        assert list(inspect.signature(container.split).parameters) == ["data", "source", "decode", "side"]
