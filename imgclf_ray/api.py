@@ -54,6 +54,10 @@ def run(job: Union[str, Path, dict, JobSpec], overrides: Optional[dict[str, Any]
     spec = load_job(job, overrides)
     if run_id is not None and id_problem(run_id):
         raise SpecError(f"run_id {run_id!r}: {id_problem(run_id)}")
+    if spec.example is not None:
+        from imgclf_ray.training.example_models import prepare
+
+        prepare(spec, echo=None if quiet else print)
     return run_job(spec, run_id, quiet=quiet)
 
 

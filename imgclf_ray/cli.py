@@ -114,10 +114,19 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     from imgclf_ray.report.summary import format_summary
 
     try:
+        _prepare_example(spec)
         result = run_job(spec, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))
+
+
+def _prepare_example(spec: JobSpec) -> None:
+    """Write a spec's bundled example data and train its example model where they are missing."""
+    if spec.example is not None:
+        from imgclf_ray.training.example_models import prepare
+
+        prepare(spec, echo=click.echo)
 
 
 def _dated_run_id(job: str, overrides: tuple[str, ...], date: str) -> str:
@@ -166,6 +175,7 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     from imgclf_ray.report.summary import format_summary
 
     try:
+        _prepare_example(spec)
         result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
     except UserError as exc:
         _fail(exc)
@@ -352,12 +362,12 @@ def model_import(source: str, fmt: str, out: str, labels_file: Optional[str], pr
 @click.argument("job", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 def train(job: str, overrides: tuple[str, ...]) -> None:
-    """Train a classical model (scikit-learn over a feature extractor) from a training spec."""
+    """Train a model from a training spec: a scikit-learn estimator over features, or a CNN."""
     from imgclf_ray.spec import TrainSpec
 
     spec = _load(job, overrides, TrainSpec)
     from imgclf_ray.evaluate import format_metrics
-    from imgclf_ray.train import train_job
+    from imgclf_ray.training.trainer import train_job
 
     try:
         metrics = train_job(spec)
@@ -387,6 +397,7 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
         return
 
     try:
+        _prepare_example(spec)
         result, metrics = evaluate_job(spec, quiet=quiet)
     except UserError as exc:
         _fail(exc)

@@ -129,7 +129,7 @@ def _materialised(tmp_path_factory, name: str, make, *args) -> str:
 @pytest.fixture(scope="session")
 def digits_archive(tmp_path_factory):
     """scikit-learn's 1,797 digits as PNG files, one folder per class."""
-    from imgclf_ray.examples import write_digits_archive
+    from imgclf_ray.training.bundled import write_digits_archive
 
     return _materialised(tmp_path_factory, "digits", write_digits_archive)
 
@@ -137,39 +137,39 @@ def digits_archive(tmp_path_factory):
 @pytest.fixture(scope="session")
 def faces_archive(tmp_path_factory):
     """scikit-image's lfw_subset as PNG files: face/ and non-face/ (100 each)."""
-    from imgclf_ray.examples import write_faces_archive
+    from imgclf_ray.training.bundled import write_faces_archive
 
     return _materialised(tmp_path_factory, "faces", write_faces_archive)
 
 
 @pytest.fixture(scope="session")
-def svm_hog_model(tmp_path_factory, digits_archive):
+def svm_hog_model(tmp_path_factory, digits_archive, ray_session):
     """The svm-hog example model (calibrated RBF SVM over HOG) trained on the digits, skops."""
-    from imgclf_ray.examples import train_sklearn_example
+    from imgclf_ray.training.example_models import train_example
 
-    return _materialised(tmp_path_factory, "svm-hog", train_sklearn_example, "svm-hog", digits_archive)
+    return _materialised(tmp_path_factory, "svm-hog", train_example, "svm-hog", digits_archive)
 
 
 @pytest.fixture(scope="session")
-def faces_model(tmp_path_factory, faces_archive):
+def faces_model(tmp_path_factory, faces_archive, ray_session):
     """The logreg-hog example: binary face / non-face over HOG, skops."""
-    from imgclf_ray.examples import train_sklearn_example
+    from imgclf_ray.training.example_models import train_example
 
-    return _materialised(tmp_path_factory, "faces-model", train_sklearn_example, "logreg-hog", faces_archive)
+    return _materialised(tmp_path_factory, "faces-model", train_example, "logreg-hog", faces_archive)
 
 
 @pytest.fixture(scope="session")
-def attributes_model(tmp_path_factory, digits_archive):
+def attributes_model(tmp_path_factory, digits_archive, ray_session):
     """The mlp-attributes example: a multilabel MLP on 16-px pixels (even, large, prime, closed-loop)."""
-    from imgclf_ray.examples import train_sklearn_example
+    from imgclf_ray.training.example_models import train_example
 
-    return _materialised(tmp_path_factory, "attributes-model", train_sklearn_example, "mlp-attributes",
+    return _materialised(tmp_path_factory, "attributes-model", train_example, "mlp-attributes",
                          digits_archive)
 
 
 @pytest.fixture(scope="session")
-def tree_model(tmp_path_factory, digits_archive):
+def tree_model(tmp_path_factory, digits_archive, ray_session):
     """The tree-hog example: root small/large, children name the digit (calibrated SVMs over HOG)."""
-    from imgclf_ray.examples import train_tree_example
+    from imgclf_ray.training.example_models import train_example
 
-    return _materialised(tmp_path_factory, "tree-model", train_tree_example, digits_archive)
+    return _materialised(tmp_path_factory, "tree-model", train_example, "tree-hog", digits_archive)

@@ -26,7 +26,7 @@ def test_quickstart_end_to_end(ray_session, tmp_path):
     assert "wrote 1797 digit images" in first.output and "training a resnet18" in first.output
     assert "run first: 1797 images" in first.output and "status : ok: 1797" in first.output
     card = read_card(f"{tmp_path}/model")
-    assert card.metrics["test_accuracy"] >= 0.95
+    assert card.metrics["test"]["accuracy"] >= 0.95
 
     rows = pq.read_table([f.removeprefix("file://") for f in committed_files(f"{tmp_path}/out", "first")]).to_pylist()
     assert len(rows) == 1797
@@ -101,7 +101,7 @@ def test_every_example_job_runs(ray_session, tmp_path, job):
     rows = pq.read_table([f.removeprefix("file://") for f in committed_files(f"{tmp_path}/out", "r")]).to_pylist()
     truth = [r["uri"].rsplit("/", 2)[-2] for r in rows]
     if job == "digits-multilabel.yaml":
-        from imgclf_ray.examples import DIGIT_ATTRIBUTES
+        from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 
         exact = [set(r["labels"]) == {a for a, ds in DIGIT_ATTRIBUTES.items() if int(t) in ds} for t, r in zip(truth, rows)]
         assert sum(exact) / len(rows) >= 0.9

@@ -72,7 +72,7 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
 
 @pytest.mark.ray
 def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, attributes_model, tmp_path):
-    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+    from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 
     archive = tmp_path / "arch"
     archive.mkdir()

@@ -15,7 +15,7 @@ from imgclf_ray.errors import ArtifactError
 from imgclf_ray.models.artifact import read_card
 from imgclf_ray.models.hierarchy import describe_artifact
 from imgclf_ray.spec import load_spec, TrainSpec
-from imgclf_ray.train import train_job
+from imgclf_ray.training.trainer import train_job
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.ray
@@ -54,7 +54,7 @@ def test_textures_lbp_and_faces_binary_reference_results(ray_session, faces_arch
 
 
 def test_multilabel_from_a_table_with_tuned_thresholds(ray_session, digits_archive, tmp_path):
-    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+    from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 
     lines = ["uri,attributes"]
     for src in sorted(Path(digits_archive).rglob("*.png")):
@@ -71,7 +71,7 @@ def test_multilabel_from_a_table_with_tuned_thresholds(ray_session, digits_archi
 
 
 def test_hierarchical_from_nested_folders(ray_session, digits_archive, tmp_path):
-    from imgclf_ray.examples import DIGIT_GROUPS
+    from imgclf_ray.training.bundled import DIGIT_GROUPS
 
     nested = tmp_path / "nested"
     for group, digits in DIGIT_GROUPS.items():
@@ -132,7 +132,7 @@ def test_cnn_with_ray_train_then_evaluate(ray_session, digits_archive, tmp_path)
 
 def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive, tiny_model, tmp_path):
     """BCE training of a multilabel head on top of another artifact's weights; thresholds tuned."""
-    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+    from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 
     archive = tmp_path / "arch"
     lines = ["uri,attributes"]
@@ -185,9 +185,9 @@ def test_multilabel_one_vs_rest_with_a_grid_search():
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from imgclf_ray.examples import DIGIT_ATTRIBUTES
+    from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
     from imgclf_ray.spec import EstimatorSpec
-    from imgclf_ray.train import make_estimator
+    from imgclf_ray.training.trainer import make_estimator
 
     d = load_digits()
     x = d.data[:600] / 16.0
@@ -225,7 +225,7 @@ def test_augmentation_is_random_and_keeps_the_shape():
     import torch
 
     from imgclf_ray.spec import AugmentSpec
-    from imgclf_ray.train_cnn import _augmenter
+    from imgclf_ray.training.cnn import _augmenter
 
     cfg = AugmentSpec(hflip=True, vflip=True, rotation=20, crop_scale=(0.6, 1.0), brightness=0.3,
                       contrast=0.3, blur=1.5).model_dump()
@@ -236,3 +236,39 @@ def test_augmentation_is_random_and_keeps_the_shape():
     assert all(o.shape == img.shape and o.dtype == torch.uint8 for o in outs)
     assert not torch.equal(outs[0], outs[1])
     assert _augmenter(AugmentSpec().model_dump(), 32) is None  # nothing asked, nothing done
+
+
+def test_every_example_model_is_a_training_spec_in_jobs_train(tmp_path):
+    """example.model names a spec in jobs/train/ that the one trainer runs; its data and output
+    follow the job, and a label table inside the spec's data folder moves with the data."""
+    from typing import get_args
+
+    from imgclf_ray.config.job import ExampleSpec
+    from imgclf_ray.training.example_models import EXAMPLE_MODELS, example_training_spec
+
+    names = get_args(ExampleSpec.model_fields["model"].annotation)
+    assert set(names) == set(EXAMPLE_MODELS)
+    for name in names:
+        spec = example_training_spec(name, f"{tmp_path}/data", f"{tmp_path}/model")
+        assert spec.data.uri == f"{tmp_path}/data" and spec.model.output == f"{tmp_path}/model"
+        if spec.data.labels.kind == "table":
+            assert spec.data.labels.table.startswith(f"{tmp_path}/data/_labels/")
+        if spec.model.cnn is not None:
+            assert spec.model.cnn.architecture == (name if name != "resnet18" else "resnet18")
+            assert spec.model.cnn.workers == 0  # the small-data path: no Ray Train worker group
+
+
+def test_features_made_here_equal_those_made_by_ray_data(ray_session, faces_archive, monkeypatch):
+    """The small-data path (this process) and Ray Data tasks run the same stage: same features."""
+    from imgclf_ray.io.labels import attach_true_labels
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.training import trainer
+
+    spec = load_spec(REPO / "jobs" / "train" / "faces-hog.yaml", [f"data.uri={faces_archive}", "example=null"],
+                     TrainSpec)
+    manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
+    here = trainer.extract_features(spec, manifest)
+    monkeypatch.setattr(trainer, "IN_PROCESS_IMAGES", 0)
+    by_ray = trainer.extract_features(spec, manifest)
+    assert here[0].shape == by_ray[0].shape == (200, here[0].shape[1])
+    assert (here[0] == by_ray[0]).all() and (here[1] == by_ray[1]).all() and here[3] == by_ray[3] == 0

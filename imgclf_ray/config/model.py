@@ -107,7 +107,8 @@ class AugmentSpec(Section):
 
 
 class CnnSpec(Section):
-    """A torchvision CNN trained with Ray Train (CPU workers here, GPU workers where the cluster has GPUs)."""
+    """A CNN trained with Ray Train (CPU workers here, GPU workers where the cluster has GPUs), or in
+    this process (workers: 0)."""
 
     architecture: Optional[str] = Field(None, description="torchvision classification model name, e.g. "
                                         "resnet18 (default: init_weights' architecture).")
@@ -121,7 +122,8 @@ class CnnSpec(Section):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     patience: Optional[int] = Field(3, ge=1, description="Early stopping: epochs without a better "
                                     "validation loss (needs split.validation > 0); null: all epochs.")
-    workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel).")
+    workers: int = Field(1, ge=0, description="Ray Train workers (data-parallel); 0: train in this "
+                         "process with the same loop, no worker group to start (small data sets).")
     use_gpu: Literal["auto", True, False] = Field("auto", description="GPU workers: auto when the cluster has GPUs.")
     augment: AugmentSpec = Field(AugmentSpec(), description="Training-only augmentation.")
 

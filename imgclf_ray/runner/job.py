@@ -215,15 +215,13 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
 
 def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
             verbose: bool = False, once: bool = False, redirect_ray: bool = False) -> RunResult:
-    """Everything ``imgclf run`` does after validation: examples, Ray, listing, execution, commit.
+    """Everything ``imgclf run`` does after validation: Ray, listing, execution, commit (a spec's
+    ``example:`` data and model are materialised before, by the CLI and the API).
 
     Progress goes to stderr: a bar on a terminal, a log line every 10 s otherwise or with ``quiet``.
     """
-    from imgclf_ray import examples
-
     mode = resolve_mode(quiet)
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    examples.prepare(spec, progress=mode)
     with _locked(spec, run_id) as lock:
         done = sink.committed_runs(spec.sink.uri, spec.storage, run_id) if once else {}
         if run_id in done:

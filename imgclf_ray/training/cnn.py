@@ -1,5 +1,6 @@
-"""CNN training with Ray Train: a torchvision architecture from scratch, or a torchvision / timm
-network fine-tuned from an artifact.
+"""CNN training: a torchvision architecture from scratch, or a torchvision / timm network
+fine-tuned from an artifact; on Ray Train workers, or (``cnn.workers: 0``, small data) in this
+process, by the same loop.
 
 The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
 augmentation (flips, rotation, random resized crop, brightness / contrast, blur) on each worker, AdamW
@@ -43,26 +44,21 @@ def _augmenter(cfg: dict[str, Any], side: int):
     return v2.Compose(ops) if ops else None
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Runs on each Ray Train worker."""
-    import ray
-    import ray.train
-    import ray.train.torch
+def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int, wrap, report) -> None:
+    """The training loop: ``wrap(net)`` prepares the network (DDP on Ray Train), ``report(metrics,
+    state)`` records each epoch (``state``: the network's state_dict when the score improved)."""
     import torch
 
     from imgclf_ray.models.torch_classifier import build_network, normalise
 
-    x_tr, y_tr, x_va, y_va = (ray.get(r) for r in config["data"])
+    x_tr, y_tr, x_va, y_va = data
     torch.manual_seed(config["seed"])
     net = build_network(config["architecture"], config["outputs"], config["library"], config["network_config"])
     if config["init_state"] is not None:
         own = net.state_dict()
         fitting = {k: v for k, v in config["init_state"].items() if k in own and own[k].shape == v.shape}
         net.load_state_dict(fitting, strict=False)  # a head of another size stays freshly initialised
-    net = ray.train.torch.prepare_model(net)
-    device = ray.train.torch.get_device()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    net = wrap(net)
     multilabel = config["multilabel"]
     loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
     mean = std = None  # None: per-image standardisation
@@ -87,7 +83,6 @@ def train_loop(config: dict[str, Any]) -> None:
         return t.float() if multilabel else t.long()
 
     best, bad = float("inf"), 0
-    history: list[dict[str, float]] = []
     for epoch in range(config["epochs"]):
         net.train()
         order = rng.permutation(len(x_tr))[rank::world]
@@ -99,7 +94,7 @@ def train_loop(config: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            total, count = total + float(loss) * len(idx), count + len(idx)
+            total, count = total + loss.item() * len(idx), count + len(idx)
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1)}
         if len(x_va):
             net.eval()
@@ -108,38 +103,50 @@ def train_loop(config: dict[str, Any]) -> None:
                 metrics["val_loss"] = float(loss_fn(logits, target(y_va)))
                 if not multilabel:
                     metrics["val_accuracy"] = float((logits.argmax(1).cpu().numpy() == y_va).mean())
-        history.append(metrics)
         score = metrics.get("val_loss", metrics["train_loss"])
         improved = score < best - 1e-6
         best, bad = (score, 0) if improved else (best, bad + 1)
-        if improved and rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                module = net.module if hasattr(net, "module") else net
-                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()},
-                           os.path.join(folder, CHECKPOINT_FILE))
-                with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
-                    json.dump(history, fh)
-                ray.train.report({**metrics, "score": score}, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report({**metrics, "score": score})
+        module = net.module if hasattr(net, "module") else net
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()} if improved and rank == 0 else None
+        report({**metrics, "score": score}, state)
         if config["patience"] and len(x_va) and bad >= config["patience"]:
             break
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker: the loop, each improvement saved as a checkpoint."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    ctx = ray.train.get_context()
+    history: list[dict[str, float]] = []
+
+    def report(metrics: dict[str, float], state: Optional[dict]) -> None:
+        history.append(metrics)
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+            with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
+                json.dump(history, fh)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    data = tuple(ray.get(r) for r in config["data"])
+    fit_loop(config, data, ray.train.torch.get_device(), ctx.get_world_rank(), ctx.get_world_size(),
+             ray.train.torch.prepare_model, report)
 
 
 def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray,
             outputs: int, multilabel: bool, mean: Optional[list[float]], std: Optional[list[float]], seed: int,
             init_state: Optional[dict] = None, storage_path: Optional[str] = None,
             network: Optional[dict[str, Any]] = None) -> tuple[dict, list[dict]]:
-    """Train on Ray Train; returns (best state_dict, per-epoch metrics up to the best epoch).
-    ``mean`` None: inputs are standardised per image (``normalize: per_image``)."""
-    import ray
-    import torch
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    use_gpu = (ray.cluster_resources().get("GPU", 0) > 0) if cnn.use_gpu == "auto" else bool(cnn.use_gpu)
+    """Train on Ray Train, or in this process when ``cnn.workers`` is 0; returns (best state_dict,
+    per-epoch metrics up to the best epoch). ``mean`` None: inputs are standardised per image
+    (``normalize: per_image``)."""
     config = {
-        "data": [ray.put(a) for a in (x_tr, y_tr, x_va, y_va)],
         "architecture": cnn.architecture, "library": "torchvision", "network_config": {},
         **{k: v for k, v in (network or {}).items() if k != "architecture"},
         "outputs": outputs, "multilabel": multilabel,
@@ -147,6 +154,15 @@ def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, 
         "augment": cnn.augment.model_dump(), "batch_size": cnn.batch_size, "epochs": cnn.epochs,
         "lr": cnn.lr, "weight_decay": cnn.weight_decay, "patience": cnn.patience,
     }
+    if cnn.workers == 0:
+        return _fit_here(cnn, config, (x_tr, y_tr, x_va, y_va))
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = (ray.cluster_resources().get("GPU", 0) > 0) if cnn.use_gpu == "auto" else bool(cnn.use_gpu)
+    config["data"] = [ray.put(a) for a in (x_tr, y_tr, x_va, y_va)]
     storage_path = storage_path or tempfile.mkdtemp(prefix="imgclf-train-")
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
@@ -162,3 +178,28 @@ def fit_cnn(cnn: CnnSpec, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, 
         with open(os.path.join(folder, HISTORY_FILE)) as fh:
             history = json.load(fh)
     return state, history
+
+
+def _fit_here(cnn: CnnSpec, config: dict[str, Any], data: tuple) -> tuple[dict, list[dict]]:
+    """The small-data path: the same loop in this process (no worker group to start); the best
+    state is kept in memory instead of a checkpoint."""
+    import torch
+
+    gpu = torch.cuda.is_available() if cnn.use_gpu == "auto" else bool(cnn.use_gpu)
+    device = torch.device("cuda" if gpu else "cpu")
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {}
+
+    from imgclf_ray.progress import Progress
+
+    with Progress("training", config["epochs"], unit="epoch") as shown:
+        def report(metrics: dict[str, float], state: Optional[dict]) -> None:
+            history.append(metrics)
+            shown.update()
+            if state is not None:
+                best.update(state=state, history=list(history))
+
+        fit_loop(config, data, device, 0, 1, lambda net: net.to(device), report)
+    if not best:
+        raise RuntimeError("training produced no checkpoint")
+    return best["state"], best["history"]

@@ -14,7 +14,7 @@ from imgclf_ray.features.extractors import extract
 from imgclf_ray.models.sklearn_classifier import estimator_scores
 from imgclf_ray.registry import ESTIMATORS as REGISTRY
 from imgclf_ray.spec import ESTIMATORS, EstimatorSpec
-from imgclf_ray.train import make_estimator
+from imgclf_ray.training.trainer import make_estimator
 
 # What make_estimator adds to scikit-learn's defaults (and the reference gets too).
 SEEDED = {"decision_tree", "random_forest", "gradient_boosting", "hist_gradient_boosting", "mlp", "linear_svm"}

@@ -15,11 +15,20 @@ from imgclf_ray.models.tree_classifier import HierarchicalClassifier
 
 
 def _features(digits_archive, n=60):
-    from imgclf_ray.examples import _GREY32, _HOG, load_labelled_folder
+    """HOG features of n digits, decoded and conditioned as the tree example's training does."""
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
+    from imgclf_ray.spec import DecodeSpec, SourceSpec, StorageSpec
+    from imgclf_ray.stages import LoadStage
 
-    x, names = load_labelled_folder(digits_archive, _GREY32, features=_HOG)
-    pick = np.random.default_rng(0).choice(len(x), n, replace=False)
-    return x[pick], names[pick]
+    prep = PreprocessCard(resize=32, crop=32, channels=1)
+    loader = LoadStage(StorageSpec(), DecodeSpec(), prep.conditioning(),
+                       features=FeaturesCard(name="hog", params={"orientations": 9, "pixels_per_cell": 8,
+                                                                 "cells_per_block": 2}))
+    uris = np.array(list_archive(SourceSpec(uri=digits_archive), StorageSpec()).column("uri").to_pylist())
+    pick = np.random.default_rng(0).choice(len(uris), n, replace=False)
+    x = np.stack([loader.load_one(u)[0] for u in uris[pick]])
+    return x, np.array([u.rsplit("/", 2)[1] for u in uris[pick]])
 
 
 def test_each_child_sees_only_the_rows_routed_to_it(tree_model, digits_archive):
@@ -49,15 +58,15 @@ def test_tree_checks(tree_model, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tree_model, bad)
     card = json.loads((bad / "model_card.json").read_text())
-    card["root"]["children"]["medium"] = {"model": "small"}
+    card["root"]["children"]["medium"] = {"model": "node/small"}
     (bad / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match=r"children for labels its model lacks: \['medium'\]"):
         describe_artifact(str(bad))
     card["root"]["children"].pop("medium")
     (bad / "model_card.json").write_text(json.dumps(card))
-    small = json.loads((bad / "small" / "model_card.json").read_text())
+    small = json.loads((bad / "node" / "small" / "model_card.json").read_text())
     small["preprocess"]["resize"] = 40
-    (bad / "small" / "model_card.json").write_text(json.dumps(small))
+    (bad / "node" / "small" / "model_card.json").write_text(json.dumps(small))
     with pytest.raises(ArtifactError, match="node small prepares images differently"):
         describe_artifact(str(bad))
 
@@ -84,18 +93,21 @@ def test_hierarchical_through_ray_equals_routing_by_hand(ray_session, tree_model
 
     def load(name):
         blob = (Path(tree_model) / name / "model.skops").read_bytes()
-        return sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+        labels = json.loads((Path(tree_model) / name / "model_card.json").read_text())["labels"]
+        return sio.loads(blob, trusted=sio.get_untrusted_types(data=blob)), labels
 
-    nodes = {name: load(name) for name in ("root", "small", "large")}
+    nodes = {"root": load("root"), "small": load("node/small"), "large": load("node/large")}
     tf = T.Compose([T.Resize(32), T.CenterCrop(32)])
     for row in rows:
         grey = np.asarray(tf(Image.open(row["uri"].removeprefix("file://")).convert("RGB")).convert("L"),
                           dtype=np.float32) / 255
         f = hog(grey, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), block_norm="L2-Hys")[None]
-        p_root = nodes["root"].predict_proba(f.astype(np.float32))[0]
-        group = nodes["root"].classes_[p_root.argmax()]
-        p_leaf = nodes[group].predict_proba(f.astype(np.float32))[0]
-        digit = nodes[group].classes_[p_leaf.argmax()]
+        root, root_labels = nodes["root"]
+        p_root = root.predict_proba(f.astype(np.float32))[0]
+        group = root_labels[p_root.argmax()]
+        leaf, leaf_labels = nodes[group]
+        p_leaf = leaf.predict_proba(f.astype(np.float32))[0]
+        digit = leaf_labels[p_leaf.argmax()]
         assert row["label_path"] == [group, digit] and row["label"] == digit
         assert row["path_scores"] == pytest.approx([p_root.max(), p_leaf.max()], abs=1e-5)
         assert row["score"] == pytest.approx(p_root.max() * p_leaf.max(), abs=1e-5)

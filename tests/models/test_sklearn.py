@@ -85,7 +85,7 @@ def test_svm_without_probabilities_scores_uncalibrated_and_bad_cards_are_refused
 
 def test_example_svm_hog_is_accurate(svm_hog_model):
     card = read_card(svm_hog_model)
-    assert card.features.name == "hog" and card.metrics["test_accuracy"] >= 0.97
+    assert card.features.name == "hog" and card.metrics["test"]["accuracy"] >= 0.97
     assert Path(svm_hog_model, "model.skops").exists()
 
 

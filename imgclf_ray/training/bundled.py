@@ -1,0 +1,105 @@
+"""Bundled example data sets: real images that a dependency ships, written as PNG files.
+
+Nothing is downloaded. ``example: {dataset: ...}`` writes scikit-learn's digits, scikit-image's
+lfw_subset faces or its texture photographs into the source folder (one folder per class) when it
+holds no images yet; the models that learn them are in :mod:`imgclf_ray.training.example_models`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+
+from imgclf_ray.io.storage import filesystem, join
+from imgclf_ray.spec import SourceSpec, StorageSpec
+
+# Attributes of a digit (the multilabel example's labels) and the groups of the tree example.
+DIGIT_ATTRIBUTES = {"even": {0, 2, 4, 6, 8}, "large": {5, 6, 7, 8, 9}, "prime": {2, 3, 5, 7},
+                    "closed-loop": {0, 4, 6, 8, 9}}
+DIGIT_GROUPS = {"small": ["0", "1", "2", "3", "4"], "large": ["5", "6", "7", "8", "9"]}
+LABEL_TABLES = "_labels"  # inside the archive: listing skips "_" folders
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_digits_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
+    """scikit-learn's 1,797 digits as 8x8 greyscale PNGs, ``<uri>/<digit>/digit-NNNN.png``, and two
+    label tables under ``<uri>/_labels/``: attributes.parquet (the digit's attributes joined by
+    "|", multilabel) and groups.parquet (small/3, hierarchical)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    fs, root = filesystem(uri, storage)
+    keys = []
+    for i, (pixels, target) in enumerate(zip(digits.images, digits.target)):
+        key = f"{target}/digit-{i:04d}.png"
+        fs.makedirs(join(root, str(target)), exist_ok=True)
+        fs.pipe_file(join(root, key), _png(np.rint(pixels * (255.0 / 16.0)).astype(np.uint8)))
+        keys.append(key)
+    group_of = {d: g for g, members in DIGIT_GROUPS.items() for d in members}
+    tables = {
+        "attributes": ["|".join(a for a, members in DIGIT_ATTRIBUTES.items() if int(t) in members)
+                       for t in digits.target],
+        "groups": [f"{group_of[str(t)]}/{t}" for t in digits.target],
+    }
+    fs.makedirs(join(root, LABEL_TABLES), exist_ok=True)
+    for name, labels in tables.items():
+        with fs.open(join(root, LABEL_TABLES, f"{name}.parquet"), "wb") as fh:
+            pq.write_table(pa.table({"uri": keys, "label": labels}), fh)
+    return len(keys)
+
+
+def write_textures_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
+    """scikit-image's brick, grass and gravel photographs (512x512 greyscale) cut into 64x64
+    patches: ``<uri>/<texture>/patch-NN.png``, 64 per texture."""
+    from skimage import data
+
+    fs, root = filesystem(uri, storage)
+    n = 0
+    for name in ("brick", "grass", "gravel"):
+        image = getattr(data, name)()
+        fs.makedirs(join(root, name), exist_ok=True)
+        for k, (i, j) in enumerate((i, j) for i in range(0, 512, 64) for j in range(0, 512, 64)):
+            fs.pipe_file(join(root, name, f"patch-{k:02d}.png"), _png(image[i:i + 64, j:j + 64]))
+            n += 1
+    return n
+
+
+def write_faces_archive(uri: str, storage: StorageSpec = StorageSpec()) -> int:
+    """scikit-image's lfw_subset (100 faces, 100 non-faces, 25x25 greyscale) as PNG files:
+    ``<uri>/face/`` and ``<uri>/non-face/``."""
+    from skimage.data import lfw_subset
+
+    images = lfw_subset()
+    fs, root = filesystem(uri, storage)
+    for i, img in enumerate(images):
+        folder = "face" if i < 100 else "non-face"
+        fs.makedirs(join(root, folder), exist_ok=True)
+        fs.pipe_file(join(root, folder, f"{folder}-{i:03d}.png"), _png(np.rint(img * 255).astype(np.uint8)))
+    return len(images)
+
+
+WRITERS: dict[str, Callable[[str, StorageSpec], int]] = {
+    "digits": write_digits_archive, "faces": write_faces_archive, "textures": write_textures_archive}
+NOUNS = {"digits": "digit images", "faces": "face / non-face images", "textures": "texture patches"}
+
+
+def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> int:
+    """Write the bundled data set into ``source.uri`` unless images are there; how many were written."""
+    from imgclf_ray.errors import SourceError
+    from imgclf_ray.io.listing import list_archive
+
+    try:
+        list_archive(source, storage)
+        return 0
+    except SourceError:
+        return WRITERS[dataset](source.uri, storage)
