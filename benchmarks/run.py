@@ -15,6 +15,10 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
                         onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime)
   plain PyTorch loop    ``benchmarks/plain_torch.py``: Pillow + torchvision transforms, all cores
   Ray Data docs         ``benchmarks/ray_data_docs.py``: read_images -> map_batches -> actor pool
+  Daft docs             ``benchmarks/daft_job.py``: from_glob_path -> download -> decode_image ->
+                        resize -> a @daft.cls batch method (N and 4N; not with --quick or --skip-daft;
+                        Daft, pinned in pyproject's ``bench`` extra, is installed with --no-deps into
+                        benchmarks/.daft-env, outside the project's environment)
   imgclf (classical)    ``imgclf run`` with the HOG + logistic-regression artifact
   imgclf 4N             the CNN job on four times the images (scaling)
   imgclf (S3)           the CNN job reading the corpus from an S3 server (moto on 127.0.0.1)
@@ -202,6 +206,28 @@ def _label_agreement(a: Path, b: Path) -> float:
     return sum(la[u] == lb.get(u) for u in la) / max(1, len(la))
 
 
+def daft_env() -> Path:
+    """A folder holding Daft (the ``bench`` extra's pin), installed without its dependencies: Daft
+    0.7 declares pyarrow<26, the project runs pyarrow 26, and Daft works beside it."""
+    import tomllib
+
+    target = REPO / "benchmarks" / ".daft-env"
+    pin = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"][0]
+    marker = target / ".installed"
+    if not marker.exists() or marker.read_text() != pin:
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), pin], check=True)
+        marker.write_text(pin)
+    return target
+
+
+def run_daft(method: str, corpus: Path, images: int, work: Path, out: str) -> Row:
+    env = {"PYTHONPATH": str(daft_env()), "DO_NOT_TRACK": "1"}
+    wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "daft_job.py"), str(corpus), str(work / "cnn"),
+                          str(work / out)], env, work / f"{out}.log")
+    return Row(method, images, wall, peak, None, _loop_seconds(work / out))
+
+
 def _loop_seconds(out: Path) -> float:
     return json.loads(Path(str(out) + ".timing.json").read_text())["loop_seconds"]
 
@@ -301,6 +327,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--work", default="benchmarks/work", help="scratch folder (recreated)")
     parser.add_argument("--quick", action="store_true", help="smoke run: no 4N row, no targets")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--skip-daft", action="store_true", help="no Daft rows (they need PyPI once)")
     parser.add_argument("--predictor-seconds", type=float, default=10.0,
                         help="how long each path of the predictor-alone comparison runs")
     parser.add_argument("--predictor-batch", type=int, default=32, help="its batch size")
@@ -351,11 +378,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "ray_data_docs.py"), str(corpus), str(work / "cnn"),
                           str(work / "out-docs")], log=work / "docs.log")
     add(Row("Ray Data docs pattern", n, wall, peak, None, _loop_seconds(work / "out-docs")))
+    daft = not (args.quick or args.skip_daft)
+    if daft:
+        add(run_daft("Daft docs pattern", corpus, n, work, "out-daft"))
     add(run_imgclf("imgclf (classical)", write_job(work, "classical", str(corpus), work / "classical",
                                                    work / "out-classical", decode={"jpeg_draft": True}), n, work))
     if not args.quick:
         add(run_imgclf("imgclf (CNN, draft) 4N", write_job(work, "cnn-4n", str(work / "corpus-all"), work / "cnn",
                                                           work / "out-4n", decode={"jpeg_draft": True}), 4 * n, work))
+        add(run_imgclf("imgclf (CNN) 4N", write_job(work, "cnn-4n-exact", str(work / "corpus-all"), work / "cnn",
+                                                   work / "out-4n-exact"), 4 * n, work))
+        if daft:
+            add(run_daft("Daft docs pattern 4N", work / "corpus-all", 4 * n, work, "out-daft-4n"))
     if not args.skip_s3:
         server, endpoint = start_s3(corpus)
         try:
@@ -390,6 +424,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         big, small = by["imgclf (CNN, draft) 4N"], by["imgclf (CNN, draft)"]
         ratios["time 4N / time N"] = (big.seconds / small.seconds, -4.4)
         ratios["peak memory 4N / N"] = (big.peak_mb / small.peak_mb, -1.25)
+    if "Daft docs pattern" in by:
+        exact = by["imgclf (CNN)"]  # exact torchvision pixels, fp32: the like-for-like row
+        ratios["CNN vs Daft docs pattern"] = (exact.rate / by["Daft docs pattern"].rate, 1.0)
+        ratios["CNN onnxruntime vs Daft docs pattern"] = (
+            by["imgclf (CNN, draft, onnxruntime)"].rate / by["Daft docs pattern"].rate, None)
+        if "Daft docs pattern 4N" in by:
+            ratios["CNN 4N vs Daft docs pattern 4N"] = (
+                by["imgclf (CNN) 4N"].rate / by["Daft docs pattern 4N"].rate, 1.2)
     if "imgclf (CNN, draft) S3" in by:
         ratios["S3 source vs local"] = (by["imgclf (CNN, draft) S3"].rate / by["imgclf (CNN, draft)"].rate, 0.8)
     first = by["imgclf (CNN, draft)"].first_batch_s

@@ -95,8 +95,10 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Progress as a log line every 10 s instead of bars "
               "(the default when stderr is not a terminal, e.g. under cron).")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
+@click.option("--dry-run", is_flag=True, help="List, select (incremental jobs) and plan with Ray tasks, "
+              "print the counts and the plan; decode nothing, write nothing.")
 def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
-        address: Optional[str], quiet: bool, verbose: bool) -> None:
+        address: Optional[str], quiet: bool, verbose: bool, dry_run: bool) -> None:
     """Run a job: list the archive, classify every image, commit Parquet."""
     extra, values = list(overrides), {}
     once = False
@@ -110,6 +112,15 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     if address:
         extra.append(f"run.ray_address={address}")
     spec = _load(job, tuple(extra), values=values)
+    if dry_run:
+        from imgclf_ray.runner.dry_run import dry_run as plan_only
+        from imgclf_ray.runner.job import default_run_id
+
+        try:
+            click.echo(plan_only(spec, run_id or spec.sink.run_id or default_run_id(spec), verbose).format())
+        except UserError as exc:
+            _fail(exc)
+        return
     from imgclf_ray.runner.job import run_job
     from imgclf_ray.report.summary import format_summary
 

@@ -30,3 +30,14 @@ def test_benchmark_smoke_runs_every_path(tmp_path):
     assert [p["path"] for p in result["predictor"]] == ["torch eager fp32 (plain)", "imgclf torch fp32",
                                                         "imgclf torch bf16", "imgclf onnxruntime"]
     assert result["predictor"][3]["max_abs_diff"] < 1e-4 and result["onnxruntime_label_agreement"] == 1.0
+
+
+def test_gpu_benchmark_runs_its_cpu_fallback(tmp_path):
+    """benchmarks/gpu.py, the one-command GPU measurement, runs end to end without CUDA."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--images", "4", "--seconds", "0.2",
+                           "--batch", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["cpu_decode_per_core"] > 0 and result["device_decode"] > 0 and result["predictor_fp32"] > 0
+    assert result["decode_cores_per_device"] > 0

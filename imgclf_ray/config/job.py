@@ -33,10 +33,11 @@ class ModelSpec(Section):
         False, description="Load artifact formats that run code stored in the file (TorchScript: "
         "its code runs when it is loaded and at every prediction). Only for files whose author you "
         "trust; safetensors, state_dict (weights_only) and skops artifacts never need it.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
         "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
-        "third decimal, so near-ties may change label.")
+        "third decimal, so near-ties may change label; fp16 runs in float16 under autocast on GPU "
+        "actors (a CPU actor computes fp16 jobs in fp32 and logs it).")
     runtime: Literal["torch", "onnxruntime"] = Field(
         "torch", description="Torch models: torch runs the network in PyTorch; onnxruntime runs an ONNX "
         "export of it (made once per machine into $IMGCLF_CACHE, default ~/.cache/imgclf-ray, never "
@@ -46,7 +47,7 @@ class ModelSpec(Section):
     @model_validator(mode="after")
     def _runtime(self) -> "ModelSpec":
         if self.runtime == "onnxruntime" and self.precision != "fp32":
-            raise ValueError("runtime onnxruntime runs in fp32: drop precision: bf16")
+            raise ValueError(f"runtime onnxruntime runs in fp32: drop precision: {self.precision}")
         return self
 
 

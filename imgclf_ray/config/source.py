@@ -76,6 +76,11 @@ class SourceSpec(Section):
         "(IM0001, 1.2.840...); a file that is no image is a 'skipped' row. A glob or a URI naming "
         "one file takes the files it names, whatever their extension.")
     recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
+    inventory: Optional[str] = Field(
+        None, description="An S3 Inventory manifest.json (…/<config>/<date>/manifest.json; CSV, "
+        "Parquet or ORC inventory, any fsspec URI): the archive's keys are read from its data "
+        "files, one Ray task per file, instead of listing source.uri, whose bucket and prefix "
+        "select the rows (the way to list billions of keys).")
     labels: Optional[LabelsSpec] = Field(None, description="True labels of a labelled archive: they "
                                          "go into the true_label column; imgclf evaluate needs them.")
     table: Optional[ImageTableSpec] = Field(
@@ -102,6 +107,21 @@ class SourceSpec(Section):
             if data.get("video") is not None:
                 return {**data, "extensions": list(VIDEO_EXTENSIONS)}
         return data
+
+    @model_validator(mode="after")
+    def _inventory(self) -> "SourceSpec":
+        if self.inventory is None:
+            return self
+        from urllib.parse import urlparse
+
+        if urlparse(self.uri).scheme in ("", "file") or not urlparse(self.uri).netloc:
+            raise ValueError("with inventory, uri names the inventoried bucket and prefix "
+                             "(s3://bucket/prefix)")
+        if set("*?[") & set(self.uri):
+            raise ValueError("with inventory, uri is a prefix, not a glob")
+        if not self.inventory.rstrip("/").endswith("manifest.json"):
+            raise ValueError("inventory is the inventory's manifest.json (…/<config>/<date>/manifest.json)")
+        return self
 
     @model_validator(mode="after")
     def _one_container(self) -> "SourceSpec":

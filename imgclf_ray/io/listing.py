@@ -92,6 +92,15 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
         raise
     except OSError as exc:
         raise SourceError(f"{source.uri}: cannot list ({describe_os_error(exc)})") from None
+    table, skipped = entries_to_manifest(fs, found, extensions)
+    if not table.num_rows:
+        raise no_images(source, skipped, extensions)
+    return table.replace_schema_metadata({b"imgclf.skipped": json.dumps(skipped).encode()}) if skipped else table
+
+
+def entries_to_manifest(fs, found: dict[str, dict[str, Any]], extensions: Optional[tuple[str, ...]]
+                        ) -> tuple[pa.Table, dict[str, int]]:
+    """The manifest rows (sorted by uri) of listed entries, and the entries left out by reason."""
     rows, skipped = [], {}
     for path, info in sorted(found.items()):
         why = _why_skipped(path, info, extensions)
@@ -99,14 +108,16 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
             rows.append((path, info))
         elif why != "folder":
             skipped[why] = skipped.get(why, 0) + 1
-    if not rows:
-        wanted = "files" if extensions is None else f"files with extensions {', '.join(extensions)}"
-        hint = (f"; {skipped['extension not in source.extensions']} other files were skipped — "
-                "source.extensions: any lists every file and reads it by content (extensionless "
-                "DICOM series ...)") if skipped.get("extension not in source.extensions") else ""
-        raise SourceError(f"{source.uri}: no {wanted} (source.extensions){hint}")
-    table = manifest_table((to_uri(fs, p), i.get("size"), _etag(i)) for p, i in rows)
-    return table.replace_schema_metadata({b"imgclf.skipped": json.dumps(skipped).encode()}) if skipped else table
+    return manifest_table((to_uri(fs, p), i.get("size"), _etag(i)) for p, i in rows), skipped
+
+
+def no_images(source: SourceSpec, skipped: dict[str, int], extensions: Optional[tuple[str, ...]]) -> SourceError:
+    """The error of a listing that found no image (``extensions`` None: any file was wanted)."""
+    wanted = "files" if extensions is None else f"files with extensions {', '.join(extensions)}"
+    hint = (f"; {skipped['extension not in source.extensions']} other files were skipped — "
+            "source.extensions: any lists every file and reads it by content (extensionless "
+            "DICOM series ...)") if skipped.get("extension not in source.extensions") else ""
+    return SourceError(f"{source.uri}: no {wanted} (source.extensions){hint}")
 
 
 def manifest_table(rows: Iterable[tuple[str, int | None, str]]) -> pa.Table:

@@ -58,16 +58,17 @@ def record(state_uri: str, run_id: str, attempt: str, t: pa.Table, storage: Stor
     return t.num_rows
 
 
-def load(state_uri: str, sink_uri: str, storage: StorageSpec, replacing: Optional[str] = None) -> dict[str, tuple]:
-    """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state.
-    ``replacing``: the run id about to be run again, whose output will be replaced, so its own
-    record does not count (else rerunning a committed night would drop its images)."""
+def committed_records(state_uri: str, sink_uri: str, storage: StorageSpec,
+                      replacing: Optional[str] = None) -> list[str]:
+    """The state files that count, oldest commit first (later commits win). ``replacing``: the run
+    id about to be run again, whose output will be replaced, so its own record does not count
+    (else rerunning a committed night would drop its images)."""
     from imgclf_ray.io.sink import committed_runs, read_manifest
     from imgclf_ray.io.storage import to_uri
 
     fs, root = filesystem(state_uri, storage)
     if not fs.isdir(root):
-        return {}
+        return []
     committed = committed_runs(sink_uri, storage)  # one listing of the sink, whatever its layout
     manifests: dict[str, dict] = {}
     runs = []
@@ -80,8 +81,14 @@ def load(state_uri: str, sink_uri: str, storage: StorageSpec, replacing: Optiona
             manifests[run_id] = read_manifest(committed[run_id], storage)
         if manifests[run_id].get("attempt") == attempt:  # the record of the attempt that committed
             runs.append((str(manifests[run_id].get("committed_at", "")), to_uri(fs, path)))
+    return [uri for _, uri in sorted(runs)]
+
+
+def load(state_uri: str, sink_uri: str, storage: StorageSpec, replacing: Optional[str] = None) -> dict[str, tuple]:
+    """uri -> (size, etag, model_id) as the latest committed run recorded it; {} without state.
+    Held in this process: runner.selection does the same selection distributed."""
     seen: dict[str, tuple] = {}
-    for _, uri in sorted(runs):  # later commits win
+    for uri in committed_records(state_uri, sink_uri, storage, replacing):
         t = read_columns([uri], STATE_COLUMNS, storage)
         seen.update(zip(t.column("uri").to_pylist(), zip(t.column("size").to_pylist(), t.column("etag").to_pylist(),
                                                           t.column("model_id").to_pylist())))

@@ -106,6 +106,11 @@ class TorchClassifier:
             device = "cpu"  # the inputs are prepared on the host for ONNX Runtime
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.autocast = precision == "fp16" and self.device.type == "cuda"
+        if precision == "fp16" and not self.autocast:
+            import logging
+
+            logging.getLogger(__name__).warning("model.precision fp16 is for GPU actors; this CPU actor computes in fp32")
         if precision == "bf16" and self.device.type == "cpu" and not _native_bf16():
             import logging
 
@@ -171,7 +176,8 @@ class TorchClassifier:
                 from imgclf_ray.models.onnx_runtime import scores
 
                 return scores(self.session.run(None, {"pixels": x.float().contiguous().numpy()})[0], self.card)
-            out = logits(self.net(x)).float()
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+                out = logits(self.net(x)).float()
             if self.card.outputs == "probabilities":
                 return out.cpu().numpy()
             if self.card.task == "multilabel":

@@ -177,6 +177,23 @@ def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mod
     return todo
 
 
+def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str
+                        ) -> tuple[int, dict[str, int], pa.Table]:
+    """(files listed, skipped counts, the rows to process): listing and the incremental selection as
+    Ray tasks (runner.selection); only the rows this run processes come to the driver."""
+    from imgclf_ray.io import state
+    from imgclf_ray.runner.selection import list_blocks, select_blocks
+
+    listed = list_blocks(spec.source, spec.storage)
+    todo = listed
+    if spec.incremental is not None:
+        records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
+        todo, why = select_blocks(listed, records, model_id, spec.incremental.reprocess_on_model_change, spec.storage)
+        Progress.note(f"incremental: {listed.rows} listed; {why['new']} new, {why['changed']} changed, "
+                      f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+    return listed.rows, listed.skipped, todo.table()
+
+
 def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
                         skipped: dict[str, int], listing_seconds: float,
                         info: Optional[ArtifactInfo] = None) -> RunResult:
@@ -243,21 +260,25 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
     listing_started = time.perf_counter()
-    listed = list_archive(spec.source, spec.storage, progress=mode)
-    skipped = skipped_counts(listed)
+    ray_log = None
+    if spec.source.inventory:  # billions of keys: listed and selected by Ray tasks
+        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
+        listed_rows, skipped, manifest = _select_distributed(spec, model_id, mode, run_id)
+    else:
+        listed = list_archive(spec.source, spec.storage, progress=mode)
+        listed_rows, skipped = listed.num_rows, skipped_counts(listed)
+        manifest = listed if spec.incremental is None else _incremental(spec, listed, model_id, mode, run_id)
     if skipped:
-        Progress.note(f"listing: {listed.num_rows} files; skipped " + ", ".join(
+        Progress.note(f"listing: {listed_rows} files; skipped " + ", ".join(
             f"{n} ({why})" for why, n in skipped.items()), mode)
-    manifest = attach_true_labels(listed, spec.source, spec.storage)
+    manifest = attach_true_labels(manifest, spec.source, spec.storage)
     listing_seconds = time.perf_counter() - listing_started
-    if spec.incremental is not None:
-        listed_rows = manifest.num_rows
-        manifest = _incremental(spec, manifest, model_id, mode, run_id)
-        if not manifest.num_rows:
-            why = (f"all {listed_rows} listed images were processed by earlier runs"
-                   f"{' with this model' if model_id else ''}")
-            return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
-    ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
+    if spec.incremental is not None and not manifest.num_rows:
+        why = (f"all {listed_rows} listed images were processed by earlier runs"
+               f"{' with this model' if model_id else ''}")
+        return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
+    if ray_log is None:
+        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
     import ray
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).

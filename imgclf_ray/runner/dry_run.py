@@ -1,0 +1,85 @@
+"""``imgclf run --dry-run``: list, select, plan, print counts and the plan; decode nothing, write
+nothing, take no lock. Listing and selection run as Ray tasks (``runner.selection``): the driver
+holds counts and object references, never the manifest, however large the archive."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from imgclf_ray.spec import JobSpec
+
+
+@dataclass
+class DryRun:
+    """What a run would do."""
+
+    run_id: str
+    source: str
+    files: int
+    skipped: dict[str, int]
+    listing_tasks: int
+    listing_seconds: float
+    selection: Optional[dict[str, int]]  # incremental jobs: new, changed, model_changed, unchanged
+    to_process: int
+    model: Optional[dict[str, Any]]
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"dry run {self.run_id}: nothing decoded, nothing written",
+                 f"  listing : {self.files:,} files from {self.source} ({self.listing_tasks} listing "
+                 f"tasks, {self.listing_seconds:.1f} s)"]
+        if self.skipped:
+            lines.append("  skipped : " + ", ".join(f"{n:,} ({why})" for why, n in sorted(self.skipped.items())))
+        if self.selection is not None:
+            s = self.selection
+            lines.append(f"  select  : {s['new']:,} new, {s['changed']:,} changed, {s['model_changed']:,} for a "
+                         f"new model, {s['unchanged']:,} already processed")
+        lines.append(f"  process : {self.to_process:,} files")
+        if self.model:
+            lines.append(f"  model   : {self.model['framework']} {self.model['task']}, "
+                         f"{self.model['labels']} labels, {self.model['model_id']}")
+        p = self.plan
+        lines.append(f"  plan    : {p['actors']} predictor actors x {p['cpus_per_actor']} CPU / "
+                     f"{p['gpus_per_actor']} GPU on {p['device']}, batch {p['batch_size']}; decode tasks of "
+                     f"{p['decode_batch_size']} files x {p['decode_cpus']} CPU (cluster: {p['cluster_cpus']:g} "
+                     f"CPUs, {p['cluster_gpus']:g} GPUs)")
+        return "\n".join(lines)
+
+
+def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
+    """List and select as a run would (incremental jobs: against the committed state, the run id's
+    own record not counting), make the plan, and report; refuses what a run would refuse first."""
+    import ray
+
+    from imgclf_ray.models.hierarchy import describe_artifact
+    from imgclf_ray.models.loader import refuse_code
+    from imgclf_ray.runner.plan import make_plan
+    from imgclf_ray.runner.ray_setup import ensure_ray
+    from imgclf_ray.runner.selection import list_blocks, select_blocks
+
+    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
+    if spec.model is not None:
+        refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
+    ensure_ray(spec.run.ray_address, verbose, quiet=not verbose)
+    started = time.perf_counter()
+    listed = list_blocks(spec.source, spec.storage)
+    selection, todo = None, listed
+    if spec.incremental is not None:
+        from imgclf_ray.io import state
+        from imgclf_ray.runner.job import state_uri
+
+        records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
+        todo, selection = select_blocks(listed, records, info.model_id if info else None,
+                                        spec.incremental.reprocess_on_model_change, spec.storage)
+    seconds = time.perf_counter() - started
+    run = make_plan(spec, ray.cluster_resources(), info)
+    plan = {**asdict(run.resources), "device": run.resources.device}
+    model = None if info is None else {"framework": info.framework, "task": info.task,
+                                       "labels": len(info.labels or []), "model_id": info.model_id}
+    return DryRun(run_id, spec.source.inventory or spec.source.uri, listed.rows, listed.skipped, listed.tasks,
+                  round(seconds, 2), selection, todo.rows, model, plan)

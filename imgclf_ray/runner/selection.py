@@ -1,0 +1,193 @@
+"""Listing and incremental selection as Ray tasks: the manifest stays in the object store.
+
+The driver holds object references and counts, never the archive's rows:
+
+- list: one task per sub-prefix of ``source.uri`` (``fs.find``), or per data file of an S3
+  Inventory (``source.inventory``); each returns a block of manifest rows (uri, size, etag) and the
+  counts of what it left out.
+- select (incremental jobs): a hash join of the listed blocks with the committed state records,
+  partitioned by uri — map tasks split the blocks and the state files by a stable hash of the uri
+  into P partitions, and one task per partition keeps the latest record of each uri (later commits
+  win) and decides each listed row: new, changed (size or etag), model changed, or unchanged.
+
+``imgclf run --dry-run`` runs these and prints the counts; a run over an inventory runs them and
+brings only the rows it will process to the driver.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imgclf_ray.io.listing import GLOB_CHARS, MANIFEST_SCHEMA, entries_to_manifest, list_archive, no_images
+from imgclf_ray.io.state import STATE_COLUMNS
+from imgclf_ray.io.storage import describe_os_error, filesystem
+from imgclf_ray.errors import SourceError
+from imgclf_ray.spec import SourceSpec, StorageSpec
+
+REASONS = ("new", "changed", "model_changed", "unchanged")
+
+
+@dataclass
+class Blocks:
+    """Manifest rows in the object store: references to Arrow tables, with their counts."""
+
+    refs: list = field(default_factory=list)
+    rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    tasks: int = 0  # listing tasks (sub-prefixes or inventory data files)
+
+    def table(self) -> pa.Table:
+        """The rows in this process (for a run, after selection: the rows it processes)."""
+        import ray
+
+        tables = [t for t in ray.get(self.refs) if t.num_rows]
+        return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def _list_prefix(prefix: str, storage: StorageSpec, extensions: Optional[tuple[str, ...]]):
+    """One sub-prefix's manifest block, and its row count and skipped counts (a Ray task)."""
+    fs, _ = filesystem(prefix, storage)
+    try:
+        found = fs.find(prefix, detail=True)
+    except OSError as exc:
+        raise SourceError(f"{prefix}: cannot list ({describe_os_error(exc)})") from None
+    table, skipped = entries_to_manifest(fs, found, extensions)
+    return table, (table.num_rows, skipped)
+
+
+def _list_inventory_file(inventory, file_uri: str, source: SourceSpec, storage: StorageSpec):
+    """One inventory data file's manifest block, and its row count and skipped counts (a Ray task)."""
+    from imgclf_ray.io.inventory import inventory_rows
+
+    table, skipped = inventory_rows(inventory, file_uri, source, storage)
+    return table, (table.num_rows, skipped)
+
+
+def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blocks:
+    """List the archive with Ray tasks; SourceError as ``list_archive`` raises it."""
+    import ray
+
+    task = ray.remote(num_cpus=0.25, max_retries=3)
+    out = Blocks()
+    if source.inventory:
+        from imgclf_ray.io.inventory import read_inventory
+
+        inventory = read_inventory(source.inventory, storage)
+        calls = [task(_list_inventory_file).options(num_returns=2).remote(inventory, f, source, storage)
+                 for f in inventory.files]
+        extensions = None if source.sniff else tuple(source.extensions)
+    else:
+        fs, root = filesystem(source.uri, storage)
+        extensions = None if source.sniff else tuple(source.extensions)
+        if GLOB_CHARS & set(root) or fs.isfile(root) or not source.recursive:
+            table = list_archive(source, storage)  # a glob, one file or one level: listed here
+            from imgclf_ray.io.listing import skipped_counts
+
+            return Blocks([ray.put(table)], table.num_rows, skipped_counts(table), 1)
+        if not fs.isdir(root):
+            raise SourceError(f"{source.uri}: no such folder or prefix (source.uri)")
+        try:
+            entries = fs.ls(root, detail=True)
+        except OSError as exc:
+            raise SourceError(f"{source.uri}: cannot list ({describe_os_error(exc)})") from None
+        top = {e["name"]: e for e in entries if e.get("type") != "directory"}
+        here, skipped = entries_to_manifest(fs, top, extensions)
+        out.refs.append(ray.put(here))
+        out.rows += here.num_rows
+        out.skipped = dict(skipped)
+        calls = [task(_list_prefix).options(num_returns=2).remote(e["name"], storage, extensions)
+                 for e in entries if e.get("type") == "directory"]
+    out.tasks = len(calls)
+    for (block, _), (rows, skipped) in zip(calls, ray.get([c[1] for c in calls])):
+        out.refs.append(block)
+        out.rows += rows
+        for why, n in skipped.items():
+            out.skipped[why] = out.skipped.get(why, 0) + n
+    if not out.rows:
+        raise no_images(source, out.skipped, extensions)
+    return out
+
+
+def _partition(uris: pa.ChunkedArray, partitions: int) -> np.ndarray:
+    """A stable partition of each uri (the same in every process: crc32, not Python's hash)."""
+    return np.fromiter((zlib.crc32(u.encode()) % partitions for u in uris.to_pylist()), np.int64, len(uris))
+
+
+def _split_listed(table: pa.Table, partitions: int) -> tuple:
+    part = _partition(table.column("uri"), partitions)
+    return tuple(table.filter(pa.array(part == p)) for p in range(partitions))
+
+
+def _split_state(uri: str, order: int, partitions: int, storage: StorageSpec) -> tuple:
+    from imgclf_ray.io.tables import read_columns
+
+    t = read_columns([uri], STATE_COLUMNS, storage).select(["uri", "size", "etag", "model_id"])
+    t = t.append_column("order", pa.array(np.full(t.num_rows, order, np.int64)))
+    part = _partition(t.column("uri"), partitions)
+    return tuple(t.filter(pa.array(part == p)) for p in range(partitions))
+
+
+def _select_partition(model_id: Optional[str], reprocess: bool, listed_count: int, *parts: pa.Table):
+    """One partition's rows to process and the count of each reason (a Ray task)."""
+    listed = [t for t in parts[:listed_count] if t.num_rows]
+    state = [t for t in parts[listed_count:] if t.num_rows]
+    why = dict.fromkeys(REASONS, 0)
+    if not listed:
+        return MANIFEST_SCHEMA.empty_table(), why
+    rows = pa.concat_tables(listed)
+    seen: dict[str, tuple] = {}
+    if state:
+        s = pa.concat_tables(state)
+        s = s.take(pc.sort_indices(s, [("order", "ascending")]))  # later commits win
+        seen = dict(zip(s.column("uri").to_pylist(), zip(s.column("size").to_pylist(), s.column("etag").to_pylist(),
+                                                         s.column("model_id").to_pylist())))
+    keep = np.zeros(rows.num_rows, bool)
+    for i, (uri, size, etag) in enumerate(zip(rows.column("uri").to_pylist(), rows.column("size").to_pylist(),
+                                              rows.column("etag").to_pylist())):
+        before = seen.get(uri)
+        if before is None:
+            reason = "new"
+        elif (before[0], before[1]) != (size, etag):
+            reason = "changed"
+        elif reprocess and before[2] != model_id:
+            reason = "model_changed"
+        else:
+            reason = "unchanged"
+        why[reason] += 1
+        keep[i] = reason != "unchanged"
+    todo = rows.filter(pa.array(keep))
+    return todo.take(pc.sort_indices(todo, [("uri", "ascending")])), why
+
+
+def select_blocks(listed: Blocks, records: list[str], model_id: Optional[str], reprocess: bool,
+                  storage: StorageSpec, partitions: Optional[int] = None) -> tuple[Blocks, dict[str, int]]:
+    """The listed rows earlier committed runs (their state ``records``, oldest first) have not
+    processed with ``model_id``: a distributed hash join; returns them and the count of each reason."""
+    import ray
+
+    if partitions is None:  # about a million rows per partition, at least one per CPU
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        partitions = max(1, cpus, -(-listed.rows // 1_000_000))
+    task = ray.remote(num_cpus=0.5)
+    listed_parts = [task(_split_listed).options(num_returns=partitions).remote(ref, partitions)
+                    for ref in listed.refs]
+    state_parts = [task(_split_state).options(num_returns=partitions).remote(uri, i, partitions, storage)
+                   for i, uri in enumerate(records)]
+    if partitions == 1:  # num_returns=1 gives a reference, not a tuple of one
+        listed_parts, state_parts = [[p] for p in listed_parts], [[p] for p in state_parts]
+    calls = [task(_select_partition).options(num_returns=2).remote(
+        model_id, reprocess, len(listed_parts), *[lp[p] for lp in listed_parts], *[sp[p] for sp in state_parts])
+        for p in range(partitions)]
+    why = dict.fromkeys(REASONS, 0)
+    for counts in ray.get([c[1] for c in calls]):
+        for k, v in counts.items():
+            why[k] += v
+    todo = Blocks([c[0] for c in calls], why["new"] + why["changed"] + why["model_changed"], dict(listed.skipped),
+                  listed.tasks)
+    return todo, why

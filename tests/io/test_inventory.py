@@ -1,0 +1,79 @@
+"""S3 Inventory as a source listing: the manifest.json, CSV (gzipped, URL-encoded keys), Parquet
+and ORC data files, and the rows kept (prefix, extensions, hidden names, versions)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
+import pytest
+
+from imgclf_ray.errors import SourceError
+from imgclf_ray.io.inventory import inventory_rows, read_inventory
+from imgclf_ray.spec import SourceSpec
+
+KEYS = ["cams/a 1.jpg", "cams/b+c.JPG", "cams/.hidden.jpg", "cams/_tmp.jpg", "cams/notes.txt",
+        "other/z.jpg", "cams/old.jpg", "cams/gone.jpg"]
+
+
+def write_inventory(root, file_format: str, keys=KEYS, versions: bool = True, name: str = "2026-11-30T01-00Z",
+                    bucket: str = "photos", sizes=None) -> str:
+    """An inventory of ``bucket`` under <root>/inv/photos/daily/ as AWS writes it; the manifest's
+    URI. ``sizes``: the objects' sizes (default 100, 101, ...)."""
+    data = root / "inv" / "photos" / "daily" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    n = len(keys)
+    latest = [k != "cams/old.jpg" for k in keys]
+    deleted = [k == "cams/gone.jpg" for k in keys]
+    if file_format == "CSV":
+        from urllib.parse import quote_plus
+
+        lines = [f'"{bucket}","{quote_plus(k, safe="/")}","{sizes[i] if sizes else 100 + i}","etag{i}"' + (f',"{str(latest[i]).lower()}","{str(deleted[i]).lower()}"' if versions else "")
+                 for i, k in enumerate(keys)]
+        path = data / f"{name}.csv.gz"
+        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+        schema = "Bucket, Key, Size, ETag" + (", IsLatest, IsDeleteMarker" if versions else "")
+    else:
+        columns = {"bucket": [bucket] * n, "key": keys, "size": pa.array(sizes or [100 + i for i in range(n)], pa.int64()),
+                   "e_tag": [f"etag{i}" for i in range(n)]}
+        if versions:
+            columns |= {"is_latest": latest, "is_delete_marker": deleted}
+        table = pa.table(columns)
+        path = data / f"{name}.{file_format.lower()}"
+        (pq.write_table if file_format == "Parquet" else orc.write_table)(table, str(path))
+        schema = "message s3.inventory { ... }"
+    manifest = root / "inv" / "photos" / "daily" / name / "manifest.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({
+        "sourceBucket": bucket, "destinationBucket": "arn:aws:s3:::inventories", "fileFormat": file_format,
+        "fileSchema": schema, "files": [{"key": f"inv/photos/daily/data/{path.name}", "size": path.stat().st_size}]}))
+    return str(manifest)
+
+
+@pytest.mark.parametrize("file_format", ["CSV", "Parquet", "ORC"])
+def test_inventory_rows_keep_the_latest_images_under_the_prefix(tmp_path, file_format):
+    uri = write_inventory(tmp_path, file_format)
+    inventory = read_inventory(uri)
+    assert inventory.files == (str(tmp_path / "inv/photos/daily/data") + "/" + inventory.files[0].rsplit("/", 1)[1],)
+    source = SourceSpec(uri="s3://photos/cams", inventory=uri)
+    rows, skipped = inventory_rows(inventory, inventory.files[0], source)
+    assert rows.column("uri").to_pylist() == ["s3://photos/cams/a 1.jpg", "s3://photos/cams/b+c.JPG"]
+    assert rows.column("size").to_pylist() == [100, 101] and rows.column("etag").to_pylist() == ["etag0", "etag1"]
+    assert skipped == {"hidden (name starts with '.' or '_')": 2, "extension not in source.extensions": 1,
+                       "not the latest version": 1, "delete marker": 1}
+
+
+def test_inventory_spec_and_manifest_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="uri names the inventoried bucket"):
+        SourceSpec(uri=str(tmp_path), inventory="s3://inv/photos/daily/x/manifest.json")
+    with pytest.raises(ValueError, match="manifest.json"):
+        SourceSpec(uri="s3://photos/cams", inventory="s3://inv/photos/daily/x/")
+    (tmp_path / "manifest.json").write_text("{\"files\": [], \"fileFormat\": \"XML\"}")
+    with pytest.raises(SourceError, match="fileFormat 'XML' is not one of CSV, Parquet, ORC"):
+        read_inventory(str(tmp_path / "manifest.json"))
+    (tmp_path / "manifest.json").write_text("not json")
+    with pytest.raises(SourceError, match="not an S3 Inventory manifest.json"):
+        read_inventory(str(tmp_path / "manifest.json"))

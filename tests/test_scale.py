@@ -1,0 +1,95 @@
+"""Archive scale: listing and incremental selection as Ray tasks (the driver holds references and
+counts, never the manifest), `imgclf run --dry-run`, and S3 Inventory as the listing of a nightly job."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imgclf_ray.cli import main
+from tests.io.test_inventory import write_inventory
+from tests.test_pipeline import make_spec
+
+pytestmark = pytest.mark.ray
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (value, 255 - value, value // 2)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _archive(root, names):
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_png(10 * i))
+
+
+def test_dry_run_lists_and_selects_in_ray_tasks_and_writes_nothing(ray_session, tiny_model, tmp_path, monkeypatch):
+    import ray
+    import yaml
+
+    from imgclf_ray.api import run
+    from imgclf_ray.runner.selection import list_blocks
+
+    archive = tmp_path / "archive"
+    _archive(archive, ["top.png", "a/1.png", "a/2.png", "b/1.png", "b/deep/2.png", "c/1.png", "c/_skip.png"])
+    job = {"name": "nightly", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
+           "sink": {"uri": str(tmp_path / "out")}, "incremental": {}}
+    run(job, run_id="n1")
+    _archive(archive, ["a/3.png", "d/1.png"])
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+
+    # The driver never builds the manifest: the in-process listing and selection are out of reach.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the driver listed or selected in process")
+    for where in ("imgclf_ray.io.listing.list_archive", "imgclf_ray.runner.selection.list_archive",
+                  "imgclf_ray.io.state.load", "imgclf_ray.io.state.pending"):
+        monkeypatch.setattr(where, forbidden)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--dry-run", "--run-id", "n2"])
+    assert result.exit_code == 0, result.output
+    assert "listing : 8 files" in result.output and "(4 listing tasks" in result.output
+    assert "select  : 2 new, 0 changed, 0 for a new model, 6 already processed" in result.output
+    assert "process : 2 files" in result.output and "1 (hidden" in result.output
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before  # nothing written
+
+    blocks = list_blocks(make_spec(str(archive), str(tmp_path / "x"), tiny_model).source)
+    assert blocks.rows == 8 and all(isinstance(r, ray.ObjectRef) for r in blocks.refs)
+
+
+@pytest.mark.s3
+def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session, s3, moto_server, tiny_model, tmp_path):
+    from imgclf_ray.api import run
+
+    keys = ["cams/1.png", "cams/2.png", "cams/sub/3.png", "cams/notes.txt"]
+    data = {k: _png(20 * i) for i, k in enumerate(keys)}
+    for k, v in data.items():
+        s3.pipe(f"archive/{k}", v)
+    s3.mkdir("inventories")
+
+    def inventory(night: str, names: list[str]) -> str:
+        local = tmp_path / night
+        write_inventory(local, "CSV", keys=names, versions=False, name=night, bucket="archive",
+                        sizes=[len(data[k]) for k in names])
+        s3.put(str(local / "inv"), "inventories/", recursive=True)
+        return f"s3://inventories/inv/photos/daily/{night}/manifest.json"
+
+    job = {"name": "cams", "source": {"uri": "s3://archive/cams", "inventory": inventory("2026-11-29T01-00Z", keys)},
+           "model": {"uri": tiny_model}, "sink": {"uri": "s3://output/labels"}, "incremental": {},
+           "storage": {"endpoint_url": moto_server}, "resources": {"decode_batch_size": 4, "batch_size": 8}}
+    first = run(job, run_id="n1")
+    assert first.by_status == {"ok": 3} and first.files == 3
+    data["cams/4.png"] = _png(200)
+    s3.pipe("archive/cams/4.png", data["cams/4.png"])
+    job["source"]["inventory"] = inventory("2026-11-30T01-00Z", keys + ["cams/4.png"])
+    second = run(job, run_id="n2")
+    assert second.by_status == {"ok": 1}
+    from imgclf_ray.api import read_run
+    from imgclf_ray.spec import StorageSpec
+
+    rows = read_run("s3://output/labels", "n2", storage=StorageSpec(endpoint_url=moto_server)).to_pylist()
+    assert [r["uri"] for r in rows] == ["s3://archive/cams/4.png"]
