@@ -38,7 +38,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
