@@ -34,6 +34,9 @@ class EstimatorSpec(Section):
         "differ slightly from the bare estimator's). Needed for job thresholds and label_issue on "
         "estimators without predict_proba (svm, linear_svm).")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the estimator.")
+    scale: Optional[bool] = Field(None, description="A StandardScaler first: true, false, or null "
+                                  "(automatic: for scale-sensitive estimators on features not bounded "
+                                  "to [0, 1]; see docs/models.md).")
     search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
 
     @model_validator(mode="after")

@@ -29,7 +29,8 @@ from imgclf_ray.spec import EstimatorSpec, TrainSpec
 def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False, features: Optional[str] = None):
     """The scikit-learn estimator a spec names (its registry entry: imgclf_ray/estimators/), with
     scikit-learn's defaults (plus ``random_state`` = the seed for seeded ones, and the entry's
-    defaults, e.g. max_iter), as scikit-learn would fit it on the same features. A StandardScaler goes first only for a scale-sensitive estimator on
+    defaults, e.g. max_iter), as scikit-learn would fit it on the same features. A StandardScaler
+    goes first when ``spec.scale`` says so, by default only for a scale-sensitive estimator on
     features that are not already bounded to [0, 1] (``features``: the extractor's name; see
     BOUNDED_FEATURES). ``spec.calibrate`` wraps it in CalibratedClassifierCV (cv=3). With a grid
     search when asked. For multilabel targets, estimators without native multilabel support are
@@ -51,7 +52,7 @@ def make_estimator(spec: EstimatorSpec, seed: int = 0, multilabel: bool = False,
     def base(params: dict[str, Any]):
         return cls(**{**defaults, **params})
 
-    scaled = entry.scale_sensitive and features not in BOUNDED_FEATURES
+    scaled = spec.scale if spec.scale is not None else (entry.scale_sensitive and features not in BOUNDED_FEATURES)
     calibrated = spec.calibrate is not None
     native = entry.native_multilabel
 
