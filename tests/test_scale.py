@@ -61,6 +61,20 @@ def test_dry_run_lists_and_selects_in_ray_tasks_and_writes_nothing(ray_session, 
     assert blocks.rows == 8 and all(isinstance(r, ray.ObjectRef) for r in blocks.refs)
 
 
+def test_an_unreadable_inventory_file_is_one_error_line(ray_session, tmp_path):
+    import yaml
+
+    manifest = write_inventory(tmp_path, "Parquet")
+    (tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.parquet").write_bytes(b"not parquet at all")
+    job = {"name": "inv", "source": {"uri": "s3://photos/cams", "inventory": manifest},
+           "curate": {"checks": ["dark"]}, "sink": {"uri": str(tmp_path / "out")}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--dry-run"])
+    assert result.exit_code != 0
+    assert result.output.startswith("error: source.inventory data file ") and "not a readable Parquet" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.s3
 def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session, s3, moto_server, tiny_model, tmp_path):
     from imgclf_ray.api import run

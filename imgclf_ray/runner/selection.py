@@ -27,10 +27,23 @@ import pyarrow.compute as pc
 from imgclf_ray.io.listing import GLOB_CHARS, MANIFEST_SCHEMA, entries_to_manifest, list_archive, no_images
 from imgclf_ray.io.state import STATE_COLUMNS
 from imgclf_ray.io.storage import describe_os_error, filesystem
-from imgclf_ray.errors import SourceError
+from imgclf_ray.errors import SourceError, UserError
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 REASONS = ("new", "changed", "model_changed", "unchanged")
+
+
+def _get(refs):
+    """ray.get, with a user error raised in a task (an unreadable inventory file, a prefix that
+    cannot be listed) re-raised as itself: one error line, not the task's traceback."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None
+        raise
 
 
 @dataclass
@@ -44,9 +57,7 @@ class Blocks:
 
     def table(self) -> pa.Table:
         """The rows in this process (for a run, after selection: the rows it processes)."""
-        import ray
-
-        tables = [t for t in ray.get(self.refs) if t.num_rows]
+        tables = [t for t in _get(self.refs) if t.num_rows]
         return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
 
 
@@ -104,7 +115,7 @@ def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blo
         calls = [task(_list_prefix).options(num_returns=2).remote(e["name"], storage, extensions)
                  for e in entries if e.get("type") == "directory"]
     out.tasks = len(calls)
-    for (block, _), (rows, skipped) in zip(calls, ray.get([c[1] for c in calls])):
+    for (block, _), (rows, skipped) in zip(calls, _get([c[1] for c in calls])):
         out.refs.append(block)
         out.rows += rows
         for why, n in skipped.items():
@@ -185,7 +196,7 @@ def select_blocks(listed: Blocks, records: list[str], model_id: Optional[str], r
         model_id, reprocess, len(listed_parts), *[lp[p] for lp in listed_parts], *[sp[p] for sp in state_parts])
         for p in range(partitions)]
     why = dict.fromkeys(REASONS, 0)
-    for counts in ray.get([c[1] for c in calls]):
+    for counts in _get([c[1] for c in calls]):
         for k, v in counts.items():
             why[k] += v
     todo = Blocks([c[0] for c in calls], why["new"] + why["changed"] + why["model_changed"], dict(listed.skipped),
