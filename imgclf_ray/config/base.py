@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from imgclf_ray.ids import id_problem
 
@@ -32,6 +32,10 @@ def plain_name(v: str) -> str:
     if problem:
         raise ValueError(problem)
     return v
+
+
+# A job's or training job's name: part of run ids and state paths.
+PlainName = Annotated[str, AfterValidator(plain_name)]
 
 
 class Section(BaseModel):

@@ -9,7 +9,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from imgclf_ray import registry
-from imgclf_ray.config.base import LAYOUT_FIELDS, plain_name, Section, StorageSpec
+from imgclf_ray.config.base import LAYOUT_FIELDS, plain_name, PlainName, Section, StorageSpec
 from imgclf_ray.config.curate import ClusterSpec, CURATION_CHECKS, CurateSpec
 from imgclf_ray.config.source import SourceSpec, DecodeSpec
 
@@ -167,13 +167,8 @@ class IncrementalSpec(Section):
 class JobSpec(Section):
     """One imgclf job: list an archive, classify every image, commit Parquet."""
 
-    name: str = Field(description="Job name; part of the default run id and of state paths (a plain "
+    name: PlainName = Field(description="Job name; part of the default run id and of state paths (a plain "
                       "name: letters, digits, '_', '-', '.').")
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        return plain_name(v)
     description: str = Field("", description="Free text for people.")
     source: SourceSpec = Field(description="Where the images are.")
     decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")

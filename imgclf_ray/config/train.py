@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from imgclf_ray.config.base import plain_name, Section, StorageSpec
+from imgclf_ray.config.base import PlainName, Section, StorageSpec
 from imgclf_ray.config.job import ResourcesSpec, RunSpec, ExampleSpec
 from imgclf_ray.config.model import EstimatorSpec, PreprocessSpec, CnnSpec, FeatureSpec
 from imgclf_ray.config.source import SourceSpec, DecodeSpec
@@ -44,14 +44,10 @@ class SplitSpec(Section):
 
 
 class TrainSpec(Section):
-    """`imgclf train`: fit a classical model on a labelled archive and write a safe artifact."""
+    """`imgclf train`: fit a model (a scikit-learn estimator over features, or a CNN) on a labelled
+    archive and write a safe artifact."""
 
-    name: str = Field(description="Training job name (a plain name: letters, digits, '_', '-', '.').")
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        return plain_name(v)
+    name: PlainName = Field(description="Training job name (a plain name: letters, digits, '_', '-', '.').")
     description: str = Field("", description="Free text for people.")
     data: SourceSpec = Field(description="The labelled archive; data.labels says where the labels are.")
     decode: DecodeSpec = Field(DecodeSpec(), description="How bytes become pixels.")

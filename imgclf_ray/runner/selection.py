@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgclf_ray.io.listing import GLOB_CHARS, MANIFEST_SCHEMA, entries_to_manifest, list_archive, no_images
-from imgclf_ray.io.state import STATE_COLUMNS
+from imgclf_ray.io.state import STATE_COLUMNS, pending
 from imgclf_ray.io.storage import describe_os_error, filesystem
 from imgclf_ray.errors import SourceError, UserError
 from imgclf_ray.spec import SourceSpec, StorageSpec
@@ -158,21 +158,7 @@ def _select_partition(model_id: Optional[str], reprocess: bool, listed_count: in
         s = s.take(pc.sort_indices(s, [("order", "ascending")]))  # later commits win
         seen = dict(zip(s.column("uri").to_pylist(), zip(s.column("size").to_pylist(), s.column("etag").to_pylist(),
                                                          s.column("model_id").to_pylist())))
-    keep = np.zeros(rows.num_rows, bool)
-    for i, (uri, size, etag) in enumerate(zip(rows.column("uri").to_pylist(), rows.column("size").to_pylist(),
-                                              rows.column("etag").to_pylist())):
-        before = seen.get(uri)
-        if before is None:
-            reason = "new"
-        elif (before[0], before[1]) != (size, etag):
-            reason = "changed"
-        elif reprocess and before[2] != model_id:
-            reason = "model_changed"
-        else:
-            reason = "unchanged"
-        why[reason] += 1
-        keep[i] = reason != "unchanged"
-    todo = rows.filter(pa.array(keep))
+    todo, why = pending(rows, seen, model_id, reprocess)
     return todo.take(pc.sort_indices(todo, [("uri", "ascending")])), why
 
 
