@@ -172,9 +172,13 @@ def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mod
 
     seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
     todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
-    Progress.note(f"incremental: {manifest.num_rows} listed; {why['new']} new, {why['changed']} changed, "
-                  f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+    _note_selection(manifest.num_rows, why, mode)
     return todo
+
+
+def _note_selection(listed: int, why: dict[str, int], mode: Mode) -> None:
+    Progress.note(f"incremental: {listed} listed; {why['new']} new, {why['changed']} changed, "
+                  f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
 
 
 def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str
@@ -189,8 +193,7 @@ def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_
     if spec.incremental is not None:
         records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
         todo, why = select_blocks(listed, records, model_id, spec.incremental.reprocess_on_model_change, spec.storage)
-        Progress.note(f"incremental: {listed.rows} listed; {why['new']} new, {why['changed']} changed, "
-                      f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+        _note_selection(listed.rows, why, mode)
     return listed.rows, listed.skipped, todo.table()
 
 
@@ -260,9 +263,10 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
     listing_started = time.perf_counter()
-    ray_log = None
+    quiet_ray = redirect_ray and mode == "log" and not verbose
+    ray_log = ray_started = None
     if spec.source.inventory:  # billions of keys: listed and selected by Ray tasks
-        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
+        ray_log, ray_started = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray), True
         listed_rows, skipped, manifest = _select_distributed(spec, model_id, mode, run_id)
     else:
         listed = list_archive(spec.source, spec.storage, progress=mode)
@@ -277,8 +281,8 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
         why = (f"all {listed_rows} listed images were processed by earlier runs"
                f"{' with this model' if model_id else ''}")
         return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
-    if ray_log is None:
-        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=redirect_ray and mode == "log" and not verbose)
+    if not ray_started:
+        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
     import ray
 
     # Our own progress display replaces Ray Data's bars (one count, shown once).
