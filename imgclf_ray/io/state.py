@@ -89,10 +89,14 @@ def load(state_uri: str, sink_uri: str, storage: StorageSpec, replacing: Optiona
     Held in this process: runner.selection does the same selection distributed."""
     seen: dict[str, tuple] = {}
     for uri in committed_records(state_uri, sink_uri, storage, replacing):
-        t = read_columns([uri], STATE_COLUMNS, storage)
-        seen.update(zip(t.column("uri").to_pylist(), zip(t.column("size").to_pylist(), t.column("etag").to_pylist(),
-                                                          t.column("model_id").to_pylist())))
+        remember(seen, read_columns([uri], STATE_COLUMNS, storage))
     return seen
+
+
+def remember(seen: dict[str, tuple], t: pa.Table) -> None:
+    """Add the records of ``t`` (uri, size, etag, model_id columns) to ``seen``; later rows win."""
+    seen.update(zip(t.column("uri").to_pylist(), zip(t.column("size").to_pylist(), t.column("etag").to_pylist(),
+                                                      t.column("model_id").to_pylist())))
 
 
 def pending(manifest: pa.Table, seen: dict[str, tuple], model_id: Optional[str],

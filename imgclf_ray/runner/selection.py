@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgclf_ray.io.listing import GLOB_CHARS, MANIFEST_SCHEMA, entries_to_manifest, list_archive, no_images
-from imgclf_ray.io.state import STATE_COLUMNS, pending
+from imgclf_ray.io.listing import (GLOB_CHARS, MANIFEST_SCHEMA, entries_to_manifest, list_archive, no_images,
+                                   skipped_counts)
+from imgclf_ray.io.state import STATE_COLUMNS, pending, remember
 from imgclf_ray.io.storage import describe_os_error, filesystem
 from imgclf_ray.errors import SourceError, UserError
 from imgclf_ray.spec import SourceSpec, StorageSpec
@@ -98,8 +99,6 @@ def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blo
         extensions = None if source.sniff else tuple(source.extensions)
         if GLOB_CHARS & set(root) or fs.isfile(root) or not source.recursive:
             table = list_archive(source, storage)  # a glob, one file or one level: listed here
-            from imgclf_ray.io.listing import skipped_counts
-
             return Blocks([ray.put(table)], table.num_rows, skipped_counts(table), 1)
         if not fs.isdir(root):
             raise SourceError(f"{source.uri}: no such folder or prefix (source.uri)")
@@ -130,7 +129,8 @@ def _partition(uris: pa.ChunkedArray, partitions: int) -> np.ndarray:
     return np.fromiter((zlib.crc32(u.encode()) % partitions for u in uris.to_pylist()), np.int64, len(uris))
 
 
-def _split_listed(table: pa.Table, partitions: int) -> tuple:
+def _split(table: pa.Table, partitions: int) -> tuple:
+    """The rows of ``table`` in each partition of their uri."""
     part = _partition(table.column("uri"), partitions)
     return tuple(table.filter(pa.array(part == p)) for p in range(partitions))
 
@@ -139,9 +139,7 @@ def _split_state(uri: str, order: int, partitions: int, storage: StorageSpec) ->
     from imgclf_ray.io.tables import read_columns
 
     t = read_columns([uri], STATE_COLUMNS, storage).select(["uri", "size", "etag", "model_id"])
-    t = t.append_column("order", pa.array(np.full(t.num_rows, order, np.int64)))
-    part = _partition(t.column("uri"), partitions)
-    return tuple(t.filter(pa.array(part == p)) for p in range(partitions))
+    return _split(t.append_column("order", pa.array(np.full(t.num_rows, order, np.int64))), partitions)
 
 
 def _select_partition(model_id: Optional[str], reprocess: bool, listed_count: int, *parts: pa.Table):
@@ -155,9 +153,7 @@ def _select_partition(model_id: Optional[str], reprocess: bool, listed_count: in
     seen: dict[str, tuple] = {}
     if state:
         s = pa.concat_tables(state)
-        s = s.take(pc.sort_indices(s, [("order", "ascending")]))  # later commits win
-        seen = dict(zip(s.column("uri").to_pylist(), zip(s.column("size").to_pylist(), s.column("etag").to_pylist(),
-                                                         s.column("model_id").to_pylist())))
+        remember(seen, s.take(pc.sort_indices(s, [("order", "ascending")])))  # later commits win
     todo, why = pending(rows, seen, model_id, reprocess)
     return todo.take(pc.sort_indices(todo, [("uri", "ascending")])), why
 
@@ -172,7 +168,7 @@ def select_blocks(listed: Blocks, records: list[str], model_id: Optional[str], r
         cpus = int(ray.cluster_resources().get("CPU", 1))
         partitions = max(1, cpus, -(-listed.rows // 1_000_000))
     task = ray.remote(num_cpus=0.5)
-    listed_parts = [task(_split_listed).options(num_returns=partitions).remote(ref, partitions)
+    listed_parts = [task(_split).options(num_returns=partitions).remote(ref, partitions)
                     for ref in listed.refs]
     state_parts = [task(_split_state).options(num_returns=partitions).remote(uri, i, partitions, storage)
                    for i, uri in enumerate(records)]
