@@ -97,8 +97,10 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
 @click.option("--dry-run", is_flag=True, help="List, select (incremental jobs) and plan with Ray tasks, "
               "print the counts and the plan; decode nothing, write nothing.")
+@click.option("--local", is_flag=True, help="Run in this process without Ray (run.executor: local): "
+              "no start-up cost, one machine.")
 def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
-        address: Optional[str], quiet: bool, verbose: bool, dry_run: bool) -> None:
+        address: Optional[str], quiet: bool, verbose: bool, dry_run: bool, local: bool) -> None:
     """Run a job: list the archive, classify every image, commit Parquet."""
     extra, values = list(overrides), {}
     once = False
@@ -111,6 +113,8 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
         values["sink.run_id"] = run_id
     if address:
         extra.append(f"run.ray_address={address}")
+    if local:
+        extra.append("run.executor=local")
     spec = _load(job, tuple(extra), values=values)
     if dry_run:
         from imgclf_ray.runner.dry_run import dry_run as plan_only

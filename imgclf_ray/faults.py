@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_write", "after_state", "commit_moved", "commit_manifest", "commit_success", "after_commit")
+POINTS = ("after_write", "after_state", "commit_moved", "commit_manifest", "commit_success", "after_commit",
+          "decode_worker")  # the last: a local run's decode worker process, not the driver
 
 
 def point(name: str) -> None:

@@ -133,6 +133,11 @@ class RunSpec(Section):
     ray_address: Optional[str] = Field(
         None, description="Ray cluster to join (ray://..., or 'auto'); default: the RAY_ADDRESS "
         "environment variable, else a local Ray instance started for this run.")
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="ray: Ray Data tasks and an actor pool, on a cluster or a local Ray instance. "
+        "local: the same stages and the same commit in this process, without Ray (reading and decoding "
+        "in worker processes, the model here): no Ray start-up, for one machine; a worker that dies "
+        "fails the run (nothing committed) where Ray would retry it.")
 
 
 class ExampleSpec(Section):
@@ -192,6 +197,13 @@ class JobSpec(Section):
     def _has_work(self) -> "JobSpec":
         if self.model is None and self.cluster is None and self.curate is None:
             raise ValueError("the job does nothing: give model, cluster or curate")
+        if self.run.executor == "local":
+            if self.run.ray_address:
+                raise ValueError("run.executor: local runs in this process, without Ray; "
+                                 "run.ray_address (--address) needs run.executor: ray")
+            if self.source.inventory:
+                raise ValueError("run.executor: local: source.inventory is listed by Ray tasks; "
+                                 "use run.executor: ray")
         if self.curate is not None and self.curate.checks is not None:
             if "outlier" in self.curate.checks and self.cluster is None:
                 raise ValueError("curate.checks: outlier measures distances in the clusterer's "

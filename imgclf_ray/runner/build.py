@@ -1,4 +1,5 @@
-"""The only code that assembles Ray Data calls: manifest -> read/decode tasks -> predictor actors."""
+"""The only code that assembles Ray Data calls: manifest -> read/decode tasks -> predictor actors
+(``RayEngine``; ``runner.local`` runs the same stages without Ray)."""
 
 from __future__ import annotations
 
@@ -45,31 +46,43 @@ def load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
     )
 
 
+def load_stage(run: "RunPlan", reporter=None, clusterer=None):
+    """The run's LoadStage (read, decode, condition, measure, embed), for either engine."""
+    from imgclf_ray.stages import LoadStage
+
+    spec, card = run.spec, run.model
+    return LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
+                     card.features if card else None, measure=bool(set(run.checks) & MEASURED_CHECKS),
+                     embed=embedding_of(spec), clusterer=clusterer,
+                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), source=spec.source)
+
+
+def predict_kwargs(run: "RunPlan", run_id: str, reporter=None, rules=None, threads=None) -> dict:
+    """PredictStage's arguments (plain values: a Ray actor is built from them on its node)."""
+    spec, plan, model = run.spec, run.resources, run.spec.model
+    return {
+        "model_uri": model.uri if model else None, "storage": spec.storage,
+        "topk": model.topk if model else 1, "run_id": run_id, "device": plan.device,
+        "threads": threads or plan.torch_threads, "reporter": reporter,
+        "threshold": model.threshold if model else None,
+        "thresholds": model.thresholds if model else None, "rules": rules,
+        "precision": model.precision if model else "fp32",
+        "trusted": model.trusted if model else False,
+        "runtime": model.runtime if model else "torch",
+    }
+
+
 def build_dataset(run: "RunPlan", manifest: pa.Table, run_id: str, reporter=None, clusterer=None, rules=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     from ray.data import ActorPoolStrategy
 
-    from imgclf_ray.stages import LoadStage, PredictStage
+    from imgclf_ray.stages import PredictStage
 
-    spec, card, plan = run.spec, run.model, run.resources
-    load = LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
-                     card.features if card else None, measure=bool(set(run.checks) & MEASURED_CHECKS),
-                     embed=embedding_of(spec), clusterer=clusterer,
-                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), source=spec.source)
-    ds = load_dataset(spec, manifest, plan, load)
-    model = spec.model
+    plan = run.resources
+    ds = load_dataset(run.spec, manifest, plan, load_stage(run, reporter, clusterer))
     return ds.map_batches(
         PredictStage,
-        fn_constructor_kwargs={
-            "model_uri": model.uri if model else None, "storage": spec.storage,
-            "topk": model.topk if model else 1, "run_id": run_id, "device": plan.device,
-            "threads": plan.torch_threads, "reporter": reporter,
-            "threshold": model.threshold if model else None,
-            "thresholds": model.thresholds if model else None, "rules": rules,
-            "precision": model.precision if model else "fp32",
-            "trusted": model.trusted if model else False,
-            "runtime": model.runtime if model else "torch",
-        },
+        fn_constructor_kwargs=predict_kwargs(run, run_id, reporter, rules),
         batch_size=plan.batch_size,
         batch_format="numpy",
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
@@ -79,6 +92,63 @@ def build_dataset(run: "RunPlan", manifest: pa.Table, run_id: str, reporter=None
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
+
+
+class RayTasks:
+    """The archive pass's tasks as Ray tasks (runner.passes.archive_checks)."""
+
+    def __init__(self):
+        import ray
+
+        self.ray = ray
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def submit(self, fn, *args, num_returns: int = 1):
+        return self.ray.remote(num_cpus=1)(fn).options(num_returns=num_returns).remote(*args)
+
+    def get(self, refs):
+        return self.ray.get(refs)
+
+    def put(self, obj):
+        return self.ray.put(obj)
+
+
+class RayEngine:
+    """runner.job's engine for ``run.executor: ray``: Ray Data tasks and an actor pool."""
+
+    name = "ray"
+
+    def resources(self) -> dict[str, float]:
+        import ray
+
+        return ray.cluster_resources()
+
+    @property
+    def tasks(self) -> RayTasks:
+        return RayTasks()
+
+    def metrics(self):
+        from imgclf_ray.runner.metrics import RayMetrics
+
+        return RayMetrics()
+
+    def load_batches(self, spec: JobSpec, manifest: pa.Table, plan: Plan, stage, columns: list[str]):
+        ds = load_dataset(spec, manifest, plan, stage)
+        yield from ds.select_columns(columns).iter_batches(batch_size=plan.decode_batch_size, batch_format="numpy")
+
+    def classify(self, run: "RunPlan", manifest: pa.Table, run_id: str, metrics, clusterer, rules,
+                 fs, staging_path: str, schema: pa.Schema) -> None:
+        from imgclf_ray.io.storage import pyarrow_fs
+
+        spec = run.spec
+        build_dataset(run, manifest, run_id, metrics.reporter(), clusterer, rules).write_parquet(
+            staging_path,
+            filesystem=pyarrow_fs(fs),
+            filename_provider=StagedNames(),
+            min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
+            max_rows_per_file=spec.sink.max_rows_per_file,
+            schema=schema,
+        )
 
 
 class StagedNames:

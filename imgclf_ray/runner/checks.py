@@ -19,7 +19,7 @@ def user_errors(metrics=None):
     """Re-raise a user's error (e.g. an artifact refused inside an actor, an object refused for
     permission inside a decode task) that Ray wrapped in its own exception types, so that it reaches
     the CLI as one clear message: from the exception chain when Ray kept it, else from the report
-    the stage made to the ``metrics`` actor before raising it (Ray Data does not carry a UDF's
+    the stage made to the run's ``metrics`` before raising it (Ray Data does not carry a UDF's
     exception type back)."""
     try:
         yield
@@ -33,9 +33,7 @@ def user_errors(metrics=None):
             seen.add(id(cause))
             cause = getattr(cause, "cause", None) or cause.__cause__
         if metrics is not None:
-            import ray
-
-            reported = ray.get(metrics.first_user_error.remote())
+            reported = metrics.first_user_error()
             kind = getattr(errors, reported[0], None) if reported else None
             if isinstance(kind, type) and issubclass(kind, UserError):
                 raise kind(reported[1]) from None

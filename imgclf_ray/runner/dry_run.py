@@ -54,8 +54,6 @@ class DryRun:
 def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     """List and select as a run would (incremental jobs: against the committed state, the run id's
     own record not counting), make the plan, and report; refuses what a run would refuse first."""
-    import ray
-
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.models.loader import refuse_code
     from imgclf_ray.runner.plan import make_plan
@@ -77,7 +75,9 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
         todo, selection = select_blocks(listed, records, info.model_id if info else None,
                                         spec.incremental.reprocess_on_model_change, spec.storage)
     seconds = time.perf_counter() - started
-    run = make_plan(spec, ray.cluster_resources(), info)
+    from imgclf_ray.runner.job import engine_for
+
+    run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
     plan = {**asdict(run.resources), "device": run.resources.device}
     model = None if info is None else {"framework": info.framework, "task": info.task,
                                        "labels": len(info.labels or []), "model_id": info.model_id}

@@ -20,13 +20,12 @@ from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive, skipped_counts
 from imgclf_ray.io.lock import RunLock
 from imgclf_ray.io.schema import SCHEMA_VERSION, run_schema
-from imgclf_ray.io.storage import filesystem, join, pyarrow_fs, to_uri
+from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import refuse_code
 from imgclf_ray.progress import Mode, Progress, resolve_mode
-from imgclf_ray.runner.build import StagedNames, build_dataset
 from imgclf_ray.runner.checks import check_budget, check_complete, user_errors
-from imgclf_ray.runner.metrics import StageMetrics, ActorReporter, Watch
+from imgclf_ray.runner.metrics import Watch
 from imgclf_ray.runner.plan import make_plan
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, staged_stats, prepare_clusterer
 from imgclf_ray.runner.ray_setup import ensure_ray
@@ -52,7 +51,7 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
             model: Optional[ArtifactInfo] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
-    Ray must be initialised. Holds the run id's lock while it works (``lock``, when the caller took
+    Ray must be initialised (run.executor: ray). Holds the run id's lock while it works (``lock``, when the caller took
     it already). Raises RunFailed (nothing committed) when the error budget is exceeded or the
     staged output does not hold every listed input exactly once; RunLocked when another attempt
     of the run id is live. ``model``: the artifact's description when the caller read it already.
@@ -77,51 +76,38 @@ def _locked(spec: JobSpec, run_id: str):
 def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
              listing_seconds: Optional[float], lock: RunLock,
              listing_skipped: Optional[dict[str, int]] = None, model: Optional[ArtifactInfo] = None) -> RunResult:
-    import ray
-
     from imgclf_ray.curation.rows import row_rules
 
-    run = make_plan(spec, ray.cluster_resources(), model)
+    engine = engine_for(spec, model)
+    run = make_plan(spec, engine.resources(), model)
     card, checks, labels, plan = run.model, run.checks, run.label_issue_labels, run.resources
-    log.info("plan: %s", plan)
+    log.info("plan (%s): %s", engine.name, plan)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
-    clusterer = prepare_clusterer(spec, manifest, plan, progress)
+    clusterer = prepare_clusterer(engine, spec, manifest, plan, progress)
     outlier_threshold = (clusterer.outlier_threshold(spec.curate.outlier_quantile)
                          if clusterer is not None and "outlier" in checks else None)
     rules = row_rules(checks, spec.curate, outlier_threshold) if spec.curate else None
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
                                spec.sink.format)
-    # The metrics actor lives on the driver's node: a worker node lost mid-run must not take it
-    # (and the run's bookkeeping) with it; the driver's own node going means the run goes anyway.
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    metrics = ray.remote(num_cpus=0, scheduling_strategy=here)(StageMetrics).remote()
-    ds = build_dataset(run, manifest, run_id, ActorReporter(metrics), clusterer, rules)
+    metrics = engine.metrics()
     fs, staging_path = filesystem(staging.uri, spec.storage)
     try:
         split = spec.source.container is not None or spec.decode.frames == "all"
         shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
         with Watch(metrics, shown, split=split), user_errors(metrics):
-            ds.write_parquet(
-                staging_path,
-                filesystem=pyarrow_fs(fs),
-                filename_provider=StagedNames(),
-                min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
-                max_rows_per_file=spec.sink.max_rows_per_file,
-                schema=run_schema(run_id, card.model_id if card else None, card.labels if card else None),
-            )
+            engine.classify(run, manifest, run_id, metrics, clusterer, rules, fs, staging_path,
+                            run_schema(run_id, card.model_id if card else None, card.labels if card else None))
         staged = [to_uri(fs, p) for p in staging.staged_files()]
-        curation = archive_checks(spec, staged, checks, labels, metrics)
+        curation = archive_checks(engine.tasks, spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
         stats = staged_stats(spec, staged)
         check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
         result = make_result(spec, run_id, staging.run_uri, stats, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
-        result.stages = ray.get(metrics.snapshot.remote())
-        result.first_batch_seconds = since_process_start(ray.get(metrics.first_batch.remote()))
+        result.stages = metrics.snapshot()
+        result.first_batch_seconds = since_process_start(metrics.first_batch())
         result.started_at, result.listing_seconds = started_at, listing_seconds
         result.curation = curation
         check_budget(spec, result)
@@ -130,7 +116,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         staging.discard()
         raise
     finally:
-        ray.kill(metrics)
+        metrics.close()
     from imgclf_ray.io import state
 
     faults.point("after_write")
@@ -159,6 +145,17 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
     faults.point("after_commit")
     return result
+
+
+def engine_for(spec: JobSpec, model: Optional[ArtifactInfo]):
+    """The run's engine (run.executor): Ray Data on the cluster, or the same stages in this process."""
+    if spec.run.executor == "local":
+        from imgclf_ray.runner.local import LocalEngine
+
+        return LocalEngine(light=model is None or model.framework == "sklearn")
+    from imgclf_ray.runner.build import RayEngine
+
+    return RayEngine()
 
 
 def state_uri(spec: JobSpec) -> str:
@@ -262,6 +259,10 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     model_id = info.model_id if info else None
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
+    if spec.run.executor == "local":
+        from imgclf_ray.runner.local import warm_up
+
+        warm_up(info.framework if info else None)
     listing_started = time.perf_counter()
     quiet_ray = redirect_ray and mode == "log" and not verbose
     ray_log = ray_started = None
@@ -281,12 +282,12 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
         why = (f"all {listed_rows} listed images were processed by earlier runs"
                f"{' with this model' if model_id else ''}")
         return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
-    if not ray_started:
+    if not ray_started and spec.run.executor == "ray":
         ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
-    import ray
+        import ray
 
-    # Our own progress display replaces Ray Data's bars (one count, shown once).
-    ray.data.DataContext.get_current().enable_progress_bars = False
+        # Our own progress display replaces Ray Data's bars (one count, shown once).
+        ray.data.DataContext.get_current().enable_progress_bars = False
     result = execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
                      listing_skipped=skipped, model=info)
     result.ray_log = ray_log

@@ -1,4 +1,5 @@
-"""Rows and worker seconds per stage (a Ray actor), and the progress display that polls it."""
+"""Rows and worker seconds per stage (a Ray actor, or an object in this process for a local run),
+and the progress display that polls them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 class StageMetrics:
-    """Rows and worker seconds per stage, summed over all tasks and actors (a Ray actor)."""
+    """Rows and worker seconds per stage, summed over all tasks and actors."""
 
     def __init__(self) -> None:
         self.totals: dict[str, list[float]] = {}
@@ -45,6 +46,38 @@ class StageMetrics:
                 for stage, (rows, sec) in self.totals.items()}
 
 
+class RayMetrics:
+    """A StageMetrics actor on the driver's node, called like the object itself: a worker node lost
+    mid-run must not take it (and the run's bookkeeping) with it; the driver's own node going means
+    the run goes anyway."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.ray = ray
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.handle = ray.remote(num_cpus=0, scheduling_strategy=here)(StageMetrics).remote()
+
+    def reporter(self) -> "ActorReporter":
+        return ActorReporter(self.handle)
+
+    def add(self, stage: str, rows: int, seconds: float) -> None:
+        self.handle.add.remote(stage, rows, seconds)
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return self.ray.get(self.handle.snapshot.remote())
+
+    def first_batch(self) -> Optional[float]:
+        return self.ray.get(self.handle.first_batch.remote())
+
+    def first_user_error(self) -> Optional[tuple[str, str]]:
+        return self.ray.get(self.handle.first_user_error.remote())
+
+    def close(self) -> None:
+        self.ray.kill(self.handle)
+
+
 class ActorReporter:
     """The stages' reporter: forwards (stage, rows, seconds) to the StageMetrics actor, without
     waiting for an answer."""
@@ -63,7 +96,7 @@ class ActorReporter:
 
 
 class Watch:
-    """Polls the metrics actor in a background thread and moves the progress display."""
+    """Polls the run's metrics in a background thread and moves the progress display."""
 
     def __init__(self, metrics, progress: Progress, every: float = 0.5, split: bool = False):
         """``split``: files become several rows each, so the count is of files read (the known
@@ -73,9 +106,7 @@ class Watch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _poll(self) -> None:
-        import ray
-
-        snapshot = ray.get(self.metrics.snapshot.remote())
+        snapshot = self.metrics.snapshot()
         rows = snapshot.get("predict", {}).get("rows", 0)
         if self.split:
             self.progress.set(min(snapshot.get("read", {}).get("rows", 0), self.progress.total or 0), rows)

@@ -17,7 +17,7 @@ from imgclf_ray.io.storage import join
 from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.planner import Plan
 from imgclf_ray.progress import Mode, Progress
-from imgclf_ray.runner.build import embedding_of, load_dataset
+from imgclf_ray.runner.build import embedding_of
 from imgclf_ray.runner.result import RunResult
 from imgclf_ray.spec import JobSpec
 
@@ -41,18 +41,16 @@ def cluster_artifact_uri(spec: JobSpec) -> str:
     return spec.cluster.artifact or join(spec.sink.uri, "_clusterers", spec.name)
 
 
-def _embedded_batches(spec: JobSpec, manifest: pa.Table, plan: Plan):
-    """Raw embedding features of the manifest's decodable rows, batch by batch (a Ray Data pass)."""
+def _embedded_batches(engine, spec: JobSpec, manifest: pa.Table, plan: Plan):
+    """Raw embedding features of the manifest's decodable rows, batch by batch (a pass of the engine's)."""
     from imgclf_ray.stages import LoadStage
 
-    ds = load_dataset(spec, manifest, plan, LoadStage(spec.storage, spec.decode, None, embed=embedding_of(spec),
-                                                       source=spec.source))
-    for batch in ds.select_columns(["status", "cluster_features"]).iter_batches(
-            batch_size=plan.decode_batch_size, batch_format="numpy"):
+    stage = LoadStage(spec.storage, spec.decode, None, embed=embedding_of(spec), source=spec.source)
+    for batch in engine.load_batches(spec, manifest, plan, stage, ["status", "cluster_features"]):
         yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]
 
 
-def prepare_clusterer(spec: JobSpec, manifest: pa.Table, plan: Plan, progress: Mode = "off"):
+def prepare_clusterer(engine, spec: JobSpec, manifest: pa.Table, plan: Plan, progress: Mode = "off"):
     """The job's clusterer: the saved artifact when there is one (so ids stay stable from run to
     run), else fitted now on a seeded sample (or streamed over the archive) and saved."""
     from imgclf_ray import clustering
@@ -73,9 +71,9 @@ def prepare_clusterer(spec: JobSpec, manifest: pa.Table, plan: Plan, progress: M
     n = manifest.num_rows
     sample = manifest.take(np.sort(rng.choice(n, min(n, c.sample), replace=False)))
     Progress.note(f"cluster: fitting {c.algorithm} on a sample of {sample.num_rows} images", progress)
-    batches = list(_embedded_batches(spec, sample, plan))
+    batches = list(_embedded_batches(engine, spec, sample, plan))
     features = np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
-    stream = _embedded_batches(spec, manifest, plan) if c.fit == "stream" else None
+    stream = _embedded_batches(engine, spec, manifest, plan) if c.fit == "stream" else None
     try:
         clusterer = clustering.fit(c, features, stream)
     except ValueError as exc:
@@ -83,35 +81,35 @@ def prepare_clusterer(spec: JobSpec, manifest: pa.Table, plan: Plan, progress: M
     return clustering.save(uri, clusterer, spec.storage)
 
 
-def archive_checks(spec: JobSpec, staged: list[str], checks: tuple[str, ...], labels, metrics) -> dict[str, Any]:
+def archive_checks(tasks, spec: JobSpec, staged: list[str], checks: tuple[str, ...], labels, metrics) -> dict[str, Any]:
+    """The archive-wide curation pass over the staged files, as the engine's ``tasks`` (Ray tasks,
+    or calls in this process): a scan per file, a hash shuffle into one partition per CPU, a
+    reduce per partition, a rewrite per file."""
     from imgclf_ray.curation import archive
 
     if not any(c in archive.ARCHIVE_CHECKS for c in checks):
         return {}
-    import ray
-
     started = time.perf_counter()
     checks = tuple(c for c in checks if c in archive.ARCHIVE_CHECKS)
-    p = max(1, int(ray.cluster_resources().get("CPU", 1)))  # partitions of the hash shuffle
+    p = tasks.cpus  # partitions of the hash shuffle
     radius, storage = spec.curate.near_duplicate_radius, spec.storage
-    task = ray.remote(num_cpus=1)
-    scans = [task(archive.scan).options(num_returns=1 + 2 * p).remote(uri, storage, checks, radius, p, labels)
+    scans = [tasks.submit(archive.scan, uri, storage, checks, radius, p, labels, num_returns=1 + 2 * p)
              for uri in staged]
-    exact_parts = [task(archive.reduce_exact).remote(*[s[1 + i] for s in scans]) for i in range(p)]
-    near_parts = [task(archive.reduce_near).remote(radius, *[s[1 + p + i] for s in scans]) for i in range(p)]
-    facts = archive.merge_facts(ray.get([s[0] for s in scans]), checks, labels)
+    exact_parts = [tasks.submit(archive.reduce_exact, *[s[1 + i] for s in scans]) for i in range(p)]
+    near_parts = [tasks.submit(archive.reduce_near, radius, *[s[1 + p + i] for s in scans]) for i in range(p)]
+    facts = archive.merge_facts(tasks.get([s[0] for s in scans]), checks, labels)
     exact: dict[str, tuple[str, bool]] = {}
-    for part in ray.get(exact_parts):
+    for part in tasks.get(exact_parts):
         exact.update(part)
     pairs, uris = [], {}
-    for part_pairs, part_uris in ray.get(near_parts):
+    for part_pairs, part_uris in tasks.get(near_parts):
         pairs.extend(part_pairs)
         uris.update(part_uris)
     near = archive.without_exact_groups(archive.link(pairs, uris), exact)
-    exact_ref, near_ref = ray.put(exact), ray.put(near)
-    ray.get([task(archive.rewrite).remote(uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
-             for uri in staged])
-    metrics.add.remote("curate_archive", len(staged), time.perf_counter() - started)
+    exact_ref, near_ref = tasks.put(exact), tasks.put(near)
+    tasks.get([tasks.submit(archive.rewrite, uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
+               for uri in staged])
+    metrics.add("curate_archive", len(staged), time.perf_counter() - started)
     return archive.summarise(facts, exact, near, checks, labels, radius)
 
 

@@ -1,0 +1,118 @@
+"""run.executor: local — the same stages and the same commit without Ray: the rows a Ray run
+writes, the error rows of bad files, curation and clusters, and the guarantees under fault
+injection (a driver killed at each step, a decode worker killed)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from imgclf_ray.errors import SpecError
+from imgclf_ray.io import sink
+from imgclf_ray.io.listing import list_archive
+from imgclf_ray.runner.job import execute
+from imgclf_ray.spec import parse_spec
+from tests.test_guarantees import IMGCLF, _archive, _driver, _nightly_job, _reap
+from tests import test_pipeline
+from tests.test_pipeline import make_spec
+
+mixed_archive = test_pipeline.mixed_archive  # the fixture: good photographs and the bad files users meet
+
+COMPARED = ("image_id", "uri", "frame", "status", "error", "width", "height", "label", "topk_labels",
+            "cluster", "is_duplicate", "is_near_duplicate", "is_dark", "is_blurry")
+
+
+def _rows(sink_uri: str, run_id: str) -> dict[str, dict]:
+    t = sink.read_rows(sink.resolve_run(sink_uri, run_id))
+    return {r["image_id"]: r for r in t.to_pylist()}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_local_run_writes_the_rows_a_ray_run_writes(ray_session, mixed_archive, tiny_model, tmp_path):
+    """Bad files, curation (row and archive-wide checks) and a clusterer fitted on a sample: the
+    same rows either way, scores equal to float rounding."""
+    extra = {"curate": {"checks": ["duplicate", "near_duplicate", "dark", "blurry"]},
+             "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}, "sample": 64}}
+    runs, curation = {}, {}
+    for executor in ("ray", "local"):
+        spec = make_spec(str(mixed_archive), str(tmp_path / executor), tiny_model, run={"executor": executor},
+                         **extra)
+        result = execute(spec, list_archive(spec.source), "r")
+        assert result.by_status.get("ok") and result.by_status.get("error")
+        runs[executor], curation[executor] = _rows(spec.sink.uri, "r"), result.curation
+    ray_rows, local_rows = runs["ray"], runs["local"]
+    assert sorted(ray_rows) == sorted(local_rows)
+    for image_id, a in ray_rows.items():
+        b = local_rows[image_id]
+        assert {c: a[c] for c in COMPARED} == {c: b[c] for c in COMPARED}, image_id
+        if a["score"] is not None:
+            np.testing.assert_allclose(a["class_scores"], b["class_scores"], atol=1e-5)
+    assert curation["local"] and curation["local"] == curation["ray"]  # the archive-wide pass ran
+    # One writer: the run's files are whole Parquet files, in the manifest's order.
+    files = sink.committed_files(str(tmp_path / "local"), "r")
+    assert len(files) == 1 and pq.read_metadata(files[0].removeprefix("file://")).num_rows == len(local_rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after_write", "commit_manifest"])
+def test_a_local_driver_killed_at_a_step_loses_and_duplicates_no_image(point, tiny_model, tmp_path):
+    from imgclf_ray.config.loading import load_spec
+    from imgclf_ray.runner.job import run_job
+
+    out = tmp_path / "out"
+    _archive(tmp_path / "archive", 0, 3)
+    job = _nightly_job(tmp_path, tiny_model, str(out))
+    job.write_text(job.read_text() + "run: {executor: local}\n")
+    spec = load_spec(job)
+    assert run_job(spec, "n1", quiet=True).rows == 3
+    _archive(tmp_path / "archive", 3, 2)
+    proc = _driver(job, "n2", IMGCLF_KILL_AT=point)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        _reap(proc)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
+    assert run_job(spec, "n2", quiet=True).rows == 2
+    uris = pq.read_table(glob.glob(f"{out}/**/*.parquet", recursive=True)).column("uri").to_pylist()
+    assert len(uris) == 5 and len(set(uris)) == 5
+    assert not (out / "_staging").exists() and not (out / "_locks").exists()
+
+
+@pytest.mark.slow
+def test_a_decode_worker_killed_fails_the_run_with_one_line_and_commits_nothing(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    _archive(tmp_path / "archive", 0, 6)
+    job = _nightly_job(tmp_path, tiny_model, str(out))
+    job.write_text(job.read_text() + "run: {executor: local}\n")
+    proc = _driver(job, "n1", IMGCLF_KILL_AT="decode_worker")
+    try:
+        text = proc.communicate(timeout=300)[0].decode()
+    finally:
+        _reap(proc)
+    assert proc.returncode == 1, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "decode worker process died" in errors[0] and "Traceback" not in text
+    assert not sink.list_runs(str(out)) and not (out / "_staging").exists() and not (out / "_locks").exists()
+    rerun = subprocess.run([IMGCLF, "run", str(job), "--run-id", "n1", "-q"],
+                           capture_output=True, env={k: v for k, v in os.environ.items() if k != "IMGCLF_KILL_AT"})
+    assert rerun.returncode == 0, rerun.stdout.decode()[-2000:]
+    assert [r["run_id"] for r in sink.list_runs(str(out))] == ["n1"]
+
+
+@pytest.mark.parametrize("extra, key", [
+    ({"run": {"executor": "local", "ray_address": "auto"}}, "run.ray_address"),
+    ({"run": {"executor": "local"}, "source": {"uri": "s3://b/p", "inventory": "s3://inv/b/cfg/2026-01-01T01-00Z/manifest.json"}}, "source.inventory"),
+])
+def test_what_a_local_run_cannot_do_is_refused_before_it_starts(extra, key, tmp_path):
+    data = {"name": "t", "source": {"uri": str(tmp_path)}, "model": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path)}}
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    with pytest.raises(SpecError, match=key.replace(".", r"\.")):
+        parse_spec(data, "<test>")
