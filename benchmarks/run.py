@@ -11,7 +11,7 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
 
   imgclf (CNN)          ``imgclf run`` on the corpus, exact torchvision pixels
   imgclf --local (CNN)  the same with ``run.executor: local`` (no Ray: decode workers + the model
-                        in the command's process)
+                        in the command's process); also with ``model.runtime: onnxruntime``
   imgclf (CNN, draft)   the same with ``decode.jpeg_draft`` (DCT-domain downscaling)
   imgclf (CNN, draft, bf16 / onnxruntime)  the same with ``model.precision: bf16`` / ``model.runtime:
                         onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime)
@@ -364,6 +364,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     add(run_imgclf("imgclf (CNN)", write_job(work, "cnn", str(corpus), work / "cnn", work / "out-cnn"), n, work))
     add(run_imgclf("imgclf --local (CNN)", write_job(work, "cnn-local", str(corpus), work / "cnn", work / "out-local",
                                                      run={"executor": "local"}), n, work))
+    ort_env = {"IMGCLF_CACHE": str(work / "cache")}  # the ONNX export, made once (by the warm-up run)
+    run_imgclf("(warm-up: the ONNX export)", write_job(work, "cnn-export", str(corpus), work / "cnn", work / "out-export",
+                                                      run={"executor": "local"}, model={"runtime": "onnxruntime"}),
+               n, work, env=ort_env)
+    add(run_imgclf("imgclf --local (CNN, onnxruntime)", write_job(
+        work, "cnn-local-ort", str(corpus), work / "cnn", work / "out-local-ort", run={"executor": "local"},
+        model={"runtime": "onnxruntime"}), n, work, env=ort_env))
     add(run_imgclf("imgclf (CNN, draft)", write_job(work, "cnn-draft", str(corpus), work / "cnn", work / "out-draft",
                                                     decode={"jpeg_draft": True}), n, work))
     add(run_imgclf("imgclf (CNN, draft, bf16)", write_job(
@@ -371,12 +378,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         model={"precision": "bf16"}), n, work))
     agreement = _label_agreement(work / "out-draft" / "bench", work / "out-bf16" / "bench")
     print(f"  bf16 vs fp32 top-1 labels agree on {100 * agreement:.1f} % of images", flush=True)
-    ort_env = {"IMGCLF_CACHE": str(work / "cache")}
     add(run_imgclf("imgclf (CNN, draft, onnxruntime)", write_job(
         work, "cnn-ort", str(corpus), work / "cnn", work / "out-ort", decode={"jpeg_draft": True},
         model={"runtime": "onnxruntime"}), n, work, env=ort_env))
     ort_agreement = _label_agreement(work / "out-draft" / "bench", work / "out-ort" / "bench")
     print(f"  onnxruntime vs torch fp32 top-1 labels agree on {100 * ort_agreement:.1f} % of images", flush=True)
+    local_ort_agreement = _label_agreement(work / "out-cnn" / "bench", work / "out-local-ort" / "bench")
+    print(f"  --local onnxruntime vs Ray torch fp32 (exact pixels): labels agree on {100 * local_ort_agreement:.1f} %",
+          flush=True)
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),
                           str(work / "plain.parquet")], log=work / "plain.log")
     add(Row("plain PyTorch loop", n, wall, peak, None, _loop_seconds(work / "plain.parquet")))
@@ -405,6 +414,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         add(run_imgclf("imgclf --local (CNN) 4N", write_job(
             work, "cnn-4n-local", str(work / "corpus-all"), work / "cnn", work / "out-4n-local",
             run={"executor": "local"}), 4 * n, work))
+        add(run_imgclf("imgclf --local (CNN, onnxruntime) 4N", write_job(
+            work, "cnn-4n-local-ort", str(work / "corpus-all"), work / "cnn", work / "out-4n-local-ort",
+            run={"executor": "local"}, model={"runtime": "onnxruntime"}), 4 * n, work, env=ort_env))
         if daft:
             add(run_daft("Daft docs pattern 4N", work / "corpus-all", 4 * n, work, "out-daft-4n"))
     if not args.skip_s3:
@@ -452,6 +464,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         exact = by["imgclf (CNN)"]  # exact torchvision pixels, fp32: the like-for-like row
         ratios["CNN vs Daft docs pattern"] = (exact.rate / by["Daft docs pattern"].rate, None)
         ratios["CNN --local vs Daft docs pattern"] = (by["imgclf --local (CNN)"].rate / by["Daft docs pattern"].rate, 1.0)
+        ratios["CNN --local onnxruntime vs Daft docs pattern"] = (
+            by["imgclf --local (CNN, onnxruntime)"].rate / by["Daft docs pattern"].rate, 1.0)
         ratios["CNN onnxruntime vs Daft docs pattern"] = (
             by["imgclf (CNN, draft, onnxruntime)"].rate / by["Daft docs pattern"].rate, None)
         if "Daft docs pattern 4N" in by:
@@ -459,6 +473,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 by["imgclf (CNN) 4N"].rate / by["Daft docs pattern 4N"].rate, None)
             ratios["CNN --local 4N vs Daft docs pattern 4N"] = (
                 by["imgclf --local (CNN) 4N"].rate / by["Daft docs pattern 4N"].rate, 1.2)
+            ratios["CNN --local onnxruntime 4N vs Daft docs pattern 4N"] = (
+                by["imgclf --local (CNN, onnxruntime) 4N"].rate / by["Daft docs pattern 4N"].rate, 1.2)
     if "imgclf (CNN, draft) S3" in by:
         ratios["S3 source vs local"] = (by["imgclf (CNN, draft) S3"].rate / by["imgclf (CNN, draft)"].rate, 0.8)
     first = by["imgclf (CNN, draft)"].first_batch_s
@@ -486,6 +502,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               "onnxruntime_label_agreement": round(ort_agreement, 4), "predictor": predictor,
               "rows": [asdict(r) | {"rate": round(r.rate, 2), "pipeline_rate": r.pipeline_rate} for r in rows],
               "classical_label_agreement": round(classical_agreement, 4),
+              "local_onnxruntime_label_agreement": round(local_ort_agreement, 4),
               "decode_resize_per_core": round(decode_plain, 1), "first_batch_seconds": first,
               "first_batch_seconds_local": first_local,
               "ratios": {k: round(v, 3) for k, (v, _) in ratios.items()}}
