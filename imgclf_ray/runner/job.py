@@ -51,10 +51,10 @@ def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
             model: Optional[ArtifactInfo] = None) -> RunResult:
     """Classify every row of ``manifest`` and commit the output as run ``run_id``.
 
-    Ray must be initialised (run.executor: ray). Holds the run id's lock while it works (``lock``, when the caller took
-    it already). Raises RunFailed (nothing committed) when the error budget is exceeded or the
-    staged output does not hold every listed input exactly once; RunLocked when another attempt
-    of the run id is live. ``model``: the artifact's description when the caller read it already.
+    Ray must be initialised (for run.executor: ray). Holds the run id's lock while it works
+    (``lock``, when the caller took it already). Raises RunFailed (nothing committed) when the
+    error budget is exceeded or the staged output does not hold every listed input exactly once;
+    RunLocked when another attempt of the run id is live. ``model``: the artifact's description when the caller read it already.
     """
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
     if lock is not None:
@@ -282,8 +282,9 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
         why = (f"all {listed_rows} listed images were processed by earlier runs"
                f"{' with this model' if model_id else ''}")
         return _commit_nothing_new(spec, run_id, lock, why, listed_rows, skipped, listing_seconds, info)
-    if not ray_started and spec.run.executor == "ray":
-        ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
+    if spec.run.executor == "ray":
+        if not ray_started:
+            ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
         import ray
 
         # Our own progress display replaces Ray Data's bars (one count, shown once).
