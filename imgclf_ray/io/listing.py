@@ -8,7 +8,9 @@ fsspec directly.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Optional
 
@@ -41,8 +43,11 @@ def _etag(info: dict[str, Any]) -> str:
 def _why_skipped(path: str, info: dict[str, Any], extensions: Optional[tuple[str, ...]]) -> Optional[str]:
     """Why a listed entry is not an input (None: it is one). ``extensions`` None: any file."""
     name = posixpath.basename(path.rstrip("/"))
-    if info.get("type", "file") != "file":
+    kind = info.get("type", "file")
+    if kind == "directory":
         return "folder"
+    if kind != "file":
+        return "not a regular file (a broken link, a link to a folder, a device, a socket)"
     if name.startswith((".", "_")):
         return "hidden (name starts with '.' or '_')"
     if extensions is not None and not name.lower().endswith(extensions):
@@ -103,12 +108,28 @@ def entries_to_manifest(fs, found: dict[str, dict[str, Any]], extensions: Option
     """The manifest rows (sorted by uri) of listed entries, and the entries left out by reason."""
     rows, skipped = [], {}
     for path, info in sorted(found.items()):
+        info = _followed(path, info)
         why = _why_skipped(path, info, extensions)
         if why is None:
             rows.append((path, info))
         elif why != "folder":
             skipped[why] = skipped.get(why, 0) + 1
     return manifest_table((to_uri(fs, p), i.get("size"), _etag(i)) for p, i in rows), skipped
+
+
+def _followed(path: str, info: dict[str, Any]) -> dict[str, Any]:
+    """A symbolic link in a local folder (fsspec lists it as type "other") as the file it points to:
+    a dataset of links (a Hugging Face or DVC cache, a curated subset) is read like its files, its
+    etag taken from the target's modification time."""
+    if not info.get("islink") or info.get("type") == "directory":
+        return info
+    try:
+        target = os.stat(path)  # follows the link
+    except OSError:
+        return info  # broken: skipped as not a regular file
+    if not stat.S_ISREG(target.st_mode):
+        return info
+    return {**info, "type": "file", "size": target.st_size, "mtime": target.st_mtime}
 
 
 def no_images(source: SourceSpec, skipped: dict[str, int], extensions: Optional[tuple[str, ...]]) -> SourceError:

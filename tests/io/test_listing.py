@@ -35,6 +35,28 @@ def test_non_recursive_glob_and_single_file(archive):
     assert names(list_archive(SourceSpec(uri=str(archive), extensions=["tif"]))) == ["z/e.tif"]
 
 
+def test_symbolic_links_to_files_are_listed_as_their_files(tmp_path):
+    """A Hugging Face or DVC cache, a curated subset: links to files in the folder and outside it
+    are inputs (size and etag of the target); a broken link is counted as skipped, not an input."""
+    import os
+
+    from imgclf_ray.io.listing import skipped_counts
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc").write_bytes(b"1234567")
+    root = tmp_path / "arch"
+    (root / "sub").mkdir(parents=True)
+    (root / "real.png").write_bytes(b"12")
+    os.symlink(tmp_path / "blobs" / "abc", root / "outside.jpg")
+    os.symlink(root / "real.png", root / "sub" / "again.png")
+    os.symlink(tmp_path / "gone.jpg", root / "broken.jpg")
+    os.symlink(tmp_path / "blobs", root / "folder-link")
+    table = list_archive(SourceSpec(uri=str(root)))
+    assert names(table) == ["outside.jpg", "real.png", "sub/again.png"]
+    assert table.column("size").to_pylist() == [7, 2, 2]
+    assert skipped_counts(table) == {"not a regular file (a broken link, a link to a folder, a device, a socket)": 2}
+
+
 def test_missing_and_empty_locations_are_clear_errors(tmp_path):
     with pytest.raises(SourceError, match="no such folder or prefix"):
         list_archive(SourceSpec(uri=str(tmp_path / "nope")))
