@@ -119,7 +119,11 @@ _PATH_KEYS = ("source.uri", "source.labels.table", "sink.uri", "model.uri", "inc
 
 
 def check_portable(spec: JobSpec, spec_file: str) -> None:
-    """Refuse locations that mean nothing on a cluster: paths relative to this machine's folder."""
+    """Refuse what means nothing on a cluster: paths relative to this machine's folder, a run
+    without Ray."""
+    if spec.run.executor == "local":
+        raise SpecError(f"{spec_file}: run.executor: local runs on one machine without Ray; a job "
+                        "submitted to a Ray cluster needs run.executor: ray")
     for dotted in _PATH_KEYS:
         value = spec
         for part in dotted.split("."):

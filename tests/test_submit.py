@@ -169,3 +169,6 @@ def test_paths_a_cluster_cannot_see_are_refused_before_submitting(tmp_path):
     spec.write_text(JOB.format(archive="data/archive", model="/models/m", sink="s3://bucket/out"))
     out = imgclf(dict(os.environ), "submit", str(spec), "--address", "http://127.0.0.1:9")
     assert out.returncode == 2 and "source.uri: 'data/archive' is relative to this machine's folder" in out.stderr
+    local = imgclf(dict(os.environ), "submit", str(spec), "--address", "http://127.0.0.1:9",
+                   "--set", "source.uri=/data/archive", "--set", "run.executor=local")
+    assert local.returncode == 2 and "run.executor: local runs on one machine without Ray" in local.stderr
