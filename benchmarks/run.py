@@ -365,12 +365,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     add(run_imgclf("imgclf --local (CNN)", write_job(work, "cnn-local", str(corpus), work / "cnn", work / "out-local",
                                                      run={"executor": "local"}), n, work))
     ort_env = {"IMGCLF_CACHE": str(work / "cache")}  # the ONNX export, made once (by the warm-up run)
-    run_imgclf("(warm-up: the ONNX export)", write_job(work, "cnn-export", str(corpus), work / "cnn", work / "out-export",
-                                                      run={"executor": "local"}, model={"runtime": "onnxruntime"}),
-               n, work, env=ort_env)
-    add(run_imgclf("imgclf --local (CNN, onnxruntime)", write_job(
-        work, "cnn-local-ort", str(corpus), work / "cnn", work / "out-local-ort", run={"executor": "local"},
-        model={"runtime": "onnxruntime"}), n, work, env=ort_env))
+    if not args.quick:  # the smoke covers ONNX Runtime in the Ray row below
+        run_imgclf("(warm-up: the ONNX export)", write_job(
+            work, "cnn-export", str(corpus), work / "cnn", work / "out-export", run={"executor": "local"},
+            model={"runtime": "onnxruntime"}), n, work, env=ort_env)
+        add(run_imgclf("imgclf --local (CNN, onnxruntime)", write_job(
+            work, "cnn-local-ort", str(corpus), work / "cnn", work / "out-local-ort", run={"executor": "local"},
+            model={"runtime": "onnxruntime"}), n, work, env=ort_env))
     add(run_imgclf("imgclf (CNN, draft)", write_job(work, "cnn-draft", str(corpus), work / "cnn", work / "out-draft",
                                                     decode={"jpeg_draft": True}), n, work))
     add(run_imgclf("imgclf (CNN, draft, bf16)", write_job(
@@ -383,9 +384,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         model={"runtime": "onnxruntime"}), n, work, env=ort_env))
     ort_agreement = _label_agreement(work / "out-draft" / "bench", work / "out-ort" / "bench")
     print(f"  onnxruntime vs torch fp32 top-1 labels agree on {100 * ort_agreement:.1f} % of images", flush=True)
-    local_ort_agreement = _label_agreement(work / "out-cnn" / "bench", work / "out-local-ort" / "bench")
-    print(f"  --local onnxruntime vs Ray torch fp32 (exact pixels): labels agree on {100 * local_ort_agreement:.1f} %",
-          flush=True)
+    local_ort_agreement = None
+    if not args.quick:
+        local_ort_agreement = _label_agreement(work / "out-cnn" / "bench", work / "out-local-ort" / "bench")
+        print(f"  --local onnxruntime vs Ray torch fp32 (exact pixels): labels agree on "
+              f"{100 * local_ort_agreement:.1f} %", flush=True)
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),
                           str(work / "plain.parquet")], log=work / "plain.log")
     add(Row("plain PyTorch loop", n, wall, peak, None, _loop_seconds(work / "plain.parquet")))
@@ -464,7 +467,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         exact = by["imgclf (CNN)"]  # exact torchvision pixels, fp32: the like-for-like row
         ratios["CNN vs Daft docs pattern"] = (exact.rate / by["Daft docs pattern"].rate, None)
         ratios["CNN --local vs Daft docs pattern"] = (by["imgclf --local (CNN)"].rate / by["Daft docs pattern"].rate, 1.0)
-        ratios["CNN --local onnxruntime vs Daft docs pattern"] = (
+        ratios["CNN --local onnxruntime vs Daft docs pattern"] = (  # Daft rows: never with --quick
             by["imgclf --local (CNN, onnxruntime)"].rate / by["Daft docs pattern"].rate, 1.0)
         ratios["CNN onnxruntime vs Daft docs pattern"] = (
             by["imgclf (CNN, draft, onnxruntime)"].rate / by["Daft docs pattern"].rate, None)
@@ -502,7 +505,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               "onnxruntime_label_agreement": round(ort_agreement, 4), "predictor": predictor,
               "rows": [asdict(r) | {"rate": round(r.rate, 2), "pipeline_rate": r.pipeline_rate} for r in rows],
               "classical_label_agreement": round(classical_agreement, 4),
-              "local_onnxruntime_label_agreement": round(local_ort_agreement, 4),
+              "local_onnxruntime_label_agreement": local_ort_agreement and round(local_ort_agreement, 4),
               "decode_resize_per_core": round(decode_plain, 1), "first_batch_seconds": first,
               "first_batch_seconds_local": first_local,
               "ratios": {k: round(v, 3) for k, (v, _) in ratios.items()}}
