@@ -324,13 +324,18 @@ def _reap(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.parametrize("point", ["after_write", "after_state", "commit_manifest", "after_commit"])
-def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, ray_session, tiny_model, tmp_path):
+@pytest.mark.parametrize("point, executor", [
+    *[(p, "ray") for p in ("after_write", "after_state", "commit_manifest", "after_commit")],
+    ("after_write", "local"), ("commit_manifest", "local"),  # run.executor: local, the same commit
+])
+def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, executor, ray_session, tiny_model,
+                                                                    tmp_path):
     from imgclf_ray.runner.job import run_job
 
     out = tmp_path / "out"
     _archive(tmp_path / "archive", 0, 3)
     job = _nightly_job(tmp_path, tiny_model, str(out))
+    job.write_text(job.read_text() + f"run: {{executor: {executor}}}\n")
     spec = load_spec(job)
     assert run_job(spec, "n1", quiet=True).rows == 3
     _archive(tmp_path / "archive", 3, 2)

@@ -1,12 +1,10 @@
 """run.executor: local — the same stages and the same commit without Ray: the rows a Ray run
-writes, the error rows of bad files, curation and clusters, and the guarantees under fault
-injection (a driver killed at each step, a decode worker killed)."""
+writes, the error rows of bad files, curation and clusters, and a decode worker killed (a driver
+killed at each step: tests/test_guarantees.py, with both executors)."""
 
 from __future__ import annotations
 
-import glob
 import os
-import signal
 import subprocess
 
 import numpy as np
@@ -58,31 +56,6 @@ def test_a_local_run_writes_the_rows_a_ray_run_writes(ray_session, mixed_archive
     # One writer: the run's files are whole Parquet files, in the manifest's order.
     files = sink.committed_files(str(tmp_path / "local"), "r")
     assert len(files) == 1 and pq.read_metadata(files[0].removeprefix("file://")).num_rows == len(local_rows)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("point", ["after_write", "commit_manifest"])
-def test_a_local_driver_killed_at_a_step_loses_and_duplicates_no_image(point, tiny_model, tmp_path):
-    from imgclf_ray.config.loading import load_spec
-    from imgclf_ray.runner.job import run_job
-
-    out = tmp_path / "out"
-    _archive(tmp_path / "archive", 0, 3)
-    job = _nightly_job(tmp_path, tiny_model, str(out))
-    job.write_text(job.read_text() + "run: {executor: local}\n")
-    spec = load_spec(job)
-    assert run_job(spec, "n1", quiet=True).rows == 3
-    _archive(tmp_path / "archive", 3, 2)
-    proc = _driver(job, "n2", IMGCLF_KILL_AT=point)
-    try:
-        proc.wait(timeout=300)
-    finally:
-        _reap(proc)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
-    assert run_job(spec, "n2", quiet=True).rows == 2
-    uris = pq.read_table(glob.glob(f"{out}/**/*.parquet", recursive=True)).column("uri").to_pylist()
-    assert len(uris) == 5 and len(set(uris)) == 5
-    assert not (out / "_staging").exists() and not (out / "_locks").exists()
 
 
 @pytest.mark.slow
