@@ -89,3 +89,24 @@ def test_what_a_local_run_cannot_do_is_refused_before_it_starts(extra, key, tmp_
         data[section] = {**data.get(section, {}), **values}
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         parse_spec(data, "<test>")
+
+
+def test_the_local_writer_rolls_files_at_max_rows_and_keeps_the_order(tmp_path, monkeypatch):
+    import fsspec
+    import pyarrow as pa
+
+    from imgclf_ray.runner import local
+
+    monkeypatch.setattr(local, "ROW_GROUP_ROWS", 4)
+    schema = pa.schema([pa.field("x", pa.int64())]).with_metadata({"imgclf.run_id": "r"})
+    writer = local.StagedWriter(fsspec.filesystem("file"), str(tmp_path), schema, max_rows=10)
+    for start in range(0, 23, 3):
+        writer.write(pa.table({"x": list(range(start, min(start + 3, 23)))}, schema=schema))
+    writer.close()
+    files = sorted(tmp_path.iterdir())
+    assert all(f.name.endswith(sink.STAGED_SUFFIX) for f in files)
+    assert [pq.read_metadata(f).num_rows for f in files] == [10, 10, 3]
+    first = pq.read_metadata(files[0])  # a row group once 4 rows are buffered (batches of 3)
+    assert [first.row_group(i).num_rows for i in range(first.num_row_groups)] == [6, 4]
+    assert [x for f in files for x in pq.read_table(f).column("x").to_pylist()] == list(range(23))
+    assert pq.read_schema(files[0]).metadata == {b"imgclf.run_id": b"r"}
