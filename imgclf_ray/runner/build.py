@@ -28,12 +28,17 @@ def embedding_of(spec: JobSpec):
     return PreprocessCard.model_validate(spec.cluster.preprocess.model_dump()).conditioning(), spec.cluster.features
 
 
+def files_per_call(spec: JobSpec, plan: Plan) -> int:
+    """Files per LoadStage call, in either engine. A container file (image table, shard, video) is
+    many images already: one file per call keeps a batch's rows, and so the memory, bounded by one
+    file's images."""
+    return 1 if spec.source.container else plan.decode_batch_size
+
+
 def load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
     import ray
 
-    # A container file (image table, shard, video) is many images already: one file per call
-    # keeps a batch's rows, and so the task's memory, bounded by one file's images.
-    files = 1 if spec.source.container else plan.decode_batch_size
+    files = files_per_call(spec, plan)
     ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // files)))
     return ds.map_batches(
         stage,

@@ -70,11 +70,10 @@ def local_resources(light: bool) -> dict[str, float]:
     return {"CPU": float(local_cpus()), "GPU": float(gpus)}
 
 
-def decode_workers(plan: Plan) -> int:
-    """Worker processes that read and decode: every core when the predictor is light (or on a GPU),
-    else half of them, the rest going to the network's threads in this process."""
+def decode_workers(plan: Plan, light: bool) -> int:
+    """Worker processes that read and decode: every core when the predictor is light (a scikit-learn
+    model, or none) or on a GPU, else half of them, the rest going to the network's threads here."""
     cpus = int(plan.cluster_cpus)
-    light = plan.cpus_per_actor < 1 and not plan.gpus_per_actor
     return max(1, cpus if light or plan.gpus_per_actor else cpus // 2)
 
 
@@ -256,29 +255,27 @@ class LocalEngine:
         return LocalMetrics()
 
     def load_batches(self, spec: JobSpec, manifest: pa.Table, plan: Plan, stage, columns: list[str]):
-        with DecodePool(stage, decode_workers(plan)) as pool:
-            for batch in pool.map(manifest, _files_per_batch(spec, plan)):
+        from imgclf_ray.runner.build import files_per_call
+
+        with DecodePool(stage, decode_workers(plan, self.light)) as pool:
+            for batch in pool.map(manifest, files_per_call(spec, plan)):
                 yield {c: batch[c] for c in columns}
 
     def classify(self, run, manifest: pa.Table, run_id: str, metrics: LocalMetrics, clusterer, rules,
                  fs, staging_path: str, schema: pa.Schema) -> None:
-        from imgclf_ray.runner.build import load_stage, predict_kwargs
+        from imgclf_ray.runner.build import files_per_call, load_stage, predict_kwargs
         from imgclf_ray.stages import PredictStage
 
         spec, plan = run.spec, run.resources
         writer = StagedWriter(fs, staging_path, schema, spec.sink.max_rows_per_file)
-        with DecodePool(load_stage(run, None, clusterer), decode_workers(plan), metrics) as pool:
-            batches = pool.map(manifest, _files_per_batch(spec, plan))  # the workers start now...
+        with DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
+            batches = pool.map(manifest, files_per_call(spec, plan))  # the workers start now...
             # ...while the model loads here.
             predict = PredictStage(**predict_kwargs(run, run_id, metrics, rules,
                                                     threads=max(1, int(plan.cluster_cpus))))
             for batch in batches:
                 writer.write(_predict(predict, batch, plan.batch_size))
         writer.close()
-
-
-def _files_per_batch(spec: JobSpec, plan: Plan) -> int:
-    return 1 if spec.source.container else plan.decode_batch_size
 
 
 def _predict(predict, batch: dict[str, np.ndarray], size: int) -> pa.Table:
