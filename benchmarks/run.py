@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py                 # N = 2000, 4N = 8000 (about 15 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --n 500         # a quicker look
-    .venv/bin/python benchmarks/run.py --n 8 --quick   # the CI smoke: every path, tiny, no targets
+    .venv/bin/python benchmarks/run.py --n 8 --quick   # the CI smoke: each kind of row, tiny, no targets
 
 It writes a corpus of 640x480 JPEGs cut from photographs that scikit-image and scikit-learn ship
 (random crops, flips, one folder per source photo), a seeded ResNet-18 artifact (random weights,
@@ -14,7 +14,8 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
                         in the command's process); also with ``model.runtime: onnxruntime``
   imgclf (CNN, draft)   the same with ``decode.jpeg_draft`` (DCT-domain downscaling)
   imgclf (CNN, draft, bf16 / onnxruntime)  the same with ``model.precision: bf16`` / ``model.runtime:
-                        onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime)
+                        onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime); these
+                        variants (and the --local ONNX Runtime row) are left out of --quick
   plain PyTorch loop    ``benchmarks/plain_torch.py``: Pillow + torchvision transforms, all cores
   Ray Data docs         ``benchmarks/ray_data_docs.py``: read_images -> map_batches -> actor pool
   Daft docs             ``benchmarks/daft_job.py``: from_glob_path -> download -> decode_image ->
@@ -324,6 +325,26 @@ def start_s3(corpus: Path) -> tuple[object, str]:
 
 # -- main --------------------------------------------------------------------------------------
 
+def _variant_rows(add, work: Path, corpus: Path, n: int, ort_env: dict) -> tuple[float, float, float]:
+    """The CNN rows with other options (JPEG draft, bf16, ONNX Runtime); their label agreements."""
+    add(run_imgclf("imgclf (CNN, draft)", write_job(work, "cnn-draft", str(corpus), work / "cnn", work / "out-draft",
+                                                    decode={"jpeg_draft": True}), n, work))
+    add(run_imgclf("imgclf (CNN, draft, bf16)", write_job(
+        work, "cnn-bf16", str(corpus), work / "cnn", work / "out-bf16", decode={"jpeg_draft": True},
+        model={"precision": "bf16"}), n, work))
+    agreement = _label_agreement(work / "out-draft" / "bench", work / "out-bf16" / "bench")
+    print(f"  bf16 vs fp32 top-1 labels agree on {100 * agreement:.1f} % of images", flush=True)
+    add(run_imgclf("imgclf (CNN, draft, onnxruntime)", write_job(
+        work, "cnn-ort", str(corpus), work / "cnn", work / "out-ort", decode={"jpeg_draft": True},
+        model={"runtime": "onnxruntime"}), n, work, env=ort_env))
+    ort_agreement = _label_agreement(work / "out-draft" / "bench", work / "out-ort" / "bench")
+    print(f"  onnxruntime vs torch fp32 top-1 labels agree on {100 * ort_agreement:.1f} % of images", flush=True)
+    local_ort_agreement = _label_agreement(work / "out-cnn" / "bench", work / "out-local-ort" / "bench")
+    print(f"  --local onnxruntime vs Ray torch fp32 (exact pixels): labels agree on "
+          f"{100 * local_ort_agreement:.1f} %", flush=True)
+    return agreement, ort_agreement, local_ort_agreement
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="images in the base corpus (N)")
@@ -365,30 +386,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     add(run_imgclf("imgclf --local (CNN)", write_job(work, "cnn-local", str(corpus), work / "cnn", work / "out-local",
                                                      run={"executor": "local"}), n, work))
     ort_env = {"IMGCLF_CACHE": str(work / "cache")}  # the ONNX export, made once (by the warm-up run)
-    if not args.quick:  # the smoke covers ONNX Runtime in the Ray row below
+    if not args.quick:
         run_imgclf("(warm-up: the ONNX export)", write_job(
             work, "cnn-export", str(corpus), work / "cnn", work / "out-export", run={"executor": "local"},
             model={"runtime": "onnxruntime"}), n, work, env=ort_env)
         add(run_imgclf("imgclf --local (CNN, onnxruntime)", write_job(
             work, "cnn-local-ort", str(corpus), work / "cnn", work / "out-local-ort", run={"executor": "local"},
             model={"runtime": "onnxruntime"}), n, work, env=ort_env))
-    add(run_imgclf("imgclf (CNN, draft)", write_job(work, "cnn-draft", str(corpus), work / "cnn", work / "out-draft",
-                                                    decode={"jpeg_draft": True}), n, work))
-    add(run_imgclf("imgclf (CNN, draft, bf16)", write_job(
-        work, "cnn-bf16", str(corpus), work / "cnn", work / "out-bf16", decode={"jpeg_draft": True},
-        model={"precision": "bf16"}), n, work))
-    agreement = _label_agreement(work / "out-draft" / "bench", work / "out-bf16" / "bench")
-    print(f"  bf16 vs fp32 top-1 labels agree on {100 * agreement:.1f} % of images", flush=True)
-    add(run_imgclf("imgclf (CNN, draft, onnxruntime)", write_job(
-        work, "cnn-ort", str(corpus), work / "cnn", work / "out-ort", decode={"jpeg_draft": True},
-        model={"runtime": "onnxruntime"}), n, work, env=ort_env))
-    ort_agreement = _label_agreement(work / "out-draft" / "bench", work / "out-ort" / "bench")
-    print(f"  onnxruntime vs torch fp32 top-1 labels agree on {100 * ort_agreement:.1f} % of images", flush=True)
-    local_ort_agreement = None
-    if not args.quick:
-        local_ort_agreement = _label_agreement(work / "out-cnn" / "bench", work / "out-local-ort" / "bench")
-        print(f"  --local onnxruntime vs Ray torch fp32 (exact pixels): labels agree on "
-              f"{100 * local_ort_agreement:.1f} %", flush=True)
+    agreement = ort_agreement = local_ort_agreement = None
+    if not args.quick:  # the variants run the same code with other options: not in the smoke
+        agreement, ort_agreement, local_ort_agreement = _variant_rows(add, work, corpus, n, ort_env)
     wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),
                           str(work / "plain.parquet")], log=work / "plain.log")
     add(Row("plain PyTorch loop", n, wall, peak, None, _loop_seconds(work / "plain.parquet")))
@@ -435,15 +442,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     predictor = predictor_rates(work / "cnn", seconds=args.predictor_seconds, batch=args.predictor_batch)
     by = {r.method: r for r in rows}
     # The targets are judged on exact fp32 output; bf16 (opt-in, other numerics) is reported beside.
-    ours = max(by["imgclf (CNN)"], by["imgclf (CNN, draft)"], key=lambda r: r.rate)
-    bf16 = by["imgclf (CNN, draft, bf16)"]
+    ours = max([r for r in rows if r.method in ("imgclf (CNN)", "imgclf (CNN, draft)")], key=lambda r: r.rate)
     ratios = {
         "CNN vs plain PyTorch loop": (ours.rate / by["plain PyTorch loop"].rate, 1.5),
         "CNN vs Ray Data docs pattern": (ours.rate / by["Ray Data docs pattern"].rate, 3.0),
-        "CNN bf16 vs plain PyTorch loop (fp32)": (bf16.rate / by["plain PyTorch loop"].rate, 1.5),
-        "CNN bf16 vs Ray Data docs pattern (fp32)": (bf16.rate / by["Ray Data docs pattern"].rate, 3.0),
-        "CNN onnxruntime vs CNN torch fp32 (draft)": (
-            by["imgclf (CNN, draft, onnxruntime)"].rate / by["imgclf (CNN, draft)"].rate, None),
+    }
+    if "imgclf (CNN, draft, bf16)" in by:
+        bf16 = by["imgclf (CNN, draft, bf16)"]
+        ratios["CNN bf16 vs plain PyTorch loop (fp32)"] = (bf16.rate / by["plain PyTorch loop"].rate, 1.5)
+        ratios["CNN bf16 vs Ray Data docs pattern (fp32)"] = (bf16.rate / by["Ray Data docs pattern"].rate, 3.0)
+        ratios["CNN onnxruntime vs CNN torch fp32 (draft)"] = (
+            by["imgclf (CNN, draft, onnxruntime)"].rate / by["imgclf (CNN, draft)"].rate, None)
+    ratios.update({
         "predictor onnxruntime vs imgclf torch fp32": (
             predictor[3]["rate"] / predictor[1]["rate"], None),
         "classical vs decode+resize x cores": (by["imgclf (classical)"].rate / (decode_plain * cores), 0.7),
@@ -458,7 +468,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             (by["imgclf (classical)"].pipeline_rate or 0) / (decode_plain * cores), None),
         "CNN vs plain PyTorch loop, without start-up": (
             (ours.pipeline_rate or 0) / by["plain PyTorch loop"].pipeline_rate, None),
-    }
+    })
     if "imgclf (CNN, draft) 4N" in by:
         big, small = by["imgclf (CNN, draft) 4N"], by["imgclf (CNN, draft)"]
         ratios["time 4N / time N"] = (big.seconds / small.seconds, -4.4)
@@ -480,7 +490,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 by["imgclf --local (CNN, onnxruntime) 4N"].rate / by["Daft docs pattern 4N"].rate, 1.2)
     if "imgclf (CNN, draft) S3" in by:
         ratios["S3 source vs local"] = (by["imgclf (CNN, draft) S3"].rate / by["imgclf (CNN, draft)"].rate, 0.8)
-    first = by["imgclf (CNN, draft)"].first_batch_s
+    first = ours.first_batch_s
     first_local = by["imgclf --local (CNN)"].first_batch_s
     print(f"\nsingle-core Pillow decode + resize: {decode_plain:.0f} img/s ({cores} cores)")
     print(f"best imgclf CNN row: {ours.method}; CLI start -> first predicted batch: "
@@ -501,8 +511,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         ok = value <= -target if target < 0 else value >= target
         print(f"| {name} | {value:.2f} | {'<=' if target < 0 else '>='} {abs(target)} | "
               f"{'-' if args.quick else ('yes' if ok else 'NO')} |")
-    result = {"n": n, "cores": cores, "bf16_label_agreement": round(agreement, 4),
-              "onnxruntime_label_agreement": round(ort_agreement, 4), "predictor": predictor,
+    result = {"n": n, "cores": cores, "bf16_label_agreement": agreement and round(agreement, 4),
+              "onnxruntime_label_agreement": ort_agreement and round(ort_agreement, 4), "predictor": predictor,
               "rows": [asdict(r) | {"rate": round(r.rate, 2), "pipeline_rate": r.pipeline_rate} for r in rows],
               "classical_label_agreement": round(classical_agreement, 4),
               "local_onnxruntime_label_agreement": local_ort_agreement and round(local_ort_agreement, 4),

@@ -1,4 +1,4 @@
-"""The benchmark script's smoke run (CI runs it tiny; speed is measured by running it, not here)."""
+"""The benchmark script's smoke run (CI runs each kind of row tiny; speed is measured by running it, not here)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def test_benchmark_smoke_runs_every_path(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["imgclf (CNN)", "imgclf --local (CNN)", "imgclf (CNN, draft)", "imgclf (CNN, draft, bf16)",
-                       "imgclf (CNN, draft, onnxruntime)", "plain PyTorch loop",
+    assert methods == ["imgclf (CNN)", "imgclf --local (CNN)", "plain PyTorch loop",
                        "Ray Data docs pattern", "imgclf (classical)", "imgclf --local (classical)",
                        "plain classical loop"]
     assert all(r["images"] == 4 and r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
@@ -30,7 +29,7 @@ def test_benchmark_smoke_runs_every_path(tmp_path):
     assert result["first_batch_seconds"] and result["first_batch_seconds_local"] and result["decode_resize_per_core"] > 0
     assert [p["path"] for p in result["predictor"]] == ["torch eager fp32 (plain)", "imgclf torch fp32",
                                                         "imgclf torch bf16", "imgclf onnxruntime"]
-    assert result["predictor"][3]["max_abs_diff"] < 1e-4 and result["onnxruntime_label_agreement"] == 1.0
+    assert result["predictor"][3]["max_abs_diff"] < 1e-4
 
 
 def test_gpu_benchmark_runs_its_cpu_fallback(tmp_path):
