@@ -31,3 +31,34 @@ def test_cuda_actors_match_cpu(ray_session, tiny_model, tmp_path, sample_photo):
         gpu_row = runs["cuda"][uri]
         assert gpu_row["label"] == cpu_row["label"]
         assert gpu_row["score"] == pytest.approx(cpu_row["score"], abs=2e-3)
+
+
+def test_jpegs_decoded_on_the_gpu_label_as_cpu_decoding(ray_session, tiny_model, tmp_path, sample_photo):
+    """decode.jpeg_on: predictor on a CUDA actor (nvJPEG, batched): the labels of task decoding."""
+    archive = tmp_path / "arch"
+    archive.mkdir()
+    for rel, data in good_files(sample_photo).items():
+        (archive / Path(rel).name).write_bytes(data)
+    runs = {}
+    for where in ("tasks", "predictor"):
+        spec = make_spec(str(archive), str(tmp_path / where), tiny_model, model={"device": "cuda"},
+                         decode={"jpeg_on": where})
+        result = execute(spec, list_archive(spec.source), where)
+        runs[where] = {r["uri"]: r for r in read_run(spec.sink.uri, where)}
+    assert result.stages["device_decode"]["rows"] == 3  # the three JPEG photographs
+    for uri, row in runs["tasks"].items():
+        assert runs["predictor"][uri]["label"] == row["label"]
+        assert runs["predictor"][uri]["score"] == pytest.approx(row["score"], abs=2e-2)
+
+
+def test_the_gpu_batch_limit_comes_from_measured_memory_and_splits_batches(tiny_model):
+    import numpy as np
+
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+
+    clf = TorchClassifier(tiny_model, device="cuda")
+    assert clf.max_batch >= 64  # a 32 px resnet18 on a GPU of several GiB
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    whole = clf.predict_proba(pixels)
+    clf.max_batch = 3
+    np.testing.assert_allclose(clf.predict_proba(pixels), whole, atol=1e-5)

@@ -201,6 +201,14 @@ class DecodeSpec(Section):
         False, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when the "
         "model input is much smaller (about 2x faster; pixels differ slightly from a full decode "
         "followed by resizing, so use it when the model was trained that way or tolerates it).")
+    jpeg_on: Literal["tasks", "predictor"] = Field(
+        "tasks", description="Where plain JPEG files are decoded: tasks (the CPU decode tasks, "
+        "Pillow), or predictor: batched on the predictor's device with torchvision.io.decode_jpeg "
+        "(nvJPEG on GPU actors; libjpeg-turbo on CPU ones), resized and cropped there with torch's "
+        "antialiased resize (equal to resampler: torch cards' conditioning; within one grey level of "
+        "Pillow's otherwise). The decode tasks then only read files and JPEG headers. Other formats, "
+        "CMYK or EXIF-rotated JPEGs decode in the tasks. For torch models without conditioning ops, "
+        "curation measures or a clusterer.")
     background: tuple[int, int, int] = Field(
         (255, 255, 255), description="RGB colour that transparent pixels are flattened onto.")
     frames: Literal["one", "all"] = Field(
@@ -225,6 +233,9 @@ class DecodeSpec(Section):
             check_keywords(self.dicom_attributes, self.dicom_allow_phi)
         if self.dicom_window is not None and self.dicom_window[1] <= 0:
             raise ValueError("dicom_window: the width must be positive")
+        if self.jpeg_on == "predictor" and self.jpeg_draft:
+            raise ValueError("jpeg_draft: draft decoding is for the decode tasks; with jpeg_on: predictor "
+                             "JPEGs decode at full size on the predictor's device")
         return self
 
 

@@ -127,6 +127,26 @@ class TorchClassifier:
         if prep.normalize == "dataset":
             self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape)
             self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape)
+        # On a GPU, the most images one forward pass takes, from the model's measured memory.
+        self.max_batch = self._measured_max_batch() if self.device.type == "cuda" and self.session is None else None
+
+    def _measured_max_batch(self, fraction: float = 0.7) -> int:
+        """The largest batch whose forward pass fits in ``fraction`` of the device memory free
+        now: the peak memory of passes of 1 and 9 images gives the memory per image (activations
+        at this input size, precision and autocast). predict_proba splits larger batches."""
+        import torch
+
+        c, side = self.card.preprocess.channels, self.card.preprocess.crop or self.card.preprocess.resize
+        peaks = []
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        for n in (1, 9):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._forward(torch.zeros((n, c, side, side), dtype=torch.uint8, device=self.device))
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+        per_image = max(1, (peaks[1] - peaks[0]) // 8)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, int(free * fraction - peaks[0]) // per_image)
 
     def _network(self, model_uri: str, storage: StorageSpec):
         card, n = self.card, len(self.card.labels)
@@ -141,10 +161,15 @@ class TorchClassifier:
                                 f"{n} classes ({str(exc).splitlines()[0]})") from None
         return net
 
-    def _normalised(self, pixels: np.ndarray):
+    def _normalised(self, pixels):
+        """A (N, C, H, W) uint8 batch (NumPy, or a tensor already decoded on the device) -> the
+        network's input on its device; host memory is pinned for an asynchronous copy to a GPU."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         x = normalise(x, self._mean, self._std).to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
@@ -165,9 +190,16 @@ class TorchClassifier:
             hook.remove()
         return captured[0].float().flatten(1).cpu().numpy()
 
-    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities for a (N, C, H, W) uint8 batch: softmax, or sigmoid per label for
-        multilabel models."""
+    def predict_proba(self, pixels) -> np.ndarray:
+        """Class probabilities for a (N, C, H, W) uint8 batch (NumPy, or a tensor on the device):
+        softmax, or sigmoid per label for multilabel models; on a GPU in passes of at most
+        ``max_batch`` images."""
+        step = self.max_batch or len(pixels) or 1
+        if len(pixels) > step:
+            return np.concatenate([self._forward(pixels[i:i + step]) for i in range(0, len(pixels), step)])
+        return self._forward(pixels)
+
+    def _forward(self, pixels) -> np.ndarray:
         import torch
 
         with torch.inference_mode():

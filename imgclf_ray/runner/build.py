@@ -74,6 +74,7 @@ def predict_kwargs(run: "RunPlan", run_id: str, reporter=None, rules=None, threa
         "precision": model.precision if model else "fp32",
         "trusted": model.trusted if model else False,
         "runtime": model.runtime if model else "torch",
+        "decode": spec.decode if spec.decode.jpeg_on == "predictor" else None,
     }
 
 

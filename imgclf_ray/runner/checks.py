@@ -14,6 +14,30 @@ from imgclf_ray.models.hierarchy import ArtifactInfo
 from imgclf_ray.runner.result import RunResult
 from imgclf_ray.spec import JobSpec
 
+
+def check_device_decode(spec: JobSpec, model: Optional[ArtifactInfo]) -> None:
+    """SpecError when ``decode.jpeg_on: predictor`` cannot apply: the predictor decodes only for a
+    plain torch model whose conditioning torch reproduces, and the decode tasks keep every job
+    that needs the pixels themselves (curation measures, a clusterer's embedding, containers)."""
+    if spec.decode.jpeg_on != "predictor":
+        return
+    from imgclf_ray.registry import CURATION_CHECKS
+
+    prep = model.preprocess if model else None
+    why = ("there is no model" if model is None else
+           "the model is not one torch network" if model.framework != "torch" or model.task == "hierarchical" else
+           "the model reads hand-crafted features" if model.features is not None else
+           "the model's preprocessing has conditioning ops" if prep.ops else
+           "the model reads greyscale (preprocess.channels: 1)" if prep.channels == 1 else
+           "torch has no lanczos resize" if prep.interpolation == "lanczos" else
+           "source.container splits files in the decode tasks" if spec.source.container else
+           "the clusterer's embedding is computed in the decode tasks" if spec.cluster is not None else
+           "the curation measures are computed in the decode tasks"
+           if any(CURATION_CHECKS.get(c).measured for c in spec.curate_checks()) else None)
+    if why:
+        raise SpecError(f"decode.jpeg_on: predictor cannot apply: {why}; use decode.jpeg_on: tasks")
+
+
 @contextlib.contextmanager
 def user_errors(metrics=None):
     """Re-raise a user's error (e.g. an artifact refused inside an actor, an object refused for

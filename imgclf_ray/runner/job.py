@@ -24,7 +24,7 @@ from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import refuse_code
 from imgclf_ray.progress import Mode, Progress, resolve_mode
-from imgclf_ray.runner.checks import check_budget, check_complete, user_errors
+from imgclf_ray.runner.checks import check_budget, check_complete, check_device_decode, user_errors
 from imgclf_ray.runner.metrics import Watch
 from imgclf_ray.runner.plan import make_plan
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, staged_stats, prepare_clusterer
@@ -259,6 +259,7 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     model_id = info.model_id if info else None
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
+    check_device_decode(spec, info)
     if spec.run.executor == "local":
         from imgclf_ray.runner.local import warm_up
 

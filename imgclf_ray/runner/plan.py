@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import check_artifact
 from imgclf_ray.planner import Plan, plan_resources
-from imgclf_ray.runner.checks import check_thresholds, label_issue_labels
+from imgclf_ray.runner.checks import check_device_decode, check_thresholds, label_issue_labels
 from imgclf_ray.spec import JobSpec
 
 
@@ -33,6 +33,7 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
         # starts (the actors load it again).
         check_thresholds(spec, model, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
                                                      spec.model.runtime, model))
+    check_device_decode(spec, model)
     checks = spec.curate_checks()
     labels = label_issue_labels(spec, model, checks)
     light = model is None or model.framework == "sklearn"

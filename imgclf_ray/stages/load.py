@@ -15,6 +15,7 @@ from imgclf_ray.errors import AccessDenied
 from imgclf_ray.features.extractors import extract
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import SNIFF_BYTES, decode_image, frame_count, looks_like_image
+from imgclf_ray.imaging.device_decode import for_device
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
 from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.containers.base import Part
@@ -40,6 +41,38 @@ def _read_if_image(uri: str, storage: StorageSpec) -> Optional[bytes]:
 VIDEO_MEASURE_SIDE = 256  # video frames are measured at this shorter side at most
 
 
+def _ragged(inputs: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """One array per row: its pixels when decoded here, else an empty one (a variable-shaped
+    tensor column in Arrow)."""
+    out = np.empty(len(inputs), dtype=object)
+    empty = np.zeros((0,) * (inputs.ndim - 1), dtype=inputs.dtype)
+    for i, done in enumerate(decoded):
+        out[i] = inputs[i] if done else empty
+    return out
+
+
+def dense_inputs(inputs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``_ragged``'s column back to one (N, *shape) uint8 array (zeros where a row has none). In
+    Arrow a column whose rows all have one shape is a plain tensor column: (N, *shape) when the
+    tasks decoded every row, (N, 0, 0, 0) when they decoded none."""
+    if inputs.dtype != object:
+        return inputs if inputs.shape[1:] == tuple(shape) else np.zeros((len(inputs), *shape), dtype=np.uint8)
+    out = np.zeros((len(inputs), *shape), dtype=np.uint8)
+    for i, row in enumerate(inputs):
+        if row is not None and np.size(row):
+            out[i] = row
+    return out
+
+
+class Encoded:
+    """A JPEG file's bytes that the predictor decodes (decode.jpeg_on: predictor)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
 class NotAnImage(Exception):
     """source.extensions: any, and the file's first bytes are no image format: a skipped row."""
 
@@ -48,7 +81,8 @@ class LoadStage:
     """read -> decode -> condition [-> features], one row at a time; adds frame, width, height,
     status, error and ``inputs``: the model's input, (N, C, H, W) uint8 pixels, or (N, D) float32
     features when the model card names a feature extractor ((N, 0) without a model). Error rows
-    carry zero inputs and width = height = 0.
+    carry zero inputs and width = height = 0. With ``decode.jpeg_on: predictor`` a plain JPEG's
+    row carries zero inputs and its bytes in ``encoded`` (the predictor decodes them).
 
     From the same decoded image, optionally: the curation measures (``measure``; see
     ``curation.measure``), and the clustering embedding (``embed``: conditioning + feature
@@ -155,6 +189,10 @@ class LoadStage:
             img, (width, height) = part.image, part.size
         else:
             data = part.data if part.data is not None else self._read(uri)
+            if self.decode.jpeg_on == "predictor" and self.cond is not None:
+                size = self._timed("decode", for_device, data, self.decode)
+                if size is not None:  # the predictor decodes it
+                    return Encoded(data), *size, None, None
             if is_dicom(data):
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
                                                              self.decode.dicom_allow_phi))
@@ -238,6 +276,9 @@ class LoadStage:
             extra["phash"] = np.zeros(n, dtype=np.int64)
         embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
         dicom = np.full(n, None, dtype=object)
+        decoded = np.zeros(n, dtype=bool)
+        if self.decode.jpeg_on == "predictor":
+            extra["encoded"] = np.full(n, None, dtype=object)
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
                 status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, part.error
@@ -253,8 +294,11 @@ class LoadStage:
                 continue
             finally:
                 dicom[i] = self._dicom
-            if row is not None:
+            if isinstance(row, Encoded):
+                extra["encoded"][i] = row.data
+            elif row is not None:
                 inputs[i] = row
+                decoded[i] = True
             if measures is not None:
                 for key, value in measures.items():
                     extra[key][i] = value
@@ -266,6 +310,8 @@ class LoadStage:
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
+        if self.decode.jpeg_on == "predictor":  # no zeros shipped for the rows the predictor decodes
+            inputs = _ragged(inputs, decoded)
         return {**batch, "width": width, "height": height, "status": status, "error": error,
                 "inputs": inputs, "dicom_json": dicom, **extra}
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
-from imgclf_ray.spec import StorageSpec
+from imgclf_ray.spec import DecodeSpec, StorageSpec
 from imgclf_ray.stages.common import Reporter, reports_user_errors, cause_of
 
 
@@ -31,7 +31,8 @@ class PredictStage:
                  device: str = "auto", threads: Optional[int] = None,
                  reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
                  thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
-                 precision: str = "fp32", trusted: bool = False, runtime: str = "torch"):
+                 precision: str = "fp32", trusted: bool = False, runtime: str = "torch",
+                 decode: Optional[DecodeSpec] = None):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.tree_classifier import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
@@ -39,6 +40,7 @@ class PredictStage:
         self.reporter = reporter
         self.rules = rules
         self.run_id = run_id
+        self.decode = decode  # decode.jpeg_on: predictor: the JPEGs this stage decodes
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
                                            precision=precision, trusted=trusted, runtime=runtime)
@@ -110,6 +112,35 @@ class PredictStage:
             "path_scores": [s if k else None for s, k in zip(scores, ok)],
         }
 
+    def _decoded(self, inputs: np.ndarray, encoded: np.ndarray, ok, error, status):
+        """The batch's inputs on the model's device, the JPEGs the decode tasks passed on decoded
+        there (``imaging.device_decode``), and the rows of files that failed (error rows of the
+        decode stage)."""
+        import torch
+
+        from imgclf_ray.imaging.device_decode import decode_batch
+        from imgclf_ray.stages.load import dense_inputs
+
+        cond = self.classifier.card.preprocess.conditioning()
+        device = self.classifier.device
+        x = torch.from_numpy(dense_inputs(inputs, cond.output_shape))
+        idx = [i for i, e in enumerate(encoded) if ok[i] and isinstance(e, (bytes, bytearray))]
+        if not idx:
+            return x, []
+        started = time.perf_counter()
+        x = x.to(device)
+        images, errors = decode_batch([bytes(encoded[i]) for i in idx], cond, self.decode or DecodeSpec(), device)
+        failed = []
+        for i, img, why in zip(idx, images, errors):
+            if why is None:
+                x[i] = img
+            else:
+                ok[i], status[i], error[i] = False, STATUS_ERROR, why
+                failed.append(i)
+        if self.reporter is not None:
+            self.reporter("device_decode", len(idx), time.perf_counter() - started)
+        return x, failed
+
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         started = time.perf_counter()
@@ -118,16 +149,20 @@ class PredictStage:
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
         ok = status == STATUS_OK
         n = len(status)
+        inputs, undecodable = batch["inputs"], []
+        if "encoded" in batch and self.classifier is not None and not self.tree:
+            inputs, undecodable = self._decoded(inputs, batch["encoded"], ok, error, status)
         if self.classifier is None:
             predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
         elif self.tree:
-            predictions = self._route(batch["inputs"], ok, error, status)
+            predictions = self._route(inputs, ok, error, status)
         else:
-            predictions = self._decide(batch["inputs"], ok, error, status)
+            predictions = self._decide(inputs, ok, error, status)
         uris = [str(u) for u in batch["uri"]]
         frames = np.asarray(batch["frame"], dtype=np.int32)
-        width = np.asarray(batch["width"], dtype=np.int32)
-        height = np.asarray(batch["height"], dtype=np.int32)
+        width = np.asarray(batch["width"], dtype=np.int32).copy()
+        height = np.asarray(batch["height"], dtype=np.int32).copy()
+        width[undecodable] = height[undecodable] = 0  # as the decode tasks' error rows
         now = datetime.now(timezone.utc)
         columns = {
             "image_id": [image_id(u, int(f)) for u, f in zip(uris, frames)],
