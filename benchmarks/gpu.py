@@ -9,12 +9,15 @@ seeded ResNet-18 (224 px, random weights, an imgclf artifact):
 
 - CPU decode: Pillow decode + resize(256) + centre crop(224), one core, images/s (what one decode
   task does per core), with and without ``decode.jpeg_draft`` (DCT-domain downscaling);
-- GPU decode: ``torchvision.io.decode_jpeg`` on ``cuda`` over a batch of encoded bytes, then
-  resize + crop there (falls back to the CPU decoder when there is no GPU);
+- with ``decode.jpeg_on: predictor``: the decode task's header checks per core, and imgclf's own
+  predictor-side decode (``imaging.device_decode``: ``torchvision.io.decode_jpeg`` batched on
+  ``cuda`` (nvJPEG), then resize + crop there; on the CPU without a GPU), alone and followed by
+  the forward pass;
 - the predictor (imgclf's TorchClassifier) on the device: fp32, and bf16 (CPU, when native) or
-  fp16 autocast (CUDA), from pinned host memory on CUDA; images/s at the largest batch that fits;
-- decode cores per GPU = predictor images/s / CPU decode images/s per core, and with GPU decode the
-  cores left for reading bytes only.
+  fp16 autocast (CUDA), from pinned host memory on CUDA; images/s at the batch it measured to fit
+  (``max_batch``: the model's memory per image into the free device memory);
+- decode cores per GPU = predictor images/s / CPU decode images/s per core; with
+  ``jpeg_on: predictor``, (decode + predict images/s) / header checks per core.
 
 Without CUDA every figure is measured on the CPU and labelled so: the script runs end to end and
 CI checks that it does.
@@ -84,39 +87,44 @@ def cpu_decode_rate(data: list[bytes], seconds: float, draft: bool) -> float:
     return _rate(one_pass, len(data), seconds)
 
 
-def device_decode_rate(data: list[bytes], device: str, seconds: float) -> float:
-    """torchvision's batched decode_jpeg on ``device``, then resize + centre crop there."""
-    import torch
-    from torchvision.io import decode_jpeg
-    from torchvision.transforms.v2 import functional as F
+def header_rate(data: list[bytes], seconds: float) -> float:
+    """What a decode task does per JPEG with ``decode.jpeg_on: predictor``: the header checks only
+    (imgclf's ``for_device``), one core."""
+    from imgclf_ray.imaging.device_decode import for_device
+    from imgclf_ray.spec import DecodeSpec
 
-    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
+    options = DecodeSpec(jpeg_on="predictor")
+    return _rate(lambda: [for_device(blob, options) for blob in data], len(data), seconds)
+
+
+def device_decode_rate(data: list[bytes], device: str, seconds: float, clf=None) -> float:
+    """imgclf's predictor-side decode (``imaging.device_decode.decode_batch``: torchvision's
+    batched decode_jpeg on ``device``, resize + centre crop there), and with ``clf`` the forward
+    pass after it: the predictor's whole work per batch with ``decode.jpeg_on: predictor``."""
+    import torch
+
+    from imgclf_ray.imaging.conditioning import Conditioning
+    from imgclf_ray.imaging.device_decode import decode_batch
+    from imgclf_ray.spec import DecodeSpec
+
+    cond, options = Conditioning(256, 224, resampler="torch"), DecodeSpec(jpeg_on="predictor")
 
     def one_pass():
-        images = decode_jpeg(encoded, device=device)
-        for img in images:
-            F.center_crop(F.resize(img, 256, antialias=True), 224)
-        if device == "cuda":
+        images, _ = decode_batch(data, cond, options, torch.device(device))
+        if clf is not None:
+            clf.predict_proba(torch.stack(images))
+        elif device == "cuda":
             torch.cuda.synchronize()
     return _rate(one_pass, len(data), seconds)
 
 
-def predictor_rate(model: str, device: str, precision: str, batch: int, seconds: float) -> tuple[float, int]:
-    """(images/s, batch used) of imgclf's predictor; on CUDA the batch doubles while it fits."""
-    import numpy as np
+def predictor_rate(clf, device: str, batch: int, seconds: float) -> tuple[float, int]:
+    """(images/s, batch used) of imgclf's predictor; on CUDA the batch it measured fits
+    (``max_batch``, from the model's memory per image), at most 1,024."""
     import torch
 
-    from imgclf_ray.models.loader import load_classifier
-
-    clf = load_classifier(model, device=device, threads=os.cpu_count(), precision=precision)
     if device == "cuda":
-        while batch < 1024:
-            try:
-                clf.predict_proba(np.zeros((batch * 2, 3, 224, 224), np.uint8))
-                batch *= 2
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                break
+        batch = min(1024, clf.max_batch)
     pixels = torch.zeros((batch, 3, 224, 224), dtype=torch.uint8)
     if device == "cuda":
         pixels = pixels.pin_memory()
@@ -157,17 +165,27 @@ def main(argv=None) -> dict:
     result["cpu_decode_per_core"] = round(cpu_decode_rate(data, args.seconds, draft=False), 1)
     result["cpu_decode_draft_per_core"] = round(cpu_decode_rate(data, args.seconds, draft=True), 1)
     torch.set_num_threads(os.cpu_count())
+    result["header_only_per_core"] = round(header_rate(data, args.seconds), 1)
     result["device_decode"] = round(device_decode_rate(data, device, args.seconds), 1)
+    from imgclf_ray.models.loader import load_classifier
+
     with tempfile.TemporaryDirectory() as folder:
         model = make_model(folder)
-        rate, batch = predictor_rate(model, device, "fp32", args.batch, args.seconds)
+        clf = load_classifier(model, device=device, threads=os.cpu_count())
+        rate, batch = predictor_rate(clf, device, args.batch, args.seconds)
         result["predictor_fp32"], result["batch"] = round(rate, 1), batch
+        result["device_decode_and_predict_fp32"] = round(
+            device_decode_rate(data[:batch], device, args.seconds, clf), 1)
         low = "fp16" if cuda else ("bf16" if _native_bf16() else None)
         if low:
-            result[f"predictor_{low}"] = round(predictor_rate(model, device, low, batch, args.seconds)[0], 1)
+            low_clf = load_classifier(model, device=device, threads=os.cpu_count(), precision=low)
+            result[f"predictor_{low}"] = round(predictor_rate(low_clf, device, batch, args.seconds)[0], 1)
     best = max(v for k, v in result.items() if k.startswith("predictor_"))
     result["decode_cores_per_device"] = round(best / result["cpu_decode_per_core"], 1)
     result["decode_cores_per_device_draft"] = round(best / result["cpu_decode_draft_per_core"], 1)
+    # With decode.jpeg_on: predictor the device decodes too; the tasks read files and headers.
+    result["decode_cores_per_device_jpeg_on_predictor"] = round(
+        result["device_decode_and_predict_fp32"] / result["header_only_per_core"], 3)
     for key, value in result.items():
         print(f"{key:>32}: {value}")
     if args.json:

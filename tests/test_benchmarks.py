@@ -40,4 +40,5 @@ def test_gpu_benchmark_runs_its_cpu_fallback(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["cpu_decode_per_core"] > 0 and result["device_decode"] > 0 and result["predictor_fp32"] > 0
-    assert result["decode_cores_per_device"] > 0
+    assert result["decode_cores_per_device"] > 0 and result["device_decode_and_predict_fp32"] > 0
+    assert result["decode_cores_per_device_jpeg_on_predictor"] > 0
