@@ -118,6 +118,25 @@ def test_the_decode_task_passes_on_only_whole_plain_jpegs(sample_photo):
     assert for_device(buf.getvalue(), options) is None
 
 
+@pytest.mark.parametrize("resize, crop, offset", [(40, 32, "round"), (41, 32, "floor"), (48, None, "round"),
+                                                  (20, 32, "round"), (19, 32, "floor")])
+def test_conditioning_on_the_device_equals_the_tasks_torch_resize(resize, crop, offset):
+    """Sizes, crop offsets, a square resize without crop, a crop larger than the image (black
+    padding, as Pillow's crop): the same pixels as ``condition`` with ``resampler: torch``."""
+    import torch
+
+    from imgclf_ray.imaging.conditioning import Conditioning, condition
+    from imgclf_ray.imaging.device_decode import _condition
+
+    rng = np.random.default_rng(0)
+    cond = Conditioning(resize=resize, crop=crop, crop_offset=offset, resampler="torch")
+    for h, w in ((61, 45), (30, 77), (25, 25)):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        expected = condition(Image.fromarray(arr), cond)
+        got = _condition(torch.from_numpy(arr).permute(2, 0, 1).contiguous(), cond).numpy()
+        assert got.shape == expected.shape and (got == expected).all(), (h, w)
+
+
 def test_the_inputs_column_comes_back_dense_whatever_arrow_made_of_it():
     from imgclf_ray.stages.load import _ragged, dense_inputs
 

@@ -51,7 +51,7 @@ def resize(img: Image.Image, width: int, height: int, interpolation: Interpolati
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    arr = np.asarray(img)
+    arr = np.array(img)  # writable: torch warns on a read-only view of Pillow's buffer
     chw = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 3 else arr[:, :, None])).permute(2, 0, 1)
     out = F.resize(chw, [height, width], interpolation=InterpolationMode(interpolation), antialias=True)
     out = out.permute(1, 2, 0).numpy()

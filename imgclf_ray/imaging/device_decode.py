@@ -28,7 +28,7 @@ def for_device(data: bytes, options: DecodeSpec) -> Optional[tuple[int, int]]:
     """(width, height) when ``data`` is a whole JPEG the device decodes as Pillow would: 8-bit RGB
     or greyscale, no EXIF rotation to apply, within the pixel and memory limits. None otherwise:
     the decode task decodes it (and gives a bad file its error row)."""
-    if not data.startswith(_SOI) or not data.rstrip(b"\x00").endswith(_EOI):
+    if not data.startswith(_SOI) or not data[-64:].rstrip(b"\x00").endswith(_EOI):
         return None  # not a JPEG, or truncated
     from PIL import Image
 
@@ -75,12 +75,14 @@ def _condition(img, cond: Conditioning):
         left, top = (w - c) // 2, (h - c) // 2
     else:
         left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
-    if left < 0 or top < 0:  # smaller than the crop: Pillow pads with black, as torchvision does
-        return F.center_crop(img, [c, c]) if cond.crop_offset == "round" else _padded(img, c, left, top)
+    if left < 0 or top < 0:
+        return _padded(img, c, left, top)
     return img[:, top:top + c, left:left + c]
 
 
 def _padded(img, c: int, left: int, top: int):
+    """The c x c window at (left, top) that reaches past the image, black outside it: what
+    Pillow's ``crop`` gives the decode tasks (and torchvision's CenterCrop pads to)."""
     import torch
 
     out = torch.zeros((img.shape[0], c, c), dtype=img.dtype, device=img.device)
