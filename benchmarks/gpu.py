@@ -132,6 +132,10 @@ def predictor_rate(clf, device: str, batch: int, seconds: float) -> tuple[float,
     return _rate(lambda: clf.predict_proba(x), batch, seconds), batch
 
 
+def _sig(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
 def make_model(folder: str) -> str:
     import torch
 
@@ -181,11 +185,12 @@ def main(argv=None) -> dict:
             low_clf = load_classifier(model, device=device, threads=os.cpu_count(), precision=low)
             result[f"predictor_{low}"] = round(predictor_rate(low_clf, device, batch, args.seconds)[0], 1)
     best = max(v for k, v in result.items() if k.startswith("predictor_"))
-    result["decode_cores_per_device"] = round(best / result["cpu_decode_per_core"], 1)
-    result["decode_cores_per_device_draft"] = round(best / result["cpu_decode_draft_per_core"], 1)
+    # Three significant digits: on a CPU (the fallback) these are small, never rounded to 0.
+    result["decode_cores_per_device"] = _sig(best / result["cpu_decode_per_core"])
+    result["decode_cores_per_device_draft"] = _sig(best / result["cpu_decode_draft_per_core"])
     # With decode.jpeg_on: predictor the device decodes too; the tasks read files and headers.
-    result["decode_cores_per_device_jpeg_on_predictor"] = round(
-        result["device_decode_and_predict_fp32"] / result["header_only_per_core"], 3)
+    result["decode_cores_per_device_jpeg_on_predictor"] = _sig(
+        result["device_decode_and_predict_fp32"] / result["header_only_per_core"])
     for key, value in result.items():
         print(f"{key:>32}: {value}")
     if args.json:
