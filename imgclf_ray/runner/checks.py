@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
-import pyarrow as pa
-
 from imgclf_ray import errors
 from imgclf_ray.errors import RunFailed, SpecError, UserError
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_SKIPPED
@@ -62,23 +60,6 @@ def user_errors(metrics=None):
             if isinstance(kind, type) and issubclass(kind, UserError):
                 raise kind(reported[1]) from None
         raise
-
-
-def check_complete(manifest: pa.Table, stats: pa.Table, frames: str = "one") -> None:
-    """Every listed input in the staged output, each row (uri + frame) once; with decode.frames:
-    all a file gives one row per frame."""
-    listed = manifest.num_rows
-    written = stats.num_rows
-    distinct = len(stats.column("image_id").unique()) if written else 0
-    if frames == "all":
-        missing = len(set(manifest.column("uri").to_pylist()) - set(stats.column("uri").to_pylist()))
-        if missing or distinct != written:
-            raise RunFailed(f"output check failed: {listed} files listed, {missing} missing from the "
-                            f"{written} rows written ({distinct} distinct); nothing was committed")
-        return
-    if written != listed or distinct != listed:
-        raise RunFailed(f"output check failed: {listed} images listed, {written} rows written "
-                        f"({distinct} distinct); nothing was committed")
 
 
 def check_budget(spec: JobSpec, result: RunResult) -> None:

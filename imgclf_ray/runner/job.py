@@ -24,10 +24,11 @@ from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact
 from imgclf_ray.models.loader import refuse_code
 from imgclf_ray.progress import Mode, Progress, resolve_mode
-from imgclf_ray.runner.checks import check_budget, check_complete, check_device_decode, user_errors
+from imgclf_ray.runner.checks import check_budget, check_device_decode, user_errors
 from imgclf_ray.runner.metrics import Watch
 from imgclf_ray.runner.plan import make_plan
-from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, staged_stats, prepare_clusterer
+from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer
+from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.ray_setup import ensure_ray
 from imgclf_ray.runner.result import RunResult, make_result, since_process_start, spec_digest
 from imgclf_ray.spec import JobSpec
@@ -100,18 +101,19 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
             engine.classify(run, manifest, run_id, metrics, clusterer, rules, fs, staging_path,
                             run_schema(run_id, card.model_id if card else None, card.labels if card else None))
         staged = [to_uri(fs, p) for p in staging.staged_files()]
-        curation = archive_checks(engine.tasks, spec, staged, checks, labels, metrics)
+        tasks = engine.tasks
+        curation = archive_checks(tasks, spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
-        stats = staged_stats(spec, staged)
-        check_complete(manifest, stats, "all" if spec.source.container else spec.decode.frames)
-        result = make_result(spec, run_id, staging.run_uri, stats, wall, card, plan)
+        back = read_back(tasks, spec, staged, [tasks.put(manifest)])
+        back.check_complete("all" if spec.source.container else spec.decode.frames)
+        result = make_result(spec, run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
         result.stages = metrics.snapshot()
         result.first_batch_seconds = since_process_start(metrics.first_batch())
         result.started_at, result.listing_seconds = started_at, listing_seconds
         result.curation = curation
         check_budget(spec, result)
-        extra_files = cluster_and_flag_summary(spec, stats, result, clusterer)
+        extra_files = cluster_and_flag_summary(spec, back, result, clusterer)
     except BaseException:
         staging.discard()
         raise
@@ -123,7 +125,8 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
     if spec.incremental is not None:
         # Recorded before the commit under this attempt's name; it counts only while the committed
         # manifest names this attempt.
-        state.record(state_uri(spec), run_id, staging.attempt, stats, spec.storage)
+        tasks.get(tasks.submit(write_state, state.state_file(state_uri(spec), run_id, staging.attempt),
+                               spec.storage, back.state_parts))
     faults.point("after_state")
     summary = result.summary()
     lock.verify()

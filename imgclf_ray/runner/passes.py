@@ -14,7 +14,6 @@ import pyarrow as pa
 from imgclf_ray.errors import RunFailed, SpecError
 from imgclf_ray.io.schema import STATUS_OK
 from imgclf_ray.io.storage import join
-from imgclf_ray.io.tables import count_values, read_columns
 from imgclf_ray.planner import Plan
 from imgclf_ray.progress import Mode, Progress
 from imgclf_ray.runner.build import embedding_of
@@ -22,19 +21,6 @@ from imgclf_ray.runner.result import RunResult
 from imgclf_ray.spec import JobSpec
 
 log = logging.getLogger(__name__)
-
-
-def staged_stats(spec: JobSpec, staged: list[str]) -> pa.Table:
-    """The columns every after-write step needs (checks, counts, clusters, flags, state), read
-    from the staged files once."""
-    from imgclf_ray.io.state import STATE_COLUMNS
-
-    columns = ["image_id", "uri", "status", "error", "label"]
-    if spec.curate is not None or spec.cluster is not None:
-        columns += ["cluster", "cluster_distance", *(f"is_{c}" for c in spec.curate_checks())]
-    if spec.incremental is not None:
-        columns += STATE_COLUMNS
-    return read_columns(staged, list(dict.fromkeys(columns)), spec.storage)
 
 
 def cluster_artifact_uri(spec: JobSpec) -> str:
@@ -113,29 +99,16 @@ def archive_checks(tasks, spec: JobSpec, staged: list[str], checks: tuple[str, .
     return archive.summarise(facts, exact, near, checks, labels, radius)
 
 
-def cluster_and_flag_summary(spec: JobSpec, t: pa.Table, result: RunResult, clusterer) -> dict[str, bytes]:
-    """Fills the run's cluster and flag counts; returns _clusters.json (sizes, exemplars) when the
-    job clusters."""
-    import pyarrow.compute as pc
-
+def cluster_and_flag_summary(spec: JobSpec, back, result: RunResult, clusterer) -> dict[str, bytes]:
+    """Fills the run's cluster and flag counts from its staged rows read back (``back``: a
+    ``runner.readback.Readback``); returns _clusters.json (sizes, exemplars) when the job clusters."""
     if spec.cluster is None and spec.curate is None:
         return {}
-    flags = [f"is_{c}" for c in spec.curate_checks()]
-    result.curation_flags = {f[3:]: int(pc.sum(pc.fill_null(t.column(f), False)).as_py() or 0) for f in flags}
+    result.curation_flags = {c: back.summary.flags.get(c, 0) for c in spec.curate_checks()}
     if clusterer is None:
         return {}
-    clustered = t.filter(pc.is_valid(t.column("cluster")))
-    counts = count_values(clustered.column("cluster"))
-    result.by_cluster = {str(k): v for k, v in sorted(counts.items())}
-    clusters = []
-    for cluster in sorted(counts):
-        rows = clustered.filter(pc.equal(clustered.column("cluster"), cluster))
-        dist = rows.column("cluster_distance").to_numpy(zero_copy_only=False).astype(np.float64)
-        nearest = np.argsort(np.nan_to_num(dist, nan=np.inf), kind="stable")[:5]
-        uris = rows.column("uri").to_pylist()
-        clusters.append({"cluster": int(cluster), "size": rows.num_rows,
-                         "mean_distance": None if np.isnan(dist).all() else round(float(np.nanmean(dist)), 4),
-                         "exemplars": [uris[i] for i in nearest]})
+    clusters = back.cluster_doc()
+    result.by_cluster = {str(c["cluster"]): c["size"] for c in clusters}
     result.clusterer = {"clusterer_id": clusterer.clusterer_id, "artifact": cluster_artifact_uri(spec),
                         "algorithm": clusterer.card.algorithm, "n_clusters": clusterer.card.n_clusters,
                         "fitted_rows": clusterer.card.fitted_rows, "fitted_at": clusterer.card.fitted_at}

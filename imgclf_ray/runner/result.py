@@ -7,12 +7,9 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from collections import Counter
 from typing import Any, Optional
 
-import pyarrow as pa
-
-from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK
-from imgclf_ray.io.tables import count_values
 from imgclf_ray.models.hierarchy import ArtifactInfo
 from imgclf_ray.planner import Plan
 from imgclf_ray.spec import JobSpec
@@ -74,31 +71,28 @@ class RunResult:
         }
 
 
-def make_result(spec: JobSpec, run_id: str, output_uri: str, stats: pa.Table, wall: float, card: Optional[ArtifactInfo],
-            plan: Plan) -> RunResult:
-    import pyarrow.compute as pc
+def ranked(counts: Counter) -> dict:
+    """Value -> rows, most frequent first (the order ``io.tables.count_values`` gives)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
-    errors = stats.filter(pc.equal(stats.column("status"), STATUS_ERROR))
-    stages = pc.list_element(pc.split_pattern(errors.column("error"), ": ", max_splits=1), 0) \
-        if errors.num_rows else pa.chunked_array([], pa.string())
-    ok = stats.filter(pc.equal(stats.column("status"), STATUS_OK))
-    sample = errors.slice(0, 20).select(["uri", "error"]).to_pylist()
-    causes: dict[str, int] = {}
-    for message in errors.column("error").to_pylist():
-        causes[error_cause(message)] = causes.get(error_cause(message), 0) + 1
+
+def make_result(spec: JobSpec, run_id: str, output_uri: str, summary, wall: float,
+                card: Optional[ArtifactInfo], plan: Plan) -> RunResult:
+    """The run's result from its staged rows' merged counts (``summary``: a
+    ``runner.readback.FileSummary``)."""
     return RunResult(
         run_id=run_id,
         output_uri=output_uri,
-        rows=stats.num_rows,
-        by_status=count_values(stats.column("status")),
-        by_label=count_values(ok.column("label")),
-        errors_by_stage=count_values(stages),
-        sample_errors=sample,
+        rows=summary.rows,
+        by_status=ranked(summary.by_status),
+        by_label=ranked(summary.by_label),
+        errors_by_stage=ranked(summary.errors_by_stage),
+        sample_errors=summary.sample_errors,
         wall_seconds=wall,
-        images_per_second=stats.num_rows / wall if wall > 0 else 0.0,
+        images_per_second=summary.rows / wall if wall > 0 else 0.0,
         model_id=card.model_id if card else None,
         plan=asdict(plan),
-        errors_by_cause=dict(sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        errors_by_cause=dict(sorted(summary.errors_by_cause.items(), key=lambda kv: (-kv[1], kv[0]))),
         spec_digest=spec_digest(spec),
     )
 
