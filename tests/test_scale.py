@@ -76,8 +76,19 @@ def test_an_unreadable_inventory_file_is_one_error_line(ray_session, tmp_path):
 
 
 @pytest.mark.s3
-def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session, s3, moto_server, tiny_model, tmp_path):
+def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session, s3, moto_server, tiny_model, tmp_path,
+                                                                   monkeypatch):
+    """Night by night, only the new keys; the driver never holds the rows: the selected blocks go to
+    Ray Data and to the output's read-back as object references (the in-process table of the
+    blocks and the reading of staged rows are forbidden here)."""
     from imgclf_ray.api import run
+    from imgclf_ray.io import tables
+    from imgclf_ray.runner.selection import Blocks
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the driver held the run's rows")
+    monkeypatch.setattr(Blocks, "table", forbidden)
+    monkeypatch.setattr(tables, "read_columns", forbidden)
 
     keys = ["cams/1.png", "cams/2.png", "cams/sub/3.png", "cams/notes.txt"]
     data = {k: _png(20 * i) for i, k in enumerate(keys)}
@@ -92,18 +103,25 @@ def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session,
         s3.put(str(local / "inv"), "inventories/", recursive=True)
         return f"s3://inventories/inv/photos/daily/{night}/manifest.json"
 
-    job = {"name": "cams", "source": {"uri": "s3://archive/cams", "inventory": inventory("2026-11-29T01-00Z", keys)},
+    # Folder labels and a clusterer fitted on a sample: both taken from the blocks by tasks.
+    job = {"name": "cams", "source": {"uri": "s3://archive/cams", "inventory": inventory("2026-11-29T01-00Z", keys),
+                                      "labels": {"kind": "folder"}},
            "model": {"uri": tiny_model}, "sink": {"uri": "s3://output/labels"}, "incremental": {},
+           "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}, "sample": 2},
            "storage": {"endpoint_url": moto_server}, "resources": {"decode_batch_size": 4, "batch_size": 8}}
     first = run(job, run_id="n1")
     assert first.by_status == {"ok": 3} and first.files == 3
+    assert first.clusterer["fitted_rows"] == 2 and sum(first.by_cluster.values()) == 3
     data["cams/4.png"] = _png(200)
     s3.pipe("archive/cams/4.png", data["cams/4.png"])
     job["source"]["inventory"] = inventory("2026-11-30T01-00Z", keys + ["cams/4.png"])
     second = run(job, run_id="n2")
     assert second.by_status == {"ok": 1}
+    monkeypatch.undo()  # the reading below is the test's own
     from imgclf_ray.api import read_run
     from imgclf_ray.spec import StorageSpec
 
     rows = read_run("s3://output/labels", "n2", storage=StorageSpec(endpoint_url=moto_server)).to_pylist()
     assert [r["uri"] for r in rows] == ["s3://archive/cams/4.png"]
+    night1 = read_run("s3://output/labels", "n1", storage=StorageSpec(endpoint_url=moto_server)).to_pylist()
+    assert {r["uri"].rsplit("/", 2)[-2]: r["true_label"] for r in night1} == {"cams": None, "sub": "sub"}

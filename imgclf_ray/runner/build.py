@@ -35,11 +35,17 @@ def files_per_call(spec: JobSpec, plan: Plan) -> int:
     return 1 if spec.source.container else plan.decode_batch_size
 
 
-def load_dataset(spec: JobSpec, manifest: pa.Table, plan: Plan, stage):
+def load_dataset(spec: JobSpec, manifest, plan: Plan, stage):
+    """The read/decode stage over the manifest: a table on the driver, or ``runner.selection``'s
+    blocks in the object store (a run over an inventory), cut into blocks of one call's files
+    by a streaming repartition (the manifest never comes to the driver)."""
     import ray
 
     files = files_per_call(spec, plan)
-    ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // files)))
+    if isinstance(manifest, pa.Table):
+        ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // files)))
+    else:
+        ds = ray.data.from_arrow_refs(manifest.refs).repartition(target_num_rows_per_block=files)
     return ds.map_batches(
         stage,
         batch_size=files,
@@ -78,7 +84,7 @@ def predict_kwargs(run: "RunPlan", run_id: str, reporter=None, rules=None, threa
     }
 
 
-def build_dataset(run: "RunPlan", manifest: pa.Table, run_id: str, reporter=None, clusterer=None, rules=None):
+def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clusterer=None, rules=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     from ray.data import ActorPoolStrategy
 
@@ -138,11 +144,11 @@ class RayEngine:
 
         return RayMetrics()
 
-    def load_batches(self, spec: JobSpec, manifest: pa.Table, plan: Plan, stage, columns: list[str]):
+    def load_batches(self, spec: JobSpec, manifest, plan: Plan, stage, columns: list[str]):
         ds = load_dataset(spec, manifest, plan, stage)
         yield from ds.select_columns(columns).iter_batches(batch_size=plan.decode_batch_size, batch_format="numpy")
 
-    def classify(self, run: "RunPlan", manifest: pa.Table, run_id: str, metrics, clusterer, rules,
+    def classify(self, run: "RunPlan", manifest, run_id: str, metrics, clusterer, rules,
                  fs, staging_path: str, schema: pa.Schema) -> None:
         from imgclf_ray.io.storage import pyarrow_fs
 

@@ -46,11 +46,12 @@ def default_run_id(spec: JobSpec) -> str:
     return f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
-def execute(spec: JobSpec, manifest: pa.Table, run_id: Optional[str] = None,
+def execute(spec: JobSpec, manifest, run_id: Optional[str] = None,
             progress: Mode = "off", listing_seconds: Optional[float] = None,
             lock: Optional[RunLock] = None, listing_skipped: Optional[dict[str, int]] = None,
             model: Optional[ArtifactInfo] = None) -> RunResult:
-    """Classify every row of ``manifest`` and commit the output as run ``run_id``.
+    """Classify every row of ``manifest`` (a table, or ``runner.selection.Blocks`` in Ray's object
+    store) and commit the output as run ``run_id``.
 
     Ray must be initialised (for run.executor: ray). Holds the run id's lock while it works
     (``lock``, when the caller took it already). Raises RunFailed (nothing committed) when the
@@ -74,7 +75,7 @@ def _locked(spec: JobSpec, run_id: str):
         yield lock
 
 
-def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
+def _execute(spec: JobSpec, manifest, run_id: str, progress: Mode,
              listing_seconds: Optional[float], lock: RunLock,
              listing_skipped: Optional[dict[str, int]] = None, model: Optional[ArtifactInfo] = None) -> RunResult:
     from imgclf_ray.curation.rows import row_rules
@@ -104,7 +105,7 @@ def _execute(spec: JobSpec, manifest: pa.Table, run_id: str, progress: Mode,
         tasks = engine.tasks
         curation = archive_checks(tasks, spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
-        back = read_back(tasks, spec, staged, [tasks.put(manifest)])
+        back = read_back(tasks, spec, staged, manifest.refs if hasattr(manifest, "refs") else [tasks.put(manifest)])
         back.check_complete("all" if spec.source.container else spec.decode.frames)
         result = make_result(spec, run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
@@ -181,10 +182,9 @@ def _note_selection(listed: int, why: dict[str, int], mode: Mode) -> None:
                   f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
 
 
-def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str
-                        ) -> tuple[int, dict[str, int], pa.Table]:
-    """(files listed, skipped counts, the rows to process): listing and the incremental selection as
-    Ray tasks (runner.selection); only the rows this run processes come to the driver."""
+def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str):
+    """(files listed, skipped counts, the rows to process as ``runner.selection.Blocks``): listing
+    and the incremental selection as Ray tasks; the rows stay in the object store."""
     from imgclf_ray.io import state
     from imgclf_ray.runner.selection import list_blocks, select_blocks
 
@@ -194,7 +194,7 @@ def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_
         records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
         todo, why = select_blocks(listed, records, model_id, spec.incremental.reprocess_on_model_change, spec.storage)
         _note_selection(listed.rows, why, mode)
-    return listed.rows, listed.skipped, todo.table()
+    return listed.rows, listed.skipped, todo
 
 
 def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
@@ -280,7 +280,9 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     if skipped:
         Progress.note(f"listing: {listed_rows} files; skipped " + ", ".join(
             f"{n} ({why})" for why, n in skipped.items()), mode)
-    manifest = attach_true_labels(manifest, spec.source, spec.storage)
+    if spec.source.labels is not None:
+        manifest = (attach_true_labels(manifest, spec.source, spec.storage) if isinstance(manifest, pa.Table)
+                    else manifest.map(attach_true_labels, spec.source, spec.storage))
     listing_seconds = time.perf_counter() - listing_started
     if spec.incremental is not None and not manifest.num_rows:
         why = (f"all {listed_rows} listed images were processed by earlier runs"

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from imgclf_ray.errors import RunFailed, SpecError
 from imgclf_ray.io.schema import STATUS_OK
@@ -27,7 +26,7 @@ def cluster_artifact_uri(spec: JobSpec) -> str:
     return spec.cluster.artifact or join(spec.sink.uri, "_clusterers", spec.name)
 
 
-def _embedded_batches(engine, spec: JobSpec, manifest: pa.Table, plan: Plan):
+def _embedded_batches(engine, spec: JobSpec, manifest, plan: Plan):
     """Raw embedding features of the manifest's decodable rows, batch by batch (a pass of the engine's)."""
     from imgclf_ray.stages import LoadStage
 
@@ -36,7 +35,7 @@ def _embedded_batches(engine, spec: JobSpec, manifest: pa.Table, plan: Plan):
         yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]
 
 
-def prepare_clusterer(engine, spec: JobSpec, manifest: pa.Table, plan: Plan, progress: Mode = "off"):
+def prepare_clusterer(engine, spec: JobSpec, manifest, plan: Plan, progress: Mode = "off"):
     """The job's clusterer: the saved artifact when there is one (so ids stay stable from run to
     run), else fitted now on a seeded sample (or streamed over the archive) and saved."""
     from imgclf_ray import clustering

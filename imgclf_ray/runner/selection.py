@@ -11,7 +11,8 @@ The driver holds object references and counts, never the archive's rows:
   win) and decides each listed row: new, changed (size or etag), model changed, or unchanged.
 
 ``imgclf run --dry-run`` runs these and prints the counts; a run over an inventory runs them and
-brings only the rows it will process to the driver.
+hands the selected blocks to Ray Data (``runner.build.load_dataset``) and to the read-back of its
+output (``runner.readback``): the driver holds references and counts.
 """
 
 from __future__ import annotations
@@ -49,17 +50,54 @@ def _get(refs):
 
 @dataclass
 class Blocks:
-    """Manifest rows in the object store: references to Arrow tables, with their counts."""
+    """Manifest rows in the object store: references to Arrow tables, with their counts. A run
+    over an inventory hands them to Ray Data as they are; the driver never holds the rows."""
 
     refs: list = field(default_factory=list)
     rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     tasks: int = 0  # listing tasks (sub-prefixes or inventory data files)
+    counts: list = field(default_factory=list)  # rows per block
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows
 
     def table(self) -> pa.Table:
-        """The rows in this process (for a run, after selection: the rows it processes)."""
+        """The rows in this process (tests and small manifests only)."""
         tables = [t for t in _get(self.refs) if t.num_rows]
         return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+    def take(self, indices: np.ndarray) -> pa.Table:
+        """The rows at these positions (sorted), brought here: a clusterer's fit sample."""
+        import ray
+
+        bounds = np.cumsum([0, *self.counts])
+        calls = []
+        for b, ref in enumerate(self.refs):
+            mine = indices[(indices >= bounds[b]) & (indices < bounds[b + 1])] - bounds[b]
+            if len(mine):
+                calls.append(ray.remote(num_cpus=0.25)(_take).remote(ref, mine))
+        tables = _get(calls)
+        return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+    def map(self, fn, *args) -> "Blocks":
+        """``fn(block, *args)`` on every block, as Ray tasks, waited for (a user error raised in
+        one, such as a labels table without its column, is raised here), the rows left there."""
+        import ray
+
+        task = ray.remote(num_cpus=0.25, max_retries=3)(_mapped).options(num_returns=2)
+        calls = [task.remote(fn, ref, *args) for ref in self.refs]
+        _get([c[1] for c in calls])
+        return Blocks([c[0] for c in calls], self.rows, self.skipped, self.tasks, self.counts)
+
+
+def _take(table: pa.Table, indices: np.ndarray) -> pa.Table:
+    return table.take(pa.array(indices))
+
+
+def _mapped(fn, table: pa.Table, *args):
+    return fn(table, *args), True
 
 
 def _list_prefix(prefix: str, storage: StorageSpec, extensions: Optional[tuple[str, ...]]):
@@ -99,7 +137,7 @@ def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blo
         extensions = None if source.sniff else tuple(source.extensions)
         if GLOB_CHARS & set(root) or fs.isfile(root) or not source.recursive:
             table = list_archive(source, storage)  # a glob, one file or one level: listed here
-            return Blocks([ray.put(table)], table.num_rows, skipped_counts(table), 1)
+            return Blocks([ray.put(table)], table.num_rows, skipped_counts(table), 1, [table.num_rows])
         if not fs.isdir(root):
             raise SourceError(f"{source.uri}: no such folder or prefix (source.uri)")
         try:
@@ -109,6 +147,7 @@ def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blo
         top = {e["name"]: e for e in entries if e.get("type") != "directory"}
         here, skipped = entries_to_manifest(fs, top, extensions)
         out.refs.append(ray.put(here))
+        out.counts.append(here.num_rows)
         out.rows += here.num_rows
         out.skipped = dict(skipped)
         calls = [task(_list_prefix).options(num_returns=2).remote(e["name"], storage, extensions)
@@ -116,6 +155,7 @@ def list_blocks(source: SourceSpec, storage: StorageSpec = StorageSpec()) -> Blo
     out.tasks = len(calls)
     for (block, _), (rows, skipped) in zip(calls, _get([c[1] for c in calls])):
         out.refs.append(block)
+        out.counts.append(rows)
         out.rows += rows
         for why, n in skipped.items():
             out.skipped[why] = out.skipped.get(why, 0) + n
@@ -178,9 +218,10 @@ def select_blocks(listed: Blocks, records: list[str], model_id: Optional[str], r
         model_id, reprocess, len(listed_parts), *[lp[p] for lp in listed_parts], *[sp[p] for sp in state_parts])
         for p in range(partitions)]
     why = dict.fromkeys(REASONS, 0)
+    sizes = []
     for counts in _get([c[1] for c in calls]):
         for k, v in counts.items():
             why[k] += v
-    todo = Blocks([c[0] for c in calls], why["new"] + why["changed"] + why["model_changed"], dict(listed.skipped),
-                  listed.tasks)
+        sizes.append(counts["new"] + counts["changed"] + counts["model_changed"])
+    todo = Blocks([c[0] for c in calls], sum(sizes), dict(listed.skipped), listed.tasks, sizes)
     return todo, why
