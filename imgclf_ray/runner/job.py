@@ -105,7 +105,7 @@ def _execute(spec: JobSpec, manifest, run_id: str, progress: Mode,
         tasks = engine.tasks
         curation = archive_checks(tasks, spec, staged, checks, labels, metrics)
         wall = time.perf_counter() - started
-        back = read_back(tasks, spec, staged, manifest.refs if hasattr(manifest, "refs") else [tasks.put(manifest)])
+        back = read_back(tasks, spec, staged, [tasks.put(manifest)] if isinstance(manifest, pa.Table) else manifest.refs)
         back.check_complete("all" if spec.source.container else spec.decode.frames)
         result = make_result(spec, run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing_skipped or {}
