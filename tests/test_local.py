@@ -110,3 +110,21 @@ def test_the_local_writer_rolls_files_at_max_rows_and_keeps_the_order(tmp_path, 
     assert [first.row_group(i).num_rows for i in range(first.num_row_groups)] == [6, 4]
     assert [x for f in files for x in pq.read_table(f).column("x").to_pylist()] == list(range(23))
     assert pq.read_schema(files[0]).metadata == {b"imgclf.run_id": b"r"}
+
+
+def test_the_local_writer_closes_its_open_file_when_the_run_fails(tmp_path):
+    """A failure mid-write: the open staged file is closed before the run discards the staging
+    folder (an S3 upload left open would complete whenever the handle is collected, after it)."""
+    import fsspec
+    import pyarrow as pa
+
+    from imgclf_ray.runner import local
+
+    schema = pa.schema([pa.field("x", pa.int64())])
+    with pytest.raises(RuntimeError, match="decode worker died"):
+        with local.StagedWriter(fsspec.filesystem("file"), str(tmp_path), schema, max_rows=10_000) as writer:
+            writer.write(pa.table({"x": list(range(5000))}, schema=schema))  # a row group: the file is open
+            handle = writer.handle
+            assert handle is not None and not handle.closed
+            raise RuntimeError("decode worker died")
+    assert handle.closed and writer.handle is None and writer.writer is None

@@ -219,6 +219,24 @@ class StagedWriter:
         self._flush()
         self._close_file()
 
+    def __enter__(self) -> "StagedWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+            return
+        # A failed run: the open file is closed now, unfinished, so that it is in the staging
+        # folder before the run discards it (on S3 an upload left open would complete whenever
+        # the handle is collected: a part appearing in the staging folder after its discard).
+        self.buffered, self.buffered_rows = [], 0
+        handle, self.writer, self.handle = self.handle, None, None
+        if handle is not None:
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                pass
+
 
 class LocalTasks:
     """The archive pass's tasks, called in this process (runner.passes.archive_checks)."""
@@ -267,15 +285,14 @@ class LocalEngine:
         from imgclf_ray.stages import PredictStage
 
         spec, plan = run.spec, run.resources
-        writer = StagedWriter(fs, staging_path, schema, spec.sink.max_rows_per_file)
-        with DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
+        with StagedWriter(fs, staging_path, schema, spec.sink.max_rows_per_file) as writer, \
+                DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
             batches = pool.map(manifest, files_per_call(spec, plan))  # the workers start now...
             # ...while the model loads here.
             predict = PredictStage(**predict_kwargs(run, run_id, metrics, rules,
                                                     threads=max(1, int(plan.cluster_cpus))))
             for batch in batches:
                 writer.write(_predict(predict, batch, plan.batch_size))
-        writer.close()
 
 
 def _predict(predict, batch: dict[str, np.ndarray], size: int) -> pa.Table:
