@@ -125,3 +125,31 @@ def test_nightly_job_listed_by_s3_inventory_processes_only_new_keys(ray_session,
     assert [r["uri"] for r in rows] == ["s3://archive/cams/4.png"]
     night1 = read_run("s3://output/labels", "n1", storage=StorageSpec(endpoint_url=moto_server)).to_pylist()
     assert {r["uri"].rsplit("/", 2)[-2]: r["true_label"] for r in night1} == {"cams": None, "sub": "sub"}
+
+
+@pytest.mark.ray
+def test_the_selection_is_the_same_whatever_the_number_of_partitions(ray_session, tmp_path):
+    """One partition (a 1-CPU cluster) and several give the same rows to process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgclf_ray.runner.selection import list_blocks, select_blocks
+    from imgclf_ray.spec import SourceSpec, StorageSpec
+
+    for folder in ("a", "b"):
+        (tmp_path / "arch" / folder).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "arch" / folder / f"{i}.png").write_bytes(b"x" * (i + 1))
+    listed = list_blocks(SourceSpec(uri=str(tmp_path / "arch")))
+    rows = listed.table()
+    done = rows.filter(pa.array(["/a/" in u for u in rows.column("uri").to_pylist()]))
+    record = tmp_path / "processed-n1~x.state"
+    pq.write_table(pa.table({"uri": done.column("uri"), "frame": pa.array([0] * done.num_rows, pa.int32()),
+                             "size": done.column("size"), "etag": done.column("etag"),
+                             "model_id": ["m"] * done.num_rows, "run_id": ["n1"] * done.num_rows}), record)
+    picked = {}
+    for partitions in (1, 3):
+        todo, why = select_blocks(listed, [str(record)], "m", True, StorageSpec(), partitions=partitions)
+        picked[partitions] = (sorted(todo.table().column("uri").to_pylist()), why)
+    assert picked[1] == picked[3]
+    assert len(picked[1][0]) == 5 and picked[1][1] == {"new": 5, "changed": 0, "model_changed": 0, "unchanged": 5}

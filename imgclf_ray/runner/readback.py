@@ -13,7 +13,6 @@ counts and a few exemplars; it never holds the run's rows, whatever the run's si
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from imgclf_ray.errors import RunFailed
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem
+from imgclf_ray.runner.selection import split_by_uri
 from imgclf_ray.spec import JobSpec, StorageSpec
 
 SAMPLE_ERRORS = 20  # error rows quoted in the run summary
@@ -60,17 +60,6 @@ class FileSummary:
             entry[2] += counted
             entry[3] = sorted(entry[3] + nearest)[:EXEMPLARS]
         return self
-
-
-def _partition(uris: pa.ChunkedArray, partitions: int) -> np.ndarray:
-    """A stable partition of each uri (the same in every process: crc32, not Python's hash)."""
-    return np.fromiter((zlib.crc32(u.encode()) % partitions for u in uris.to_pylist()), np.int64, len(uris))
-
-
-def _split(table: pa.Table, partitions: int) -> tuple:
-    part = _partition(table.column("uri"), partitions)
-    out = tuple(table.filter(pa.array(part == p)) for p in range(partitions))
-    return out if partitions > 1 else out[0]
 
 
 def _columns(spec: JobSpec) -> list[str]:
@@ -110,7 +99,7 @@ def scan(uri: str, index: int, storage: StorageSpec, columns: list[str], flags: 
     records = None
     if state:
         records = t.filter(pc.is_in(status, pa.array([STATUS_OK, STATUS_SKIPPED]))).select(STATE_COLUMNS)
-    ids = _split(t.select(["uri", "image_id"]), partitions)
+    ids = split_by_uri(t.select(["uri", "image_id"]), partitions)
     return (s, records, *ids) if partitions > 1 else (s, records, ids)
 
 
@@ -139,7 +128,7 @@ def _cluster_counts(t: pa.Table, index: int) -> dict:
 
 def split_listed(manifest: pa.Table, partitions: int):
     """The listed uris of a manifest block in ``partitions`` parts (a task)."""
-    return _split(manifest.select(["uri"]), partitions)
+    return split_by_uri(manifest.select(["uri"]), partitions)
 
 
 def check_partition(listed_parts: int, *parts: pa.Table) -> tuple[int, int, int, int]:

@@ -169,17 +169,19 @@ def _partition(uris: pa.ChunkedArray, partitions: int) -> np.ndarray:
     return np.fromiter((zlib.crc32(u.encode()) % partitions for u in uris.to_pylist()), np.int64, len(uris))
 
 
-def _split(table: pa.Table, partitions: int) -> tuple:
-    """The rows of ``table`` in each partition of their uri."""
+def split_by_uri(table: pa.Table, partitions: int):
+    """The rows of ``table`` in each partition of their uri: a tuple, or the table itself for one
+    partition (what a Ray task with ``num_returns=1`` must return)."""
     part = _partition(table.column("uri"), partitions)
-    return tuple(table.filter(pa.array(part == p)) for p in range(partitions))
+    out = tuple(table.filter(pa.array(part == p)) for p in range(partitions))
+    return out if partitions > 1 else out[0]
 
 
 def _split_state(uri: str, order: int, partitions: int, storage: StorageSpec) -> tuple:
     from imgclf_ray.io.tables import read_columns
 
     t = read_columns([uri], STATE_COLUMNS, storage).select(["uri", "size", "etag", "model_id"])
-    return _split(t.append_column("order", pa.array(np.full(t.num_rows, order, np.int64))), partitions)
+    return split_by_uri(t.append_column("order", pa.array(np.full(t.num_rows, order, np.int64))), partitions)
 
 
 def _select_partition(model_id: Optional[str], reprocess: bool, listed_count: int, *parts: pa.Table):
@@ -208,7 +210,7 @@ def select_blocks(listed: Blocks, records: list[str], model_id: Optional[str], r
         cpus = int(ray.cluster_resources().get("CPU", 1))
         partitions = max(1, cpus, -(-listed.rows // 1_000_000))
     task = ray.remote(num_cpus=0.5)
-    listed_parts = [task(_split).options(num_returns=partitions).remote(ref, partitions)
+    listed_parts = [task(split_by_uri).options(num_returns=partitions).remote(ref, partitions)
                     for ref in listed.refs]
     state_parts = [task(_split_state).options(num_returns=partitions).remote(uri, i, partitions, storage)
                    for i, uri in enumerate(records)]
