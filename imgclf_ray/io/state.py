@@ -12,14 +12,10 @@ written before the commit). The table is keyed by uri, so it can be partitioned 
 
 from __future__ import annotations
 
-import io
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from imgclf_ray.io.schema import STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.io.tables import read_columns
 from imgclf_ray.spec import StorageSpec
@@ -42,20 +38,6 @@ def _parse(name: str) -> Optional[tuple[str, Optional[str]]]:
     if name.endswith(LEGACY_SUFFIX):
         return name[len(PREFIX):-len(LEGACY_SUFFIX)], None
     return None
-
-
-def record(state_uri: str, run_id: str, attempt: str, t: pa.Table, storage: StorageSpec) -> int:
-    """Write the attempt's processed rows (``t``: its staged output, at least STATE_COLUMNS and
-    status); returns how many."""
-    # ok rows, and files that are no image (extensions: any): neither is tried again.
-    done = pc.is_in(t.column("status"), pa.array([STATUS_OK, STATUS_SKIPPED]))
-    t = t.filter(done).select(STATE_COLUMNS)
-    sink = io.BytesIO()
-    pq.write_table(t, sink)
-    fs, path = filesystem(state_file(state_uri, run_id, attempt), storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, sink.getvalue())
-    return t.num_rows
 
 
 def committed_records(state_uri: str, sink_uri: str, storage: StorageSpec,

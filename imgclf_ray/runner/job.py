@@ -221,7 +221,8 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
                        spec_digest=spec_digest(spec), started_at=datetime.now(timezone.utc).isoformat(),
                        listing_seconds=listing_seconds, files=files, listing_skipped=skipped, nothing_new=why)
     if spec.incremental is not None:
-        state.record(state_uri(spec), run_id, staging.attempt, empty, spec.storage)
+        write_state(state.state_file(state_uri(spec), run_id, staging.attempt), spec.storage,
+                    [empty.select(state.STATE_COLUMNS)])
     lock.verify()
     sink.commit(staging, {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": run_date.isoformat(),
                           "model_id": result.model_id, "task": info.task if info else None,
