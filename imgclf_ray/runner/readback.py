@@ -78,15 +78,15 @@ def scan(uri: str, index: int, storage: StorageSpec, columns: list[str], flags: 
     """One staged file (the ``index``-th): its FileSummary, its state rows (None unless ``state``)
     and its (uri, image_id) pairs in ``partitions`` parts (a task)."""
     from imgclf_ray.io.state import STATE_COLUMNS
-    from imgclf_ray.io.tables import read_columns
+    from imgclf_ray.io.tables import count_values, read_columns
     from imgclf_ray.runner.result import error_cause
 
     t = read_columns([uri], columns, storage)
     s = FileSummary(rows=t.num_rows)
     status = t.column("status")
-    s.by_status.update({k: v for k, v in _counts(status).items()})
+    s.by_status.update(count_values(status))
     ok = t.filter(pc.equal(status, STATUS_OK))
-    s.by_label.update(_counts(ok.column("label")))
+    s.by_label.update(count_values(ok.column("label")))
     errors = t.filter(pc.equal(status, STATUS_ERROR))
     messages = errors.column("error").to_pylist()
     s.errors_by_stage.update(m.split(": ", 1)[0] for m in messages if m is not None)
@@ -101,11 +101,6 @@ def scan(uri: str, index: int, storage: StorageSpec, columns: list[str], flags: 
         records = t.filter(pc.is_in(status, pa.array([STATUS_OK, STATUS_SKIPPED]))).select(STATE_COLUMNS)
     ids = split_by_uri(t.select(["uri", "image_id"]), partitions)
     return (s, records, *ids) if partitions > 1 else (s, records, ids)
-
-
-def _counts(column) -> dict:
-    return {c["values"]: c["counts"] for c in column.value_counts().to_pylist()
-            if c["values"] is not None} if len(column) else {}
 
 
 def _cluster_counts(t: pa.Table, index: int) -> dict:
@@ -166,14 +161,9 @@ def write_state(state_file: str, storage: StorageSpec, parts: list) -> int:
 
 
 def _resolve(obj):
-    try:
-        import ray
+    import ray
 
-        if isinstance(obj, ray.ObjectRef):
-            return ray.get(obj)
-    except ImportError:  # the local engine: no Ray installed is fine
-        pass
-    return obj
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
 
 
 @dataclass
