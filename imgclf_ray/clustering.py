@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
+from imgclf_ray.messages import describe
 from imgclf_ray.registry import CLUSTER_ALGORITHMS
 from imgclf_ray.spec import ClusterSpec, FeatureSpec, PreprocessSpec, StorageSpec
 
@@ -252,7 +253,7 @@ def load(uri: str, storage: StorageSpec = StorageSpec()) -> Clusterer:
     except OSError as exc:
         raise ArtifactError(f"{uri}: unreadable clusterer ({describe_os_error(exc)}) (cluster.artifact)") from None
     except ValueError as exc:
-        raise ArtifactError(f"{uri}/{CARD_FILE}: not a clusterer card ({exc})") from None
+        raise ArtifactError(f"{uri}/{CARD_FILE}: not a clusterer card ({describe(exc)})") from None
     if hashlib.sha256(blob).hexdigest() != card.sha256:
         raise ArtifactError(f"{uri}/{ARRAYS_FILE}: sha256 does not match the card; refusing to load it")
     return Clusterer(card, load_arrays(blob))

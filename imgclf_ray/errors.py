@@ -89,5 +89,6 @@ def kind_of(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or repr(exc)
-    return text.splitlines()[0][:300]
+    from imgclf_ray.messages import scrub
+
+    return scrub(str(exc).strip() or type(exc).__name__, cap=300)

@@ -32,6 +32,7 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.lock import RunLock, RunLocked
 from imgclf_ray.spec import DecodeSpec, SourceSpec, StorageSpec, load_spec
 from tests.corpus import digit_images, png_bytes, png_header_only
+from tests.support.hostile import dicom_variants, find_markers, image_variants, marked_dicom, marked_images
 
 IMGCLF = str(Path(sys.executable).with_name("imgclf"))
 NAME, PID, BIRTH = "DOE^JANE^SECRET", "PID-778899", "19580423"
@@ -519,6 +520,15 @@ def test_crafted_dicoms_leak_no_identifier_anywhere(ray_session, tiny_model, tmp
     (archive / "swallowed.dcm").write_bytes(crafted_dicom(swallow=True))
     (archive / "cut.dcm").write_bytes(crafted_dicom()[:300])
     (archive / "declares-a-million.dcm").write_bytes(crafted_dicom(declared=1_000_000))
+    # 32 fuzzed files: every metadata field a marker (tests/support/hostile.py), mutated.
+    base = marked_dicom(depth=2)
+    for i, (kind, data) in enumerate(dicom_variants(base, 400, seed=22)):
+        if i % 90 == 0:
+            (archive / f"fuzz-{i}-{kind}.dcm").write_bytes(data)
+    for fmt, data in marked_images().items():
+        for i, (kind, variant) in enumerate(image_variants(data, 4, seed=23)):
+            (archive / f"fuzz-{i}-{kind}.{fmt}").write_bytes(variant)
+    assert len(list(archive.glob("fuzz-*"))) >= 30
     attrs = ["SOPInstanceUID", "StudyInstanceUID", "Modality", "Rows", "PatientPosition"]
     job = _job(tmp_path, tiny_model, decode={"dicom_attributes": attrs, "frames": "all"})
     ran = CliRunner().invoke(main, ["run", str(job), "--run-id", "phi", "-q"])
@@ -538,6 +548,7 @@ def test_crafted_dicoms_leak_no_identifier_anywhere(ray_session, tiny_model, tmp
         p for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000]]
     for secret in (NAME, "SECRET", PID, BIRTH):
         assert not [text[:80] for text in everything if secret in text], secret
+    assert not [find_markers(text)[:5] for text in everything if find_markers(text)]
 
 
 # -- 6. bounds ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imgclf_ray.messages import describe, scrub
 from imgclf_ray.spec import DecodeSpec
 
 
@@ -114,11 +115,12 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
     ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the row records each file's cause; no warning quotes it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return _decode(data, options, target_short_side, cache, stored)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"an image inside the file is over the decompression-bomb limit of "
-                          f"{options.max_image_pixels:,} pixels (decode.max_image_pixels): {exc}") from None
+                          f"{options.max_image_pixels:,} pixels (decode.max_image_pixels): {scrub(exc)}") from None
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
@@ -142,7 +144,7 @@ def _open(data: bytes, cache: Optional[dict]) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(f"unreadable header ({exc})") from None
+        raise DecodeError(f"unreadable header ({describe(exc)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if cache is not None:
@@ -180,11 +182,11 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        msg = str(exc)
+        msg = scrub(exc)
         if "truncated" in msg or isinstance(exc, EOFError):
             raise DecodeError(f"truncated file ({msg or 'unexpected end of data'}); "
                               "decode.allow_truncated accepts such files") from None
-        raise DecodeError(f"corrupt image data ({type(exc).__name__}: {msg})") from None
+        raise DecodeError(f"corrupt image data ({describe(exc)})") from None
     if stored is not None:
         stored["image"] = img.copy() if cache is not None else img
     shown = img

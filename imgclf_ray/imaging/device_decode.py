@@ -19,6 +19,7 @@ import numpy as np
 
 from imgclf_ray.imaging.conditioning import Conditioning
 from imgclf_ray.imaging.limits import DecodeError, check_budget
+from imgclf_ray.messages import describe
 from imgclf_ray.spec import DecodeSpec
 
 _SOI, _EOI = b"\xff\xd8\xff", b"\xff\xd9"
@@ -134,5 +135,5 @@ def decode_batch(blobs: list[bytes], cond: Conditioning, options: DecodeSpec, de
             errors.append(None)
         except Exception as exc:  # noqa: BLE001 - the decode tasks make any failure an error row
             out.append(None)
-            errors.append(f"decode: {exc}" if isinstance(exc, DecodeError) else f"decode: {type(exc).__name__}: {exc}")
+            errors.append(f"decode: {exc}" if isinstance(exc, DecodeError) else f"decode: {describe(exc)}")
     return out, errors

@@ -20,27 +20,34 @@ import numpy as np
 from PIL import Image
 
 from imgclf_ray.imaging.limits import DecodeError, check_budget
+from imgclf_ray.messages import describe, uid
 
-# pydicom logs what it finds odd with the element's value ("Invalid value for VR PN: 'DOE^JANE'"):
-# those lines would carry patient data into the workers' logs, so its logger stays quiet.
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file: 128-byte preamble, then 'DICM'."""
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _read(data: bytes, header_only: bool = False):
+def _pydicom():
+    """pydicom, made quiet: it logs and warns what it finds odd with the element's value ("Invalid
+    value for VR PN: 'DOE^JANE'"), which would carry patient data into the workers' logs. Its
+    import sets its logger's level, so the level is set after it; values are checked by
+    imgclf_ray.deid, not by pydicom's reading validation."""
     from imgclf_ray.extras import require
 
     pydicom = require("dicom", error=DecodeError)
-    from pydicom.errors import InvalidDicomError
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
 
+
+def _read(data: bytes, header_only: bool = False):
+    pydicom = _pydicom()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, BytesLengthException ...
         # pydicom's messages can quote element values: the cause is named by its type only.
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}; element values are not shown)") from None
 
@@ -89,9 +96,26 @@ def attributes(data: bytes, keywords: list[str], allow_phi: bool = False) -> dic
     from imgclf_ray.deid import safe_value
 
     ds = _read(data, header_only=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {keyword: safe_value(ds, keyword, allow_phi) for keyword in keywords}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {keyword: safe_value(ds, keyword, allow_phi) for keyword in keywords}
+    except Exception as exc:  # noqa: BLE001 - pydicom parses lazily: a malformed element fails here
+        raise DecodeError(f"malformed DICOM attributes ({type(exc).__name__}; element values are not shown)") from None
+
+
+def _uid_name(value) -> str:
+    """A UID read from a file, for a message: the name of a UID pydicom knows, else the UID when it
+    is one (digits and dots), else ``<invalid UID>`` (pydicom's ``UID.name`` returns an unknown
+    value as it stands: whatever a malformed length swallowed)."""
+    if value is None:
+        return "none given"
+    shown = uid(value)
+    if shown != str(value):
+        return shown
+    from pydicom.uid import UID
+
+    return UID(shown).name  # a registered UID's name from pydicom's table, else the UID itself
 
 
 def _first(value) -> Optional[float]:
@@ -138,9 +162,7 @@ def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
             cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
-    from imgclf_ray.extras import require
-
-    require("dicom", error=DecodeError)
+    _pydicom()
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if cache is not None and cache.get("data") is data:
@@ -151,9 +173,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             cache.clear()
             cache.update(data=data, dataset=ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = ds.get("SOPClassUID")
-        kind = getattr(sop, "name", None) or str(sop or "unknown SOP class")
-        raise DecodeError(f"DICOM object without pixel data ({kind})")
+        raise DecodeError(f"DICOM object without pixel data (SOP class {_uid_name(ds.get('SOPClassUID'))})")
     frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if max_pixels is not None and rows * columns > max_pixels:
@@ -169,8 +189,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             warnings.simplefilter("ignore")
             arr = pixel_array(ds, index=frame if frames > 1 else None)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
-        name = getattr(syntax, "name", str(syntax))
-        raise DecodeError(f"DICOM pixel data not decodable ({name}; {type(exc).__name__}: {exc})") from None
+        raise DecodeError(f"DICOM pixel data not decodable ({_uid_name(syntax)}; {describe(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut

@@ -15,6 +15,7 @@ from typing import Optional
 from PIL import Image
 
 from imgclf_ray.imaging.limits import DecodeError
+from imgclf_ray.messages import describe
 
 
 @dataclass
@@ -63,7 +64,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
     except DecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise DecodeError(f"not a video PyAV can open ({exc})") from None
+        raise DecodeError(f"not a video PyAV can open ({describe(exc)})") from None
     with container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
@@ -87,7 +88,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
                 t = float(packet.pts * base) if packet.pts is not None and base else math.nan
-                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet ({exc})"))
+                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet ({describe(exc)})"))
                 continue
             for frame in decoded:
                 t = float(frame.time) if frame.time is not None else math.nan

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.storage import describe_os_error, filesystem
+from imgclf_ray.messages import scrub
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 # CSV header names (fileSchema) -> the Parquet / ORC column names.
@@ -123,7 +124,7 @@ def inventory_rows(inventory: Inventory, file_uri: str, source: SourceSpec,
         raise SourceError(f"source.inventory data file {file_uri}: cannot read ({describe_os_error(exc)})") from None
     except (pa.ArrowInvalid, ValueError) as exc:
         raise SourceError(f"source.inventory data file {file_uri}: not a readable "
-                          f"{inventory.file_format} inventory ({str(exc)[:200]})") from None
+                          f"{inventory.file_format} inventory ({scrub(exc)})") from None
     parsed = urlparse(source.uri)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):

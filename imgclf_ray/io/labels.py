@@ -10,6 +10,7 @@ import pyarrow as pa
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.listing import GLOB_CHARS
 from imgclf_ray.io.storage import filesystem, to_uri
+from imgclf_ray.messages import describe
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 def _root_uri(source: SourceSpec, storage: StorageSpec) -> str:
@@ -28,7 +29,7 @@ def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
     try:
         blob = fs.cat_file(path)
     except OSError as exc:
-        raise SourceError(f"{uri}: cannot read the labels table (source.labels.table): {exc}") from None
+        raise SourceError(f"{uri}: cannot read the labels table (source.labels.table): {describe(exc)}") from None
     if path.lower().endswith(".parquet"):
         return pq.read_table(io.BytesIO(blob))
     return pacsv.read_csv(io.BytesIO(blob))

@@ -61,5 +61,6 @@ def describe_os_error(exc: BaseException) -> str:
         return "FileNotFoundError: no such file or object (deleted after listing?)"
     if isinstance(exc, PermissionError):
         return "PermissionError: access denied"
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text}"
+    from imgclf_ray.messages import describe
+
+    return describe(exc)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.imaging.conditioning import Conditioning
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
+from imgclf_ray.messages import describe
 from imgclf_ray.spec import FeatureSpec, PreprocessSpec, StorageSpec
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def load_state_dict(uri: str, card: ModelCard, storage: StorageSpec = StorageSpe
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
         raise ArtifactError(f"{uri}/{card.weights.file}: not loadable as {card.weights.format} "
-                            f"({type(exc).__name__}: {exc})") from None
+                            f"({describe(exc)})") from None
     if not isinstance(state, dict):
         raise ArtifactError(f"{uri}/{card.weights.file}: holds a {type(state).__name__}, not a state_dict")
     return state

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe
 from imgclf_ray.models.artifact import CARD_FILE, FeaturesCard, ModelCard, PreprocessCard, first_error, read_card
 from imgclf_ray.ids import id_problem
 from imgclf_ray.io.storage import describe_os_error, filesystem, join
@@ -79,7 +80,7 @@ def _raw_card(uri: str, storage: StorageSpec) -> dict[str, Any]:
     try:
         return json.loads(fs.cat_file(path))
     except (OSError, ValueError) as exc:
-        cause = describe_os_error(exc) if isinstance(exc, OSError) else f"not JSON: {exc}"
+        cause = describe_os_error(exc) if isinstance(exc, OSError) else f"not JSON: {describe(exc)}"
         raise ArtifactError(f"{uri}: no readable {CARD_FILE} ({cause}) (model.uri)") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from imgclf_ray.messages import describe
 from imgclf_ray.models.hierarchy import ArtifactInfo, describe_artifact, refuse_code
 from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
@@ -56,7 +57,7 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
                 if not isinstance(header, dict) or not header:
                     raise ValueError("empty header")
             except (struct.error, ValueError) as exc:
-                raise ArtifactError(f"{model_uri}/{card.weights.file}: not a safetensors file ({exc})") from None
+                raise ArtifactError(f"{model_uri}/{card.weights.file}: not a safetensors file ({describe(exc)})") from None
             return dict(card.thresholds)
     classifier = load_classifier(model_uri, storage, device="cpu", threads=1, trusted=trusted, runtime=runtime,
                                  info=info)

@@ -8,6 +8,7 @@ import os
 from typing import Any, Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import scrub
 
 # The optional libraries and the extra that installs them.
 EXTRA = "pip install 'imgclf-ray[models]'"
@@ -65,7 +66,7 @@ def transformers_config(config: dict[str, Any], num_classes: Optional[int] = Non
         cfg = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
     except (ValueError, KeyError) as exc:
         raise ArtifactError(f"Hugging Face config: model_type {model_type!r} is not a transformers model "
-                            f"({str(exc).splitlines()[0]})") from None
+                            f"({scrub(exc)})") from None
     if num_classes is not None and cfg.num_labels != num_classes:
         raise ArtifactError(f"the Hugging Face config has {cfg.num_labels} labels, the card {num_classes}")
     return cfg

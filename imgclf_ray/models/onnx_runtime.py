@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe, scrub
 from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
 from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
@@ -46,7 +47,7 @@ def session(model, threads: Optional[int] = None, device: str = "cpu"):
         return ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:300]})") from None
+                            f"{scrub(exc)})") from None
 
 
 def normalise(pixels: np.ndarray, mean: Optional[np.ndarray], std: Optional[np.ndarray]) -> np.ndarray:
@@ -133,7 +134,7 @@ def exported(net, card: ModelCard) -> Path:
         except Exception as exc:  # noqa: BLE001 - any exporter failure means no ONNX path
             tmp.unlink(missing_ok=True)
             raise ArtifactError(f"{card.architecture}: cannot be exported to ONNX for model.runtime: "
-                                f"onnxruntime ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                                f"onnxruntime ({describe(exc)}); "
                                 "use model.runtime: torch") from None
         os.replace(tmp, target)
     return target

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe
 from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
 from imgclf_ray.registry import CLASSIFIERS
 from imgclf_ray.spec import StorageSpec
@@ -48,7 +49,7 @@ class SklearnClassifier:
         try:
             untrusted = sio.get_untrusted_types(data=blob)
         except Exception as exc:  # noqa: BLE001 - not a skops file at all
-            raise ArtifactError(f"{model_uri}/{self.card.weights.file}: not a skops file ({exc})") from None
+            raise ArtifactError(f"{model_uri}/{self.card.weights.file}: not a skops file ({describe(exc)})") from None
         refused = sorted(set(untrusted) - TRUSTED_TYPES)
         if refused:
             raise ArtifactError(f"{model_uri}/{self.card.weights.file}: holds types that are not trusted: "

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe, scrub
 from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card, read_weights
 from imgclf_ray.models.networks import build_network, logits, transformers_config, transformers_network
 from imgclf_ray.registry import CLASSIFIERS
@@ -44,7 +45,7 @@ def _load_torchscript(uri: str, card: ModelCard, storage: StorageSpec):
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(io.BytesIO(blob), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
-        raise ArtifactError(f"{uri}/{card.weights.file}: not a TorchScript file ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{uri}/{card.weights.file}: not a TorchScript file ({describe(exc)})") from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -158,7 +159,7 @@ class TorchClassifier:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ArtifactError(f"{model_uri}: weights do not fit {card.library} {card.architecture} with "
-                                f"{n} classes ({str(exc).splitlines()[0]})") from None
+                                f"{n} classes ({scrub(exc)})") from None
         return net
 
     def _normalised(self, pixels):

@@ -91,6 +91,10 @@ class LocalMetrics(StageMetrics):
     def reporter(self) -> "LocalMetrics":
         return self
 
+    def user_error(self, exc: BaseException) -> None:
+        """The stages' reporter contract (stages.common.Reporter): a user's error, before it is raised."""
+        self.record_user_error(type(exc).__name__, str(exc))
+
     def __call__(self, stage: str, rows: int, seconds: float) -> None:
         self.add(stage, rows, seconds)
 

@@ -21,7 +21,7 @@ class StageMetrics:
         self.first_batch_at: Optional[float] = None
         self.user_error_seen: Optional[tuple[str, str]] = None
 
-    def user_error(self, kind: str, message: str) -> None:
+    def record_user_error(self, kind: str, message: str) -> None:
         """A stage met a user's error (the UserError subclass's name, its message): the first is kept."""
         if self.user_error_seen is None:
             self.user_error_seen = (kind, message)
@@ -92,7 +92,7 @@ class ActorReporter:
         """Report a user's error and wait until it is recorded (the stage raises it next)."""
         import ray
 
-        ray.get(self.handle.user_error.remote(type(exc).__name__, str(exc)))
+        ray.get(self.handle.record_user_error.remote(type(exc).__name__, str(exc)))
 
 
 class Watch:

@@ -13,6 +13,7 @@ import numpy as np
 from imgclf_ray.errors import RunFailed, SpecError
 from imgclf_ray.io.schema import STATUS_OK
 from imgclf_ray.io.storage import join
+from imgclf_ray.messages import describe
 from imgclf_ray.planner import Plan
 from imgclf_ray.progress import Mode, Progress
 from imgclf_ray.runner.build import embedding_of
@@ -62,7 +63,7 @@ def prepare_clusterer(engine, spec: JobSpec, manifest, plan: Plan, progress: Mod
     try:
         clusterer = clustering.fit(c, features, stream)
     except ValueError as exc:
-        raise RunFailed(f"cluster: cannot fit {c.algorithm}: {exc}") from None
+        raise RunFailed(f"cluster: cannot fit {c.algorithm}: {describe(exc)}") from None
     return clustering.save(uri, clusterer, spec.storage)
 
 

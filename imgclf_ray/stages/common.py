@@ -9,6 +9,7 @@ from typing import Callable
 from imgclf_ray.errors import UserError
 from imgclf_ray.imaging.decode import DecodeError
 from imgclf_ray.io.storage import describe_os_error
+from imgclf_ray.messages import describe, printable
 
 
 # Called as reporter(stage, rows, seconds) once per batch and stage: rows that entered the stage and
@@ -33,16 +34,17 @@ def reports_user_errors(method):
 
 
 def cause_of(exc: BaseException) -> str:
+    """A per-row failure's cause, through the message gate (imgclf_ray.messages)."""
     if isinstance(exc, DecodeError):
-        return str(exc)
+        return printable(exc)
     if isinstance(exc, OSError):
         return describe_os_error(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)
 
 
 class StageError(Exception):
     """A per-row failure tagged with the stage it happened in."""
 
     def __init__(self, stage: str, cause: str):
-        super().__init__(f"{stage}: {cause}")
+        super().__init__(printable(f"{stage}: {cause}"))
         self.stage = stage

@@ -21,6 +21,7 @@ from imgclf_ray.imaging.dicom import is_dicom
 from imgclf_ray.containers.base import Part
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, read_bytes
+from imgclf_ray.messages import guard_worker_output, printable
 from imgclf_ray.models.artifact import FeaturesCard
 from imgclf_ray.registry import CONTAINERS
 from imgclf_ray.spec import DecodeSpec, FeatureSpec, SourceSpec, StorageSpec
@@ -260,6 +261,7 @@ class LoadStage:
 
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        guard_worker_output()  # what libraries print while decoding passes the message gate
         self._timing = {}
         batch, parts = self._expand(batch)
         n = len(parts)
@@ -281,7 +283,7 @@ class LoadStage:
             extra["encoded"] = np.full(n, None, dtype=object)
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
-                status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, part.error
+                status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, printable(part.error)
                 continue
             self._dicom = None
             try:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.curation.rows import RowRules, row_columns
+from imgclf_ray.messages import guard_worker_output
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
 from imgclf_ray.spec import DecodeSpec, StorageSpec
 from imgclf_ray.stages.common import Reporter, reports_user_errors, cause_of
@@ -143,6 +144,7 @@ class PredictStage:
 
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        guard_worker_output()  # what libraries print while decoding passes the message gate
         started = time.perf_counter()
         status = np.asarray(batch["status"], dtype=object).copy()
         # Nulls of a string column may come back from Arrow as None or NaN.

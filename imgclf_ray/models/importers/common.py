@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe
 
 
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
@@ -39,7 +40,7 @@ def read_labels(path: str) -> list[str]:
     try:
         labels = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"--labels {path}: cannot read ({exc})") from None
+        raise ArtifactError(f"--labels {path}: cannot read ({describe(exc)})") from None
     if len(labels) < 2:
         raise ArtifactError(f"--labels {path}: needs at least two labels, one per line")
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -57,7 +58,7 @@ def read_preprocess(path: str) -> dict[str, Any]:
     try:
         data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        raise ArtifactError(f"--preprocess {path}: cannot read ({exc})") from None
+        raise ArtifactError(f"--preprocess {path}: cannot read ({describe(exc)})") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"--preprocess {path}: must be a mapping of preprocessing keys "
                             "(resize, crop, interpolation, mean, std, ...)")
@@ -68,7 +69,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({exc})") from None
+        raise ArtifactError(f"{path}: not readable JSON ({describe(exc)})") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: not a JSON object")
     return data
@@ -87,7 +88,7 @@ def load_tensors(path: Path, what: str = "weights") -> dict[str, Any]:
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise ArtifactError(f"{path}: not a safetensors file ({exc})") from None
+            raise ArtifactError(f"{path}: not a safetensors file ({describe(exc)})") from None
     import argparse
 
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import scrub
 from imgclf_ray.models.importers.common import PIL_RESAMPLE, Found, sha256, read_json, load_tensors, square, plain
 from imgclf_ray.models.networks import require
 from imgclf_ray.registry import MODEL_FORMATS
@@ -94,7 +95,7 @@ def import_hf(src: Path, labels: Optional[list[str]], preprocess: Optional[dict]
             proc = AutoImageProcessor.from_pretrained(str(src.resolve()), local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001
             raise ArtifactError(f"{src}/preprocessor_config.json: not a transformers image processor "
-                                f"({str(exc).splitlines()[0][:200]})") from None
+                                f"({scrub(exc)})") from None
         files.append(src / "preprocessor_config.json")
         reference = type(proc).__name__
         preprocess = _hf_preprocess(proc)

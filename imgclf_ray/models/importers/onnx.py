@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import scrub
 from imgclf_ray.models.artifact import PreprocessCard, first_error
 from imgclf_ray.models.importers.common import Found, sha256
 from imgclf_ray.models.networks import require
@@ -63,7 +64,7 @@ def import_onnx(src: Path, labels: Optional[list[str]], preprocess: Optional[dic
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
-        raise ArtifactError(f"{path}: not an ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        raise ArtifactError(f"{path}: not an ONNX model ({scrub(exc)})") from None
     external = _external_files(model, path.parent)
     if external:
         from onnx.external_data_helper import load_external_data_for_model

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe
 from imgclf_ray.models.importers.common import Found, sha256
 from imgclf_ray.registry import MODEL_FORMATS
 
@@ -30,7 +31,7 @@ def import_skops(src: Path, labels: Optional[list[str]], preprocess: Optional[di
     try:
         untrusted = sio.get_untrusted_types(data=blob)
     except Exception as exc:  # noqa: BLE001
-        raise ArtifactError(f"{src}: not a skops file ({exc})") from None
+        raise ArtifactError(f"{src}: not a skops file ({describe(exc)})") from None
     refused = sorted(set(untrusted) - TRUSTED_TYPES)
     if refused:
         raise ArtifactError(f"{src}: holds types that are not trusted: {', '.join(refused)}; refused")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.messages import describe
 from imgclf_ray.models.importers.common import Found, sha256, load_tensors, load_into
 from imgclf_ray.registry import MODEL_FORMATS
 
@@ -20,7 +21,7 @@ def _torchvision_weights(name: str, architecture: Optional[str]):
             raise ArtifactError(f"--weights {name}: give the full name (e.g. ResNet50_Weights.{name}) or --architecture")
         return torchvision.models.get_model_weights(architecture)[name]
     except (ValueError, KeyError, AttributeError) as exc:
-        raise ArtifactError(f"--weights {name}: not a torchvision weights name ({exc})") from None
+        raise ArtifactError(f"--weights {name}: not a torchvision weights name ({describe(exc)})") from None
 
 
 def _architecture_of(weights) -> str:

@@ -1,0 +1,160 @@
+"""The one gate for text that leaves the process: what a library says is file content until shown
+otherwise.
+
+Third-party exception and warning texts quote what they read (pydicom's ``Invalid value for VR UI:
+'1.2\\x00DOE^JANE'``, Pillow's ``broken PNG file (chunk b'tEXt')``, FFmpeg's metadata), and a
+malformed length can make one element's value hold the next ones. Every message built from such
+text passes ``scrub``; every value read from a file passes the rule for its kind (``uid``), or is
+not shown. Messages are otherwise fixed text and numbers. ``guard_output`` puts the same gate on a
+worker process's standard error, where C libraries (libtiff, libjpeg, FFmpeg) and Python warnings
+write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import warnings
+from typing import Any, Optional
+
+CAP = 120  # characters kept of one third-party message
+_QUOTED = re.compile(r"""[bBrRuU]?(?:'[^'\n]*'|"[^"\n]*"|`[^`\n]*`|«[^»\n]*»|‘[^’\n]*’|“[^”\n]*”)""")
+_UNCLOSED = re.compile(r"""[bBrRuU]?['"`«‘“].*""", re.S)
+_TOKEN = re.compile(r"\S+")
+_PLAIN = re.compile(r"[A-Za-z0-9 _.,:;()\[\]{}/=+\-<>%#@*!?&|~]*")
+_LONG = 40  # a token longer than this is data, not words
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+DROPPED = "<value>"
+
+
+def _token(word: str) -> str:
+    if len(word) > _LONG or not _PLAIN.fullmatch(word):
+        return DROPPED
+    return word
+
+
+def scrub(text: Any, cap: int = CAP) -> str:
+    """Third-party text made fit to print: its first line; anything quoted, any word with a
+    character outside plain ASCII punctuation and letters, and any word longer than 40 characters
+    replaced by ``<value>``; at most ``cap`` characters."""
+    text = str(text)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = _QUOTED.sub(DROPPED, first)
+    first = _UNCLOSED.sub(DROPPED, first)
+    words = [_token(w) for w in _TOKEN.findall(first)]
+    # Runs of dropped words say it once.
+    out: list[str] = []
+    for w in words:
+        if not (w == DROPPED and out and out[-1] == DROPPED):
+            out.append(w)
+    line = " ".join(out)
+    return line if len(line) <= cap else line[: cap - 3].rstrip() + "..."
+
+
+def describe(exc: BaseException, cap: int = CAP) -> str:
+    """``TypeName: scrubbed message`` (or the type alone when nothing printable is left)."""
+    text = scrub(exc, cap)
+    kind = type(exc).__name__
+    return f"{kind}: {text}" if text and text != DROPPED else kind
+
+
+def uid(value: Any) -> str:
+    """A DICOM UID as shown in a message: itself when it is one (digits and dots, at most 64
+    characters), else ``<invalid UID>``."""
+    text = str(value) if value is not None else ""
+    return text if len(text) <= 64 and _UID.fullmatch(text) else "<invalid UID>"
+
+
+def printable(text: Any, cap: int = 1000) -> str:
+    """Our own message as the last step before it is stored or shown: control and non-ASCII
+    characters removed, at most ``cap`` characters (a guard; every part was built safe)."""
+    text = "".join(c if " " <= c <= "~" else " " for c in str(text))
+    return text if len(text) <= cap else text[: cap - 3] + "..."
+
+
+# -- the process's standard error ------------------------------------------------------------------
+
+_guarded = False
+_lock = threading.Lock()
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+    try:
+        (file or sys.stderr).write(f"{category.__name__}: {scrub(message)}\n")
+    except (OSError, ValueError):
+        pass
+
+
+def _pump(read_fd: int, write_fd: int) -> None:
+    with os.fdopen(read_fd, "rb", buffering=0) as source:
+        pending = b""
+        while True:
+            chunk = source.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                _write_line(write_fd, raw)
+            if len(pending) > 65536:
+                _write_line(write_fd, pending)
+                pending = b""
+        if pending:
+            _write_line(write_fd, pending)
+
+
+def _write_line(fd: int, raw: bytes) -> None:
+    text = scrub(raw.decode("utf-8", "replace"), cap=400)
+    if text:
+        try:
+            os.write(fd, (text + "\n").encode())
+        except OSError:
+            pass
+
+
+def guard_output() -> None:
+    """Put this process's standard error behind ``scrub``, line by line (file descriptor 2, where
+    C libraries write, and Python's warnings). For worker processes that decode archive files;
+    idempotent. The lines still reach where fd 2 pointed (Ray's worker log, the terminal)."""
+    global _guarded
+    with _lock:
+        if _guarded:
+            return
+        _guarded = True
+    warnings.showwarning = _showwarning
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    original = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    threading.Thread(target=_pump, args=(read_fd, original), name="imgclf-stderr-gate", daemon=True).start()
+
+
+def in_worker() -> bool:
+    """Whether this process is a worker (a Ray worker or a decode worker process), not a driver."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return True
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return False
+    try:
+        from ray._private import worker
+
+        return worker.global_worker.mode == worker.WORKER_MODE
+    except (ImportError, AttributeError):
+        return False
+
+
+def guard_worker_output() -> Optional[bool]:
+    """``guard_output`` when this process is a worker; whether it did."""
+    if in_worker():
+        guard_output()
+        return True
+    return None

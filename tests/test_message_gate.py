@@ -1,0 +1,149 @@
+"""No byte of a file in any message: hostile files with a marker in every metadata field, mutated
+thousands of ways (seeded), decoded in-process as a decode task does; no marker may reach a row's
+error, its dicom column (within the keep list), a warning, a log record or anything printed. The
+end-to-end half (mutated files through ``imgclf run`` and ``imgclf report``) is in
+tests/test_guarantees.py, beside the crafted-DICOM run."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from imgclf_ray.containers.base import Part
+from imgclf_ray.deid import KEEP
+from imgclf_ray.messages import describe, printable, scrub, uid
+from imgclf_ray.spec import DecodeSpec, StorageSpec
+from imgclf_ray.stages import LoadStage
+from imgclf_ray.stages.common import StageError
+from tests.support.hostile import dicom_variants, find_markers, image_variants, marked_dicom, marked_images
+
+OTHER_DICOM_VARIANTS = 600  # beyond one swallowing length per element (about 1,600)
+IMAGE_VARIANTS = 150  # per format (PNG, TIFF, JPEG, WebP)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def _decoded(stage: LoadStage, data: bytes) -> list[str]:
+    """Everything a decode task makes of these bytes that could be shown: the row's error, or its
+    dicom column; the frame count's error (decode.frames: all); the dicom column with every kept
+    attribute asked for."""
+    import json
+
+    from imgclf_ray.imaging.decode import DecodeError, frame_count
+    from imgclf_ray.imaging.dicom import attributes, is_dicom
+
+    texts = []
+    if is_dicom(data):
+        try:
+            texts.append(json.dumps(attributes(data, sorted(KEEP))))
+        except DecodeError as exc:
+            texts.append(str(exc))
+    stage._dicom = None
+    try:
+        stage.load_one("file:///archive/x", Part(0, data))
+    except StageError as exc:
+        texts.append(str(exc))
+    texts.append(stage._dicom or "")
+    try:
+        frame_count(data)
+    except Exception as exc:  # noqa: BLE001 - its message is what a row would carry
+        texts.append(str(exc))
+    return texts
+
+
+def _leaks(variants, stages: list[LoadStage], capfd) -> tuple[int, list[tuple[str, str]]]:
+    records = _Records()
+    root = logging.getLogger()
+    root.addHandler(records)
+    old_level, root.level = root.level, logging.DEBUG
+    found, tried = [], 0
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for kind, data in variants:
+                tried += 1
+                for stage in stages:
+                    for text in _decoded(stage, data):
+                        found += [(kind, m) for m in find_markers(text)]
+            shown = [str(w.message) for w in caught]
+    finally:
+        root.removeHandler(records)
+        root.level = old_level
+    out, err = capfd.readouterr()
+    for text in shown + records.lines + [out, err]:
+        found += [("printed", m) for m in find_markers(text)]
+    return tried, found
+
+
+def test_mutated_dicoms_leak_no_marker(capfd):
+    base = marked_dicom(depth=3)
+    assert len(find_markers(base.decode("latin-1"))) > 1500  # every text-like element carries one
+    stages = [LoadStage(StorageSpec(), DecodeSpec(), None)]
+    tried, found = _leaks(dicom_variants(base, OTHER_DICOM_VARIANTS, seed=20), stages, capfd)
+    assert tried >= 2000 and not found, found[:20]
+    print(f"{tried} DICOM variants, {len(found)} markers found")
+    # The unmutated file decodes, and its kept attributes are there.
+    kept, default = _decoded(stages[0], base)  # no error
+    assert '"Modality": "CT"' in kept and '"Modality": "CT"' in default
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "webp"])
+def test_mutated_images_with_marked_metadata_leak_no_marker(fmt, capfd):
+    base = marked_images()[fmt]
+    stages = [LoadStage(StorageSpec(), DecodeSpec(), None)]
+    assert not [t for t in _decoded(stages[0], base) if t]  # the original decodes
+    tried, found = _leaks(image_variants(base, IMAGE_VARIANTS, seed=21), stages, capfd)
+    assert tried == IMAGE_VARIANTS and not found, found[:20]
+
+
+def test_the_gate_drops_what_is_quoted_unprintable_or_long_and_says_what_it_dropped():
+    assert scrub("Invalid value for VR UI: '1.2.3\x00DOE^JANE MRN123'") == "Invalid value for VR UI: <value>"
+    assert scrub("broken PNG file (chunk b'tEXt')") == "broken PNG file (chunk <value>)"
+    assert scrub('unterminated "DOE JANE') == "unterminated <value>"
+    assert scrub("name DOE^JANE here") == "name <value> here"
+    assert scrub("x" * 41) == "<value>"
+    assert scrub("first line\nsecond ZQ0001X") == "first line"
+    assert len(scrub("word " * 100)) <= 120
+    assert describe(ValueError("bad 'ZQ0001X'")) == "ValueError: bad <value>"
+    assert describe(KeyError("ZQ\x01")) == "KeyError"
+    assert uid("1.2.840.10008.1.2") == "1.2.840.10008.1.2"
+    assert uid("1.2.3\x00DOE^JANE") == uid("1.2.3 4") == uid("9" * 65) == "<invalid UID>"
+    assert printable("a\x00b\u00e9c") == "a b c"
+
+
+def test_a_swallowing_sop_class_uid_is_named_as_invalid_never_shown():
+    from imgclf_ray.imaging.decode import DecodeError, decode_image
+    from tests.support.hostile import walk
+
+    base = bytearray(marked_dicom(depth=1))
+    sop = next(e for e in walk(bytes(base)) if base[e.start:e.start + 4] == b"\x08\x00\x16\x00")
+    # SOPClassUID swallows everything up to the pixel data's end: no pixel data is left.
+    base[sop.length_at:sop.length_at + 2] = (0xFFFE).to_bytes(2, "little")
+    data = bytes(base[:sop.value_at + 0xFFFE])
+    with pytest.raises(DecodeError) as caught:
+        decode_image(data.ljust(sop.value_at + 0xFFFE, b"\x00"), DecodeSpec())
+    assert not find_markers(str(caught.value))
+    assert "<invalid UID>" in str(caught.value) or "unreadable DICOM header" in str(caught.value), str(caught.value)
+
+
+def test_c_library_and_warning_output_of_a_worker_passes_the_gate(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, warnings; from imgclf_ray.messages import guard_output; guard_output(); "
+            "os.write(2, b\"libtiff: tag 'ZQ0001X' DOE^JANE ok\\n\"); "
+            "warnings.warn(\"Invalid value for VR PN: 'ZQ0002X'\"); "
+            "import time; time.sleep(0.2)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not find_markers(proc.stderr) and "DOE^JANE" not in proc.stderr
+    assert "libtiff: tag <value> ok" in proc.stderr and "UserWarning: Invalid value for VR PN: <value>" in proc.stderr
