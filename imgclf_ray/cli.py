@@ -49,16 +49,45 @@ class _OneLineErrors(click.Group):
     def invoke(self, ctx: click.Context):
         import os
 
+        from imgclf_ray import interrupts
+
         try:
-            return super().invoke(ctx)
+            with interrupts.handled():
+                return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except interrupts.Interrupted as exc:
+            _stop(exc)
         except UserError as exc:
             _fail(exc)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for the CLI
             if os.environ.get("IMGCLF_DEBUG"):
-                raise
+                _traceback(exc)
             _fail(describe_failure(exc))
+
+
+def _stop(exc) -> None:
+    """A signal ended the command: one line saying what was committed and what to do, Ray's
+    processes stopped (this process started them), exit 130 (SIGINT) or 143 (SIGTERM)."""
+    from imgclf_ray import interrupts
+
+    click.echo(interrupts.describe(exc), err=True)
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    sys.exit(exc.exit_code)
+
+
+def _traceback(exc: BaseException) -> None:
+    """IMGCLF_DEBUG=1: where it failed (files, lines, functions; no locals) and the exception
+    through the message gate, on stderr."""
+    import traceback
+
+    from imgclf_ray.messages import describe
+
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__))
+    click.echo("Traceback (most recent call last):\n" + "".join(frames) + describe(exc, cap=300), err=True)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,12 +154,15 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
         except UserError as exc:
             _fail(exc)
         return
-    from imgclf_ray.runner.job import run_job
+    from imgclf_ray import interrupts
+    from imgclf_ray.runner.job import default_run_id, run_job
     from imgclf_ray.report.summary import format_summary
 
+    run_id = run_id or spec.sink.run_id or default_run_id(spec)
+    interrupts.resume(f"run {run_id}", f"rerun with --run-id {run_id} to resume")
     try:
         _prepare_example(spec)
-        result = run_job(spec, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
+        result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
     except UserError as exc:
         _fail(exc)
     click.echo(format_summary(result))
@@ -186,9 +218,11 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
         curate_spec["checks"] = [c for c in curate_spec["checks"] if c != "label_issue"]
     spec = JobSpec.model_validate({**spec.model_dump(), "model": None, "curate": curate_spec})
     run_id = run_id or spec.sink.run_id or f"{spec.name}-curate-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    from imgclf_ray import interrupts
     from imgclf_ray.runner.job import run_job
     from imgclf_ray.report.summary import format_summary
 
+    interrupts.resume(f"run {run_id}", f"rerun with --run-id {run_id} to resume")
     try:
         _prepare_example(spec)
         result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
@@ -382,8 +416,10 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
 
     spec = _load(job, overrides, TrainSpec)
     from imgclf_ray.evaluate import format_metrics
+    from imgclf_ray import interrupts
     from imgclf_ray.training.trainer import train_job
 
+    interrupts.resume(f"the model at {spec.model.output}", "run the same command again")
     try:
         metrics = train_job(spec)
     except UserError as exc:

@@ -1,16 +1,32 @@
-"""Named points where the guarantees tests kill the driver (``IMGCLF_KILL_AT=<point>``): the process
-is killed with SIGKILL there, as an OOM killer or a lost node would, so a test can check what the
-next run makes of what it left. Unset (always, outside those tests), a point does nothing."""
+"""Named points where the guarantees tests inject a fault into a real driver or worker. Unset
+(always, outside those tests), a point does nothing.
+
+- ``IMGCLF_KILL_AT=<point>``: the process kills itself with SIGKILL there, as an OOM killer or a
+  lost node would, so a test can check what the next run makes of what it left.
+- ``IMGCLF_BLOCK_AT=<point>`` and ``IMGCLF_BLOCK_FILE=<path>``: the first process to reach the
+  point creates ``<path>.reached`` and waits there until ``<path>.release`` exists (others reaching
+  it wait too), so a test can signal a driver at a known step without guessing a time. Files, not
+  pipes: the point may be in a spawned decode worker or a Ray worker.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 POINTS = ("after_write", "after_state", "commit_moved", "commit_manifest", "commit_success", "after_commit",
-          "decode_worker")  # the last: a local run's decode worker process, not the driver
+          "decode_worker",  # a local run's decode worker process, not the driver
+          "decode_batch",  # a decode batch, in whichever process or worker runs it
+          "ray_started")  # ensure_ray, Ray's processes started
 
 
 def point(name: str) -> None:
     if os.environ.get("IMGCLF_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("IMGCLF_BLOCK_AT") == name:
+        flag = os.environ["IMGCLF_BLOCK_FILE"]
+        with open(flag + ".reached", "a"):
+            pass
+        while not os.path.exists(flag + ".release"):
+            time.sleep(0.05)

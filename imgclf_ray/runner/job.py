@@ -13,7 +13,7 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgclf_ray import faults
+from imgclf_ray import faults, interrupts
 from imgclf_ray.errors import NothingToDo
 from imgclf_ray.io import sink
 from imgclf_ray.io.labels import attach_true_labels
@@ -120,6 +120,14 @@ def _execute(spec: JobSpec, manifest, run_id: str, progress: Mode,
         raise
     finally:
         metrics.close()
+    with interrupts.shielded():  # a signal now waits for the commit (seconds)
+        _commit(spec, run_id, run_date, lock, staging, tasks, back, result, card, wall, extra_files)
+    return result
+
+
+def _commit(spec: JobSpec, run_id: str, run_date: date, lock: RunLock, staging, tasks, back, result: RunResult,
+            card, wall: float, extra_files: dict) -> None:
+    """The state record, then the commit (manifest, _SUCCESS), then the older state records forgotten."""
     from imgclf_ray.io import state
 
     faults.point("after_write")
@@ -148,7 +156,6 @@ def _execute(spec: JobSpec, manifest, run_id: str, progress: Mode,
     if spec.incremental is not None:
         state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
     faults.point("after_commit")
-    return result
 
 
 def engine_for(spec: JobSpec, model: Optional[ArtifactInfo]):
@@ -205,8 +212,6 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
     import io
     import uuid
 
-    from imgclf_ray.io import state
-
     info = info or (describe_artifact(spec.model.uri, spec.storage) if spec.model else None)
     run_date = spec.sink.run_date or datetime.now(timezone.utc).date()
     staging = sink.Staging.new(spec.sink.uri, run_id, spec.storage, run_folder(spec, run_id, run_date), lock.attempt,
@@ -220,6 +225,15 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
     result = RunResult(run_id, staging.run_uri, 0, {}, {}, {}, [], 0.0, 0.0, info.model_id if info else None,
                        spec_digest=spec_digest(spec), started_at=datetime.now(timezone.utc).isoformat(),
                        listing_seconds=listing_seconds, files=files, listing_skipped=skipped, nothing_new=why)
+    with interrupts.shielded():
+        _commit_empty(spec, run_id, run_date, lock, staging, result, info, why, empty)
+    return result
+
+
+def _commit_empty(spec: JobSpec, run_id: str, run_date: date, lock: RunLock, staging, result: RunResult,
+                  info: Optional[ArtifactInfo], why: str, empty: pa.Table) -> None:
+    from imgclf_ray.io import state
+
     if spec.incremental is not None:
         write_state(state.state_file(state_uri(spec), run_id, staging.attempt), spec.storage,
                     [empty.select(state.STATE_COLUMNS)])
@@ -231,7 +245,6 @@ def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, fil
                 extra_files={sink.SUMMARY_FILE: json.dumps(result.summary(), indent=2).encode()})
     if spec.incremental is not None:
         state.forget_others(state_uri(spec), run_id, staging.attempt, spec.storage)
-    return result
 
 
 def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,

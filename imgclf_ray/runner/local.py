@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import glob
 import itertools
 import multiprocessing
+import signal
 import os
 import threading
 import uuid
@@ -115,6 +116,8 @@ _stage: Any = None
 def _start_worker(stage) -> None:
     global _stage
     _stage = stage
+    # Ctrl-C reaches the whole process group: the driver decides (imgclf_ray.interrupts).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
@@ -164,11 +167,21 @@ class DecodePool:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def abandon(self) -> None:
+        """Stop the workers now (an interruption or a failure: their batches are not wanted)."""
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.kill()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     def __enter__(self) -> "DecodePool":
         return self
 
-    def __exit__(self, *_) -> None:
-        self.close()
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abandon()
 
 
 class StagedWriter:

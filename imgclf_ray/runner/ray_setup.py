@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any, Optional
 
+from imgclf_ray import faults, interrupts
+
 
 def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool = False) -> Optional[str]:
     """Join the given cluster (or RAY_ADDRESS), else start a local Ray instance for this process
@@ -29,6 +31,8 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
             ray.init(address="local", include_dashboard=False, **kwargs)
         if ray_log:
             _log_to(ray_log, ("ray",))  # ray.init cleared the "ray" logger's handlers
+        interrupts.reinstall()  # ray.init sets a SIGTERM handler of its own (SystemExit in the driver)
+        faults.point("ray_started")
     # Right after start-up the node may not have reported its resources yet; the planner needs them.
     deadline = time.monotonic() + 30
     while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
+from imgclf_ray import faults
 from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.errors import AccessDenied
@@ -262,6 +263,7 @@ class LoadStage:
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         guard_worker_output()  # what libraries print while decoding passes the message gate
+        faults.point("decode_batch")
         self._timing = {}
         batch, parts = self._expand(batch)
         n = len(parts)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray import interrupts
 from imgclf_ray.errors import SourceError, SpecError
 from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
@@ -220,7 +221,7 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
     probs = _probs(estimator, x[test_idx], task == "multilabel")
     metrics = evaluate_rows(_rows(probs, truth, labels, task, thresholds), task, labels,
                             spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
-    save_sklearn_artifact(output, {
+    card = {
         "task": task, "labels": labels, "thresholds": thresholds,
         "preprocess": spec.model.preprocess.model_dump(), "features": spec.model.features.model_dump(),
         "metrics": {"test": metrics, **({"search": search} if search else {})},
@@ -228,7 +229,9 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
                      "test_images": int(len(test_idx)), "seed": seed, "estimator": spec.model.estimator.model_dump(),
                      **(card_extra or {})},
         "library_versions": {"scikit-learn": sklearn.__version__},
-    }, estimator, spec.storage)
+    }
+    with interrupts.shielded():  # an artifact is written whole
+        save_sklearn_artifact(output, card, estimator, spec.storage)
     return metrics
 
 
@@ -269,7 +272,8 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
         "library_versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                              **_library_version(network["library"])},
     }
-    save_artifact(output, fields, state, spec.storage)
+    with interrupts.shielded():  # an artifact is written whole
+        save_artifact(output, fields, state, spec.storage)
     clf = TorchClassifier(output, spec.storage, device="cpu")
     thresholds: dict[str, float] = {}
     if task == "multilabel" and len(val_idx):
@@ -277,7 +281,8 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
     probs = np.concatenate([clf.predict_proba(x[test_idx][i:i + 256]) for i in range(0, len(test_idx), 256)])
     metrics = evaluate_rows(_rows(probs, list(names[test_idx]), labels, task, thresholds), task, labels,
                             spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
-    save_artifact(output, {**fields, "thresholds": thresholds, "metrics": {"test": metrics}}, state, spec.storage)
+    with interrupts.shielded():
+        save_artifact(output, {**fields, "thresholds": thresholds, "metrics": {"test": metrics}}, state, spec.storage)
     return metrics
 
 

@@ -1,0 +1,116 @@
+"""SIGINT and SIGTERM (Ctrl-C; what cron, Kubernetes and Airflow send) end a command at the next
+safe point.
+
+``handled()`` installs the handlers for one command (the previous ones come back after it): a
+signal raises ``Interrupted`` in the main thread, so that whatever is under way unwinds as for any
+failure (staging discarded, lock released, Ray shut down by the caller). Inside ``shielded()`` (a
+commit: seconds) the signal waits: the commit completes, then ``Interrupted`` says it came after
+it. A second signal while stopping exits at once; the next run's recovery finishes or undoes
+what was left (the run-id lock and the staged commit are built for a killed driver).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Iterator, Optional
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(BaseException):
+    """A signal asked the command to stop. A BaseException, as KeyboardInterrupt: no ``except
+    Exception`` on the way turns it into an error row or a retry."""
+
+    def __init__(self, signum: int, after_commit: bool = False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.after_commit = after_commit
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + self.signum)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.installed = 0
+        self.shield = 0
+        self.pending: Optional[int] = None
+        self.stopping = False
+        self.what: Optional[str] = None  # what a commit would have committed ("run <id>")
+        self.hint = "run the same command again"
+
+
+_state = _State()
+
+
+def resume(what: str, hint: str) -> None:
+    """What the command commits and how to resume it, for the line an interruption prints."""
+    _state.what, _state.hint = what, hint
+
+
+def describe(exc: Interrupted) -> str:
+    """The one line an interrupted command prints."""
+    if exc.after_commit:
+        return f"interrupted after the commit of {_state.what or 'the output'}"
+    return f"interrupted: nothing committed; {_state.hint}"
+
+
+def _handler(signum: int, _frame) -> None:
+    if _state.stopping or _state.pending is not None:
+        os._exit(EXIT_CODES.get(signum, 128 + signum))  # a second signal: at once
+    if _state.shield:
+        _state.pending = signum
+        return
+    _state.stopping = True
+    raise Interrupted(signum)
+
+
+def _install() -> None:
+    for signum in EXIT_CODES:
+        signal.signal(signum, _handler)
+
+
+def reinstall() -> None:
+    """Take the signals back after a library set its own (``ray.init`` installs a SIGTERM handler
+    that raises SystemExit in the driver); nothing outside ``handled()``."""
+    if _state.installed and threading.current_thread() is threading.main_thread():
+        _install()
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """The command's signal handlers, from here to the end of the block (main thread only; in
+    another thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
+    _state.installed += 1
+    _state.pending, _state.stopping, _state.what = None, False, None
+    _state.hint = "run the same command again"
+    _install()
+    try:
+        yield
+    finally:
+        _state.installed -= 1
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """A step that completes once started (a commit): a signal that arrives meanwhile is raised as
+    ``Interrupted(after_commit=True)`` when the step is done."""
+    _state.shield += 1
+    try:
+        yield
+    finally:
+        _state.shield -= 1
+        if not _state.shield and _state.pending is not None:
+            signum, _state.pending = _state.pending, None
+            _state.stopping = True
+            raise Interrupted(signum, after_commit=True)
