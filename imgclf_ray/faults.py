@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-POINTS = ("after_write", "after_state", "commit_moved", "commit_manifest", "commit_success", "after_commit",
+POINTS = ("after_write", "after_state", "commit_file_moved", "commit_moved", "commit_manifest", "commit_success", "after_commit",
           "decode_worker",  # a local run's decode worker process, not the driver
           "decode_batch",  # a decode batch, in whichever process or worker runs it
           "ray_started")  # ensure_ray, Ray's processes started

@@ -173,3 +173,15 @@ def tree_model(tmp_path_factory, digits_archive, ray_session):
     from imgclf_ray.training.example_models import train_example
 
     return _materialised(tmp_path_factory, "tree-model", train_example, "tree-hog", digits_archive)
+
+
+@pytest.fixture(scope="session")
+def mixed_archive(tmp_path_factory, sample_photo):
+    """Good photographs and digits beside the bad files users meet (tests/corpus.py)."""
+    from tests.corpus import bad_files, good_files
+
+    root = tmp_path_factory.mktemp("mixed")
+    for rel, data in {**good_files(sample_photo), **{k: v[0] for k, v in bad_files(sample_photo).items()}}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root

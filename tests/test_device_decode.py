@@ -17,7 +17,7 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import DecodeSpec
 from tests.corpus import bad_files, good_files, jpeg_bytes
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 COMPARED = ("image_id", "status", "error", "width", "height", "label", "topk_labels")
 

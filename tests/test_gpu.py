@@ -10,7 +10,7 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.planner import plan_resources
 from tests.corpus import good_files
-from tests.test_pipeline import make_spec, read_run
+from tests.support.jobs import make_spec, read_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.ray]
 

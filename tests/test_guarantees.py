@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from imgclf_ray.cli import main
 from imgclf_ray.io import sink
 from imgclf_ray.io.lock import RunLock, RunLocked
 from imgclf_ray.spec import DecodeSpec, SourceSpec, StorageSpec, load_spec
-from tests.corpus import digit_images, png_bytes, png_header_only
+from tests.corpus import png_bytes, png_header_only
+from tests.support.jobs import _archive, _driver, _nightly_job, _reap
 from tests.support.hostile import dicom_variants, find_markers, image_variants, marked_dicom, marked_images
 
-IMGCLF = str(Path(sys.executable).with_name("imgclf"))
 NAME, PID, BIRTH = "DOE^JANE^SECRET", "PID-778899", "19580423"
 
 
@@ -49,7 +48,7 @@ def one_error_line(result, code: int) -> str:
 def _job(tmp_path: Path, model: str = "/nonexistent/model", **extra) -> Path:
     job = tmp_path / "job.yaml"
     body = {"name": "g", "source": {"uri": str(tmp_path / "archive")}, "model": {"uri": model},
-            "sink": {"uri": str(tmp_path / "out")}, **extra}
+            "sink": {"uri": str(tmp_path / "out")}, "run": {"executor": "ray"}, **extra}
     job.write_text(json.dumps(body))
     return job
 
@@ -151,30 +150,29 @@ def test_replacing_a_run_deletes_exactly_the_files_its_manifest_listed(tmp_path)
     assert _visible_ids(out) == sorted(ids[:2] + ["o1", "o2"])
 
 
-def test_a_glob_reader_polling_during_a_replace_always_sees_one_whole_set(tmp_path):
+def _observed_at_every_commit_step(monkeypatch, look) -> list:
+    """What ``look()`` sees at every step of the commits that follow (each file moved, the moves
+    done, the manifest, _SUCCESS): a reader at each point where one could read, deterministically."""
+    from imgclf_ray import faults
+
+    seen: list = []
+    monkeypatch.setattr(faults, "point", lambda name: seen.append(look()))
+    return seen
+
+
+def test_a_glob_reader_during_a_replace_always_sees_one_whole_set(tmp_path, monkeypatch):
     out = tmp_path / "out"
     ids = [f"img{i}" for i in range(60)]
     first = _commit(str(out), "r", ids, files=30)
     old = {f["path"] for f in first["files"]}
-    seen, stop = [], threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            seen.append({os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)})
-
-    reader = threading.Thread(target=poll)
-    reader.start()
-    try:
-        second = _commit(str(out), "r", ids, files=30)
-    finally:
-        stop.set()
-        reader.join()
+    seen = _observed_at_every_commit_step(monkeypatch, lambda: {
+        os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)})
+    second = _commit(str(out), "r", ids, files=30)
     new = {f["path"] for f in second["files"]}
-    seen.append({os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)})
-    assert len(seen) > 2 and not old & new
+    assert len(seen) == 30 + 3 and not old & new  # each of the 30 files moved, moved, manifest, _SUCCESS
     # Never fewer than one whole set: the old files until the new manifest, then both, then the new.
     assert all(old <= s or new <= s for s in seen)
-    assert seen[-1] == new
+    assert {os.path.basename(p) for p in glob.glob(str(out / "**" / "*.parquet"), recursive=True)} == new
 
 
 KILL_COMMIT = textwrap.dedent("""
@@ -249,27 +247,17 @@ def test_a_delta_sink_replaces_exactly_its_run_ids_rows_and_deletes_no_file(tmp_
         sink.check_format(str(tmp_path / "pq"), "delta")
 
 
-def test_a_delta_reader_polling_during_replaces_sees_one_whole_run(tmp_path):
+def test_a_delta_reader_during_replaces_sees_one_whole_run(tmp_path, monkeypatch):
     out = tmp_path / "out"
     sets = [[f"v{v}-{i}" for i in range(20)] for v in range(4)]
     _commit(str(out), "r", sets[0], files=5, format="delta")
     _commit(str(out), "other", ["o1", "o2"], format="delta")
-    seen, stop = [], threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            seen.append(_table_ids(out))
-
-    reader = threading.Thread(target=poll)
-    reader.start()
-    try:
-        for ids in sets[1:]:
-            _commit(str(out), "r", ids, files=5, format="delta")
-    finally:
-        stop.set()
-        reader.join()
+    seen = _observed_at_every_commit_step(monkeypatch, lambda: _table_ids(out))
+    for ids in sets[1:]:
+        _commit(str(out), "r", ids, files=5, format="delta")
     wholes = [sorted(ids + ["o1", "o2"]) for ids in sets]
-    assert len(seen) > 3 and all(s in wholes for s in seen)  # never a mix, never the other run missing
+    assert len(seen) == 3 * 3  # each replace: table written, manifest, _SUCCESS
+    assert all(s in wholes for s in seen)  # never a mix, never the other run missing
     assert _table_ids(out) == wholes[-1]
 
 
@@ -293,35 +281,6 @@ def test_a_delta_replace_killed_mid_commit_is_finished_by_the_next_attempt(point
 
 
 # -- 3. exactly once: drivers killed at each step, two attempts at once -----------------------------
-
-def _archive(root: Path, start: int, n: int) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, img in digit_images(start + n)[start:]:
-        (root / f"{name}.png").write_bytes(png_bytes(img))
-
-
-def _nightly_job(tmp_path: Path, model: str, sink_uri: str, storage: str = "") -> Path:
-    job = tmp_path / "nightly.yaml"
-    job.write_text(f"name: nightly\nsource: {{uri: {tmp_path / 'archive'}}}\nmodel: {{uri: {model}}}\n"
-                   f"sink: {{uri: {sink_uri}}}\nincremental: {{}}\n{storage}"
-                   "resources: {decode_batch_size: 4, batch_size: 4}\n")
-    return job
-
-
-def _driver(job: Path, run_id: str, **env) -> subprocess.Popen:
-    """A real driver (its own local Ray) in its own session, so that what it leaves can be killed."""
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
-    return subprocess.Popen([IMGCLF, "run", str(job), "--run-id", run_id, "-q"], env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    """Kill what is left of a driver's session (its Ray processes), by its process group only."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
 
 @pytest.mark.slow
 @pytest.mark.ray
@@ -400,16 +359,20 @@ def test_two_attempts_of_one_run_id_at_once_one_commits(where, request, tiny_mod
         sink_uri, storage = str(tmp_path / "out"), ""
         lock_exists = (tmp_path / "out" / "_locks" / "n1.lock").exists
     job = _nightly_job(tmp_path, tiny_model, sink_uri, storage)
-    first = _driver(job, "n1")
+    flag = str(tmp_path / "block")  # the first holds its lock at a fault point until the second is done
+    first = _driver(job, "n1", IMGCLF_BLOCK_AT="after_write", IMGCLF_BLOCK_FILE=flag)
     try:
-        deadline = time.monotonic() + 120
-        while not lock_exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(flag + ".reached"):
+            assert first.poll() is None and time.monotonic() < deadline, "the first never reached its commit"
             time.sleep(0.1)
+        assert lock_exists()
         second = _driver(job, "n1")
         try:
             out2, _ = second.communicate(timeout=120)
         finally:
             _reap(second)
+        Path(flag + ".release").touch()
         out1, _ = first.communicate(timeout=300)
     finally:
         _reap(first)

@@ -21,7 +21,7 @@ from imgclf_ray.io.sink import committed_files
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, png_bytes
-from tests.test_pipeline import read_run
+from tests.support.jobs import read_run
 
 pytestmark = pytest.mark.ray
 
@@ -145,20 +145,23 @@ def test_run_resumed_after_its_driver_was_killed(ray_session, tiny_model, tmp_pa
     import psutil
 
     root, out = tmp_path / "archive", tmp_path / "out"
-    _archive(root, 0, 400)
+    _archive(root, 0, 40)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: resume\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {out}, min_rows_per_file: 8}}\nresources: {{decode_batch_size: 8, batch_size: 8}}\n")
+                   f"sink: {{uri: {out}, min_rows_per_file: 8}}\nrun: {{executor: ray}}\n"
+                   "resources: {decode_batch_size: 8, batch_size: 8}\n")
+    flag = str(tmp_path / "block")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"IMGCLF_BLOCK_AT": "after_write", "IMGCLF_BLOCK_FILE": flag}  # everything staged, nothing committed
     proc = subprocess.Popen([str(Path(sys.executable).with_name("imgclf")), "run", str(job), "--run-id", "r",
                              "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not list((out / "_staging").rglob("*.parquet.staged")) and time.monotonic() < deadline:
-            assert proc.poll() is None, "the run ended before it could be killed"
+        while not os.path.exists(flag + ".reached"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its commit"
             time.sleep(0.2)
-        assert list((out / "_staging").rglob("*.parquet.staged")), "nothing was staged in time"
+        assert list((out / "_staging").rglob("*.parquet.staged"))
     finally:
         tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
         for p in tree:
@@ -169,10 +172,10 @@ def test_run_resumed_after_its_driver_was_killed(ray_session, tiny_model, tmp_pa
         proc.wait()
     assert not (out / "r" / "_SUCCESS").exists()
     spec = parse_spec({"name": "resume", "source": {"uri": str(root)}, "model": {"uri": tiny_model},
-                       "sink": {"uri": str(out)}}, "<test>")
-    assert run_job(spec, "r", quiet=True).rows == 400
+                       "sink": {"uri": str(out)}, "run": {"executor": "ray"}}, "<test>")
+    assert run_job(spec, "r", quiet=True).rows == 40
     rows = read_run(str(out), "r")
-    assert len(rows) == 400 and len({r["uri"] for r in rows}) == 400
+    assert len(rows) == 40 and len({r["uri"] for r in rows}) == 40
     assert not (out / "_staging").exists()  # the dead attempt is gone too
     visible = sorted(str(p) for p in out.rglob("*.parquet"))
     assert visible == sorted(f.removeprefix("file://") for f in committed_files(str(out), "r"))

@@ -16,11 +16,9 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
-from tests.test_guarantees import IMGCLF, _archive, _driver, _nightly_job, _reap
-from tests import test_pipeline
-from tests.test_pipeline import make_spec
+from tests.support.jobs import IMGCLF, _archive, _driver, _nightly_job, _reap
+from tests.support.jobs import make_spec
 
-mixed_archive = test_pipeline.mixed_archive  # the fixture: good photographs and the bad files users meet
 
 COMPARED = ("image_id", "uri", "frame", "status", "error", "width", "height", "label", "topk_labels",
             "cluster", "is_duplicate", "is_near_duplicate", "is_dark", "is_blurry")

@@ -19,33 +19,10 @@ from imgclf_ray.errors import RunFailed
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
 from imgclf_ray.runner.job import execute
-from imgclf_ray.spec import parse_spec
 from tests.corpus import bad_files, good_files
+from tests.support.jobs import make_spec, read_run
 
 pytestmark = pytest.mark.ray
-
-
-def make_spec(source: str, sink: str, model_uri: str, **sections):
-    data = {"name": "t", "source": {"uri": source}, "model": {"uri": model_uri, "topk": 3},
-            "sink": {"uri": sink}, "resources": {"decode_batch_size": 4, "batch_size": 8}}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return parse_spec(data, "<test>")
-
-
-@pytest.fixture(scope="module")
-def mixed_archive(tmp_path_factory, sample_photo):
-    root = tmp_path_factory.mktemp("mixed")
-    for rel, data in {**good_files(sample_photo), **{k: v[0] for k, v in bad_files(sample_photo).items()}}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
-
-
-def read_run(sink: str, run_id: str):
-    files = committed_files(sink, run_id)
-    assert files, "run not committed"
-    return pq.read_table([f.removeprefix("file://") for f in files]).to_pylist()
 
 
 def reference_probabilities(model_uri: str, path: Path) -> np.ndarray:

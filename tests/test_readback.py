@@ -18,7 +18,7 @@ from imgclf_ray.io.tables import count_values
 from imgclf_ray.runner.local import LocalTasks
 from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.result import error_cause
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 
 def _tasks(kind: str):

@@ -11,7 +11,7 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.sink import committed_files
 from imgclf_ray.runner.job import execute
 from tests.corpus import bad_files, good_files
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 

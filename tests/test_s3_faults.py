@@ -17,7 +17,7 @@ from imgclf_ray.cli import main
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from tests.corpus import digit_images, png_bytes
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from imgclf_ray.cli import main
 from tests.io.test_inventory import write_inventory
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, _free_port
-from tests.test_pipeline import read_run
+from tests.support.jobs import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

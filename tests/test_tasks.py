@@ -16,7 +16,7 @@ from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.models.artifact import read_card
 from imgclf_ray.runner.job import execute
-from tests.test_pipeline import make_spec, read_run
+from tests.support.jobs import make_spec, read_run
 
 pytestmark = pytest.mark.ray
 

@@ -327,6 +327,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
             rows = pq.ParquetFile(fh).metadata.num_rows
         fs.mv(src, join(run_path, name))
         files.append({"path": name, "rows": rows, "bytes": fs.size(join(run_path, name))})
+        faults.point("commit_file_moved")
     faults.point("commit_moved")
     manifest = {
         "run_id": staging.run_id,

@@ -23,7 +23,7 @@ from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, jpeg_bytes, png_bytes
 from tests.curation.photos import blurred, darkened, photos, resized
-from tests.test_pipeline import read_run
+from tests.support.jobs import read_run
 
 pytestmark = pytest.mark.ray
 

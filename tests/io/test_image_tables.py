@@ -13,7 +13,7 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, png_bytes
-from tests.test_pipeline import read_run
+from tests.support.jobs import read_run
 
 pytestmark = pytest.mark.ray
 

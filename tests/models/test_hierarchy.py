@@ -80,7 +80,7 @@ def test_hierarchical_through_ray_equals_routing_by_hand(ray_session, tree_model
 
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.runner.job import execute
-    from tests.test_pipeline import make_spec, read_run
+    from tests.support.jobs import make_spec, read_run
 
     archive = tmp_path / "arch"
     for src in sorted(Path(digits_archive).rglob("*.png"))[::60]:

@@ -21,7 +21,7 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.report.html import load_run, render_report
 from tests.corpus import bad_files, digit_images, png_bytes
-from tests.test_pipeline import make_spec
+from tests.support.jobs import make_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
