@@ -104,12 +104,12 @@ def attributes(data: bytes, keywords: list[str], allow_phi: bool = False) -> dic
         raise DecodeError(f"malformed DICOM attributes ({type(exc).__name__}; element values are not shown)") from None
 
 
-def _uid_name(value) -> str:
+def _uid_name(value, missing: str = "none given") -> str:
     """A UID read from a file, for a message: the name of a UID pydicom knows, else the UID when it
     is one (digits and dots), else ``<invalid UID>`` (pydicom's ``UID.name`` returns an unknown
     value as it stands: whatever a malformed length swallowed)."""
     if value is None:
-        return "none given"
+        return missing
     shown = uid(value)
     if shown != str(value):
         return shown
@@ -173,7 +173,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             cache.clear()
             cache.update(data=data, dataset=ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DecodeError(f"DICOM object without pixel data (SOP class {_uid_name(ds.get('SOPClassUID'))})")
+        raise DecodeError(f"DICOM object without pixel data ({_uid_name(ds.get('SOPClassUID'), 'unknown SOP class')})")
     frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if max_pixels is not None and rows * columns > max_pixels:
