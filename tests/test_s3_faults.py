@@ -125,14 +125,16 @@ def test_a_listing_refused_for_permission_fails_fast_and_commits_nothing(digits_
     assert proxy.injected >= 1 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("executor", ["ray", "local"])
 def test_an_object_refused_for_permission_mid_run_stops_the_run_and_commits_nothing(
-        ray_session, digits_on_s3, moto_server, tiny_model, tmp_path):
+        executor, ray_session, digits_on_s3, moto_server, tiny_model, tmp_path):
     denied = "/archive/digits/digit-07-7.png"
     proxy = FaultyProxy(moto_server, lambda method, path: (403, "AccessDenied", "Access Denied")
                         if method == "GET" and path == denied else None)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: denied\nsource: {{uri: s3://archive/digits}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {tmp_path / 'out'}}}\nstorage: {{endpoint_url: '{proxy.url}'}}\n")
+                   f"sink: {{uri: {tmp_path / 'out'}}}\nstorage: {{endpoint_url: '{proxy.url}'}}\n"
+                   f"run: {{executor: {executor}}}\n")
     try:
         result = CliRunner().invoke(main, ["run", str(job), "-q", "--run-id", "r1"])
     finally:

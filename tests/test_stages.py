@@ -56,3 +56,17 @@ def test_load_stage_tags_each_failure_with_its_stage(tiny_model, tmp_path, sampl
     assert out["error"][2].startswith("read: FileNotFoundError")
     assert out["inputs"].shape == (3, 3, 32, 32) and out["inputs"][0].any() and not out["inputs"][1].any()
     assert (out["width"][0], out["height"][0]) == (640, 427)
+
+
+def test_a_users_error_in_a_stage_reaches_the_local_metrics_as_itself(tmp_path):
+    """The stages tell their reporter of a UserError before raising it (stages.common); the local
+    executor's metrics take it as the Ray actor's reporter does (it once failed with a TypeError)."""
+    import pytest
+
+    from imgclf_ray.errors import ArtifactError
+    from imgclf_ray.runner.local import LocalMetrics
+
+    metrics = LocalMetrics()
+    with pytest.raises(ArtifactError):
+        PredictStage(str(tmp_path / "no-model"), StorageSpec(), 3, "r", reporter=metrics.reporter())
+    assert metrics.first_user_error()[0] == "ArtifactError"
