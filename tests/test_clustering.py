@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.cluster import Birch, KMeans, MeanShift, MiniBatchKMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
 
 from imgclf_ray import clustering
 from imgclf_ray.errors import ArtifactError
@@ -18,6 +20,18 @@ from imgclf_ray.spec import CLUSTER_ALGORITHMS, ClusterSpec
 @pytest.fixture(scope="module")
 def blobs():
     return make_blobs(400, centers=3, n_features=6, cluster_std=1.0, random_state=0)
+
+
+# The scikit-learn clusterer each case below is, written out here rather than built by the code
+# under test: the case's params, plus random_state = the spec's seed (0) where the class takes one;
+# and its fitted attribute that imgclf keeps as "centers" ("means" for the mixture).
+REFERENCES = {
+    "kmeans": (KMeans, {"n_clusters": 3, "random_state": 0}, "cluster_centers_"),
+    "minibatch_kmeans": (MiniBatchKMeans, {"n_clusters": 3, "random_state": 0}, "cluster_centers_"),
+    "meanshift": (MeanShift, {}, "cluster_centers_"),
+    "birch": (Birch, {"n_clusters": 3}, "subcluster_centers_"),
+    "gmm": (GaussianMixture, {"n_components": 3, "random_state": 0}, "means_"),
+}
 
 
 @pytest.mark.parametrize("algorithm,params", [
@@ -31,7 +45,11 @@ def test_assignment_equals_scikit_learns_predict(blobs, algorithm, params, tmp_p
     fitted = clustering.fit(spec, x[:300])
     saved = clustering.save(str(tmp_path), fitted)
     loaded = clustering.load(str(tmp_path))
-    est = clustering._estimator(spec).fit(x[:300])  # same seed, same data: the same model
+    cls, kwargs, attribute = REFERENCES[algorithm]
+    est = cls(**kwargs).fit(x[:300])  # same seed, same data: the same model
+    # The same fitted model, not only the same labels: on blobs this easy another class
+    # (MiniBatchKMeans for KMeans, a Bayesian mixture) would assign every row alike.
+    np.testing.assert_allclose(loaded.arrays["means" if algorithm == "gmm" else "centers"], getattr(est, attribute))
     new = x[300:] + np.random.default_rng(1).normal(0, 0.3, x[300:].shape)
     ours, _, proba = loaded.assign(loaded.reduce(new))
     assert np.array_equal(ours, est.predict(new))

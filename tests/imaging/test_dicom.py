@@ -9,13 +9,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.imaging.dicom import attributes, is_dicom
 from imgclf_ray.spec import DecodeSpec
 
-pydicom = pytest.importorskip("pydicom")
 FILES = Path(pydicom.data.__file__).parent / "test_files"
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
@@ -115,7 +115,7 @@ def test_attributes_and_patient_identifiers():
 def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.runner.job import execute
-    from tests.test_pipeline import make_spec, read_run
+    from tests.support.jobs import make_spec, read_run
 
     archive = tmp_path / "dicom"
     archive.mkdir()
@@ -136,7 +136,7 @@ def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
 def test_multi_frame_files_become_one_row_per_frame(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.runner.job import execute
-    from tests.test_pipeline import make_spec, read_run
+    from tests.support.jobs import make_spec, read_run
 
     archive = tmp_path / "frames"
     archive.mkdir()

@@ -7,6 +7,7 @@ import io
 import math
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -15,9 +16,7 @@ from imgclf_ray.imaging.video import sample
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
-from tests.test_pipeline import read_run
-
-av = pytest.importorskip("av")
+from tests.support.jobs import read_run
 
 FPS, FRAMES, GOP = 25, 50, 10
 

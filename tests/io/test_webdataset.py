@@ -11,13 +11,13 @@ from imgclf_ray.io.listing import list_archive
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.corpus import digit_images, png_bytes
-from tests.test_pipeline import read_run
+from tests.support.jobs import read_run
 
 pytestmark = pytest.mark.ray
 
 
 def test_webdataset_shards_one_row_per_sample_with_its_label(ray_session, tiny_model, tmp_path):
-    wds = pytest.importorskip("webdataset")
+    import webdataset as wds
     root = tmp_path / "shards"
     root.mkdir()
     digits = digit_images(10)
