@@ -20,7 +20,7 @@ QUICKSTART = str(REPO / "jobs" / "quickstart.yaml")
 @pytest.mark.ray
 def test_quickstart_end_to_end(ray_session, tmp_path):
     where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
-             f"--set=sink.uri={tmp_path}/out"]
+             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray"]
     first = CliRunner().invoke(main, ["run", QUICKSTART, "--run-id", "first", "--quiet", *where])
     assert first.exit_code == 0, first.output
     assert "wrote 1797 digit images" in first.output and "training a resnet18" in first.output
@@ -48,7 +48,7 @@ def test_run_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, ov
     (tmp_path / "arch").mkdir()
     (tmp_path / "arch" / "x.png").write_bytes(b"not really")
     args = ["run", QUICKSTART, "--set", "example=null", "--set", f"source.uri={tmp_path}/arch",
-            "--set", f"model.uri={tiny_model}", "--set", f"sink.uri={tmp_path}/out",
+            "--set", f"model.uri={tiny_model}", "--set", f"sink.uri={tmp_path}/out", "--set", "run.executor=ray",
             "--set", override.format(tmp=tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
@@ -79,7 +79,7 @@ def test_untrusted_artifact_is_refused_before_any_work(ray_session, tmp_path):
     (tmp_path / "arch" / "x.png").write_bytes(b"")
     result = CliRunner().invoke(main, ["run", QUICKSTART, "--set", "example=null",
                                        "--set", f"source.uri={tmp_path}/arch", "--set", f"model.uri={tmp_path}/model",
-                                       "--set", f"sink.uri={tmp_path}/out"])
+                                       "--set", f"sink.uri={tmp_path}/out", "--set", "run.executor=ray"])
     assert result.exit_code == 1 and "types that are not trusted" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
@@ -93,7 +93,7 @@ EXAMPLE_JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.yaml") if p.name !
 def test_every_example_job_runs(ray_session, tmp_path, job):
     """Each example in jobs/ materialises its data and model and labels every image."""
     where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
-             f"--set=sink.uri={tmp_path}/out", "--run-id", "r", "-q"]
+             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray", "--run-id", "r", "-q"]
     result = CliRunner().invoke(main, ["run", str(REPO / "jobs" / job), *where])
     assert result.exit_code == 0, result.output
     assert "example: trained" in result.output and "held out" in result.output

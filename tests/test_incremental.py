@@ -95,7 +95,8 @@ def test_a_date_runs_once(ray_session, tiny_model, tmp_path):
     root, out = tmp_path / "archive", tmp_path / "out"
     _archive(root, 0, 3)
     job = tmp_path / "job.yaml"
-    job.write_text(f"name: nightly\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\nsink: {{uri: {out}}}\n")
+    job.write_text(f"name: nightly\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\nsink: {{uri: {out}}}\n"
+                   "run: {executor: ray}\n")
     first = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-29", "-q"])
     assert first.exit_code == 0 and "run nightly-2026-11-29: 3 images" in first.output
     stamp = (out / "nightly-2026-11-29" / "_SUCCESS").stat().st_mtime_ns
@@ -116,7 +117,7 @@ def test_runs_partitioned_by_date_are_found_by_every_reader(ray_session, tiny_mo
     _archive(root, 0, 3)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: nightly\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {out}, layout: 'date={{date}}/{{run_id}}'}}\nincremental: {{}}\n")
+                   f"sink: {{uri: {out}, layout: 'date={{date}}/{{run_id}}'}}\nincremental: {{}}\nrun: {{executor: ray}}\n")
     first = CliRunner().invoke(main, ["run", str(job), "--date", "2026-11-28", "-q"])
     assert first.exit_code == 0, first.output
     folder = out / "date=2026-11-28" / "nightly-2026-11-28"

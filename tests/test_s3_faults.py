@@ -114,7 +114,7 @@ def test_a_listing_refused_for_permission_fails_fast_and_commits_nothing(digits_
                         if method == "GET" and "list-type" in path else None)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: denied\nsource: {{uri: s3://archive/digits}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {tmp_path / 'out'}}}\nstorage: {{endpoint_url: '{proxy.url}'}}\n")
+                   f"sink: {{uri: {tmp_path / 'out'}}}\nstorage: {{endpoint_url: '{proxy.url}'}}\nrun: {{executor: ray}}\n")
     try:
         result = CliRunner().invoke(main, ["run", str(job), "-q"])
     finally:

@@ -66,7 +66,7 @@ def test_an_extensionless_dicom_series_classifies_and_non_images_are_skipped(ray
     series = _series(tmp_path, sample_photo)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: pacs\nsource: {{uri: {series}, extensions: any}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {tmp_path / 'out'}}}\nrun: {{max_error_rate: 0}}\n")
+                   f"sink: {{uri: {tmp_path / 'out'}}}\nrun: {{max_error_rate: 0, executor: ray}}\n")
     ran = CliRunner().invoke(main, ["run", str(job), "--run-id", "r", "-q"])
     assert ran.exit_code == 0, ran.output  # skipped rows are not errors: the budget of 0 holds
     assert "status : ok: 5, skipped: 2" in ran.output
