@@ -447,6 +447,9 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
         click.echo(format_history(found) if found else f"{spec.sink.uri}: no evaluation kept yet")
         return
 
+    from imgclf_ray import interrupts
+
+    interrupts.resume("the evaluation run", "run the same command again")
     try:
         _prepare_example(spec)
         result, metrics = evaluate_job(spec, quiet=quiet)

@@ -40,8 +40,8 @@ class _State:
         self.shield = 0
         self.pending: Optional[int] = None
         self.stopping = False
-        self.what: Optional[str] = None  # what a commit would have committed ("run <id>")
-        self.hint = "run the same command again"
+        self.what: Optional[str] = None  # what the command commits ("run <id>"), when it commits
+        self.hint = ""
 
 
 _state = _State()
@@ -56,6 +56,8 @@ def describe(exc: Interrupted) -> str:
     """The one line an interrupted command prints."""
     if exc.after_commit:
         return f"interrupted after the commit of {_state.what or 'the output'}"
+    if _state.what is None:  # a command that commits nothing (runs, logs --follow, report ...)
+        return "interrupted"
     return f"interrupted: nothing committed; {_state.hint}"
 
 
@@ -90,8 +92,7 @@ def handled() -> Iterator[None]:
         return
     saved = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
     _state.installed += 1
-    _state.pending, _state.stopping, _state.what = None, False, None
-    _state.hint = "run the same command again"
+    _state.pending, _state.stopping, _state.what, _state.hint = None, False, None, ""
     _install()
     try:
         yield
