@@ -535,7 +535,7 @@ def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endp
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
 @click.option("--document-root", default=None, help="label-studio, local images: Label Studio's "
               "LOCAL_FILES_DOCUMENT_ROOT (images are served relative to it).")
-@click.option("-o", "--out", default=None, help="File to write (default: stdout).")
+@click.option("-o", "--out", default=None, help="File to write, local or s3:// ('-' or none: standard output).")
 @_storage_options
 def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str], sort: Optional[str],
            limit: Optional[int], document_root: Optional[str], out: Optional[str], endpoint_url: Optional[str],
@@ -546,14 +546,16 @@ def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str
 
     from imgclf_ray.report.export import export_run
 
-    blob, n = export_run(output_uri, run_id, fmt, where, sort, limit, document_root,
-                         _storage(endpoint_url, region, profile))
-    if out is None:
+    storage = _storage(endpoint_url, region, profile)
+    blob, n = export_run(output_uri, run_id, fmt, where, sort, limit, document_root, storage)
+    if out is None or out == "-":
         sys.stdout.buffer.write(blob)
         sys.stdout.flush()
         return
-    with open(out, "wb") as fh:
-        fh.write(blob)
+    from imgclf_ray.io.storage import filesystem
+
+    fs, path = filesystem(out, storage)
+    fs.pipe_file(path, blob)
     click.echo(f"{n} {'tasks' if fmt == 'label-studio' else 'rows'} written to {out}", err=True)
 
 
@@ -561,7 +563,7 @@ def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str
 @click.argument("output_uri")
 @click.option("--run", "run_id", default=None, callback=_plain_id, help="Run id (default: the latest committed run, or "
               "OUTPUT_URI itself when it is a run folder).")
-@click.option("-o", "--out", default=None, help="Where to write the HTML (local or s3://); default "
+@click.option("-o", "--out", default=None, help="Where to write the HTML (local, s3://, or - for standard output); default "
               "<run_id>-report.html here.")
 @click.option("--truth-from-folder", is_flag=True, help="Take each image's parent folder name as its "
               "true label (folder-per-class archives): adds a confusion matrix and per-class metrics.")
@@ -576,7 +578,8 @@ def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_fro
                              truth_from_folder=truth_from_folder)
     except UserError as exc:
         _fail(exc)
-    click.echo(f"report written to {where}")
+    if where != "-":
+        click.echo(f"report written to {where}")
 
 
 @main.command()

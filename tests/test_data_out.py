@@ -156,3 +156,15 @@ def test_report_has_the_recent_nights(nights, tmp_path):
     page = out.read_text()
     assert '<section id="nights"><h2>Recent nights</h2>' in page
     assert "night-a" in page and "50.0%" in page and "20.0%" in page  # dog's share, night by night
+
+
+def test_dash_is_standard_output_for_export_and_report(nights, tmp_path, monkeypatch):
+    """`-o -` writes to standard output (the help says so), never a file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["export", str(nights), "--run", "night-a", "--to", "csv", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(io.StringIO(result.output)))) == 101
+    result = CliRunner().invoke(main, ["report", str(nights), "--run", "night-a", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert result.output.lstrip().lower().startswith("<!doctype html") and "report written" not in result.output
+    assert not (tmp_path / "-").exists()

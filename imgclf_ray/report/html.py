@@ -369,11 +369,18 @@ def _require_matplotlib() -> None:
 def write_report(output_uri: str, run_id: Optional[str] = None, out: Optional[str] = None,
                  storage: StorageSpec = StorageSpec(), truth_from_folder: bool = False) -> str:
     """Render the report of a committed run and write it to ``out`` (default
-    ``<run_id>-report.html`` in the current directory). Returns where it was written."""
+    ``<run_id>-report.html`` in the current directory; ``-``: standard output). Returns where it
+    was written."""
     run_uri = sink.resolve_run(output_uri, run_id, storage)
     run = load_run(run_uri, storage)
     page = render_report(run, storage, truth_from_folder=truth_from_folder,
                          nights=recent_nights(run_uri, run.manifest, storage))
+    if out == "-":  # standard output
+        import sys
+
+        sys.stdout.buffer.write(page.encode())
+        sys.stdout.flush()
+        return out
     out = out or f"{run.manifest.get('run_id', 'run')}-report.html"
     fs, path = filesystem(out, storage)
     fs.pipe_file(path, page.encode())
