@@ -485,8 +485,13 @@ def runs(output_uri: str, as_json: bool, endpoint_url: Optional[str], region: Op
     import json
 
     from imgclf_ray.io.sink import list_runs
+    from imgclf_ray.io.storage import filesystem
 
-    found = list_runs(output_uri, _storage(endpoint_url, region, profile))
+    storage = _storage(endpoint_url, region, profile)
+    fs, path = filesystem(output_uri, storage)
+    if not fs.exists(path):
+        raise UserError(f"{output_uri}: no such folder or prefix")
+    found = list_runs(output_uri, storage, damaged=True)
     if as_json:
         click.echo(json.dumps(found, indent=1, default=str))
         return
@@ -495,6 +500,9 @@ def runs(output_uri: str, as_json: bool, endpoint_url: Optional[str], region: Op
         return
     click.echo(f"{'run id':<36} {'committed at (UTC)':<20} {'rows':>9} {'ok':>9} {'errors':>7}  model")
     for m in found:
+        if "damaged" in m:
+            click.echo(f"{m['run_id']:<36} DAMAGED (left out by every reader): {m['damaged']}")
+            continue
         counts = m.get("by_status", {})
         note = "  (nothing new)" if m.get("nothing_new") else ""
         click.echo(f"{m['run_id']:<36} {m.get('committed_at', '')[:19]:<20} {m.get('rows', 0):>9} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, run_schema
 
 
-def commit_run(out: Path, run_id: str, rows: list[dict], uri_prefix: str = "file:///data/archive") -> None:
+def commit_run(out: Path, run_id: str, rows: list[dict], uri_prefix: str = "file:///data/archive",
+               **facts) -> None:
     """Commit ``rows`` (label, score, optional error / flags) as run ``run_id`` under ``out``."""
     now = datetime.now(timezone.utc)
     full = []
@@ -41,7 +43,7 @@ def commit_run(out: Path, run_id: str, rows: list[dict], uri_prefix: str = "file
     for r in rows:
         if not r.get("error"):
             by_label[r["label"]] = by_label.get(r["label"], 0) + 1
-    sink.commit(staging, {"job": "t", "by_status": counts, "labels": ["cat", "dog"]},
+    sink.commit(staging, {"job": "t", "by_status": counts, "labels": ["cat", "dog"], **facts},
                 extra_files={sink.SUMMARY_FILE: json.dumps({"by_label": by_label}).encode()})
 
 
@@ -168,3 +170,29 @@ def test_dash_is_standard_output_for_export_and_report(nights, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert result.output.lstrip().lower().startswith("<!doctype html") and "report written" not in result.output
     assert not (tmp_path / "-").exists()
+
+
+def test_an_empty_night_is_no_images_never_drift_and_readers_take_the_last_night_with_images(nights):
+    commit_run(nights, "night-c", [], nothing_new="all 103 listed images were processed by earlier runs")
+    text = CliRunner().invoke(main, ["compare", "night-b", "night-c", "--sink", str(nights)]).output
+    assert "night-c: no images (nothing new that night)" in text and "drift" not in text.replace("no drift is", "")
+    c = json.loads(CliRunner().invoke(main, ["compare", "night-b", "night-c", "--sink", str(nights), "--json"]).output)
+    assert c["psi_total"] is None and c["no_images"] == ["night-c"]
+    from imgclf_ray.api import read_run
+
+    assert set(read_run(str(nights))["run_id"].to_pylist()) == {"night-b"}  # the latest night with images
+    exported = CliRunner().invoke(main, ["export", str(nights), "--to", "jsonl"]).output.splitlines()
+    assert len(exported) == 102 and json.loads(exported[0])["run_id"] == "night-b"
+
+
+def test_a_damaged_run_is_listed_as_damaged_and_every_other_run_still_reads(nights, tmp_path):
+    (nights / "night-a" / sink.MANIFEST_FILE).unlink()  # _SUCCESS without a manifest
+    listed = CliRunner().invoke(main, ["runs", str(nights)])
+    assert listed.exit_code == 0, listed.output
+    assert "night-b" in listed.output and re.search(r"night-a\s+DAMAGED", listed.output)
+    for args in (["export", str(nights), "--to", "csv"], ["report", str(nights), "-o", str(tmp_path / "r.html")],
+                 ["compare", "night-b", "night-b", "--sink", str(nights)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (args, result.output)
+    missing = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and missing.output.startswith("error: ") and "no such folder" in missing.output

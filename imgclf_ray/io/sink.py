@@ -503,17 +503,26 @@ def read_run_json(run_uri: str, name: str, storage: StorageSpec = StorageSpec())
     return None
 
 
-def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec()) -> list[dict[str, Any]]:
+def list_runs(sink_uri: str, storage: StorageSpec = StorageSpec(), damaged: bool = False) -> list[dict[str, Any]]:
     """The committed runs under ``sink_uri`` (folders with _SUCCESS, any layout), oldest commit
-    first; each is its manifest plus ``uri``."""
-    runs = [{**read_manifest(folder, storage), "uri": folder}
-            for folder in committed_runs(sink_uri, storage).values()]
-    return sorted(runs, key=lambda m: (str(m.get("committed_at", "")), m["run_id"]))
+    first; each is its manifest plus ``uri``. A run folder whose manifest is missing, corrupt or
+    not imgclf's is left out, so that one damaged run never hides the others; with ``damaged``
+    such folders follow the runs, each as {"run_id", "uri", "damaged": why}."""
+    runs, broken = [], []
+    for run_id, folder in committed_runs(sink_uri, storage).items():
+        try:
+            runs.append({**read_manifest(folder, storage), "uri": folder})
+        except UserError as exc:
+            broken.append({"run_id": run_id, "uri": folder, "damaged": str(exc)})
+    runs.sort(key=lambda m: (str(m.get("committed_at", "")), m["run_id"]))
+    return runs + broken if damaged else runs
 
 
 def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()) -> str:
     """The URI of one committed run: ``output_uri`` itself when it is a run folder, else its run
-    ``run_id``, else its latest committed run. Raises UserError when there is none."""
+    ``run_id``, else its latest committed run with images (a night with nothing new commits an
+    empty run record; the latest run is taken only when no run has images). Raises UserError when
+    there is none."""
     fs, path = filesystem(output_uri, storage)
     if run_id is None and fs.exists(join(path, SUCCESS_FILE)):
         read_manifest(output_uri, storage)
@@ -525,5 +534,8 @@ def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageS
         return found[run_id]
     runs = list_runs(output_uri, storage)
     if not runs:
+        if not fs.exists(path):
+            raise UserError(f"{output_uri}: no such folder or prefix")
         raise UserError(f"{output_uri}: no committed run here")
-    return runs[-1]["uri"]
+    with_images = [r for r in runs if not r.get("nothing_new")]
+    return (with_images or runs)[-1]["uri"]

@@ -16,6 +16,7 @@ from typing import Optional
 
 import pyarrow as pa
 
+from imgclf_ray.errors import UserError
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.io.tables import read_columns
 from imgclf_ray.spec import StorageSpec
@@ -60,7 +61,10 @@ def committed_records(state_uri: str, sink_uri: str, storage: StorageSpec,
             continue  # not a record, its run never committed, or it is being replaced
         run_id, attempt = parsed
         if run_id not in manifests:
-            manifests[run_id] = read_manifest(committed[run_id], storage)
+            try:
+                manifests[run_id] = read_manifest(committed[run_id], storage)
+            except UserError:  # a damaged run folder: its images count as not processed (done again)
+                manifests[run_id] = {}
         if manifests[run_id].get("attempt") == attempt:  # the record of the attempt that committed
             runs.append((str(manifests[run_id].get("committed_at", "")), to_uri(fs, path)))
     return [uri for _, uri in sorted(runs)]

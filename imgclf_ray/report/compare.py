@@ -28,7 +28,8 @@ def _run(uri: str, storage: StorageSpec) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for lab in labels:
         counts[lab] = counts.get(lab, 0) + 1
-    return {"run_id": read_manifest(uri, storage)["run_id"], "rows": t.num_rows, "ok": sum(ok),
+    manifest = read_manifest(uri, storage)
+    return {"run_id": manifest["run_id"], "rows": t.num_rows, "ok": sum(ok), "nothing_new": manifest.get("nothing_new"),
             "errors": sum(s == "error" for s in status), "labels": counts, "scores": scores, "causes": causes}
 
 
@@ -54,7 +55,8 @@ def compare_runs(uri_a: str, uri_b: str, storage: StorageSpec = StorageSpec()) -
             p_value = float(chi2_contingency([[ca, na - ca], [cb, nb - cb]])[1])
         labels.append({"label": lab, "count_a": ca, "count_b": cb, "share_a": round(pa_, 4),
                        "share_b": round(pb, 4), "share_change": round(pb - pa_, 4),
-                       "psi": round(psi(pa_, pb), 4), "chi2_p": None if p_value is None else round(p_value, 4)})
+                       "psi": round(psi(pa_, pb), 4) if na and nb else None,
+                       "chi2_p": None if p_value is None else round(p_value, 4)})
     confidence: dict[str, Any] = {}
     if a["scores"] and b["scores"]:
         ks = ks_2samp(a["scores"], b["scores"])
@@ -63,12 +65,14 @@ def compare_runs(uri_a: str, uri_b: str, storage: StorageSpec = StorageSpec()) -
                       "median_b": round(float(np.median(b["scores"])), 4),
                       "ks_statistic": round(float(ks.statistic), 4), "ks_p": round(float(ks.pvalue), 4)}
     return {
-        "a": {k: a[k] for k in ("run_id", "rows", "ok", "errors")},
-        "b": {k: b[k] for k in ("run_id", "rows", "ok", "errors")},
+        "a": {k: a[k] for k in ("run_id", "rows", "ok", "errors", "nothing_new")},
+        "b": {k: b[k] for k in ("run_id", "rows", "ok", "errors", "nothing_new")},
         "error_rate_a": round(a["errors"] / a["rows"], 4) if a["rows"] else None,
         "error_rate_b": round(b["errors"] / b["rows"], 4) if b["rows"] else None,
         "labels": labels,
-        "psi_total": round(sum(row["psi"] for row in labels), 4),
+        # A run without labelled images (a night with nothing new) has no distribution to drift from.
+        "psi_total": round(sum(row["psi"] for row in labels), 4) if na and nb else None,
+        "no_images": [r["run_id"] for r in (a, b) if not sum(r["labels"].values())],
         "confidence": confidence,
         "new_error_causes": {c: n for c, n in sorted(b["causes"].items()) if c not in a["causes"]},
     }
@@ -82,10 +86,17 @@ def format_comparison(c: dict[str, Any]) -> str:
              f"{'PSI':>7} {'chi2 p':>7}"]
     for row in c["labels"]:
         p = "-" if row["chi2_p"] is None else f"{row['chi2_p']:.3f}"
+        psi_text = "-" if row["psi"] is None else f"{row['psi']:.3f}"
         lines.append(f"  {row['label'][:20]:<20} {row['count_a']:>8} {row['count_b']:>8} {row['share_a']:>8.3f} "
-                     f"{row['share_b']:>8.3f} {row['share_change']:>+8.3f} {row['psi']:>7.3f} {p:>7}")
-    drift = "no drift" if c["psi_total"] < 0.1 else ("moderate drift" if c["psi_total"] < 0.25 else "significant drift")
-    lines.append(f"  PSI total {c['psi_total']:.3f} ({drift}: < 0.1 none, 0.1-0.25 moderate, > 0.25 significant)")
+                     f"{row['share_b']:>8.3f} {row['share_change']:>+8.3f} {psi_text:>7} {p:>7}")
+    if c["psi_total"] is None:
+        for side in (a, b):
+            if side["run_id"] in c["no_images"]:
+                why = "nothing new that night" if side.get("nothing_new") else "no labelled images"
+                lines.append(f"  {side['run_id']}: no images ({why}); no drift is computed against it")
+    else:
+        drift = "no drift" if c["psi_total"] < 0.1 else ("moderate drift" if c["psi_total"] < 0.25 else "significant drift")
+        lines.append(f"  PSI total {c['psi_total']:.3f} ({drift}: < 0.1 none, 0.1-0.25 moderate, > 0.25 significant)")
     conf = c["confidence"]
     if conf:
         lines.append(f"  confidence: mean {conf['mean_a']:.3f} -> {conf['mean_b']:.3f}, median {conf['median_a']:.3f} "
