@@ -537,7 +537,8 @@ def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endp
               "committed run, or OUTPUT_URI itself when it is a run folder).")
 @click.option("--to", "fmt", type=click.Choice(["csv", "jsonl", "label-studio"]), required=True)
 @click.option("--where", default=None, help="Rows to keep, e.g. 'is_label_issue', 'score < 0.6', "
-              "\"label == 'cat' and not is_dark\".")
+              "\"label == 'cat' and not is_dark\", \"(status != 'ok' or score < 0.5)\": and, or, not, "
+              "parentheses; values compared as the column's type.")
 @click.option("--sort", default=None, help="Order by a column, ascending ('score': least confident "
               "first) or descending ('-score').")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")

@@ -196,3 +196,25 @@ def test_a_damaged_run_is_listed_as_damaged_and_every_other_run_still_reads(nigh
         assert result.exit_code == 0, (args, result.output)
     missing = CliRunner().invoke(main, ["runs", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and missing.output.startswith("error: ") and "no such folder" in missing.output
+
+
+def test_where_compares_as_the_column_type_with_and_or_not_and_parentheses(nights):
+    def ids(where: str, run: str = "night-b") -> int:
+        result = CliRunner().invoke(main, ["export", str(nights), "--run", run, "--to", "jsonl", "--where", where])
+        assert result.exit_code == 0, result.output
+        return len(result.output.splitlines())
+
+    assert ids("status == 'ok' or score < 0.5") == 100
+    assert ids("label == 'dog' and not (score > 0.65)") == 50
+    assert ids("not is_label_issue and status == 'ok'") == 50
+    assert ids("status != 'ok' or (label == 'cat' and score >= 0.7)") == 52
+    commit_run(nights, "digits", [{"label": "3", "score": 0.9}] * 4 + [{"label": "8", "score": 0.9}] * 2)
+    assert ids("label == 3", "digits") == 4  # a number compared with a text column is its text
+    for where, expected in (("status == ok", "quote a text value"), ("score < 'high'", "is not one"),
+                            ("is_label_issue", "was not computed in this run"), ("(score < 1", "ends too early"),
+                            ("score < 1 or", "ends too early")):
+        run = "night-a" if where == "is_label_issue" else "night-b"
+        result = CliRunner().invoke(main, ["export", str(nights), "--run", run, "--to", "csv", "--where", where])
+        assert result.exit_code == 2 and result.output.startswith("error: --where") and expected in result.output, \
+            (where, result.output)
+        assert len(result.output.strip().splitlines()) == 1

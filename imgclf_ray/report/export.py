@@ -2,8 +2,8 @@
 spreadsheets and scripts, or Label Studio pre-annotation tasks (image URL, predicted choice,
 score) that a labelling team imports as they are.
 
-Rows are chosen with ``--where`` (clauses joined by ``and``: ``is_label_issue``, ``not is_dark``,
-``score < 0.6``, ``label == 'cat'``, ``status != 'ok'``), ordered with ``--sort`` (``score`` =
+Rows are chosen with ``--where`` (``is_label_issue``, ``not is_dark``, ``score < 0.6``,
+``label == 'cat'``, ``status != 'ok'``, joined by ``and``, ``or``, ``not`` and parentheses), ordered with ``--sort`` (``score`` =
 least confident first; ``-score`` = most confident first) and cut with ``--limit``.
 """
 
@@ -22,50 +22,134 @@ import pyarrow.compute as pc
 from imgclf_ray.errors import SpecError
 from imgclf_ray.spec import StorageSpec
 
-_CLAUSE = re.compile(r"^\s*(not\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:(==|!=|<=|>=|<|>)\s*(.+?))?\s*$")
+_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_]))"""
+                    r"""|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\S))""")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
         ">=": pc.greater_equal}
+_EXAMPLE = ("e.g. is_label_issue, score < 0.6, label == 'cat', not is_dark, (a or b) and c")
 # Nested columns are written to CSV as JSON text.
 CSV_COLUMNS = ("image_id", "uri", "frame", "status", "error", "label", "score", "topk_labels", "topk_scores",
                "labels", "true_label", "run_id", "model_id")
 
 
-def _literal(text: str, option: str) -> Any:
-    text = text.strip()
-    if text[:1] in "'\"" and text[-1:] == text[:1] and len(text) >= 2:
-        return text[1:-1]
-    if text in ("true", "false"):
-        return text == "true"
+def _tokens(where: str) -> list[tuple[str, str]]:
+    out = []
+    for m in _TOKEN.finditer(where):
+        kind = m.lastgroup
+        if kind == "bad":
+            raise SpecError(f"--where: cannot read {where!r} at {m.group(kind)!r} ({_EXAMPLE})")
+        out.append((kind, m.group(kind)))
+    return out
+
+
+class _Where:
+    """``--where``: comparisons of a column with a value, true/false columns, joined by ``and``,
+    ``or``, ``not`` and parentheses (``not`` binds tightest, then ``and``, then ``or``). A value is
+    compared as the column's type: ``label == 3`` compares the text "3"."""
+
+    def __init__(self, table: pa.Table, where: str):
+        self.table, self.where, self.at = table, where, 0
+        self.tokens = _tokens(where)
+        if not self.tokens:
+            raise SpecError(f"--where: empty ({_EXAMPLE})")
+
+    def _peek(self) -> Optional[tuple[str, str]]:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def _take(self) -> tuple[str, str]:
+        token = self._peek()
+        if token is None:
+            raise SpecError(f"--where: cannot read {self.where!r}: it ends too early ({_EXAMPLE})")
+        self.at += 1
+        return token
+
+    def _keyword(self, word: str) -> bool:
+        token = self._peek()
+        if token is not None and token[0] == "word" and token[1].lower() == word:
+            self.at += 1
+            return True
+        return False
+
+    def parse(self) -> pa.Array:
+        mask = self._or()
+        if self._peek() is not None:
+            raise SpecError(f"--where: cannot read {self.where!r} from {self._peek()[1]!r} ({_EXAMPLE})")
+        return mask
+
+    def _or(self) -> pa.Array:
+        mask = self._and()
+        while self._keyword("or"):
+            mask = pc.or_(mask, self._and())
+        return mask
+
+    def _and(self) -> pa.Array:
+        mask = self._not()
+        while self._keyword("and"):
+            mask = pc.and_(mask, self._not())
+        return mask
+
+    def _not(self) -> pa.Array:
+        if self._keyword("not"):
+            return pc.invert(self._not())
+        if self._peek() == ("op", "("):
+            self.at += 1
+            mask = self._or()
+            if self._take() != ("op", ")"):
+                raise SpecError(f"--where: a '(' is not closed in {self.where!r}")
+            return mask
+        return self._comparison()
+
+    def _comparison(self) -> pa.Array:
+        kind, column = self._take()
+        if kind != "word" or column.lower() in ("and", "or", "not"):
+            raise SpecError(f"--where: expected a column name, found {column!r} ({_EXAMPLE})")
+        col = _column(self.table, column)
+        token = self._peek()
+        if token is None or token[0] != "op" or token[1] in "()":
+            if not pa.types.is_boolean(col.type):
+                raise SpecError(f"--where: {column} is not a true/false column; compare it (e.g. {column} == ...)")
+            return pc.fill_null(col, False)
+        op = self._take()[1]
+        value = _literal(self._take(), col.type, column)
+        return pc.fill_null(_OPS[op](col, value), False)
+
+
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    if name not in table.schema.names:
+        raise SpecError(f"--where: no column {name!r} in this run (see `imgclf reference schema`)")
+    col = table.column(name)
+    if table.num_rows and col.null_count == table.num_rows and (name.startswith("is_") or name.endswith("_score")
+                                                                 or name.startswith("cluster")):
+        check = name.removeprefix("is_").removesuffix("_score")
+        computed_by = ("the cluster section" if name.startswith("cluster") else f"curate.checks: [{check}]")
+        raise SpecError(f"--where: {name} was not computed in this run (every row is null); {computed_by} computes it")
+    return col
+
+
+def _literal(token: tuple[str, str], kind: pa.DataType, column: str) -> Any:
+    """A value of the column's type: text for a string column (quoted or not), a number for a
+    numeric one, true/false for a true/false one."""
+    what, text = token
+    value: Any = text[1:-1] if what == "str" else text
+    if what == "op" or (what == "word" and text.lower() in ("and", "or", "not")):
+        raise SpecError(f"--where: expected a value after {column}, found {text!r} ({_EXAMPLE})")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if what == "word" and text not in ("true", "false"):
+            raise SpecError(f"--where: {text} is a name, not a value: quote a text value ({column} == '{text}')")
+        return str(value)
+    if pa.types.is_boolean(kind):
+        if str(value).lower() not in ("true", "false"):
+            raise SpecError(f"--where: {column} is true/false; compare it with true or false, not {text}")
+        return pa.scalar(str(value).lower() == "true")
     try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise SpecError(f"{option}: {text!r} is not a number, true/false or a quoted string") from None
+        return pa.scalar(float(value) if pa.types.is_floating(kind) else int(float(value))).cast(kind)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise SpecError(f"--where: {column} holds {kind}; {text} is not one") from None
 
 
 def row_filter(table: pa.Table, where: str) -> pa.Array:
     """The boolean mask of ``where`` over ``table`` (null counts as false)."""
-    mask = None
-    for clause in re.split(r"\s+and\s+", where.strip()):
-        m = _CLAUSE.match(clause)
-        if not m:
-            raise SpecError(f"--where: cannot read {clause!r} (expected e.g. is_label_issue, score < 0.6, "
-                            "label == 'cat', clauses joined by 'and')")
-        negate, column, op, value = m.groups()
-        if column not in table.schema.names:
-            raise SpecError(f"--where: no column {column!r} in this run (see `imgclf reference schema`)")
-        col = table.column(column)
-        if op is None:
-            if not pa.types.is_boolean(col.type):
-                raise SpecError(f"--where: {column} is not a true/false column; compare it (e.g. {column} == ...)")
-            part = col
-        else:
-            part = _OPS[op](col, pa.scalar(_literal(value, "--where")).cast(col.type)
-                            if not pa.types.is_string(col.type) else _literal(value, "--where"))
-        part = pc.fill_null(part, False)
-        if negate:
-            part = pc.invert(part)
-        mask = part if mask is None else pc.and_(mask, part)
-    return mask
+    return _Where(table, where).parse()
 
 
 def select(table: pa.Table, where: Optional[str], sort: Optional[str], limit: Optional[int]) -> pa.Table:
