@@ -218,3 +218,18 @@ def test_where_compares_as_the_column_type_with_and_or_not_and_parentheses(night
         assert result.exit_code == 2 and result.output.startswith("error: --where") and expected in result.output, \
             (where, result.output)
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_recent_nights_show_every_label_as_top_labels_and_other(tmp_path):
+    out = tmp_path / "out"
+    for night, (common, rare) in enumerate([("8", "9"), ("9", "8")]):
+        rows = [{"label": common, "score": 0.9}] * 30 + [{"label": rare, "score": 0.9}] * 20
+        rows += [{"label": str(d), "score": 0.9} for d in range(8)]  # 0..7 once each
+        commit_run(out, f"night-{night}", rows)
+    page = CliRunner().invoke(main, ["report", str(out), "-o", "-"]).output
+    nights = page[page.index("Recent nights"):]
+    header = re.search(r"<tr>(.*?)</tr>", nights, re.S).group(1)
+    cells = re.findall(r"<th>(.*?)</th>", header)
+    # The two frequent labels first (string order put them last and cut them), the rest as "other".
+    assert cells[3:5] == ["8", "9"] or cells[3:5] == ["9", "8"], cells
+    assert cells[-1] == "other" and len(cells) == 3 + 8

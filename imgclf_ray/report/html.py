@@ -198,19 +198,40 @@ def recent_nights(run_uri: str, manifest: dict[str, Any], storage: StorageSpec =
     return out
 
 
+OTHER = "other"
+
+
+def top_labels(nights: list[dict[str, Any]], k: int) -> tuple[list[str], list[dict[str, float]]]:
+    """The ``k`` labels with the largest share summed over the nights (largest first) and each
+    night's shares of them, the rest summed as "other": every label is counted, none is cut."""
+    total: dict[str, float] = {}
+    for night in nights:
+        for label, share in night["shares"].items():
+            total[label] = total.get(label, 0.0) + share
+    ranked = sorted(total, key=lambda lab: (-total[lab], str(lab)))
+    keep = ranked if len(ranked) <= k else ranked[: k - 1]
+    shares = []
+    for night in nights:
+        row = {lab: night["shares"].get(lab, 0.0) for lab in keep}
+        if len(keep) < len(ranked):
+            row[OTHER] = sum(v for lab, v in night["shares"].items() if lab not in keep)
+        shares.append(row)
+    return [str(lab) for lab in keep] + ([OTHER] if len(keep) < len(ranked) else []), shares
+
+
 def _nights_chart(nights: list[dict[str, Any]]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted({k for n in nights for k in n["shares"]})[:20]
+    labels, shares = top_labels(nights, 12)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(5, 0.6 * len(nights) + 3), 5), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     x = np.arange(len(nights))
     base = np.zeros(len(nights))
     for label in labels:
-        share = np.array([n["shares"].get(label, 0.0) for n in nights])
+        share = np.array([s.get(label, 0.0) for s in shares])
         top.bar(x, share, bottom=base, label=str(label))
         base += share
     top.set_ylabel("label share")
@@ -308,9 +329,9 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
         sections.append(("curation", "Curation flags", "".join(parts)))
 
     if nights and len(nights) > 1:
-        top = sorted({k for night in nights for k in night["shares"]})[:8]
+        top, shares = top_labels(nights, 8)
         rows = [[night["run_id"], night["rows"], f"{100 * night['error_rate']:.1f}%"]
-                + [f"{100 * night['shares'].get(k, 0):.1f}%" for k in top] for night in nights]
+                + [f"{100 * share.get(k, 0):.1f}%" for k in top] for night, share in zip(nights, shares)]
         sections.append(("nights", "Recent nights",
                          f'<img class="chart" src="{_nights_chart(nights)}" alt="label shares and error rate by night">'
                          + _table(["run", "images", "errors"] + [str(k) for k in top], rows)))
