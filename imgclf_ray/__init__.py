@@ -10,3 +10,8 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'imgclf_ray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The API's names too (tab completion), without importing it."""
+    return sorted(set(globals()) | set(__all__))

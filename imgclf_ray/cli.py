@@ -20,12 +20,24 @@ _SET_HELP = "Override a spec value: --set source.uri=s3://bucket/prefix (repeata
 
 
 def _fail(exc: UserError) -> None:
+    if exc.exit_code:
+        _keep_ray_log()
     click.echo(f"error: {exc}" if exc.exit_code else str(exc), err=bool(exc.exit_code))
     sys.exit(exc.exit_code)
 
 
+def _keep_ray_log() -> None:
+    """A failed or interrupted run keeps its Ray log file (others are pruned to the last 10)."""
+    if "imgclf_ray.runner.ray_setup" in sys.modules:
+        sys.modules["imgclf_ray.runner.ray_setup"].mark_failed()
+
+
 def _load(job: str, overrides: tuple[str, ...], model=JobSpec, values: Optional[dict[str, str]] = None):
     try:
+        head = peek_spec(job) if model is JobSpec else None
+        if isinstance(head, dict) and "data" in head and "source" not in head:
+            raise SpecError(f"{job} is a training spec (data:, no source:): train with `imgclf train {job}`; "
+                            "a job spec names source:, model: and sink:")
         return load_spec(job, list(overrides), model, values)
     except UserError as exc:
         _fail(exc)
@@ -71,6 +83,7 @@ def _stop(exc) -> None:
     processes stopped (this process started them), exit 130 (SIGINT) or 143 (SIGTERM)."""
     from imgclf_ray import interrupts
 
+    _keep_ray_log()
     click.echo(interrupts.describe(exc), err=True)
     if "ray" in sys.modules:
         import ray

@@ -233,3 +233,40 @@ def test_recent_nights_show_every_label_as_top_labels_and_other(tmp_path):
     # The two frequent labels first (string order put them last and cut them), the rest as "other".
     assert cells[3:5] == ["8", "9"] or cells[3:5] == ["9", "8"], cells
     assert cells[-1] == "other" and len(cells) == 3 + 8
+
+
+def test_a_relative_document_root_is_resolved(nights, monkeypatch):
+    monkeypatch.chdir("/")  # the rows' images are under /data/archive
+    result = CliRunner().invoke(main, ["export", str(nights), "--run", "night-a", "--to", "label-studio",
+                                       "--document-root", "data", "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["data"]["image"].startswith("/data/local-files/?d=archive/img")
+
+
+def test_ray_log_files_are_pruned_to_the_last_ten_but_failed_ones_are_kept(tmp_path, monkeypatch):
+    import os
+
+    from imgclf_ray.runner import ray_setup
+
+    for i in range(14):
+        (tmp_path / f"imgclf-ray-{1000 + i}.log").write_text("x")
+        os.utime(tmp_path / f"imgclf-ray-{1000 + i}.log", (i, i))
+    (tmp_path / "imgclf-ray-1-failed.log").write_text("x")
+    ray_setup._prune_logs(str(tmp_path))
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["imgclf-ray-1-failed.log"] + [f"imgclf-ray-{1000 + i}.log" for i in range(4, 14)]
+    monkeypatch.setattr(ray_setup, "current_log", str(tmp_path / "imgclf-ray-1013.log"))
+    assert ray_setup.mark_failed() == str(tmp_path / "imgclf-ray-1013-failed.log")
+    assert (tmp_path / "imgclf-ray-1013-failed.log").exists()
+
+
+def test_the_package_lists_its_api_and_a_training_spec_is_not_run(tmp_path):
+    import subprocess
+    import sys
+
+    names = subprocess.run([sys.executable, "-c", "import imgclf_ray, sys; print(dir(imgclf_ray)); "
+                            "print('torch' in sys.modules, 'ray' in sys.modules)"], capture_output=True, text=True)
+    assert "'read_run'" in names.stdout and "'run'" in names.stdout and "False False" in names.stdout
+    spec = Path(__file__).resolve().parents[1] / "jobs" / "train" / "digits-svm-hog.yaml"
+    result = CliRunner().invoke(main, ["run", str(spec)])
+    assert result.exit_code == 2 and "is a training spec" in result.output and "imgclf train" in result.output

@@ -55,10 +55,11 @@ def read_bytes(uri: str, storage: StorageSpec = StorageSpec()) -> bytes:
     return fs.cat_file(path)
 
 
-def describe_os_error(exc: BaseException) -> str:
-    """A short cause for an error row or message: 'FileNotFoundError: no such file ...'."""
+def describe_os_error(exc: BaseException, listed: bool = False) -> str:
+    """A short cause for an error row or message: 'FileNotFoundError: no such file ...'.
+    ``listed``: the file was in the run's listing (an archive file's error row)."""
     if isinstance(exc, FileNotFoundError):
-        return "FileNotFoundError: no such file or object (deleted after listing?)"
+        return "FileNotFoundError: no such file or object" + (" (deleted after listing?)" if listed else "")
     if isinstance(exc, PermissionError):
         return "PermissionError: access denied"
     from imgclf_ray.messages import describe

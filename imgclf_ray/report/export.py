@@ -197,7 +197,9 @@ def image_url(uri: str, document_root: Optional[str]) -> str:
     if not document_root:
         raise SpecError("--document-root is needed for local images: Label Studio serves local files "
                         "relative to its LOCAL_FILES_DOCUMENT_ROOT")
-    root = document_root.rstrip("/") + "/"
+    import os
+
+    root = os.path.abspath(document_root).rstrip("/") + "/"  # '.' and relative roots as the shell means them
     if not path.startswith(root):
         raise SpecError(f"--document-root {document_root}: the image {path} is not under it")
     return "/data/local-files/?d=" + quote(path[len(root):])

@@ -59,6 +59,42 @@ def _log_to(path: str, names: tuple[str, ...]) -> None:
         logger.propagate = False
 
 
+KEEP_LOGS = 10  # the Ray log files of this many runs that did not fail are kept (failed ones: all)
+current_log: Optional[str] = None  # this process's, once Ray's console output goes to a file
+
+
+def _prune_logs(folder: str) -> None:
+    """Delete the Ray log files of earlier runs but the newest KEEP_LOGS; those of failed runs
+    (``mark_failed``) are kept."""
+    import glob
+
+    done = [p for p in glob.glob(os.path.join(folder, "imgclf-ray-*.log")) if not p.endswith("-failed.log")]
+    try:
+        done.sort(key=os.path.getmtime)
+    except OSError:
+        return  # another run pruned meanwhile
+    for old in done[:-KEEP_LOGS] if len(done) > KEEP_LOGS else []:
+        try:
+            os.remove(old)
+        except OSError:
+            pass
+
+
+def mark_failed() -> Optional[str]:
+    """Keep this process's Ray log file (the run failed): renamed ``imgclf-ray-<pid>-failed.log``,
+    which pruning leaves alone; its new path."""
+    global current_log
+    if current_log is None or not os.path.exists(current_log):
+        return None
+    failed = current_log[: -len(".log")] + "-failed.log"
+    try:
+        os.replace(current_log, failed)  # the open handlers keep writing to the same file
+    except OSError:
+        return None
+    current_log = failed
+    return failed
+
+
 def _ray_to_file() -> str:
     """Send Ray's console output in this process to a file; its path. Python loggers under "ray"
     get a file handler ("ray._private" too: ray.init clears "ray" itself before it warns), and
@@ -68,7 +104,10 @@ def _ray_to_file() -> str:
     import sys
     import tempfile
 
+    global current_log
     path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+    _prune_logs(tempfile.gettempdir())
+    current_log = path
     _log_to(path, ("ray._private", "ray", "ray.data", "ray.train"))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -38,7 +38,7 @@ def cause_of(exc: BaseException) -> str:
     if isinstance(exc, DecodeError):
         return printable(exc)
     if isinstance(exc, OSError):
-        return describe_os_error(exc)
+        return describe_os_error(exc, listed=True)
     return describe(exc)
 
 

@@ -270,7 +270,10 @@ def test_label_count_must_match_the_output_layer(torchvision_model, tmp_path):
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
     out = refused(tmp_path, str(path), "--format", "torchvision", "--weights",
                   "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "--labels", str(tmp_path / "three.txt"))
-    assert "do not fit 3 labels" in out
+    assert "output layer has 1000 outputs, not 3 labels" in out
+    # Another architecture's weights name: said to be the architecture, not the labels.
+    out = refused(tmp_path, str(path), "--format", "torchvision", "--weights", "ResNet18_Weights.IMAGENET1K_V1")
+    assert "the weights are not this architecture's" in out and "torchvision resnet18" in out
 
 
 def test_a_pth_that_needs_unpickling_is_refused(tmp_path):

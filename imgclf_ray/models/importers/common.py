@@ -109,14 +109,23 @@ def load_tensors(path: Path, what: str = "weights") -> dict[str, Any]:
 
 
 def load_into(net, state: dict, what: str, n_labels: int) -> None:
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        text = str(exc)
-        if "size mismatch" in text:
-            raise ArtifactError(f"{what}: the weights do not fit {n_labels} labels (the output layer has "
-                                f"another size: {text.split('size mismatch for ', 1)[1].splitlines()[0][:200]})") from None
-        raise ArtifactError(f"{what}: the weights do not fit the architecture ({text.splitlines()[0][:300]})") from None
+    """Load ``state`` into ``net``; an ArtifactError that says whether only the output layer differs
+    (another number of labels) or the weights are another architecture's."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    output_layer = set(list(expected)[-2:])  # the last weight and bias
+    if not missing and not unexpected and shapes and set(shapes) <= output_layer:
+        got = tuple(state[shapes[0]].shape)[0]
+        raise ArtifactError(f"{what}: the weights' output layer has {got} outputs, not {n_labels} labels "
+                            "(give --labels with as many labels as the model has outputs)")
+    if missing or unexpected or shapes:
+        example = (shapes or missing or unexpected)[0]
+        raise ArtifactError(f"{what}: the weights are not this architecture's ({len(shapes)} tensors of another "
+                            f"shape, {len(missing)} missing, {len(unexpected)} unexpected, e.g. {example}); check "
+                            "the architecture name (--weights / --arch) against the file")
+    net.load_state_dict(state, strict=True)
 
 
 def square(h: int, w: int, what: str) -> int:
