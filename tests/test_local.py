@@ -126,3 +126,34 @@ def test_the_local_writer_closes_its_open_file_when_the_run_fails(tmp_path):
             assert handle is not None and not handle.closed
             raise RuntimeError("decode worker died")
     assert handle.closed and writer.handle is None and writer.writer is None
+
+
+def test_a_quiet_run_prints_only_its_own_lines_and_libraries_go_to_its_log(tiny_model, tmp_path):
+    """Under -q (cron mails what is printed), what C libraries print while decoding (libtiff here:
+    a TIFF claiming WebP compression) goes to the run's log file, not the terminal; the row has
+    the cause."""
+    import io
+    import re
+    import struct
+
+    from PIL import Image
+
+    _archive(tmp_path / "archive", 0, 2)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(buf, "TIFF", compression="tiff_adobe_deflate")
+    data = bytearray(buf.getvalue())
+    struct.pack_into("<H", data, data.index(b"\x03\x01\x03\x00\x01\x00\x00\x00") + 8, 50001)  # Compression: WebP
+    (tmp_path / "archive" / "webp-in-tiff.tif").write_bytes(bytes(data))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: quiet\nsource: {{uri: {tmp_path / 'archive'}}}\nmodel: {{uri: {tiny_model}}}\n"
+                   f"sink: {{uri: {tmp_path / 'out'}}}\nrun: {{executor: local}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ran = subprocess.run([IMGCLF, "run", str(job), "--run-id", "q", "-q"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "WEBP" not in ran.stdout + ran.stderr and "Warning" not in ran.stderr, ran.stderr
+    log = re.search(r"^  log    : (\S+)$", ran.stdout, re.M).group(1)
+    assert "WEBP compression support is not configured" in open(log).read()
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in pq.read_table(sink.committed_files(str(tmp_path / "out"), "q")[0]
+                                                                   .removeprefix("file://")).to_pylist()}
+    assert rows["webp-in-tiff.tif"]["status"] == "error" and rows["webp-in-tiff.tif"]["error"].startswith("decode:")

@@ -43,5 +43,5 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     else:
         lines.append(f"  output : {result.output_uri}  (committed: _manifest.json, _SUCCESS)")
     if result.ray_log:
-        lines.append(f"  ray log: {result.ray_log}")
+        lines.append(f"  log    : {result.ray_log}")
     return "\n".join(lines)

@@ -309,6 +309,10 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
 
         # Our own progress display replaces Ray Data's bars (one count, shown once).
         ray.data.DataContext.get_current().enable_progress_bars = False
+    elif quiet_ray:  # what libraries print while decoding (here and in the decode workers) goes to the log
+        from imgclf_ray.runner.ray_setup import output_to_file
+
+        ray_log = output_to_file()
     result = execute(spec, manifest, run_id, progress=mode, listing_seconds=listing_seconds, lock=lock,
                      listing_skipped=skipped, model=info)
     result.ray_log = ray_log

@@ -98,26 +98,36 @@ def mark_failed() -> Optional[str]:
 def _ray_to_file() -> str:
     """Send Ray's console output in this process to a file; its path. Python loggers under "ray"
     get a file handler ("ray._private" too: ray.init clears "ray" itself before it warns), and
-    file descriptor 2, where Ray's C++ core worker writes, is pointed at the file, while
-    ``sys.stderr`` (imgclf's own lines) stays on the original stderr."""
+    file descriptor 2 goes to the file (``output_to_file``)."""
+    return output_to_file(("ray._private", "ray", "ray.data", "ray.train"))
+
+
+def output_to_file(loggers: tuple[str, ...] = ()) -> str:
+    """Point file descriptor 2 — where Ray's C++ core worker, C libraries (libtiff, libjpeg) and
+    the processes started from here write — at the run's log file, and ``loggers`` there too, while
+    ``sys.stderr`` (imgclf's own lines) stays on the original stderr; the file's path. Once per
+    process (a second call returns the same file)."""
     import io
     import sys
     import tempfile
 
     global current_log
-    path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
-    _prune_logs(tempfile.gettempdir())
-    current_log = path
-    _log_to(path, ("ray._private", "ray", "ray.data", "ray.train"))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    original = os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stderr = io.TextIOWrapper(io.FileIO(original, "w"), encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                                  errors="backslashreplace", line_buffering=True, write_through=True)
-    return path
+    if current_log is None:
+        path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
+        _prune_logs(tempfile.gettempdir())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        original = os.dup(2)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+        sys.stderr = io.TextIOWrapper(io.FileIO(original, "w"),
+                                      encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                                      errors="backslashreplace", line_buffering=True, write_through=True)
+        current_log = path
+    if loggers:
+        _log_to(current_log, loggers)
+    return current_log
 
 
 _MISLEADING = (
