@@ -23,3 +23,13 @@ def test_registries_validate_names_without_importing_the_code_behind_them():
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'imgclf_ray.models', 'ray'))))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
+def test_both_executors_implement_the_engine_contract():
+    """mypy checks RayEngine and LocalEngine against runner/engine.py's protocols
+    (runner/conformance.py assigns both to Engine): a signature that drifts fails here."""
+    mypy = Path(sys.executable).with_name("mypy")
+    proc = subprocess.run([str(mypy), "--no-site-packages", "--ignore-missing-imports", "--follow-imports=silent",
+                           "--no-error-summary", "--cache-dir=/dev/null", "imgclf_ray/runner/conformance.py"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -28,35 +28,39 @@ def _archive(root, names):
         (root / name).write_bytes(_png(10 * i))
 
 
-def test_dry_run_lists_and_selects_in_ray_tasks_and_writes_nothing(ray_session, tiny_model, tmp_path, monkeypatch):
-    import ray
+def test_dry_run_selects_as_the_run_does_and_writes_nothing(ray_session, tiny_model, tmp_path, monkeypatch):
     import yaml
 
     from imgclf_ray.api import run
-    from imgclf_ray.runner.selection import list_blocks
+    from imgclf_ray.runner import ray_setup
 
     archive = tmp_path / "archive"
     _archive(archive, ["top.png", "a/1.png", "a/2.png", "b/1.png", "b/deep/2.png", "c/1.png", "c/_skip.png"])
     job = {"name": "nightly", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
-           "sink": {"uri": str(tmp_path / "out")}, "incremental": {}}
+           "sink": {"uri": str(tmp_path / "out")}, "incremental": {}, "run": {"executor": "ray"}}
     run(job, run_id="n1")
     _archive(archive, ["a/3.png", "d/1.png"])
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-
-    # The driver never builds the manifest: the in-process listing and selection are out of reach.
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the driver listed or selected in process")
-    for where in ("imgclf_ray.io.listing.list_archive", "imgclf_ray.runner.selection.list_archive",
-                  "imgclf_ray.io.state.load", "imgclf_ray.io.state.pending"):
-        monkeypatch.setattr(where, forbidden)
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--dry-run", "--run-id", "n2"])
-    assert result.exit_code == 0, result.output
-    assert "listing : 8 files" in result.output and "(4 listing tasks" in result.output
-    assert "select  : 2 new, 0 changed, 0 for a new model, 6 already processed" in result.output
-    assert "process : 2 files" in result.output and "1 (hidden" in result.output
+    for executor in ("ray", "local"):
+        if executor == "local":  # a local run's dry run starts no Ray, as the run does not
+            monkeypatch.setattr(ray_setup, "ensure_ray", lambda *a, **k: pytest.fail("the dry run started Ray"))
+        result = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--dry-run", "--run-id", "n2",
+                                           "--set", f"run.executor={executor}"])
+        assert result.exit_code == 0, result.output
+        assert "listing : 8 files" in result.output and "(1 listing task," in result.output  # as the run lists
+        assert "select  : 2 new, 0 changed, 0 for a new model, 6 already processed" in result.output
+        assert "process : 2 files" in result.output and "1 (hidden" in result.output
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before  # nothing written
 
+
+def test_listing_tasks_keep_the_manifest_in_the_object_store(ray_session, tiny_model, tmp_path):
+    import ray
+
+    from imgclf_ray.runner.selection import list_blocks
+
+    archive = tmp_path / "archive"
+    _archive(archive, ["top.png", "a/1.png", "a/2.png", "b/1.png", "b/deep/2.png", "c/1.png", "a/3.png", "d/1.png"])
     blocks = list_blocks(make_spec(str(archive), str(tmp_path / "x"), tiny_model).source)
     assert blocks.rows == 8 and all(isinstance(r, ray.ObjectRef) for r in blocks.refs)
 

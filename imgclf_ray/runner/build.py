@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 
@@ -113,7 +113,7 @@ class RayTasks:
         import ray
 
         self.ray = ray
-        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.cpus: int = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def submit(self, fn, *args, num_returns: int = 1):
         return self.ray.remote(num_cpus=1)(fn).options(num_returns=num_returns).remote(*args)
@@ -130,6 +130,9 @@ class RayEngine:
 
     name = "ray"
 
+    def __init__(self) -> None:
+        self._tasks: Optional[RayTasks] = None
+
     def resources(self) -> dict[str, float]:
         import ray
 
@@ -137,7 +140,10 @@ class RayEngine:
 
     @property
     def tasks(self) -> RayTasks:
-        return RayTasks()
+        """The run's task runner, made once (it reads the cluster's CPUs)."""
+        if self._tasks is None:
+            self._tasks = RayTasks()
+        return self._tasks
 
     def metrics(self):
         from imgclf_ray.runner.metrics import RayMetrics

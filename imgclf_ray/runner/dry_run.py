@@ -1,6 +1,7 @@
 """``imgclf run --dry-run``: list, select, plan, print counts and the plan; decode nothing, write
-nothing, take no lock. Listing and selection run as Ray tasks (``runner.selection``): the driver
-holds counts and object references, never the manifest, however large the archive."""
+nothing, take no lock. Listing and selection are the run's own (``runner.job.select``): Ray tasks
+for an inventory (the driver holds counts and object references, never the manifest), this process
+otherwise; a local run's dry run starts no Ray."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class DryRun:
     def format(self) -> str:
         lines = [f"dry run {self.run_id}: nothing decoded, nothing written",
                  f"  listing : {self.files:,} files from {self.source} ({self.listing_tasks} listing "
-                 f"tasks, {self.listing_seconds:.1f} s)"]
+                 f"task{'s' if self.listing_tasks != 1 else ''}, {self.listing_seconds:.1f} s)"]
         if self.skipped:
             lines.append("  skipped : " + ", ".join(f"{n:,} ({why})" for why, n in sorted(self.skipped.items())))
         if self.selection is not None:
@@ -56,30 +57,21 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     own record not counting), make the plan, and report; refuses what a run would refuse first."""
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.models.loader import refuse_code
+    from imgclf_ray.runner.job import engine_for, select
     from imgclf_ray.runner.plan import make_plan
     from imgclf_ray.runner.ray_setup import ensure_ray
-    from imgclf_ray.runner.selection import list_blocks, select_blocks
 
     info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
     if spec.model is not None:
         refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
-    ensure_ray(spec.run.ray_address, verbose, quiet=not verbose)
+    if spec.source.inventory or spec.run.executor == "ray":  # listing tasks; the cluster's resources
+        ensure_ray(spec.run.ray_address, verbose, quiet=not verbose)
     started = time.perf_counter()
-    listed = list_blocks(spec.source, spec.storage)
-    selection, todo = None, listed
-    if spec.incremental is not None:
-        from imgclf_ray.io import state
-        from imgclf_ray.runner.job import state_uri
-
-        records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
-        todo, selection = select_blocks(listed, records, info.model_id if info else None,
-                                        spec.incremental.reprocess_on_model_change, spec.storage)
+    selected = select(spec, info.model_id if info else None, "off", run_id)  # exactly as the run selects
     seconds = time.perf_counter() - started
-    from imgclf_ray.runner.job import engine_for
-
     run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
     plan = {**asdict(run.resources), "device": run.resources.device}
     model = None if info is None else {"framework": info.framework, "task": info.task,
                                        "labels": len(info.labels or []), "model_id": info.model_id}
-    return DryRun(run_id, spec.source.inventory or spec.source.uri, listed.rows, listed.skipped, listed.tasks,
-                  round(seconds, 2), selection, todo.rows, model, plan)
+    return DryRun(run_id, spec.source.inventory or spec.source.uri, selected.listed, selected.skipped,
+                  selected.listing_tasks, round(seconds, 2), selected.why, selected.rows.num_rows, model, plan)

@@ -7,8 +7,9 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +33,9 @@ from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.ray_setup import ensure_ray
 from imgclf_ray.runner.result import RunResult, make_result, since_process_start, spec_digest
 from imgclf_ray.spec import JobSpec
+
+if TYPE_CHECKING:
+    from imgclf_ray.runner.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +162,7 @@ def _commit(spec: JobSpec, run_id: str, run_date: date, lock: RunLock, staging, 
     faults.point("after_commit")
 
 
-def engine_for(spec: JobSpec, model: Optional[ArtifactInfo]):
+def engine_for(spec: JobSpec, model: Optional[ArtifactInfo]) -> "Engine":
     """The run's engine (run.executor): Ray Data on the cluster, or the same stages in this process."""
     if spec.run.executor == "local":
         from imgclf_ray.runner.local import LocalEngine
@@ -173,35 +177,50 @@ def state_uri(spec: JobSpec) -> str:
     return spec.incremental.state or join(spec.sink.uri, "_state", spec.name)
 
 
-def _incremental(spec: JobSpec, manifest: pa.Table, model_id: Optional[str], mode: Mode, run_id: str) -> pa.Table:
-    """The rows of ``manifest`` earlier committed runs (other than ``run_id``, which this run
-    replaces) have not processed (with model ``model_id``)."""
+@dataclass
+class Selection:
+    """What a run (or its dry run) works on: the files listed and skipped, the rows to process (a
+    table here, or ``runner.selection.Blocks`` in Ray's object store for an inventory) and, for an
+    incremental job, why each listed file is in or out."""
+
+    listed: int
+    skipped: dict[str, int]
+    rows: Any
+    why: Optional[dict[str, int]]
+    listing_tasks: int
+
+
+def select(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str) -> Selection:
+    """List the archive and select the rows to process, as every run does: an inventory with Ray
+    tasks (Ray must be up), anything else in this process; an incremental job against the
+    committed state, ``run_id``'s own record not counting (the run replaces it)."""
     from imgclf_ray.io import state
 
-    seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
-    todo, why = state.pending(manifest, seen, model_id, spec.incremental.reprocess_on_model_change)
-    _note_selection(manifest.num_rows, why, mode)
-    return todo
+    if spec.source.inventory:  # billions of keys: listed and selected by Ray tasks
+        from imgclf_ray.runner.selection import list_blocks, select_blocks
+
+        blocks = list_blocks(spec.source, spec.storage)
+        todo, why = blocks, None
+        if spec.incremental is not None:
+            records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
+            todo, why = select_blocks(blocks, records, model_id, spec.incremental.reprocess_on_model_change,
+                                      spec.storage)
+        selected = Selection(blocks.rows, blocks.skipped, todo, why, blocks.tasks)
+    else:
+        listed = list_archive(spec.source, spec.storage, progress=mode)
+        todo, why = listed, None
+        if spec.incremental is not None:
+            seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
+            todo, why = state.pending(listed, seen, model_id, spec.incremental.reprocess_on_model_change)
+        selected = Selection(listed.num_rows, skipped_counts(listed), todo, why, 1)
+    if why is not None:
+        _note_selection(selected.listed, why, mode)
+    return selected
 
 
 def _note_selection(listed: int, why: dict[str, int], mode: Mode) -> None:
     Progress.note(f"incremental: {listed} listed; {why['new']} new, {why['changed']} changed, "
                   f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
-
-
-def _select_distributed(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str):
-    """(files listed, skipped counts, the rows to process as ``runner.selection.Blocks``): listing
-    and the incremental selection as Ray tasks; the rows stay in the object store."""
-    from imgclf_ray.io import state
-    from imgclf_ray.runner.selection import list_blocks, select_blocks
-
-    listed = list_blocks(spec.source, spec.storage)
-    todo = listed
-    if spec.incremental is not None:
-        records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
-        todo, why = select_blocks(listed, records, model_id, spec.incremental.reprocess_on_model_change, spec.storage)
-        _note_selection(listed.rows, why, mode)
-    return listed.rows, listed.skipped, todo
 
 
 def _commit_nothing_new(spec: JobSpec, run_id: str, lock: RunLock, why: str, files: int,
@@ -284,13 +303,10 @@ def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: Run
     listing_started = time.perf_counter()
     quiet_ray = redirect_ray and mode == "log" and not verbose
     ray_log = ray_started = None
-    if spec.source.inventory:  # billions of keys: listed and selected by Ray tasks
+    if spec.source.inventory:
         ray_log, ray_started = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray), True
-        listed_rows, skipped, manifest = _select_distributed(spec, model_id, mode, run_id)
-    else:
-        listed = list_archive(spec.source, spec.storage, progress=mode)
-        listed_rows, skipped = listed.num_rows, skipped_counts(listed)
-        manifest = listed if spec.incremental is None else _incremental(spec, listed, model_id, mode, run_id)
+    selected = select(spec, model_id, mode, run_id)
+    listed_rows, skipped, manifest = selected.listed, selected.skipped, selected.rows
     if skipped:
         Progress.note(f"listing: {listed_rows} files; skipped " + ", ".join(
             f"{n} ({why})" for why, n in skipped.items()), mode)

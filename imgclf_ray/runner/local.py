@@ -14,13 +14,13 @@ import concurrent.futures as cf
 import glob
 import itertools
 import multiprocessing
-import signal
 import os
+import signal
 import threading
 import uuid
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,9 @@ from imgclf_ray.io.storage import join
 from imgclf_ray.planner import Plan
 from imgclf_ray.runner.metrics import StageMetrics
 from imgclf_ray.spec import JobSpec
+
+if TYPE_CHECKING:
+    from imgclf_ray.runner.engine import Metrics
 
 ROW_GROUP_ROWS = 4096  # output rows buffered before a row group is written
 
@@ -296,7 +299,7 @@ class LocalEngine:
             for batch in pool.map(manifest, files_per_call(spec, plan)):
                 yield {c: batch[c] for c in columns}
 
-    def classify(self, run, manifest: pa.Table, run_id: str, metrics: LocalMetrics, clusterer, rules,
+    def classify(self, run, manifest: pa.Table, run_id: str, metrics: "Metrics", clusterer, rules,
                  fs, staging_path: str, schema: pa.Schema) -> None:
         from imgclf_ray.runner.build import files_per_call, load_stage, predict_kwargs
         from imgclf_ray.stages import PredictStage
