@@ -285,9 +285,14 @@ def _print_status(st) -> None:
 @_address
 @click.option("--wait", is_flag=True, help="Follow the run's log until it ends; exit 0 only when it "
               "succeeded.")
+@click.option("--skip-preflight", is_flag=True, help="Submit without first asking the cluster's Python "
+              "(a short probe job) whether it has the project's dependencies, the job's extras and this "
+              "client's Ray: for clusters that forbid extra jobs.")
 def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
-           address: Optional[str], wait: bool) -> None:
-    """Submit a job to a Ray cluster through the Ray Jobs API (spec and package shipped with it)."""
+           address: Optional[str], wait: bool, skip_preflight: bool) -> None:
+    """Submit a job to a Ray cluster through the Ray Jobs API (spec and package shipped with it).
+    A probe job first checks the cluster's Python (dependencies, the job's extras, Ray's version):
+    a mismatch is refused with exit 2, nothing submitted."""
     from imgclf_ray import submission
 
     if date and run_id:
@@ -300,7 +305,8 @@ def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Op
         from imgclf_ray.runner.job import default_run_id
 
         run_id = spec.sink.run_id or default_run_id(spec)
-    done = _cluster_call(submission.submit, job, list(overrides), spec, run_id, date, address=address)
+    done = _cluster_call(submission.submit, job, list(overrides), spec, run_id, date, not skip_preflight,
+                         address=address)
     if done.action.startswith("already"):
         click.echo(f"run {run_id} is {done.action} on the cluster; nothing was submitted")
         return

@@ -66,6 +66,13 @@ def describe_failure(exc: BaseException) -> UserError:
             return UserError(f"object storage refused or could not be reached ({kind}: {_first_line(e)}): check "
                              "storage.endpoint_url / AWS_ENDPOINT_URL, the credentials in the environment "
                              "(AWS_ACCESS_KEY_ID ...) or storage.profile, and the bucket name")
+        if isinstance(e, ImportError):
+            import sys
+
+            missing = e.name or _first_line(e)
+            return UserError(f"this Python ({sys.executable}) cannot import {missing}: imgclf-ray's dependencies "
+                             "are not installed here (on a cluster: install imgclf-ray with the job's extras on "
+                             "every node, or build the image from infra/Dockerfile; locally: make install)")
         if isinstance(e, json.JSONDecodeError):
             return UserError(f"a JSON file is corrupt ({e.msg} at line {e.lineno}); if it is a run's "
                              "_manifest.json, rerun that run id to rewrite it")

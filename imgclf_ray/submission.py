@@ -33,6 +33,106 @@ class ClusterError(UserError):
     """The cluster cannot be reached, refuses our token, or does not know the run."""
 
 
+class EnvironmentMismatch(UserError):
+    """The cluster's Python cannot run the job: refused before anything is submitted."""
+
+    exit_code = 2
+
+
+# What every run imports (the project's dependencies, by module name), and each extra's module.
+RUNTIME_MODULES = ("ray", "ray.data", "pyarrow", "numpy", "scipy", "torch", "torchvision", "sklearn", "fsspec",
+                   "s3fs", "PIL", "click", "pydantic", "yaml", "safetensors", "tqdm", "skimage", "skops", "psutil")
+# The probe runs with the cluster's own `python`, as the job's entry point will; it imports only the
+# standard library itself, so that it answers even where nothing else is installed.
+PROBE = """
+import importlib, importlib.metadata as md, json, os, sys
+out = {"python": sys.executable, "missing": [], "versions": {}}
+for name in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        out["missing"].append(name)
+for dist in ("imgclf-ray", "ray"):
+    try:
+        out["versions"][dist] = md.version(dist)
+    except md.PackageNotFoundError:
+        out["versions"][dist] = None
+if os.environ.get("IMGCLF_PROBE_VERSION"):
+    out["versions"]["imgclf-ray"] = os.environ["IMGCLF_PROBE_VERSION"]
+print("IMGCLF_PROBE " + json.dumps(out))
+"""
+FIX = ("install imgclf-ray with the extras the job uses on every node (pip install 'imgclf-ray[dicom]'), "
+       "build the cluster's image from infra/Dockerfile, or start the head from the project's environment "
+       "(PATH=$PWD/.venv/bin:$PATH ray start --head); --skip-preflight submits anyway")
+
+
+def required_modules(spec: JobSpec) -> list[str]:
+    """The modules a run of ``spec`` imports on the cluster: the project's, and its extras'."""
+    from imgclf_ray.extras import EXTRAS
+
+    needed = list(RUNTIME_MODULES)
+    if spec.source.sniff or ".dcm" in [e.lower() for e in spec.source.extensions]:
+        needed.append(EXTRAS["dicom"][0])
+    if spec.source.container == "video":
+        needed.append(EXTRAS["video"][0])
+    if spec.sink.format == "delta":
+        needed.append(EXTRAS["delta"][0])
+    if spec.model is not None and spec.model.runtime == "onnxruntime":
+        needed.append("onnxruntime")
+    return needed
+
+
+def preflight(address: str, spec: JobSpec, timeout: float = 180.0) -> dict:
+    """Ask the cluster's Python what it has (a short probe job through the Jobs API) and refuse,
+    with EnvironmentMismatch, a cluster that lacks a module the job imports, runs another Ray than
+    this client, or has another imgclf-ray installed. Returns the probe's answer."""
+    import importlib.metadata as md
+    import json
+    import os
+    import uuid
+
+    jobs = client(address)
+    probe_id = f"imgclf-preflight-{uuid.uuid4().hex[:12]}"
+    # IMGCLF_PROBE_VERSION (tests): the imgclf-ray version the probe reports, as if installed there.
+    pretend = {"env_vars": {"IMGCLF_PROBE_VERSION": os.environ["IMGCLF_PROBE_VERSION"]}} \
+        if os.environ.get("IMGCLF_PROBE_VERSION") else None
+    with _guard(address, "preflight"):
+        jobs.submit_job(entrypoint=f"python -c {_quote(PROBE)} {_quote(json.dumps(required_modules(spec)))}",
+                        submission_id=probe_id, metadata={"imgclf_preflight": "1"}, runtime_env=pretend)
+        deadline = time.monotonic() + timeout
+        while str(jobs.get_job_status(probe_id).value) not in TERMINAL:
+            if time.monotonic() > deadline:
+                jobs.stop_job(probe_id)
+                raise ClusterError(f"{address}: the pre-flight probe did not finish in {timeout:.0f} s (is the "
+                                   "cluster starting nodes?); --skip-preflight submits without it")
+            time.sleep(0.5)
+        text = jobs.get_job_logs(probe_id)
+    line = next((ln for ln in text.splitlines() if ln.startswith("IMGCLF_PROBE ")), None)
+    if line is None:
+        raise EnvironmentMismatch(f"{address}: the cluster could not run `python` for the pre-flight probe "
+                                  f"(is there a Python on the head's PATH?): {FIX}")
+    found = json.loads(line[len("IMGCLF_PROBE "):])
+    where = f"{address}: the cluster's Python ({found.get('python')})"
+    if found.get("missing"):
+        raise EnvironmentMismatch(f"{where} cannot import {', '.join(found['missing'])}, which the job needs: {FIX}")
+    ours = {dist: _version(md, dist) for dist in ("imgclf-ray", "ray")}
+    theirs = found.get("versions") or {}
+    if theirs.get("ray") != ours["ray"]:
+        raise EnvironmentMismatch(f"{where} runs Ray {theirs.get('ray')}, this client Ray {ours['ray']}: Ray needs "
+                                  f"the same version on both: {FIX}")
+    if theirs.get("imgclf-ray") not in (None, ours["imgclf-ray"]):
+        raise EnvironmentMismatch(f"{where} has imgclf-ray {theirs['imgclf-ray']} installed, this client "
+                                  f"{ours['imgclf-ray']}: {FIX}")
+    return found
+
+
+def _version(md, dist: str):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
 @dataclass
 class Submitted:
     run_id: str
@@ -137,14 +237,15 @@ def check_portable(spec: JobSpec, spec_file: str) -> None:
 
 
 def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, run_id: str,
-           date: Optional[str] = None) -> Submitted:
+           date: Optional[str] = None, check: bool = True) -> Submitted:
     """Submit a run; a run id the cluster already has is not submitted again: a pending, running
     or finished run is left as it is (``already <STATUS>``), a failed or stopped one is submitted
     again as ``<run id>-attempt<N>`` with the same run id (it resumes: the sink removes the dead
     attempt's files at commit). The first attempt's submission id is the run id itself, so of two
     submissions racing for the same run the Jobs API accepts one.
     With ``date`` the driver runs ``--date`` (so a date committed earlier stays a no-op even when
-    the cluster has forgotten the submission), else ``--run-id``."""
+    the cluster has forgotten the submission), else ``--run-id``. ``check``: the pre-flight probe
+    of the cluster's Python first (``preflight``)."""
     import imgclf_ray
 
     check_portable(spec, spec_file)
@@ -154,6 +255,11 @@ def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, ru
         previous = str(attempts[-1].status.value) if attempts else None
         if previous is not None and previous not in ("FAILED", "STOPPED"):
             return Submitted(run_id, f"already {previous}")
+        if spec.incremental is not None and spec.incremental.overlap == "refuse":
+            _refuse_overlap(jobs, spec.name, run_id)
+    if check:
+        preflight(address, spec)
+    with _guard(address, run_id):
         submission_id = f"{run_id}-attempt{len(attempts) + 1}" if attempts else run_id
         staging = Path(tempfile.mkdtemp(prefix="imgclf-submit-"))
         try:
@@ -174,6 +280,22 @@ def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, ru
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Submitted(run_id, "resubmitted" if previous else "submitted", previous)
+
+
+def _refuse_overlap(jobs, job: str, run_id: str) -> None:
+    """JobLocked (exit 75) when another night of this incremental job is pending or running on the
+    cluster: it would wait for the job's lock there, or refuse; better said before submitting."""
+    from imgclf_ray.io.lock import JobLocked
+
+    for other in jobs.list_jobs():
+        meta = other.metadata or {}
+        status = str(other.status.value)
+        if meta.get("imgclf_job") == job and meta.get("imgclf_run_id") not in (None, run_id) \
+                and status in ("PENDING", "RUNNING"):
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime((other.start_time or 0) / 1000))
+            raise JobLocked(f"job {job}: night {meta['imgclf_run_id']} is still {status} on the cluster (started "
+                            f"{since}); run {run_id} was not submitted (two nights never select the same "
+                            "images). incremental.overlap: wait lets it wait on the cluster instead")
 
 
 def _quote(text: str) -> str:

@@ -172,3 +172,62 @@ def test_paths_a_cluster_cannot_see_are_refused_before_submitting(tmp_path):
     local = imgclf(dict(os.environ), "submit", str(spec), "--address", "http://127.0.0.1:9",
                    "--set", "source.uri=/data/archive", "--set", "run.executor=local")
     assert local.returncode == 2 and "run.executor: local runs on one machine without Ray" in local.stderr
+
+
+def test_a_cluster_with_another_version_is_refused_before_anything_is_submitted(head, job):
+    address, env, _ = head
+    spec, _, out = job
+    refused = imgclf({**env, "IMGCLF_PROBE_VERSION": "0.0.1"}, "submit", str(spec), "--run-id", "v1",
+                     "--address", address)
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip()
+    assert line.startswith("error: ") and len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "has imgclf-ray 0.0.1 installed" in line and "infra/Dockerfile" in line and sys.executable in line
+    assert not _submissions(env, address, "v1")
+
+
+def _submissions(env, address: str, run_id: str) -> list:
+    out = subprocess.run([sys.executable, "-c", (
+        "import sys, json; from ray.job_submission import JobSubmissionClient as C;"
+        "print(json.dumps([j.submission_id for j in C(sys.argv[1]).list_jobs() "
+        "if (j.metadata or {}).get('imgclf_run_id') == sys.argv[2]]))"), address, run_id],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_head_whose_python_lacks_the_project_is_refused_and_says_which_python(job, tmp_path):
+    """`ray start --head` from the project's venv without it on PATH: the job's `python` is a bare
+    interpreter (here a fresh venv: the standard library only)."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    temp = tempfile.mkdtemp(prefix="imgclf-bare-", dir="/tmp")
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{bare / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(name, None)
+    dashboard = _free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           "--num-cpus=1", "--object-store-memory=100000000", f"--temp-dir={temp}",
+           "--include-dashboard=true", "--disable-usage-stats"]
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        address = f"http://127.0.0.1:{dashboard}"
+        spec, _, _ = job
+        refused = imgclf(env, "submit", str(spec), "--run-id", "b1", "--address", address)
+        assert refused.returncode == 2, refused.stderr
+        line = refused.stderr.strip()
+        assert line.startswith("error: ") and len(line.splitlines()) == 1, line
+        assert str(bare / "bin" / "python") in line and "cannot import ray, ray.data, pyarrow" in line
+        assert not _submissions(env, address, "b1")
+        # With the check skipped, the job runs and fails on the cluster as the environment's problem.
+        sent = imgclf(env, "submit", str(spec), "--run-id", "b2", "--address", address, "--skip-preflight", "--wait")
+        assert sent.returncode == 1
+        assert "cannot import" in sent.stdout + sent.stderr and "report it" not in sent.stdout + sent.stderr
+    finally:
+        stop_ray_node(temp)
+        shutil.rmtree(temp, ignore_errors=True)

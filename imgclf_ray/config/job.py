@@ -167,6 +167,11 @@ class IncrementalSpec(Section):
                                  "<sink.uri>/_state/<name>.")
     reprocess_on_model_change: bool = Field(
         True, description="Images processed by another model (model id) are processed again.")
+    overlap: Literal["refuse", "wait"] = Field(
+        "refuse", description="When a night of this job starts while another is still running (the job-wide "
+        "lock is held): refuse (one line naming the running run id, exit 75: a temporary failure to cron), or "
+        "wait up to overlap_wait seconds for it to end, then refuse. Two nights never select the same images.")
+    overlap_wait: float = Field(3600.0, ge=0, description="Seconds to wait when overlap: wait.")
 
 
 class JobSpec(Section):

@@ -37,11 +37,19 @@ class RunLocked(UserError):
     """Another live attempt holds the run id."""
 
 
-def _me(attempt: str) -> dict[str, Any]:
+class JobLocked(UserError):
+    """Another night of the same incremental job is still running (exit 75, EX_TEMPFAIL: cron and
+    schedulers read it as 'try again later')."""
+
+    exit_code = 75
+
+
+def _me(attempt: str, run_id: Optional[str] = None, started_at: Optional[float] = None) -> dict[str, Any]:
     import psutil
 
-    return {"attempt": attempt, "host": socket.gethostname(), "pid": os.getpid(),
-            "pid_started": psutil.Process().create_time(), "renewed_at": time.time()}
+    return {"attempt": attempt, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_started": psutil.Process().create_time(), "started_at": started_at or time.time(),
+            "renewed_at": time.time()}
 
 
 def _process_alive(holder: dict[str, Any]) -> bool:
@@ -64,9 +72,11 @@ def _busy(run_id: str, holder: dict[str, Any]) -> RunLocked:
 class RunLock:
     """The lock on one run id; ``acquire`` it, ``verify`` it before committing, ``release`` it."""
 
-    def __init__(self, sink_uri: str, run_id: str, attempt: str, storage: StorageSpec = StorageSpec()):
+    def __init__(self, sink_uri: str, run_id: str, attempt: str, storage: StorageSpec = StorageSpec(),
+                 name: Optional[str] = None):
         self.run_id, self.attempt, self.storage = run_id, attempt, storage
-        self.uri = join(sink_uri, LOCKS_DIR, f"{run_id}.lock")
+        self.started_at = time.time()
+        self.uri = join(sink_uri, LOCKS_DIR, f"{name or run_id}.lock")
         self.fs, self.path = filesystem(self.uri, storage)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._fd: Optional[int] = None
@@ -92,7 +102,7 @@ class RunLock:
                 except ValueError:
                     holder = {}
                 os.close(fd)
-                raise _busy(self.run_id, holder) from None
+                raise self._busy(holder) from None
             try:  # the holder we waited on may have removed the file as it released it
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -101,13 +111,19 @@ class RunLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_me(self.attempt)).encode(), 0)
+        os.pwrite(fd, json.dumps(self._me()).encode(), 0)
         self._fd = fd
+
+    def _me(self) -> dict[str, Any]:
+        return _me(self.attempt, self.run_id, self.started_at)
+
+    def _busy(self, holder: dict[str, Any]) -> UserError:
+        return _busy(self.run_id, holder)
 
     # -- object stores: conditional writes ----------------------------------------------------
     def _put(self, **condition) -> bool:
         try:
-            out = self.fs.pipe_file(self.path, json.dumps(_me(self.attempt)).encode(), **condition)
+            out = self.fs.pipe_file(self.path, json.dumps(self._me()).encode(), **condition)
         except (FileExistsError, OSError) as exc:
             if isinstance(exc, FileExistsError) or "pre-condition" in str(exc) or "412" in str(exc):
                 return False
@@ -137,10 +153,10 @@ class RunLock:
             if holder is None:
                 continue  # released meanwhile: try to create it again
             if not self._abandoned(holder):
-                raise _busy(self.run_id, holder)
+                raise self._busy(holder)
             if etag and self._put(IfMatch=etag):
                 return
-        raise _busy(self.run_id, self._read_remote()[0] or {})
+        raise self._busy(self._read_remote()[0] or {})
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_SECONDS):
@@ -194,3 +210,35 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class JobLock(RunLock):
+    """The lock on one incremental job, held by a night from its selection to its commit, so that
+    two nights never select the same new images (``_locks/_job.<name>.lock``: no run id starts with
+    '_'). The same machinery as a run id's lock: flock on local sinks, a lease on object stores."""
+
+    def __init__(self, sink_uri: str, job: str, run_id: str, attempt: str, storage: StorageSpec = StorageSpec()):
+        super().__init__(sink_uri, run_id, attempt, storage, name=f"_job.{job}")
+        self.job = job
+
+    def _busy(self, holder: dict[str, Any]) -> UserError:
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("started_at") or 0)))
+        return JobLocked(f"job {self.job}: night {holder.get('run_id')} is still running (on {holder.get('host')}, "
+                         f"pid {holder.get('pid')}, started {started}); run {self.run_id} did nothing (two nights "
+                         "never select the same images). incremental.overlap: wait waits for it")
+
+    def acquire_waiting(self, seconds: float, every: float = 2.0, on_wait=None) -> "JobLock":
+        """Acquire, trying again every ``every`` seconds for up to ``seconds``; then JobLocked.
+        ``on_wait(exc)`` is told once, when the first try finds the lock held."""
+        deadline = time.monotonic() + seconds
+        told = False
+        while True:
+            try:
+                return self.acquire()
+            except JobLocked as exc:
+                if time.monotonic() + every > deadline:
+                    raise
+                if on_wait is not None and not told:
+                    on_wait(exc)
+                    told = True
+                time.sleep(every)

@@ -70,6 +70,28 @@ def execute(spec: JobSpec, manifest, run_id: Optional[str] = None,
 
 
 @contextlib.contextmanager
+def _job_locked(spec: JobSpec, run_id: str, mode: Mode = "off"):
+    """An incremental job's lock, from selection to commit: a second night of the job meanwhile
+    refuses (JobLocked, exit 75) or waits (incremental.overlap). Nothing for other jobs."""
+    if spec.incremental is None:
+        yield None
+        return
+    from imgclf_ray.io.lock import JobLock
+
+    lock = JobLock(spec.sink.uri, spec.name, run_id, uuid.uuid4().hex[:12], spec.storage)
+    if spec.incremental.overlap == "wait":
+        wait = spec.incremental.overlap_wait
+        lock.acquire_waiting(wait, on_wait=lambda exc: Progress.note(
+            f"waiting up to {wait:.0f} s (incremental.overlap: wait): {str(exc).split('; run ')[0]}", mode))
+    else:
+        lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def _locked(spec: JobSpec, run_id: str):
     """The run id's lock, with what a killed earlier attempt left half done finished or undone."""
     sink.check_format(spec.sink.uri, spec.sink.format, spec.storage)
@@ -275,7 +297,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    with _locked(spec, run_id) as lock:
+    with _job_locked(spec, run_id, mode), _locked(spec, run_id) as lock:
         done = sink.committed_runs(spec.sink.uri, spec.storage, run_id) if once else {}
         if run_id in done:
             raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
