@@ -50,7 +50,10 @@ def warm_up(framework: Optional[str]) -> None:
 def _import_torch() -> None:
     import importlib
 
-    importlib.import_module("torchvision")  # and torch
+    try:
+        importlib.import_module("torchvision")  # and torch
+    except BaseException:  # noqa: BLE001 - a warm-up only: the run imports it again and says why;
+        pass  # a run interrupted meanwhile exits while this import is half done (no traceback then)
 
 
 def local_cpus() -> int:
