@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -137,46 +134,3 @@ def test_runs_partitioned_by_date_are_found_by_every_reader(ray_session, tiny_mo
     dataset = pads.dataset(str(out), format="parquet", partitioning="hive", exclude_invalid_files=True)
     assert dataset.to_table(filter=pads.field("date") == "2026-11-29").num_rows == 2
     assert dataset.count_rows() == 5
-
-
-@pytest.mark.slow
-def test_run_resumed_after_its_driver_was_killed(ray_session, tiny_model, tmp_path):
-    """kill -9 of the driver and its Ray processes mid-run, then the same run id again: every
-    input exactly once, and nothing of the dead attempt left where readers look."""
-    import psutil
-
-    root, out = tmp_path / "archive", tmp_path / "out"
-    _archive(root, 0, 40)
-    job = tmp_path / "job.yaml"
-    job.write_text(f"name: resume\nsource: {{uri: {root}}}\nmodel: {{uri: {tiny_model}}}\n"
-                   f"sink: {{uri: {out}, min_rows_per_file: 8}}\nrun: {{executor: ray}}\n"
-                   "resources: {decode_batch_size: 8, batch_size: 8}\n")
-    flag = str(tmp_path / "block")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"IMGCLF_BLOCK_AT": "after_write", "IMGCLF_BLOCK_FILE": flag}  # everything staged, nothing committed
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("imgclf")), "run", str(job), "--run-id", "r",
-                             "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not os.path.exists(flag + ".reached"):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached its commit"
-            time.sleep(0.2)
-        assert list((out / "_staging").rglob("*.parquet.staged"))
-    finally:
-        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
-        for p in tree:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait()
-    assert not (out / "r" / "_SUCCESS").exists()
-    spec = parse_spec({"name": "resume", "source": {"uri": str(root)}, "model": {"uri": tiny_model},
-                       "sink": {"uri": str(out)}, "run": {"executor": "ray"}}, "<test>")
-    assert run_job(spec, "r", quiet=True).rows == 40
-    rows = read_run(str(out), "r")
-    assert len(rows) == 40 and len({r["uri"] for r in rows}) == 40
-    assert not (out / "_staging").exists()  # the dead attempt is gone too
-    visible = sorted(str(p) for p in out.rglob("*.parquet"))
-    assert visible == sorted(f.removeprefix("file://") for f in committed_files(str(out), "r"))
