@@ -65,11 +65,12 @@ class _OneLineErrors(click.Group):
 
         try:
             with interrupts.handled():
-                return super().invoke(ctx)
+                try:
+                    return super().invoke(ctx)
+                except interrupts.Interrupted as exc:
+                    _stop(exc)  # still under the handlers: a second signal while stopping exits at once
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
-        except interrupts.Interrupted as exc:
-            _stop(exc)
         except UserError as exc:
             _fail(exc)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for the CLI
@@ -172,7 +173,9 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     from imgclf_ray.report.summary import format_summary
 
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    interrupts.resume(f"run {run_id}", f"rerun with --run-id {run_id} to resume")
+    # A dated run resumes with its date (its run id and date partition), spelled out: "today" moves.
+    again = f"--date {run_id[-10:]}" if once else f"--run-id {run_id}"
+    interrupts.resume(f"run {run_id}", f"rerun with {again} to resume")
     try:
         _prepare_example(spec)
         result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)

@@ -42,6 +42,7 @@ class _State:
         self.stopping = False
         self.what: Optional[str] = None  # what the command commits ("run <id>"), when it commits
         self.hint = ""
+        self.committed = False  # a shielded step (the commit) completed
 
 
 _state = _State()
@@ -54,7 +55,7 @@ def resume(what: str, hint: str) -> None:
 
 def describe(exc: Interrupted) -> str:
     """The one line an interrupted command prints."""
-    if exc.after_commit:
+    if exc.after_commit or _state.committed:
         return f"interrupted after the commit of {_state.what or 'the output'}"
     if _state.what is None:  # a command that commits nothing (runs, logs --follow, report ...)
         return "interrupted"
@@ -93,6 +94,7 @@ def handled() -> Iterator[None]:
     saved = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
     _state.installed += 1
     _state.pending, _state.stopping, _state.what, _state.hint = None, False, None, ""
+    _state.committed = False
     _install()
     try:
         yield
@@ -105,13 +107,18 @@ def handled() -> Iterator[None]:
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
     """A step that completes once started (a commit): a signal that arrives meanwhile is raised as
-    ``Interrupted(after_commit=True)`` when the step is done."""
+    ``Interrupted(after_commit=True)`` when the step is done. When the step itself fails, its
+    error is what propagates (a pending signal then stops nothing more: the command is ending)."""
     _state.shield += 1
     try:
         yield
-    finally:
+    except BaseException:
         _state.shield -= 1
-        if not _state.shield and _state.pending is not None:
+        raise
+    _state.shield -= 1
+    if not _state.shield:
+        _state.committed = True
+        if _state.pending is not None:
             signum, _state.pending = _state.pending, None
             _state.stopping = True
             raise Interrupted(signum, after_commit=True)

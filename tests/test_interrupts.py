@@ -183,3 +183,22 @@ def test_train_and_curate_stop_cleanly_on_sigterm(tiny_model, tmp_path):
         code, out = driver.finish(started)
         assert code == 143 and _one_line(out) == line, out
     assert not (tmp_path / "model").exists() and not glob.glob(f"{tmp_path / 'out'}/**/*.parquet", recursive=True)
+
+
+def test_a_failing_commit_is_reported_as_itself_even_with_a_signal_pending():
+    """A signal that arrives during a commit waits for it; when the commit then fails, its error is
+    what the user sees (not 'interrupted after the commit')."""
+    from imgclf_ray import interrupts
+
+    with interrupts.handled():
+        with pytest.raises(RuntimeError, match="lease lost"):
+            with interrupts.shielded():
+                os.kill(os.getpid(), signal.SIGTERM)  # held: the handler records it
+                raise RuntimeError("lease lost")
+    with interrupts.handled():
+        with pytest.raises(interrupts.Interrupted) as caught:
+            with interrupts.shielded():
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert caught.value.after_commit and caught.value.exit_code == 143
+        interrupts.resume("run r", "rerun with --run-id r to resume")
+        assert interrupts.describe(caught.value) == "interrupted after the commit of run r"

@@ -129,3 +129,15 @@ def test_a_killed_night_is_taken_over_and_its_images_land_once(s3, moto_server, 
     runs = _uris_by_run([p for p in s3.find("output/nightly") if p.endswith(".parquet")], s3.open)
     assert list(runs) == ["nightly-2026-12-02"] and len(runs["nightly-2026-12-02"]) == len(set(runs["nightly-2026-12-02"])) == 4
     assert not [p for p in s3.find("output/nightly") if p.endswith("/_locks/_job.nightly.lock")]
+
+
+def test_the_same_night_twice_is_the_run_ids_refusal_not_the_jobs(tmp_path):
+    from imgclf_ray.io.lock import JobLock, JobLocked, RunLocked
+
+    with JobLock(str(tmp_path), "nightly", "n1", "a1"):
+        with pytest.raises(RunLocked, match="run n1 is being run by another attempt"):
+            JobLock(str(tmp_path), "nightly", "n1", "a2").acquire()
+        with pytest.raises(JobLocked, match="night n1 is still running") as caught:
+            JobLock(str(tmp_path), "nightly", "n2", "a3").acquire()
+        assert caught.value.exit_code == 75
+    assert not (tmp_path / "_locks").exists()

@@ -84,6 +84,7 @@ class RunLock:
         self._lost = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.guards: list["RunLock"] = []  # other locks the run holds, verified with this one
 
     # -- local: flock -------------------------------------------------------------------------
     def _acquire_local(self) -> None:
@@ -179,13 +180,16 @@ class RunLock:
         return self
 
     def verify(self) -> None:
-        """Raise RunLocked unless this attempt still holds the run id (checked before commit)."""
+        """Raise RunLocked unless this attempt still holds the run id, and its ``guards`` theirs
+        (checked before commit)."""
+        for guard in self.guards:
+            guard.verify()
         if self.local:
             return  # flock cannot be lost while the process lives
         if self._lost or not self._put(IfMatch=self._etag):
             holder = self._read_remote()[0] or {}
-            raise RunLocked(f"run {self.run_id}: this attempt lost its lease to {holder.get('attempt')} "
-                            "(it was not renewed in time); nothing was committed")
+            raise RunLocked(f"run {self.run_id}: this attempt lost its lease on {self.path.rsplit('/', 1)[-1]} "
+                            f"to {holder.get('attempt')} (it was not renewed in time); nothing was committed")
 
     def release(self) -> None:
         self._stop.set()
@@ -222,6 +226,8 @@ class JobLock(RunLock):
         self.job = job
 
     def _busy(self, holder: dict[str, Any]) -> UserError:
+        if holder.get("run_id") == self.run_id:  # the same night again: the run id's own refusal
+            return _busy(self.run_id, holder)
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("started_at") or 0)))
         return JobLocked(f"job {self.job}: night {holder.get('run_id')} is still running (on {holder.get('host')}, "
                          f"pid {holder.get('pid')}, started {started}); run {self.run_id} did nothing (two nights "

@@ -142,7 +142,10 @@ def _literal(token: tuple[str, str], kind: pa.DataType, column: str) -> Any:
             raise SpecError(f"--where: {column} is true/false; compare it with true or false, not {text}")
         return pa.scalar(str(value).lower() == "true")
     try:
-        return pa.scalar(float(value) if pa.types.is_floating(kind) else int(float(value))).cast(kind)
+        number = float(value)
+        if not pa.types.is_floating(kind) and not number.is_integer():
+            raise ValueError(value)  # an integer column is not compared with a fraction
+        return pa.scalar(number if pa.types.is_floating(kind) else int(number)).cast(kind)
     except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise SpecError(f"--where: {column} holds {kind}; {text} is not one") from None
 

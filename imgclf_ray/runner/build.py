@@ -13,6 +13,7 @@ from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import JobSpec
 
 if TYPE_CHECKING:
+    from imgclf_ray.runner.metrics import RayMetrics
     from imgclf_ray.runner.plan import RunPlan
 
 # Checks that need the per-image measures (scores and hashes) of the decode tasks.
@@ -145,7 +146,7 @@ class RayEngine:
             self._tasks = RayTasks()
         return self._tasks
 
-    def metrics(self):
+    def metrics(self) -> "RayMetrics":
         from imgclf_ray.runner.metrics import RayMetrics
 
         return RayMetrics()

@@ -141,12 +141,14 @@ def _execute(spec: JobSpec, manifest, run_id: str, progress: Mode,
         result.curation = curation
         check_budget(spec, result)
         extra_files = cluster_and_flag_summary(spec, back, result, clusterer)
+        shield = contextlib.ExitStack()
+        shield.enter_context(interrupts.shielded())  # from here a signal waits for the commit (seconds)
     except BaseException:
         staging.discard()
         raise
     finally:
         metrics.close()
-    with interrupts.shielded():  # a signal now waits for the commit (seconds)
+    with shield:
         _commit(spec, run_id, run_date, lock, staging, tasks, back, result, card, wall, extra_files)
     return result
 
@@ -297,12 +299,21 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id or spec.sink.run_id or default_run_id(spec)
-    with _job_locked(spec, run_id, mode), _locked(spec, run_id) as lock:
-        done = sink.committed_runs(spec.sink.uri, spec.storage, run_id) if once else {}
-        if run_id in done:
-            raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
-                              "nothing was done (a dated run happens once; --run-id replaces a run)")
+    if once:  # before any lock: a date done earlier is a no-op even while another night runs
+        _nothing_if_committed(spec, run_id)
+    with _job_locked(spec, run_id, mode) as job_lock, _locked(spec, run_id) as lock:
+        if once:
+            _nothing_if_committed(spec, run_id)
+        if job_lock is not None:
+            lock.guards.append(job_lock)  # a lost job lease refuses the commit too
         return _run_locked(spec, run_id, mode, verbose, lock, redirect_ray)
+
+
+def _nothing_if_committed(spec: JobSpec, run_id: str) -> None:
+    done = sink.committed_runs(spec.sink.uri, spec.storage, run_id)
+    if run_id in done:
+        raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
+                          "nothing was done (a dated run happens once; --run-id replaces a run)")
 
 
 def _run_locked(spec: JobSpec, run_id: str, mode: Mode, verbose: bool, lock: RunLock,

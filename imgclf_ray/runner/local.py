@@ -11,6 +11,7 @@ it gives up is Ray's retry: a worker process that dies fails the run, and nothin
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import glob
 import itertools
 import multiprocessing
@@ -138,6 +139,19 @@ def _batches(manifest: pa.Table, size: int) -> Iterator[dict[str, np.ndarray]]:
         yield {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM held back in this thread (delivered when the block ends): processes it
+    starts meanwhile keep them blocked, so that only the driver decides how a run stops
+    (imgclf_ray.interrupts); it kills its workers itself."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class DecodePool:
     """LoadStage over a manifest in worker processes; batches come back in manifest order, at most
     ``ahead`` per worker in flight."""
@@ -153,7 +167,8 @@ class DecodePool:
         """Submits the first batches now (the workers start on them at once), then yields the
         decoded batches in order, keeping the window full."""
         batches = _batches(manifest, size)
-        pending = deque(self.pool.submit(_load, batch) for batch in itertools.islice(batches, self.window))
+        with _signals_held():  # the workers start now, inheriting the mask: deaf to Ctrl-C and a group's SIGTERM
+            pending = deque(self.pool.submit(_load, batch) for batch in itertools.islice(batches, self.window))
         return self._drain(pending, batches)
 
     def _drain(self, pending: deque, batches: Iterator) -> Iterator[dict[str, np.ndarray]]:
