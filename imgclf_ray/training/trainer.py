@@ -272,16 +272,17 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
         "library_versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                              **_library_version(network["library"])},
     }
-    with interrupts.shielded():  # an artifact is written whole
-        save_artifact(output, fields, state, spec.storage)
-    clf = TorchClassifier(output, spec.storage, device="cpu")
-    thresholds: dict[str, float] = {}
-    if task == "multilabel" and len(val_idx):
-        thresholds = _tune_thresholds(clf.predict_proba(x[val_idx]), y[val_idx], labels)
-    probs = np.concatenate([clf.predict_proba(x[test_idx][i:i + 256]) for i in range(0, len(test_idx), 256)])
-    metrics = evaluate_rows(_rows(probs, list(names[test_idx]), labels, task, thresholds), task, labels,
-                            spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
+    # The artifact is written, scored on the test split and written again with its metrics: one
+    # step for a signal (a model without its metrics is never left as if complete).
     with interrupts.shielded():
+        save_artifact(output, fields, state, spec.storage)
+        clf = TorchClassifier(output, spec.storage, device="cpu")
+        thresholds: dict[str, float] = {}
+        if task == "multilabel" and len(val_idx):
+            thresholds = _tune_thresholds(clf.predict_proba(x[val_idx]), y[val_idx], labels)
+        probs = np.concatenate([clf.predict_proba(x[test_idx][i:i + 256]) for i in range(0, len(test_idx), 256)])
+        metrics = evaluate_rows(_rows(probs, list(names[test_idx]), labels, task, thresholds), task, labels,
+                                spec.data.labels.separator, threshold=thresholds.get(labels[-1], 0.5) if task == "binary" else None)
         save_artifact(output, {**fields, "thresholds": thresholds, "metrics": {"test": metrics}}, state, spec.storage)
     return metrics
 
