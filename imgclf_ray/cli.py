@@ -69,6 +69,10 @@ class _OneLineErrors(click.Group):
                     return super().invoke(ctx)
                 except interrupts.Interrupted as exc:
                     _stop(exc)  # still under the handlers: a second signal while stopping exits at once
+                except Exception:  # noqa: BLE001 - a library turned the interruption into its own error
+                    if interrupts.raised() is None:
+                        raise
+                    _stop(interrupts.raised())
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except UserError as exc:

@@ -43,6 +43,7 @@ class _State:
         self.what: Optional[str] = None  # what the command commits ("run <id>"), when it commits
         self.hint = ""
         self.committed = False  # a shielded step (the commit) completed
+        self.raised: Optional[Interrupted] = None  # the interruption raised, once a signal came
 
 
 _state = _State()
@@ -69,12 +70,19 @@ def _handler(signum: int, _frame) -> None:
         _state.pending = signum
         return
     _state.stopping = True
-    raise Interrupted(signum)
+    _state.raised = Interrupted(signum)
+    raise _state.raised
 
 
 def _install() -> None:
     for signum in EXIT_CODES:
         signal.signal(signum, _handler)
+
+
+def raised() -> Optional[Interrupted]:
+    """The interruption a signal raised in this command, if any: a library that caught it and
+    raised something else (Ray turns it into a SystemError inside ray.get) still ended because of it."""
+    return _state.raised
 
 
 def reinstall() -> None:
@@ -94,7 +102,7 @@ def handled() -> Iterator[None]:
     saved = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
     _state.installed += 1
     _state.pending, _state.stopping, _state.what, _state.hint = None, False, None, ""
-    _state.committed = False
+    _state.committed, _state.raised = False, None
     _install()
     try:
         yield
@@ -121,4 +129,5 @@ def shielded() -> Iterator[None]:
         if _state.pending is not None:
             signum, _state.pending = _state.pending, None
             _state.stopping = True
-            raise Interrupted(signum, after_commit=True)
+            _state.raised = Interrupted(signum, after_commit=True)
+            raise _state.raised

@@ -270,3 +270,29 @@ def test_the_package_lists_its_api_and_a_training_spec_is_not_run(tmp_path):
     spec = Path(__file__).resolve().parents[1] / "jobs" / "train" / "digits-svm-hog.yaml"
     result = CliRunner().invoke(main, ["run", str(spec)])
     assert result.exit_code == 2 and "is a training spec" in result.output and "imgclf train" in result.output
+
+
+def test_a_damaged_run_is_rewritten_by_running_its_run_id_again(tmp_path, tiny_model):
+    """The damaged run's message says to rerun its run id: that must work (it looped: the rerun
+    read the corrupt manifest to know what to replace), --date included."""
+    from imgclf_ray.api import run
+    from tests.corpus import digit_images, png_bytes
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name, img in digit_images(3):
+        (archive / f"{name}.png").write_bytes(png_bytes(img))
+    job = {"name": "n", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
+           "sink": {"uri": str(tmp_path / "out")}, "run": {"executor": "local"}}
+    run(job, run_id="n-2026-12-01")
+    folder = tmp_path / "out" / "n-2026-12-01"
+    old = sorted(p.name for p in folder.glob("*.parquet"))
+    (folder / sink.MANIFEST_FILE).write_text("{not json")
+    import yaml
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    again = CliRunner().invoke(main, ["run", str(tmp_path / "job.yaml"), "--date", "2026-12-01", "-q"])
+    assert again.exit_code == 0, again.output
+    new = sorted(p.name for p in folder.glob("*.parquet"))
+    assert len(new) == len(old) and not set(new) & set(old)  # the damaged run's files replaced, not kept
+    assert "DAMAGED" not in CliRunner().invoke(main, ["runs", str(tmp_path / "out")]).output

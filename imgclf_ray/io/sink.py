@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -253,9 +254,18 @@ def _replaced_commits(staging: Staging, root: str) -> dict[str, list[str]]:
     recover(staging.sink_uri, staging.run_id, staging.storage, keep=staging.attempt)
     previous = {}
     for folder_uri in committed_runs(staging.sink_uri, staging.storage, staging.run_id, every=True):
-        _, folder = filesystem(folder_uri, staging.storage)
-        previous[folder[len(root):].strip("/")] = _listed(read_manifest(folder_uri, staging.storage)) + [MANIFEST_FILE]
+        fs, folder = filesystem(folder_uri, staging.storage)
+        try:
+            names = _listed(read_manifest(folder_uri, staging.storage))
+        except UserError:  # a damaged run (manifest missing or corrupt): its files by the commit's own names
+            names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)
+                           if _COMMITTED_NAME.fullmatch(p.rsplit("/", 1)[-1]))
+        previous[folder[len(root):].strip("/")] = names + [MANIFEST_FILE]
     return previous
+
+
+# What a commit names its data files (below): a damaged run's files are found by it.
+_COMMITTED_NAME = re.compile(r"part-\d{5}-[A-Za-z0-9_.-]+\.parquet")
 
 
 def _commit_delta(staging: Staging, facts: dict[str, Any], extra_files: dict[str, bytes]) -> dict[str, Any]:

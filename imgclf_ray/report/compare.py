@@ -53,8 +53,10 @@ def compare_runs(uri_a: str, uri_b: str, storage: StorageSpec = StorageSpec()) -
         p_value: Optional[float] = None
         if na and nb and (ca + cb) and (na - ca + nb - cb):
             p_value = float(chi2_contingency([[ca, na - ca], [cb, nb - cb]])[1])
-        labels.append({"label": lab, "count_a": ca, "count_b": cb, "share_a": round(pa_, 4),
-                       "share_b": round(pb, 4), "share_change": round(pb - pa_, 4),
+        labels.append({"label": lab, "count_a": ca, "count_b": cb,
+                       # a run without labelled images has no shares (not 0 %: nothing to compare)
+                       "share_a": round(pa_, 4) if na else None, "share_b": round(pb, 4) if nb else None,
+                       "share_change": round(pb - pa_, 4) if na and nb else None,
                        "psi": round(psi(pa_, pb), 4) if na and nb else None,
                        "chi2_p": None if p_value is None else round(p_value, 4)})
     confidence: dict[str, Any] = {}
@@ -86,9 +88,11 @@ def format_comparison(c: dict[str, Any]) -> str:
              f"{'PSI':>7} {'chi2 p':>7}"]
     for row in c["labels"]:
         p = "-" if row["chi2_p"] is None else f"{row['chi2_p']:.3f}"
-        psi_text = "-" if row["psi"] is None else f"{row['psi']:.3f}"
-        lines.append(f"  {row['label'][:20]:<20} {row['count_a']:>8} {row['count_b']:>8} {row['share_a']:>8.3f} "
-                     f"{row['share_b']:>8.3f} {row['share_change']:>+8.3f} {psi_text:>7} {p:>7}")
+        def num(value, fmt: str) -> str:
+            return "-" if value is None else format(value, fmt)
+
+        lines.append(f"  {row['label'][:20]:<20} {row['count_a']:>8} {row['count_b']:>8} {num(row['share_a'], '.3f'):>8} "
+                     f"{num(row['share_b'], '.3f'):>8} {num(row['share_change'], '+.3f'):>8} {num(row['psi'], '.3f'):>7} {p:>7}")
     if c["psi_total"] is None:
         for side in (a, b):
             if side["run_id"] in c["no_images"]:

@@ -310,8 +310,14 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
 
 
 def _nothing_if_committed(spec: JobSpec, run_id: str) -> None:
+    from imgclf_ray.errors import UserError
+
     done = sink.committed_runs(spec.sink.uri, spec.storage, run_id)
     if run_id in done:
+        try:
+            sink.read_manifest(done[run_id], spec.storage)
+        except UserError:
+            return  # a damaged run folder: this run rewrites it (what its error message advises)
         raise NothingToDo(f"run {run_id} is already committed at {done[run_id]}; "
                           "nothing was done (a dated run happens once; --run-id replaces a run)")
 

@@ -86,6 +86,8 @@ def mark_failed() -> Optional[str]:
     global current_log
     if current_log is None or not os.path.exists(current_log):
         return None
+    if current_log.endswith("-failed.log"):
+        return current_log
     failed = current_log[: -len(".log")] + "-failed.log"
     try:
         os.replace(current_log, failed)  # the open handlers keep writing to the same file
