@@ -99,7 +99,10 @@ def test_hostile_manifests_and_tree_cards_are_refused(tmp_path, monkeypatch):
     line = one_error_line(CliRunner().invoke(main, ["report", str(out / "evil")]), 1)
     assert "not an imgclf manifest" in line and not list(tmp_path.rglob("*.html"))
     (out / "evil" / "_manifest.json").write_text(json.dumps({"run_id": "evil", "files": [{"path": "../../../etc/passwd"}]}))
-    assert "it was not written by imgclf" in one_error_line(CliRunner().invoke(main, ["runs", str(out)]), 1)
+    listed = CliRunner().invoke(main, ["runs", str(out)])  # listed as damaged, never read (docs/nightly.md)
+    assert listed.exit_code == 0 and "evil" in listed.output and "DAMAGED" in listed.output
+    assert "it was not written by imgclf" in listed.output
+    assert "it was not written by imgclf" in one_error_line(CliRunner().invoke(main, ["report", str(out)]), 1)
     with pytest.raises(ValidationError, match="must stay inside the artifact folder"):
         TreeNode(model="../other-model")
 
@@ -580,9 +583,9 @@ def test_failures_a_user_meets_are_one_error_line(tmp_path):
     only = tmp_path / "only-success" / "r"
     only.mkdir(parents=True)
     (only / "_SUCCESS").write_bytes(b"")
-    for cmd in (["runs", str(only.parent)], ["report", str(only.parent)]):
-        assert "has _SUCCESS but no _manifest.json" in one_error_line(CliRunner().invoke(main, cmd), 1)
+    assert "has _SUCCESS but no _manifest.json" in one_error_line(CliRunner().invoke(main, ["report", str(only.parent)]), 1)
+    assert "has _SUCCESS but no _manifest.json" in CliRunner().invoke(main, ["runs", str(only.parent)]).output  # DAMAGED
     (only / "_manifest.json").write_text("{ not json")
-    assert "is corrupt (not JSON)" in one_error_line(CliRunner().invoke(main, ["runs", str(only.parent)]), 1)
+    assert "is corrupt (not JSON)" in one_error_line(CliRunner().invoke(main, ["export", str(only.parent), "--to", "csv"]), 1)
     closed = CliRunner().invoke(main, ["runs", "s3://bucket/sink", "--endpoint-url", "http://127.0.0.1:9"])
     assert "object storage refused or could not be reached" in one_error_line(closed, 1)

@@ -99,8 +99,11 @@ def test_each_file_carries_the_run_facts(sink):
 
 
 def test_python_api_reads_runs(sink):
-    latest = imgclf_ray.read_run(str(sink))  # the latest committed run: night 3, empty
-    assert latest.num_rows == 0 and "class_scores" in latest.schema.names
+    # The latest night with images (night 3 had nothing new: an empty run record, read by its id).
+    latest = imgclf_ray.read_run(str(sink))
+    assert latest.num_rows == 6 and set(latest.column("run_id").to_pylist()) == {"n-2026-11-29"}
+    empty = imgclf_ray.read_run(str(sink), "n-2026-11-30")
+    assert empty.num_rows == 0 and "class_scores" in empty.schema.names
     night = imgclf_ray.read_run(str(sink), "n-2026-11-29")
     assert night.num_rows == 6 and set(night.column("run_id").to_pylist()) == {"n-2026-11-29"}
     assert imgclf_ray.read_run_dataset(str(sink), "n-2026-11-28").count() == 12
@@ -154,7 +157,8 @@ def test_delta_runs_read_through_imgclf(delta_sink):
 
     from imgclf_ray.cli import main
 
-    assert imgclf_ray.read_run(str(delta_sink)).num_rows == 0  # night 3, empty
+    assert imgclf_ray.read_run(str(delta_sink), "n3").num_rows == 0  # night 3, empty
+    assert imgclf_ray.read_run(str(delta_sink)).column("run_id").unique().to_pylist() == ["n2"]  # the latest with images
     night = imgclf_ray.read_run(str(delta_sink), "n1")
     assert night.num_rows == 12 and night.schema.names[:2] == ["image_id", "uri"]
     assert set(night.column("run_id").to_pylist()) == {"n1"}

@@ -542,8 +542,11 @@ def resolve_run(output_uri: str, run_id: Optional[str] = None, storage: StorageS
         if run_id not in found:
             raise UserError(f"{output_uri}: run {run_id!r} is not committed (no _SUCCESS)")
         return found[run_id]
-    runs = list_runs(output_uri, storage)
+    listed = list_runs(output_uri, storage, damaged=True)
+    runs = [r for r in listed if "damaged" not in r]
     if not runs:
+        if listed:  # only damaged runs: say what is wrong with one
+            raise UserError(listed[0]["damaged"])
         if not fs.exists(path):
             raise UserError(f"{output_uri}: no such folder or prefix")
         raise UserError(f"{output_uri}: no committed run here")

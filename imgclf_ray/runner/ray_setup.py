@@ -97,23 +97,30 @@ def mark_failed() -> Optional[str]:
     return failed
 
 
-def _ray_to_file() -> str:
+def _ray_to_file() -> Optional[str]:
     """Send Ray's console output in this process to a file; its path. Python loggers under "ray"
     get a file handler ("ray._private" too: ray.init clears "ray" itself before it warns), and
     file descriptor 2 goes to the file (``output_to_file``)."""
     return output_to_file(("ray._private", "ray", "ray.data", "ray.train"))
 
 
-def output_to_file(loggers: tuple[str, ...] = ()) -> str:
+def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
     """Point file descriptor 2 — where Ray's C++ core worker, C libraries (libtiff, libjpeg) and
     the processes started from here write — at the run's log file, and ``loggers`` there too, while
     ``sys.stderr`` (imgclf's own lines) stays on the original stderr; the file's path. Once per
-    process (a second call returns the same file)."""
+    process (a second call returns the same file). Nothing when ``sys.stderr`` is not this
+    process's file descriptor 2 (a test runner's or an embedding program's capture): None."""
     import io
     import sys
     import tempfile
 
     global current_log
+    try:
+        own = sys.stderr.fileno() == 2
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        own = False
+    if current_log is None and not own:
+        return None
     if current_log is None:
         path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
         _prune_logs(tempfile.gettempdir())
