@@ -188,8 +188,8 @@ class RunLock:
             return  # flock cannot be lost while the process lives
         if self._lost or not self._put(IfMatch=self._etag):
             holder = self._read_remote()[0] or {}
-            raise RunLocked(f"run {self.run_id}: this attempt lost its lease on {self.path.rsplit('/', 1)[-1]} "
-                            f"to {holder.get('attempt')} (it was not renewed in time); nothing was committed")
+            raise RunLocked(f"run {self.run_id}: this attempt lost its lease to {holder.get('attempt')} "
+                            f"({self.path.rsplit('/', 1)[-1]} was not renewed in time); nothing was committed")
 
     def release(self) -> None:
         self._stop.set()
