@@ -3,6 +3,7 @@ on loopback, token authentication on), started and stopped by this module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,29 +55,36 @@ def stop_ray_node(marker: str, grace: float = 10.0) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def head():
-    """A head node with its dashboard (the Jobs API) on 127.0.0.1 and token authentication on;
-    yields (address, environment with the token)."""
+@contextlib.contextmanager
+def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000):
+    """A head node (`ray start --head` of this venv's Ray) with its dashboard (the Jobs API) on
+    127.0.0.1 and token authentication on, its jobs' `python` the one in ``python_dir``; yields
+    (address, environment with the token, temp dir), stopped after."""
     temp = tempfile.mkdtemp(prefix="imgclf-head-", dir="/tmp")  # short: Unix socket paths
-    token = secrets.token_hex(16)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{python_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(name, None)
     dashboard = _free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
            f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
            f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-           "--num-cpus=2", "--object-store-memory=150000000", f"--temp-dir={temp}",
+           f"--num-cpus={cpus}", f"--object-store-memory={memory}", f"--temp-dir={temp}",
            "--include-dashboard=true", "--disable-usage-stats"]
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard}", env, temp
     finally:
         stop_ray_node(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """The module's head, started from the project's environment (its jobs' python is this one)."""
+    with started_head(Path(sys.executable).parent) as started:
+        yield started
 
 
 def imgclf(env, *args, timeout=300):
@@ -203,22 +211,7 @@ def test_a_head_whose_python_lacks_the_project_is_refused_and_says_which_python(
     interpreter (here a fresh venv: the standard library only)."""
     bare = tmp_path / "bare"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
-    temp = tempfile.mkdtemp(prefix="imgclf-bare-", dir="/tmp")
-    token = secrets.token_hex(16)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{bare / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(name, None)
-    dashboard = _free_port()
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-           "--num-cpus=1", "--object-store-memory=100000000", f"--temp-dir={temp}",
-           "--include-dashboard=true", "--disable-usage-stats"]
-    try:
-        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-        address = f"http://127.0.0.1:{dashboard}"
+    with started_head(bare / "bin", cpus=1, memory=100_000_000) as (address, env, _):
         spec, _, _ = job
         refused = imgclf(env, "submit", str(spec), "--run-id", "b1", "--address", address)
         assert refused.returncode == 2, refused.stderr
@@ -230,6 +223,3 @@ def test_a_head_whose_python_lacks_the_project_is_refused_and_says_which_python(
         sent = imgclf(env, "submit", str(spec), "--run-id", "b2", "--address", address, "--skip-preflight", "--wait")
         assert sent.returncode == 1
         assert "cannot import" in sent.stdout + sent.stderr and "report it" not in sent.stdout + sent.stderr
-    finally:
-        stop_ray_node(temp)
-        shutil.rmtree(temp, ignore_errors=True)
