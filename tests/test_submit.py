@@ -103,13 +103,24 @@ def job(tmp_path, digits_archive, tiny_model):
     return spec, sum(1 for _ in archive.rglob("*.png")), tmp_path / "out"
 
 
-def _job_info(env, address: str, run_id: str) -> dict:
+def _jobs_api(env, address: str, run_id: str, answer: str):
+    """What a Jobs API client (in its own process, with the token in ``env``) answers: ``answer``
+    is a JSON-able expression of ``c`` (the client) and ``run_id``."""
     out = subprocess.run([sys.executable, "-c", (
-        "import sys; from ray.job_submission import JobSubmissionClient as C;"
-        "print(C(sys.argv[1]).get_job_info(sys.argv[2]).json())"), address, run_id],
+        "import sys, json; from ray.job_submission import JobSubmissionClient;"
+        f"c, run_id = JobSubmissionClient(sys.argv[1]), sys.argv[2]; print(json.dumps({answer}))"), address, run_id],
         env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _job_info(env, address: str, run_id: str) -> dict:
+    return _jobs_api(env, address, run_id, "json.loads(c.get_job_info(run_id).json())")
+
+
+def _submissions(env, address: str, run_id: str) -> list:
+    return _jobs_api(env, address, run_id, "[j.submission_id for j in c.list_jobs() "
+                                           "if (j.metadata or {}).get('imgclf_run_id') == run_id]")
 
 
 def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
@@ -194,16 +205,6 @@ def test_a_cluster_with_another_version_is_refused_before_anything_is_submitted(
     assert line.startswith("error: ") and len(line.splitlines()) == 1 and "Traceback" not in line
     assert "has imgclf-ray 0.0.1 installed" in line and "infra/Dockerfile" in line and sys.executable in line
     assert not _submissions(env, address, "v1")
-
-
-def _submissions(env, address: str, run_id: str) -> list:
-    out = subprocess.run([sys.executable, "-c", (
-        "import sys, json; from ray.job_submission import JobSubmissionClient as C;"
-        "print(json.dumps([j.submission_id for j in C(sys.argv[1]).list_jobs() "
-        "if (j.metadata or {}).get('imgclf_run_id') == sys.argv[2]]))"), address, run_id],
-        env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_a_head_whose_python_lacks_the_project_is_refused_and_says_which_python(job, tmp_path):
