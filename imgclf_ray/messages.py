@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 CAP = 120  # characters kept of one third-party message
 _QUOTED = re.compile(r"""[bBrRuU]?(?:'[^'\n]*'|"[^"\n]*"|`[^`\n]*`|«[^»\n]*»|‘[^’\n]*’|“[^”\n]*”)""")
@@ -152,9 +152,7 @@ def in_worker() -> bool:
         return False
 
 
-def guard_worker_output() -> Optional[bool]:
-    """``guard_output`` when this process is a worker; whether it did."""
-    if in_worker():
+def guard_worker_output() -> None:
+    """``guard_output`` when this process is a worker (checked once: the stages call it per batch)."""
+    if not _guarded and in_worker():
         guard_output()
-        return True
-    return None
