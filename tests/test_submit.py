@@ -30,7 +30,7 @@ sink: {{uri: {sink}}}
 """
 
 
-def stop_ray_node(marker: str, grace: float = 10.0) -> None:
+def stop_ray_node(marker: str, grace: float = 3.0) -> None:
     """Stop exactly one Ray node: every process whose command line names its temp dir (GCS,
     raylet, dashboard, agents) and their children (workers). `ray stop` would also stop the test
     session's own Ray instance."""

@@ -357,7 +357,7 @@ def test_fine_tune_an_imported_timm_model_then_evaluate(ray_session, digits_arch
         (data / src.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(src, data / src.parent.name / src.name)
     _train("train/digits-cnn.yaml", f"data.uri={data}", "example=null", f"model.output={tmp_path}/ft",
-           "model.cnn.architecture=null", f"model.cnn.init_weights={tmp_path}/timm", "model.cnn.epochs=1",
+           "model.cnn.architecture=null", f"model.cnn.init_weights={tmp_path}/timm", "model.cnn.epochs=1", "model.cnn.workers=0",
            "model.preprocess={resize: 36, crop: 32, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}")
     card = read_card(f"{tmp_path}/ft")
     assert (card.library, card.architecture, len(card.labels)) == ("timm", "mobilenetv3_small_050", 10)
