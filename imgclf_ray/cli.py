@@ -33,15 +33,11 @@ def _keep_ray_log() -> None:
 
 
 def _load(job: str, overrides: tuple[str, ...], model=JobSpec, values: Optional[dict[str, str]] = None):
-    try:
-        head = peek_spec(job) if model is JobSpec else None
-        if isinstance(head, dict) and "data" in head and "source" not in head:
-            raise SpecError(f"{job} is a training spec (data:, no source:): train with `imgclf train {job}`; "
-                            "a job spec names source:, model: and sink:")
-        return load_spec(job, list(overrides), model, values)
-    except UserError as exc:
-        _fail(exc)
-        raise  # unreachable
+    head = peek_spec(job) if model is JobSpec else None
+    if isinstance(head, dict) and "data" in head and "source" not in head:
+        raise SpecError(f"{job} is a training spec (data:, no source:): train with `imgclf train {job}`; "
+                        "a job spec names source:, model: and sink:")
+    return load_spec(job, list(overrides), model, values)
 
 
 def _plain_id(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
@@ -165,26 +161,20 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
     spec = _load(job, tuple(extra), values=values)
     if dry_run:
         from imgclf_ray.runner.dry_run import dry_run as plan_only
-        from imgclf_ray.runner.job import default_run_id
+        from imgclf_ray.runner.job import run_id_of
 
-        try:
-            click.echo(plan_only(spec, run_id or spec.sink.run_id or default_run_id(spec), verbose).format())
-        except UserError as exc:
-            _fail(exc)
+        click.echo(plan_only(spec, run_id_of(spec, run_id), verbose).format())
         return
     from imgclf_ray import interrupts
-    from imgclf_ray.runner.job import default_run_id, run_job
+    from imgclf_ray.runner.job import run_id_of, run_job
     from imgclf_ray.report.summary import format_summary
 
-    run_id = run_id or spec.sink.run_id or default_run_id(spec)
+    run_id = run_id_of(spec, run_id)
     # A dated run resumes with its date (its run id and date partition), spelled out: "today" moves.
     again = f"--date {run_id[-10:]}" if once else f"--run-id {run_id}"
     interrupts.resume(f"run {run_id}", f"rerun with {again} to resume")
-    try:
-        _prepare_example(spec)
-        result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
-    except UserError as exc:
-        _fail(exc)
+    _prepare_example(spec)
+    result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose, once=once, redirect_ray=True)
     click.echo(format_summary(result))
 
 
@@ -224,7 +214,6 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     """Curate an archive: the job's curation checks (every one that applies when the job has no
     curate section) and its clustering, without applying its model. label_issue needs the model's
     predictions, so it runs with `imgclf run` only."""
-    from datetime import datetime, timezone
 
     extra = list(overrides)
     if address:
@@ -237,17 +226,15 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
     if curate_spec.get("checks"):
         curate_spec["checks"] = [c for c in curate_spec["checks"] if c != "label_issue"]
     spec = JobSpec.model_validate({**spec.model_dump(), "model": None, "curate": curate_spec})
-    run_id = run_id or spec.sink.run_id or f"{spec.name}-curate-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     from imgclf_ray import interrupts
-    from imgclf_ray.runner.job import run_job
+    from imgclf_ray.runner.job import run_id_of, run_job
+
+    run_id = run_id_of(spec, run_id, kind="curate")
     from imgclf_ray.report.summary import format_summary
 
     interrupts.resume(f"run {run_id}", f"rerun with --run-id {run_id} to resume")
-    try:
-        _prepare_example(spec)
-        result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
-    except UserError as exc:
-        _fail(exc)
+    _prepare_example(spec)
+    result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
     click.echo(format_summary(result))
 
 
@@ -264,10 +251,7 @@ def _address(fn):
 def _cluster_call(fn, *args, **kwargs):
     from imgclf_ray.submission import default_address
 
-    try:
-        return fn(kwargs.pop("address") or default_address(), *args, **kwargs)
-    except UserError as exc:
-        _fail(exc)
+    return fn(kwargs.pop("address") or default_address(), *args, **kwargs)
 
 
 def _print_status(st) -> None:
@@ -309,9 +293,9 @@ def submit(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Op
         run_id = _dated_run_id(job, overrides, date)
         date = run_id[len(spec.name) + 1:]
     elif not run_id:
-        from imgclf_ray.runner.job import default_run_id
+        from imgclf_ray.runner.job import run_id_of
 
-        run_id = spec.sink.run_id or default_run_id(spec)
+        run_id = run_id_of(spec)
     done = _cluster_call(submission.submit, job, list(overrides), spec, run_id, date, not skip_preflight,
                          address=address)
     if done.action.startswith("already"):
@@ -446,10 +430,7 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
     from imgclf_ray.training.trainer import train_job
 
     interrupts.resume(f"the model at {spec.model.output}", "run the same command again")
-    try:
-        metrics = train_job(spec)
-    except UserError as exc:
-        _fail(exc)
+    metrics = train_job(spec)
     for name, node in (metrics["nodes"].items() if metrics.get("task") == "hierarchical" else [("", metrics)]):
         click.echo((f"[{name}] " if name else "") + "held-out " + format_metrics(node))
     click.echo(f"  artifact: {spec.model.output}  ({metrics['seconds']} s)")
@@ -476,11 +457,8 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
     from imgclf_ray import interrupts
 
     interrupts.resume("the evaluation run", "run the same command again")
-    try:
-        _prepare_example(spec)
-        result, metrics = evaluate_job(spec, quiet=quiet)
-    except UserError as exc:
-        _fail(exc)
+    _prepare_example(spec)
+    result, metrics = evaluate_job(spec, quiet=quiet)
     click.echo(format_metrics(metrics))
     from imgclf_ray.evaluate import EVALUATION_FILE
 
@@ -608,11 +586,8 @@ def report(output_uri: str, run_id: Optional[str], out: Optional[str], truth_fro
     """Write a self-contained HTML report of a committed run."""
     from imgclf_ray.report.html import write_report
 
-    try:
-        where = write_report(output_uri, run_id, out, _storage(endpoint_url, region, profile),
-                             truth_from_folder=truth_from_folder)
-    except UserError as exc:
-        _fail(exc)
+    where = write_report(output_uri, run_id, out, _storage(endpoint_url, region, profile),
+                         truth_from_folder=truth_from_folder)
     if where != "-":
         click.echo(f"report written to {where}")
 

@@ -63,6 +63,13 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
+    def check(self, name: str) -> str:
+        """``name`` if it is registered (now: a spec validated after a plugin registered accepts
+        it); else ValueError listing the known names (a spec's message names its key)."""
+        if not isinstance(name, str) or not self.known(name):
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return name
+
     def known(self, name: str) -> bool:
         """Whether ``name`` is registered, importing only what a per-name provider map needs."""
         if isinstance(self.providers, Mapping):

@@ -30,7 +30,6 @@ from imgclf_ray.config.source import (
     DEFAULT_DICOM_ATTRIBUTES,
 )
 from imgclf_ray.config.model import (
-    ESTIMATORS,
     SearchSpec,
     EstimatorSpec,
     check_params,
@@ -41,12 +40,10 @@ from imgclf_ray.config.model import (
     FeatureSpec,
 )
 from imgclf_ray.config.curate import (
-    CLUSTER_ALGORITHMS,
-    STREAMING_ALGORITHMS,
     ClusterSpec,
-    CURATION_CHECKS,
-    CLEANVISION_NAMES,
+    cleanvision_names,
     CurateSpec,
+    streaming_algorithms,
 )
 from imgclf_ray.config.job import (
     ModelSpec,
@@ -88,7 +85,6 @@ __all__ = [
     "SourceSpec",
     "DecodeSpec",
     "DEFAULT_DICOM_ATTRIBUTES",
-    "ESTIMATORS",
     "SearchSpec",
     "EstimatorSpec",
     "check_params",
@@ -97,12 +93,10 @@ __all__ = [
     "AugmentSpec",
     "CnnSpec",
     "FeatureSpec",
-    "CLUSTER_ALGORITHMS",
-    "STREAMING_ALGORITHMS",
     "ClusterSpec",
-    "CURATION_CHECKS",
-    "CLEANVISION_NAMES",
     "CurateSpec",
+    "cleanvision_names",
+    "streaming_algorithms",
     "ModelSpec",
     "ResourcesSpec",
     "SinkSpec",

@@ -14,7 +14,8 @@ from sklearn.mixture import GaussianMixture
 
 from imgclf_ray import clustering
 from imgclf_ray.errors import ArtifactError
-from imgclf_ray.spec import CLUSTER_ALGORITHMS, ClusterSpec
+from imgclf_ray.registry import CLUSTER_ALGORITHMS
+from imgclf_ray.spec import ClusterSpec
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_spec_refuses_unknown_params_and_streaming_without_partial_fit():
         ClusterSpec(algorithm="kmeans", features={"name": "sift"})
 
 
-@pytest.mark.parametrize("algorithm", CLUSTER_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", CLUSTER_ALGORITHMS.names())
 def test_every_registered_algorithm_fits_saves_loads_and_assigns(blobs, algorithm, tmp_path):
     """The conformance test of imgclf_ray/cluster_algorithms/: a new module there is run here."""
     import importlib

@@ -14,8 +14,8 @@ import pytest
 from imgclf_ray.containers.base import Part
 from imgclf_ray.deid import KEEP
 from imgclf_ray.messages import describe, printable, scrub, uid
-from imgclf_ray.spec import DecodeSpec, StorageSpec
-from imgclf_ray.stages import LoadStage
+from imgclf_ray.spec import DecodeSpec
+from imgclf_ray.stages import LoadConfig, LoadStage
 from imgclf_ray.stages.common import StageError
 from tests.support.hostile import dicom_variants, find_markers, image_variants, marked_dicom, marked_images
 
@@ -87,7 +87,7 @@ def _leaks(variants, stages: list[LoadStage], capfd) -> tuple[int, list[tuple[st
 def test_mutated_dicoms_leak_no_marker(capfd):
     base = marked_dicom(depth=3)
     assert len(find_markers(base.decode("latin-1"))) > 1500  # every text-like element carries one
-    stages = [LoadStage(StorageSpec(), DecodeSpec(), None)]
+    stages = [LoadStage(LoadConfig())]
     tried, found = _leaks(dicom_variants(base, OTHER_DICOM_VARIANTS, seed=20), stages, capfd)
     assert tried >= 2000 and not found, found[:20]
     print(f"{tried} DICOM variants, {len(found)} markers found")
@@ -99,7 +99,7 @@ def test_mutated_dicoms_leak_no_marker(capfd):
 @pytest.mark.parametrize("fmt", ["png", "tiff", "jpeg", "webp"])
 def test_mutated_images_with_marked_metadata_leak_no_marker(fmt, capfd):
     base = marked_images()[fmt]
-    stages = [LoadStage(StorageSpec(), DecodeSpec(), None)]
+    stages = [LoadStage(LoadConfig())]
     assert not [t for t in _decoded(stages[0], base) if t]  # the original decodes
     tried, found = _leaks(image_variants(base, IMAGE_VARIANTS, seed=21), stages, capfd)
     assert tried == IMAGE_VARIANTS and not found, found[:20]

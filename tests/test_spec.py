@@ -128,3 +128,24 @@ def test_import_and_help_stay_light():
 def test_every_training_spec_validates(job):
     result = CliRunner().invoke(main, ["validate", str(job), "--set", "data.uri=s3://other-bucket/labelled"])
     assert result.exit_code == 0 and "ok (training" in result.output and "s3://other-bucket/labelled" in result.output
+
+
+def test_extension_names_are_checked_when_a_spec_is_validated_not_frozen_at_import(monkeypatch, tmp_path):
+    """An unknown estimator, clustering algorithm or curation check is refused naming its key and
+    the known names; one registered after import (a plugin) is accepted by the next spec."""
+    from imgclf_ray import registry
+    from imgclf_ray.errors import SpecError
+    from imgclf_ray.spec import TrainSpec, load_spec
+
+    job = REPO / "jobs" / "train" / "digits-svm-pixels.yaml"
+    with pytest.raises(SpecError, match=r"model\.estimator\.name: unknown estimator 'ridge'; known: .*svm"):
+        load_spec(job, ["model.estimator={name: ridge}"], TrainSpec)
+    monkeypatch.setattr(registry.ESTIMATORS, "_items", dict(registry.ESTIMATORS._items))
+    registry.ESTIMATORS.register("ridge")(registry.Estimator("sklearn.linear_model.RidgeClassifier"))
+    assert load_spec(job, ["model.estimator={name: ridge}"], TrainSpec).model.estimator.name == "ridge"
+    quick = REPO / "jobs" / "quickstart.yaml"
+    with pytest.raises(SpecError, match=r"cluster\.algorithm: unknown clustering algorithm 'kmeanz'; known: .*kmeans"):
+        load_spec(quick, ["cluster={algorithm: kmeanz}"])
+    with pytest.raises(SpecError, match=r"curate\.checks: unknown curation check 'shiny'; known: .*blurry"):
+        load_spec(quick, ["curate={checks: [blurry, shiny]}"])
+    assert load_spec(quick, ["curate={checks: [light, exact_duplicates]}"]).curate.checks == ["overexposed", "duplicate"]

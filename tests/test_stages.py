@@ -8,11 +8,11 @@ from imgclf_ray.spec import DecodeSpec
 from imgclf_ray.io.schema import OUTPUT_SCHEMA
 from imgclf_ray.models.artifact import read_card
 from imgclf_ray.spec import StorageSpec
-from imgclf_ray.stages import LoadStage, PredictStage
+from imgclf_ray.stages import LoadConfig, LoadStage, PredictConfig, PredictStage
 
 
 def test_predict_failure_is_isolated_to_its_rows(tiny_model):
-    stage = PredictStage(tiny_model, StorageSpec(), topk=2, run_id="r", threads=1)
+    stage = PredictStage(PredictConfig(tiny_model, StorageSpec(), topk=2, run_id="r", threads=1))
     real = stage.classifier.predict_proba
 
     def flaky(pixels):
@@ -48,7 +48,7 @@ def test_load_stage_tags_each_failure_with_its_stage(tiny_model, tmp_path, sampl
     (tmp_path / "good.jpg").write_bytes(jpeg_bytes(sample_photo))
     (tmp_path / "empty.jpg").write_bytes(b"")
     cond = read_card(tiny_model).preprocess.conditioning()
-    out = LoadStage(StorageSpec(), DecodeSpec(), cond)({
+    out = LoadStage(LoadConfig(StorageSpec(), DecodeSpec(), cond))({
         "uri": np.array([f"file://{tmp_path}/good.jpg", f"file://{tmp_path}/empty.jpg",
                          f"file://{tmp_path}/gone.jpg"], dtype=object)})
     assert out["status"].tolist() == ["ok", "error", "error"]
@@ -68,5 +68,5 @@ def test_a_users_error_in_a_stage_reaches_the_local_metrics_as_itself(tmp_path):
 
     metrics = LocalMetrics()
     with pytest.raises(ArtifactError):
-        PredictStage(str(tmp_path / "no-model"), StorageSpec(), 3, "r", reporter=metrics.reporter())
+        PredictStage(PredictConfig(str(tmp_path / "no-model"), StorageSpec(), 3, "r"), reporter=metrics.reporter())
     assert metrics.first_user_error()[0] == "ArtifactError"

@@ -11,10 +11,9 @@ from imgclf_ray.config.base import Section
 from imgclf_ray.config.model import check_params, PreprocessSpec, FeatureSpec
 
 
-CLUSTER_ALGORITHMS = tuple(registry.CLUSTER_ALGORITHMS.names())  # imgclf_ray/cluster_algorithms/
-
-
-STREAMING_ALGORITHMS = tuple(n for n in CLUSTER_ALGORITHMS if registry.CLUSTER_ALGORITHMS.get(n).streaming)
+def streaming_algorithms() -> tuple[str, ...]:
+    """The clustering algorithms with partial_fit (cluster.fit: stream), as registered now."""
+    return tuple(n for n in registry.CLUSTER_ALGORITHMS.names() if registry.CLUSTER_ALGORITHMS.get(n).streaming)
 
 
 def _default_cluster_preprocess() -> PreprocessSpec:
@@ -25,8 +24,8 @@ class ClusterSpec(Section):
     """Group the images without labels: features (+ PCA) -> a clusterer fitted on a seeded sample
     (or streamed over the whole archive), then every image assigned inside the pipeline."""
 
-    algorithm: Literal[tuple(CLUSTER_ALGORITHMS)] = Field(
-        description="kmeans, minibatch_kmeans, gmm (Gaussian mixture, EM; per-row probability), "
+    algorithm: str = Field(
+        description="A clustering algorithm of imgclf_ray/cluster_algorithms/: kmeans, minibatch_kmeans, gmm (Gaussian mixture, EM; per-row probability), "
         "meanshift, dbscan, agglomerative or birch (scikit-learn's). Rows are assigned by "
         "nearest centre (kmeans, minibatch_kmeans, meanshift; birch: nearest subcluster centre's "
         "cluster; agglomerative: nearest cluster centroid), by posterior probability (gmm), or "
@@ -52,6 +51,11 @@ class ClusterSpec(Section):
     embedding: bool = Field(False, description="Write each image's embedding (after PCA) to the "
                             "embedding column.")
 
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return registry.CLUSTER_ALGORITHMS.check(v)
+
     @model_validator(mode="after")
     def _check(self) -> "ClusterSpec":
         from imgclf_ray.registry import EXTRACTORS
@@ -60,26 +64,24 @@ class ClusterSpec(Section):
             EXTRACTORS.get(self.features.name)
         except KeyError as exc:
             raise ValueError(f"features: {exc.args[0]}") from None
-        if self.fit == "stream" and self.algorithm not in STREAMING_ALGORITHMS:
+        if self.fit == "stream" and self.algorithm not in streaming_algorithms():
             raise ValueError(f"fit: stream needs partial_fit, which only "
-                             f"{' and '.join(STREAMING_ALGORITHMS)} have")
+                             f"{' and '.join(streaming_algorithms())} have")
         check_params(registry.CLUSTER_ALGORITHMS.get(self.algorithm).cls, self.params, "params")
         return self
 
 
-CURATION_CHECKS = tuple(registry.CURATION_CHECKS.names())  # imgclf_ray/curation_checks/
-
-
-# cleanvision's issue names, accepted in curate.checks.
-CLEANVISION_NAMES = {registry.CURATION_CHECKS.get(c).cleanvision: c for c in CURATION_CHECKS
-                     if registry.CURATION_CHECKS.get(c).cleanvision}
+def cleanvision_names() -> dict[str, str]:
+    """cleanvision's issue names (accepted in curate.checks) -> ours, as registered now."""
+    checks = registry.CURATION_CHECKS
+    return {checks.get(c).cleanvision: c for c in checks.names() if checks.get(c).cleanvision}
 
 
 class CurateSpec(Section):
     """Per-image quality scores and flags, and archive-wide checks (a second, distributed pass)."""
 
-    checks: Optional[list[Literal[CURATION_CHECKS]]] = Field(
-        None, description="Which checks set their is_<check> flag; default every one the job can "
+    checks: Optional[list[str]] = Field(
+        None, description="Which checks of imgclf_ray/curation_checks/ set their is_<check> flag; default every one the job can "
         "run (outlier needs a cluster section; label_issue a model and source.labels). cleanvision's "
         "names are accepted too: light, odd_aspect_ratio, exact_duplicates, near_duplicates.")
     blur_threshold: float = Field(0.29, ge=0, le=1, description="blurry when blur_score "
@@ -107,7 +109,13 @@ class CurateSpec(Section):
     @field_validator("checks", mode="before")
     @classmethod
     def _cleanvision_names(cls, v: Any) -> Any:
-        return [CLEANVISION_NAMES.get(c, c) for c in v] if isinstance(v, list) else v
+        names = cleanvision_names()
+        return [names.get(c, c) if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
+
+    @field_validator("checks")
+    @classmethod
+    def _known(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        return v if v is None else [registry.CURATION_CHECKS.check(c) for c in v]
     outlier_quantile: float = Field(0.99, gt=0, lt=1, description="outlier when outlier_score "
                                     "exceeds this quantile of the same distance within the "
                                     "clusterer's reference sample.")

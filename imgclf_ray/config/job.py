@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from imgclf_ray import registry
 from imgclf_ray.config.base import LAYOUT_FIELDS, plain_name, PlainName, Section, StorageSpec
-from imgclf_ray.config.curate import ClusterSpec, CURATION_CHECKS, CurateSpec
+from imgclf_ray.config.curate import ClusterSpec, CurateSpec
 from imgclf_ray.config.source import SourceSpec, DecodeSpec
 
 
@@ -226,5 +226,5 @@ class JobSpec(Section):
             return tuple(dict.fromkeys(self.curate.checks))
         can = {None: True, "cluster": self.cluster is not None,
                "labels": self.model is not None and self.source.labels is not None}
-        return tuple(c for c in CURATION_CHECKS if can[registry.CURATION_CHECKS.get(c).needs])
+        return tuple(c for c in registry.CURATION_CHECKS.names() if can[registry.CURATION_CHECKS.get(c).needs])
 

@@ -28,7 +28,8 @@ group's id (its ``*_group`` column) is its first image by uri.
 from __future__ import annotations
 
 import io
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +47,7 @@ _SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "
                  "class_scores", "true_label"]
 
 
-def _read(uri: str, storage: StorageSpec, columns: Optional[list[str]] = None) -> pa.Table:
-    fs, path = filesystem(uri, storage)
+def _read(fs, path: str, columns: Optional[list[str]] = None) -> pa.Table:
     with fs.open(path, "rb") as f:
         return pq.read_table(io.BytesIO(f.read()), columns=columns)
 
@@ -87,7 +87,7 @@ def route_bands(rows: pa.Table, radius: int, partitions: int) -> list[pa.Table]:
 
 def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, partitions: int,
           labels: Optional[list[str]]) -> tuple:
-    t = _read(uri, storage, _SCAN_COLUMNS)
+    t = _read(*filesystem(uri, storage), _SCAN_COLUMNS)
     ok = t.filter(pc.equal(t.column("status"), STATUS_OK))
     stats: dict[str, Any] = {}
     width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -275,9 +275,31 @@ def size_scores(size: np.ndarray, q1: float, q3: float, k: float) -> tuple[np.nd
         return 1 - np.clip(np.abs(size - mid) / norm, 0, 1), threshold
 
 
-def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: CurateSpec,
-             facts: dict[str, Any], exact: dict, near: dict, labels: Optional[list[str]]) -> None:
-    t = _read(uri, storage)
+@dataclass(frozen=True)
+class Pass:
+    """The archive-wide pass of one run: its checks and what they need."""
+
+    storage: StorageSpec
+    checks: tuple[str, ...]
+    curate: CurateSpec
+    labels: Optional[list[str]]
+
+
+def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any], groups: tuple[dict, dict],
+            then: Optional[Callable[[pa.Table, int], tuple]] = None) -> tuple:
+    """One staged file (the ``index``-th) read once, its flags set from the archive's ``facts``
+    and duplicate ``groups`` (exact, near), written back; returns ``then(table, index)`` (the
+    read-back's scan of the rewritten rows, so that nothing reads the file again), or ()."""
+    fs, path = filesystem(uri, job.storage)
+    t = _flagged(_read(fs, path), job, facts, *groups)
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink)
+    fs.pipe_file(path, sink.getvalue().to_pybytes())
+    return then(t, index) if then is not None else ()
+
+
+def _flagged(t: pa.Table, job: Pass, facts: dict[str, Any], exact: dict, near: dict) -> pa.Table:
+    checks, curate, labels = job.checks, job.curate, job.labels
     n = t.num_rows
     ok = pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False).to_numpy(zero_copy_only=False)
     width = pc.fill_null(t.column("width"), 0).to_numpy().astype(np.float64)
@@ -305,10 +327,7 @@ def rewrite(uri: str, storage: StorageSpec, checks: tuple[str, ...], curate: Cur
         cols["is_label_issue"] = pa.array(issue, mask=~rows)
     for name, values in cols.items():
         t = t.set_column(t.schema.get_field_index(name), OUTPUT_SCHEMA.field(name), values)
-    fs, path = filesystem(uri, storage)
-    sink = pa.BufferOutputStream()
-    pq.write_table(t.cast(OUTPUT_SCHEMA.with_metadata(t.schema.metadata)), sink)
-    fs.pipe_file(path, sink.getvalue().to_pybytes())
+    return t.cast(OUTPUT_SCHEMA.with_metadata(t.schema.metadata))
 
 
 def label_issues(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import JobSpec
 
 if TYPE_CHECKING:
+    from imgclf_ray.runner.engine import Output
     from imgclf_ray.runner.metrics import RayMetrics
     from imgclf_ray.runner.plan import RunPlan
 
@@ -36,13 +37,12 @@ def files_per_call(spec: JobSpec, plan: Plan) -> int:
     return 1 if spec.source.container else plan.decode_batch_size
 
 
-def load_dataset(spec: JobSpec, manifest, plan: Plan, stage):
+def load_dataset(manifest, plan: Plan, stage, files: int):
     """The read/decode stage over the manifest: a table on the driver, or ``runner.selection``'s
-    blocks in the object store (a run over an inventory), cut into blocks of one call's files
-    by a streaming repartition (the manifest never comes to the driver)."""
+    blocks in the object store (a run over an inventory), cut into blocks of ``files`` files (one
+    call's) by a streaming repartition (the manifest never comes to the driver)."""
     import ray
 
-    files = files_per_call(spec, plan)
     if isinstance(manifest, pa.Table):
         ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // files)))
     else:
@@ -60,29 +60,26 @@ def load_dataset(spec: JobSpec, manifest, plan: Plan, stage):
 
 def load_stage(run: "RunPlan", reporter=None, clusterer=None):
     """The run's LoadStage (read, decode, condition, measure, embed), for either engine."""
-    from imgclf_ray.stages import LoadStage
+    from imgclf_ray.stages import LoadConfig, LoadStage
 
     spec, card = run.spec, run.model
-    return LoadStage(spec.storage, spec.decode, card.preprocess.conditioning() if card else None, reporter,
-                     card.features if card else None, measure=bool(set(run.checks) & MEASURED_CHECKS),
-                     embed=embedding_of(spec), clusterer=clusterer,
-                     keep_embedding=bool(spec.cluster and spec.cluster.embedding), source=spec.source)
+    return LoadStage(LoadConfig(spec.storage, spec.decode, card.preprocess.conditioning() if card else None,
+                                card.features if card else None, measure=bool(set(run.checks) & MEASURED_CHECKS),
+                                embed=embedding_of(spec), keep_embedding=bool(spec.cluster and spec.cluster.embedding),
+                                source=spec.source), reporter, clusterer)
 
 
-def predict_kwargs(run: "RunPlan", run_id: str, reporter=None, rules=None, threads=None) -> dict:
-    """PredictStage's arguments (plain values: a Ray actor is built from them on its node)."""
+def predict_config(run: "RunPlan", run_id: str, threads: Optional[int] = None):
+    """The run's PredictStage configuration (plain values: a Ray actor is built from them on its node)."""
+    from imgclf_ray.stages import PredictConfig
+
     spec, plan, model = run.spec, run.resources, run.spec.model
-    return {
-        "model_uri": model.uri if model else None, "storage": spec.storage,
-        "topk": model.topk if model else 1, "run_id": run_id, "device": plan.device,
-        "threads": threads or plan.torch_threads, "reporter": reporter,
-        "threshold": model.threshold if model else None,
-        "thresholds": model.thresholds if model else None, "rules": rules,
-        "precision": model.precision if model else "fp32",
-        "trusted": model.trusted if model else False,
-        "runtime": model.runtime if model else "torch",
-        "decode": spec.decode if spec.decode.jpeg_on == "predictor" else None,
-    }
+    if model is None:
+        return PredictConfig(None, spec.storage, run_id=run_id, device=plan.device,
+                             threads=threads or plan.torch_threads)
+    return PredictConfig(model.uri, spec.storage, model.topk, run_id, plan.device, threads or plan.torch_threads,
+                         model.threshold, model.thresholds, model.precision, model.trusted, model.runtime,
+                         spec.decode if spec.decode.jpeg_on == "predictor" else None)
 
 
 def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clusterer=None, rules=None):
@@ -92,10 +89,10 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
     from imgclf_ray.stages import PredictStage
 
     plan = run.resources
-    ds = load_dataset(run.spec, manifest, plan, load_stage(run, reporter, clusterer))
+    ds = load_dataset(manifest, plan, load_stage(run, reporter, clusterer), files_per_call(run.spec, plan))
     return ds.map_batches(
         PredictStage,
-        fn_constructor_kwargs=predict_kwargs(run, run_id, reporter, rules),
+        fn_constructor_kwargs={"config": predict_config(run, run_id), "reporter": reporter, "rules": rules},
         batch_size=plan.batch_size,
         batch_format="numpy",
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
@@ -151,22 +148,33 @@ class RayEngine:
 
         return RayMetrics()
 
-    def load_batches(self, spec: JobSpec, manifest, plan: Plan, stage, columns: list[str]):
-        ds = load_dataset(spec, manifest, plan, stage)
-        yield from ds.select_columns(columns).iter_batches(batch_size=plan.decode_batch_size, batch_format="numpy")
+    def load_batches(self, manifest, plan: Plan, stage, columns: list[str], files: int, ordered: bool = False):
+        """Batches of the manifest through ``stage`` as Ray Data tasks; ``ordered``: in manifest
+        order (Ray Data's preserve_order), else as they finish."""
+        import ray
 
-    def classify(self, run: "RunPlan", manifest, run_id: str, metrics, clusterer, rules,
-                 fs, staging_path: str, schema: pa.Schema) -> None:
+        current = ray.data.DataContext.get_current()
+        ctx = current.copy()  # the dataset keeps its own copy; the driver's stays as it was
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = ordered
+        ray.data.DataContext._set_current(ctx)
+        try:
+            ds = load_dataset(manifest, plan, stage, files).select_columns(columns)
+        finally:
+            ray.data.DataContext._set_current(current)
+        yield from ds.iter_batches(batch_size=files, batch_format="numpy")
+
+    def classify(self, run: "RunPlan", manifest, output: "Output", metrics, clusterer, rules) -> None:
         from imgclf_ray.io.storage import pyarrow_fs
 
         spec = run.spec
-        build_dataset(run, manifest, run_id, metrics.reporter(), clusterer, rules).write_parquet(
-            staging_path,
-            filesystem=pyarrow_fs(fs),
+        build_dataset(run, manifest, output.run_id, metrics.reporter(), clusterer, rules).write_parquet(
+            output.path,
+            filesystem=pyarrow_fs(output.fs),
             filename_provider=StagedNames(),
             min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
             max_rows_per_file=spec.sink.max_rows_per_file,
-            schema=schema,
+            schema=output.schema,
         )
 
 

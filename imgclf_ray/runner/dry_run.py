@@ -55,15 +55,11 @@ class DryRun:
 def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     """List and select as a run would (incremental jobs: against the committed state, the run id's
     own record not counting), make the plan, and report; refuses what a run would refuse first."""
-    from imgclf_ray.models.hierarchy import describe_artifact
-    from imgclf_ray.models.loader import refuse_code
     from imgclf_ray.runner.job import engine_for, select
-    from imgclf_ray.runner.plan import make_plan
+    from imgclf_ray.runner.plan import make_plan, refuse_before_work
     from imgclf_ray.runner.ray_setup import ensure_ray
 
-    info = describe_artifact(spec.model.uri, spec.storage) if spec.model else None
-    if spec.model is not None:
-        refuse_code(spec.model.uri, spec.storage, spec.model.trusted, info)
+    info = refuse_before_work(spec)
     if spec.source.inventory or spec.run.executor == "ray":  # listing tasks; the cluster's resources
         ensure_ray(spec.run.ray_address, verbose, quiet=not verbose)
     started = time.perf_counter()

@@ -6,15 +6,34 @@ local metrics once took a stage's report with other arguments than the stages pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from imgclf_ray.io.sink import Staging
     from imgclf_ray.planner import Plan
     from imgclf_ray.runner.plan import RunPlan
-    from imgclf_ray.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where an engine writes a run's rows: the attempt's staging folder (on the sink's filesystem,
+    looked up once) and the output schema."""
+
+    run_id: str
+    staging: "Staging"
+    schema: "pa.Schema"
+
+    @property
+    def fs(self) -> Any:
+        return self.staging.sink.fs
+
+    @property
+    def path(self) -> str:
+        return self.staging.path
 
 
 class Reporter(Protocol):
@@ -67,8 +86,8 @@ class Engine(Protocol):
 
     def metrics(self) -> Metrics: ...
 
-    def load_batches(self, spec: "JobSpec", manifest: Any, plan: "Plan", stage: Any,
-                     columns: list[str]) -> Iterator[dict[str, "np.ndarray"]]: ...
+    def load_batches(self, manifest: Any, plan: "Plan", stage: Any, columns: list[str], files: int,
+                     ordered: bool = False) -> Iterator[dict[str, "np.ndarray"]]: ...
 
-    def classify(self, run: "RunPlan", manifest: Any, run_id: str, metrics: Metrics, clusterer: Any, rules: Any,
-                 fs: Any, staging_path: str, schema: "pa.Schema") -> None: ...
+    def classify(self, run: "RunPlan", manifest: Any, output: Output, metrics: Metrics, clusterer: Any,
+                 rules: Any) -> None: ...

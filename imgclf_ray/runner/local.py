@@ -33,10 +33,9 @@ from imgclf_ray.io import sink
 from imgclf_ray.io.storage import join
 from imgclf_ray.planner import Plan
 from imgclf_ray.runner.metrics import StageMetrics
-from imgclf_ray.spec import JobSpec
 
 if TYPE_CHECKING:
-    from imgclf_ray.runner.engine import Metrics
+    from imgclf_ray.runner.engine import Metrics, Output
 
 ROW_GROUP_ROWS = 4096  # output rows buffered before a row group is written
 
@@ -301,8 +300,9 @@ class LocalEngine:
     name = "local"
     tasks = LocalTasks()
 
-    def __init__(self, light: bool):
+    def __init__(self, light: bool, in_process: bool = False):
         self.light = light
+        self.in_process = in_process  # load_batches in this process: no workers to start (small inputs)
 
     def resources(self) -> dict[str, float]:
         return local_resources(self.light)
@@ -310,25 +310,29 @@ class LocalEngine:
     def metrics(self) -> LocalMetrics:
         return LocalMetrics()
 
-    def load_batches(self, spec: JobSpec, manifest: pa.Table, plan: Plan, stage, columns: list[str]):
-        from imgclf_ray.runner.build import files_per_call
-
+    def load_batches(self, manifest: pa.Table, plan: Plan, stage, columns: list[str], files: int,
+                     ordered: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of ``files`` rows through ``stage``, always in manifest order."""
+        if self.in_process:
+            for batch in _batches(manifest, files):
+                out = stage(batch)
+                yield {c: out[c] for c in columns}
+            return
         with DecodePool(stage, decode_workers(plan, self.light)) as pool:
-            for batch in pool.map(manifest, files_per_call(spec, plan)):
+            for batch in pool.map(manifest, files):
                 yield {c: batch[c] for c in columns}
 
-    def classify(self, run, manifest: pa.Table, run_id: str, metrics: "Metrics", clusterer, rules,
-                 fs, staging_path: str, schema: pa.Schema) -> None:
-        from imgclf_ray.runner.build import files_per_call, load_stage, predict_kwargs
+    def classify(self, run, manifest: pa.Table, output: "Output", metrics: "Metrics", clusterer, rules) -> None:
+        from imgclf_ray.runner.build import files_per_call, load_stage, predict_config
         from imgclf_ray.stages import PredictStage
 
         spec, plan = run.spec, run.resources
-        with StagedWriter(fs, staging_path, schema, spec.sink.max_rows_per_file) as writer, \
+        with StagedWriter(output.fs, output.path, output.schema, spec.sink.max_rows_per_file) as writer, \
                 DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
             batches = pool.map(manifest, files_per_call(spec, plan))  # the workers start now...
             # ...while the model loads here.
-            predict = PredictStage(**predict_kwargs(run, run_id, metrics, rules,
-                                                    threads=max(1, int(plan.cluster_cpus))))
+            predict = PredictStage(predict_config(run, output.run_id, threads=max(1, int(plan.cluster_cpus))),
+                                   metrics, rules)
             for batch in batches:
                 writer.write(_predict(predict, batch, plan.batch_size))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -29,10 +29,12 @@ def cluster_artifact_uri(spec: JobSpec) -> str:
 
 def _embedded_batches(engine, spec: JobSpec, manifest, plan: Plan):
     """Raw embedding features of the manifest's decodable rows, batch by batch (a pass of the engine's)."""
-    from imgclf_ray.stages import LoadStage
+    from imgclf_ray.stages import LoadConfig, LoadStage
 
-    stage = LoadStage(spec.storage, spec.decode, None, embed=embedding_of(spec), source=spec.source)
-    for batch in engine.load_batches(spec, manifest, plan, stage, ["status", "cluster_features"]):
+    stage = LoadStage(LoadConfig(spec.storage, spec.decode, None, embed=embedding_of(spec), source=spec.source))
+    from imgclf_ray.runner.build import files_per_call
+
+    for batch in engine.load_batches(manifest, plan, stage, ["status", "cluster_features"], files_per_call(spec, plan)):
         yield np.asarray(batch["cluster_features"])[np.asarray(batch["status"]) == STATUS_OK]
 
 
@@ -67,17 +69,20 @@ def prepare_clusterer(engine, spec: JobSpec, manifest, plan: Plan, progress: Mod
     return clustering.save(uri, clusterer, spec.storage)
 
 
-def archive_checks(tasks, spec: JobSpec, staged: list[str], checks: tuple[str, ...], labels, metrics) -> dict[str, Any]:
+def archive_checks(tasks, spec: JobSpec, staged: list[str], run, metrics) -> tuple[dict[str, Any], Optional[list]]:
     """The archive-wide curation pass over the staged files, as the engine's ``tasks`` (Ray tasks,
     or calls in this process): a scan per file, a hash shuffle into one partition per CPU, a
-    reduce per partition, a rewrite per file."""
+    reduce per partition, a rewrite per file, which also makes the read-back's scan of the rows
+    it wrote (``runner.readback.Scan``). Returns the curation summary and those scans (None
+    without an archive-wide check: the read-back reads the files itself)."""
     from imgclf_ray.curation import archive
+    from imgclf_ray.runner.readback import scan_of
 
-    if not any(c in archive.ARCHIVE_CHECKS for c in checks):
-        return {}
+    checks = tuple(c for c in run.checks if c in archive.ARCHIVE_CHECKS)
+    if not checks:
+        return {}, None
     started = time.perf_counter()
-    checks = tuple(c for c in checks if c in archive.ARCHIVE_CHECKS)
-    p = tasks.cpus  # partitions of the hash shuffle
+    p, labels = tasks.cpus, run.label_issue_labels  # partitions of the hash shuffle
     radius, storage = spec.curate.near_duplicate_radius, spec.storage
     scans = [tasks.submit(archive.scan, uri, storage, checks, radius, p, labels, num_returns=1 + 2 * p)
              for uri in staged]
@@ -92,11 +97,13 @@ def archive_checks(tasks, spec: JobSpec, staged: list[str], checks: tuple[str, .
         pairs.extend(part_pairs)
         uris.update(part_uris)
     near = archive.without_exact_groups(archive.link(pairs, uris), exact)
-    exact_ref, near_ref = tasks.put(exact), tasks.put(near)
-    tasks.get([tasks.submit(archive.rewrite, uri, storage, checks, spec.curate, facts, exact_ref, near_ref, labels)
-               for uri in staged])
+    groups = tasks.put((exact, near))
+    job, then = archive.Pass(storage, checks, spec.curate, labels), scan_of(spec, p)
+    rewritten = [tasks.submit(archive.rewrite, uri, i, job, facts, groups, then, num_returns=2 + p)
+                 for i, uri in enumerate(staged)]
+    tasks.get([r[0] for r in rewritten])  # written (its rows are scanned: the read-back waits on the rest)
     metrics.add("curate_archive", len(staged), time.perf_counter() - started)
-    return archive.summarise(facts, exact, near, checks, labels, radius)
+    return archive.summarise(facts, exact, near, checks, labels, radius), rewritten
 
 
 def cluster_and_flag_summary(spec: JobSpec, back, result: RunResult, clusterer) -> dict[str, bytes]:

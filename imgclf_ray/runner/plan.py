@@ -24,9 +24,10 @@ class RunPlan:
     resources: Plan  # actors, batch sizes, device, memory
 
 
-def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Optional[ArtifactInfo] = None) -> RunPlan:
-    """Refuse a bad artifact (tampered, untrusted, thresholds it lacks) and decide the run.
-    ``model``: the artifact's description when the caller read it already."""
+def refuse_before_work(spec: JobSpec, model: Optional[ArtifactInfo] = None) -> Optional[ArtifactInfo]:
+    """What a run refuses before any work, checked once: a bad artifact (tampered, untrusted, one
+    that would run code, thresholds it lacks) and a ``decode.jpeg_on`` that cannot apply. Returns
+    the artifact's description (the card read once, handed on); None without a model."""
     if spec.model is not None:
         model = model or describe_artifact(spec.model.uri, spec.storage)
         # A tampered, untrusted or malformed file is refused with a clear message before any work
@@ -34,6 +35,12 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
         check_thresholds(spec, model, check_artifact(spec.model.uri, spec.storage, spec.model.trusted,
                                                      spec.model.runtime, model))
     check_device_decode(spec, model)
+    return model
+
+
+def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Optional[ArtifactInfo] = None) -> RunPlan:
+    """Decide the run from the spec, the artifact's description (``refuse_before_work``'s) and the
+    cluster's resources."""
     checks = spec.curate_checks()
     labels = label_issue_labels(spec, model, checks)
     light = model is None or model.framework == "sklearn"

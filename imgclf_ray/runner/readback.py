@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -73,15 +73,34 @@ def _columns(spec: JobSpec) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
-def scan(uri: str, index: int, storage: StorageSpec, columns: list[str], flags: list[str], state: bool,
-         partitions: int):
-    """One staged file (the ``index``-th): its FileSummary, its state rows (None unless ``state``)
-    and its (uri, image_id) pairs in ``partitions`` parts (a task)."""
+@dataclass(frozen=True)
+class Scan:
+    """What the read-back takes from each staged file: ``Scan(...)(table, index)`` is the file's
+    FileSummary, its state rows (None unless ``state``) and its (uri, image_id) pairs in
+    ``partitions`` parts. Called by the read-back's own task on a file it reads, or by the task
+    that rewrites a file anyway (the archive-wide curation pass: the file is not read again)."""
+
+    columns: list[str]
+    flags: list[str]
+    state: bool
+    partitions: int
+
+    def __call__(self, t: pa.Table, index: int) -> tuple:
+        return _scan_table(t.select(self.columns), index, self.flags, self.state, self.partitions)
+
+
+def scan(uri: str, index: int, storage: StorageSpec, how: Scan) -> tuple:
+    """One staged file (the ``index``-th), read and scanned (a task)."""
+    from imgclf_ray.io.tables import read_columns
+
+    return how(read_columns([uri], how.columns, storage), index)
+
+
+def _scan_table(t: pa.Table, index: int, flags: list[str], state: bool, partitions: int) -> tuple:
     from imgclf_ray.io.state import STATE_COLUMNS
-    from imgclf_ray.io.tables import count_values, read_columns
+    from imgclf_ray.io.tables import count_values
     from imgclf_ray.runner.result import error_cause
 
-    t = read_columns([uri], columns, storage)
     s = FileSummary(rows=t.num_rows)
     status = t.column("status")
     s.by_status.update(count_values(status))
@@ -176,6 +195,7 @@ class Readback:
     written: int
     distinct: int
     missing: int
+    rows_per_file: dict[str, int] = field(default_factory=dict)  # staged file name -> rows: the commit's counts
 
     def check_complete(self, frames: str = "one") -> None:
         """Every listed input in the staged output, each row (uri + frame) once; with
@@ -200,21 +220,27 @@ class Readback:
         return out
 
 
-def read_back(tasks, spec: JobSpec, staged: list[str], manifest_parts: list) -> Readback:
-    """Scan the staged files and check them against the listing (``manifest_parts``: manifest
-    tables or references to them) with the engine's ``tasks``."""
-    p = tasks.cpus
+def scan_of(spec: JobSpec, partitions: int) -> Scan:
     flags = [f"is_{c}" for c in spec.curate_checks()] if (spec.curate or spec.cluster) else []
-    columns = _columns(spec)
-    scans = [tasks.submit(scan, uri, i, spec.storage, columns, flags, spec.incremental is not None, p,
-                          num_returns=2 + p) for i, uri in enumerate(staged)]
+    return Scan(_columns(spec), flags, spec.incremental is not None, partitions)
+
+
+def read_back(tasks, spec: JobSpec, staged: list[str], manifest_parts: list, scans: Optional[list] = None) -> Readback:
+    """Scan the staged files and check them against the listing (``manifest_parts``: manifest
+    tables or references to them) with the engine's ``tasks``; ``scans``: each file's scan made
+    already (by the task that rewrote it), in staged order — then no file is read here."""
+    p = tasks.cpus
+    how = scan_of(spec, p)
+    if scans is None:
+        scans = [tasks.submit(scan, uri, i, spec.storage, how, num_returns=2 + p) for i, uri in enumerate(staged)]
     listed = [tasks.submit(split_listed, m, p, num_returns=p) for m in manifest_parts]
     if p == 1:
         listed = [[part] for part in listed]
     checks = [tasks.submit(check_partition, len(listed), *[lp[i] for lp in listed], *[s[2 + i] for s in scans])
               for i in range(p)]
-    summary = FileSummary()
-    for s in tasks.get([s[0] for s in scans]):
+    summary, per_file = FileSummary(), {}
+    for uri, s in zip(staged, tasks.get([s[0] for s in scans])):
+        per_file[uri.rsplit("/", 1)[-1]] = s.rows
         summary.merge(s)
     totals = np.array(tasks.get(checks), dtype=np.int64).reshape(-1, 4).sum(axis=0)
-    return Readback(summary, [s[1] for s in scans], *map(int, totals))
+    return Readback(summary, [s[1] for s in scans], *map(int, totals), rows_per_file=per_file)

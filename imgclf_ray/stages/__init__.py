@@ -9,7 +9,7 @@ share.
 """
 
 from imgclf_ray.stages.common import Reporter, StageError
-from imgclf_ray.stages.load import LoadStage, Part
-from imgclf_ray.stages.predict import PredictStage
+from imgclf_ray.stages.load import LoadConfig, LoadStage, Part
+from imgclf_ray.stages.predict import PredictConfig, PredictStage
 
-__all__ = ["LoadStage", "Part", "PredictStage", "Reporter", "StageError"]
+__all__ = ["LoadConfig", "LoadStage", "Part", "PredictConfig", "PredictStage", "Reporter", "StageError"]

@@ -4,10 +4,14 @@ per-row error type and how a failure becomes its cause."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from imgclf_ray.errors import UserError
 from imgclf_ray.imaging.decode import DecodeError
+from imgclf_ray.io.schema import STATUS_ERROR
 from imgclf_ray.io.storage import describe_os_error
 from imgclf_ray.messages import describe, printable
 
@@ -48,3 +52,15 @@ class StageError(Exception):
     def __init__(self, stage: str, cause: str):
         super().__init__(printable(f"{stage}: {cause}"))
         self.stage = stage
+
+
+@dataclass
+class Rows:
+    """A batch's per-row state, which each step may turn into error rows."""
+
+    ok: np.ndarray
+    status: np.ndarray
+    error: np.ndarray
+
+    def fail(self, i: int, why: str) -> None:
+        self.ok[i], self.status[i], self.error[i] = False, STATUS_ERROR, why

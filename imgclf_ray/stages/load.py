@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
@@ -79,6 +80,21 @@ class NotAnImage(Exception):
     """source.extensions: any, and the file's first bytes are no image format: a skipped row."""
 
 
+@dataclass(frozen=True)
+class LoadConfig:
+    """What a LoadStage does, decided once (``runner.build.load_config`` from the run's plan; the
+    trainer and the clusterer's fitting pass make their own): plain values a task is built from."""
+
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    decode: DecodeSpec = field(default_factory=DecodeSpec)
+    conditioning: Optional[Conditioning] = None  # the model's; None: no inputs (N, 0)
+    features: Optional[FeaturesCard] = None  # the card's feature extractor
+    measure: bool = False  # the curation measures
+    embed: Optional[tuple[Conditioning, FeatureSpec]] = None  # the clustering embedding
+    keep_embedding: bool = False  # the embedding column in the output
+    source: Optional[SourceSpec] = None  # containers, labels, inventory
+
+
 class LoadStage:
     """read -> decode -> condition [-> features], one row at a time; adds frame, width, height,
     status, error and ``inputs``: the model's input, (N, C, H, W) uint8 pixels, or (N, D) float32
@@ -93,21 +109,19 @@ class LoadStage:
     features come out as ``cluster_features`` (the clusterer's fitting pass).
     """
 
-    def __init__(self, storage: StorageSpec, decode: DecodeSpec, conditioning: Optional[Conditioning],
-                 reporter: Optional[Reporter] = None, features: Optional[FeaturesCard] = None,
-                 measure: bool = False, embed: Optional[tuple[Conditioning, FeatureSpec]] = None,
-                 clusterer: Optional["Clusterer"] = None, keep_embedding: bool = False,
-                 source: Optional[SourceSpec] = None):
-        self.storage = storage
-        self.source = source
-        self.decode = decode
-        self.cond = conditioning
+    def __init__(self, config: "LoadConfig", reporter: Optional[Reporter] = None,
+                 clusterer: Optional["Clusterer"] = None):
+        self.config = config
+        self.storage = config.storage
+        self.source = config.source
+        self.decode = config.decode
+        self.cond = config.conditioning
         self.reporter = reporter
-        self.features = features
-        self.measure = measure
-        self.embed = embed
+        self.features = config.features
+        self.measure = config.measure
+        self.embed = config.embed
         self.clusterer = clusterer
-        self.keep_embedding = keep_embedding
+        self.keep_embedding = config.keep_embedding
         self._timing: dict[str, list[float]] = {}
         self._input_shape: Optional[tuple[int, ...]] = None
         self._embed_len: Optional[int] = None

@@ -3,74 +3,102 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.messages import guard_worker_output
-from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_ERROR, STATUS_OK, image_id
+from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK, image_id
 from imgclf_ray.spec import DecodeSpec, StorageSpec
-from imgclf_ray.stages.common import Reporter, reports_user_errors, cause_of
+from imgclf_ray.stages.common import Reporter, Rows, reports_user_errors, cause_of
 
 
 _PREDICTION_COLUMNS = ("label", "score", "topk_labels", "topk_scores", "labels", "class_scores",
                        "label_path", "path_scores")
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """What a PredictStage does, decided once (``runner.build.predict_config`` from the run's plan):
+    plain values, so that the driver only ever pickles a URI and settings."""
+
+    model_uri: Optional[str]  # None: rows pass through with null predictions (clustering, curation)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    topk: int = 1
+    run_id: str = ""
+    device: str = "auto"
+    threads: Optional[int] = None
+    threshold: Optional[float] = None
+    thresholds: Optional[dict[str, float]] = None
+    precision: str = "fp32"
+    trusted: bool = False
+    runtime: str = "torch"
+    decode: Optional[DecodeSpec] = None  # decode.jpeg_on: predictor: the JPEGs this stage decodes
+
+
+def isolated(fn: Callable[[np.ndarray], list], inputs: Any, rows: Rows) -> list:
+    """``fn`` (inputs -> one result per row) over the ok rows at once; when that fails, row by row,
+    so that a row that fails becomes an error row of the predict stage and the others keep theirs.
+    Returns one result per row of the batch (None where none)."""
+    out: list = [None] * len(rows.ok)
+    idx = np.flatnonzero(rows.ok)
+    if not len(idx):
+        return out
+    try:
+        for i, r in zip(idx, fn(inputs[idx])):
+            out[i] = r
+    except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
+        for i in idx:
+            try:
+                out[i] = fn(inputs[i:i + 1])[0]
+            except Exception as exc:  # noqa: BLE001
+                rows.fail(i, f"predict: {cause_of(exc)}")
+    return out
+
+
 class PredictStage:
     """Applies a classifier to the ok rows of a batch and emits rows in the output schema.
 
-    ``classifier`` is built in ``__init__`` (once per actor) from plain arguments, so the driver only
-    ever pickles a URI and settings.
+    ``classifier`` is built in ``__init__`` (once per actor) from its ``PredictConfig``.
     """
 
     @reports_user_errors
-    def __init__(self, model_uri: Optional[str], storage: StorageSpec, topk: int, run_id: str,
-                 device: str = "auto", threads: Optional[int] = None,
-                 reporter: Optional[Reporter] = None, threshold: Optional[float] = None,
-                 thresholds: Optional[dict[str, float]] = None, rules: Optional[RowRules] = None,
-                 precision: str = "fp32", trusted: bool = False, runtime: str = "torch",
-                 decode: Optional[DecodeSpec] = None):
+    def __init__(self, config: PredictConfig, reporter: Optional[Reporter] = None, rules: Optional[RowRules] = None):
         from imgclf_ray.models.heads import Head
         from imgclf_ray.models.tree_classifier import HierarchicalClassifier
         from imgclf_ray.models.loader import load_classifier
 
         self.reporter = reporter
         self.rules = rules
-        self.run_id = run_id
-        self.decode = decode  # decode.jpeg_on: predictor: the JPEGs this stage decodes
+        self.run_id = config.run_id
+        self.jpegs = None  # decode.jpeg_on: predictor: the JPEGs the decode tasks passed on
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
-        self.classifier = (load_classifier(model_uri, storage, device=device, threads=threads,
-                                           precision=precision, trusted=trusted, runtime=runtime)
-                           if model_uri else None)
+        self.classifier = (load_classifier(config.model_uri, config.storage, device=config.device,
+                                           threads=config.threads, precision=config.precision,
+                                           trusted=config.trusted, runtime=config.runtime)
+                           if config.model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
             return
         card = self.classifier.card
+        if config.decode is not None:
+            from imgclf_ray.stages.device_jpeg import DeviceJpegs
+
+            self.jpegs = DeviceJpegs(card.preprocess.conditioning(), self.classifier.device, config.decode, reporter)
         self.labels = np.asarray(card.labels, dtype=object)
-        self.head = Head(card.task, card.labels, card.thresholds, threshold, thresholds)
-        self.topk = min(topk, len(self.labels))
+        self.head = Head(card.task, card.labels, card.thresholds, config.threshold, config.thresholds)
+        self.topk = min(config.topk, len(self.labels))
 
-    def _proba(self, inputs: np.ndarray, ok: np.ndarray, error: np.ndarray, status: np.ndarray) -> np.ndarray:
+    def _decide(self, inputs, rows: Rows) -> dict[str, Any]:
         probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
-        idx = np.flatnonzero(ok)
-        if not len(idx):
-            return probs
-        try:
-            probs[idx] = self.classifier.predict_proba(inputs[idx])
-        except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
-            for i in idx:
-                try:
-                    probs[i] = self.classifier.predict_proba(inputs[i:i + 1])[0]
-                except Exception as exc:  # noqa: BLE001
-                    ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {cause_of(exc)}"
-        return probs
-
-    def _decide(self, inputs, ok, error, status) -> dict[str, Any]:
-        probs = self._proba(inputs, ok, error, status)
+        for i, p in enumerate(isolated(lambda x: list(self.classifier.predict_proba(x)), inputs, rows)):
+            if p is not None:
+                probs[i] = p
+        ok = rows.ok
         decision = self.head.decide(probs)
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.topk]
         top_scores = np.take_along_axis(probs, order, axis=1)
@@ -87,21 +115,11 @@ class PredictStage:
             "path_scores": [None] * n,
         }
 
-    def _route(self, inputs, ok, error, status) -> dict[str, Any]:
-        n = len(ok)
-        paths: list = [None] * n
-        scores: list = [None] * n
-        idx = np.flatnonzero(ok)
-        try:
-            routed = self.classifier.route(inputs[idx])
-            for j, i in enumerate(idx):
-                paths[i], scores[i] = routed[0][j], routed[1][j]
-        except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
-            for i in idx:
-                try:
-                    (paths[i],), (scores[i],) = self.classifier.route(inputs[i:i + 1])
-                except Exception as exc:  # noqa: BLE001
-                    ok[i], status[i], error[i] = False, STATUS_ERROR, f"predict: {cause_of(exc)}"
+    def _route(self, inputs, rows: Rows) -> dict[str, Any]:
+        routed = isolated(lambda x: list(zip(*self.classifier.route(x))), inputs, rows)
+        ok, n = rows.ok, len(rows.ok)
+        paths = [r[0] if r is not None and k else None for r, k in zip(routed, ok)]
+        scores = [r[1] if r is not None and k else None for r, k in zip(routed, ok)]
         return {
             "label": [p[-1] if k else None for p, k in zip(paths, ok)],
             "score": [float(np.prod(s)) if k else None for s, k in zip(scores, ok)],
@@ -109,38 +127,9 @@ class PredictStage:
             "topk_scores": [None] * n,
             "labels": [None] * n,
             "class_scores": [None] * n,
-            "label_path": [p if k else None for p, k in zip(paths, ok)],
-            "path_scores": [s if k else None for s, k in zip(scores, ok)],
+            "label_path": paths,
+            "path_scores": scores,
         }
-
-    def _decoded(self, inputs: np.ndarray, encoded: np.ndarray, ok, error, status):
-        """The batch's inputs on the model's device, the JPEGs the decode tasks passed on decoded
-        there (``imaging.device_decode``), and the rows of files that failed (error rows of the
-        decode stage)."""
-        import torch
-
-        from imgclf_ray.imaging.device_decode import decode_batch
-        from imgclf_ray.stages.load import dense_inputs
-
-        cond = self.classifier.card.preprocess.conditioning()
-        device = self.classifier.device
-        x = torch.from_numpy(dense_inputs(inputs, cond.output_shape))
-        idx = [i for i, e in enumerate(encoded) if ok[i] and isinstance(e, (bytes, bytearray))]
-        if not idx:
-            return x, []
-        started = time.perf_counter()
-        x = x.to(device)
-        images, errors = decode_batch([bytes(encoded[i]) for i in idx], cond, self.decode or DecodeSpec(), device)
-        failed = []
-        for i, img, why in zip(idx, images, errors):
-            if why is None:
-                x[i] = img
-            else:
-                ok[i], status[i], error[i] = False, STATUS_ERROR, why
-                failed.append(i)
-        if self.reporter is not None:
-            self.reporter("device_decode", len(idx), time.perf_counter() - started)
-        return x, failed
 
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -149,17 +138,17 @@ class PredictStage:
         status = np.asarray(batch["status"], dtype=object).copy()
         # Nulls of a string column may come back from Arrow as None or NaN.
         error = np.array([e if isinstance(e, str) else None for e in batch["error"]], dtype=object)
-        ok = status == STATUS_OK
+        rows = Rows(status == STATUS_OK, status, error)
         n = len(status)
         inputs, undecodable = batch["inputs"], []
-        if "encoded" in batch and self.classifier is not None and not self.tree:
-            inputs, undecodable = self._decoded(inputs, batch["encoded"], ok, error, status)
+        if "encoded" in batch and self.jpegs is not None:
+            inputs, undecodable = self.jpegs(inputs, batch["encoded"], rows)
         if self.classifier is None:
             predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
         elif self.tree:
-            predictions = self._route(inputs, ok, error, status)
+            predictions = self._route(inputs, rows)
         else:
-            predictions = self._decide(inputs, ok, error, status)
+            predictions = self._decide(inputs, rows)
         uris = [str(u) for u in batch["uri"]]
         frames = np.asarray(batch["frame"], dtype=np.int32)
         width = np.asarray(batch["width"], dtype=np.int32).copy()

@@ -96,34 +96,29 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
     features for an estimator, conditioned (C, H, W) uint8 pixels for a CNN. Ray Data tasks do it
     for an archive of more than IN_PROCESS_IMAGES images, this process for a smaller one."""
     from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
-    from imgclf_ray.stages import LoadStage
+    from imgclf_ray.stages import LoadConfig, LoadStage
 
     prep = PreprocessCard(**spec.model.preprocess.model_dump())
     features = FeaturesCard(**spec.model.features.model_dump()) if spec.model.features else None
-    stage = LoadStage(spec.storage, spec.decode, prep.conditioning(), features=features)
+    stage = LoadStage(LoadConfig(spec.storage, spec.decode, prep.conditioning(), features=features))
     batch = spec.resources.decode_batch_size or 32
     given = "split" in manifest.column_names
     columns = ["inputs", "status", "true_label"] + (["split"] if given else [])
+    # Through the engine contract (runner.engine), in manifest order: the seeded split needs it.
     if manifest.num_rows <= IN_PROCESS_IMAGES:
-        outputs = (stage({k: np.array(v, dtype=object) for k, v in part.to_pydict().items()})
-                   for part in manifest.to_batches(max_chunksize=batch))
-    else:
-        import ray
+        from imgclf_ray.runner.local import LocalEngine
 
+        engine = LocalEngine(light=True, in_process=True)
+    else:
+        from imgclf_ray.runner.build import RayEngine
         from imgclf_ray.runner.ray_setup import ensure_ray
 
         ensure_ray(spec.run.ray_address)
-        current = ray.data.DataContext.get_current()
-        ctx = current.copy()  # the dataset keeps its own copy; the driver's stays as it was
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = True  # the seeded split needs the manifest's order
-        ray.data.DataContext._set_current(ctx)
-        try:
-            ds = ray.data.from_arrow(manifest, override_num_blocks=max(1, -(-manifest.num_rows // batch)))
-            ds = ds.map_batches(stage, batch_size=batch, batch_format="numpy")
-        finally:
-            ray.data.DataContext._set_current(current)
-        outputs = ds.select_columns(columns).iter_batches(batch_format="numpy")
+        engine = RayEngine()
+    from imgclf_ray.planner import plan_resources
+
+    plan = plan_resources(engine.resources(), spec.resources, "cpu", light=True)
+    outputs = engine.load_batches(manifest, plan, stage, columns, batch, ordered=True)
     xs, ys, ss, errors = [], [], [], 0
     for out in outputs:
         ok = out["status"] == "ok"

@@ -85,7 +85,7 @@ def test_sniffing_on_s3_reads_by_content(s3, moto_server, sample_photo):
     import numpy as np
 
     from imgclf_ray.spec import DecodeSpec, StorageSpec
-    from imgclf_ray.stages import LoadStage
+    from imgclf_ray.stages import LoadConfig, LoadStage
 
     files = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
     s3.pipe("archive/pacs/IM0001", (files / "CT_small.dcm").read_bytes())
@@ -94,6 +94,6 @@ def test_sniffing_on_s3_reads_by_content(s3, moto_server, sample_photo):
     storage = StorageSpec(endpoint_url=moto_server)
     source = SourceSpec(uri="s3://archive/pacs", extensions="any")
     manifest = list_archive(source, storage)
-    out = LoadStage(storage, DecodeSpec(), None, source=source)({"uri": np.asarray(manifest.column("uri").to_pylist(), dtype=object)})
+    out = LoadStage(LoadConfig(storage, DecodeSpec(), source=source))({"uri": np.asarray(manifest.column("uri").to_pylist(), dtype=object)})
     assert dict(zip([u.rsplit("/", 1)[-1] for u in manifest.column("uri").to_pylist()], out["status"].tolist())) == {
         "IM0001": "ok", "photo": "ok", "big-log": "skipped"}

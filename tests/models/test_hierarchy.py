@@ -19,12 +19,12 @@ def _features(digits_archive, n=60):
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.models.artifact import FeaturesCard, PreprocessCard
     from imgclf_ray.spec import DecodeSpec, SourceSpec, StorageSpec
-    from imgclf_ray.stages import LoadStage
+    from imgclf_ray.stages import LoadConfig, LoadStage
 
     prep = PreprocessCard(resize=32, crop=32, channels=1)
-    loader = LoadStage(StorageSpec(), DecodeSpec(), prep.conditioning(),
-                       features=FeaturesCard(name="hog", params={"orientations": 9, "pixels_per_cell": 8,
-                                                                 "cells_per_block": 2}))
+    loader = LoadStage(LoadConfig(StorageSpec(), DecodeSpec(), prep.conditioning(),
+                                  features=FeaturesCard(name="hog", params={"orientations": 9, "pixels_per_cell": 8,
+                                                                            "cells_per_block": 2})))
     uris = np.array(list_archive(SourceSpec(uri=digits_archive), StorageSpec()).column("uri").to_pylist())
     pick = np.random.default_rng(0).choice(len(uris), n, replace=False)
     x = np.stack([loader.load_one(u)[0] for u in uris[pick]])
