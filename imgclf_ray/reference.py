@@ -26,9 +26,21 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _type_name(annotation: Any) -> str:
+def _registered(metadata) -> str | None:
+    """A registry's names, when the field holds one of them (``Registry.name_type``)."""
+    from imgclf_ray.registry import Registry
+
+    found = [m for m in metadata if isinstance(m, Registry)]
+    return " \\| ".join(json.dumps(n) for n in found[0].names()) if found else None
+
+
+def _type_name(annotation: Any, metadata=()) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if _registered(metadata):
+        return _registered(metadata)
+    if origin is typing.Annotated:
+        return _registered(annotation.__metadata__) or _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(json.dumps(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -61,7 +73,7 @@ def spec_reference(model: type[BaseModel] = JobSpec) -> str:
                 lines.append(f"| `{key}` | section | {_default(field)} | {field.description or ''} |")
                 walk(sub, key + ".")
             else:
-                lines.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | "
+                lines.append(f"| `{key}` | {_type_name(field.annotation, field.metadata)} | {_default(field)} | "
                              f"{field.description or ''} |")
 
     walk(model, "")

@@ -70,6 +70,15 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return name
 
+    def name_type(self) -> Any:
+        """The type of a spec field holding one of this registry's names: a string checked when the
+        spec is validated (``check``); docs/reference.md lists the names registered then."""
+        from typing import Annotated
+
+        from pydantic import AfterValidator
+
+        return Annotated[str, AfterValidator(self.check), self]
+
     def known(self, name: str) -> bool:
         """Whether ``name`` is registered, importing only what a per-name provider map needs."""
         if isinstance(self.providers, Mapping):

@@ -146,6 +146,6 @@ def test_extension_names_are_checked_when_a_spec_is_validated_not_frozen_at_impo
     quick = REPO / "jobs" / "quickstart.yaml"
     with pytest.raises(SpecError, match=r"cluster\.algorithm: unknown clustering algorithm 'kmeanz'; known: .*kmeans"):
         load_spec(quick, ["cluster={algorithm: kmeanz}"])
-    with pytest.raises(SpecError, match=r"curate\.checks: unknown curation check 'shiny'; known: .*blurry"):
+    with pytest.raises(SpecError, match=r"curate\.checks\.1: unknown curation check 'shiny'; known: .*blurry"):
         load_spec(quick, ["curate={checks: [blurry, shiny]}"])
     assert load_spec(quick, ["curate={checks: [light, exact_duplicates]}"]).curate.checks == ["overexposed", "duplicate"]

@@ -11,6 +11,10 @@ from imgclf_ray.config.base import Section
 from imgclf_ray.config.model import check_params, PreprocessSpec, FeatureSpec
 
 
+AlgorithmName = registry.CLUSTER_ALGORITHMS.name_type()  # imgclf_ray/cluster_algorithms/
+CheckName = registry.CURATION_CHECKS.name_type()  # imgclf_ray/curation_checks/
+
+
 def streaming_algorithms() -> tuple[str, ...]:
     """The clustering algorithms with partial_fit (cluster.fit: stream), as registered now."""
     return tuple(n for n in registry.CLUSTER_ALGORITHMS.names() if registry.CLUSTER_ALGORITHMS.get(n).streaming)
@@ -24,8 +28,8 @@ class ClusterSpec(Section):
     """Group the images without labels: features (+ PCA) -> a clusterer fitted on a seeded sample
     (or streamed over the whole archive), then every image assigned inside the pipeline."""
 
-    algorithm: str = Field(
-        description="A clustering algorithm of imgclf_ray/cluster_algorithms/: kmeans, minibatch_kmeans, gmm (Gaussian mixture, EM; per-row probability), "
+    algorithm: AlgorithmName = Field(
+        description="kmeans, minibatch_kmeans, gmm (Gaussian mixture, EM; per-row probability), "
         "meanshift, dbscan, agglomerative or birch (scikit-learn's). Rows are assigned by "
         "nearest centre (kmeans, minibatch_kmeans, meanshift; birch: nearest subcluster centre's "
         "cluster; agglomerative: nearest cluster centroid), by posterior probability (gmm), or "
@@ -51,11 +55,6 @@ class ClusterSpec(Section):
     embedding: bool = Field(False, description="Write each image's embedding (after PCA) to the "
                             "embedding column.")
 
-    @field_validator("algorithm")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return registry.CLUSTER_ALGORITHMS.check(v)
-
     @model_validator(mode="after")
     def _check(self) -> "ClusterSpec":
         from imgclf_ray.registry import EXTRACTORS
@@ -80,8 +79,8 @@ def cleanvision_names() -> dict[str, str]:
 class CurateSpec(Section):
     """Per-image quality scores and flags, and archive-wide checks (a second, distributed pass)."""
 
-    checks: Optional[list[str]] = Field(
-        None, description="Which checks of imgclf_ray/curation_checks/ set their is_<check> flag; default every one the job can "
+    checks: Optional[list[CheckName]] = Field(
+        None, description="Which checks set their is_<check> flag; default every one the job can "
         "run (outlier needs a cluster section; label_issue a model and source.labels). cleanvision's "
         "names are accepted too: light, odd_aspect_ratio, exact_duplicates, near_duplicates.")
     blur_threshold: float = Field(0.29, ge=0, le=1, description="blurry when blur_score "
@@ -111,11 +110,6 @@ class CurateSpec(Section):
     def _cleanvision_names(cls, v: Any) -> Any:
         names = cleanvision_names()
         return [names.get(c, c) if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
-
-    @field_validator("checks")
-    @classmethod
-    def _known(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        return v if v is None else [registry.CURATION_CHECKS.check(c) for c in v]
     outlier_quantile: float = Field(0.99, gt=0, lt=1, description="outlier when outlier_score "
                                     "exceeds this quantile of the same distance within the "
                                     "clusterer's reference sample.")

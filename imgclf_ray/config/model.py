@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from imgclf_ray import registry
 from imgclf_ray.config.base import Section
+
+
+# A name of each registry, checked when a spec is validated (registered later: accepted).
+EstimatorName = registry.ESTIMATORS.name_type()  # imgclf_ray/estimators/
 
 
 class SearchSpec(Section):
@@ -22,10 +26,9 @@ class SearchSpec(Section):
 class EstimatorSpec(Section):
     """A scikit-learn classifier by name."""
 
-    name: str = Field(description="The scikit-learn classifier with its defaults (imgclf_ray/estimators/: "
-                      "svm is SVC (RBF), linear_svm LinearSVC, mlp MLPClassifier (the fully connected "
-                      "'ANN'), logistic_regression, knn, random_forest, gradient_boosting, ...); see "
-                      "docs/models.md for scaling.")
+    name: EstimatorName = Field(description="The scikit-learn classifier with its defaults: svm "
+                                "is SVC (RBF), linear_svm LinearSVC, mlp MLPClassifier (the fully "
+                                "connected 'ANN'); see docs/models.md for scaling.")
     calibrate: Optional[Literal["sigmoid", "isotonic"]] = Field(
         None, description="Calibrate the scores with CalibratedClassifierCV(method=..., cv=3): three "
         "more fits on two thirds of the training split each, probabilities averaged (labels can "
@@ -36,11 +39,6 @@ class EstimatorSpec(Section):
                                   "(automatic: for scale-sensitive estimators on features not bounded "
                                   "to [0, 1]; see docs/models.md).")
     search: Optional[SearchSpec] = Field(None, description="Grid search over these parameters.")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return registry.ESTIMATORS.check(v)
 
     @model_validator(mode="after")
     def _known_params(self) -> "EstimatorSpec":
