@@ -124,6 +124,7 @@ class CurationCheck:
     measured: bool = False  # needs the per-image measures (scores, hashes) of the decode tasks
     needs: Optional[str] = None  # on by default only with "cluster" (a cluster section) or "labels" (a model and source.labels)
     cleanvision: Optional[str] = None  # cleanvision's name for it, accepted in curate.checks
+    archive: Optional[str] = None  # archive checks: "module:NAME" of its scan, reduce, merge and rewrite
 
 
 @dataclass(frozen=True)

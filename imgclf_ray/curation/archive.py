@@ -42,7 +42,6 @@ from imgclf_ray.io.storage import filesystem
 from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import CurateSpec, StorageSpec
 
-ARCHIVE_CHECKS = tuple(n for n in CURATION_CHECKS.names() if CURATION_CHECKS.get(n).kind == "archive")
 _SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "phash",
                  "class_scores", "true_label"]
 
@@ -83,38 +82,6 @@ def route_bands(rows: pa.Table, radius: int, partitions: int) -> list[pa.Table]:
     with np.errstate(over="ignore"):  # a multiplicative hash: wrapping is intended
         part = ((value ^ (band * np.uint64(0x9E3779B97F4A7C15))) % np.uint64(partitions)).astype(np.int64)
     return [banded.filter(pa.array(part == p)) for p in range(partitions)]
-
-
-def scan(uri: str, storage: StorageSpec, checks: tuple[str, ...], radius: int, partitions: int,
-          labels: Optional[list[str]]) -> tuple:
-    t = _read(*filesystem(uri, storage), _SCAN_COLUMNS)
-    ok = t.filter(pc.equal(t.column("status"), STATUS_OK))
-    stats: dict[str, Any] = {}
-    width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
-    height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
-    sized = (width > 0) & (height > 0)
-    values, counts = np.unique(np.sqrt(width[sized] * height[sized]), return_counts=True)
-    stats["sizes"] = dict(zip(values.tolist(), counts.tolist()))
-    if "label_issue" in checks and labels:
-        probs, given = _self_confidence_inputs(ok, labels)
-        k = len(labels)
-        rows = given >= 0
-        stats["conf_sum"] = np.bincount(given[rows], weights=probs[rows, given[rows]], minlength=k)
-        stats["conf_count"] = np.bincount(given[rows], minlength=k)
-    exact: list[pa.Table] = []
-    near: list[pa.Table] = []
-    if "duplicate" in checks:
-        hashed = ok.filter(pc.is_valid(ok.column("pixel_hash")))
-        keys = np.array([int(h[:8], 16) for h in hashed.column("pixel_hash").to_pylist()], dtype=np.int64)
-        part = keys % partitions
-        base = hashed.select(["image_id", "uri", "pixel_hash"])
-        exact = [base.filter(pa.array(part == p)) for p in range(partitions)]
-    if "near_duplicate" in checks:
-        near = route_bands(ok.filter(pc.is_valid(ok.column("phash"))), radius, partitions)
-    empty = pa.table({})
-    exact = exact or [empty] * partitions
-    near = near or [empty] * partitions
-    return (stats, *exact, *near)
 
 
 def _self_confidence_inputs(t: pa.Table, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -275,61 +242,6 @@ def size_scores(size: np.ndarray, q1: float, q3: float, k: float) -> tuple[np.nd
         return 1 - np.clip(np.abs(size - mid) / norm, 0, 1), threshold
 
 
-@dataclass(frozen=True)
-class Pass:
-    """The archive-wide pass of one run: its checks and what they need."""
-
-    storage: StorageSpec
-    checks: tuple[str, ...]
-    curate: CurateSpec
-    labels: Optional[list[str]]
-
-
-def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any], groups: tuple[dict, dict],
-            then: Optional[Callable[[pa.Table, int], tuple]] = None) -> tuple:
-    """One staged file (the ``index``-th) read once, its flags set from the archive's ``facts``
-    and duplicate ``groups`` (exact, near), written back; returns ``then(table, index)`` (the
-    read-back's scan of the rewritten rows, so that nothing reads the file again), or ()."""
-    fs, path = filesystem(uri, job.storage)
-    t = _flagged(_read(fs, path), job, facts, *groups)
-    sink = pa.BufferOutputStream()
-    pq.write_table(t, sink)
-    fs.pipe_file(path, sink.getvalue().to_pybytes())
-    return then(t, index) if then is not None else ()
-
-
-def _flagged(t: pa.Table, job: Pass, facts: dict[str, Any], exact: dict, near: dict) -> pa.Table:
-    checks, curate, labels = job.checks, job.curate, job.labels
-    n = t.num_rows
-    ok = pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False).to_numpy(zero_copy_only=False)
-    width = pc.fill_null(t.column("width"), 0).to_numpy().astype(np.float64)
-    height = pc.fill_null(t.column("height"), 0).to_numpy().astype(np.float64)
-    sized = ok & (width > 0) & (height > 0)
-    cols: dict[str, pa.Array] = {}
-    if "odd_size" in checks:
-        score, threshold = size_scores(np.sqrt(width * height), *facts["size_quartiles"], curate.odd_size_threshold)
-        cols["size_score"] = pa.array(score.astype(np.float32), mask=~sized)
-        cols["is_odd_size"] = pa.array(score < threshold, mask=~sized)
-    ids = t.column("image_id").to_pylist()
-    for check, group_col, members in (("duplicate", "duplicate_group", exact),
-                                      ("near_duplicate", "near_duplicate_group", near)):
-        if check in checks:
-            found = [members.get(i) if k else None for i, k in zip(ids, ok)]
-            cols[group_col] = pa.array([m[0] if m else None for m in found], pa.string())
-            cols[f"is_{check}"] = pa.array([(m[1] if m else False) if k else None
-                                            for m, k in zip(found, ok)], pa.bool_())
-    if "label_issue" in checks and labels and "label_thresholds" in facts:
-        probs, given = _self_confidence_inputs(t, labels)
-        rows = ok & (given >= 0)
-        quality = probs[np.arange(n), np.maximum(given, 0)]
-        issue = label_issues(probs, np.maximum(given, 0), np.asarray(facts["label_thresholds"]))
-        cols["label_quality"] = pa.array(quality.astype(np.float32), mask=~rows)
-        cols["is_label_issue"] = pa.array(issue, mask=~rows)
-    for name, values in cols.items():
-        t = t.set_column(t.schema.get_field_index(name), OUTPUT_SCHEMA.field(name), values)
-    return t.cast(OUTPUT_SCHEMA.with_metadata(t.schema.metadata))
-
-
 def label_issues(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """cleanlab's ``find_label_issues(filter_by="confident_learning")`` on out-of-sample
     probabilities: a row is an issue when it is counted off the diagonal of the confident joint —
@@ -345,34 +257,253 @@ def label_issues(probs: np.ndarray, given: np.ndarray, thresholds: np.ndarray) -
     return (count > 0) & (guess != given) & (favoured.argmax(axis=1) != given)
 
 
-def merge_facts(stats: list[dict[str, Any]], checks: tuple[str, ...],
-                labels: Optional[list[str]]) -> dict[str, Any]:
-    """The scans' size counts and sums -> the archive's size quartiles and class thresholds."""
-    sizes: dict[float, int] = {}
-    for s in stats:
-        for value, count in s["sizes"].items():
-            sizes[value] = sizes.get(value, 0) + count
-    facts: dict[str, Any] = {"size_quartiles": percentiles(sizes, (25, 75))}
-    if "label_issue" in checks and labels:
-        conf = sum(s["conf_sum"] for s in stats)
-        count = sum(s["conf_count"] for s in stats)
+
+
+# -- the checks: each archive check's entry in imgclf_ray/curation_checks names its object here ---
+
+@dataclass(frozen=True)
+class Pass:
+    """The archive-wide pass of one run: its checks and what they need."""
+
+    storage: StorageSpec
+    checks: tuple[str, ...]  # the archive checks the run runs, in the order they are merged
+    curate: CurateSpec
+    labels: Optional[list[str]]  # the model's labels (label_issue), else None
+    partitions: int = 1  # of the hash shuffle: one per CPU
+
+    def each(self) -> list[tuple[str, "ArchiveCheck"]]:
+        return [(name, check_of(name)) for name in self.checks]
+
+    def shuffled(self) -> list[str]:
+        return [name for name, check in self.each() if check.shuffle]
+
+
+class ArchiveCheck:
+    """One archive-wide check's part of the pass: ``scan`` each staged file's ok rows (small
+    statistics, and with ``shuffle`` rows routed into ``partitions`` parts), ``reduce`` each
+    partition's parts, ``merge`` it all on the driver into the check's *fact* (a few numbers, or
+    the duplicate groups), ``rewrite``: the check's columns of each staged file from the fact."""
+
+    shuffle = False
+    after: tuple[str, ...] = ()  # checks whose facts its merge reads (merged first)
+
+    def scan(self, ok: pa.Table, job: Pass) -> tuple[Any, list[pa.Table]]:
+        return None, []
+
+    def reduce(self, job: Pass, *parts: pa.Table) -> Any:
+        return None
+
+    def merge(self, job: Pass, stats: list, reduced: list, facts: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def rewrite(self, t: pa.Table, ok: np.ndarray, fact: Any, job: Pass) -> dict[str, pa.Array]:
+        raise NotImplementedError
+
+    def summary(self, fact: Any, job: Pass) -> dict[str, Any]:
+        return {}
+
+
+class OddSize(ArchiveCheck):
+    """cleanvision's odd size: the IQR rule on sqrt(width x height) over the whole run; the scan
+    keeps the counts of each distinct size (an archive holds few), so the quartiles are exact."""
+
+    def scan(self, ok, job):
+        width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
+        height = ok.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+        sized = (width > 0) & (height > 0)
+        values, counts = np.unique(np.sqrt(width[sized] * height[sized]), return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist())), []
+
+    def merge(self, job, stats, reduced, facts):
+        sizes: dict[float, int] = {}
+        for s in stats:
+            for value, count in s.items():
+                sizes[value] = sizes.get(value, 0) + count
+        return percentiles(sizes, (25, 75))
+
+    def rewrite(self, t, ok, fact, job):
+        width = pc.fill_null(t.column("width"), 0).to_numpy().astype(np.float64)
+        height = pc.fill_null(t.column("height"), 0).to_numpy().astype(np.float64)
+        sized = ok & (width > 0) & (height > 0)
+        score, threshold = size_scores(np.sqrt(width * height), *fact, job.curate.odd_size_threshold)
+        return {"size_score": pa.array(score.astype(np.float32), mask=~sized),
+                "is_odd_size": pa.array(score < threshold, mask=~sized)}
+
+    def summary(self, fact, job):
+        return {"size_quartiles": [round(q, 2) for q in fact]}
+
+
+def _group_columns(t: pa.Table, ok: np.ndarray, members: dict, check: str, group_col: str) -> dict[str, pa.Array]:
+    found = [members.get(i) if k else None for i, k in zip(t.column("image_id").to_pylist(), ok)]
+    return {group_col: pa.array([m[0] if m else None for m in found], pa.string()),
+            f"is_{check}": pa.array([(m[1] if m else False) if k else None for m, k in zip(found, ok)], pa.bool_())}
+
+
+class Duplicate(ArchiveCheck):
+    """Exact duplicates: rows sharing a ``pixel_hash``, shuffled by hash; every member flagged."""
+
+    shuffle = True
+
+    def scan(self, ok, job):
+        hashed = ok.filter(pc.is_valid(ok.column("pixel_hash")))
+        keys = np.array([int(h[:8], 16) for h in hashed.column("pixel_hash").to_pylist()], dtype=np.int64)
+        part = keys % job.partitions
+        base = hashed.select(["image_id", "uri", "pixel_hash"])
+        return None, [base.filter(pa.array(part == p)) for p in range(job.partitions)]
+
+    def reduce(self, job, *parts):
+        return reduce_exact(*parts)
+
+    def merge(self, job, stats, reduced, facts):
+        exact: dict[str, tuple[str, bool]] = {}
+        for part in reduced:
+            exact.update(part)
+        return exact
+
+    def rewrite(self, t, ok, fact, job):
+        return _group_columns(t, ok, fact, "duplicate", "duplicate_group")
+
+    def summary(self, fact, job):
+        return {"duplicate_groups": len({g for g, _ in fact.values()})}
+
+
+class NearDuplicate(ArchiveCheck):
+    """Perceptual hashes within ``curate.near_duplicate_radius`` bits, by band buckets; groups that
+    are exactly a duplicate group are dropped (as cleanvision does)."""
+
+    shuffle = True
+    after = ("duplicate",)
+
+    def scan(self, ok, job):
+        radius = job.curate.near_duplicate_radius
+        return None, route_bands(ok.filter(pc.is_valid(ok.column("phash"))), radius, job.partitions)
+
+    def reduce(self, job, *parts):
+        return reduce_near(job.curate.near_duplicate_radius, *parts)
+
+    def merge(self, job, stats, reduced, facts):
+        pairs, uris = [], {}
+        for part_pairs, part_uris in reduced:
+            pairs.extend(part_pairs)
+            uris.update(part_uris)
+        return without_exact_groups(link(pairs, uris), facts.get("duplicate") or {})
+
+    def rewrite(self, t, ok, fact, job):
+        return _group_columns(t, ok, fact, "near_duplicate", "near_duplicate_group")
+
+    def summary(self, fact, job):
+        return {"near_duplicate_groups": len({g for g, _ in fact.values()}),
+                "near_duplicate_radius": job.curate.near_duplicate_radius}
+
+
+class LabelIssue(ArchiveCheck):
+    """cleanlab's confident learning: per-class thresholds (the mean self-confidence of the rows
+    given that label) over the whole run, then each row decided against them."""
+
+    def scan(self, ok, job):
+        if not job.labels:
+            return None, []
+        probs, given = _self_confidence_inputs(ok, job.labels)
+        rows = given >= 0
+        k = len(job.labels)
+        return (np.bincount(given[rows], weights=probs[rows, given[rows]], minlength=k),
+                np.bincount(given[rows], minlength=k)), []
+
+    def merge(self, job, stats, reduced, facts):
+        if not job.labels:
+            return None
+        conf = sum(s[0] for s in stats)
+        count = sum(s[1] for s in stats)
         # cleanlab's get_confident_thresholds: a class nobody is labelled with gets 2 (never
         # reached), the others the mean self-confidence, at least 2e-6.
-        facts["label_thresholds"] = np.where(count > 0, np.maximum(conf / np.maximum(count, 1), 2e-6), 2.0).tolist()
+        return np.where(count > 0, np.maximum(conf / np.maximum(count, 1), 2e-6), 2.0).tolist()
+
+    def rewrite(self, t, ok, fact, job):
+        if fact is None:
+            return {}
+        probs, given = _self_confidence_inputs(t, job.labels)
+        rows = ok & (given >= 0)
+        quality = probs[np.arange(t.num_rows), np.maximum(given, 0)]
+        issue = label_issues(probs, np.maximum(given, 0), np.asarray(fact))
+        return {"label_quality": pa.array(quality.astype(np.float32), mask=~rows),
+                "is_label_issue": pa.array(issue, mask=~rows)}
+
+    def summary(self, fact, job):
+        return {} if fact is None else {"label_thresholds": dict(zip(job.labels, [round(x, 4) for x in fact]))}
+
+
+ODD_SIZE, DUPLICATE, NEAR_DUPLICATE, LABEL_ISSUE = OddSize(), Duplicate(), NearDuplicate(), LabelIssue()
+
+
+def check_of(name: str) -> ArchiveCheck:
+    """The ArchiveCheck a curation check's entry names (``CurationCheck.archive``: "module:NAME")."""
+    import importlib
+
+    module, _, attr = CURATION_CHECKS.get(name).archive.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def archive_checks(checks) -> tuple[str, ...]:
+    """The archive-wide ones of ``checks``, in the order their facts are merged."""
+    names = [c for c in checks if CURATION_CHECKS.get(c).kind == "archive"]
+    ordered: list[str] = []
+    for name in names:  # a check after those whose facts it reads (a short list: no cycles)
+        for dep in check_of(name).after:
+            if dep in names and dep not in ordered:
+                ordered.append(dep)
+        if name not in ordered:
+            ordered.append(name)
+    return tuple(ordered)
+
+
+# -- the pass's tasks (runner.passes.archive_checks orchestrates them) ------------------------------
+
+def scan(uri: str, job: Pass) -> tuple:
+    """One staged file's ok rows through each check's scan: ({check: stats}, then the parts of
+    each shuffled check, ``job.partitions`` each, in ``job.shuffled()`` order)."""
+    t = _read(*filesystem(uri, job.storage), _SCAN_COLUMNS)
+    ok = t.filter(pc.equal(t.column("status"), STATUS_OK))
+    stats, parts = {}, []
+    for name, check in job.each():
+        stats[name], found = check.scan(ok, job)
+        if check.shuffle:
+            parts += found or [pa.table({})] * job.partitions
+    return (stats, *parts)
+
+
+def reduce(name: str, job: Pass, *parts: pa.Table) -> Any:
+    return check_of(name).reduce(job, *[p for p in parts if p.num_rows])
+
+
+def merge(job: Pass, stats: list[dict[str, Any]], reduced: dict[str, list]) -> dict[str, Any]:
+    """Every check's fact, on the driver, each after the checks it reads."""
+    facts: dict[str, Any] = {}
+    for name, check in job.each():
+        facts[name] = check.merge(job, [s[name] for s in stats], reduced.get(name, []), facts)
     return facts
 
 
-def summarise(facts: dict[str, Any], exact: dict, near: dict, checks: tuple[str, ...],
-              labels: Optional[list[str]], radius: int) -> dict[str, Any]:
+def summarise(job: Pass, facts: dict[str, Any]) -> dict[str, Any]:
     """What the run summary records about the archive-wide checks."""
-    summary: dict[str, Any] = {"checks": list(checks)}
-    if "odd_size" in checks:
-        summary["size_quartiles"] = [round(q, 2) for q in facts["size_quartiles"]]
-    if "duplicate" in checks:
-        summary["duplicate_groups"] = len({g for g, _ in exact.values()})
-    if "near_duplicate" in checks:
-        summary["near_duplicate_groups"] = len({g for g, _ in near.values()})
-        summary["near_duplicate_radius"] = radius
-    if "label_thresholds" in facts:
-        summary["label_thresholds"] = dict(zip(labels, [round(x, 4) for x in facts["label_thresholds"]]))
+    summary: dict[str, Any] = {"checks": sorted(job.checks)}
+    for name, check in job.each():
+        summary.update(check.summary(facts[name], job))
     return summary
+
+
+def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any],
+            then: Optional[Callable[[pa.Table, int], tuple]] = None) -> tuple:
+    """One staged file (the ``index``-th) read once, each check's columns set from its fact,
+    written back; returns ``then(table, index)`` (the read-back's scan of the rewritten rows, so
+    that nothing reads the file again), or ()."""
+    fs, path = filesystem(uri, job.storage)
+    t = _read(fs, path)
+    ok = pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False).to_numpy(zero_copy_only=False)
+    for name, check in job.each():
+        for column, values in check.rewrite(t, ok, facts[name], job).items():
+            t = t.set_column(t.schema.get_field_index(column), OUTPUT_SCHEMA.field(column), values)
+    t = t.cast(OUTPUT_SCHEMA.with_metadata(t.schema.metadata))
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink)
+    fs.pipe_file(path, sink.getvalue().to_pybytes())
+    return then(t, index) if then is not None else ()

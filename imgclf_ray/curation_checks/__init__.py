@@ -3,12 +3,15 @@
 A row check is decided per image in the predictor from a score the decode tasks measured (the
 score, the comparison, the curate field holding its threshold); a check on a new measure also adds
 that measure to imgclf_ray/curation/measure.py and its column to the output schema. An archive
-check needs every row of the run (imgclf_ray.curation.archive's map and reduce). A new check is a
+check needs every row of the run: its entry names the object whose scan, reduce, merge and
+rewrite make its part of the archive-wide pass (an ``ArchiveCheck`` of imgclf_ray.curation.archive). A new check is a
 line here (or a module of this package registering one the same way); tests/curation/ compares
 every check with cleanvision's (or cleanlab's) definition.
 """
 
 from imgclf_ray.registry import CURATION_CHECKS, CurationCheck
+
+_ARCHIVE = "imgclf_ray.curation.archive"  # the archive checks' scan, reduce, merge and rewrite (by name: lazy)
 
 TABLE = {
     # cleanvision's per-image checks.
@@ -24,10 +27,12 @@ TABLE = {
     "outlier": CurationCheck("row", "outlier_score", ">", None, needs="cluster"),
     # Archive-wide: quartiles of the whole run; exact and near duplicates; cleanlab's confident
     # learning (per-class thresholds over the whole run's scores).
-    "odd_size": CurationCheck("archive"),
-    "duplicate": CurationCheck("archive", measured=True, cleanvision="exact_duplicates"),
-    "near_duplicate": CurationCheck("archive", measured=True, cleanvision="near_duplicates"),
-    "label_issue": CurationCheck("archive", needs="labels"),
+    "odd_size": CurationCheck("archive", archive=f"{_ARCHIVE}:ODD_SIZE"),
+    "duplicate": CurationCheck("archive", measured=True, cleanvision="exact_duplicates",
+                               archive=f"{_ARCHIVE}:DUPLICATE"),
+    "near_duplicate": CurationCheck("archive", measured=True, cleanvision="near_duplicates",
+                                    archive=f"{_ARCHIVE}:NEAR_DUPLICATE"),
+    "label_issue": CurationCheck("archive", needs="labels", archive=f"{_ARCHIVE}:LABEL_ISSUE"),
 }
 
 for _name, _entry in TABLE.items():

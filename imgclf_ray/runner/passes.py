@@ -72,38 +72,34 @@ def prepare_clusterer(engine, spec: JobSpec, manifest, plan: Plan, progress: Mod
 def archive_checks(tasks, spec: JobSpec, staged: list[str], run, metrics) -> tuple[dict[str, Any], Optional[list]]:
     """The archive-wide curation pass over the staged files, as the engine's ``tasks`` (Ray tasks,
     or calls in this process): a scan per file, a hash shuffle into one partition per CPU, a
-    reduce per partition, a rewrite per file, which also makes the read-back's scan of the rows
-    it wrote (``runner.readback.Scan``). Returns the curation summary and those scans (None
-    without an archive-wide check: the read-back reads the files itself)."""
+    reduce per partition and shuffled check, each check's fact merged here, a rewrite per file,
+    which also makes the read-back's scan of the rows it wrote (``runner.readback.Scan``).
+    Returns the curation summary and those scans (None without an archive-wide check: the
+    read-back reads the files itself)."""
     from imgclf_ray.curation import archive
     from imgclf_ray.runner.readback import scan_of
 
-    checks = tuple(c for c in run.checks if c in archive.ARCHIVE_CHECKS)
+    checks = archive.archive_checks(run.checks)
     if not checks:
         return {}, None
     started = time.perf_counter()
-    p, labels = tasks.cpus, run.label_issue_labels  # partitions of the hash shuffle
-    radius, storage = spec.curate.near_duplicate_radius, spec.storage
-    scans = [tasks.submit(archive.scan, uri, storage, checks, radius, p, labels, num_returns=1 + 2 * p)
-             for uri in staged]
-    exact_parts = [tasks.submit(archive.reduce_exact, *[s[1 + i] for s in scans]) for i in range(p)]
-    near_parts = [tasks.submit(archive.reduce_near, radius, *[s[1 + p + i] for s in scans]) for i in range(p)]
-    facts = archive.merge_facts(tasks.get([s[0] for s in scans]), checks, labels)
-    exact: dict[str, tuple[str, bool]] = {}
-    for part in tasks.get(exact_parts):
-        exact.update(part)
-    pairs, uris = [], {}
-    for part_pairs, part_uris in tasks.get(near_parts):
-        pairs.extend(part_pairs)
-        uris.update(part_uris)
-    near = archive.without_exact_groups(archive.link(pairs, uris), exact)
-    groups = tasks.put((exact, near))
-    job, then = archive.Pass(storage, checks, spec.curate, labels), scan_of(spec, p)
-    rewritten = [tasks.submit(archive.rewrite, uri, i, job, facts, groups, then, num_returns=2 + p)
+    p = tasks.cpus  # partitions of the hash shuffle
+    job = archive.Pass(spec.storage, checks, spec.curate, run.label_issue_labels, p)
+    shuffled = job.shuffled()
+    scans = [tasks.submit(archive.scan, uri, job, num_returns=1 + len(shuffled) * p) for uri in staged]
+    if not shuffled:  # one return: the (stats,) tuple itself
+        stats = [t[0] for t in tasks.get(scans)]
+    else:
+        stats = tasks.get([s[0] for s in scans])
+    reduced = {name: [tasks.submit(archive.reduce, name, job, *[s[1 + k * p + i] for s in scans]) for i in range(p)]
+               for k, name in enumerate(shuffled)}
+    facts = archive.merge(job, stats, {n: tasks.get(r) for n, r in reduced.items()})
+    facts_ref, then = tasks.put(facts), scan_of(spec, p)
+    rewritten = [tasks.submit(archive.rewrite, uri, i, job, facts_ref, then, num_returns=2 + p)
                  for i, uri in enumerate(staged)]
     tasks.get([r[0] for r in rewritten])  # written (its rows are scanned: the read-back waits on the rest)
     metrics.add("curate_archive", len(staged), time.perf_counter() - started)
-    return archive.summarise(facts, exact, near, checks, labels, radius), rewritten
+    return archive.summarise(job, facts), rewritten
 
 
 def cluster_and_flag_summary(spec: JobSpec, back, result: RunResult, clusterer) -> dict[str, bytes]:
