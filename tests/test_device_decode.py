@@ -156,11 +156,11 @@ def test_the_inputs_column_comes_back_dense_whatever_arrow_made_of_it():
     ({"model": {"uri": None}}, "there is no model"),
 ])
 def test_jobs_the_predictor_cannot_decode_for_are_refused_before_work(tiny_model, tmp_path, sections, why):
-    from imgclf_ray.runner.plan import make_plan
+    from imgclf_ray.runner.plan import refuse_before_work
 
     model = sections.pop("model", None)
     spec = make_spec(str(tmp_path), str(tmp_path / "out"), tiny_model, decode={"jpeg_on": "predictor"}, **sections)
     if model is not None:
         spec = spec.model_copy(update={"model": None})
     with pytest.raises(SpecError, match=f"decode.jpeg_on: predictor cannot apply: {why}"):
-        make_plan(spec, {"CPU": 2.0})
+        refuse_before_work(spec)

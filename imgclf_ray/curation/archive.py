@@ -491,11 +491,10 @@ def summarise(job: Pass, facts: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any],
-            then: Optional[Callable[[pa.Table, int], tuple]] = None) -> tuple:
+def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any], then: Callable[[pa.Table, int], tuple]) -> tuple:
     """One staged file (the ``index``-th) read once, each check's columns set from its fact,
     written back; returns ``then(table, index)`` (the read-back's scan of the rewritten rows, so
-    that nothing reads the file again), or ()."""
+    that nothing reads the file again)."""
     fs, path = filesystem(uri, job.storage)
     t = _read(fs, path)
     ok = pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False).to_numpy(zero_copy_only=False)
@@ -506,4 +505,4 @@ def rewrite(uri: str, index: int, job: Pass, facts: dict[str, Any],
     sink = pa.BufferOutputStream()
     pq.write_table(t, sink)
     fs.pipe_file(path, sink.getvalue().to_pybytes())
-    return then(t, index) if then is not None else ()
+    return then(t, index)

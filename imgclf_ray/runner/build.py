@@ -162,7 +162,7 @@ class RayEngine:
             ds = load_dataset(manifest, plan, stage, files).select_columns(columns)
         finally:
             ray.data.DataContext._set_current(current)
-        yield from ds.iter_batches(batch_size=files, batch_format="numpy")
+        yield from ds.iter_batches(batch_size=plan.decode_batch_size, batch_format="numpy")
 
     def classify(self, run: "RunPlan", manifest, output: "Output", metrics, clusterer, rules) -> None:
         from imgclf_ray.io.storage import pyarrow_fs

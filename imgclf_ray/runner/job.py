@@ -82,9 +82,7 @@ class Attempt:
     mode: Mode = "off"
 
     def staging(self) -> sink.Staging:
-        staging = self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
-        staging.recovered = True  # by ``_locked``, under this lock: the commit need not again
-        return staging
+        return self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
 
 
 def execute(spec: JobSpec, manifest, run_id: Optional[str] = None, progress: Mode = "off",
@@ -96,11 +94,11 @@ def execute(spec: JobSpec, manifest, run_id: Optional[str] = None, progress: Mod
     Ray must be initialised (for run.executor: ray). Holds the run id's lock while it works
     (``attempt``, when the caller took it already). Raises RunFailed (nothing committed) when the
     error budget is exceeded or the staged output does not hold every listed input exactly once;
-    RunLocked when another attempt of the run id is live. ``model``: the artifact's description,
-    refused or accepted already (``refuse_before_work``) when the caller read it.
+    RunLocked when another attempt of the run id is live. ``model``: the artifact's description
+    when the caller read it (with ``attempt``: checked by ``refuse_before_work`` already).
     """
-    if model is None:
-        model = refuse_before_work(spec)
+    if attempt is None:  # a caller of its own (run_job refused what it must before its listing)
+        model = refuse_before_work(spec, model)
     if attempt is not None:
         return _execute(attempt, manifest, listing or Listing(), model)
     with _locked(spec, run_id_of(spec, run_id), progress) as attempt:

@@ -82,7 +82,7 @@ class NotAnImage(Exception):
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """What a LoadStage does, decided once (``runner.build.load_config`` from the run's plan; the
+    """What a LoadStage does, decided once (``runner.build.load_stage`` from the run's plan; the
     trainer and the clusterer's fitting pass make their own): plain values a task is built from."""
 
     storage: StorageSpec = field(default_factory=StorageSpec)

@@ -116,8 +116,10 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
         ensure_ray(spec.run.ray_address)
         engine = RayEngine()
     from imgclf_ray.planner import plan_resources
+    from imgclf_ray.spec import ResourcesSpec
 
-    plan = plan_resources(engine.resources(), spec.resources, "cpu", light=True)
+    # Decoding only: the spec's actor settings (a run's predictors) do not apply to it.
+    plan = plan_resources(engine.resources(), ResourcesSpec(decode_batch_size=batch), "cpu", light=True)
     outputs = engine.load_batches(manifest, plan, stage, columns, batch, ordered=True)
     xs, ys, ss, errors = [], [], [], 0
     for out in outputs:

@@ -2,7 +2,7 @@
 
 One ``Sink`` per sink URI, made once (the filesystem looked up once, its root, format and storage
 options held), offers the roles, each in its own module: ``commit`` (staging, the commit protocol
-and its recovery: ``commit.py``), ``runs`` (which runs it holds, in any layout: ``runs.py``) and
+and its recovery: ``protocol.py``), ``runs`` (which runs it holds, in any layout: ``runs.py``) and
 ``read`` (one run folder: its manifest, data files and rows: ``read.py``); ``layout.py`` names the
 files. The free functions below are the same operations for a caller holding only a URI (the
 readers of the Python API and the reports).
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from imgclf_ray.io.sink import commit as _commit, runs as _runs
-from imgclf_ray.io.sink.commit import Staging, add_side_file
+from imgclf_ray.io.sink import protocol as _commit, runs as _runs
+from imgclf_ray.io.sink.protocol import Staging, add_side_file
 from imgclf_ray.io.sink.layout import (COMMIT_PLAN, LEGACY_NAMES, MANIFEST_FILE, RUNS_DIR, STAGED_SUFFIX,
                                        SUCCESS_FILE, SUMMARY_FILE, file_name_problem, run_path, staged_filename)
 from imgclf_ray.io.sink.read import RunFolder

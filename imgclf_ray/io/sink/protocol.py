@@ -39,7 +39,6 @@ class Staging:
     run_id: str
     attempt: str
     run_path: str  # the run's folder under the sink (sink.layout; _runs/<run_id> for delta)
-    recovered: bool = False  # the run id's dead attempts recovered already, under the lock held now
 
     @classmethod
     def new(cls, sink_uri: str, run_id: str, storage=None, run_path: Optional[str] = None,
@@ -108,27 +107,35 @@ def _delete_replaced(sink: "Sink", replaced: dict[str, list[str]], run_path: str
             rmdir_if_empty(fs, where)
 
 
-def _publish(sink: "Sink", plan: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+def _publish(sink: "Sink", plan: dict[str, Any], manifest: dict[str, Any], side_files: dict[str, bytes]) -> None:
     """The run record once the data is in place (both formats; idempotent, so recovery repeats it):
     side files, manifest, _SUCCESS, then what the replaced commits listed deleted."""
     fs, folder = sink.fs, join(sink.root, plan["run_path"])
     fs.makedirs(folder, exist_ok=True)
-    for name, blob in plan["side_files"].items():
-        put_atomic(fs, join(folder, name), base64.b64decode(blob))
+    for name, blob in side_files.items():
+        put_atomic(fs, join(folder, name), blob)
     put_atomic(fs, join(folder, MANIFEST_FILE), json.dumps(manifest, indent=2, default=str).encode())
     faults.point("commit_manifest")
-    fs.pipe_file(join(folder, SUCCESS_FILE), b"")
+    _complete(sink, plan, set(manifest["side_files"]))
+
+
+def _complete(sink: "Sink", plan: dict[str, Any], side_files: set[str]) -> None:
+    """A commit whose manifest is written: _SUCCESS (if missing), then the files of the commits it
+    replaces deleted — all but its own (data files, side files, manifest)."""
+    folder = join(sink.root, plan["run_path"])
+    if not sink.fs.exists(join(folder, SUCCESS_FILE)):
+        sink.fs.pipe_file(join(folder, SUCCESS_FILE), b"")
     faults.point("commit_success")
-    _delete_replaced(sink, plan["replaced"], plan["run_path"], {*plan["files"], *manifest["side_files"], MANIFEST_FILE})
-    return manifest
+    _delete_replaced(sink, plan["replaced"], plan["run_path"], {*plan["files"], *side_files, MANIFEST_FILE})
 
 
 def _replaced_commits(staging: Staging) -> dict[str, list[str]]:
     """Finish or undo what a killed attempt of the run id left, then the commits this one replaces:
     folder under the sink -> the names its manifest lists (and the manifest)."""
     sink = staging.sink
-    if not staging.recovered:
-        recover(sink, staging.run_id, keep=staging.attempt)
+    # Again, although the run recovered when it took its lock: an attempt that lost its lease
+    # meanwhile (a stalled driver on an object store) may have moved files in since.
+    recover(sink, staging.run_id, keep=staging.attempt)
     previous = {}
     for folder_uri in sink.committed_runs(staging.run_id, every=True):
         folder = sink.run(folder_uri)
@@ -179,12 +186,12 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     manifest = {"run_id": staging.run_id, "run_path": staging.run_path, "attempt": staging.attempt,
                 "committed_at": datetime.now(timezone.utc).isoformat(), **({"format": "delta"} if delta else {}),
                 "rows": sum(counts), "files": [], "side_files": sorted(extra_files or {}), **facts}
-    plan = {"attempt": staging.attempt, "run_path": staging.run_path, "files": names, "replaced": previous,
-            "side_files": {n: base64.b64encode(b).decode() for n, b in (extra_files or {}).items()}}
-    if delta:
+    plan = {"attempt": staging.attempt, "run_path": staging.run_path, "files": names, "replaced": previous}
+    if delta:  # a Delta commit is finished by whoever finds it in the table: the whole run record here
         from imgclf_ray.io import delta as table
 
-        plan.update(format="delta", manifest=manifest, base_version=table.current_version(sink.uri, sink.storage))
+        plan.update(format="delta", manifest=manifest, base_version=table.current_version(sink.uri, sink.storage),
+                    side_files={n: base64.b64encode(b).decode() for n, b in (extra_files or {}).items()})
     sink.fs.makedirs(staging.path, exist_ok=True)
     sink.fs.pipe_file(join(staging.path, COMMIT_PLAN), json.dumps(plan, default=str).encode())
     if delta:
@@ -192,7 +199,7 @@ def commit(staging: Staging, facts: dict[str, Any], extra_files: Optional[dict[s
     else:
         manifest["files"] = _move(staging, staged, names, counts)
     faults.point("commit_moved")
-    _publish(sink, plan, manifest)
+    _publish(sink, plan, manifest, extra_files or {})
     staging.discard()
     return manifest
 
@@ -250,7 +257,6 @@ def recover(sink: "Sink", run_id: str, keep: str = "") -> None:
 def _recover_attempt(sink: "Sink", plan: dict[str, Any]) -> None:
     folder = sink.run(to_uri(sink.fs, join(sink.root, plan["run_path"])))
     current = folder.json(MANIFEST_FILE) or {}
-    plan.setdefault("side_files", {})  # a plan of an earlier version: its side files were written before
     if plan.get("format") == "delta":
         # A Delta commit cannot be undone, and need not be: if the attempt's commit is in the
         # table's history, its run record is written now (roll forward); if not, nothing of it is visible.
@@ -259,12 +265,10 @@ def _recover_attempt(sink: "Sink", plan: dict[str, Any]) -> None:
         version = (current.get("table_version") if current.get("attempt") == plan["attempt"]
                    else delta.attempt_version(sink.uri, plan["attempt"], plan["base_version"], sink.storage))
         if version is not None:
-            _publish(sink, plan, {**plan["manifest"], "table_version": version})
-    elif current.get("attempt") == plan["attempt"]:  # past its manifest: roll forward
-        if not sink.fs.exists(join(folder.path, SUCCESS_FILE)):  # its files and manifest are complete
-            sink.fs.pipe_file(join(folder.path, SUCCESS_FILE), b"")
-        _delete_replaced(sink, plan["replaced"], plan["run_path"],
-                         {*plan["files"], *current.get("side_files", []), MANIFEST_FILE})
+            side_files = {n: base64.b64decode(b) for n, b in plan["side_files"].items()}
+            _publish(sink, plan, {**plan["manifest"], "table_version": version}, side_files)
+    elif current.get("attempt") == plan["attempt"]:  # past its manifest (its files all in): roll forward
+        _complete(sink, plan, set(current.get("side_files", [])))
     else:  # before its manifest: undo the moves
         keep_names = set(listed(current)) if current else set()
         remove(sink.fs, [join(folder.path, n) for n in plan["files"] if n not in keep_names])
