@@ -1,7 +1,8 @@
 """imgclf-ray: batch image classification on Ray. The Python API (``imgclf_ray.api``):
-``run``, ``read_run``, ``read_run_dataset``, ``run_files``, ``load_job``; imported on first use."""
+``run``, ``read_run``, ``read_run_dataset``, ``run_files``, ``read_labels``, ``load_job``; imported on
+first use."""
 
-__all__ = ["run", "read_run", "read_run_dataset", "run_files", "load_job"]
+__all__ = ["run", "read_run", "read_run_dataset", "run_files", "read_labels", "load_job"]
 
 
 def __getattr__(name: str):

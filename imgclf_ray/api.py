@@ -106,3 +106,13 @@ def read_run_dataset(sink_uri: str, run_id: Optional[str] = None, storage: Stora
     fs, _ = filesystem(sink_uri, storage)
     return ray.data.read_parquet([filesystem(f, storage)[1] for f in files], filesystem=pyarrow_fs(fs),
                                  partitioning=Partitioning("hive") if hive else None)
+
+
+def read_labels(sink_uri: str, storage: StorageSpec = StorageSpec()) -> "pa.Table":
+    """The archive's current labels: one row per image its committed nights labelled — its latest
+    model row (``model_label``, ``score``, ``class_scores``, ``run_id`` ...), its latest human label
+    that applies (``label_source`` "human"; see ``imgclf review ingest``) or else the model's, in
+    ``label`` / ``labels`` / ``label_path``."""
+    from imgclf_ray.review.labels import read_labels as current
+
+    return current(sink_uri, storage)

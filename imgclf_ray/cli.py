@@ -514,6 +514,97 @@ def runs(output_uri: str, as_json: bool, endpoint_url: Optional[str], region: Op
 
 
 @main.command()
+@click.argument("sink_uri")
+@click.option("--to", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Write every image's current label as CSV or JSON Lines (default: counts only).")
+@click.option("-o", "--out", default=None, help="File to write, local or s3:// ('-' or none: standard output).")
+@_storage_options
+def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: Optional[str],
+           region: Optional[str], profile: Optional[str]) -> None:
+    """The archive's current labels: one row per image, its latest model row over every committed
+    night and its latest human label (label_source: human or model)."""
+    from imgclf_ray.io.sink import Sink
+    from imgclf_ray.review.labels import current_labels
+
+    table = current_labels(Sink(sink_uri, _storage(endpoint_url, region, profile)))
+    if fmt is None:
+        sources = table.column("label_source").to_pylist() if table.num_rows else []
+        click.echo(f"{sink_uri}: {table.num_rows} images; {sources.count('human')} labelled by a reviewer, "
+                   f"{sources.count('model')} by the model")
+        return
+    from imgclf_ray.report.export import to_csv, to_jsonl
+
+    from imgclf_ray.review.labels import LABEL_COLUMNS
+
+    shown = table.select([c for c in LABEL_COLUMNS if c in table.column_names])
+    blob = to_csv(shown, shown.column_names) if fmt == "csv" else to_jsonl(shown)
+    _write_out(blob, out, _storage(endpoint_url, region, profile))
+
+
+@main.group()
+def review() -> None:
+    """The review loop: select what a human should review, bring the answers back."""
+
+
+@review.command("select")
+@click.argument("sink_uri")
+@click.option("--budget", type=click.IntRange(min=1), required=True, help="How many images to review.")
+@click.option("--strategy", default="uncertainty", show_default=True,
+              help="uncertainty (the model least sure first) or random (the baseline).")
+@click.option("--measure", default="margin", show_default=True,
+              help="uncertainty: margin, entropy or least_confidence (multilabel: the label nearest 0.5; "
+              "hierarchical: the deepest uncertain node, whatever this says).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random selections.")
+@click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@_storage_options
+def review_select(sink_uri: str, budget: int, strategy: str, measure: str, seed: int, document_root: Optional[str],
+                  endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+    """Commit a review batch of the images a reviewer should see next: Label Studio tasks with the
+    model's answers as pre-annotations, the labeling config, a CSV, and the batch's record."""
+    from imgclf_ray.io.sink import Sink
+    from imgclf_ray.review.select import commit_batch
+
+    record = commit_batch(Sink(sink_uri, _storage(endpoint_url, region, profile)), budget, strategy, measure, seed,
+                          document_root)
+    click.echo(f"review batch {record['batch_id']}: {record['images']} images ({strategy}"
+               f"{', ' + record['measure'] if record['measure'] else ''})\n"
+               f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
+               f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"
+               f"  csv    : {record['uri']}/batch.csv")
+
+
+@review.command("ingest")
+@click.argument("file")
+@click.option("--sink", "sink_uri", required=True, help="The sink whose images were reviewed.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "label-studio", "label-studio-min", "csv"]),
+              default="auto", show_default=True, help="Label Studio's JSON or JSON-MIN export, or a CSV "
+              "of image_id,label.")
+@_storage_options
+def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str], region: Optional[str],
+                  profile: Optional[str]) -> None:
+    """Bring reviewers' answers into the sink's human-labels table (ingesting a file twice adds nothing)."""
+    from imgclf_ray.io.sink import Sink
+    from imgclf_ray.io.storage import read_bytes
+    from imgclf_ray.review.ingest import ingest
+
+    storage = _storage(endpoint_url, region, profile)
+    try:
+        blob = read_bytes(file, storage)
+    except FileNotFoundError:
+        raise UserError(f"{file}: no such file") from None
+    done = ingest(Sink(sink_uri, storage), blob, fmt, file)
+    click.echo(f"ingested {done.added} reviews into {sink_uri}"
+               + (f" ({done.already} already there)" if done.already else "")
+               + (f"; {done.cancelled} cancelled annotations skipped" if done.cancelled else "")
+               + (f"; {done.stale} of images changed since their task (kept, marked stale, not applied)"
+                  if done.stale else ""))
+    if done.unknown:
+        shown = ", ".join(done.unknown[:5]) + (" ..." if len(done.unknown) > 5 else "")
+        click.echo(f"warning: {len(done.unknown)} answers name images this sink never labelled, left out: {shown}",
+                   err=True)
+
+
+@main.command()
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option("--sink", "sink_uri", default=None, help="Sink location: RUN_A and RUN_B are then run ids "
@@ -555,12 +646,17 @@ def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str
            region: Optional[str], profile: Optional[str]) -> None:
     """Export rows of a committed run for review: CSV, JSON Lines, or Label Studio tasks with
     the predicted choice and score as pre-annotations."""
-    import sys
-
     from imgclf_ray.report.export import export_run
 
     storage = _storage(endpoint_url, region, profile)
     blob, n = export_run(output_uri, run_id, fmt, where, sort, limit, document_root, storage)
+    _write_out(blob, out, storage, f"{n} {'tasks' if fmt == 'label-studio' else 'rows'}")
+
+
+def _write_out(blob: bytes, out: Optional[str], storage, what: str = "") -> None:
+    """``blob`` to the file ``out`` (local or s3://), or to standard output for '-' or none."""
+    import sys
+
     if out is None or out == "-":
         sys.stdout.buffer.write(blob)
         sys.stdout.flush()
@@ -569,7 +665,7 @@ def export(output_uri: str, run_id: Optional[str], fmt: str, where: Optional[str
 
     fs, path = filesystem(out, storage)
     fs.pipe_file(path, blob)
-    click.echo(f"{n} {'tasks' if fmt == 'label-studio' else 'rows'} written to {out}", err=True)
+    click.echo(f"{what + ' ' if what else ''}written to {out}", err=True)
 
 
 @main.command()

@@ -179,10 +179,11 @@ def to_jsonl(table: pa.Table) -> bytes:
                     for row in table.to_pylist())
 
 
-def to_csv(table: pa.Table) -> bytes:
+def to_csv(table: pa.Table, columns: Optional[list[str]] = None) -> bytes:
+    """CSV of ``columns`` (default: a run's review columns, the flags and clusters); lists as JSON."""
     out = io.StringIO()
-    names = [c for c in CSV_COLUMNS if c in table.schema.names]
-    names += [c for c in table.schema.names if c.startswith(("is_", "cluster")) and c not in names]
+    names = columns or [c for c in CSV_COLUMNS if c in table.schema.names]
+    names += [c for c in table.schema.names if c.startswith(("is_", "cluster")) and c not in names and not columns]
     writer = csv.writer(out)
     writer.writerow(names)
     for row in table.select(names).to_pylist():

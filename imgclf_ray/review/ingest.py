@@ -1,0 +1,243 @@
+"""`imgclf review ingest`: reviewers' answers into the sink's human-labels table.
+
+Reads Label Studio's JSON export (tasks with ``annotations``), its JSON-MIN export (one flat record
+per annotation) or a CSV of ``image_id,label`` (``|`` between a multilabel answer's labels, ``/``
+in a hierarchical path). Cancelled annotations are skipped; an answer already ingested (same image,
+annotation, answer, annotator and time) adds nothing; a label the batch's model does not know is
+refused naming the valid ones, before anything is written; an image id the sink never labelled is
+reported, not guessed; a review of an image whose content changed since its task was made (etag)
+is kept, marked stale, and not applied. Two reviews of one image are both kept: the latest counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgclf_ray.errors import UserError
+from imgclf_ray.io.sink import Sink
+from imgclf_ray.io.sink.layout import put_atomic
+from imgclf_ray.io.storage import join
+from imgclf_ray.messages import printable
+from imgclf_ray.review.labels import (LABELS_DIR, LOCK_NAME, REVIEW_SCHEMA, REVIEWS_SUFFIX, latest_model_rows,
+                                      reviews)
+
+FORMATS = ("auto", "label-studio", "label-studio-min", "csv")
+
+
+@dataclass
+class Answer:
+    image_id: str
+    labels: list[str]  # the chosen classes (one unless multilabel)
+    path: Optional[list[str]] = None  # hierarchical: root to leaf
+    annotator: Optional[str] = None
+    reviewed_at: Optional[datetime] = None
+    annotation: str = ""  # the tool's id of the annotation, when it has one
+    uri: Optional[str] = None
+    etag: Optional[str] = None
+    batch_id: Optional[str] = None
+    model_label: Optional[str] = None
+    model_score: Optional[float] = None
+
+
+@dataclass
+class Parsed:
+    answers: list[Answer] = field(default_factory=list)
+    cancelled: int = 0
+    source: str = ""
+
+
+def _time(value: Any) -> Optional[datetime]:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _who(value: Any) -> Optional[str]:
+    if isinstance(value, dict):
+        value = value.get("email") or value.get("id")
+    return None if value is None else str(value)
+
+
+def _result(items: list) -> tuple[list[str], Optional[list[str]]]:
+    """(labels, path) of an annotation's result items (Choices or Taxonomy)."""
+    labels: list[str] = []
+    path = None
+    for item in items or []:
+        value = item.get("value") or {}
+        if "choices" in value:
+            labels += [str(c) for c in value["choices"]]
+        elif value.get("taxonomy"):
+            path = [str(c) for c in value["taxonomy"][0]]
+            labels.append("/".join(path))
+    return labels, path
+
+
+def _task_facts(data: dict) -> dict[str, Any]:
+    return {"uri": data.get("uri"), "etag": data.get("etag"), "batch_id": data.get("batch_id"),
+            "model_label": data.get("model_label"), "model_score": data.get("model_score")}
+
+
+def parse_label_studio(tasks: list) -> Parsed:
+    out = Parsed(source="label-studio")
+    for task in tasks:
+        data = task.get("data") or {}
+        image_id = data.get("image_id")
+        for ann in task.get("annotations") or []:
+            if ann.get("was_cancelled"):
+                out.cancelled += 1
+                continue
+            labels, path = _result(ann.get("result"))
+            if not labels:
+                continue
+            out.answers.append(Answer(str(image_id) if image_id is not None else "", labels, path,
+                                      _who(ann.get("completed_by")), _time(ann.get("updated_at") or ann.get("created_at")),
+                                      str(ann.get("id", "")), **_task_facts(data)))
+    return out
+
+
+def parse_label_studio_min(records: list) -> Parsed:
+    """JSON-MIN: the task's data fields, the control's answer under its name (a string, a list,
+    or {"choices": [...]} / {"taxonomy": [[...]]}), and annotator, annotation_id, created_at,
+    updated_at."""
+    from imgclf_ray.review.select import FROM_NAME
+
+    out = Parsed(source="label-studio-min")
+    for rec in records:
+        answer = rec.get(FROM_NAME)
+        path = None
+        if isinstance(answer, dict) and answer.get("taxonomy"):
+            path = [str(c) for c in answer["taxonomy"][0]]
+            labels = ["/".join(path)]
+        elif isinstance(answer, dict):
+            labels = [str(c) for c in answer.get("choices", [])]
+        elif isinstance(answer, list):
+            labels = [str(c) for c in answer]
+        elif answer is None or answer == "":
+            continue
+        else:
+            labels = [str(answer)]
+        out.answers.append(Answer(str(rec.get("image_id", "")), labels, path, _who(rec.get("annotator")),
+                                  _time(rec.get("updated_at") or rec.get("created_at")),
+                                  str(rec.get("annotation_id", "")), **_task_facts(rec)))
+    return out
+
+
+def parse_csv(text: str) -> Parsed:
+    out = Parsed(source="csv")
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
+        raise UserError("a review CSV needs the columns image_id and label (optional: annotator, reviewed_at)")
+    for rec in reader:
+        value = (rec.get("label") or "").strip()
+        if not value:
+            continue
+        labels = [v.strip() for v in value.split("|") if v.strip()]
+        path = value.split("/") if "/" in value and len(labels) == 1 else None
+        out.answers.append(Answer(rec["image_id"].strip(), labels, path, rec.get("annotator") or None,
+                                  _time(rec.get("reviewed_at"))))
+    return out
+
+
+def parse(blob: bytes, fmt: str = "auto", name: str = "") -> Parsed:
+    """The answers in a review file (``fmt`` auto: JSON with ``annotations`` is Label Studio's
+    export, other JSON its JSON-MIN, anything else a CSV)."""
+    text = blob.decode("utf-8", errors="replace")
+    if fmt == "csv" or (fmt == "auto" and not text.lstrip().startswith(("[", "{"))):
+        return parse_csv(text)
+    try:
+        records = json.loads(text)
+    except ValueError:
+        raise UserError(f"{name or 'the review file'}: not JSON, and not a CSV either (--format)") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise UserError(f"{name or 'the review file'}: expected Label Studio's export (a JSON list of tasks)")
+    if fmt == "label-studio" or (fmt == "auto" and any("annotations" in r for r in records)):
+        return parse_label_studio(records)
+    return parse_label_studio_min(records)
+
+
+def _key(a: Answer) -> str:
+    facts = [a.image_id, a.annotation, "|".join(a.labels), a.annotator or "", a.reviewed_at.isoformat() if a.reviewed_at else ""]
+    return hashlib.sha256("\x1f".join(facts).encode()).hexdigest()[:32]
+
+
+def _valid_labels(sink: Sink) -> tuple[str, set[str]]:
+    """(task, the labels an answer may name) from the sink's latest night with images."""
+    runs = [r for r in sink.list_runs() if r.get("rows")]
+    if not runs:
+        raise UserError(f"{sink.uri}: no committed night with images: nothing to review")
+    facts = runs[-1]
+    return facts.get("task") or "multiclass", set(facts.get("labels") or [])
+
+
+@dataclass
+class Ingested:
+    added: int
+    already: int
+    cancelled: int
+    unknown: list[str]
+    stale: int
+    file: Optional[str]
+
+
+def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingested:
+    """Parse, check and commit the answers of one review file (see the module's docstring)."""
+    from imgclf_ray.io.lock import RunLock
+
+    parsed = parse(blob, fmt, name)
+    task, valid = _valid_labels(sink)
+    for a in parsed.answers:
+        wrong = [label for label in a.labels if label not in valid]
+        if valid and wrong:
+            raise UserError(f"{name or 'the review file'}: image {printable(a.image_id)}: unknown label "
+                            f"{printable(wrong[0])!r}; the model's labels: {', '.join(sorted(valid))}; nothing was ingested")
+        if task != "multilabel" and len(a.labels) > 1:
+            raise UserError(f"{name or 'the review file'}: image {printable(a.image_id)}: {len(a.labels)} labels for a "
+                            f"{task} model (one expected); nothing was ingested")
+    with RunLock(sink.uri, LOCK_NAME, uuid.uuid4().hex[:12], sink.storage, name=LOCK_NAME):
+        model = latest_model_rows(sink, ["image_id", "uri", "etag"])
+        current = {r["image_id"]: r for r in model.to_pylist()}
+        seen = set(reviews(sink).column("review_key").to_pylist())
+        rows, unknown, already, stale = [], [], 0, 0
+        now = datetime.now(timezone.utc)
+        ingest_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        for a in parsed.answers:
+            if a.image_id not in current:
+                unknown.append(a.image_id)
+                continue
+            key = _key(a)
+            if key in seen:
+                already += 1
+                continue
+            seen.add(key)
+            now_etag = current[a.image_id]["etag"]
+            is_stale = a.etag is not None and now_etag is not None and a.etag != now_etag
+            stale += is_stale
+            rows.append({"image_id": a.image_id, "uri": a.uri or current[a.image_id]["uri"],
+                         "etag": a.etag if a.etag is not None else now_etag, "label": a.labels[0] if len(a.labels) == 1 else None,
+                         "labels": a.labels, "label_path": a.path, "annotator": a.annotator,
+                         "reviewed_at": a.reviewed_at or now, "batch_id": a.batch_id, "model_label": a.model_label,
+                         "model_score": a.model_score, "stale": is_stale, "review_key": key, "source": parsed.source,
+                         "ingest_id": ingest_id, "ingested_at": now})
+        where = None
+        if rows:
+            out = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows, REVIEW_SCHEMA), out)
+            folder = join(sink.root, LABELS_DIR)
+            sink.fs.makedirs(folder, exist_ok=True)
+            where = join(folder, ingest_id + REVIEWS_SUFFIX)
+            put_atomic(sink.fs, where, out.getvalue())
+    return Ingested(len(rows), already, parsed.cancelled, unknown, stale, where)
