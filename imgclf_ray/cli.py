@@ -234,7 +234,7 @@ def curate(job: str, overrides: tuple[str, ...], run_id: Optional[str], address:
 
     interrupts.resume(f"run {run_id}", f"rerun with --run-id {run_id} to resume")
     _prepare_example(spec)
-    result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose)
+    result = run_job(spec, run_id=run_id, quiet=quiet, verbose=verbose, redirect_ray=True)
     click.echo(format_summary(result))
 
 
@@ -458,7 +458,7 @@ def evaluate(job: str, overrides: tuple[str, ...], run_id: Optional[str], quiet:
 
     interrupts.resume("the evaluation run", "run the same command again")
     _prepare_example(spec)
-    result, metrics = evaluate_job(spec, quiet=quiet)
+    result, metrics = evaluate_job(spec, quiet=quiet, redirect_ray=True)
     click.echo(format_metrics(metrics))
     from imgclf_ray.evaluate import EVALUATION_FILE
 

@@ -30,7 +30,10 @@ def _single_label(rows: list[dict[str, Any]], labels: list[str], task: str, thre
     out: dict[str, Any] = {
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
         "balanced_accuracy": round(float(balanced_accuracy_score(y_true, y_pred)), 4),
-        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
+        # Over the classes the archive or the model's answers hold (scikit-learn's default): a class
+        # of the model that appears in neither has no F1 to average.
+        "macro_f1": round(float(f1_score(y_true, y_pred, labels=[lab for lab in labels if lab in {*y_true, *y_pred}],
+                                         average="macro", zero_division=0)), 4),
         "per_class": _per_class(y_true, y_pred, labels),
         "confusion_matrix": {"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
     }
@@ -137,7 +140,8 @@ def _leaf_paths(model_uri: str, storage) -> dict[str, list[str]]:
     return paths
 
 
-def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbose: bool = False):
+def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbose: bool = False,
+                 redirect_ray: bool = False):
     """Run the job on its labelled archive and score the committed output against the true labels.
 
     Writes ``_evaluation.json`` into the run's folder (never into the user's model folder: a job
@@ -156,7 +160,7 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
         raise SpecError("source.labels: imgclf evaluate needs true labels (e.g. source.labels.kind: folder)")
     if spec.model is None:
         raise SpecError("model: imgclf evaluate needs a model to evaluate")
-    result = run_job(spec, run_id, quiet=quiet, verbose=verbose)
+    result = run_job(spec, run_id, quiet=quiet, verbose=verbose, redirect_ray=redirect_ray)
     info = describe_artifact(spec.model.uri, spec.storage)
     columns = ["status", "label", "labels", "label_path", "class_scores", "true_label"]
     rows = sink.read_rows(result.output_uri, columns, spec.storage).to_pylist()

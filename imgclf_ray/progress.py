@@ -82,7 +82,8 @@ class Progress:
         text += f" {self.unit}"
         if self.rows is not None:
             text += f" ({self.rows} rows)"
-        text += f", {rate:.1f} {self.unit}/s, elapsed {_fmt_eta(elapsed)}"
+        pace = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or not self.count else f"{1 / rate:.0f} s/{self.unit}"
+        text += f", {pace}, elapsed {_fmt_eta(elapsed)}"
         if self.total and rate > 0 and self.count < self.total:
             text += f", ETA {_fmt_eta((self.total - self.count) / rate)}"
         return text

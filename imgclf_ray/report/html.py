@@ -365,6 +365,14 @@ def _truth(ok: pa.Table, from_folder: bool) -> Optional[list[str]]:
 
 
 def _confusion(truth: list[Optional[str]], predicted: list[str]) -> str:
+    import warnings
+
+    with warnings.catch_warnings():  # one label only: scikit-learn warns that its matrices are 1x1, as they are
+        warnings.simplefilter("ignore", UserWarning)
+        return _confusion_html(truth, predicted)
+
+
+def _confusion_html(truth: list[Optional[str]], predicted: list[str]) -> str:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     pairs = [(t, p) for t, p in zip(truth, predicted) if t is not None]

@@ -45,6 +45,11 @@ class DryRun:
             lines.append(f"  model   : {self.model['framework']} {self.model['task']}, "
                          f"{self.model['labels']} labels, {self.model['model_id']}")
         p = self.plan
+        if p.get("executor") == "local":
+            lines.append(f"  plan    : run.executor local: the model in this process ({p['device']}, batch "
+                         f"{p['batch_size']}), {p['decode_workers']} decode worker processes of "
+                         f"{p['decode_batch_size']} files each (this machine: {p['cluster_cpus']:g} CPUs)")
+            return "\n".join(lines)
         lines.append(f"  plan    : {p['actors']} predictor actors x {p['cpus_per_actor']} CPU / "
                      f"{p['gpus_per_actor']} GPU on {p['device']}, batch {p['batch_size']}; decode tasks of "
                      f"{p['decode_batch_size']} files x {p['decode_cpus']} CPU (cluster: {p['cluster_cpus']:g} "
@@ -66,7 +71,11 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     selected = select(spec, info.model_id if info else None, "off", run_id)  # exactly as the run selects
     seconds = time.perf_counter() - started
     run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
-    plan = {**asdict(run.resources), "device": run.resources.device}
+    plan = {**asdict(run.resources), "device": run.resources.device, "executor": spec.run.executor}
+    if spec.run.executor == "local":
+        from imgclf_ray.runner.local import decode_workers
+
+        plan["decode_workers"] = decode_workers(run.resources, info is None or info.framework == "sklearn")
     model = None if info is None else {"framework": info.framework, "task": info.task,
                                        "labels": len(info.labels or []), "model_id": info.model_id}
     return DryRun(run_id, spec.source.inventory or spec.source.uri, selected.listed, selected.skipped,
