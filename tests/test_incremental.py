@@ -32,7 +32,9 @@ def _archive(root: Path, start: int, n: int) -> None:
 def _spec(root: Path, out: Path, model: str, **incremental):
     return parse_spec({"name": "nightly", "source": {"uri": str(root)}, "model": {"uri": model},
                        "sink": {"uri": str(out)}, "incremental": incremental,
-                       "resources": {"decode_batch_size": 8}}, "<test>")
+                       # The selection is the executors' one code: these nights run locally (the
+                       # partitioned and the inventory nights below run on Ray).
+                       "resources": {"decode_batch_size": 8}, "run": {"executor": "local"}}, "<test>")
 
 
 def _uris(out: Path, run_id: str) -> set[str]:

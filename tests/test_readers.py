@@ -32,7 +32,7 @@ def sink(ray_session, tmp_path_factory, tiny_model):
            "sink": {"uri": str(out), "layout": "date={date}/{run_id}"}, "incremental": {},
            "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}},
            "curate": {"checks": ["dark", "duplicate", "outlier"]},
-           "resources": {"decode_batch_size": 8}}
+           "resources": {"decode_batch_size": 8}, "run": {"executor": "local"}}  # the readers are the point
     _archive(archive, 0, 12)
     first = imgclf_ray.run(job, {"sink.run_date": "2026-11-28"}, run_id="n-2026-11-28")
     _archive(archive, 12, 6)
@@ -129,7 +129,8 @@ def delta_sink(ray_session, tmp_path_factory, tiny_model):
     archive, out = root / "archive", root / "out"
     job = {"name": "nightly", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
            "sink": {"uri": str(out), "format": "delta"}, "incremental": {},
-           "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}}, "resources": {"decode_batch_size": 8}}
+           "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}}, "resources": {"decode_batch_size": 8},
+           "run": {"executor": "local"}}
     _archive(archive, 0, 12)
     imgclf_ray.run(job, run_id="n1")
     _archive(archive, 12, 6)
