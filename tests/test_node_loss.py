@@ -5,15 +5,13 @@ listed image exactly once."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.support.jobs import read_run
+from tests.support.jobs import digits_subset, read_run
 
 
 @pytest.mark.slow
@@ -21,9 +19,7 @@ def test_losing_the_node_of_a_predictor_actor_mid_run_keeps_the_output_exact(dig
     # 150 digits: with the decode tasks held until the node is gone, the loss comes while all the
     # work remains however few the images; more would only make it longer.
     archive = tmp_path / "archive"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::12]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 12)
     n = sum(1 for _ in archive.rglob("*.png"))
     # Its own process: the cluster's driver cannot share the session's Ray instance.
     done = subprocess.run([sys.executable, "-m", "tests.node_loss_run", str(archive), tiny_model,

@@ -6,8 +6,6 @@ made once."""
 from __future__ import annotations
 
 import collections
-import shutil
-from pathlib import Path
 
 import fsspec.implementations.local as local_fs
 import pytest
@@ -16,6 +14,7 @@ from imgclf_ray.io import sink as sink_module
 from imgclf_ray.io.sink import STAGED_SUFFIX
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
+from tests.support.jobs import digits_subset
 
 
 @pytest.fixture
@@ -47,9 +46,7 @@ def test_each_staged_file_is_read_once_by_the_read_back_and_the_sink_made_once(
         counted, checks, reads_per_file, tiny_model, digits_archive, tmp_path):
     reads, sinks = counted
     archive = tmp_path / "archive"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::60]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 60)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: counted\nsource: {{uri: {archive}}}\nmodel: {{uri: {tiny_model}}}\n"
                    f"sink: {{uri: {tmp_path / 'out'}, max_rows_per_file: 10}}\nincremental: {{}}\n"

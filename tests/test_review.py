@@ -5,7 +5,6 @@ ingested (once, whatever the format), every refusal, stale reviews, and the curr
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,15 +21,14 @@ from imgclf_ray.review.labels import reviews
 from imgclf_ray.review.select import commit_batch
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
+from tests.support.jobs import digits_subset
 
 
 @pytest.fixture
 def night(tmp_path, digits_archive, tiny_model):
     """A sink with one committed night over 60 digits, and how to run the next one."""
     archive = tmp_path / "archive"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::30]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 30)
     job = tmp_path / "job.yaml"
     job.write_text(f"name: nightly\nsource: {{uri: {archive}}}\nmodel: {{uri: {tiny_model}}}\n"
                    f"sink: {{uri: {tmp_path / 'out'}}}\nincremental: {{}}\nrun: {{executor: local}}\n")

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, _free_port
-from tests.support.jobs import read_run
+from tests.support.jobs import digits_subset, read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -95,9 +95,7 @@ def imgclf(env, *args, timeout=300):
 @pytest.fixture()
 def job(tmp_path, digits_archive, tiny_model):
     archive = tmp_path / "archive"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::30]:  # 60 images
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 30)  # 60 images
     spec = tmp_path / "nightly.yaml"
     spec.write_text(JOB.format(archive=archive, model=tiny_model, sink=tmp_path / "out"))
     return spec, sum(1 for _ in archive.rglob("*.png")), tmp_path / "out"

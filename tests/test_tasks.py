@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.models.artifact import read_card
 from imgclf_ray.runner.job import execute
-from tests.support.jobs import make_spec, read_run
+from tests.support.jobs import digits_subset, make_spec, read_run
 
 pytestmark = pytest.mark.ray
 
@@ -58,9 +57,7 @@ def test_binary_faces_with_a_job_threshold(ray_session, faces_archive, faces_mod
 
 def test_multilabel_attributes_with_per_label_thresholds(ray_session, digits_archive, attributes_model, tmp_path):
     archive = tmp_path / "arch"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::45]:  # 40 digits, every class
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 45)  # 40 digits, every class
     spec = make_spec(str(archive), str(tmp_path / "out"), attributes_model,
                      model={"thresholds": {"prime": 0.3, "large": 0.7}})
     execute(spec, list_archive(spec.source), "attrs")

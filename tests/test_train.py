@@ -17,6 +17,7 @@ from imgclf_ray.models.hierarchy import describe_artifact
 from imgclf_ray.spec import load_spec, TrainSpec
 from imgclf_ray.training.trainer import train_job
 from tests.conftest import REPO
+from tests.support.jobs import digits_subset
 
 pytestmark = pytest.mark.ray
 
@@ -140,9 +141,7 @@ def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive,
 def test_cnn_trained_with_per_image_standardisation(ray_session, digits_archive, tmp_path):
     """normalize: per_image in training: no mean/std measured or recorded, and the artifact runs."""
     archive = tmp_path / "arch"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::6]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 6)
     metrics = _train("train/digits-cnn.yaml", f"data.uri={archive}", "example=null", f"model.output={tmp_path}/m",
                      "model.cnn.epochs=2", "model.preprocess.normalize=per_image",
                      "model.cnn.workers=0")  # the loop in this process (the quickstart trains on Ray Train)

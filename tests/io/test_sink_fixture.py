@@ -19,6 +19,7 @@ from imgclf_ray.io.sink import Sink
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
 from tests.conftest import REPO
+from tests.support.jobs import digits_subset
 
 FIXTURE = REPO / "tests" / "fixtures" / "sink-2026-12"
 
@@ -58,9 +59,7 @@ def test_an_old_sink_lists_reads_and_exports(old_sink):
 def test_an_old_sink_takes_a_new_night_and_a_replacement(old_sink, executor, tiny_model, digits_archive, tmp_path):
     fmt, where = old_sink
     archive = tmp_path / "archive"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[1::300]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 300, start=1)
     n = sum(1 for _ in archive.rglob("*.png"))
     job = tmp_path / "job.yaml"
     layout = ", layout: 'date={date}/{run_id}'" if fmt == "parquet" else ""

@@ -80,12 +80,10 @@ def test_hierarchical_through_ray_equals_routing_by_hand(ray_session, tree_model
 
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.runner.job import execute
-    from tests.support.jobs import make_spec, read_run
+    from tests.support.jobs import digits_subset, make_spec, read_run
 
     archive = tmp_path / "arch"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::60]:
-        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / src.parent.name / src.name)
+    digits_subset(digits_archive, archive, 60)
     spec = make_spec(str(archive), str(tmp_path / "out"), tree_model)
     result = execute(spec, list_archive(spec.source), "tree")
     rows = read_run(spec.sink.uri, "tree")

@@ -22,6 +22,7 @@ from imgclf_ray.models.artifact import read_card
 from imgclf_ray.runner.job import execute
 from imgclf_ray.spec import parse_spec
 from tests.curation.photos import photos
+from tests.support.jobs import digits_subset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZES = [(331, 247), (247, 331), (300, 301), (97, 140), (640, 480), (225, 224), (500, 333), (256, 256)]
@@ -346,16 +347,12 @@ def test_onnxruntime_runs_in_fp32_only():
 
 @pytest.mark.slow
 def test_fine_tune_an_imported_timm_model_then_evaluate(ray_session, digits_archive, timm_model, tmp_path):
-    import shutil
-
     from tests.test_train import REPO, _evaluation, _train
 
     folder, _ = timm_model
     imported(str(folder), "--format", "timm", "--out", str(tmp_path / "timm"))
     data = tmp_path / "digits"
-    for src in sorted(Path(digits_archive).rglob("*.png"))[::8]:
-        (data / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, data / src.parent.name / src.name)
+    digits_subset(digits_archive, data, 8)
     _train("train/digits-cnn.yaml", f"data.uri={data}", "example=null", f"model.output={tmp_path}/ft",
            "model.cnn.architecture=null", f"model.cnn.init_weights={tmp_path}/timm", "model.cnn.epochs=1", "model.cnn.workers=0",
            "model.preprocess={resize: 36, crop: 32, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -62,3 +63,13 @@ def _reap(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def digits_subset(digits_archive: str, archive: Path, every: int, start: int = 0) -> int:
+    """Every ``every``-th digit of the session's archive (from ``start``) copied into ``archive``,
+    in its class folder; returns how many."""
+    files = sorted(Path(digits_archive).rglob("*.png"))[start::every]
+    for src in files:
+        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / src.parent.name / src.name)
+    return len(files)
