@@ -97,10 +97,9 @@ def execute(spec: JobSpec, manifest, run_id: Optional[str] = None, progress: Mod
     RunLocked when another attempt of the run id is live. ``model``: the artifact's description
     when the caller read it (with ``attempt``: checked by ``refuse_before_work`` already).
     """
-    if attempt is None:  # a caller of its own (run_job refused what it must before its listing)
-        model = refuse_before_work(spec, model)
-    if attempt is not None:
+    if attempt is not None:  # run_job's: it refused what it must before its listing
         return _execute(attempt, manifest, listing or Listing(), model)
+    model = refuse_before_work(spec, model)
     with _locked(spec, run_id_of(spec, run_id), progress) as attempt:
         return _execute(attempt, manifest, listing or Listing(), model)
 
