@@ -17,7 +17,7 @@ from imgclf_ray.cli import main
 from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.review.ingest import ingest
-from imgclf_ray.review.labels import reviews
+from imgclf_ray.io.reviews import reviews
 from imgclf_ray.review.select import commit_batch
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
@@ -139,3 +139,35 @@ def test_refusals_unknown_images_csv_and_stale_reviews(night, tmp_path):
     assert row["label_source"] == "model" and row["run_id"] == "n2"
     out = CliRunner().invoke(main, ["review", "ingest", str(tmp_path / "nowhere.json"), "--sink", sink.uri])
     assert out.exit_code == 1 and "nowhere.json: no such file" in out.output
+
+
+def test_reviews_label_a_training_set(night, tmp_path):
+    """data.labels: {kind: reviewed}: the reviewers' answers that apply are the training labels
+    (optionally the folders' for images nobody reviewed); a review of older content is not used."""
+    from imgclf_ray.io.labels import attach_true_labels
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.models.artifact import read_card
+    from imgclf_ray.spec import SourceSpec, TrainSpec
+    from imgclf_ray.training.trainer import train_job
+    from tests.conftest import REPO
+
+    sink, archive, run = night
+    rows = imgclf_ray.read_run(sink.uri, "n1").to_pylist()
+    truth = {r["image_id"]: "class" + r["uri"].rsplit("/", 2)[-2] for r in rows}
+    half = sorted(truth)[:30]
+    assert ingest(sink, ("image_id,label\n" + "".join(f"{i},{truth[i]}\n" for i in half)).encode()).added == 30
+    source = SourceSpec(uri=str(archive), labels={"kind": "reviewed", "sink": sink.uri})
+    listed = list_archive(source)
+    labelled = attach_true_labels(listed, source).column("true_label").to_pylist()
+    by_uri = {r["uri"]: truth[r["image_id"]] for r in rows if r["image_id"] in half}
+    assert {u: t for u, t in zip(listed.column("uri").to_pylist(), labelled) if t} == by_uri
+    fallback = SourceSpec(uri=str(archive), labels={"kind": "reviewed", "sink": sink.uri, "folder_fallback": True})
+    assert all(attach_true_labels(listed, fallback).column("true_label").to_pylist())
+    # Every image reviewed: a model trained on the answers alone.
+    assert ingest(sink, ("image_id,label\n" + "".join(f"{i},{truth[i]}\n" for i in sorted(truth)[30:])).encode()).added == 30
+    metrics = train_job(load_spec(REPO / "jobs" / "train" / "digits-svm-pixels.yaml", [
+        f"data.uri={archive}", f"data.labels={{kind: reviewed, sink: {sink.uri}}}", "example=null",
+        f"model.output={tmp_path}/reviewed", "model.estimator={name: knn}"], TrainSpec))
+    card = read_card(f"{tmp_path}/reviewed")
+    assert card.labels == sorted(set(truth.values())) and card.training["unlabelled_images"] == 0
+    assert metrics["images"] == card.training["test_images"] == 12

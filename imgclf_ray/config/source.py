@@ -12,11 +12,16 @@ from imgclf_ray.config.base import DEFAULT_EXTENSIONS, PILLOW_MAX_IMAGE_PIXELS, 
 class LabelsSpec(Section):
     """Where the true labels of a labelled archive come from (for evaluate, and the report)."""
 
-    kind: Literal["folder", "table"] = Field(
+    kind: Literal["folder", "table", "reviewed"] = Field(
         "folder", description="folder: the image's folders below source.uri (root/<label>/x.jpg; "
         "root/fruit/apple/x.jpg gives the hierarchical path fruit/apple); table: a CSV or Parquet "
-        "table of uri -> label.")
+        "table of uri -> label; reviewed: the answers reviewers gave (imgclf review ingest) in the "
+        "sink named by `sink`, each image's latest that applies to its content (its etag).")
     table: Optional[str] = Field(None, description="The table's URI (kind: table); .csv or .parquet.")
+    sink: Optional[str] = Field(None, description="kind: reviewed: the sink whose human-labels table "
+                                "(<sink>/_reviews/) labels the images.")
+    folder_fallback: bool = Field(False, description="kind: reviewed: an image without a review takes its "
+                                  "folder's label (else it is left unlabelled).")
     uri_column: str = Field("uri", description="Its column of image URIs, full or relative to source.uri.")
     label_column: str = Field("label", description="Its column of labels: one label, a list joined by "
                               "the separator (multilabel), or a path fruit/apple (hierarchical).")
@@ -28,6 +33,8 @@ class LabelsSpec(Section):
     def _table_needs_uri(self) -> "LabelsSpec":
         if self.kind == "table" and not self.table:
             raise ValueError("kind: table needs table: <uri of a .csv or .parquet file>")
+        if self.kind == "reviewed" and not self.sink:
+            raise ValueError("kind: reviewed needs sink: <the sink whose reviews label the images>")
         return self
 
 

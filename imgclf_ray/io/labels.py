@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+from typing import Optional
 
 import pyarrow as pa
 
@@ -35,6 +36,34 @@ def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
     return pacsv.read_csv(io.BytesIO(blob))
 
 
+def _folder_labels(uris: list[str], root: str) -> list[Optional[str]]:
+    labels = []
+    for uri in uris:
+        rel = uri[len(root):] if uri.startswith(root) else posixpath.basename(uri)
+        labels.append(posixpath.dirname(rel) or None)
+    return labels
+
+
+def _reviewed_labels(manifest: pa.Table, spec, storage: StorageSpec) -> list[Optional[str]]:
+    """Each listed image's latest reviewer's answer that applies to the content listed (its etag):
+    a class, the labels joined by the separator (multilabel), or a path (hierarchical)."""
+    from imgclf_ray.io.reviews import latest_reviews, reviews
+    from imgclf_ray.io.sink import Sink
+
+    uris = manifest.column("uri").to_pylist()
+    found = latest_reviews(reviews(Sink(spec.sink, storage)), dict(zip(uris, manifest.column("etag").to_pylist())),
+                           key="uri")
+    by_uri = {}
+    for r in found.to_pylist():
+        if r["label_path"]:
+            by_uri[r["uri"]] = "/".join(r["label_path"])
+        elif r["labels"] and len(r["labels"]) != 1:
+            by_uri[r["uri"]] = spec.separator.join(r["labels"])
+        else:
+            by_uri[r["uri"]] = r["label"] or (r["labels"] or [None])[0]
+    return [by_uri.get(u) for u in uris]
+
+
 def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
     """The manifest with a ``true_label`` column (null for images the labels do not cover), and a
     ``split`` column when the labels table gives one (``split_column``)."""
@@ -44,11 +73,11 @@ def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageS
     root = _root_uri(source, storage).rstrip("/") + "/"
     uris = manifest.column("uri").to_pylist()
     if spec.kind == "folder":
-        labels = []
-        for uri in uris:
-            rel = uri[len(root):] if uri.startswith(root) else posixpath.basename(uri)
-            folder = posixpath.dirname(rel)
-            labels.append(folder or None)
+        labels = _folder_labels(uris, root)
+    elif spec.kind == "reviewed":
+        labels = _reviewed_labels(manifest, spec, storage)
+        if spec.folder_fallback:
+            labels = [h if h is not None else f for h, f in zip(labels, _folder_labels(uris, root))]
     else:
         table = _read_table(spec.table, storage)
         for column in (spec.uri_column, spec.label_column, *([spec.split_column] if spec.split_column else [])):

@@ -28,8 +28,8 @@ from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
 from imgclf_ray.messages import printable
-from imgclf_ray.review.labels import (LABELS_DIR, LOCK_NAME, REVIEW_SCHEMA, REVIEWS_SUFFIX, latest_model_rows,
-                                      reviews)
+from imgclf_ray.io.reviews import LABELS_DIR, LOCK_NAME, REVIEW_SCHEMA, REVIEWS_SUFFIX, reviews
+from imgclf_ray.review.labels import latest_model_rows
 
 FORMATS = ("auto", "label-studio", "label-studio-min", "csv")
 

@@ -26,7 +26,8 @@ from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
-from imgclf_ray.review.labels import BATCHES_DIR, LOCK_NAME, current_labels, reviews
+from imgclf_ray.io.reviews import BATCHES_DIR, LOCK_NAME, reviews
+from imgclf_ray.review.labels import current_labels
 
 BATCH_FILE = "_batch.json"
 FROM_NAME, TO_NAME = "label", "image"  # the labeling config's control and image names
