@@ -526,7 +526,10 @@ def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: 
     from imgclf_ray.io.sink import Sink
     from imgclf_ray.review.labels import current_labels
 
-    table = current_labels(Sink(sink_uri, _storage(endpoint_url, region, profile)))
+    sink = Sink(sink_uri, _storage(endpoint_url, region, profile))
+    if not sink.fs.exists(sink.root):
+        raise UserError(f"{sink_uri}: no such folder or prefix")
+    table = current_labels(sink)
     if fmt is None:
         sources = table.column("label_source").to_pylist() if table.num_rows else []
         click.echo(f"{sink_uri}: {table.num_rows} images; {sources.count('human')} labelled by a reviewer, "
@@ -573,6 +576,9 @@ def review_select(sink_uri: str, budget: int, strategy: str, measure: str, seed:
                f"  csv    : {record['uri']}/batch.csv")
 
 
+MAX_REVIEW_FILE = 256 * 2 ** 20  # bytes: far above any export of a review batch
+
+
 @review.command("ingest")
 @click.argument("file")
 @click.option("--sink", "sink_uri", required=True, help="The sink whose images were reviewed.")
@@ -587,16 +593,20 @@ def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str
     from imgclf_ray.io.storage import read_bytes
     from imgclf_ray.review.ingest import ingest
 
+    from imgclf_ray.io.storage import filesystem
+
     storage = _storage(endpoint_url, region, profile)
-    try:
-        blob = read_bytes(file, storage)
-    except FileNotFoundError:
-        raise UserError(f"{file}: no such file") from None
-    done = ingest(Sink(sink_uri, storage), blob, fmt, file)
+    fs, path = filesystem(file, storage)
+    if not fs.isfile(path):
+        raise UserError(f"{file}: no such file")
+    if fs.size(path) > MAX_REVIEW_FILE:
+        raise UserError(f"{file}: {fs.size(path):,} bytes; a review file holds at most {MAX_REVIEW_FILE:,} "
+                        "(split the export)")
+    done = ingest(Sink(sink_uri, storage), read_bytes(file, storage), fmt, file)
     click.echo(f"ingested {done.added} reviews into {sink_uri}"
                + (f" ({done.already} already there)" if done.already else "")
                + (f"; {done.cancelled} cancelled annotations skipped" if done.cancelled else "")
-               + (f"; {done.stale} of images changed since their task (kept, marked stale, not applied)"
+               + (f"; {done.stale} for images changed since their task (kept, marked stale, not applied)"
                   if done.stale else ""))
     if done.unknown:
         shown = ", ".join(done.unknown[:5]) + (" ..." if len(done.unknown) > 5 else "")

@@ -139,6 +139,24 @@ def test_refusals_unknown_images_csv_and_stale_reviews(night, tmp_path):
     assert row["label_source"] == "model" and row["run_id"] == "n2"
     out = CliRunner().invoke(main, ["review", "ingest", str(tmp_path / "nowhere.json"), "--sink", sink.uri])
     assert out.exit_code == 1 and "nowhere.json: no such file" in out.output
+    # Hostile or odd exports: one line each, nothing written, nothing of the file beyond 40 characters.
+    before = reviews(sink).num_rows
+    for blob, message in [
+        (b"\x00\xff" * 50, "a review CSV needs the columns image_id and label"),
+        (b"[" * 100_000, "not JSON"),
+        (b'{"a": 1}', "expected Label Studio's export"),
+        (json.dumps([{"data": "x", "annotations": "y"}, 3]).encode(), "expected Label Studio's export"),
+        (json.dumps([{"image_id": ids[0], "label": "class42" + "X" * 500}]).encode(), "unknown label 'class42XXXX"),
+    ]:
+        with pytest.raises(UserError, match=message) as refused:
+            ingest(sink, blob, name="odd.json")
+        assert "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX" not in str(refused.value)
+    # Empty answers and unusable times are no answers / no times; a BOM (Excel) CSV is a CSV.
+    odd = [{"image_id": ids[3], "label": {"choices": []}}, {"image_id": ids[3], "label": ""},
+           {"image_id": ids[3], "label": "class3", "updated_at": "0001-01-01T00:00:00+14:00", "annotation_id": 9}]
+    assert ingest(sink, json.dumps(odd).encode()).added == 1
+    assert ingest(sink, "\ufeffimage_id,label\n".encode() + f"{ids[3]},class4\n".encode()).added == 1
+    assert reviews(sink).num_rows == before + 2 and imgclf_ray.read_labels(sink.uri).num_rows == 60
 
 
 def test_reviews_label_a_training_set(night, tmp_path):

@@ -57,13 +57,32 @@ class Parsed:
 
 
 def _time(value: Any) -> Optional[datetime]:
-    if not isinstance(value, str) or not value:
+    """An ISO time in UTC; None for anything else, or for a year outside 1970-2999 (Label Studio
+    writes none, and Arrow and every reader can hold every time in that range)."""
+    if not isinstance(value, str) or not value or len(value) > 64:
         return None
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if 1970 <= when.year <= 2999 else None
+
+
+def _text(value: Any) -> Optional[str]:
+    """A plain field of a task (uri, etag, batch, the model's label): a string, or None."""
+    return value if isinstance(value, str) and len(value) <= 4096 else None
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _choices(value: Any) -> list[str]:
+    """Choices as Label Studio writes them: a list of strings (one string taken as one choice)."""
+    if isinstance(value, str):
+        return [value]
+    return [str(c) for c in value if isinstance(c, (str, int))] if isinstance(value, list) else []
 
 
 def _who(value: Any) -> Optional[str]:
@@ -72,40 +91,48 @@ def _who(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def _result(items: list) -> tuple[list[str], Optional[list[str]]]:
-    """(labels, path) of an annotation's result items (Choices or Taxonomy)."""
+def _result(items: Any) -> tuple[list[str], Optional[list[str]]]:
+    """(labels, path) of an annotation's result items of the batch's control (Choices or Taxonomy)."""
+    from imgclf_ray.review.select import FROM_NAME
+
     labels: list[str] = []
     path = None
-    for item in items or []:
-        value = item.get("value") or {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or item.get("from_name", FROM_NAME) != FROM_NAME:
+            continue
+        value = item.get("value") if isinstance(item.get("value"), dict) else {}
         if "choices" in value:
-            labels += [str(c) for c in value["choices"]]
-        elif value.get("taxonomy"):
-            path = [str(c) for c in value["taxonomy"][0]]
-            labels.append("/".join(path))
+            labels += _choices(value["choices"])
+        elif isinstance(value.get("taxonomy"), list) and value["taxonomy"]:
+            path = _choices(value["taxonomy"][0])
+            labels += ["/".join(path)] if path else []
     return labels, path
 
 
 def _task_facts(data: dict) -> dict[str, Any]:
-    return {"uri": data.get("uri"), "etag": data.get("etag"), "batch_id": data.get("batch_id"),
-            "model_label": data.get("model_label"), "model_score": data.get("model_score")}
+    return {"uri": _text(data.get("uri")), "etag": _text(data.get("etag")), "batch_id": _text(data.get("batch_id")),
+            "model_label": _text(data.get("model_label")), "model_score": _number(data.get("model_score"))}
+
+
+def _image_id(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value)[:200])
 
 
 def parse_label_studio(tasks: list) -> Parsed:
     out = Parsed(source="label-studio")
     for task in tasks:
-        data = task.get("data") or {}
-        image_id = data.get("image_id")
-        for ann in task.get("annotations") or []:
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        annotations = task.get("annotations") if isinstance(task.get("annotations"), list) else []
+        for ann in (a for a in annotations if isinstance(a, dict)):
             if ann.get("was_cancelled"):
                 out.cancelled += 1
                 continue
             labels, path = _result(ann.get("result"))
             if not labels:
                 continue
-            out.answers.append(Answer(str(image_id) if image_id is not None else "", labels, path,
+            out.answers.append(Answer(_image_id(data.get("image_id")), labels, path,
                                       _who(ann.get("completed_by")), _time(ann.get("updated_at") or ann.get("created_at")),
-                                      str(ann.get("id", "")), **_task_facts(data)))
+                                      str(ann.get("id", ""))[:64], **_task_facts(data)))
     return out
 
 
@@ -119,20 +146,18 @@ def parse_label_studio_min(records: list) -> Parsed:
     for rec in records:
         answer = rec.get(FROM_NAME)
         path = None
-        if isinstance(answer, dict) and answer.get("taxonomy"):
-            path = [str(c) for c in answer["taxonomy"][0]]
-            labels = ["/".join(path)]
+        if isinstance(answer, dict) and isinstance(answer.get("taxonomy"), list) and answer["taxonomy"]:
+            path = _choices(answer["taxonomy"][0])
+            labels = ["/".join(path)] if path else []
         elif isinstance(answer, dict):
-            labels = [str(c) for c in answer.get("choices", [])]
-        elif isinstance(answer, list):
-            labels = [str(c) for c in answer]
-        elif answer is None or answer == "":
-            continue
+            labels = _choices(answer.get("choices"))
         else:
-            labels = [str(answer)]
-        out.answers.append(Answer(str(rec.get("image_id", "")), labels, path, _who(rec.get("annotator")),
+            labels = [c for c in _choices(answer) if c]
+        if not labels:  # no answer (an empty choice is none)
+            continue
+        out.answers.append(Answer(_image_id(rec.get("image_id")), labels, path, _who(rec.get("annotator")),
                                   _time(rec.get("updated_at") or rec.get("created_at")),
-                                  str(rec.get("annotation_id", "")), **_task_facts(rec)))
+                                  str(rec.get("annotation_id", ""))[:64], **_task_facts(rec)))
     return out
 
 
@@ -140,33 +165,52 @@ def parse_csv(text: str) -> Parsed:
     out = Parsed(source="csv")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
-        raise UserError("a review CSV needs the columns image_id and label (optional: annotator, reviewed_at)")
+        raise UserError("a review CSV needs the columns image_id and label (optional: etag, batch_id, model_label, "
+                        "model_score, annotator, reviewed_at)")
     for rec in reader:
         value = (rec.get("label") or "").strip()
         if not value:
             continue
         labels = [v.strip() for v in value.split("|") if v.strip()]
         path = value.split("/") if "/" in value and len(labels) == 1 else None
-        out.answers.append(Answer(rec["image_id"].strip(), labels, path, rec.get("annotator") or None,
-                                  _time(rec.get("reviewed_at"))))
+        out.answers.append(Answer((rec.get("image_id") or "").strip(), labels, path, rec.get("annotator") or None,
+                                  _time(rec.get("reviewed_at")), "", **_task_facts(
+                                      {**rec, "model_score": _float(rec.get("model_score"))})))
     return out
+
+
+def _float(value: Optional[str]) -> Optional[float]:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def parse(blob: bytes, fmt: str = "auto", name: str = "") -> Parsed:
     """The answers in a review file (``fmt`` auto: JSON with ``annotations`` is Label Studio's
     export, other JSON its JSON-MIN, anything else a CSV)."""
-    text = blob.decode("utf-8", errors="replace")
+    what = name or "the review file"
+    text = blob.decode("utf-8-sig", errors="replace")  # a CSV as Excel saves it starts with a BOM
     if fmt == "csv" or (fmt == "auto" and not text.lstrip().startswith(("[", "{"))):
-        return parse_csv(text)
+        try:
+            return parse_csv(text)
+        except csv.Error:
+            raise UserError(f"{what}: not a CSV of image_id,label (nor JSON)") from None
     try:
         records = json.loads(text)
-    except ValueError:
-        raise UserError(f"{name or 'the review file'}: not JSON, and not a CSV either (--format)") from None
+    except (ValueError, RecursionError):
+        raise UserError(f"{what}: not JSON, and not a CSV either (--format)") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise UserError(f"{name or 'the review file'}: expected Label Studio's export (a JSON list of tasks)")
+        raise UserError(f"{what}: expected Label Studio's export (a JSON list of tasks)")
     if fmt == "label-studio" or (fmt == "auto" and any("annotations" in r for r in records)):
         return parse_label_studio(records)
     return parse_label_studio_min(records)
+
+
+def _shown(value: str) -> str:
+    """A value of the file as a message may quote it: printable, at most 40 characters."""
+    text = printable(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _key(a: Answer) -> str:
@@ -199,13 +243,15 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
 
     parsed = parse(blob, fmt, name)
     task, valid = _valid_labels(sink)
+    if task == "hierarchical":
+        raise UserError(f"{sink.uri}: reviews of a hierarchical model's labels are not supported yet")
     for a in parsed.answers:
         wrong = [label for label in a.labels if label not in valid]
         if valid and wrong:
-            raise UserError(f"{name or 'the review file'}: image {printable(a.image_id)}: unknown label "
-                            f"{printable(wrong[0])!r}; the model's labels: {', '.join(sorted(valid))}; nothing was ingested")
+            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: unknown label "
+                            f"{_shown(wrong[0])!r}; the model's labels: {', '.join(sorted(valid))}; nothing was ingested")
         if task != "multilabel" and len(a.labels) > 1:
-            raise UserError(f"{name or 'the review file'}: image {printable(a.image_id)}: {len(a.labels)} labels for a "
+            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {len(a.labels)} labels for a "
                             f"{task} model (one expected); nothing was ingested")
     with RunLock(sink.uri, LOCK_NAME, uuid.uuid4().hex[:12], sink.storage, name=LOCK_NAME):
         model = latest_model_rows(sink, ["image_id", "uri", "etag"])
@@ -216,7 +262,7 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
         ingest_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         for a in parsed.answers:
             if a.image_id not in current:
-                unknown.append(a.image_id)
+                unknown.append(_shown(a.image_id))
                 continue
             key = _key(a)
             if key in seen:

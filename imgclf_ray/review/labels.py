@@ -25,12 +25,13 @@ MODEL_COLUMNS = ["image_id", "uri", "etag", "status", "label", "labels", "score"
 def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None) -> pa.Table:
     """Each image's row of the latest committed night that processed it (the nights in commit
     order; a night with nothing new adds no row)."""
+    flags = columns is None  # the curation flags too (a review selection leaves flagged images out)
     columns = columns or MODEL_COLUMNS
     parts = []
     for order, run in enumerate(sink.list_runs()):
         if run.get("nothing_new") or not run.get("rows"):
             continue
-        rows = sink.run(run["uri"]).rows(lambda name: name in columns)
+        rows = sink.run(run["uri"]).rows(lambda name: name in columns or (flags and name.startswith("is_")))
         parts.append(rows.append_column("_night", pa.array(np.full(rows.num_rows, order, np.int64))))
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in columns})

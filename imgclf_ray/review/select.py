@@ -92,9 +92,11 @@ def _batches_of(sink: Sink) -> list[dict[str, Any]]:
     out = []
     for folder in sorted(sink.fs.ls(where, detail=False)):
         try:
-            out.append(json.loads(sink.fs.cat_file(join(folder, BATCH_FILE))))
-        except FileNotFoundError:  # a selection interrupted before its record: not a batch
+            record = json.loads(sink.fs.cat_file(join(folder, BATCH_FILE)))
+        except (OSError, ValueError):  # no record (an interrupted selection), or not a batch's folder
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
@@ -107,6 +109,8 @@ def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dic
     if not runs or not current.num_rows:
         raise UserError(f"{sink.uri}: no committed night with images to select from")
     facts = runs[-1]
+    if facts.get("task") == "hierarchical":
+        raise UserError(f"{sink.uri}: review batches of a hierarchical model are not supported yet")
     taken = {i for b in _batches_of(sink) for i in b.get("image_ids", [])}
     reviewed = set(reviews(sink).column("image_id").to_pylist())
     keep = pc.and_(pc.equal(current.column("status"), "ok"), pc.equal(current.column("label_source"), "model"))
@@ -188,12 +192,13 @@ def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional
     return json.dumps(out, indent=1).encode()
 
 
-def batch_csv(rows: pa.Table) -> bytes:
+def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
+    """The batch for a reviewer without Label Studio: fill ``label``, then ingest the file."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["image_id", "uri", "model_label", "model_score", "priority", "label"])
+    writer.writerow(["image_id", "uri", "etag", "batch_id", "model_label", "model_score", "priority", "label"])
     for r in rows.to_pylist():
-        writer.writerow([r["image_id"], r["uri"], r["model_label"], r["score"], r["priority"], ""])
+        writer.writerow([r["image_id"], r["uri"], r["etag"], batch_id, r["model_label"], r["score"], r["priority"], ""])
     return out.getvalue().encode()
 
 
@@ -211,7 +216,7 @@ def commit_batch(sink: Sink, budget: int, strategy: str = "uncertainty", measure
         batch_id = f"{strategy}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         task, labels = facts.get("task") or "multiclass", facts.get("labels") or []
         files = {"tasks.json": tasks_json(rows, task, batch_id, document_root),  # refusals first
-                 "labeling-config.xml": labeling_config(task, labels).encode(), "batch.csv": batch_csv(rows)}
+                 "labeling-config.xml": labeling_config(task, labels).encode(), "batch.csv": batch_csv(rows, batch_id)}
         folder = join(sink.root, BATCHES_DIR, batch_id)
         sink.fs.makedirs(folder, exist_ok=True)
         for name, blob in files.items():
