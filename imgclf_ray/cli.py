@@ -555,8 +555,8 @@ def review() -> None:
 @click.option("--strategy", default="uncertainty", show_default=True,
               help="uncertainty (the model least sure first) or random (the baseline).")
 @click.option("--measure", default="margin", show_default=True,
-              help="uncertainty: margin, entropy or least_confidence (multilabel: the label nearest 0.5; "
-              "hierarchical: the deepest uncertain node, whatever this says).")
+              help="uncertainty: margin, entropy or least_confidence (multilabel: the label nearest 0.5, "
+              "whatever this says).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random selections.")
 @click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
 @_storage_options

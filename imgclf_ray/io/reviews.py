@@ -7,8 +7,9 @@ Under ``<sink>/_reviews/`` (a folder readers of ``**/*.parquet`` skip, in files 
     _reviews/labels/<ingest>.reviews       one Parquet file per ingest (REVIEW_SCHEMA)
     _reviews/batches/<batch>/              one folder per selection (imgclf_ray.review.select)
 
-Every write is one atomic file (a PUT on an object store, a rename on a local disk) under the sink's
-``_reviews`` lock, so an interrupted ingest or selection leaves nothing half-written.
+Ingests and selections take the sink's ``_reviews`` lock. An ingest writes one file atomically (a
+PUT on an object store, a rename on a local disk); a selection writes its batch's record last, and a
+folder without one is no batch.
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ MODEL_COLUMNS = ["image_id", "uri", "etag", "status", "label", "labels", "score"
                  "label_path", "path_scores", "model_id", "run_id", "processed_at"]
 
 
-def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None) -> pa.Table:
+def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None, runs: Optional[list[dict]] = None) -> pa.Table:
     """Each image's row of the latest committed night that processed it (the nights in commit
-    order; a night with nothing new adds no row)."""
+    order, ``runs`` when the caller listed them; a night with nothing new adds no row)."""
     flags = columns is None  # the curation flags too (a review selection leaves flagged images out)
     columns = columns or MODEL_COLUMNS
     parts = []
-    for order, run in enumerate(sink.list_runs()):
+    for order, run in enumerate(sink.list_runs() if runs is None else runs):
         if run.get("nothing_new") or not run.get("rows"):
             continue
         rows = sink.run(run["uri"]).rows(lambda name: name in columns or (flags and name.startswith("is_")))
@@ -39,11 +39,12 @@ def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None) -> pa.Tab
     return last_per_image(table, "_night").drop_columns(["_night"])
 
 
-def current_labels(sink: Sink) -> pa.Table:
+def current_labels(sink: Sink, runs: Optional[list[dict]] = None) -> pa.Table:
     """One row per image the sink's nights labelled: ``label``/``labels``/``label_path`` are the
     latest human answer when one applies (``label_source`` "human"), else the latest model row's
-    ("model"); ``model_label``, ``score`` and ``class_scores`` are always the model's."""
-    model = latest_model_rows(sink)
+    ("model"); ``model_label``, ``score`` and ``class_scores`` are always the model's. ``runs``:
+    the sink's committed runs, when the caller listed them."""
+    model = latest_model_rows(sink, runs=runs)
     etags = dict(zip(model.column("image_id").to_pylist(), model.column("etag").to_pylist())) if model.num_rows else {}
     human = latest_reviews(reviews(sink), etags)
     by_id = {r["image_id"]: r for r in human.select(

@@ -2,9 +2,9 @@
 
 A batch is a folder ``<sink>/_reviews/batches/<batch_id>/``: ``tasks.json`` (Label Studio tasks,
 the model's answer and score as pre-annotations), ``labeling-config.xml`` (the labeling interface
-to create the Label Studio project with: Choices, ``choice="multiple"`` for multilabel, Taxonomy
-for hierarchical), ``batch.csv`` (the same images for a reviewer without Label Studio) and, written
-last, ``_batch.json`` (the record: strategy, its parameters, seed, model ids, labels, the images).
+to create the Label Studio project with: Choices, ``choice="multiple"`` for multilabel; a
+hierarchical model's batches are refused for now), ``batch.csv`` (the same images for a reviewer
+without Label Studio) and, written last, ``_batch.json`` (the record: strategy, its parameters, seed, model ids, labels, the images).
 """
 
 from __future__ import annotations
@@ -47,11 +47,7 @@ def _matrix(scores: list) -> np.ndarray:
 def uncertainty(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
     """How uncertain the model is about each row, higher first. multiclass and binary: ``margin``
     (1 - (p1 - p2)), ``entropy`` (of the class scores) or ``least_confidence`` (1 - p1);
-    multilabel: the score of the label nearest 0.5 (1 - 2 |p - 0.5|); hierarchical: the deepest
-    uncertain node (1 - the lowest score on the path)."""
-    if task == "hierarchical":
-        paths = rows.column("path_scores").to_pylist()
-        return np.array([1.0 - min(p) if p else 0.0 for p in paths])
+    multilabel: the score of the label nearest 0.5 (1 - 2 |p - 0.5|)."""
     p = _matrix(rows.column("class_scores").to_pylist())
     if task == "multilabel":
         return 1.0 - 2.0 * np.abs(p - 0.5).min(axis=1) if p.shape[1] else np.zeros(len(p))
@@ -104,8 +100,9 @@ def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dic
     """The images a batch may take: labelled by the model (status ok), with no human label that
     applies, in no earlier batch; quality-flagged ones (``is_*`` true) left out unless asked.
     Returns them and the latest night's manifest facts (task, labels)."""
-    current = current_labels(sink)
-    runs = [r for r in sink.list_runs() if r.get("rows")]
+    listed = sink.list_runs()
+    current = current_labels(sink, listed)
+    runs = [r for r in listed if r.get("rows")]
     if not runs or not current.num_rows:
         raise UserError(f"{sink.uri}: no committed night with images to select from")
     facts = runs[-1]
@@ -136,49 +133,27 @@ def select(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str 
     rows, facts = candidates(sink)
     if not rows.num_rows:
         return rows.append_column("priority", pa.array([], pa.float64())), facts
-    # The model columns are read only for the candidates' rows (the model's latest night).
     priority = entry.priority(rows, facts.get("task") or "multiclass", measure, np.random.default_rng(seed))
     ids = np.asarray(rows.column("image_id").to_pylist(), dtype=object)
-    order = np.lexsort((ids, -priority))[:budget].tolist() if rows.num_rows else []
-    chosen = rows.take(pa.array(order, pa.int64())) if order else rows.slice(0, 0)
-    return chosen.append_column("priority", pa.array(priority[order] if order else [], pa.float64())), facts
+    order = np.lexsort((ids, -priority))[:budget]
+    return rows.take(pa.array(order, pa.int64())).append_column("priority", pa.array(priority[order], pa.float64())), facts
 
 
 # -- the batch's files --------------------------------------------------------------------------
 
 def labeling_config(task: str, labels: list[str]) -> str:
-    """The Label Studio labeling interface for the batch's tasks."""
-    if task == "hierarchical":
-        tree: dict = {}
-        for label in labels:  # hierarchical labels are paths: "group/leaf"
-            node = tree
-            for part in label.split("/"):
-                node = node.setdefault(part, {})
-
-        def choices(node: dict, depth: int) -> str:
-            pad = "  " * depth
-            return "".join(f'{pad}<Choice value={quoteattr(k)}>\n{choices(v, depth + 1)}{pad}</Choice>\n' if v
-                           else f"{pad}<Choice value={quoteattr(k)}/>\n" for k, v in node.items())
-
-        body = f'  <Taxonomy name="{FROM_NAME}" toName="{TO_NAME}">\n{choices(tree, 2)}  </Taxonomy>\n'
-    else:
-        kind = "multiple" if task == "multilabel" else "single"
-        items = "".join(f"    <Choice value={quoteattr(label)}/>\n" for label in labels)
-        body = f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="{kind}" showInline="true">\n{items}  </Choices>\n'
+    """The Label Studio labeling interface for the batch's tasks (Choices: one, or several for a
+    multilabel model)."""
+    kind = "multiple" if task == "multilabel" else "single"
+    items = "".join(f"    <Choice value={quoteattr(label)}/>\n" for label in labels)
+    body = f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="{kind}" showInline="true">\n{items}  </Choices>\n'
     return f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n{body}</View>\n'
-
-
-def _answer(row: dict[str, Any], task: str) -> dict[str, Any]:
-    if task == "hierarchical":
-        return {"taxonomy": [list(row.get("model_label_path") or [row["model_label"]])]}
-    return {"choices": list(row.get("model_labels") or [row["model_label"]])}
 
 
 def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional[str]) -> bytes:
     """Label Studio's import: one task per image, the model's answer as a prediction."""
     from imgclf_ray.report.export import image_url
 
-    kind = "taxonomy" if task == "hierarchical" else "choices"
     out = []
     for row in rows.to_pylist():
         out.append({
@@ -186,8 +161,8 @@ def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional
                      "etag": row["etag"], "batch_id": batch_id, "model_label": row["model_label"],
                      "model_score": row["score"]},
             "predictions": [{"model_version": row["model_id"] or "imgclf", "score": row["score"],
-                             "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": kind,
-                                         "value": _answer(row, task)}]}],
+                             "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
+                                         "value": {"choices": list(row.get("model_labels") or [row["model_label"]])}}]}],
         })
     return json.dumps(out, indent=1).encode()
 
