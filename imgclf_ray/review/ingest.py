@@ -29,7 +29,7 @@ from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
 from imgclf_ray.messages import printable
 from imgclf_ray.io.reviews import LABELS_DIR, LOCK_NAME, REVIEW_SCHEMA, REVIEWS_SUFFIX, reviews
-from imgclf_ray.review.labels import latest_model_rows
+from imgclf_ray.review.labels import latest_model_rows, latest_night
 
 FORMATS = ("auto", "label-studio", "label-studio-min", "csv")
 
@@ -218,15 +218,6 @@ def _key(a: Answer) -> str:
     return hashlib.sha256("\x1f".join(facts).encode()).hexdigest()[:32]
 
 
-def _valid_labels(sink: Sink) -> tuple[str, set[str]]:
-    """(task, the labels an answer may name) from the sink's latest night with images."""
-    runs = [r for r in sink.list_runs() if r.get("rows")]
-    if not runs:
-        raise UserError(f"{sink.uri}: no committed night with images: nothing to review")
-    facts = runs[-1]
-    return facts.get("task") or "multiclass", set(facts.get("labels") or [])
-
-
 @dataclass
 class Ingested:
     added: int
@@ -242,7 +233,9 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
     from imgclf_ray.io.lock import RunLock
 
     parsed = parse(blob, fmt, name)
-    task, valid = _valid_labels(sink)
+    runs = sink.list_runs()
+    facts = latest_night(sink, runs)
+    task, valid = facts.get("task") or "multiclass", set(facts.get("labels") or [])
     if task == "hierarchical":
         raise UserError(f"{sink.uri}: reviews of a hierarchical model's labels are not supported yet")
     for a in parsed.answers:
@@ -254,7 +247,7 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
             raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {len(a.labels)} labels for a "
                             f"{task} model (one expected); nothing was ingested")
     with RunLock(sink.uri, LOCK_NAME, uuid.uuid4().hex[:12], sink.storage, name=LOCK_NAME):
-        model = latest_model_rows(sink, ["image_id", "uri", "etag"])
+        model = latest_model_rows(sink, ["image_id", "uri", "etag"], runs)
         current = {r["image_id"]: r for r in model.to_pylist()}
         seen = set(reviews(sink).column("review_key").to_pylist())
         rows, unknown, already, stale = [], [], 0, 0

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray.errors import UserError
 from imgclf_ray.io.reviews import last_per_image, latest_reviews, reviews
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.spec import StorageSpec
@@ -20,6 +21,15 @@ LABEL_COLUMNS = ["image_id", "uri", "etag", "label", "labels", "label_path", "la
 # The model columns the current labels read from every committed night.
 MODEL_COLUMNS = ["image_id", "uri", "etag", "status", "label", "labels", "score", "class_scores",
                  "label_path", "path_scores", "model_id", "run_id", "processed_at"]
+
+
+def latest_night(sink: Sink, runs: list[dict]) -> dict:
+    """The manifest of the sink's latest night with images (its task and labels are the ones a
+    review batch shows and an answer may name); UserError when there is none."""
+    with_rows = [r for r in runs if r.get("rows")]
+    if not with_rows:
+        raise UserError(f"{sink.uri}: no committed night with images to review")
+    return with_rows[-1]
 
 
 def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None, runs: Optional[list[dict]] = None) -> pa.Table:

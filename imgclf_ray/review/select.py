@@ -27,7 +27,7 @@ from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
 from imgclf_ray.io.reviews import BATCHES_DIR, LOCK_NAME, reviews
-from imgclf_ray.review.labels import current_labels
+from imgclf_ray.review.labels import current_labels, latest_night
 
 BATCH_FILE = "_batch.json"
 FROM_NAME, TO_NAME = "label", "image"  # the labeling config's control and image names
@@ -100,12 +100,9 @@ def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dic
     """The images a batch may take: labelled by the model (status ok), with no human label that
     applies, in no earlier batch; quality-flagged ones (``is_*`` true) left out unless asked.
     Returns them and the latest night's manifest facts (task, labels)."""
-    listed = sink.list_runs()
-    current = current_labels(sink, listed)
-    runs = [r for r in listed if r.get("rows")]
-    if not runs or not current.num_rows:
-        raise UserError(f"{sink.uri}: no committed night with images to select from")
-    facts = runs[-1]
+    runs = sink.list_runs()
+    facts = latest_night(sink, runs)
+    current = current_labels(sink, runs)
     if facts.get("task") == "hierarchical":
         raise UserError(f"{sink.uri}: review batches of a hierarchical model are not supported yet")
     taken = {i for b in _batches_of(sink) for i in b.get("image_ids", [])}
