@@ -4,9 +4,10 @@ Checks that compare an image with the rest of the archive cannot be decided one 
 After the pipeline has staged every row (and before anything is committed) this pass runs as Ray
 tasks, map-reduce style, so no step needs the whole archive in one process:
 
-1. scan (one task per staged file): the counts of each distinct sqrt(width x height) (an archive
-   holds few distinct image sizes, so exact quartiles need no more); per-class sums of the
-   self-confidence for label issues; the rows' ``pixel_hash`` and their perceptual-hash *bands*
+1. scan (one task per scan-inputs file: the ok rows' columns the checks need, which the writer
+   kept beside what it staged, so this pass reads no staged file before its rewrite): the counts
+   of each distinct sqrt(width x height) (an archive holds few distinct image sizes, so exact
+   quartiles need no more); per-class sums of the self-confidence for label issues; the rows' ``pixel_hash`` and their perceptual-hash *bands*
    routed into P partitions by hash.
 2. reduce (one task per partition): exact duplicates = rows sharing a ``pixel_hash``; near-duplicate
    candidates = rows sharing a band. With radius r the 64 hash bits are cut into r + 1 bands, so
@@ -17,7 +18,8 @@ tasks, map-reduce style, so no step needs the whole archive in one process:
 3. the driver links the near-duplicate links into groups (union-find over the links only), drops
    the near groups that are exactly a duplicate group (as cleanvision does), and merges the size
    counts into the archive's quartiles.
-4. rewrite (one task per staged file): adds the archive-wide scores and flags to each row.
+4. rewrite (one task per staged file, its one read): adds the archive-wide scores and flags to
+   each row.
 
 The Ray orchestration of these plain functions is ``runner.passes.archive_checks``. Definitions are
 cleanvision's: odd size by the IQR rule on sqrt(area), every member of a duplicate set flagged,
@@ -41,10 +43,6 @@ from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK
 from imgclf_ray.io.storage import filesystem
 from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import CurateSpec, StorageSpec
-
-_SCAN_COLUMNS = ["image_id", "uri", "status", "width", "height", "pixel_hash", "phash",
-                 "class_scores", "true_label"]
-
 
 def _read(fs, path: str, columns: Optional[list[str]] = None) -> pa.Table:
     with fs.open(path, "rb") as f:
@@ -286,6 +284,7 @@ class ArchiveCheck:
 
     shuffle = False
     after: tuple[str, ...] = ()  # checks whose facts its merge reads (merged first)
+    columns: tuple[str, ...] = ()  # what its scan reads of the ok rows (the writer keeps them)
 
     def scan(self, ok: pa.Table, job: Pass) -> tuple[Any, list[pa.Table]]:
         return None, []
@@ -306,6 +305,8 @@ class ArchiveCheck:
 class OddSize(ArchiveCheck):
     """cleanvision's odd size: the IQR rule on sqrt(width x height) over the whole run; the scan
     keeps the counts of each distinct size (an archive holds few), so the quartiles are exact."""
+
+    columns = ("width", "height")
 
     def scan(self, ok, job):
         width = ok.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -343,6 +344,7 @@ class Duplicate(ArchiveCheck):
     """Exact duplicates: rows sharing a ``pixel_hash``, shuffled by hash; every member flagged."""
 
     shuffle = True
+    columns = ("image_id", "uri", "pixel_hash")
 
     def scan(self, ok, job):
         hashed = ok.filter(pc.is_valid(ok.column("pixel_hash")))
@@ -373,6 +375,7 @@ class NearDuplicate(ArchiveCheck):
 
     shuffle = True
     after = ("duplicate",)
+    columns = ("image_id", "uri", "phash")
 
     def scan(self, ok, job):
         radius = job.curate.near_duplicate_radius
@@ -399,6 +402,8 @@ class NearDuplicate(ArchiveCheck):
 class LabelIssue(ArchiveCheck):
     """cleanlab's confident learning: per-class thresholds (the mean self-confidence of the rows
     given that label) over the whole run, then each row decided against them."""
+
+    columns = ("class_scores", "true_label")
 
     def scan(self, ok, job):
         if not job.labels:
@@ -456,13 +461,38 @@ def archive_checks(checks) -> tuple[str, ...]:
     return tuple(ordered)
 
 
+# -- the scan inputs, kept by the writer (both executors) -----------------------------------------
+
+def scan_columns(checks: tuple[str, ...]) -> tuple[str, ...]:
+    """What the archive checks ``checks`` scan of the ok rows (empty: nothing to keep)."""
+    out: list[str] = []
+    for name in checks:
+        out += [c for c in check_of(name).columns if c not in out]
+    return tuple(out)
+
+
+def scan_rows(t: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """The ok rows' ``columns`` of rows being staged: what the writer keeps for the scan."""
+    return t.filter(pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False)).select(list(columns))
+
+
+def scan_inputs(kept: list[pa.Table], columns: tuple[str, ...]) -> bytes:
+    """``scan_rows`` of what one writer staged, as the Parquet file it keeps beside them (named
+    ``*.scan`` in the staging folder: discarded with it, never committed), so that the archive
+    scan does not read the staged files: each is read once after it is written, by the rewrite."""
+    empty = pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in columns})
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.concat_tables([empty, *[k.cast(empty.schema) for k in kept]]), buf)
+    return buf.getvalue().to_pybytes()
+
+
 # -- the pass's tasks (runner.passes.archive_checks orchestrates them) ------------------------------
 
 def scan(uri: str, job: Pass) -> tuple:
-    """One staged file's ok rows through each check's scan: ({check: stats}, then the parts of
-    each shuffled check, ``job.partitions`` each, in ``job.shuffled()`` order)."""
-    t = _read(*filesystem(uri, job.storage), _SCAN_COLUMNS)
-    ok = t.filter(pc.equal(t.column("status"), STATUS_OK))
+    """One scan-inputs file (the ok rows one writer staged) through each check's scan: ({check:
+    stats}, then the parts of each shuffled check, ``job.partitions`` each, in ``job.shuffled()``
+    order)."""
+    ok = _read(*filesystem(uri, job.storage))
     stats, parts = {}, []
     for name, check in job.each():
         stats[name], found = check.scan(ok, job)

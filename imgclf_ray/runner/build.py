@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 
-from imgclf_ray.io import sink
 from imgclf_ray.planner import Plan
 from imgclf_ray.registry import CURATION_CHECKS
 from imgclf_ray.spec import JobSpec
@@ -166,21 +165,10 @@ class RayEngine:
 
     def classify(self, run: "RunPlan", manifest, output: "Output", metrics, clusterer, rules) -> None:
         from imgclf_ray.io.storage import pyarrow_fs
+        from imgclf_ray.runner.staged_sink import StagedDatasink
 
         spec = run.spec
-        build_dataset(run, manifest, output.run_id, metrics.reporter(), clusterer, rules).write_parquet(
-            output.path,
-            filesystem=pyarrow_fs(output.fs),
-            filename_provider=StagedNames(),
-            min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
-            max_rows_per_file=spec.sink.max_rows_per_file,
-            schema=output.schema,
-        )
-
-
-class StagedNames:
-    """Names staged files so that no ``*.parquet`` glob matches them (Ray's FilenameProvider
-    interface: Ray calls ``get_filename_for_task`` and expands ``{i}`` per file)."""
-
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return sink.staged_filename(write_uuid, task_index)
+        build_dataset(run, manifest, output.run_id, metrics.reporter(), clusterer, rules).write_datasink(
+            StagedDatasink(output.path, output.scan_columns, filesystem=pyarrow_fs(output.fs),
+                           min_rows_per_file=min(spec.sink.min_rows_per_file, spec.sink.max_rows_per_file),
+                           max_rows_per_file=spec.sink.max_rows_per_file, arrow_parquet_args={"schema": output.schema}))

@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Output:
     """Where an engine writes a run's rows: the attempt's staging folder (on the sink's filesystem,
-    looked up once) and the output schema."""
+    looked up once) and the output schema. With ``scan_columns`` the writer also keeps those
+    columns of the ok rows it stages, for the archive-wide checks' scan
+    (``curation.archive.scan_inputs``: one ``*.scan`` file per staged file or write task)."""
 
     run_id: str
     staging: "Staging"
     schema: "pa.Schema"
+    scan_columns: tuple[str, ...] = ()
 
     @property
     def fs(self) -> Any:

@@ -29,7 +29,7 @@ from imgclf_ray.runner.checks import check_budget, user_errors
 from imgclf_ray.runner.engine import Output
 from imgclf_ray.runner.metrics import Watch
 from imgclf_ray.runner.plan import make_plan, refuse_before_work
-from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer
+from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer, scan_columns
 from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.ray_setup import ensure_ray
 from imgclf_ray.runner.result import RunResult, make_result, since_process_start, spec_digest
@@ -159,10 +159,12 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
         with Watch(metrics, shown, split=split), user_errors(metrics):
             engine.classify(run, manifest, Output(at.run_id, staging, run_schema(
-                at.run_id, card.model_id if card else None, card.labels if card else None)), metrics, clusterer, rules)
+                at.run_id, card.model_id if card else None, card.labels if card else None), scan_columns(run)),
+                metrics, clusterer, rules)
         staged = [to_uri(at.sink.fs, p) for p in staging.staged_files()]
         tasks = engine.tasks
-        curation, scanned = archive_checks(tasks, spec, staged, run, metrics)
+        inputs = [to_uri(at.sink.fs, p) for p in staging.staged_files(sink.SCAN_SUFFIX)] if run.checks else []
+        curation, scanned = archive_checks(tasks, spec, staged, inputs, run, metrics)
         wall = time.perf_counter() - started
         back = read_back(tasks, spec, staged, [tasks.put(manifest)] if isinstance(manifest, pa.Table) else manifest.refs,
                          scanned)

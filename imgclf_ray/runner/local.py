@@ -206,10 +206,12 @@ class DecodePool:
 
 class StagedWriter:
     """The run's staged Parquet files, in manifest order: a new file every ``max_rows`` rows, a
-    row group once ROW_GROUP_ROWS rows are buffered."""
+    row group once ROW_GROUP_ROWS rows are buffered; with ``scan_columns``, beside each file the
+    ok rows' columns the archive-wide scan needs (``curation.archive.scan_inputs``)."""
 
-    def __init__(self, fs, folder: str, schema: pa.Schema, max_rows: int):
+    def __init__(self, fs, folder: str, schema: pa.Schema, max_rows: int, scan_columns: tuple[str, ...] = ()):
         self.fs, self.folder, self.schema, self.max_rows = fs, folder, schema, max_rows
+        self.scan_columns, self.kept = scan_columns, []
         self.name = sink.staged_filename(uuid.uuid4().hex, 0)
         self.files = 0
         self.writer: Optional[pq.ParquetWriter] = None
@@ -241,6 +243,10 @@ class StagedWriter:
             self.handle = self.fs.open(join(self.folder, self.name.replace("{i}", str(self.files))), "wb")
             self.writer = pq.ParquetWriter(self.handle, self.schema)
         self.writer.write_table(rows)
+        if self.scan_columns:
+            from imgclf_ray.curation.archive import scan_rows
+
+            self.kept.append(scan_rows(rows, self.scan_columns))
         self.in_file += rows.num_rows
         if self.in_file >= self.max_rows:
             self._close_file()
@@ -250,6 +256,12 @@ class StagedWriter:
             self.writer.close()
             self.handle.close()
             self.writer, self.handle, self.in_file = None, None, 0
+            if self.scan_columns:
+                from imgclf_ray.curation.archive import scan_inputs
+
+                path = join(self.folder, self.name.replace("{i}", str(self.files)) + sink.SCAN_SUFFIX)
+                self.fs.pipe_file(path, scan_inputs(self.kept, self.scan_columns))
+                self.kept = []
             self.files += 1
 
     def close(self) -> None:
@@ -327,7 +339,8 @@ class LocalEngine:
         from imgclf_ray.stages import PredictStage
 
         spec, plan = run.spec, run.resources
-        with StagedWriter(output.fs, output.path, output.schema, spec.sink.max_rows_per_file) as writer, \
+        with StagedWriter(output.fs, output.path, output.schema, spec.sink.max_rows_per_file,
+                          output.scan_columns) as writer, \
                 DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
             batches = pool.map(manifest, files_per_call(spec, plan))  # the workers start now...
             # ...while the model loads here.

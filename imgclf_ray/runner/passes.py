@@ -69,9 +69,18 @@ def prepare_clusterer(engine, spec: JobSpec, manifest, plan: Plan, progress: Mod
     return clustering.save(uri, clusterer, spec.storage)
 
 
-def archive_checks(tasks, spec: JobSpec, staged: list[str], run, metrics) -> tuple[dict[str, Any], Optional[list]]:
+def scan_columns(run) -> tuple[str, ...]:
+    """What the writer keeps of the ok rows for the run's archive-wide checks (none: nothing)."""
+    from imgclf_ray.curation import archive
+
+    return archive.scan_columns(archive.archive_checks(run.checks))
+
+
+def archive_checks(tasks, spec: JobSpec, staged: list[str], inputs: list[str], run, metrics
+                   ) -> tuple[dict[str, Any], Optional[list]]:
     """The archive-wide curation pass over the staged files, as the engine's ``tasks`` (Ray tasks,
-    or calls in this process): a scan per file, a hash shuffle into one partition per CPU, a
+    or calls in this process): a scan per scan-inputs file (``inputs``: what the writer kept of
+    the ok rows, so no staged file is read before its rewrite), a hash shuffle into one partition per CPU, a
     reduce per partition and shuffled check, each check's fact merged here, a rewrite per file,
     which also makes the read-back's scan of the rows it wrote (``runner.readback.Scan``).
     Returns the curation summary and those scans (None without an archive-wide check: the
@@ -86,7 +95,7 @@ def archive_checks(tasks, spec: JobSpec, staged: list[str], run, metrics) -> tup
     p = tasks.cpus  # partitions of the hash shuffle
     job = archive.Pass(spec.storage, checks, spec.curate, run.label_issue_labels, p)
     shuffled = job.shuffled()
-    scans = [tasks.submit(archive.scan, uri, job, num_returns=1 + len(shuffled) * p) for uri in staged]
+    scans = [tasks.submit(archive.scan, uri, job, num_returns=1 + len(shuffled) * p) for uri in inputs]
     if not shuffled:  # one return: the (stats,) tuple itself
         stats = [t[0] for t in tasks.get(scans)]
     else:

@@ -14,8 +14,9 @@ Layout under ``sink.uri`` (``<run>`` is ``sink.layout``: ``<run_id>`` by default
     <run>/_manifest.json              files, row counts, run facts (run_id, attempt, run_date, run_path)
     <run>/_run_summary.json           counts, errors by stage and cause, stage throughput (alerting)
     <run>/_SUCCESS                    written last: a run without it is not committed
-    _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged, and the
-                                      commit's plan (_commit.json) while it commits
+    _staging/<run_id>/<attempt>/      work in progress, files named *.parquet.staged (with archive-wide
+                                      checks, *.scan beside them: the ok rows' columns the scan
+                                      needs), and the commit's plan (_commit.json) while it commits
     _locks/<run_id>.lock              the run id's lock (imgclf_ray.io.lock)
 
 Readers trust a run only when ``_SUCCESS`` exists, and then only the files its manifest lists. What a
@@ -35,13 +36,14 @@ from typing import Any, Optional
 
 from imgclf_ray.io.sink import protocol as _commit, runs as _runs
 from imgclf_ray.io.sink.protocol import Staging, add_side_file
-from imgclf_ray.io.sink.layout import (COMMIT_PLAN, LEGACY_NAMES, MANIFEST_FILE, RUNS_DIR, STAGED_SUFFIX,
-                                       SUCCESS_FILE, SUMMARY_FILE, file_name_problem, run_path, staged_filename)
+from imgclf_ray.io.sink.layout import (COMMIT_PLAN, LEGACY_NAMES, MANIFEST_FILE, RUNS_DIR, SCAN_SUFFIX,
+                                       STAGED_SUFFIX, SUCCESS_FILE, SUMMARY_FILE, file_name_problem, run_path,
+                                       staged_filename)
 from imgclf_ray.io.sink.read import RunFolder
 from imgclf_ray.io.storage import filesystem
 from imgclf_ray.spec import StorageSpec
 
-__all__ = ["COMMIT_PLAN", "LEGACY_NAMES", "MANIFEST_FILE", "RUNS_DIR", "STAGED_SUFFIX", "SUCCESS_FILE",
+__all__ = ["COMMIT_PLAN", "LEGACY_NAMES", "MANIFEST_FILE", "RUNS_DIR", "SCAN_SUFFIX", "STAGED_SUFFIX", "SUCCESS_FILE",
            "SUMMARY_FILE", "RunFolder", "Sink", "Staging", "add_side_file", "check_format", "commit",
            "committed_files", "committed_runs", "file_name_problem", "list_runs", "read_manifest", "read_rows",
            "read_run_json", "recover", "recover_others", "resolve_run", "run_files", "run_path",

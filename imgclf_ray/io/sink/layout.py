@@ -11,6 +11,7 @@ from imgclf_ray.errors import UserError
 from imgclf_ray.ids import id_problem
 
 STAGED_SUFFIX = ".parquet.staged"
+SCAN_SUFFIX = ".scan"  # beside staged files: what a writer kept for the archive-wide scan (never committed)
 COMMIT_PLAN = "_commit.json"
 MANIFEST_FILE = "_manifest.json"
 SUCCESS_FILE = "_SUCCESS"

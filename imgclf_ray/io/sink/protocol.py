@@ -71,11 +71,12 @@ class Staging:
     def run_uri(self) -> str:
         return join(self.sink.uri, self.run_path)
 
-    def staged_files(self) -> list[str]:
+    def staged_files(self, suffix: str = STAGED_SUFFIX) -> list[str]:
+        """The staged files (or, with ``suffix``, the other files a writer kept beside them)."""
         fs = self.sink.fs
         if not fs.exists(self.path):
             return []
-        return sorted(p for p in fs.find(self.path) if p.endswith(STAGED_SUFFIX))
+        return sorted(p for p in fs.find(self.path) if p.endswith(suffix))
 
     def discard(self) -> None:
         """Remove this attempt's staged files, and the staging folders it leaves empty."""
