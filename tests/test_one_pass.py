@@ -7,9 +7,13 @@ again; the sink is made once."""
 from __future__ import annotations
 
 import collections
+import traceback
+from pathlib import Path
 
 import fsspec.implementations.local as local_fs
 import pytest
+
+from imgclf_ray.io import storage
 
 from imgclf_ray.io import sink as sink_module
 from imgclf_ray.io.sink import SCAN_SUFFIX, STAGED_SUFFIX
@@ -20,10 +24,12 @@ from tests.support.jobs import digits_subset
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Reads of staged files and of scan inputs (by name), and Sink objects made, while the test runs."""
+    """Reads of staged files and of scan inputs (by name), Sink objects made, and filesystem
+    lookups by caller, while the test runs."""
     reads: collections.Counter = collections.Counter()
     sinks: list = []
-    open_file, make_sink = local_fs.LocalFileSystem._open, sink_module.Sink.__init__
+    lookups: collections.Counter = collections.Counter()
+    open_file, make_sink, protocol = local_fs.LocalFileSystem._open, sink_module.Sink.__init__, storage._protocol
 
     def _open(self, path, mode="rb", *args, **kwargs):
         if str(path).endswith((STAGED_SUFFIX, SCAN_SUFFIX)) and "r" in mode:
@@ -34,9 +40,15 @@ def counted(monkeypatch):
         sinks.append(args[0] if args else kwargs.get("uri"))
         make_sink(self, *args, **kwargs)
 
+    def _protocol(uri):  # storage.filesystem's first step: one call per lookup
+        caller = traceback.extract_stack(limit=3)[0]
+        lookups[(str(uri), f"{Path(caller.filename).name}:{caller.name}")] += 1
+        return protocol(uri)
+
     monkeypatch.setattr(local_fs.LocalFileSystem, "_open", _open)
     monkeypatch.setattr(sink_module.Sink, "__init__", _sink)
-    return reads, sinks
+    monkeypatch.setattr(storage, "_protocol", _protocol)
+    return reads, sinks, lookups
 
 
 @pytest.mark.parametrize("checks, scanned", [
@@ -45,7 +57,7 @@ def counted(monkeypatch):
 ])
 def test_each_staged_file_is_read_once_and_the_sink_made_once(
         counted, checks, scanned, tiny_model, digits_archive, tmp_path):
-    reads, sinks = counted
+    reads, sinks, lookups = counted
     archive = tmp_path / "archive"
     digits_subset(digits_archive, archive, 60)
     job = tmp_path / "job.yaml"
@@ -60,5 +72,12 @@ def test_each_staged_file_is_read_once_and_the_sink_made_once(
     kept = {n: k for n, k in reads.items() if n.endswith(SCAN_SUFFIX)}
     assert kept == ({f"{n}{SCAN_SUFFIX}": 1 for n in staged} if scanned else {}), reads
     assert sinks == [str(tmp_path / "out")]
+    # The driver looks the sink up once (the Sink: locks, format check, staging, commit). The
+    # engine's tasks look it up where they run (a Ray worker has no Sink), and the incremental
+    # state store, a URI of its own (by default under the sink), is looked up by its functions.
+    out = str(tmp_path / "out")
+    driver = {caller: n for (uri, caller), n in lookups.items() if uri.startswith((out, f"file://{out}"))
+              and not caller.startswith(("archive.py:", "readback.py:", "tables.py:", "state.py:"))}
+    assert driver == {"__init__.py:__init__": 1}, lookups
     if scanned:  # each check's facts came from the kept inputs (tests/curation checks their values)
         assert {"size_quartiles", "duplicate_groups", "label_thresholds"} <= set(result.curation)

@@ -133,11 +133,13 @@ def test_a_killed_night_is_taken_over_and_its_images_land_once(s3, moto_server, 
 
 def test_the_same_night_twice_is_the_run_ids_refusal_not_the_jobs(tmp_path):
     from imgclf_ray.io.lock import JobLock, JobLocked, RunLocked
+    from imgclf_ray.io.sink import Sink
 
-    with JobLock(str(tmp_path), "nightly", "n1", "a1"):
+    out = Sink(str(tmp_path))
+    with JobLock(out, "nightly", "n1", "a1"):
         with pytest.raises(RunLocked, match="run n1 is being run by another attempt"):
-            JobLock(str(tmp_path), "nightly", "n1", "a2").acquire()
+            JobLock(out, "nightly", "n1", "a2").acquire()
         with pytest.raises(JobLocked, match="night n1 is still running") as caught:
-            JobLock(str(tmp_path), "nightly", "n2", "a3").acquire()
+            JobLock(out, "nightly", "n2", "a3").acquire()
         assert caught.value.exit_code == 75
     assert not (tmp_path / "_locks").exists()

@@ -67,9 +67,14 @@ def _table(sink_uri: str, storage: StorageSpec, version: Optional[int] = None):
 
 
 def is_table(sink_uri: str, storage: StorageSpec = StorageSpec()) -> bool:
-    from imgclf_ray.io.storage import filesystem, join
+    from imgclf_ray.io.storage import filesystem
 
-    fs, path = filesystem(sink_uri, storage)
+    return is_table_at(*filesystem(sink_uri, storage))
+
+
+def is_table_at(fs, path: str) -> bool:
+    from imgclf_ray.io.storage import join
+
     return fs.isdir(join(path, "_delta_log")) or bool(fs.glob(join(path, "_delta_log", "*.json")))
 
 

@@ -73,11 +73,12 @@ class RunLock:
     """The lock on one run id; ``acquire`` it, ``verify`` it before committing, ``release`` it."""
 
     def __init__(self, sink_uri: str, run_id: str, attempt: str, storage: StorageSpec = StorageSpec(),
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, fs: Any = None, root: str = ""):
         self.run_id, self.attempt, self.storage = run_id, attempt, storage
         self.started_at = time.time()
         self.uri = join(sink_uri, LOCKS_DIR, f"{name or run_id}.lock")
-        self.fs, self.path = filesystem(self.uri, storage)
+        self.fs, self.path = (fs, join(root, LOCKS_DIR, f"{name or run_id}.lock")) if fs is not None else \
+            filesystem(self.uri, storage)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._fd: Optional[int] = None
         self._etag: Optional[str] = None
@@ -85,6 +86,11 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.guards: list["RunLock"] = []  # other locks the run holds, verified with this one
+
+    @classmethod
+    def on(cls, sink: Any, run_id: str, attempt: str, name: Optional[str] = None) -> "RunLock":
+        """The lock in ``sink`` (an ``io.sink.Sink``: its filesystem, looked up once)."""
+        return cls(sink.uri, run_id, attempt, sink.storage, name, fs=sink.fs, root=sink.root)
 
     # -- local: flock -------------------------------------------------------------------------
     def _acquire_local(self) -> None:
@@ -221,8 +227,9 @@ class JobLock(RunLock):
     two nights never select the same new images (``_locks/_job.<name>.lock``: no run id starts with
     '_'). The same machinery as a run id's lock: flock on local sinks, a lease on object stores."""
 
-    def __init__(self, sink_uri: str, job: str, run_id: str, attempt: str, storage: StorageSpec = StorageSpec()):
-        super().__init__(sink_uri, run_id, attempt, storage, name=f"_job.{job}")
+    def __init__(self, sink: Any, job: str, run_id: str, attempt: str):
+        """The lock of job ``job`` in ``sink`` (an ``io.sink.Sink``)."""
+        super().__init__(sink.uri, run_id, attempt, sink.storage, name=f"_job.{job}", fs=sink.fs, root=sink.root)
         self.job = job
 
     def _busy(self, holder: dict[str, Any]) -> UserError:

@@ -246,7 +246,7 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
         if task != "multilabel" and len(a.labels) > 1:
             raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {len(a.labels)} labels for a "
                             f"{task} model (one expected); nothing was ingested")
-    with RunLock(sink.uri, LOCK_NAME, uuid.uuid4().hex[:12], sink.storage, name=LOCK_NAME):
+    with RunLock.on(sink, LOCK_NAME, uuid.uuid4().hex[:12], name=LOCK_NAME):
         model = latest_model_rows(sink, ["image_id", "uri", "etag"], runs)
         current = {r["image_id"]: r for r in model.to_pylist()}
         seen = set(reviews(sink).column("review_key").to_pylist())

@@ -179,7 +179,7 @@ def commit_batch(sink: Sink, budget: int, strategy: str = "uncertainty", measure
     """Select and write a review batch under the sink's reviews lock; returns its record."""
     from imgclf_ray.io.lock import RunLock
 
-    with RunLock(sink.uri, LOCK_NAME, uuid.uuid4().hex[:12], sink.storage, name=LOCK_NAME):
+    with RunLock.on(sink, LOCK_NAME, uuid.uuid4().hex[:12], name=LOCK_NAME):
         rows, facts = select(sink, budget, strategy, measure, seed)
         if not rows.num_rows:
             raise UserError(f"{sink.uri}: no image left to review (every labelled image is reviewed or "

@@ -100,12 +100,12 @@ def execute(spec: JobSpec, manifest, run_id: Optional[str] = None, progress: Mod
     if attempt is not None:  # run_job's: it refused what it must before its listing
         return _execute(attempt, manifest, listing or Listing(), model)
     model = refuse_before_work(spec, model)
-    with _locked(spec, run_id_of(spec, run_id), progress) as attempt:
+    with _locked(spec, sink_of(spec), run_id_of(spec, run_id), progress) as attempt:
         return _execute(attempt, manifest, listing or Listing(), model)
 
 
 @contextlib.contextmanager
-def _job_locked(spec: JobSpec, run_id: str, mode: Mode = "off"):
+def _job_locked(spec: JobSpec, out: Sink, run_id: str, mode: Mode = "off"):
     """An incremental job's lock, from selection to commit: a second night of the job meanwhile
     refuses (JobLocked, exit 75) or waits (incremental.overlap). Nothing for other jobs."""
     if spec.incremental is None:
@@ -113,7 +113,7 @@ def _job_locked(spec: JobSpec, run_id: str, mode: Mode = "off"):
         return
     from imgclf_ray.io.lock import JobLock
 
-    lock = JobLock(spec.sink.uri, spec.name, run_id, uuid.uuid4().hex[:12], spec.storage)
+    lock = JobLock(out, spec.name, run_id, uuid.uuid4().hex[:12])
     if spec.incremental.overlap == "wait":
         wait = spec.incremental.overlap_wait
         lock.acquire_waiting(wait, on_wait=lambda exc: Progress.note(
@@ -127,12 +127,11 @@ def _job_locked(spec: JobSpec, run_id: str, mode: Mode = "off"):
 
 
 @contextlib.contextmanager
-def _locked(spec: JobSpec, run_id: str, mode: Mode = "off"):
-    """The run id's lock, with what a killed earlier attempt left half done finished or undone:
-    yields the ``Attempt``."""
-    out = sink_of(spec)
+def _locked(spec: JobSpec, out: Sink, run_id: str, mode: Mode = "off"):
+    """The run id's lock in the sink ``out``, with what a killed earlier attempt left half done
+    finished or undone: yields the ``Attempt``."""
     out.check_format()
-    with RunLock(spec.sink.uri, run_id, uuid.uuid4().hex[:12], spec.storage) as lock:
+    with RunLock.on(out, run_id, uuid.uuid4().hex[:12]) as lock:
         out.recover(run_id)
         out.recover_others(skip=run_id)
         yield Attempt(spec, run_id, lock, out, run_date_of(spec), mode)
@@ -315,21 +314,21 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
+    out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
-        _nothing_if_committed(spec, run_id)
-    with _job_locked(spec, run_id, mode) as job_lock, _locked(spec, run_id, mode) as attempt:
+        _nothing_if_committed(out, run_id)
+    with _job_locked(spec, out, run_id, mode) as job_lock, _locked(spec, out, run_id, mode) as attempt:
         if once:
-            _nothing_if_committed(spec, run_id)
+            _nothing_if_committed(out, run_id)
         if job_lock is not None:
             attempt.lock.guards.append(job_lock)  # a lost job lease refuses the commit too
         quiet_ray = redirect_ray and mode == "log" and not verbose
         return _run_locked(attempt, verbose, quiet_ray)
 
 
-def _nothing_if_committed(spec: JobSpec, run_id: str) -> None:
+def _nothing_if_committed(out: Sink, run_id: str) -> None:
     from imgclf_ray.errors import UserError
 
-    out = sink_of(spec)
     done = out.committed_runs(run_id)
     if run_id in done:
         try:

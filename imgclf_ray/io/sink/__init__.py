@@ -86,7 +86,7 @@ class Sink:
 
         if self.format == "delta":
             delta.require()
-        table = delta.is_table(self.uri, self.storage)
+        table = delta.is_table_at(self.fs, self.root)
         if self.format == "parquet" and table:
             raise UserError(f"{self.uri} is a Delta table: set sink.format: delta to add runs to it, or choose "
                             "another sink.uri")

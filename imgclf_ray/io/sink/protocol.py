@@ -288,7 +288,7 @@ def recover_others(sink: "Sink", skip: str = "") -> None:
         if run_id == skip or id_problem(run_id) or not fs.glob(join(folder, "*", COMMIT_PLAN)):
             continue
         try:
-            with RunLock(sink.uri, run_id, uuid.uuid4().hex[:12], sink.storage):
+            with RunLock.on(sink, run_id, uuid.uuid4().hex[:12]):
                 recover(sink, run_id)
         except RunLocked:
             continue
