@@ -463,26 +463,38 @@ def archive_checks(checks) -> tuple[str, ...]:
 
 # -- the scan inputs, kept by the writer (both executors) -----------------------------------------
 
-def scan_columns(checks: tuple[str, ...]) -> tuple[str, ...]:
-    """What the archive checks ``checks`` scan of the ok rows (empty: nothing to keep)."""
-    out: list[str] = []
+ROWS = "_rows"  # a scan's count of the ok rows it read (beside each check's stats)
+
+
+def scan_columns(checks: tuple[str, ...], labels: Optional[list[str]] = None) -> tuple[str, ...]:
+    """What the archive checks ``checks`` scan of the ok rows: always ``image_id`` (so the writer
+    keeps a file whatever the checks need, and the scan counts every ok row), then each check's
+    columns (label_issue's only with the model's ``labels``: without them it decides nothing)."""
+    out: list[str] = ["image_id"] if checks else []
     for name in checks:
+        if name == "label_issue" and not labels:
+            continue
         out += [c for c in check_of(name).columns if c not in out]
     return tuple(out)
 
 
+def scan_schema(columns: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([OUTPUT_SCHEMA.field(c) for c in columns])
+
+
 def scan_rows(t: pa.Table, columns: tuple[str, ...]) -> pa.Table:
-    """The ok rows' ``columns`` of rows being staged: what the writer keeps for the scan."""
-    return t.filter(pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False)).select(list(columns))
+    """The ok rows' ``columns`` of rows being staged: what the writer keeps for the scan (in a
+    Parquet file named ``*.scan`` in the staging folder: discarded with it, never committed), so
+    that the archive scan does not read the staged files: each is read once after it is written,
+    by the rewrite."""
+    kept = t.filter(pc.fill_null(pc.equal(t.column("status"), STATUS_OK), False)).select(list(columns))
+    return kept.cast(scan_schema(columns))
 
 
 def scan_inputs(kept: list[pa.Table], columns: tuple[str, ...]) -> bytes:
-    """``scan_rows`` of what one writer staged, as the Parquet file it keeps beside them (named
-    ``*.scan`` in the staging folder: discarded with it, never committed), so that the archive
-    scan does not read the staged files: each is read once after it is written, by the rewrite."""
-    empty = pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in columns})
+    """``scan_rows`` of what one write task staged, as the bytes of its ``*.scan`` file."""
     buf = pa.BufferOutputStream()
-    pq.write_table(pa.concat_tables([empty, *[k.cast(empty.schema) for k in kept]]), buf)
+    pq.write_table(pa.concat_tables([scan_schema(columns).empty_table(), *kept]), buf)
     return buf.getvalue().to_pybytes()
 
 
@@ -493,7 +505,7 @@ def scan(uri: str, job: Pass) -> tuple:
     stats}, then the parts of each shuffled check, ``job.partitions`` each, in ``job.shuffled()``
     order)."""
     ok = _read(*filesystem(uri, job.storage))
-    stats, parts = {}, []
+    stats, parts = {ROWS: ok.num_rows}, []
     for name, check in job.each():
         stats[name], found = check.scan(ok, job)
         if check.shuffle:

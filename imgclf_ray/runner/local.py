@@ -211,7 +211,8 @@ class StagedWriter:
 
     def __init__(self, fs, folder: str, schema: pa.Schema, max_rows: int, scan_columns: tuple[str, ...] = ()):
         self.fs, self.folder, self.schema, self.max_rows = fs, folder, schema, max_rows
-        self.scan_columns, self.kept = scan_columns, []
+        self.scan_columns = scan_columns
+        self.scan: Optional[tuple[Any, pq.ParquetWriter]] = None  # the open file's scan inputs: handle, writer
         self.name = sink.staged_filename(uuid.uuid4().hex, 0)
         self.files = 0
         self.writer: Optional[pq.ParquetWriter] = None
@@ -244,9 +245,7 @@ class StagedWriter:
             self.writer = pq.ParquetWriter(self.handle, self.schema)
         self.writer.write_table(rows)
         if self.scan_columns:
-            from imgclf_ray.curation.archive import scan_rows
-
-            self.kept.append(scan_rows(rows, self.scan_columns))
+            self._keep_scan_rows(rows)
         self.in_file += rows.num_rows
         if self.in_file >= self.max_rows:
             self._close_file()
@@ -256,13 +255,22 @@ class StagedWriter:
             self.writer.close()
             self.handle.close()
             self.writer, self.handle, self.in_file = None, None, 0
-            if self.scan_columns:
-                from imgclf_ray.curation.archive import scan_inputs
-
-                path = join(self.folder, self.name.replace("{i}", str(self.files)) + sink.SCAN_SUFFIX)
-                self.fs.pipe_file(path, scan_inputs(self.kept, self.scan_columns))
-                self.kept = []
+            if self.scan is not None:
+                handle, writer = self.scan
+                writer.close()
+                handle.close()
+                self.scan = None
             self.files += 1
+
+    def _keep_scan_rows(self, rows: pa.Table) -> None:
+        """The ok rows' scan columns, streamed beside the open staged file (``*.scan``)."""
+        from imgclf_ray.curation.archive import scan_rows, scan_schema
+
+        if self.scan is None:
+            name = self.name.replace("{i}", str(self.files)) + sink.SCAN_SUFFIX
+            handle = self.fs.open(join(self.folder, name), "wb")
+            self.scan = (handle, pq.ParquetWriter(handle, scan_schema(self.scan_columns)))
+        self.scan[1].write_table(scan_rows(rows, self.scan_columns))
 
     def close(self) -> None:
         self._flush()
@@ -279,12 +287,14 @@ class StagedWriter:
         # folder before the run discards it (on S3 an upload left open would complete whenever
         # the handle is collected: a part appearing in the staging folder after its discard).
         self.buffered, self.buffered_rows = [], 0
-        handle, self.writer, self.handle = self.handle, None, None
-        if handle is not None:
-            try:
-                handle.close()
-            except Exception:  # noqa: BLE001 - the run's own error is the one to report
-                pass
+        handles = [self.handle, self.scan[0] if self.scan else None]
+        self.writer, self.handle, self.scan = None, None, None
+        for handle in handles:
+            if handle is not None:
+                try:
+                    handle.close()
+                except Exception:  # noqa: BLE001 - the run's own error is the one to report
+                    pass
 
 
 class LocalTasks:

@@ -73,7 +73,7 @@ def scan_columns(run) -> tuple[str, ...]:
     """What the writer keeps of the ok rows for the run's archive-wide checks (none: nothing)."""
     from imgclf_ray.curation import archive
 
-    return archive.scan_columns(archive.archive_checks(run.checks))
+    return archive.scan_columns(archive.archive_checks(run.checks), run.label_issue_labels)
 
 
 def archive_checks(tasks, spec: JobSpec, staged: list[str], inputs: list[str], run, metrics
@@ -103,12 +103,13 @@ def archive_checks(tasks, spec: JobSpec, staged: list[str], inputs: list[str], r
     reduced = {name: [tasks.submit(archive.reduce, name, job, *[s[1 + k * p + i] for s in scans]) for i in range(p)]
                for k, name in enumerate(shuffled)}
     facts = archive.merge(job, stats, {n: tasks.get(r) for n, r in reduced.items()})
+    scanned = sum(s[archive.ROWS] for s in stats)
     facts_ref, then = tasks.put(facts), scan_of(spec, p)
     rewritten = [tasks.submit(archive.rewrite, uri, i, job, facts_ref, then, num_returns=2 + p)
                  for i, uri in enumerate(staged)]
     tasks.get([r[0] for r in rewritten])  # written (its rows are scanned: the read-back waits on the rest)
     metrics.add("curate_archive", len(staged), time.perf_counter() - started)
-    return archive.summarise(job, facts), rewritten
+    return {**archive.summarise(job, facts), "scanned_rows": scanned}, rewritten
 
 
 def cluster_and_flag_summary(spec: JobSpec, back, result: RunResult, clusterer) -> dict[str, bytes]:
