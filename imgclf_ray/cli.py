@@ -353,7 +353,7 @@ def stop(run_id: str, address: Optional[str]) -> None:
 
 @main.group()
 def model() -> None:
-    """Model artifacts: bring a model trained elsewhere."""
+    """Model artifacts: bring a model trained elsewhere; promote a registered version on evidence."""
 
 
 class _RegistryChoice(click.Choice):
@@ -434,6 +434,12 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
     for name, node in (metrics["nodes"].items() if metrics.get("task") == "hierarchical" else [("", metrics)]):
         click.echo((f"[{name}] " if name else "") + "held-out " + format_metrics(node))
     click.echo(f"  artifact: {spec.model.output}  ({metrics['seconds']} s)")
+    if metrics.get("gold_images_left_out"):
+        click.echo(f"  left out: {metrics['gold_images_left_out']} gold-set images (they judge models; never trained on)")
+    if metrics.get("registered"):
+        r = metrics["registered"]
+        click.echo(f"  registered: {r['name']} version {r['version']} in {r['tracking_uri']} (promote it with "
+                   f"imgclf model promote {r['name']} {r['version']} --sink SINK)")
 
 
 @main.command()
@@ -544,6 +550,51 @@ def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: 
     _write_out(blob, out, _storage(endpoint_url, region, profile))
 
 
+@model.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--sink", "sink_uri", default=None, help="The sink whose gold set judges (images decoded with "
+              "the default decode settings); or --job.")
+@click.option("--job", default=None, help="The nightly job whose sink's gold set judges, its images decoded "
+              "as its nights decode them.")
+@click.option("--metric", default="accuracy", show_default=True, help="accuracy, macro_f1 or balanced_accuracy.")
+@click.option("--margin", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Promote when the 95 % interval's lower bound of (candidate - champion) is above -margin.")
+@click.option("--floor", type=click.FloatRange(0, 1), default=None,
+              help="With no champion yet: the least lower bound of the candidate's metric.")
+@click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--tracking-uri", default=None, help="The MLflow registry (absolute); default $MLFLOW_TRACKING_URI.")
+@_storage_options
+def model_promote(name: str, version: str, sink_uri: Optional[str], job: Optional[str], metric: str, margin: float,
+                  floor: Optional[float], resamples: int, seed: int, tracking_uri: Optional[str],
+                  endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+    """Make VERSION of registered model NAME the champion only if the gold set shows it is not worse
+    than the champion (paired bootstrap); the evidence is printed and recorded on the version."""
+    from imgclf_ray.io.sink import Sink
+    from imgclf_ray.models.mlflow_registry import tracking_uri as registry_uri
+    from imgclf_ray.review.promote import promote
+    from imgclf_ray.spec import parse_spec
+
+    if (sink_uri is None) == (job is None):
+        raise UserError("give --sink SINK or --job JOB (the job whose sink holds the gold set)")
+    if job is not None:
+        spec = _load(job, ())
+        if spec.model is None:
+            raise UserError(f"{job}: a job without a model: promote judges models as its nights run them")
+    else:
+        spec = parse_spec({"name": "gold", "source": {"uri": sink_uri}, "sink": {"uri": sink_uri},
+                           "model": {"uri": "-"}, "storage": _storage(endpoint_url, region, profile).model_dump()},
+                          "--sink")
+    tracking = registry_uri(tracking_uri or (spec.model.tracking_uri if job else None), "--tracking-uri")
+    done = promote(name, version, Sink(spec.sink.uri, spec.storage, spec.sink.format), spec, tracking, metric,
+                   margin, floor, resamples, seed)
+    click.echo("\n".join(done.lines()))
+    if not done.promote:
+        raise SystemExit(1)
+
+
 @main.group()
 def review() -> None:
     """The review loop: select what a human should review, bring the answers back."""
@@ -571,6 +622,26 @@ def review_select(sink_uri: str, budget: int, strategy: str, measure: str, seed:
                           document_root)
     click.echo(f"review batch {record['batch_id']}: {record['images']} images ({strategy}"
                f"{', ' + record['measure'] if record['measure'] else ''})\n"
+               f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
+               f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"
+               f"  csv    : {record['uri']}/batch.csv")
+
+
+@review.command("gold")
+@click.argument("sink_uri")
+@click.option("--size", type=click.IntRange(min=1), required=True, help="How many images the gold set holds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw.")
+@click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@_storage_options
+def review_gold(sink_uri: str, size: int, seed: int, document_root: Optional[str], endpoint_url: Optional[str],
+                region: Optional[str], profile: Optional[str]) -> None:
+    """Draw the sink's gold set, once: images stratified by the model's label, committed as a
+    review batch. Its answers judge models (imgclf model promote); training never uses them."""
+    from imgclf_ray.io.sink import Sink
+    from imgclf_ray.review.select import commit_gold
+
+    record = commit_gold(Sink(sink_uri, _storage(endpoint_url, region, profile)), size, seed, document_root)
+    click.echo(f"gold set {record['batch_id']}: {record['images']} images, stratified by the model's label\n"
                f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
                f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"
                f"  csv    : {record['uri']}/batch.csv")

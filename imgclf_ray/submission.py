@@ -230,10 +230,28 @@ def check_portable(spec: JobSpec, spec_file: str) -> None:
             value = getattr(value, part, None)
             if value is None:
                 break
+        if dotted == "model.uri" and isinstance(value, str) and value.startswith("models:/"):
+            _check_registry(spec, spec_file)
+            continue
         if isinstance(value, str) and "://" not in value and not value.startswith("/"):
             raise SpecError(f"{spec_file}: {dotted}: {value!r} is relative to this machine's folder; a "
                             "cluster job needs a location every node reads (s3://..., or an absolute "
                             "path on shared storage)")
+
+
+def _check_registry(spec: JobSpec, spec_file: str) -> None:
+    """A models:/ model is resolved by the driver on the cluster: its registry must be one the cluster
+    reaches, never a file on this machine (a laptop's sqlite database)."""
+    from imgclf_ray.models.mlflow_registry import is_local_file, tracking_uri
+
+    if not spec.model.tracking_uri:
+        raise SpecError(f"{spec_file}: model.tracking_uri: a submitted job names its registry (the driver on the "
+                        f"cluster resolves {spec.model.uri} and does not see this machine's MLFLOW_TRACKING_URI)")
+    uri = tracking_uri(spec.model.tracking_uri, f"{spec_file}: model.tracking_uri")
+    if is_local_file(uri):
+        raise SpecError(f"{spec_file}: model.tracking_uri: {uri} is a file on this machine; the job's driver runs on "
+                        f"the cluster and resolves {spec.model.uri} there: give a registry the cluster reaches "
+                        "(an MLflow tracking server, http://..., or a database URL)")
 
 
 def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, run_id: str,

@@ -18,7 +18,12 @@ class ModelSpec(Section):
     """Which model to apply. Its preprocessing comes from the artifact's model card."""
 
     uri: str = Field(description="Model artifact folder (local or s3://) holding model_card.json "
-                     "and the weights it names.")
+                     "and the weights it names; or a version in an MLflow registry, models:/NAME@champion "
+                     "(an alias) or models:/NAME/3, resolved once when the run starts (the manifest records "
+                     "name, version and model id).")
+    tracking_uri: Optional[str] = Field(
+        None, description="The MLflow registry a models:/ uri is looked up in (absolute: "
+        "sqlite:////srv/mlflow.db, http://mlflow:5000); default $MLFLOW_TRACKING_URI.")
     topk: int = Field(5, ge=1, description="How many labels and scores go into topk_labels / "
                       "topk_scores.")
     device: Literal["auto", "cpu", "cuda"] = Field(

@@ -119,7 +119,9 @@ class CnnSpec(Section):
     init_weights: Optional[str] = Field(None, description="A torch model artifact to fine-tune from, "
                                         "trained here or imported (torchvision, timm): its network, and "
                                         "its preprocess unless model.preprocess is given; the head is "
-                                        "replaced when the label count differs. Default: train from scratch.")
+                                        "replaced when the label count differs; models:/NAME@champion "
+                                        "starts from a registered version (registry.tracking_uri). Default: "
+                                        "train from scratch.")
     epochs: int = Field(10, ge=1, description="Most epochs to train.")
     batch_size: int = Field(64, ge=1, description="Images per step and worker.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine decay).")

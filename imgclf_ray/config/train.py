@@ -43,6 +43,15 @@ class SplitSpec(Section):
     seed: int = Field(0, description="Seed of the split (and of seeded estimators).")
 
 
+class RegistrySpec(Section):
+    """Register each trained artifact as a version in an MLflow model registry."""
+
+    tracking_uri: Optional[str] = Field(None, description="The registry (absolute: sqlite:////srv/mlflow.db, "
+                                        "http://mlflow:5000); default $MLFLOW_TRACKING_URI.")
+    name: Optional[PlainName] = Field(None, description="The registered model (and experiment) name; default "
+                                      "the training spec's name.")
+
+
 class TrainSpec(Section):
     """`imgclf train`: fit a model (a scikit-learn estimator over features, or a CNN) on a labelled
     archive and write a safe artifact."""
@@ -63,6 +72,9 @@ class TrainSpec(Section):
     run: RunSpec = Field(RunSpec(), description="ray_address for the feature-extraction pass.")
     example: Optional[ExampleSpec] = Field(None, description="Materialise bundled example data into "
                                            "data.uri (example.model is not used).")
+    registry: Optional[RegistrySpec] = Field(None, description="Log the training in MLflow and register the "
+                                             "artifact as a new version (the [mlflow] extra); its tracking_uri "
+                                             "also resolves a models:/ cnn.init_weights.")
 
     @model_validator(mode="after")
     def _needs_labels(self) -> "TrainSpec":

@@ -29,6 +29,7 @@ REVIEWS_DIR = "_reviews"
 LABELS_DIR = f"{REVIEWS_DIR}/labels"
 BATCHES_DIR = f"{REVIEWS_DIR}/batches"
 REVIEWS_SUFFIX = ".reviews"
+BATCH_FILE = "_batch.json"  # a batch's record, written last
 LOCK_NAME = "_reviews"  # _locks/_reviews.lock: selections and ingests of one sink, one at a time
 
 REVIEW_SCHEMA = pa.schema([
@@ -62,6 +63,29 @@ def reviews(sink: "Sink") -> pa.Table:
     if not files:
         return REVIEW_SCHEMA.empty_table()
     return read_columns([to_uri(sink.fs, p) for p in files], REVIEW_SCHEMA.names, sink.storage).cast(REVIEW_SCHEMA)
+
+
+def batch_records(sink: "Sink") -> list[dict]:
+    """The records of the sink's review batches (a folder without one is an interrupted selection)."""
+    import json
+
+    where = join(sink.root, BATCHES_DIR)
+    if not sink.fs.isdir(where):
+        return []
+    out = []
+    for folder in sorted(sink.fs.ls(where, detail=False)):
+        try:
+            record = json.loads(sink.fs.cat_file(join(folder, BATCH_FILE)))
+        except (OSError, ValueError):  # no record (an interrupted selection), or not a batch's folder
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def gold_batch(sink: "Sink") -> Optional[dict]:
+    """The record of the sink's gold set (``imgclf review gold``), None when it has none."""
+    return next((b for b in batch_records(sink) if b.get("gold")), None)
 
 
 def last_per_image(table: pa.Table, *order: str) -> pa.Table:

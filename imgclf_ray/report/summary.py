@@ -36,6 +36,9 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     if result.curation_flags:
         lines.append(f"  flagged: {_line(result.curation_flags)}")
     lines.append(f"  model  : {result.model_id or '- (no model)'}")
+    if result.registered_model:
+        r = result.registered_model
+        lines.append(f"  version: {r['uri']} = {r['name']} version {r['version']} ({r['source']})")
     if "/_runs/" in result.output_uri:  # a Delta sink: the table, and the run's record beside it
         table = result.output_uri.rsplit("/_runs/", 1)[0]
         lines.append(f"  output : {table}  (Delta table, rows where run_id = '{result.run_id}'; "

@@ -26,10 +26,9 @@ from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
-from imgclf_ray.io.reviews import BATCHES_DIR, LOCK_NAME, reviews
+from imgclf_ray.io.reviews import BATCH_FILE, BATCHES_DIR, LOCK_NAME, batch_records, gold_batch, reviews
 from imgclf_ray.review.labels import current_labels, latest_night
 
-BATCH_FILE = "_batch.json"
 FROM_NAME, TO_NAME = "label", "image"  # the labeling config's control and image names
 
 
@@ -81,21 +80,6 @@ STRATEGIES = {
 
 # -- selection ----------------------------------------------------------------------------------
 
-def _batches_of(sink: Sink) -> list[dict[str, Any]]:
-    where = join(sink.root, BATCHES_DIR)
-    if not sink.fs.isdir(where):
-        return []
-    out = []
-    for folder in sorted(sink.fs.ls(where, detail=False)):
-        try:
-            record = json.loads(sink.fs.cat_file(join(folder, BATCH_FILE)))
-        except (OSError, ValueError):  # no record (an interrupted selection), or not a batch's folder
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
 def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dict[str, Any]]:
     """The images a batch may take: labelled by the model (status ok), with no human label that
     applies, in no earlier batch; quality-flagged ones (``is_*`` true) left out unless asked.
@@ -105,7 +89,7 @@ def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dic
     current = current_labels(sink, runs)
     if facts.get("task") == "hierarchical":
         raise UserError(f"{sink.uri}: review batches of a hierarchical model are not supported yet")
-    taken = {i for b in _batches_of(sink) for i in b.get("image_ids", [])}
+    taken = {i for b in batch_records(sink) for i in b.get("image_ids", [])}
     reviewed = set(reviews(sink).column("image_id").to_pylist())
     keep = pc.and_(pc.equal(current.column("status"), "ok"), pc.equal(current.column("label_source"), "model"))
     rows = current.filter(keep)
@@ -177,26 +161,77 @@ def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
 def commit_batch(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str = "margin", seed: int = 0,
                  document_root: Optional[str] = None) -> dict[str, Any]:
     """Select and write a review batch under the sink's reviews lock; returns its record."""
+    facts = {"strategy": strategy, "measure": measure if strategy in STRATEGIES and STRATEGIES[strategy].measures
+             else None, "seed": seed, "budget": budget}
+    return _commit(sink, lambda: select(sink, budget, strategy, measure, seed), facts, document_root)
+
+
+def stratified(rows: pa.Table, size: int, seed: int) -> pa.Table:
+    """``size`` rows drawn at random within each model label, in proportion to its count (largest
+    remainders; every label present gets one when ``size`` allows), in image id order."""
+    labels = np.asarray(rows.column("model_label").to_pylist(), dtype=object)
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    size = min(size, rows.num_rows)
+    share = counts / counts.sum() * size
+    quota = np.floor(share).astype(int)
+    if size >= len(names):
+        quota = np.maximum(quota, 1)
+    order = np.argsort(-(share - np.floor(share)), kind="stable")
+    while quota.sum() < size:  # the largest remainders first
+        for i in order:
+            if quota.sum() < size and quota[i] < counts[i]:
+                quota[i] += 1
+    while quota.sum() > size:  # the minimum of one took more: from the largest classes
+        quota[int(np.argmax(quota))] -= 1
+    rng = np.random.default_rng(seed)
+    picked = []
+    for name, k in zip(names, quota):
+        where = np.flatnonzero(labels.astype(str) == name)
+        picked += rng.choice(where, size=int(k), replace=False).tolist()
+    chosen = rows.take(pa.array(sorted(picked), pa.int64()))
+    chosen = chosen.take(pc.sort_indices(chosen, [("image_id", "ascending")]))
+    return chosen.append_column("priority", pa.array(np.zeros(chosen.num_rows), pa.float64()))
+
+
+def commit_gold(sink: Sink, size: int, seed: int = 0, document_root: Optional[str] = None) -> dict[str, Any]:
+    """Draw the sink's gold set once: ``size`` images stratified by the model's label among the
+    images no reviewer has seen, committed as a review batch (reviewed like any other) whose
+    answers judge models (``imgclf model promote``) and are never trained on."""
+    def pick() -> tuple[pa.Table, dict[str, Any]]:
+        found = gold_batch(sink)
+        if found:
+            raise UserError(f"{sink.uri}: the gold set is drawn already ({found['batch_id']}, {found['images']} "
+                            "images); a gold set is drawn once, so that every judgement uses the same images")
+        rows, facts = candidates(sink)
+        return stratified(rows, size, seed), facts
+
+    return _commit(sink, pick, {"strategy": "gold", "gold": True, "measure": None, "seed": seed, "budget": size},
+                   document_root)
+
+
+def _commit(sink: Sink, pick: Callable[[], tuple[pa.Table, dict[str, Any]]], facts: dict[str, Any],
+            document_root: Optional[str]) -> dict[str, Any]:
+    """The batch ``pick`` selects, written under the sink's reviews lock, its record last."""
     from imgclf_ray.io.lock import RunLock
 
     with RunLock.on(sink, LOCK_NAME, uuid.uuid4().hex[:12], name=LOCK_NAME):
-        rows, facts = select(sink, budget, strategy, measure, seed)
+        rows, night = pick()
         if not rows.num_rows:
             raise UserError(f"{sink.uri}: no image left to review (every labelled image is reviewed or "
                             "in an earlier batch)")
         now = datetime.now(timezone.utc)
-        batch_id = f"{strategy}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-        task, labels = facts.get("task") or "multiclass", facts.get("labels") or []
+        batch_id = f"{facts['strategy']}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        task, labels = night.get("task") or "multiclass", night.get("labels") or []
         files = {"tasks.json": tasks_json(rows, task, batch_id, document_root),  # refusals first
                  "labeling-config.xml": labeling_config(task, labels).encode(), "batch.csv": batch_csv(rows, batch_id)}
         folder = join(sink.root, BATCHES_DIR, batch_id)
         sink.fs.makedirs(folder, exist_ok=True)
         for name, blob in files.items():
             put_atomic(sink.fs, join(folder, name), blob)
-        record = {"batch_id": batch_id, "created_at": now.isoformat(), "strategy": strategy,
-                  "measure": measure if STRATEGIES[strategy].measures else None, "seed": seed, "budget": budget,
+        record = {"batch_id": batch_id, "created_at": now.isoformat(), **facts,
                   "images": rows.num_rows, "task": task, "labels": labels,
                   "model_ids": sorted({m for m in rows.column("model_id").to_pylist() if m}),
-                  "image_ids": rows.column("image_id").to_pylist(), "uri": join(sink.uri, BATCHES_DIR, batch_id)}
+                  "image_ids": rows.column("image_id").to_pylist(), "uris": rows.column("uri").to_pylist(),
+                  "uri": join(sink.uri, BATCHES_DIR, batch_id)}
         put_atomic(sink.fs, join(folder, BATCH_FILE), json.dumps(record, indent=1).encode())  # last: the commit
     return record

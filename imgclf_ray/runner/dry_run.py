@@ -44,6 +44,9 @@ class DryRun:
         if self.model:
             lines.append(f"  model   : {self.model['framework']} {self.model['task']}, "
                          f"{self.model['labels']} labels, {self.model['model_id']}")
+            if self.model.get("version"):
+                v = self.model["version"]
+                lines.append(f"  version : {v['uri']} = {v['name']} version {v['version']} ({v['source']})")
         p = self.plan
         if p.get("executor") == "local":
             lines.append(f"  plan    : run.executor local: the model in this process ({p['device']}, batch "
@@ -61,9 +64,10 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     """List and select as a run would (incremental jobs: against the committed state, the run id's
     own record not counting), make the plan, and report; refuses what a run would refuse first."""
     from imgclf_ray.runner.job import engine_for, select
-    from imgclf_ray.runner.plan import make_plan, refuse_before_work
+    from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
     from imgclf_ray.runner.ray_setup import ensure_ray
 
+    spec, registered = registered_model(spec)
     info = refuse_before_work(spec)
     if spec.source.inventory or spec.run.executor == "ray":  # listing tasks; the cluster's resources
         ensure_ray(spec.run.ray_address, verbose, quiet=not verbose)
@@ -77,6 +81,7 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
 
         plan["decode_workers"] = decode_workers(run.resources, info is None or info.framework == "sklearn")
     model = None if info is None else {"framework": info.framework, "task": info.task,
-                                       "labels": len(info.labels or []), "model_id": info.model_id}
+                                       "labels": len(info.labels or []), "model_id": info.model_id,
+                                       **({"version": registered} if registered else {})}
     return DryRun(run_id, spec.source.inventory or spec.source.uri, selected.listed, selected.skipped,
                   selected.listing_tasks, round(seconds, 2), selected.why, selected.rows.num_rows, model, plan)

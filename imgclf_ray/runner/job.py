@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgclf_ray import faults, interrupts
-from imgclf_ray.errors import NothingToDo
+from imgclf_ray.errors import NothingToDo, RunFailed
 from imgclf_ray.io import sink
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.labels import attach_true_labels
@@ -28,7 +28,7 @@ from imgclf_ray.progress import Mode, Progress, resolve_mode
 from imgclf_ray.runner.checks import check_budget, user_errors
 from imgclf_ray.runner.engine import Output
 from imgclf_ray.runner.metrics import Watch
-from imgclf_ray.runner.plan import make_plan, refuse_before_work
+from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer, scan_columns
 from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.ray_setup import ensure_ray
@@ -80,6 +80,7 @@ class Attempt:
     sink: Sink
     run_date: date
     mode: Mode = "off"
+    registered: Optional[dict[str, Any]] = None  # model.uri models:/...: the version (runner.plan.registered_model)
 
     def staging(self) -> sink.Staging:
         return self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
@@ -168,6 +169,9 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         back = read_back(tasks, spec, staged, [tasks.put(manifest)] if isinstance(manifest, pa.Table) else manifest.refs,
                          scanned)
         back.check_complete("all" if spec.source.container else spec.decode.frames)
+        if curation and curation["scanned_rows"] != back.summary.by_status.get("ok", 0):
+            raise RunFailed(f"output check failed: the archive-wide checks scanned {curation['scanned_rows']} ok rows, "
+                            f"the staged files hold {back.summary.by_status.get('ok', 0)}; nothing was committed")
         result = make_result(spec, at.run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing.skipped
         result.stages = metrics.snapshot()
@@ -210,6 +214,9 @@ def _commit(at: Attempt, staging: sink.Staging, result: RunResult, record: dict,
         write(state.state_file(state_uri(spec), at.run_id, staging.attempt))
     faults.point("after_state")
     at.lock.verify()
+    result.registered_model = at.registered
+    if at.registered:  # the registry version a models:/ uri named, so that the night can be reproduced
+        record = {**record, "registered_model": at.registered}
     facts = {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": at.run_date.isoformat(),
              "model_id": result.model_id, **record, "by_status": result.by_status,
              "errors_by_stage": result.errors_by_stage, "wall_seconds": round(result.wall_seconds, 3)}
@@ -314,6 +321,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
+    spec, registered = registered_model(spec)  # once, on the driver, before any lock
     out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
         _nothing_if_committed(out, run_id)
@@ -322,6 +330,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
             _nothing_if_committed(out, run_id)
         if job_lock is not None:
             attempt.lock.guards.append(job_lock)  # a lost job lease refuses the commit too
+        attempt.registered = registered
         quiet_ray = redirect_ray and mode == "log" and not verbose
         return _run_locked(attempt, verbose, quiet_ray)
 

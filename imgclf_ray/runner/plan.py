@@ -24,6 +24,20 @@ class RunPlan:
     resources: Plan  # actors, batch sizes, device, memory
 
 
+def registered_model(spec: JobSpec) -> tuple[JobSpec, Optional[dict[str, Any]]]:
+    """A job whose model.uri names an MLflow registry version (models:/NAME@champion) with that
+    uri replaced by the version's artifact, resolved once here on the driver (actors read the
+    artifact's own URI), and the version's record for the manifest; other jobs as they are."""
+    from imgclf_ray.models import mlflow_registry as registry
+
+    if spec.model is None or not registry.is_registered(spec.model.uri):
+        return spec, None
+    uri = registry.tracking_uri(spec.model.tracking_uri, "model.tracking_uri")
+    version = registry.resolve(spec.model.uri, uri, spec.storage)
+    model = spec.model.model_copy(update={"uri": version.source})
+    return spec.model_copy(update={"model": model}), {"uri": spec.model.uri, **version.record()}
+
+
 def refuse_before_work(spec: JobSpec, model: Optional[ArtifactInfo] = None) -> Optional[ArtifactInfo]:
     """What a run refuses before any work, checked once: a bad artifact (tampered, untrusted, one
     that would run code, thresholds it lacks) and a ``decode.jpeg_on`` that cannot apply. Returns

@@ -42,6 +42,7 @@ class RunResult:
     files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
     nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
+    registered_model: Optional[dict[str, Any]] = None  # model.uri models:/...: the version it resolved to
     ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
 
     def summary(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class RunResult:
             "stages": self.stages,
             "resources": self.plan,
             "model_id": self.model_id,
+            **({"registered_model": self.registered_model} if self.registered_model else {}),
             "spec_digest": self.spec_digest,
             **({"nothing_new": self.nothing_new} if self.nothing_new else {}),
         }

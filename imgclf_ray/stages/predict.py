@@ -161,7 +161,7 @@ class PredictStage:
             "frame": frames,
             "timestamp": (pa.array(batch["timestamp"], pa.float64(), mask=np.isnan(batch["timestamp"]))
                           if "timestamp" in batch else pa.nulls(n, pa.float64())),
-            "size": pa.array(batch["size"], pa.int64()),
+            "size": pa.array(batch["size"], pa.int64(), from_pandas=True),  # NaN: unknown (a manifest without sizes)
             "etag": [e if isinstance(e, str) else None for e in batch["etag"]],
             "width": pa.array(width, mask=width == 0),
             "height": pa.array(height, mask=height == 0),

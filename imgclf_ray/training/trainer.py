@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgclf_ray import interrupts
 from imgclf_ray.errors import SourceError, SpecError
@@ -180,11 +181,22 @@ def _rows(probs: np.ndarray, truth: list[str], labels: list[str], task: str, thr
              "label_path": None, "class_scores": probs[i].tolist()} for i in range(len(probs))]
 
 
+def _split(spec: TrainSpec, key: str, idx: np.ndarray, size: float, strat, seed: int, classes: int):
+    """A seeded, stratified split; a set too small to split by class is the user's error, named."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(idx, test_size=size, stratify=strat, random_state=seed)
+    except ValueError as exc:
+        raise SourceError(f"{spec.data.uri}: {len(idx)} labelled images cannot be split by class ({key}: {size}, "
+                          f"{classes} classes: {str(exc).splitlines()[0][:160]}); label more images of each class, "
+                          f"or change {key}") from None
+
+
 def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, seed: int,
              card_extra: Optional[dict[str, Any]] = None, splits: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Split, (search,) fit, score and save one model; returns its test metrics."""
     import sklearn
-    from sklearn.model_selection import train_test_split
 
     task = "multiclass" if spec.task == "hierarchical" else spec.task
     y, labels = _targets(spec.model_copy(update={"task": task}), names)
@@ -200,10 +212,10 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
                               f"{len(test_idx)} test images; both are needed")
     else:
         strat = names if task != "multilabel" else None
-        train_idx, test_idx = train_test_split(idx, test_size=spec.split.test, stratify=strat, random_state=seed)
+        train_idx, test_idx = _split(spec, "split.test", idx, spec.split.test, strat, seed, len(labels))
         if spec.split.validation and (task == "multilabel" or spec.model.cnn is not None):
-            train_idx, val_idx = train_test_split(train_idx, test_size=spec.split.validation, random_state=seed,
-                                                  stratify=None if task == "multilabel" else y[train_idx])
+            train_idx, val_idx = _split(spec, "split.validation", train_idx, spec.split.validation,
+                                        None if task == "multilabel" else y[train_idx], seed, len(labels))
     if spec.model.cnn is not None:
         return _fit_cnn_one(spec, task, x, y, labels, names, train_idx, val_idx, test_idx, output, seed, card_extra)
     estimator = make_estimator(spec.model.estimator, seed, task == "multilabel",
@@ -298,8 +310,13 @@ def with_init_network(spec: TrainSpec) -> TrainSpec:
     cnn = spec.model.cnn
     if cnn is None or not cnn.init_weights:
         return spec
+    from imgclf_ray.models import mlflow_registry as registry
     from imgclf_ray.models.artifact import read_card
     from imgclf_ray.spec import PreprocessSpec
+
+    if registry.is_registered(cnn.init_weights):  # models:/NAME@champion: that version's artifact
+        tracking = registry.tracking_uri(spec.registry.tracking_uri if spec.registry else None, "registry.tracking_uri")
+        cnn = cnn.model_copy(update={"init_weights": registry.resolve(cnn.init_weights, tracking, spec.storage).source})
 
     card = read_card(cnn.init_weights, spec.storage)
     where = f"model.cnn.init_weights {cnn.init_weights}"
@@ -325,6 +342,7 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     if spec.example is not None:
         ensure_example_archive(spec.example.dataset, spec.data, spec.storage)
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
+    manifest, gold = _without_gold(spec, manifest)
     labelled = manifest.filter(manifest.column("true_label").is_valid())
     if not labelled.num_rows:
         raise SourceError(f"{spec.data.uri}: no image has a label (data.labels)")
@@ -332,14 +350,53 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(f"{u} {e}" for u, e in zip(labelled.column("uri").to_pylist(),
                                                                    labelled.column("etag").to_pylist())).encode()).hexdigest()
     extra = {"data_digest": "sha256:" + digest, "unlabelled_images": manifest.num_rows - labelled.num_rows,
-             "unreadable_images": errors}
+             "unreadable_images": errors, **({"gold_images_left_out": gold} if gold else {})}
     seed = spec.split.seed
     if spec.task != "hierarchical":
         metrics = _fit_one(spec, x, names, spec.model.output, seed, extra, splits)
     else:
         metrics = _fit_tree(spec, x, names, seed, extra, splits)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    if gold:
+        metrics["gold_images_left_out"] = gold
+    if spec.registry is not None:
+        metrics["registered"] = _register(spec, metrics)
     return metrics
+
+
+def _without_gold(spec: TrainSpec, manifest: pa.Table) -> tuple[pa.Table, int]:
+    """The manifest without the gold set's images of the sink whose reviews label it (data.labels
+    kind: reviewed): the images that judge models are never trained on. Returns how many it left out."""
+    labels = spec.data.labels
+    if labels.kind != "reviewed":
+        return manifest, 0
+    from imgclf_ray.io.reviews import gold_batch
+    from imgclf_ray.io.sink import Sink
+
+    gold = gold_batch(Sink(labels.sink, spec.storage))
+    if not gold:
+        return manifest, 0
+    keep = pc.invert(pc.is_in(manifest.column("uri"), pa.array(gold.get("uris") or [], pa.string())))
+    return manifest.filter(keep), manifest.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+
+
+def _register(spec: TrainSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Log the training in MLflow and register the artifact as a new version (spec.registry)."""
+    from imgclf_ray.models import mlflow_registry as registry
+    from imgclf_ray.models.hierarchy import describe_artifact
+
+    tracking = registry.tracking_uri(spec.registry.tracking_uri, "registry.tracking_uri")
+    model_id = describe_artifact(spec.model.output, spec.storage).model_id
+    m = spec.model
+    params = {"task": spec.task, "data": spec.data.uri, "labels": spec.data.labels.kind, "split_seed": spec.split.seed,
+              "features": m.features.name if m.features else None,
+              "estimator": m.estimator.name if m.estimator else None,
+              "cnn": m.cnn.architecture if m.cnn else None, "init_weights": m.cnn.init_weights if m.cnn else None}
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    version = registry.register(tracking, spec.registry.name or spec.name, spec.model.output, model_id,
+                                {k: v for k, v in params.items() if v is not None}, numbers,
+                                {"imgclf.spec": spec.name})
+    return {"name": version.name, "version": version.version, "model_id": model_id, "tracking_uri": tracking}
 
 
 def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extra: dict[str, Any],

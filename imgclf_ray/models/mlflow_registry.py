@@ -1,0 +1,162 @@
+"""Model versions and the champion alias in an MLflow model registry (the ``[mlflow]`` extra).
+
+A version is registered with its artifact's own URI as source (where ``imgclf train`` wrote it)
+and the card's ``model_id`` as tag ``imgclf.model_id``: resolving ``models:/NAME@ALIAS`` (or
+``models:/NAME/VERSION``) gives that URI, once, on the driver, and refuses an artifact whose card
+no longer has the version's model id (trained again into the same folder since). The tracking URI
+is explicit and absolute: MLflow's own default, ``sqlite:///mlflow.db``, is a file in whatever
+folder the command runs in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from imgclf_ray.errors import SpecError, UserError
+from imgclf_ray.messages import describe
+from imgclf_ray.spec import StorageSpec
+
+MODEL_ID_TAG = "imgclf.model_id"
+CHAMPION = "champion"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))$")
+
+
+def is_registered(uri: Optional[str]) -> bool:
+    return bool(uri) and str(uri).startswith("models:/")
+
+
+def tracking_uri(given: Optional[str], where: str) -> str:
+    """The registry to use: ``given``, else $MLFLOW_TRACKING_URI; refused when neither names one,
+    or when it is a relative file (``where``: the option or key that sets it, for the message)."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise SpecError(f"{where}: no MLflow tracking URI; set it (or MLFLOW_TRACKING_URI) to the registry, e.g. "
+                        "sqlite:////srv/mlflow/mlflow.db or http://mlflow.internal:5000")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise SpecError(f"{where}: {uri} is a file relative to the current folder; give an absolute path "
+                        "(sqlite:////abs/path/mlflow.db: four slashes)")
+    if "://" not in uri and not os.path.isabs(uri):
+        raise SpecError(f"{where}: {uri} is a folder relative to the current one; give an absolute path or a "
+                        "server's URL")
+    return uri
+
+
+def is_local_file(uri: str) -> bool:
+    """Whether the registry is a file on this machine (a cluster cannot reach it)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _client(uri: str):
+    try:
+        import mlflow
+        from mlflow import MlflowClient
+    except ImportError:
+        raise UserError("the MLflow registry needs the mlflow package: pip install 'imgclf-ray[mlflow]'") from None
+    for name in ("mlflow", "alembic"):  # its INFO lines (creating tables ...) are not the user's business
+        logging.getLogger(name).setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def _call(what: str, fn, *args, **kwargs):
+    """An MLflow call; its failure one line (the registry unreachable, a name unknown ...)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        raise UserError(f"MLflow registry: {what}: {describe(exc).splitlines()[0][:300]}") from None
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered version, as a run's manifest records it."""
+
+    tracking_uri: str
+    name: str
+    version: str
+    source: str  # the artifact's URI
+    model_id: Optional[str]
+    alias: Optional[str] = None
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _version(client, uri: str, mv, alias: Optional[str] = None) -> Version:
+    return Version(uri, mv.name, str(mv.version), mv.source, (mv.tags or {}).get(MODEL_ID_TAG), alias)
+
+
+def champion(uri: str, name: str) -> Optional[Version]:
+    """The version the ``champion`` alias names; None when the model has none (or no version)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        return _version(client, uri, client.get_model_version_by_alias(name, CHAMPION), CHAMPION)
+    except MlflowException:
+        return None
+
+
+def get(uri: str, name: str, version: str) -> Version:
+    client = _client(uri)
+    return _version(client, uri, _call(f"{name} version {version}", client.get_model_version, name, str(version)))
+
+
+def resolve(models_uri: str, uri: str, storage: StorageSpec = StorageSpec()) -> Version:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the version, its artifact checked to
+    be the one registered (the card's model_id)."""
+    from imgclf_ray.models.hierarchy import describe_artifact
+
+    m = _MODELS_URI.match(models_uri)
+    if not m:
+        raise SpecError(f"{models_uri}: a registered model is models:/NAME@ALIAS or models:/NAME/VERSION")
+    client = _client(uri)
+    if m["alias"]:
+        mv = _call(f"{models_uri}", client.get_model_version_by_alias, m["name"], m["alias"])
+    else:
+        mv = _call(f"{models_uri}", client.get_model_version, m["name"], m["version"])
+    found = _version(client, uri, mv, m["alias"])
+    actual = describe_artifact(found.source, storage).model_id
+    if found.model_id and actual != found.model_id:
+        raise UserError(f"{models_uri} is version {found.version}, registered with model id {found.model_id}, but "
+                        f"the artifact at {found.source} is now {actual} (trained again into that folder?); "
+                        "register the new artifact as a version of its own")
+    return found
+
+
+def register(uri: str, name: str, artifact_uri: str, model_id: str, params: dict[str, Any],
+             metrics: dict[str, float], tags: dict[str, str]) -> Version:
+    """Log a training run (parameters, metrics, the artifact's URI and model id) in experiment
+    ``name`` and register the artifact as a new version of model ``name``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    _call(f"experiment {name}", mlflow.set_experiment, name)
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tags({**tags, MODEL_ID_TAG: model_id, "imgclf.artifact": artifact_uri})
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        _call(f"create {name}", client.create_registered_model, name)
+    mv = _call(f"register {name}", client.create_model_version, name, artifact_uri, run.info.run_id,
+               tags={MODEL_ID_TAG: model_id})
+    return _version(client, uri, mv)
+
+
+def record_decision(uri: str, name: str, version: str, evidence: dict[str, Any], promote: bool) -> None:
+    """The evidence as tags of the version (``imgclf.promotion.*``), then, when it wins, the
+    ``champion`` alias moved to it (the alias last: an interrupted promotion moved nothing)."""
+    client = _client(uri)
+    for key, value in evidence.items():
+        _call("tag the version", client.set_model_version_tag, name, str(version), f"imgclf.promotion.{key}",
+              str(value)[:5000])
+    if promote:
+        _call("move the champion alias", client.set_registered_model_alias, name, CHAMPION, str(version))
