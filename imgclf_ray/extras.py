@@ -16,6 +16,7 @@ EXTRAS = {
     "report": ("matplotlib", "imgclf report's charts"),
     "delta": ("deltalake", "sink.format: delta"),
     "models": ("timm", "models from timm, Hugging Face and ONNX"),
+    "mlflow": ("mlflow", "the MLflow model registry"),
 }
 
 

@@ -1,5 +1,5 @@
 """`make demo` installs the runtime dependencies only: without the extras (pydicom, PyAV,
-matplotlib, deltalake, timm) imgclf still imports, validates and decodes, and what needs an extra
+matplotlib, deltalake, timm, mlflow) imgclf still imports, validates and decodes, and what needs an extra
 says which one — a clear error row or one error line, never an ImportError."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 WITHOUT_EXTRAS = textwrap.dedent("""
     import sys
-    for name in ("pydicom", "av", "matplotlib", "deltalake", "timm", "transformers", "onnxruntime"):
+    for name in ("pydicom", "av", "matplotlib", "deltalake", "timm", "transformers", "onnxruntime", "mlflow"):
         sys.modules[name] = None  # import fails as if not installed
     from pathlib import Path
     import imgclf_ray.cli, imgclf_ray.runner.job, imgclf_ray.stages, imgclf_ray.api  # noqa: F401
@@ -40,6 +40,12 @@ WITHOUT_EXTRAS = textwrap.dedent("""
         sink.check_format("/nonexistent", "delta")
     except UserError as exc:
         print("delta:", exc)
+    from imgclf_ray.runner.plan import registered_model
+    try:
+        registered_model(parse_spec({{**base, "model": {{"uri": "models:/digits@champion",
+                                                          "tracking_uri": "sqlite:////srv/mlflow.db"}}}}, "job.yaml"))
+    except UserError as exc:
+        print("mlflow:", exc)
 """)
 
 
@@ -53,3 +59,4 @@ def test_the_runtime_works_without_the_extras_and_names_them():
     assert any("decode.dicom_attributes: pydicom is not installed" in line and "imgclf-ray[dicom]" in line
                for line in lines), proc.stdout
     assert any(line.startswith("delta:") and "imgclf-ray[delta]" in line for line in lines), proc.stdout
+    assert any(line.startswith("mlflow:") and "imgclf-ray[mlflow]" in line for line in lines), proc.stdout

@@ -19,7 +19,6 @@ from imgclf_ray.cli import main
 from imgclf_ray.review.promote import METRICS, paired_bootstrap
 from tests.support.jobs import digits_subset
 
-pytest.importorskip("mlflow")  # the [mlflow] extra; the test extra installs it
 
 
 def _cli(*args: str, code: int = 0) -> str:

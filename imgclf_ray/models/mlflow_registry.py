@@ -51,11 +51,10 @@ def is_local_file(uri: str) -> bool:
 
 
 def _client(uri: str):
-    try:
-        import mlflow
-        from mlflow import MlflowClient
-    except ImportError:
-        raise UserError("the MLflow registry needs the mlflow package: pip install 'imgclf-ray[mlflow]'") from None
+    from imgclf_ray.extras import require
+
+    mlflow = require("mlflow")
+    from mlflow import MlflowClient
     for name in ("mlflow", "alembic"):  # its INFO lines (creating tables ...) are not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
@@ -93,9 +92,9 @@ def _version(client, uri: str, mv, alias: Optional[str] = None) -> Version:
 
 def champion(uri: str, name: str) -> Optional[Version]:
     """The version the ``champion`` alias names; None when the model has none (or no version)."""
+    client = _client(uri)
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
     try:
         return _version(client, uri, client.get_model_version_by_alias(name, CHAMPION), CHAMPION)
     except MlflowException:
@@ -133,10 +132,10 @@ def register(uri: str, name: str, artifact_uri: str, model_id: str, params: dict
              metrics: dict[str, float], tags: dict[str, str]) -> Version:
     """Log a training run (parameters, metrics, the artifact's URI and model id) in experiment
     ``name`` and register the artifact as a new version of model ``name``."""
+    client = _client(uri)
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
     _call(f"experiment {name}", mlflow.set_experiment, name)
     with mlflow.start_run(run_name=f"train-{name}") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
