@@ -604,22 +604,28 @@ def review() -> None:
 @click.argument("sink_uri")
 @click.option("--budget", type=click.IntRange(min=1), required=True, help="How many images to review.")
 @click.option("--strategy", default="uncertainty", show_default=True,
-              help="uncertainty (the model least sure first) or random (the baseline).")
+              help="uncertainty (the model least sure first); diverse (from the --pool x budget most uncertain, one "
+              "per duplicate group, spread by k-center greedy on the embedding or the class scores); label_issues "
+              "(existing labels least likely right first: curate.checks [label_issue]); disagreement (images two "
+              "nights labelled differently first); random (the baseline).")
+@click.option("--pool", type=click.IntRange(min=1), default=5, show_default=True,
+              help="diverse: how many times the budget of most uncertain images it spreads the batch over.")
 @click.option("--measure", default="margin", show_default=True,
               help="uncertainty: margin, entropy or least_confidence (multilabel: the label nearest 0.5, "
               "whatever this says).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random selections.")
 @click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
 @_storage_options
-def review_select(sink_uri: str, budget: int, strategy: str, measure: str, seed: int, document_root: Optional[str],
-                  endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+def review_select(sink_uri: str, budget: int, strategy: str, pool: int, measure: str, seed: int,
+                  document_root: Optional[str], endpoint_url: Optional[str], region: Optional[str],
+                  profile: Optional[str]) -> None:
     """Commit a review batch of the images a reviewer should see next: Label Studio tasks with the
     model's answers as pre-annotations, the labeling config, a CSV, and the batch's record."""
     from imgclf_ray.io.sink import Sink
     from imgclf_ray.review.select import commit_batch
 
     record = commit_batch(Sink(sink_uri, _storage(endpoint_url, region, profile)), budget, strategy, measure, seed,
-                          document_root)
+                          document_root, pool)
     click.echo(f"review batch {record['batch_id']}: {record['images']} images ({strategy}"
                f"{', ' + record['measure'] if record['measure'] else ''})\n"
                f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"

@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgclf_ray.errors import UserError
 from imgclf_ray.io.reviews import last_per_image, latest_reviews, reviews
@@ -32,11 +33,18 @@ def latest_night(sink: Sink, runs: list[dict]) -> dict:
     return with_rows[-1]
 
 
+# What a review selection reads besides, where the nights wrote them: the curation flags (is_*),
+# the label scores, the embedding and the duplicate groups (strategies label_issues and diverse).
+SELECTION_COLUMNS = ["label_quality", "embedding", "phash", "duplicate_group", "near_duplicate_group"]
+
+
 def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None, runs: Optional[list[dict]] = None) -> pa.Table:
     """Each image's row of the latest committed night that processed it (the nights in commit
-    order, ``runs`` when the caller listed them; a night with nothing new adds no row)."""
-    flags = columns is None  # the curation flags too (a review selection leaves flagged images out)
-    columns = columns or MODEL_COLUMNS
+    order, ``runs`` when the caller listed them; a night with nothing new adds no row). Without
+    ``columns``: MODEL_COLUMNS, what a selection reads besides, and ``previous_label``: the label
+    of the image's row in the night before (null when one night labelled it)."""
+    flags = columns is None
+    columns = columns or MODEL_COLUMNS + SELECTION_COLUMNS
     parts = []
     for order, run in enumerate(sink.list_runs() if runs is None else runs):
         if run.get("nothing_new") or not run.get("rows"):
@@ -46,7 +54,21 @@ def latest_model_rows(sink: Sink, columns: Optional[list[str]] = None, runs: Opt
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
     table = pa.concat_tables(parts, promote_options="default")
-    return last_per_image(table, "_night").drop_columns(["_night"])
+    latest = last_per_image(table, "_night").drop_columns(["_night"])
+    return latest.append_column("previous_label", _previous_labels(table, latest)) if flags else latest
+
+
+def _previous_labels(table: pa.Table, latest: pa.Table) -> pa.Array:
+    """Each image's label in its second-latest night (by ``_night``), in ``latest``'s row order."""
+    t = table.select(["image_id", "label", "_night"])
+    t = t.take(pc.sort_indices(t, [("image_id", "ascending"), ("_night", "descending")]))
+    ids = t.column("image_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    second = np.zeros(len(ids), dtype=bool)
+    second[1:] = ~first[1:] & first[:-1]
+    found = dict(zip(ids[second].tolist(), t.column("label").filter(pa.array(second)).to_pylist()))
+    return pa.array([found.get(i) for i in latest.column("image_id").to_pylist()], pa.string())
 
 
 def current_labels(sink: Sink, runs: Optional[list[dict]] = None) -> pa.Table:

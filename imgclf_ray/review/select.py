@@ -29,7 +29,8 @@ from imgclf_ray.io.storage import join
 from imgclf_ray.io.reviews import BATCH_FILE, BATCHES_DIR, LOCK_NAME, batch_records, gold_batch, reviews
 from imgclf_ray.review.labels import current_labels, latest_night
 
-FROM_NAME, TO_NAME = "label", "image"  # the labeling config's control and image names
+FROM_NAME, TO_NAME = "label", "image"
+NOT_QUALITY_FLAGS = ("is_label_issue", "is_duplicate", "is_near_duplicate")  # the labeling config's control and image names
 
 
 # -- strategies: how uncertain each candidate is (higher: reviewed first) --------------------------
@@ -65,15 +66,83 @@ def random_order(rows: pa.Table, task: str, measure: str, rng: np.random.Generat
     return rng.random(rows.num_rows)
 
 
+def label_issue_order(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
+    """Where a label exists already (source.labels: the folder's, a table's), the least likely to
+    be right first: 1 - ``label_quality`` (cleanlab's self-confidence, curate.checks: [label_issue]);
+    images without one are not candidates."""
+    if "label_quality" not in rows.column_names or not pc.sum(pc.is_valid(rows.column("label_quality"))).as_py():
+        raise UserError("--strategy label_issues: no night of this sink scored its labels; run the job with "
+                        "source.labels and curate.checks: [label_issue]")
+    quality = rows.column("label_quality").to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(np.isnan(quality), -np.inf, 1.0 - quality)
+
+
+def disagreement(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
+    """Where two nights (two models) disagree on an image's label: those first, each group by its
+    margin uncertainty; an image one night labelled only comes after."""
+    previous = rows.column("previous_label").to_pylist()
+    if not any(p is not None for p in previous):
+        raise UserError("--strategy disagreement: no image was labelled by two nights yet (a night with a new "
+                        "model labels the archive again: incremental.reprocess_on_model_change)")
+    differ = np.array([p is not None and p != m for p, m in zip(previous, rows.column("model_label").to_pylist())])
+    return differ * 2.0 + uncertainty(rows, task, "margin", rng)
+
+
+def _features(rows: pa.Table) -> np.ndarray:
+    """What diversity is measured on: the run's embedding when every row has one (cluster jobs
+    store it), else the class-score vectors (the model's own view of the images)."""
+    if "embedding" in rows.column_names and rows.column("embedding").null_count == 0 and rows.num_rows:
+        return np.asarray(rows.column("embedding").to_pylist(), dtype=np.float64)
+    return _matrix(rows.column("class_scores").to_pylist())
+
+
+def k_center(features: np.ndarray, budget: int) -> list[int]:
+    """Greedy k-center (the core-set selection): the first row, then each time the row farthest
+    from every row chosen (Euclidean, on L2-normalised features); ties to the earlier row."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    chosen = [0]
+    nearest = np.linalg.norm(x - x[0], axis=1)
+    while len(chosen) < min(budget, len(x)):
+        nxt = int(np.argmax(nearest))
+        chosen.append(nxt)
+        nearest = np.minimum(nearest, np.linalg.norm(x - x[nxt], axis=1))
+    return chosen
+
+
+def diverse_pick(rows: pa.Table, order: np.ndarray, budget: int, pool: int) -> np.ndarray:
+    """From the ``pool`` x budget most uncertain rows, one per (near-)duplicate group (the run's
+    duplicate and near-duplicate groups, else equal perceptual hashes), then k-center greedy on
+    the features: a batch that covers the uncertain region instead of one corner of it."""
+    top = order[:pool * budget]
+    seen: set = set()
+    kept = []
+    groups = [c for c in ("duplicate_group", "near_duplicate_group", "phash") if c in rows.column_names]
+    values = {c: rows.column(c).to_pylist() for c in groups}
+    for i in top:
+        keys = {(c, values[c][i]) for c in groups if values[c][i] is not None}
+        if keys & seen:
+            continue
+        seen |= keys
+        kept.append(i)
+    kept = np.asarray(kept, dtype=np.int64)
+    if len(kept) <= budget:
+        return kept
+    return kept[k_center(_features(rows.take(pa.array(kept))), budget)]
+
+
 @dataclass(frozen=True)
 class Strategy:
-    priority: Callable[[pa.Table, str, str, np.random.Generator], np.ndarray]
+    priority: Callable[[pa.Table, str, str, np.random.Generator], np.ndarray]  # higher: reviewed first
     measures: tuple[str, ...] = ()
+    diverse: bool = False  # the batch is drawn from the top of the order by diverse_pick
 
 
 # One table: a new strategy is a line here.
 STRATEGIES = {
     "uncertainty": Strategy(uncertainty, ("margin", "entropy", "least_confidence")),
+    "diverse": Strategy(uncertainty, ("margin", "entropy", "least_confidence"), diverse=True),
+    "label_issues": Strategy(label_issue_order),
+    "disagreement": Strategy(disagreement),
     "random": Strategy(random_order),
 }
 
@@ -82,7 +151,8 @@ STRATEGIES = {
 
 def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dict[str, Any]]:
     """The images a batch may take: labelled by the model (status ok), with no human label that
-    applies, in no earlier batch; quality-flagged ones (``is_*`` true) left out unless asked.
+    applies, in no earlier batch; those an image-quality check flagged (``is_*`` true: blurry,
+    dark ..., not duplicates or label issues) left out unless asked.
     Returns them and the latest night's manifest facts (task, labels)."""
     runs = sink.list_runs()
     facts = latest_night(sink, runs)
@@ -95,17 +165,18 @@ def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dic
     rows = current.filter(keep)
     ids = rows.column("image_id").to_pylist()
     mask = [i not in taken and i not in reviewed for i in ids]
-    if not include_flagged:
-        flags = [c for c in rows.column_names if c.startswith("is_")]
+    if not include_flagged:  # the image-quality flags: a label issue is what a review fixes, and of a
+        # duplicate group the diverse strategy takes one image (excluding them would leave all out)
+        flags = [c for c in rows.column_names if c.startswith("is_") and c not in NOT_QUALITY_FLAGS]
         for c in flags:
             mask = [m and not v for m, v in zip(mask, rows.column(c).to_pylist())]
     return rows.filter(pa.array(mask, pa.bool_())), facts
 
 
 def select(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str = "margin",
-           seed: int = 0) -> tuple[pa.Table, dict[str, Any]]:
-    """The ``budget`` candidates the strategy puts first (ties by image id), with a ``priority``
-    column, and the latest night's manifest facts."""
+           seed: int = 0, pool: int = 5) -> tuple[pa.Table, dict[str, Any]]:
+    """The ``budget`` candidates the strategy puts first (ties by image id; ``diverse``: drawn from
+    the ``pool`` x budget first), with a ``priority`` column, and the latest night's manifest facts."""
     if strategy not in STRATEGIES:
         raise UserError(f"--strategy {strategy}: unknown; known: {', '.join(sorted(STRATEGIES))}")
     entry = STRATEGIES[strategy]
@@ -116,8 +187,10 @@ def select(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str 
         return rows.append_column("priority", pa.array([], pa.float64())), facts
     priority = entry.priority(rows, facts.get("task") or "multiclass", measure, np.random.default_rng(seed))
     ids = np.asarray(rows.column("image_id").to_pylist(), dtype=object)
-    order = np.lexsort((ids, -priority))[:budget]
-    return rows.take(pa.array(order, pa.int64())).append_column("priority", pa.array(priority[order], pa.float64())), facts
+    order = np.lexsort((ids, -priority))
+    order = order[np.isfinite(priority[order])]  # -inf: not a candidate of this strategy
+    chosen = diverse_pick(rows, order, budget, pool) if entry.diverse else order[:budget]
+    return rows.take(pa.array(chosen, pa.int64())).append_column("priority", pa.array(priority[chosen], pa.float64())), facts
 
 
 # -- the batch's files --------------------------------------------------------------------------
@@ -159,11 +232,12 @@ def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
 
 
 def commit_batch(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str = "margin", seed: int = 0,
-                 document_root: Optional[str] = None) -> dict[str, Any]:
+                 document_root: Optional[str] = None, pool: int = 5) -> dict[str, Any]:
     """Select and write a review batch under the sink's reviews lock; returns its record."""
-    facts = {"strategy": strategy, "measure": measure if strategy in STRATEGIES and STRATEGIES[strategy].measures
-             else None, "seed": seed, "budget": budget}
-    return _commit(sink, lambda: select(sink, budget, strategy, measure, seed), facts, document_root)
+    entry = STRATEGIES.get(strategy)
+    facts = {"strategy": strategy, "measure": measure if entry and entry.measures else None, "seed": seed,
+             "budget": budget, **({"pool": pool} if entry and entry.diverse else {})}
+    return _commit(sink, lambda: select(sink, budget, strategy, measure, seed, pool), facts, document_root)
 
 
 def stratified(rows: pa.Table, size: int, seed: int) -> pa.Table:
