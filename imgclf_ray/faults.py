@@ -18,7 +18,10 @@ import time
 POINTS = ("after_write", "after_state", "commit_file_moved", "commit_moved", "commit_manifest", "commit_success", "after_commit",
           "decode_worker",  # a local run's decode worker process, not the driver
           "decode_batch",  # a decode batch, in whichever process or worker runs it
-          "ray_started")  # ensure_ray, Ray's processes started
+          "ray_started",  # ensure_ray, Ray's processes started
+          "review_batch",  # review select/gold: the batch's files written, its record not yet
+          "review_ingest",  # review ingest: the answers checked, their file not written yet
+          "promote_alias")  # model promote: the evidence recorded on the version, the alias not moved yet
 
 
 def point(name: str) -> None:

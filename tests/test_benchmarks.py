@@ -42,3 +42,19 @@ def test_gpu_benchmark_runs_its_cpu_fallback(tmp_path):
     assert result["cpu_decode_per_core"] > 0 and result["device_decode"] > 0 and result["predictor_fp32"] > 0
     assert result["decode_cores_per_device"] > 0 and result["device_decode_and_predict_fp32"] > 0
     assert result["decode_cores_per_device_jpeg_on_predictor"] > 0
+
+
+def test_review_loop_benchmark_smoke(tmp_path):
+    """benchmarks/review_loop.py end to end on 300 digits, one seed (its figures are in docs/review-loop.md)."""
+    out = tmp_path / "loop.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "review_loop.py"), "--quick", "--datasets", "digits",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["datasets"]["digits"]["runs"]
+    assert sorted(runs) == sorted(f"{s}/{loop}/0" for s in ("random", "uncertainty", "diverse")
+                                  for loop in ("retrain", "fixed"))
+    for run in runs.values():  # every round spent one batch, until every image outside the gold set was reviewed
+        reviews = [p["reviews"] for p in run["curve"]]
+        assert reviews == sorted(reviews) and reviews[-1] == run["archive"] - run["seed_labels"]
+        assert run["curve"][-1]["current_right"] == 1.0
+    assert "| digits (300, rounds of 30) | retrain | uncertainty |" in proc.stdout

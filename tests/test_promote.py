@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 
 from imgclf_ray.cli import main
 from imgclf_ray.review.promote import METRICS, paired_bootstrap
-from tests.support.jobs import digits_subset
+from tests.support.jobs import IMGCLF, digits_subset
 
 
 
@@ -96,6 +99,14 @@ def test_the_gate_promotes_on_gold_set_evidence_and_a_night_runs_the_champion(tm
     svm = "{name: svm, params: {C: 10.0, gamma: scale}, calibrate: sigmoid, scale: true}"
     strong = _train(tmp_path, "strong", archive, reviewed, hog, svm, tracking)
     assert "left out: 60 gold-set images" in strong["out"]
+    # Killed between its evidence and the alias: the champion is unchanged, and the version's record
+    # says the promotion did not finish (it never claims what it did not do); a new try completes it.
+    proc = subprocess.run([IMGCLF, "model", "promote", "digits", strong["version"], "--job", str(job)],
+                          env={**os.environ, "IMGCLF_KILL_AT": "promote_alias"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == weak["version"]
+    assert client.get_model_version("digits", strong["version"]).tags["imgclf.promotion.decision"] == "promoting"
     out = _cli("model", "promote", "digits", strong["version"], "--job", str(job))
     assert "promoted:" in out and "not promoted" not in out, out
     assert str(client.get_model_version_by_alias("digits", "champion").version) == strong["version"]

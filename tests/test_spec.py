@@ -111,7 +111,8 @@ def test_validate_as_a_user_runs_it(tmp_path):
     assert "loaded: []" in proc.stdout
 
 
-@pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("job", sorted((REPO / "jobs").glob("*.yaml")) + [REPO / "jobs" / "loop" / "nightly.yaml"],
+                         ids=lambda p: p.name)
 def test_every_job_validates_and_can_be_pointed_elsewhere(job):
     spec = load_spec(job, ["source.uri=s3://other-bucket/images", "sink.uri=s3://other-bucket/out"])
     assert spec.source.uri == "s3://other-bucket/images" and spec.sink.uri == "s3://other-bucket/out"
@@ -124,7 +125,8 @@ def test_import_and_help_stay_light():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("job", sorted((REPO / "jobs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("job", sorted((REPO / "jobs" / "train").glob("*.yaml")) + [
+    REPO / "jobs" / "loop" / "train-seed.yaml", REPO / "jobs" / "loop" / "train.yaml"], ids=lambda p: p.name)
 def test_every_training_spec_validates(job):
     result = CliRunner().invoke(main, ["validate", str(job), "--set", "data.uri=s3://other-bucket/labelled"])
     assert result.exit_code == 0 and "ok (training" in result.output and "s3://other-bucket/labelled" in result.output

@@ -17,7 +17,9 @@ class LabelsSpec(Section):
         "root/fruit/apple/x.jpg gives the hierarchical path fruit/apple); table: a CSV or Parquet "
         "table of uri -> label; reviewed: the answers reviewers gave (imgclf review ingest) in the "
         "sink named by `sink`, each image's latest that applies to its content (its etag).")
-    table: Optional[str] = Field(None, description="The table's URI (kind: table); .csv or .parquet.")
+    table: Optional[str] = Field(None, description="The table's URI (kind: table); .csv or .parquet. With kind: "
+                                 "reviewed: the labels the archive had before any review, for the images "
+                                 "nobody reviewed (a review's answer wins).")
     sink: Optional[str] = Field(None, description="kind: reviewed: the sink whose human-labels table "
                                 "(<sink>/_reviews/) labels the images.")
     folder_fallback: bool = Field(False, description="kind: reviewed: an image without a review takes its "

@@ -64,6 +64,30 @@ def _reviewed_labels(manifest: pa.Table, spec, storage: StorageSpec) -> list[Opt
     return [by_uri.get(u) for u in uris]
 
 
+def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec) -> tuple[list, list]:
+    """Each uri's label and split in the labels table (None where the table has none)."""
+    table = _read_table(spec.table, storage)
+    for column in (spec.uri_column, spec.label_column, *([spec.split_column] if spec.split_column else [])):
+        if column not in table.column_names:
+            raise SourceError(f"{spec.table}: no column {column!r} (source.labels); it has "
+                              f"{', '.join(table.column_names)}")
+    splits_in = (table.column(spec.split_column).to_pylist() if spec.split_column else [None] * table.num_rows)
+    by_uri = {}
+    for key, label, split in zip(table.column(spec.uri_column).to_pylist(),
+                                 table.column(spec.label_column).to_pylist(), splits_in):
+        if key is not None and label is not None:
+            key = str(key)
+            by_uri[key if "://" in key else root + key.lstrip("/")] = (str(label), split)
+    labels = [by_uri.get(uri, (None, None))[0] for uri in uris]
+    splits = [by_uri.get(uri, (None, None))[1] for uri in uris]
+    if spec.split_column:
+        unknown = sorted({str(v) for v in splits if v is not None} - {"train", "validation", "test"})
+        if unknown:
+            raise SourceError(f"{spec.table}: column {spec.split_column!r} has {unknown}; splits are "
+                              "train, validation and test")
+    return labels, splits
+
+
 def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
     """The manifest with a ``true_label`` column (null for images the labels do not cover), and a
     ``split`` column when the labels table gives one (``split_column``)."""
@@ -76,28 +100,12 @@ def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageS
         labels = _folder_labels(uris, root)
     elif spec.kind == "reviewed":
         labels = _reviewed_labels(manifest, spec, storage)
+        if spec.table:  # the labels the archive had before any review, for the images nobody reviewed
+            labels = [h if h is not None else t for h, t in zip(labels, _table_labels(spec, root, uris, storage)[0])]
         if spec.folder_fallback:
             labels = [h if h is not None else f for h, f in zip(labels, _folder_labels(uris, root))]
     else:
-        table = _read_table(spec.table, storage)
-        for column in (spec.uri_column, spec.label_column, *([spec.split_column] if spec.split_column else [])):
-            if column not in table.column_names:
-                raise SourceError(f"{spec.table}: no column {column!r} (source.labels); it has "
-                                  f"{', '.join(table.column_names)}")
-        splits_in = (table.column(spec.split_column).to_pylist() if spec.split_column
-                     else [None] * table.num_rows)
-        by_uri = {}
-        for key, label, split in zip(table.column(spec.uri_column).to_pylist(),
-                                     table.column(spec.label_column).to_pylist(), splits_in):
-            if key is not None and label is not None:
-                key = str(key)
-                by_uri[key if "://" in key else root + key.lstrip("/")] = (str(label), split)
-        labels = [by_uri.get(uri, (None, None))[0] for uri in uris]
+        labels, splits = _table_labels(spec, root, uris, storage)
         if spec.split_column:
-            splits = [by_uri.get(uri, (None, None))[1] for uri in uris]
-            unknown = sorted({str(v) for v in splits if v is not None} - {"train", "validation", "test"})
-            if unknown:
-                raise SourceError(f"{spec.table}: column {spec.split_column!r} has {unknown}; splits are "
-                                  "train, validation and test")
             manifest = manifest.append_column("split", pa.array(splits, pa.string()))
     return manifest.append_column("true_label", pa.array(labels, pa.string()))

@@ -151,11 +151,20 @@ def register(uri: str, name: str, artifact_uri: str, model_id: str, params: dict
 
 
 def record_decision(uri: str, name: str, version: str, evidence: dict[str, Any], promote: bool) -> None:
-    """The evidence as tags of the version (``imgclf.promotion.*``), then, when it wins, the
-    ``champion`` alias moved to it (the alias last: an interrupted promotion moved nothing)."""
+    """The evidence as tags of the version (``imgclf.promotion.*``; a winner's decision reads
+    "promoting" until its alias has moved), then, when it wins, the ``champion`` alias moved to it,
+    then its decision "promoted": an interrupted promotion never claims what it did not do."""
+    from imgclf_ray import faults
+
     client = _client(uri)
-    for key, value in evidence.items():
+
+    def tag(key: str, value: Any) -> None:
         _call("tag the version", client.set_model_version_tag, name, str(version), f"imgclf.promotion.{key}",
               str(value)[:5000])
+
+    for key, value in {**evidence, "decision": "promoting" if promote else evidence["decision"]}.items():
+        tag(key, value)
     if promote:
+        faults.point("promote_alias")
         _call("move the champion alias", client.set_registered_model_alias, name, CHAMPION, str(version))
+        tag("decision", "promoted")

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imgclf_ray import faults
 from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
@@ -278,5 +279,6 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
             folder = join(sink.root, LABELS_DIR)
             sink.fs.makedirs(folder, exist_ok=True)
             where = join(folder, ingest_id + REVIEWS_SUFFIX)
+            faults.point("review_ingest")
             put_atomic(sink.fs, where, out.getvalue())
     return Ingested(len(rows), already, parsed.cancelled, unknown, stale, where)

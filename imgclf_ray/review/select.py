@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imgclf_ray import faults
 from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
@@ -302,6 +303,7 @@ def _commit(sink: Sink, pick: Callable[[], tuple[pa.Table, dict[str, Any]]], fac
         sink.fs.makedirs(folder, exist_ok=True)
         for name, blob in files.items():
             put_atomic(sink.fs, join(folder, name), blob)
+        faults.point("review_batch")
         record = {"batch_id": batch_id, "created_at": now.isoformat(), **facts,
                   "images": rows.num_rows, "task": task, "labels": labels,
                   "model_ids": sorted({m for m in rows.column("model_id").to_pylist() if m}),

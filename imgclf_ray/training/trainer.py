@@ -22,7 +22,7 @@ from imgclf_ray.errors import SourceError, SpecError
 from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
-from imgclf_ray.io.storage import filesystem, join
+from imgclf_ray.io.storage import filesystem, join, to_uri
 from imgclf_ray.models.artifact import CARD_FILE, save_sklearn_artifact
 from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
@@ -393,7 +393,8 @@ def _register(spec: TrainSpec, metrics: dict[str, Any]) -> dict[str, Any]:
               "estimator": m.estimator.name if m.estimator else None,
               "cnn": m.cnn.architecture if m.cnn else None, "init_weights": m.cnn.init_weights if m.cnn else None}
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    version = registry.register(tracking, spec.registry.name or spec.name, spec.model.output, model_id,
+    artifact = to_uri(*filesystem(spec.model.output, spec.storage))  # absolute: read from anywhere
+    version = registry.register(tracking, spec.registry.name or spec.name, artifact, model_id,
                                 {k: v for k, v in params.items() if v is not None}, numbers,
                                 {"imgclf.spec": spec.name})
     return {"name": version.name, "version": version.version, "model_id": model_id, "tracking_uri": tracking}
