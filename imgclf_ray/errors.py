@@ -32,6 +32,11 @@ class RunFailed(UserError):
     """The run finished its work but must not be committed (error budget exceeded, rows lost)."""
 
 
+class DeviceFault(RunFailed):
+    """The accelerator failed (out of memory for one image, a CUDA/cuDNN/cuBLAS error, a lost
+    device): the run stops and commits nothing, never error rows for the images it held."""
+
+
 class NothingToDo(UserError):
     """Not an error: the run had nothing to do (an incremental run with nothing new, a dated run
     already committed). The CLI says so and exits 0."""

@@ -38,8 +38,10 @@ class ModelSpec(Section):
         False, description="Load artifact formats that run code stored in the file (TorchScript: "
         "its code runs when it is loaded and at every prediction). Only for files whose author you "
         "trust; safetensors, state_dict (weights_only) and skops artifacts never need it.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Torch models: fp32 is exact; bf16 runs weights and activations in "
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32", description="Torch models: fp32 is IEEE fp32 on CPUs and GPUs alike (TF32 off); tf32 lets "
+        "GPUs (Ampere and later) run fp32 convolutions and matmuls on TF32 tensor cores (a 10-bit "
+        "mantissa: faster, probabilities move in the third decimal); bf16 runs weights and activations in "
         "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
         "third decimal, so near-ties may change label; fp16 runs in float16 under autocast on GPU "
         "actors (a CPU actor computes fp16 jobs in fp32 and logs it).")

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from imgclf_ray.errors import ArtifactError
+from imgclf_ray.errors import ArtifactError, UserError
 from imgclf_ray.messages import describe, scrub
 from imgclf_ray.models.artifact import ModelCard, read_card, read_weights
 from imgclf_ray.registry import CLASSIFIERS
@@ -41,13 +41,22 @@ def session(model, threads: Optional[int] = None, device: str = "cpu"):
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if device == "cuda":  # checked here, in the actor on its node: the driver's ONNX Runtime says nothing of it
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError(f"model.device cuda: ONNX Runtime {ort.__version__} on this node has no CUDA provider "
+                            "(the onnxruntime package runs on CPUs only): install onnxruntime-gpu in its place, or "
+                            "set model.device: cpu")
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+        made = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: "
                             f"{scrub(exc)})") from None
+    if device == "cuda" and made.get_providers()[0] != "CUDAExecutionProvider":  # it fell back to the CPU
+        raise UserError(f"model.device cuda: ONNX Runtime could not start its CUDA provider on this node (it runs "
+                        f"{made.get_providers()[0]}: the CUDA or cuDNN libraries onnxruntime-gpu needs are missing "
+                        "or of another version); fix the node's CUDA libraries, or set model.device: cpu")
+    return made
 
 
 def normalise(pixels: np.ndarray, mean: Optional[np.ndarray], std: Optional[np.ndarray]) -> np.ndarray:

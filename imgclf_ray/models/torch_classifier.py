@@ -77,6 +77,19 @@ def _native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def fp32_math(precision: str) -> None:
+    """fp32 means IEEE fp32 on a GPU too: cuDNN runs fp32 convolutions in TF32 (a 10-bit mantissa)
+    by default on Ampere and later, which moves probabilities in the third decimal; precision tf32
+    asks for it. Set per process (an actor holds one model); on a CPU nothing reads it. cuDNN picks
+    its fastest algorithms for the batch shapes it meets (cudnn.benchmark)."""
+    import torch
+
+    mode = "tf32" if precision == "tf32" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cudnn.benchmark = True
+
+
 class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
@@ -99,6 +112,7 @@ class TorchClassifier:
             net = self._network(model_uri, storage)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        fp32_math(precision)
         self.session = None
         if runtime == "onnxruntime":
             from imgclf_ray.models import onnx_runtime
@@ -107,6 +121,10 @@ class TorchClassifier:
             device = "cpu"  # the inputs are prepared on the host for ONNX Runtime
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if precision == "tf32" and self.device.type != "cuda":
+            import logging
+
+            logging.getLogger(__name__).warning("model.precision tf32 is for GPU actors; this CPU actor computes in fp32")
         self.autocast = precision == "fp16" and self.device.type == "cuda"
         if precision == "fp16" and not self.autocast:
             import logging

@@ -59,18 +59,5 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
     labels = label_issue_labels(spec, model, checks)
     light = model is None or model.framework == "sklearn"
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
-    device = "cpu" if light or (in_onnxruntime(spec, model) and spec.model.device == "auto") else spec.model.device
+    device = "cpu" if light else spec.model.device
     return RunPlan(spec, model, checks, labels, plan_resources(cluster_resources, spec.resources, device, light=light))
-
-
-def in_onnxruntime(spec: JobSpec, card) -> bool:
-    """Whether the model runs in ONNX Runtime without its CUDA provider here (onnxruntime-gpu):
-    then ``device: auto`` plans CPU actors, not GPUs the runtime would not use."""
-    if card.framework != "onnx" and spec.model.runtime != "onnxruntime":
-        return False
-    try:
-        import onnxruntime
-
-        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
-    except ImportError:
-        return True

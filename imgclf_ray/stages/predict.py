@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.curation.rows import RowRules, row_columns
-from imgclf_ray.messages import guard_worker_output
+from imgclf_ray.errors import DeviceFault
+from imgclf_ray.messages import describe, guard_worker_output
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK, image_id
 from imgclf_ray.spec import DecodeSpec, StorageSpec
 from imgclf_ray.stages.common import Reporter, Rows, reports_user_errors, cause_of
@@ -40,22 +41,89 @@ class PredictConfig:
     decode: Optional[DecodeSpec] = None  # decode.jpeg_on: predictor: the JPEGs this stage decodes
 
 
-def isolated(fn: Callable[[np.ndarray], list], inputs: Any, rows: Rows) -> list:
-    """``fn`` (inputs -> one result per row) over the ok rows at once; when that fails, row by row,
-    so that a row that fails becomes an error row of the predict stage and the others keep theirs.
-    Returns one result per row of the batch (None where none)."""
+_FATAL_MARKS = ("CUDA error", "CUDA driver", "CUDNN_STATUS", "CUBLAS_STATUS", "cudaError", "device-side assert",
+                "NCCL error", "CUDA failure", "no CUDA-capable device", "GPU is lost", "CUDNN_BACKEND")
+
+
+def device_fault(exc: BaseException) -> Optional[str]:
+    """"oom" for an out-of-memory error (torch.OutOfMemoryError, ONNX Runtime's failed
+    allocation, a host allocator's), "fatal" for another error of the device or its libraries
+    (torch.AcceleratorError, CUDA, cuDNN, cuBLAS, NCCL), None for an error of the rows."""
+    name, text = type(exc).__name__, str(exc)
+    if name == "OutOfMemoryError" or "out of memory" in text.lower() or "Failed to allocate memory" in text \
+            or "can't allocate memory" in text:
+        return "oom"
+    if name == "AcceleratorError" or any(mark in text for mark in _FATAL_MARKS):
+        return "fatal"
+    return None
+
+
+def _release_device_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Passes:
+    """How many rows one model call takes: all at first; halved (the device's cache emptied) on an
+    out-of-memory error, and kept at what fitted for the later batches. One image that does not
+    fit is a device fault, not an error row."""
+
+    def __init__(self) -> None:
+        self.size: Optional[int] = None
+        self.halved = 0
+
+    def run(self, fn: Callable[[Any], list], inputs: Any) -> list:
+        out: list = []
+        start = 0
+        while start < len(inputs):
+            size = min(self.size or len(inputs), len(inputs) - start)
+            try:
+                out.extend(fn(inputs[start:start + size]))
+                start += size
+            except Exception as exc:  # noqa: BLE001 - only an out-of-memory error is retried here
+                if device_fault(exc) != "oom" or size == 1:
+                    raise
+                _release_device_memory()
+                self.size, self.halved = max(1, size // 2), self.halved + 1
+                import logging
+
+                logging.getLogger(__name__).warning("predict: out of memory with %d images; retrying in passes "
+                                                    "of %d", size, self.size)
+        return out
+
+
+def _fault(exc: BaseException) -> DeviceFault:
+    kind = "out of memory with a single image" if device_fault(exc) == "oom" else "failed"
+    return DeviceFault(f"predict: the device {kind} ({type(exc).__name__}: {describe(exc).splitlines()[0][:200]}); "
+                       "nothing was committed: run the same run id again (on another node, or with a smaller "
+                       "resources.batch_size)")
+
+
+def isolated(fn: Callable[[np.ndarray], list], inputs: Any, rows: Rows, passes: Optional[Passes] = None) -> list:
+    """``fn`` (inputs -> one result per row) over the ok rows (in ``passes``: halved on an
+    out-of-memory error); when that fails for an error of the rows, row by row, so that a row that
+    fails becomes an error row of the predict stage and the others keep theirs. An error of the
+    device is never an error row: it raises DeviceFault. Returns one result per row of the batch
+    (None where none)."""
     out: list = [None] * len(rows.ok)
     idx = np.flatnonzero(rows.ok)
     if not len(idx):
         return out
     try:
-        for i, r in zip(idx, fn(inputs[idx])):
+        for i, r in zip(idx, (passes or Passes()).run(fn, inputs[idx])):
             out[i] = r
-    except Exception:  # noqa: BLE001 - isolate the rows that fail, keep the others
+    except Exception as exc:  # noqa: BLE001 - isolate the rows that fail, keep the others
+        if device_fault(exc):
+            raise _fault(exc) from None
         for i in idx:
             try:
                 out[i] = fn(inputs[i:i + 1])[0]
             except Exception as exc:  # noqa: BLE001
+                if device_fault(exc):
+                    raise _fault(exc) from None
                 rows.fail(i, f"predict: {cause_of(exc)}")
     return out
 
@@ -76,6 +144,7 @@ class PredictStage:
         self.rules = rules
         self.run_id = config.run_id
         self.jpegs = None  # decode.jpeg_on: predictor: the JPEGs the decode tasks passed on
+        self.passes = Passes()  # the model calls' size, halved on out-of-memory errors
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(config.model_uri, config.storage, device=config.device,
                                            threads=config.threads, precision=config.precision,
@@ -95,7 +164,7 @@ class PredictStage:
 
     def _decide(self, inputs, rows: Rows) -> dict[str, Any]:
         probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
-        for i, p in enumerate(isolated(lambda x: list(self.classifier.predict_proba(x)), inputs, rows)):
+        for i, p in enumerate(isolated(lambda x: list(self.classifier.predict_proba(x)), inputs, rows, self.passes)):
             if p is not None:
                 probs[i] = p
         ok = rows.ok
@@ -116,7 +185,7 @@ class PredictStage:
         }
 
     def _route(self, inputs, rows: Rows) -> dict[str, Any]:
-        routed = isolated(lambda x: list(zip(*self.classifier.route(x))), inputs, rows)
+        routed = isolated(lambda x: list(zip(*self.classifier.route(x))), inputs, rows, self.passes)
         ok, n = rows.ok, len(rows.ok)
         paths = [r[0] if r is not None and k else None for r, k in zip(routed, ok)]
         scores = [r[1] if r is not None and k else None for r, k in zip(routed, ok)]
