@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -256,3 +257,19 @@ def test_features_made_here_equal_those_made_by_ray_data(ray_session, faces_arch
     by_ray = trainer.extract_features(spec, manifest)
     assert here[0].shape == by_ray[0].shape == (200, here[0].shape[1])
     assert (here[0] == by_ray[0]).all() and (here[1] == by_ray[1]).all() and here[3] == by_ray[3] == 0
+
+
+@pytest.mark.ray
+def test_two_ray_train_workers_with_uneven_rows_and_early_stopping_finish(ray_session):
+    """33 rows on 2 workers (Ray Train, gloo on CPUs): once one worker took a step more than the
+    other and DDP's all-reduces stopped pairing up, a hang; and each worker decided early stopping
+    on its own batch-norm statistics. Now the same steps on each, the first worker's decision."""
+    from imgclf_ray.spec import CnnSpec
+    from imgclf_ray.training.cnn import fit_cnn
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (42, 3, 16, 16), dtype=np.uint8)
+    y = rng.integers(0, 3, 42)
+    cnn = CnnSpec(architecture="resnet18", workers=2, use_gpu=False, epochs=4, patience=1, batch_size=4)
+    state, history = fit_cnn(cnn, x[:33], y[:33], x[33:], y[33:], 3, False, None, None, seed=0)
+    assert state and 1 <= len(history) <= 4 and all("val_loss" in h for h in history)

@@ -67,7 +67,11 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
         std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
     augment = _augmenter(config["augment"], x_tr.shape[-1])
     batch = config["batch_size"]
-    steps = config["epochs"] * max(1, -(-len(x_tr) // (batch * world)))
+    # Every worker takes the same number of rows, so the same number of steps: DDP's all-reduces
+    # pair up step by step, and one step more on one worker would wait forever. The rows left over
+    # (fewer than the workers) change with each epoch's permutation.
+    per = max(1, len(x_tr) // world)
+    steps = config["epochs"] * -(-per // batch)
     opt = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     rng = np.random.default_rng(config["seed"])
@@ -85,7 +89,7 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
     best, bad = float("inf"), 0
     for epoch in range(config["epochs"]):
         net.train()
-        order = rng.permutation(len(x_tr))[rank::world]
+        order = np.resize(rng.permutation(len(x_tr)), per * world)[rank * per:(rank + 1) * per]
         total, count = 0.0, 0
         for start in range(0, len(order), batch):
             idx = np.sort(order[start:start + batch])
@@ -109,8 +113,21 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
         module = net.module if hasattr(net, "module") else net
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()} if improved and rank == 0 else None
         report({**metrics, "score": score}, state)
-        if config["patience"] and len(x_va) and bad >= config["patience"]:
+        if _agreed(bool(config["patience"] and len(x_va) and bad >= config["patience"]), world, device):
             break
+
+
+def _agreed(stop: bool, world: int, device) -> bool:
+    """The first worker's decision to stop, on every worker: each evaluates with its own batch-norm
+    statistics, and a worker that stopped alone would leave the others waiting in an all-reduce."""
+    if world <= 1:
+        return stop
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def train_loop(config: dict[str, Any]) -> None:
