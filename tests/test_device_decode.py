@@ -83,8 +83,9 @@ def test_jpegs_decoded_by_the_predictor_give_the_rows_of_task_decoding(ray_sessi
                          decode={"jpeg_on": where}, run={"executor": executor})
         result = execute(spec, list_archive(spec.source), "r")
         runs[name], stages[name] = _rows(spec.sink.uri), result.stages
-    # The plain JPEGs (3 photographs, greyscale, progressive, the one without a scan) went to the predictor.
-    assert stages["predictor"]["device_decode"]["rows"] == stages["local"]["device_decode"]["rows"] == 6
+    # The plain JPEGs (3 photographs, greyscale, the one without a scan) went to the predictor; the
+    # progressive one stayed in the tasks (nvJPEG would decode it on the host).
+    assert stages["predictor"]["device_decode"]["rows"] == stages["local"]["device_decode"]["rows"] == 5
     assert "device_decode" not in stages["tasks"]
     base = runs["tasks"]
     assert sum(r["status"] == "ok" for r in base.values()) == 9
@@ -116,6 +117,45 @@ def test_the_decode_task_passes_on_only_whole_plain_jpegs(sample_photo):
     buf = io.BytesIO()
     photo.save(buf, format="PNG")
     assert for_device(buf.getvalue(), options) is None
+    # nvJPEG decodes a progressive JPEG on the host: the decode tasks' cores do it as well.
+    assert for_device(jpeg_bytes(photo, progressive=True), options) is None
+
+
+def test_the_device_decodes_in_chunks_of_bounded_pixels_and_halves_a_failing_one(sample_photo, monkeypatch):
+    """128 phone photos at once would be 9 GB of full-size pixels on the device: chunks hold at most
+    DEVICE_PIXELS; a corrupt file fails its chunk's call, which is halved down to that file."""
+    import torch
+
+    from imgclf_ray.imaging import device_decode
+    from imgclf_ray.imaging.conditioning import Conditioning
+
+    assert device_decode.chunks([30, 30, 10, 70, 5, 5], budget=64) == [[0, 1], [2], [3], [4, 5]]
+    assert device_decode.chunks([], budget=64) == []
+    calls: list[int] = []
+
+    def decode(items):
+        calls.append(len(items))
+        if "bad" in items:
+            raise RuntimeError("nvjpeg: bad data")
+        return [f"ok:{i}" for i in items]
+
+    items = [f"f{i}" for i in range(16)]
+    items[11] = "bad"
+    got = device_decode.halving(items, decode)
+    assert got == [f"ok:{i}" if i != "bad" else None for i in items]
+    assert len(calls) <= 2 * 4 + 1  # log2(16) levels, two calls each: not one call per file
+
+    photo = sample_photo.crop((0, 0, 300, 200))
+    blobs = [jpeg_bytes(photo.rotate(15 * k)) for k in range(5)]
+    blobs[2] = blobs[2][:300] + b"\x00" * 50 + blobs[2][350:]  # corrupt scan data
+    cond = Conditioning(resize=32, crop=32, channels=3)
+    whole, errors = device_decode.decode_batch(blobs, cond, DecodeSpec(), torch.device("cpu"))
+    monkeypatch.setattr(device_decode, "DEVICE_PIXELS", 2 * 300 * 200)  # two photos per call
+    chunked, chunk_errors = device_decode.decode_batch(blobs, cond, DecodeSpec(), torch.device("cpu"),
+                                                       [300 * 200] * 5)
+    assert chunk_errors == errors
+    for a, b in zip(whole, chunked):
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 @pytest.mark.parametrize("resize, crop, offset", [(40, 32, "round"), (41, 32, "floor"), (48, None, "round"),

@@ -40,6 +40,8 @@ def for_device(data: bytes, options: DecodeSpec) -> Optional[tuple[int, int]]:
             width, height = img.size
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None  # CMYK / YCCK: Pillow converts them, the device would not alike
+            if img.info.get("progressive") or img.info.get("progression"):
+                return None  # nvJPEG decodes progressive JPEGs on the host: the tasks' cores do it as well
             if options.exif_transpose and img.getexif().get(0x0112, 1) != 1:
                 return None
             limit = options.max_image_pixels
@@ -104,36 +106,65 @@ def _on_cpu(data: bytes, cond: Conditioning, options: DecodeSpec) -> np.ndarray:
     return condition(img, cond)
 
 
-def decode_batch(blobs: list[bytes], cond: Conditioning, options: DecodeSpec, device
-                 ) -> tuple[list, list[Optional[str]]]:
+# The most pixels decoded at full size on the device at once: 64 MP, about 192 MB of RGB (a batch of
+# 128 phone photos of 24 MP would be 9 GB, outside what the predictor's batch limit measures).
+DEVICE_PIXELS = 64_000_000
+
+
+def chunks(pixels: list[int], budget: Optional[int] = None) -> list[list[int]]:
+    """Consecutive groups of indices whose full-size pixels add up to at most ``budget`` (default
+    DEVICE_PIXELS; an image larger than the budget alone): what one nvJPEG call decodes."""
+    budget = DEVICE_PIXELS if budget is None else budget
+    out: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(pixels):
+        if not out or total + n > budget:
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += n
+    return out
+
+
+def halving(encoded: list, decode) -> list:
+    """``decode(list) -> list`` over ``encoded``; when a call fails (one bad file fails nvJPEG's
+    whole batch), each half again, down to single files, which fail alone (None)."""
+    if not encoded:
+        return []
+    try:
+        return list(decode(encoded))
+    except RuntimeError:
+        if len(encoded) == 1:
+            return [None]
+        mid = len(encoded) // 2
+        return halving(encoded[:mid], decode) + halving(encoded[mid:], decode)
+
+
+def decode_batch(blobs: list[bytes], cond: Conditioning, options: DecodeSpec, device,
+                 pixels: Optional[list[int]] = None) -> tuple[list, list[Optional[str]]]:
     """Decode and condition JPEG files on ``device``: one (3, S, S) uint8 tensor per file there
-    (None for a file that failed) and each file's error (``decode: cause``) or None."""
+    (None for a file that failed) and each file's error (``decode: cause``) or None. In chunks of
+    at most DEVICE_PIXELS full-size pixels (``pixels``: each file's width x height, from its header),
+    each full-size image freed once conditioned."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
-        try:
-            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:  # one bad file fails the batch: each on its own
-            images = []
-            for one in encoded:
-                try:
-                    images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    images.append(None)
-    out: list = []
-    errors: list[Optional[str]] = []
-    for blob, img in zip(blobs, images):
-        if img is not None:
-            out.append(_condition(img, cond))
-            errors.append(None)
-            continue
-        try:
-            out.append(torch.from_numpy(_on_cpu(blob, cond, options)).to(device))
-            errors.append(None)
-        except Exception as exc:  # noqa: BLE001 - the decode tasks make any failure an error row
-            out.append(None)
-            errors.append(f"decode: {exc}" if isinstance(exc, DecodeError) else f"decode: {describe(exc)}")
+    def decode(items: list) -> list:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            return decode_jpeg(items, mode=ImageReadMode.RGB, device=device)
+
+    out: list = [None] * len(blobs)
+    errors: list[Optional[str]] = [None] * len(blobs)
+    for chunk in chunks(pixels if pixels is not None else [0] * len(blobs)):
+        images = halving([torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in chunk], decode)
+        for k, i in enumerate(chunk):
+            img, images[k] = images[k], None  # the full-size image goes once conditioned
+            if img is not None:
+                out[i] = _condition(img, cond)
+                continue
+            try:
+                out[i] = torch.from_numpy(_on_cpu(blobs[i], cond, options)).to(device)
+            except Exception as exc:  # noqa: BLE001 - the decode tasks make any failure an error row
+                errors[i] = f"decode: {exc}" if isinstance(exc, DecodeError) else f"decode: {describe(exc)}"
     return out, errors

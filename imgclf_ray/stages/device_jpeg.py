@@ -20,9 +20,10 @@ class DeviceJpegs:
     def __init__(self, cond: Conditioning, device: Any, decode: DecodeSpec, reporter: Optional[Reporter] = None):
         self.cond, self.device, self.decode, self.reporter = cond, device, decode, reporter
 
-    def __call__(self, inputs: np.ndarray, encoded: np.ndarray, rows: Rows) -> tuple[Any, list[int]]:
+    def __call__(self, inputs: np.ndarray, encoded: np.ndarray, rows: Rows,
+                 pixels: Optional[np.ndarray] = None) -> tuple[Any, list[int]]:
         """The batch's inputs on the device with the JPEGs decoded in, and the rows whose file
-        failed (their error says why)."""
+        failed (their error says why); ``pixels``: each row's width x height (its header's)."""
         import torch
 
         from imgclf_ray.imaging.device_decode import decode_batch
@@ -34,7 +35,8 @@ class DeviceJpegs:
             return x, []
         started = time.perf_counter()
         x = x.to(self.device)
-        images, errors = decode_batch([bytes(encoded[i]) for i in idx], self.cond, self.decode, self.device)
+        images, errors = decode_batch([bytes(encoded[i]) for i in idx], self.cond, self.decode, self.device,
+                                      None if pixels is None else [int(pixels[i]) for i in idx])
         failed = []
         for i, img, why in zip(idx, images, errors):
             if why is None:

@@ -211,7 +211,8 @@ class PredictStage:
         n = len(status)
         inputs, undecodable = batch["inputs"], []
         if "encoded" in batch and self.jpegs is not None:
-            inputs, undecodable = self.jpegs(inputs, batch["encoded"], rows)
+            pixels = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
+            inputs, undecodable = self.jpegs(inputs, batch["encoded"], rows, pixels)
         if self.classifier is None:
             predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
         elif self.tree:
