@@ -34,6 +34,7 @@ class Plan:
     torch_threads: int
     cluster_cpus: float
     cluster_gpus: float
+    initial_actors: int = 0  # the pool's start (0: all of them); fewer when resources.gpus waits for GPU nodes
 
     @property
     def device(self) -> str:
@@ -49,7 +50,9 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
     tasks, which then do nearly all the work, ask for half a CPU each so that they fill the cores.
     """
     cpus = float(cluster.get("CPU", 0))
-    gpus = float(cluster.get("GPU", 0))
+    present = float(cluster.get("GPU", 0))
+    # A declared target (resources.gpus): planned for now, the autoscaler asked for it (the runner).
+    gpus = max(present, float(overrides.gpus or 0)) if device != "cpu" else present
     if cpus <= 0:
         raise SpecError("the Ray cluster reports no CPUs; cannot read or decode images")
     if device == "cuda" and gpus == 0 and overrides.gpus_per_actor != 0:
@@ -76,7 +79,9 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         gpus_per_actor = overrides.gpus_per_actor or 1.0
         cpus_per_actor = overrides.cpus_per_actor or 1.0
         by_gpu = int(gpus // gpus_per_actor)
-        by_cpu = int((cpus - reserve) // cpus_per_actor)
+        # A GPU node brings its own CPUs: with a target beyond the GPUs present, the CPUs do not
+        # bound the actors (those nodes are not there to count yet).
+        by_cpu = int((cpus - reserve) // cpus_per_actor) if gpus <= present else by_gpu
         actors = overrides.actors or max(1, min(by_gpu, by_cpu))
         batch = overrides.batch_size or 128
     else:
@@ -84,7 +89,7 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         cpus_per_actor = overrides.cpus_per_actor or min(cpus - reserve, 1.0 if cpus <= 4 else 2.0)
         actors = overrides.actors or max(1, int((cpus - reserve) // cpus_per_actor))
         batch = overrides.batch_size or 32
-    if actors * cpus_per_actor > cpus - decode_cpus + 1e-9:
+    if actors * cpus_per_actor > cpus - decode_cpus + 1e-9 and not (use_gpu and gpus > present):
         raise SpecError(f"resources: {actors} actors x {cpus_per_actor} CPUs leave no CPU for "
                         f"reading and decoding on a cluster of {cpus:g} CPUs")
     return Plan(
@@ -101,4 +106,5 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
                           0 if use_gpu else int(cpus // actors)),
         cluster_cpus=cpus,
         cluster_gpus=gpus,
+        initial_actors=max(1, min(actors, int(present // gpus_per_actor))) if use_gpu and gpus > present else actors,
     )

@@ -51,3 +51,17 @@ def test_light_predictors_leave_the_cores_to_decoding():
     assert big.actors == 4 and big.device == "cpu"
     with pytest.raises(SpecError, match="leave no CPU"):
         plan_resources({"CPU": 2.0}, ResourcesSpec(actors=8, cpus_per_actor=1), light=True)
+
+
+def test_a_declared_gpu_target_plans_gpu_actors_before_the_gpu_nodes_join():
+    """cluster/kuberay's GPU group starts at zero replicas: cluster_resources() shows no GPU when a
+    run plans. With resources.gpus the plan is for that many GPU actors; the pool starts with those
+    that fit now (at least one, which waits for its node) and grows as nodes join."""
+    plan = plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2))
+    assert (plan.device, plan.actors, plan.initial_actors, plan.gpus_per_actor) == ("cuda", 2, 1, 1)
+    plan = plan_resources({"CPU": 4.0, "GPU": 1.0}, ResourcesSpec(gpus=4))
+    assert (plan.actors, plan.initial_actors) == (4, 1)
+    plan = plan_resources({"CPU": 16.0, "GPU": 4.0}, ResourcesSpec(gpus=2))  # more present than declared
+    assert (plan.actors, plan.initial_actors) == (4, 4)
+    assert plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2), device="cpu").device == "cpu"
+    assert plan_resources({"CPU": 2.0}, ResourcesSpec(gpus=2), device="cuda").actors == 2  # no "no GPUs"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
@@ -97,10 +99,34 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
         # every actor, even when the smaller cluster then has no CPU left for the decode tasks;
         # this one can give idle actors back (tests/test_node_loss.py).
-        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
+        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.initial_actors or plan.actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
+
+
+@contextlib.contextmanager
+def gpu_capacity(run: "RunPlan"):
+    """With resources.gpus beyond the GPUs present: ask Ray's autoscaler for the GPU actors' bundles
+    while the run classifies (withdrawn after, so the nodes can go), and let the pool wait up to
+    resources.gpu_wait seconds for its first actor (Ray Data's wait_for_min_actors_s)."""
+    import ray
+
+    plan = run.resources
+    if not plan.gpus_per_actor or plan.initial_actors >= plan.actors:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": plan.gpus_per_actor, "CPU": plan.cpus_per_actor}] * plan.actors)
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.wait_for_min_actors_s
+    ctx.wait_for_min_actors_s = int(run.spec.resources.gpu_wait)
+    try:
+        yield
+    finally:
+        ctx.wait_for_min_actors_s = before
+        request_resources(bundles=[])
 
 
 class RayTasks:
@@ -164,6 +190,10 @@ class RayEngine:
         yield from ds.iter_batches(batch_size=plan.decode_batch_size, batch_format="numpy")
 
     def classify(self, run: "RunPlan", manifest, output: "Output", metrics, clusterer, rules) -> None:
+        with gpu_capacity(run):
+            self._write(run, manifest, output, metrics, clusterer, rules)
+
+    def _write(self, run: "RunPlan", manifest, output: "Output", metrics, clusterer, rules) -> None:
         from imgclf_ray.io.storage import pyarrow_fs
         from imgclf_ray.runner.staged_sink import StagedDatasink
 
