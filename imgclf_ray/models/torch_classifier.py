@@ -138,8 +138,8 @@ class TorchClassifier:
                 "slower than fp32 (measured 7x on ResNet-18); use fp32 here")
         # With ONNX Runtime the torch network only serves embed(): not worth folding.
         self.net = net.eval() if self.session is not None else _fold_batch_norm(net.eval()).to(self.device, self.dtype)
-        if self.device.type == "cpu":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # Channels-last on CPUs (oneDNN) and GPUs alike (tensor cores take NHWC convolutions).
+        self.net = self.net.to(memory_format=torch.channels_last)
         prep = self.card.preprocess
         shape = (1, prep.channels, 1, 1)
         self._mean = self._std = None
@@ -190,7 +190,7 @@ class TorchClassifier:
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True)
         x = normalise(x, self._mean, self._std).to(self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Pre-logits features of a (N, C, H, W) uint8 batch: the input of the network's last

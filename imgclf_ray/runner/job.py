@@ -57,6 +57,9 @@ def run_folder(spec: JobSpec, run_id: str, run_date: Optional[date] = None) -> s
     return sink.run_path(spec.sink.layout, run_id, run_date or run_date_of(spec), spec.name)
 
 
+DECODE_CORES_PER_GPU = 9  # Pillow decode + resize at ~200-330 images/s a core against ~3,000 images/s a GPU
+
+
 def sink_of(spec: JobSpec) -> Sink:
     return Sink(spec.sink.uri, spec.storage, spec.sink.format)
 
@@ -146,6 +149,12 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     run = make_plan(spec, engine.resources(), card)
     checks, plan = run.checks, run.resources
     log.info("plan (%s): %s", engine.name, plan)
+    if plan.gpus_per_actor and spec.decode.jpeg_on != "predictor":
+        decode_cores = (plan.cluster_cpus - plan.actors * plan.cpus_per_actor) / max(plan.cluster_gpus, 1)
+        if decode_cores < DECODE_CORES_PER_GPU:
+            Progress.note(f"plan: {decode_cores:.0f} CPUs per GPU left for decoding; a GPU running a ResNet-sized "
+                          f"model takes {DECODE_CORES_PER_GPU}-15 decode cores (docs/performance.md): give the GPU "
+                          "nodes more CPUs, or decode.jpeg_on: predictor", progress)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
     clusterer = prepare_clusterer(engine, spec, manifest, plan, progress)
