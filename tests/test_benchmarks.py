@@ -58,3 +58,18 @@ def test_review_loop_benchmark_smoke(tmp_path):
         assert reviews == sorted(reviews) and reviews[-1] == run["archive"] - run["seed_labels"]
         assert run["curve"][-1]["current_right"] == 1.0
     assert "| digits (300, rounds of 30) | retrain | uncertainty |" in proc.stdout
+
+
+def test_the_prepared_gpu_check_runs_its_cpu_sections(tmp_path):
+    """benchmarks/gpu_check.py, the one command for a GPU machine: without CUDA its CPU sections run
+    and the others say they need CUDA (its figures go to docs/performance.md when a GPU is lent)."""
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sections = json.loads(out.read_text())["sections"]
+    assert not any("error" in s for s in sections.values()), sections
+    assert sections["env"]["ort_session_providers"] == ["CPUExecutionProvider"]
+    assert sections["nvjpeg"]["progressive"] == {"to_device": False} and sections["nvjpeg"]["cmyk"] == {"to_device": False}
+    assert sections["nvjpeg"]["baseline"]["error"] is None and sections["training"]["images"] == 64
+    assert sections["max_batch"] == {"skipped": "needs CUDA"}
