@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class UserError(Exception):
     """A problem with what the user gave us (spec, archive, model), not a bug in imgclf-ray."""
@@ -35,6 +37,27 @@ class RunFailed(UserError):
 class DeviceFault(RunFailed):
     """The accelerator failed (out of memory for one image, a CUDA/cuDNN/cuBLAS error, a lost
     device): the run stops and commits nothing, never error rows for the images it held."""
+
+
+# Out of memory in disguise: cuBLAS/cuDNN failing to allocate (or a batch too large for a kernel).
+_OOM_MARKS = ("Failed to allocate memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+              "CUBLAS_STATUS_NOT_INITIALIZED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_INTERNAL_ERROR",
+              "CUDNN_STATUS_NOT_SUPPORTED")
+_FATAL_MARKS = ("CUDA error", "CUDA driver", "CUDNN_STATUS", "CUBLAS_STATUS", "cudaError", "device-side assert",
+                "NCCL error", "CUDA failure", "no CUDA-capable device", "GPU is lost", "CUDNN_BACKEND")
+
+
+def device_fault(exc: BaseException) -> Optional[str]:
+    """"oom" for an out-of-memory error (torch.OutOfMemoryError, ONNX Runtime's failed
+    allocation, a host allocator's), "fatal" for another error of the device or its libraries
+    (torch.AcceleratorError, CUDA, cuDNN, cuBLAS, NCCL), None for an error of the rows."""
+    name, text = type(exc).__name__, str(exc)
+    if name == "OutOfMemoryError" or "out of memory" in text.lower() or any(mark in text for mark in _OOM_MARKS):
+        return "oom"
+    if name == "AcceleratorError" or any(mark in text for mark in _FATAL_MARKS):
+        return "fatal"
+    return None
+
 
 
 class NothingToDo(UserError):

@@ -35,6 +35,12 @@ class Plan:
     cluster_cpus: float
     cluster_gpus: float
     initial_actors: int = 0  # the pool's start (0: all of them); fewer when resources.gpus waits for GPU nodes
+    present_gpus: float = -1.0  # the GPUs the cluster had when planned (-1: as cluster_gpus)
+
+    @property
+    def awaits_gpus(self) -> bool:
+        """Planned for more GPUs than the cluster had (resources.gpus): the pool waits for nodes."""
+        return self.gpus_per_actor > 0 and 0 <= self.present_gpus < self.cluster_gpus
 
     @property
     def device(self) -> str:
@@ -89,8 +95,10 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         cpus_per_actor = overrides.cpus_per_actor or min(cpus - reserve, 1.0 if cpus <= 4 else 2.0)
         actors = overrides.actors or max(1, int((cpus - reserve) // cpus_per_actor))
         batch = overrides.batch_size or 32
-    if actors * cpus_per_actor > cpus - decode_cpus + 1e-9 and not (use_gpu and gpus > present):
-        raise SpecError(f"resources: {actors} actors x {cpus_per_actor} CPUs leave no CPU for "
+    initial = max(1, min(actors, int(present // gpus_per_actor))) if use_gpu and gpus > present else actors
+    # The actors that start now land on the nodes there are now (those to come bring their own CPUs).
+    if initial * cpus_per_actor > cpus - decode_cpus + 1e-9:
+        raise SpecError(f"resources: {initial} actors x {cpus_per_actor} CPUs leave no CPU for "
                         f"reading and decoding on a cluster of {cpus:g} CPUs")
     return Plan(
         actors=actors,
@@ -106,5 +114,6 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
                           0 if use_gpu else int(cpus // actors)),
         cluster_cpus=cpus,
         cluster_gpus=gpus,
-        initial_actors=max(1, min(actors, int(present // gpus_per_actor))) if use_gpu and gpus > present else actors,
+        initial_actors=initial,
+        present_gpus=present,
     )

@@ -59,9 +59,14 @@ def test_a_declared_gpu_target_plans_gpu_actors_before_the_gpu_nodes_join():
     that fit now (at least one, which waits for its node) and grows as nodes join."""
     plan = plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2))
     assert (plan.device, plan.actors, plan.initial_actors, plan.gpus_per_actor) == ("cuda", 2, 1, 1)
+    assert plan.awaits_gpus and not plan_resources({"CPU": 16.0, "GPU": 4.0}).awaits_gpus
+    assert plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=1)).awaits_gpus  # one GPU actor, none there yet
     plan = plan_resources({"CPU": 4.0, "GPU": 1.0}, ResourcesSpec(gpus=4))
     assert (plan.actors, plan.initial_actors) == (4, 1)
     plan = plan_resources({"CPU": 16.0, "GPU": 4.0}, ResourcesSpec(gpus=2))  # more present than declared
     assert (plan.actors, plan.initial_actors) == (4, 4)
     assert plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2), device="cpu").device == "cpu"
     assert plan_resources({"CPU": 2.0}, ResourcesSpec(gpus=2), device="cuda").actors == 2  # no "no GPUs"
+    # The actors that start now share this cluster's CPUs with decoding (those to come bring theirs).
+    with pytest.raises(SpecError, match="2 actors x 4.0 CPUs leave no CPU"):
+        plan_resources({"CPU": 8.0, "GPU": 2.0}, ResourcesSpec(gpus=4, cpus_per_actor=4))

@@ -152,6 +152,8 @@ def test_a_device_fault_in_a_run_commits_nothing(tiny_model, digits_archive, tmp
     assert Sink(str(tmp_path / "out")).committed_runs() == {}
 
 
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="onnxruntime-gpu is installed: this node has the CUDA provider")
 def test_onnx_runtime_on_cuda_refuses_a_node_without_its_cuda_provider():
     """This machine's onnxruntime is the CPU package: an actor told to run on cuda refuses, naming
     the fix, instead of running on the CPU of a GPU node."""
@@ -171,15 +173,15 @@ def test_onnx_runtime_on_cuda_refuses_a_node_without_its_cuda_provider():
         session(blob, device="cuda")
 
 
-def test_fp32_means_ieee_fp32_on_a_gpu_unless_tf32_is_asked_for(tiny_model):
-    """cuDNN's default runs fp32 convolutions in TF32 (torch's cudnn.conv.fp32_precision "none" with
-    allow_tf32 true): a classifier sets the process's math before it runs (read by CUDA only)."""
+def test_fp32_means_ieee_fp32_on_a_gpu_unless_tf32_is_asked_for():
+    """cuDNN's default runs fp32 convolutions in TF32 (torch's cudnn.allow_tf32 is true): a GPU
+    classifier sets the process's math before it runs (read by CUDA only; the legacy flags, which
+    torch.export still reads: the ONNX export test passes after this one)."""
     import torch
 
-    from imgclf_ray.models.torch_classifier import TorchClassifier
+    from imgclf_ray.models.torch_classifier import fp32_math
 
-    TorchClassifier(tiny_model, precision="tf32", threads=1)
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
-    TorchClassifier(tiny_model, precision="fp32", threads=1)
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
-    assert torch.backends.cudnn.benchmark
+    fp32_math("tf32")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    fp32_math("fp32")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)

@@ -128,12 +128,18 @@ def chunks(pixels: list[int], budget: Optional[int] = None) -> list[list[int]]:
 
 def halving(encoded: list, decode) -> list:
     """``decode(list) -> list`` over ``encoded``; when a call fails (one bad file fails nvJPEG's
-    whole batch), each half again, down to single files, which fail alone (None)."""
+    whole batch; or the device ran out of memory), each half again, down to single files, which
+    fail alone (None). An error of the device itself (or out of memory with one file) is raised."""
+    from imgclf_ray.errors import device_fault
+
     if not encoded:
         return []
     try:
         return list(decode(encoded))
-    except RuntimeError:
+    except RuntimeError as exc:
+        fault = device_fault(exc)
+        if fault == "fatal" or (fault == "oom" and len(encoded) == 1):
+            raise  # the device's failure, not a file's: the predictor stops the run
         if len(encoded) == 1:
             return [None]
         mid = len(encoded) // 2
@@ -164,7 +170,9 @@ def decode_batch(blobs: list[bytes], cond: Conditioning, options: DecodeSpec, de
                 out[i] = _condition(img, cond)
                 continue
             try:
-                out[i] = torch.from_numpy(_on_cpu(blobs[i], cond, options)).to(device)
+                pixels_here = _on_cpu(blobs[i], cond, options)
             except Exception as exc:  # noqa: BLE001 - the decode tasks make any failure an error row
                 errors[i] = f"decode: {exc}" if isinstance(exc, DecodeError) else f"decode: {describe(exc)}"
+                continue
+            out[i] = torch.from_numpy(pixels_here).to(device)  # a device's failure here is the run's
     return out, errors

@@ -46,7 +46,7 @@ def session(model, threads: Optional[int] = None, device: str = "cpu"):
             raise UserError(f"model.device cuda: ONNX Runtime {ort.__version__} on this node has no CUDA provider "
                             "(the onnxruntime package runs on CPUs only): install onnxruntime-gpu in its place, or "
                             "set model.device: cpu")
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))  # fp32 is IEEE fp32 (its default: TF32)
     try:
         made = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

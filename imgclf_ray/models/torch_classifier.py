@@ -80,14 +80,14 @@ def _native_bf16() -> bool:
 def fp32_math(precision: str) -> None:
     """fp32 means IEEE fp32 on a GPU too: cuDNN runs fp32 convolutions in TF32 (a 10-bit mantissa)
     by default on Ampere and later, which moves probabilities in the third decimal; precision tf32
-    asks for it. Set per process (an actor holds one model); on a CPU nothing reads it. cuDNN picks
-    its fastest algorithms for the batch shapes it meets (cudnn.benchmark)."""
+    asks for it. Set per process (an actor holds one model), for a torch network on a GPU."""
     import torch
 
-    mode = "tf32" if precision == "tf32" else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
-    torch.backends.cudnn.benchmark = True
+    # The legacy flags: torch's new fp32_precision API makes the legacy getters raise, and
+    # torch.export (the ONNX export) reads them.
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 class TorchClassifier:
@@ -112,7 +112,6 @@ class TorchClassifier:
             net = self._network(model_uri, storage)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        fp32_math(precision)
         self.session = None
         if runtime == "onnxruntime":
             from imgclf_ray.models import onnx_runtime
@@ -146,8 +145,13 @@ class TorchClassifier:
         if prep.normalize == "dataset":
             self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self.device).view(shape)
             self._std = torch.tensor(prep.std, dtype=torch.float32, device=self.device).view(shape)
-        # On a GPU, the most images one forward pass takes, from the model's measured memory.
-        self.max_batch = self._measured_max_batch() if self.device.type == "cuda" and self.session is None else None
+        # On a GPU, the most images one forward pass takes, from the model's measured memory; then
+        # cuDNN may try algorithms for the shapes it meets (their workspaces are not measured).
+        self.max_batch = None
+        if self.device.type == "cuda" and self.session is None:
+            fp32_math(precision)
+            self.max_batch = self._measured_max_batch()
+            torch.backends.cudnn.benchmark = True
 
     def _measured_max_batch(self, fraction: float = 0.7) -> int:
         """The largest batch whose forward pass fits in ``fraction`` of the device memory free

@@ -107,26 +107,25 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
 
 @contextlib.contextmanager
 def gpu_capacity(run: "RunPlan"):
-    """With resources.gpus beyond the GPUs present: ask Ray's autoscaler for the GPU actors' bundles
-    while the run classifies (withdrawn after, so the nodes can go), and let the pool wait up to
-    resources.gpu_wait seconds for its first actor (Ray Data's wait_for_min_actors_s)."""
+    """With resources.gpus beyond the GPUs present: the pool's first actor waits up to
+    resources.gpu_wait seconds for a GPU node (Ray Data's wait_for_min_actors_s; then the run fails,
+    committing nothing). The pending GPU actors are the autoscaler's demand: it starts GPU nodes
+    for them, and the pool grows to its planned size as they join (Ray Data's own autoscaling
+    coordinator sends the cluster-wide resource requests: one of ours would be overwritten)."""
+    import math
+
     import ray
 
-    plan = run.resources
-    if not plan.gpus_per_actor or plan.initial_actors >= plan.actors:
+    if not run.resources.awaits_gpus:
         yield
         return
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[{"GPU": plan.gpus_per_actor, "CPU": plan.cpus_per_actor}] * plan.actors)
     ctx = ray.data.DataContext.get_current()
     before = ctx.wait_for_min_actors_s
-    ctx.wait_for_min_actors_s = int(run.spec.resources.gpu_wait)
+    ctx.wait_for_min_actors_s = math.ceil(run.spec.resources.gpu_wait)
     try:
         yield
     finally:
         ctx.wait_for_min_actors_s = before
-        request_resources(bundles=[])
 
 
 class RayTasks:

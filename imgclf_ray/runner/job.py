@@ -149,7 +149,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     run = make_plan(spec, engine.resources(), card)
     checks, plan = run.checks, run.resources
     log.info("plan (%s): %s", engine.name, plan)
-    if plan.gpus_per_actor and spec.decode.jpeg_on != "predictor":
+    if plan.gpus_per_actor and spec.decode.jpeg_on != "predictor" and not plan.awaits_gpus:
         decode_cores = (plan.cluster_cpus - plan.actors * plan.cpus_per_actor) / max(plan.cluster_gpus, 1)
         if decode_cores < DECODE_CORES_PER_GPU:
             Progress.note(f"plan: {decode_cores:.0f} CPUs per GPU left for decoding; a GPU running a ResNet-sized "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgclf_ray.curation.rows import RowRules, row_columns
-from imgclf_ray.errors import DeviceFault
+from imgclf_ray.errors import DeviceFault, device_fault
 from imgclf_ray.messages import describe, guard_worker_output
 from imgclf_ray.io.schema import OUTPUT_SCHEMA, STATUS_OK, image_id
 from imgclf_ray.spec import DecodeSpec, StorageSpec
@@ -41,23 +42,6 @@ class PredictConfig:
     decode: Optional[DecodeSpec] = None  # decode.jpeg_on: predictor: the JPEGs this stage decodes
 
 
-_FATAL_MARKS = ("CUDA error", "CUDA driver", "CUDNN_STATUS", "CUBLAS_STATUS", "cudaError", "device-side assert",
-                "NCCL error", "CUDA failure", "no CUDA-capable device", "GPU is lost", "CUDNN_BACKEND")
-
-
-def device_fault(exc: BaseException) -> Optional[str]:
-    """"oom" for an out-of-memory error (torch.OutOfMemoryError, ONNX Runtime's failed
-    allocation, a host allocator's), "fatal" for another error of the device or its libraries
-    (torch.AcceleratorError, CUDA, cuDNN, cuBLAS, NCCL), None for an error of the rows."""
-    name, text = type(exc).__name__, str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower() or "Failed to allocate memory" in text \
-            or "can't allocate memory" in text:
-        return "oom"
-    if name == "AcceleratorError" or any(mark in text for mark in _FATAL_MARKS):
-        return "fatal"
-    return None
-
-
 def _release_device_memory() -> None:
     import sys
 
@@ -83,15 +67,14 @@ class Passes:
             try:
                 out.extend(fn(inputs[start:start + size]))
                 start += size
+                continue
             except Exception as exc:  # noqa: BLE001 - only an out-of-memory error is retried here
                 if device_fault(exc) != "oom" or size == 1:
                     raise
-                _release_device_memory()
-                self.size, self.halved = max(1, size // 2), self.halved + 1
-                import logging
-
-                logging.getLogger(__name__).warning("predict: out of memory with %d images; retrying in passes "
-                                                    "of %d", size, self.size)
+            _release_device_memory()  # outside the except: the failed pass's tensors are gone
+            self.size, self.halved = max(1, size // 2), self.halved + 1
+            logging.getLogger(__name__).warning("predict: out of memory with %d images; retrying in passes of %d",
+                                                size, self.size)
         return out
 
 
@@ -212,7 +195,12 @@ class PredictStage:
         inputs, undecodable = batch["inputs"], []
         if "encoded" in batch and self.jpegs is not None:
             pixels = np.asarray(batch["width"], dtype=np.int64) * np.asarray(batch["height"], dtype=np.int64)
-            inputs, undecodable = self.jpegs(inputs, batch["encoded"], rows, pixels)
+            try:
+                inputs, undecodable = self.jpegs(inputs, batch["encoded"], rows, pixels)
+            except Exception as exc:  # noqa: BLE001 - a device's failure is the run's, never error rows
+                if device_fault(exc):
+                    raise _fault(exc) from None
+                raise
         if self.classifier is None:
             predictions = {name: [None] * n for name in _PREDICTION_COLUMNS}
         elif self.tree:
