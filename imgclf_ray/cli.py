@@ -637,16 +637,23 @@ def review_select(sink_uri: str, budget: int, strategy: str, pool: int, measure:
 @click.argument("sink_uri")
 @click.option("--size", type=click.IntRange(min=1), required=True, help="How many images the gold set holds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw.")
+@click.option("--exclude-labels", "exclude", multiple=True, metavar="TABLE",
+              help="A labels table (CSV or Parquet with a uri column, uris full or relative to the archive) whose "
+              "images models were trained on: none of them goes into the gold set. Repeatable.")
 @click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
 @_storage_options
-def review_gold(sink_uri: str, size: int, seed: int, document_root: Optional[str], endpoint_url: Optional[str],
-                region: Optional[str], profile: Optional[str]) -> None:
+def review_gold(sink_uri: str, size: int, seed: int, exclude: tuple[str, ...], document_root: Optional[str],
+                endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
     """Draw the sink's gold set, once: images stratified by the model's label, committed as a
     review batch. Its answers judge models (imgclf model promote); training never uses them."""
     from imgclf_ray.io.sink import Sink
     from imgclf_ray.review.select import commit_gold
 
-    record = commit_gold(Sink(sink_uri, _storage(endpoint_url, region, profile)), size, seed, document_root)
+    from imgclf_ray.io.labels import table_uris
+
+    storage = _storage(endpoint_url, region, profile)
+    excluded = [u for table in exclude for u in table_uris(table, storage)]
+    record = commit_gold(Sink(sink_uri, storage), size, seed, document_root, excluded)
     click.echo(f"gold set {record['batch_id']}: {record['images']} images, stratified by the model's label\n"
                f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
                f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -19,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from imgclf_ray.cli import main
-from imgclf_ray.review.promote import METRICS, paired_bootstrap
+from imgclf_ray.review.promote import METRICS, judge, paired_bootstrap
+from imgclf_ray.training.trainer import train_job
 from tests.support.jobs import IMGCLF, digits_subset
 
 
@@ -113,14 +115,27 @@ def test_the_gate_promotes_on_gold_set_evidence_and_a_night_runs_the_champion(tm
     tags = client.get_model_version("digits", strong["version"]).tags
     assert tags["imgclf.promotion.decision"] == "promoted" and float(tags["imgclf.promotion.ci_low"]) > 0
 
-    # The weak model again, as a new version: refused against the champion; the alias stays.
-    again = _train(tmp_path, "weak", seed_data, folder, "{name: pixels}", "{name: logistic_regression}", tracking,
-                  test=0.34)
+    # The weak model again, as a new version (a folder of its own: a registered one is refused): refused
+    # against the champion; the alias stays.
+    assert "holds an artifact already" in _cli("train", str(tmp_path / "weak.yaml"), code=2)
+    again = _train(tmp_path, "weak2", seed_data, folder, "{name: pixels}", "{name: logistic_regression}", tracking,
+                   test=0.34)
     out = _cli("model", "promote", "digits", again["version"], "--job", str(job), code=1)
     assert "not promoted" in out
     assert str(client.get_model_version_by_alias("digits", "champion").version) == strong["version"]
     assert client.get_model_version("digits", again["version"]).tags["imgclf.promotion.decision"] == "refused"
 
+    # A champion whose folder was trained into since (outside the registry) is refused, not judged.
+    from imgclf_ray.spec import TrainSpec, load_spec
+
+    shutil.copytree(tmp_path / "strong", tmp_path / "strong-kept")
+    shutil.rmtree(tmp_path / "strong")
+    train_job(load_spec(tmp_path / "weak.yaml", [f"model.output={tmp_path / 'strong'}", "registry=null"],
+                        model=TrainSpec))
+    assert "trained again into that folder" in _cli("model", "promote", "digits", again["version"], "--job", str(job),
+                                                    code=1)
+    shutil.rmtree(tmp_path / "strong")
+    shutil.copytree(tmp_path / "strong-kept", tmp_path / "strong")  # the registered artifact back
     # The next night runs the champion; a new model relabels what the night before labelled.
     job.write_text(job.read_text().replace(f"models:/digits/{weak['version']}", "models:/digits@champion"))
     out = _cli("run", str(job), "--run-id", "n2")
@@ -153,3 +168,18 @@ def test_the_paired_interval_is_scipys_percentile_bootstrap():
     diff = (a == truth).astype(float) - (b == truth).astype(float)
     theirs = bootstrap((diff,), np.mean, n_resamples=4000, method="percentile", random_state=1).confidence_interval
     assert ours == pytest.approx([theirs.low, theirs.high], abs=0.02)  # two random streams: 4,000 resamples each
+
+
+def test_the_gate_at_its_edges():
+    """Ten right answers do not make a floor of 0.95 (exact interval, not a collapsed bootstrap); an
+    identical candidate is not shown better (margin 0) but is within a margin; a worse one never."""
+    truth = np.array(list("ab") * 5, dtype=object)
+    ok, facts = judge(truth, truth.copy(), None, "accuracy", 0.0, 0.95, 500, 0)
+    assert not ok and facts["interval"] == "Clopper-Pearson" and facts["ci_low"] == pytest.approx(0.6915, abs=1e-3)
+    truth = np.array(list("abcd") * 25, dtype=object)
+    same = truth.copy()
+    assert not judge(truth, same, truth.copy(), "accuracy", 0.0, None, 500, 0)[0]
+    assert judge(truth, same, truth.copy(), "accuracy", 0.01, None, 500, 0)[0]
+    worse = truth.copy()
+    worse[:20] = "x"
+    assert not judge(truth, worse, truth.copy(), "accuracy", 0.05, None, 500, 0)[0]

@@ -36,6 +36,14 @@ def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
     return pacsv.read_csv(io.BytesIO(blob))
 
 
+def table_uris(table: str, storage: StorageSpec = StorageSpec(), column: str = "uri") -> list[str]:
+    """The uris a labels table names (its ``column``)."""
+    t = _read_table(table, storage)
+    if column not in t.column_names:
+        raise SourceError(f"{table}: no column {column!r}; it has {', '.join(t.column_names)}")
+    return [str(u) for u in t.column(column).to_pylist() if u is not None]
+
+
 def _folder_labels(uris: list[str], root: str) -> list[Optional[str]]:
     labels = []
     for uri in uris:

@@ -39,10 +39,18 @@ def tracking_uri(given: Optional[str], where: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         raise SpecError(f"{where}: {uri} is a file relative to the current folder; give an absolute path "
                         "(sqlite:////abs/path/mlflow.db: four slashes)")
-    if "://" not in uri and not os.path.isabs(uri):
+    if uri.startswith("databricks"):  # databricks, databricks-uc, databricks://profile
+        return uri
+    if uri.startswith("file:") and not uri.startswith(("file:/", "file:///")):
+        raise SpecError(f"{where}: {uri} is a folder relative to the current one; give an absolute path")
+    if ":" not in uri and not os.path.isabs(uri):
         raise SpecError(f"{where}: {uri} is a folder relative to the current one; give an absolute path or a "
                         "server's URL")
     return uri
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
 
 
 def is_local_file(uri: str) -> bool:
@@ -58,7 +66,7 @@ def _client(uri: str):
     for name in ("mlflow", "alembic"):  # its INFO lines (creating tables ...) are not the user's business
         logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    return MlflowClient(uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or None)
 
 
 def _call(what: str, fn, *args, **kwargs):
@@ -68,7 +76,7 @@ def _call(what: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except MlflowException as exc:
-        raise UserError(f"MLflow registry: {what}: {describe(exc).splitlines()[0][:300]}") from None
+        raise UserError(f"MLflow registry: {what}: {' '.join(describe(exc).split())[:600]}") from None
 
 
 @dataclass(frozen=True)
@@ -90,15 +98,27 @@ def _version(client, uri: str, mv, alias: Optional[str] = None) -> Version:
     return Version(uri, mv.name, str(mv.version), mv.source, (mv.tags or {}).get(MODEL_ID_TAG), alias)
 
 
-def champion(uri: str, name: str) -> Optional[Version]:
-    """The version the ``champion`` alias names; None when the model has none (or no version)."""
+def champion_version(uri: str, name: str) -> Optional[str]:
+    """The version the ``champion`` alias names; None when the model has none (an unreachable
+    registry is an error, not "no champion")."""
     client = _client(uri)
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     try:
-        return _version(client, uri, client.get_model_version_by_alias(name, CHAMPION), CHAMPION)
-    except MlflowException:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or (
+                exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)):
+            return None  # no such model, or no such alias (the SQL store's answer): no champion yet
+        raise UserError(f"MLflow registry: the champion of {name}: {' '.join(describe(exc).split())[:600]}") from None
+
+
+def champion(uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[Version]:
+    """The champion version, its artifact checked as ``resolve`` checks it; None when none."""
+    if champion_version(uri, name) is None:
         return None
+    return resolve(f"models:/{name}@{CHAMPION}", uri, storage)
 
 
 def get(uri: str, name: str, version: str) -> Version:
@@ -120,7 +140,13 @@ def resolve(models_uri: str, uri: str, storage: StorageSpec = StorageSpec()) -> 
     else:
         mv = _call(f"{models_uri}", client.get_model_version, m["name"], m["version"])
     found = _version(client, uri, mv, m["alias"])
-    actual = describe_artifact(found.source, storage).model_id
+    source = found.source
+    readable = source.startswith("/") or bool(re.match(r"^[a-z][a-z0-9+.-]*://", source))
+    if not readable or source.startswith(("runs:", "models:", "mlflow-artifacts:", "dbfs:")):
+        raise UserError(f"{models_uri} is version {found.version}, whose source {source!r} is not an imgclf artifact "
+                        "folder every node can read by an absolute path or an object-store URI (imgclf train with "
+                        "registry: registers those)")
+    actual = describe_artifact(source, storage).model_id
     if found.model_id and actual != found.model_id:
         raise UserError(f"{models_uri} is version {found.version}, registered with model id {found.model_id}, but "
                         f"the artifact at {found.source} is now {actual} (trained again into that folder?); "
@@ -165,6 +191,24 @@ def record_decision(uri: str, name: str, version: str, evidence: dict[str, Any],
     for key, value in {**evidence, "decision": "promoting" if promote else evidence["decision"]}.items():
         tag(key, value)
     if promote:
+        now = champion_version(uri, name)  # another promotion may have moved it while this one judged
+        if now != evidence.get("champion_version"):
+            tag("decision", "refused")
+            raise UserError(f"{name}: the champion changed while version {version} was judged (now version "
+                            f"{now}); nothing was moved: run the promotion again")
         faults.point("promote_alias")
         _call("move the champion alias", client.set_registered_model_alias, name, CHAMPION, str(version))
         tag("decision", "promoted")
+
+
+def decision_of(uri: str, name: str, version: str) -> Optional[str]:
+    """The ``imgclf.promotion.decision`` tag of a version (None without one)."""
+    client = _client(uri)
+    mv = _call(f"{name} version {version}", client.get_model_version, name, str(version))
+    return (mv.tags or {}).get("imgclf.promotion.decision")
+
+
+def complete(uri: str, name: str, version: str) -> None:
+    """A promotion killed after its alias moved: its decision finally says so."""
+    client = _client(uri)
+    _call("tag the version", client.set_model_version_tag, name, str(version), "imgclf.promotion.decision", "promoted")

@@ -26,7 +26,7 @@ from imgclf_ray.io.reviews import gold_batch
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.review.labels import current_labels
 
-MIN_GOLD = 10  # answered gold images below which no judgement is made
+MIN_GOLD = 30  # answered gold images below which no judgement is made
 
 
 def _accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -34,8 +34,9 @@ def _accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
-    """scikit-learn's f1_score(average="macro") over the classes either side names."""
-    classes = np.union1d(truth, pred)
+    """scikit-learn's f1_score(average="macro") over the classes either side names (an image the
+    model could not label, "", is wrong for its true class, not a class of its own)."""
+    classes = np.setdiff1d(np.union1d(truth, pred), [""])
     f1 = []
     for c in classes:
         tp = float(((pred == c) & (truth == c)).sum())
@@ -133,17 +134,21 @@ class Judgement:
 
     def lines(self) -> list[str]:
         e = self.evidence
+        if "metric" not in e:  # an interrupted promotion completed
+            return [f"promoted: {e['name']} version {e['candidate_version']}: {e['reason']}"]
         metric = e["metric"]
         out = [f"gold set {e['gold_batch']}: {e['gold_answered']} answered images"]
         out.append(f"  candidate {e['name']} version {e['candidate_version']}: {metric} {e['candidate']:.4f}")
         if e.get("champion_version"):
-            out.append(f"  champion  {e['name']} version {e['champion_version']}: {metric} {e['champion']:.4f}")
+            out.append(f"  champion  {e['name']} version {e['champion_version']}: {metric} {e['champion']:.4f}"
+                       + ("  (--floor applies to a first champion only)" if e.get("floor") is not None else ""))
             out.append(f"  candidate - champion: {e['difference']:+.4f}, 95 % interval [{e['ci_low']:+.4f}, "
                        f"{e['ci_high']:+.4f}] (paired bootstrap, {e['resamples']} resamples); needs the lower "
                        f"bound above {-e['margin'] or 0.0:+.4f}")
         else:
+            how = e["interval"] + (f", {e['resamples']} resamples" if "bootstrap" in e["interval"] else "")
             out.append(f"  no champion yet: the candidate's 95 % interval [{e['ci_low']:.4f}, {e['ci_high']:.4f}] "
-                       f"(bootstrap, {e['resamples']} resamples); needs the lower bound at least {e['floor']}")
+                       f"({how}); needs the lower bound at least {e['floor']}")
         out.append(f"{'promoted' if self.promote else 'not promoted'}: {e['reason']}")
         return out
 
@@ -155,7 +160,16 @@ def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarra
     facts: dict[str, Any] = {"metric": metric, "candidate": round(fn(truth, candidate), 6), "margin": margin,
                              "floor": floor, "resamples": resamples, "seed": seed}
     if champion is None:
-        low, high = np.percentile(paired_bootstrap(truth, candidate, None, metric, resamples, seed), [2.5, 97.5])
+        if metric == "accuracy":  # exact: Clopper-Pearson (a bootstrap of 10 right answers says [1, 1])
+            from scipy.stats import beta
+
+            k, n = int((truth == candidate).sum()), len(truth)
+            low = float(beta.ppf(0.025, k, n - k + 1)) if k else 0.0
+            high = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+            facts["interval"] = "Clopper-Pearson"
+        else:
+            low, high = np.percentile(paired_bootstrap(truth, candidate, None, metric, resamples, seed), [2.5, 97.5])
+            facts["interval"] = "percentile bootstrap"
         facts.update(ci_low=round(float(low), 6), ci_high=round(float(high), 6))
         ok = bool(low >= floor)
         facts["reason"] = (f"the lower bound {low:.4f} {'reaches' if ok else 'is below'} the floor {floor}")
@@ -182,9 +196,16 @@ def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, metric
     if metric not in METRICS:
         raise UserError(f"--metric {metric}: unknown; known: {', '.join(sorted(METRICS))}")
     candidate = registry.resolve(f"models:/{name}/{version}", tracking, job.storage)
-    champion = registry.champion(tracking, name)
-    if champion is not None and champion.version == candidate.version:
+    if registry.champion_version(tracking, name) == candidate.version:
+        if registry.decision_of(tracking, name, candidate.version) == "promoting":  # killed after the alias moved
+            registry.complete(tracking, name, candidate.version)
+            return Judgement({"name": name, "candidate_version": candidate.version, "decision": "promoted",
+                              "reason": "an interrupted promotion had moved the alias; its record now says so"}, True)
         raise UserError(f"{name} version {version} is the champion already")
+    champion = registry.champion(tracking, name, job.storage)  # its artifact checked, as the candidate's
+    if champion is not None and champion.model_id == candidate.model_id:
+        raise UserError(f"{name} version {version} is the champion's model ({candidate.model_id}, version "
+                        f"{champion.version}): nothing to judge")
     if champion is None and floor is None:
         raise UserError(f"{name} has no champion yet: state the least gold-set {metric} a first champion needs "
                         "(--floor)")

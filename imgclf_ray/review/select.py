@@ -268,16 +268,23 @@ def stratified(rows: pa.Table, size: int, seed: int) -> pa.Table:
     return chosen.append_column("priority", pa.array(np.zeros(chosen.num_rows), pa.float64()))
 
 
-def commit_gold(sink: Sink, size: int, seed: int = 0, document_root: Optional[str] = None) -> dict[str, Any]:
+def commit_gold(sink: Sink, size: int, seed: int = 0, document_root: Optional[str] = None,
+                exclude: Optional[list[str]] = None) -> dict[str, Any]:
     """Draw the sink's gold set once: ``size`` images stratified by the model's label among the
-    images no reviewer has seen, committed as a review batch (reviewed like any other) whose
-    answers judge models (``imgclf model promote``) and are never trained on."""
+    images no reviewer has seen (nor ``exclude`` names: the uris a labels table trained models on,
+    full or relative to the archive, matched as the uri's end), committed as a review batch
+    (reviewed like any other) whose answers judge models (``imgclf model promote``) and are never
+    trained on."""
     def pick() -> tuple[pa.Table, dict[str, Any]]:
         found = gold_batch(sink)
         if found:
             raise UserError(f"{sink.uri}: the gold set is drawn already ({found['batch_id']}, {found['images']} "
                             "images); a gold set is drawn once, so that every judgement uses the same images")
         rows, facts = candidates(sink)
+        if exclude:
+            ends = tuple(e if "://" in e else "/" + e.lstrip("/") for e in exclude)
+            rows = rows.filter(pa.array([not u.endswith(ends) and u not in exclude
+                                         for u in rows.column("uri").to_pylist()], pa.bool_()))
         return stratified(rows, size, seed), facts
 
     return _commit(sink, pick, {"strategy": "gold", "gold": True, "measure": None, "seed": seed, "budget": size},

@@ -338,6 +338,8 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     from imgclf_ray.training.bundled import ensure_example_archive
 
     started = time.perf_counter()
+    if spec.registry is not None:
+        _check_registry(spec)  # before any work: a version needs its own folder, and a reachable source
     spec = with_init_network(spec)
     if spec.example is not None:
         ensure_example_archive(spec.example.dataset, spec.data, spec.storage)
@@ -378,6 +380,21 @@ def _without_gold(spec: TrainSpec, manifest: pa.Table) -> tuple[pa.Table, int]:
         return manifest, 0
     keep = pc.invert(pc.is_in(manifest.column("uri"), pa.array(gold.get("uris") or [], pa.string())))
     return manifest.filter(keep), manifest.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+
+
+def _check_registry(spec: TrainSpec) -> None:
+    from imgclf_ray.models import mlflow_registry as registry
+
+    tracking = registry.tracking_uri(spec.registry.tracking_uri, "registry.tracking_uri")
+    fs, path = filesystem(spec.model.output, spec.storage)
+    if fs.exists(join(path, CARD_FILE)):
+        raise SpecError(f"model.output {spec.model.output} holds an artifact already: with registry: each "
+                        "version is a folder of its own (the registry records its model id; training into a "
+                        "registered folder would change what that version is): give model.output a new folder")
+    if registry.is_server(tracking) and "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        raise SpecError(f"registry.tracking_uri {tracking} is a tracking server: it registers only sources it can "
+                        f"read, and the cluster's nodes must read them too; model.output {spec.model.output} is a "
+                        "folder on this machine: write the model to object storage (s3://...)")
 
 
 def _register(spec: TrainSpec, metrics: dict[str, Any]) -> dict[str, Any]:
