@@ -112,13 +112,13 @@ def test_out_of_memory_halves_the_passes_and_loses_no_row(tiny_model):
     "torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')",  # even one image
 ])
 def test_a_device_fault_stops_the_stage_and_makes_no_error_row(tiny_model, error):
-    import torch  # noqa: F401 - the parametrised errors name it
+    import torch
 
     from imgclf_ray.errors import DeviceFault
 
     stage = PredictStage(PredictConfig(tiny_model, StorageSpec(), topk=2, run_id="r", threads=1))
 
-    fault = eval(error)
+    fault = eval(error, {"torch": torch})  # the parametrised errors name torch
 
     def broken(pixels):
         raise fault
