@@ -558,8 +558,9 @@ def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: 
 @click.option("--job", default=None, help="The nightly job whose sink's gold set judges, its images decoded "
               "as its nights decode them.")
 @click.option("--metric", default="accuracy", show_default=True, help="accuracy, macro_f1 or balanced_accuracy.")
-@click.option("--margin", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Promote when the 95 % interval's lower bound of (candidate - champion) is above -margin.")
+@click.option("--margin", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Promote when the 95 % interval's lower bound of (candidate - champion) is above -margin: "
+              "the candidate is better, or shown worse by less than the margin (0: only a candidate shown better).")
 @click.option("--floor", type=click.FloatRange(0, 1), default=None,
               help="With no champion yet: the least lower bound of the candidate's metric.")
 @click.option("--resamples", type=click.IntRange(min=100), default=2000, show_default=True,

@@ -188,7 +188,7 @@ def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarra
 
 
 def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, metric: str = "accuracy",
-            margin: float = 0.0, floor: Optional[float] = None, resamples: int = 2000, seed: int = 0) -> Judgement:
+            margin: float = 0.01, floor: Optional[float] = None, resamples: int = 2000, seed: int = 0) -> Judgement:
     """Judge version ``version`` of registered model ``name`` against its champion on ``sink``'s
     gold set (labelled as ``job`` labels, a JobSpec), record the evidence, move the alias if it wins."""
     from imgclf_ray.models import mlflow_registry as registry
