@@ -575,7 +575,7 @@ def model_promote(name: str, version: str, sink_uri: Optional[str], job: Optiona
     than the champion (paired bootstrap); the evidence is printed and recorded on the version."""
     from imgclf_ray.io.sink import Sink
     from imgclf_ray.models.mlflow_registry import tracking_uri as registry_uri
-    from imgclf_ray.review.promote import promote
+    from imgclf_ray.review.promote import Gate, promote
     from imgclf_ray.spec import parse_spec
 
     if (sink_uri is None) == (job is None):
@@ -589,8 +589,8 @@ def model_promote(name: str, version: str, sink_uri: Optional[str], job: Optiona
                            "model": {"uri": "-"}, "storage": _storage(endpoint_url, region, profile).model_dump()},
                           "--sink")
     tracking = registry_uri(tracking_uri or (spec.model.tracking_uri if job else None), "--tracking-uri")
-    done = promote(name, version, Sink(spec.sink.uri, spec.storage, spec.sink.format), spec, tracking, metric,
-                   margin, floor, resamples, seed)
+    done = promote(name, version, Sink(spec.sink.uri, spec.storage, spec.sink.format), spec, tracking,
+                   Gate(metric, margin, floor, resamples, seed))
     click.echo("\n".join(done.lines()))
     if not done.promote:
         raise SystemExit(1)

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from imgclf_ray.cli import main
-from imgclf_ray.review.promote import METRICS, judge, paired_bootstrap
+from imgclf_ray.review.promote import METRICS, Gate, judge, paired_bootstrap
 from imgclf_ray.training.trainer import train_job
 from tests.support.jobs import IMGCLF, digits_subset
 
@@ -174,12 +174,12 @@ def test_the_gate_at_its_edges():
     """Ten right answers do not make a floor of 0.95 (exact interval, not a collapsed bootstrap); an
     identical candidate is not shown better (margin 0) but is within a margin; a worse one never."""
     truth = np.array(list("ab") * 5, dtype=object)
-    ok, facts = judge(truth, truth.copy(), None, "accuracy", 0.0, 0.95, 500, 0)
+    ok, facts = judge(truth, truth.copy(), None, Gate(floor=0.95, resamples=500))
     assert not ok and facts["interval"] == "Clopper-Pearson" and facts["ci_low"] == pytest.approx(0.6915, abs=1e-3)
     truth = np.array(list("abcd") * 25, dtype=object)
     same = truth.copy()
-    assert not judge(truth, same, truth.copy(), "accuracy", 0.0, None, 500, 0)[0]
-    assert judge(truth, same, truth.copy(), "accuracy", 0.01, None, 500, 0)[0]
+    assert not judge(truth, same, truth.copy(), Gate(margin=0.0, resamples=500))[0]
+    assert judge(truth, same, truth.copy(), Gate(margin=0.01, resamples=500))[0]
     worse = truth.copy()
     worse[:20] = "x"
-    assert not judge(truth, worse, truth.copy(), "accuracy", 0.05, None, 500, 0)[0]
+    assert not judge(truth, worse, truth.copy(), Gate(margin=0.05, resamples=500))[0]

@@ -153,9 +153,22 @@ class Judgement:
         return out
 
 
-def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarray], metric: str, margin: float,
-          floor: Optional[float], resamples: int, seed: int) -> tuple[bool, dict[str, Any]]:
+@dataclass(frozen=True)
+class Gate:
+    """How a candidate is judged: the metric, the margin against the champion, the floor of a
+    first champion, the bootstrap's resamples and seed."""
+
+    metric: str = "accuracy"
+    margin: float = 0.01
+    floor: Optional[float] = None
+    resamples: int = 2000
+    seed: int = 0
+
+
+def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarray], gate: Gate
+          ) -> tuple[bool, dict[str, Any]]:
     """The decision and its figures (see the module's doc)."""
+    metric, margin, floor, resamples, seed = gate.metric, gate.margin, gate.floor, gate.resamples, gate.seed
     fn = METRICS[metric]
     facts: dict[str, Any] = {"metric": metric, "candidate": round(fn(truth, candidate), 6), "margin": margin,
                              "floor": floor, "resamples": resamples, "seed": seed}
@@ -187,12 +200,12 @@ def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarra
     return ok, facts
 
 
-def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, metric: str = "accuracy",
-            margin: float = 0.01, floor: Optional[float] = None, resamples: int = 2000, seed: int = 0) -> Judgement:
+def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, gate: Gate = Gate()) -> Judgement:
     """Judge version ``version`` of registered model ``name`` against its champion on ``sink``'s
     gold set (labelled as ``job`` labels, a JobSpec), record the evidence, move the alias if it wins."""
     from imgclf_ray.models import mlflow_registry as registry
 
+    metric, floor = gate.metric, gate.floor
     if metric not in METRICS:
         raise UserError(f"--metric {metric}: unknown; known: {', '.join(sorted(METRICS))}")
     candidate = registry.resolve(f"models:/{name}/{version}", tracking, job.storage)
@@ -213,7 +226,7 @@ def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, metric
     with tempfile.TemporaryDirectory(prefix="imgclf-gold-") as scratch:
         ours = answers_of(candidate.source, gold, job, "candidate", scratch)
         theirs = answers_of(champion.source, gold, job, "champion", scratch) if champion else None
-    ok, facts = judge(gold.truth, ours, theirs, metric, margin, floor, resamples, seed)
+    ok, facts = judge(gold.truth, ours, theirs, gate)
     evidence = {"name": name, "candidate_version": candidate.version, "candidate_model_id": candidate.model_id,
                 "champion_version": champion.version if champion else None,
                 "champion_model_id": champion.model_id if champion else None, "gold_batch": gold.batch_id,

@@ -149,12 +149,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     run = make_plan(spec, engine.resources(), card)
     checks, plan = run.checks, run.resources
     log.info("plan (%s): %s", engine.name, plan)
-    if plan.gpus_per_actor and spec.decode.jpeg_on != "predictor" and not plan.awaits_gpus:
-        decode_cores = (plan.cluster_cpus - plan.actors * plan.cpus_per_actor) / max(plan.cluster_gpus, 1)
-        if decode_cores < DECODE_CORES_PER_GPU:
-            Progress.note(f"plan: {decode_cores:.0f} CPUs per GPU left for decoding; a GPU running a ResNet-sized "
-                          f"model takes {DECODE_CORES_PER_GPU}-15 decode cores (docs/performance.md): give the GPU "
-                          "nodes more CPUs, or decode.jpeg_on: predictor", progress)
+    _note_decode_cores(spec, plan, progress)
     started_at = datetime.now(timezone.utc).isoformat()
     started = time.perf_counter()
     clusterer = prepare_clusterer(engine, spec, manifest, plan, progress)
@@ -202,6 +197,16 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     with shield:
         _commit(at, staging, result, record, extra_files, state, back.rows_per_file)
     return result
+
+
+def _note_decode_cores(spec: JobSpec, plan, progress: Mode) -> None:
+    """A plan line when GPU actors leave fewer CPUs per GPU for decoding than keep a GPU busy."""
+    if plan.gpus_per_actor and spec.decode.jpeg_on != "predictor" and not plan.awaits_gpus:
+        decode_cores = (plan.cluster_cpus - plan.actors * plan.cpus_per_actor) / max(plan.cluster_gpus, 1)
+        if decode_cores < DECODE_CORES_PER_GPU:
+            Progress.note(f"plan: {decode_cores:.0f} CPUs per GPU left for decoding; a GPU running a ResNet-sized "
+                          f"model takes {DECODE_CORES_PER_GPU}-15 decode cores (docs/performance.md): give the GPU "
+                          "nodes more CPUs, or decode.jpeg_on: predictor", progress)
 
 
 def _model_facts(card: Optional[ArtifactInfo]) -> dict[str, Any]:
