@@ -431,6 +431,8 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
 
     interrupts.resume(f"the model at {spec.model.output}", "run the same command again")
     metrics = train_job(spec)
+    if metrics.get("example_written"):
+        click.echo(f"example: wrote {metrics['example_written']} {spec.example.dataset} images to {spec.data.uri}")
     for name, node in (metrics["nodes"].items() if metrics.get("task") == "hierarchical" else [("", metrics)]):
         click.echo((f"[{name}] " if name else "") + "held-out " + format_metrics(node))
     click.echo(f"  artifact: {spec.model.output}  ({metrics['seconds']} s)")
@@ -439,7 +441,7 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
     if metrics.get("registered"):
         r = metrics["registered"]
         click.echo(f"  registered: {r['name']} version {r['version']} in {r['tracking_uri']} (promote it with "
-                   f"imgclf model promote {r['name']} {r['version']} --sink SINK)")
+                   f"imgclf model promote {r['name']} {r['version']} --job NIGHTLY_JOB)")
 
 
 @main.command()
@@ -588,7 +590,9 @@ def model_promote(name: str, version: str, sink_uri: Optional[str], job: Optiona
         spec = parse_spec({"name": "gold", "source": {"uri": sink_uri}, "sink": {"uri": sink_uri},
                            "model": {"uri": "-"}, "storage": _storage(endpoint_url, region, profile).model_dump()},
                           "--sink")
-    tracking = registry_uri(tracking_uri or (spec.model.tracking_uri if job else None), "--tracking-uri")
+    given = tracking_uri or (spec.model.tracking_uri if job else None)
+    tracking = registry_uri(given, "--tracking-uri" if tracking_uri else "model.tracking_uri" if given
+                            else "MLFLOW_TRACKING_URI")
     done = promote(name, version, Sink(spec.sink.uri, spec.storage, spec.sink.format), spec, tracking,
                    Gate(metric, margin, floor, resamples, seed))
     click.echo("\n".join(done.lines()))

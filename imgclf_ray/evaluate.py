@@ -110,13 +110,17 @@ def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], sepa
     return out
 
 
+# Numbers a training's result carries that are not its metrics (the command prints them on their own).
+_NOT_METRICS = ("images", "example_written", "gold_images_left_out")
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A short text table of the headline numbers and the per-class ones."""
     lines = [f"{metrics['task']} evaluation on {metrics['images']} labelled images "
              f"(left out: {metrics['left_out']['error_rows']} error rows, "
              f"{metrics['left_out']['without_true_label']} without a true label)"]
     for key, value in metrics.items():
-        if isinstance(value, (int, float)) and key != "images" and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and key not in _NOT_METRICS and not isinstance(value, bool):
             lines.append(f"  {key:<24} {value}")
     per = metrics.get("per_class")
     if per:

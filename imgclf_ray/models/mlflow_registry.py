@@ -33,6 +33,8 @@ def tracking_uri(given: Optional[str], where: str) -> str:
     """The registry to use: ``given``, else $MLFLOW_TRACKING_URI; refused when neither names one,
     or when it is a relative file (``where``: the option or key that sets it, for the message)."""
     uri = given or os.environ.get("MLFLOW_TRACKING_URI")
+    if not given and uri:
+        where = "MLFLOW_TRACKING_URI"
     if not uri:
         raise SpecError(f"{where}: no MLflow tracking URI; set it (or MLFLOW_TRACKING_URI) to the registry, e.g. "
                         "sqlite:////srv/mlflow/mlflow.db or http://mlflow.internal:5000")

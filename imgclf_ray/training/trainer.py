@@ -341,8 +341,7 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     if spec.registry is not None:
         _check_registry(spec)  # before any work: a version needs its own folder, and a reachable source
     spec = with_init_network(spec)
-    if spec.example is not None:
-        ensure_example_archive(spec.example.dataset, spec.data, spec.storage)
+    written = ensure_example_archive(spec.example.dataset, spec.data, spec.storage) if spec.example else 0
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
     manifest, gold = _without_gold(spec, manifest)
     labelled = manifest.filter(manifest.column("true_label").is_valid())
@@ -359,6 +358,8 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     else:
         metrics = _fit_tree(spec, x, names, seed, extra, splits)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    if written:
+        metrics["example_written"] = written
     if gold:
         metrics["gold_images_left_out"] = gold
     if spec.registry is not None:
