@@ -123,11 +123,6 @@ def champion(uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optio
     return resolve(f"models:/{name}@{CHAMPION}", uri, storage)
 
 
-def get(uri: str, name: str, version: str) -> Version:
-    client = _client(uri)
-    return _version(client, uri, _call(f"{name} version {version}", client.get_model_version, name, str(version)))
-
-
 def resolve(models_uri: str, uri: str, storage: StorageSpec = StorageSpec()) -> Version:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the version, its artifact checked to
     be the one registered (the card's model_id)."""

@@ -121,7 +121,8 @@ def answers_of(model_uri: str, gold: Gold, job: Any, run_id: str, scratch: str) 
         "run": job.run.model_copy(update={"executor": "local"}),
         "incremental": None, "curate": None, "cluster": None, "example": None})
     execute(spec, gold.manifest, run_id)
-    rows = Sink(scratch).run(Sink(scratch).committed_runs(run_id)[run_id]).rows(
+    out = Sink(scratch)
+    rows = out.run(out.committed_runs(run_id)[run_id]).rows(
         lambda name: name in ("uri", "status", "label", "labels"))
     by_uri = {r["uri"]: _answer(r["label"], r["labels"]) if r["status"] == "ok" else "" for r in rows.to_pylist()}
     return np.asarray([by_uri.get(u, "") for u in gold.manifest.column("uri").to_pylist()], dtype=object)

@@ -384,6 +384,7 @@ def _without_gold(spec: TrainSpec, manifest: pa.Table) -> tuple[pa.Table, int]:
 
 
 def _check_registry(spec: TrainSpec) -> None:
+    from imgclf_ray.io.sink.layout import is_local
     from imgclf_ray.models import mlflow_registry as registry
 
     tracking = registry.tracking_uri(spec.registry.tracking_uri, "registry.tracking_uri")
@@ -392,7 +393,7 @@ def _check_registry(spec: TrainSpec) -> None:
         raise SpecError(f"model.output {spec.model.output} holds an artifact already: with registry: each "
                         "version is a folder of its own (the registry records its model id; training into a "
                         "registered folder would change what that version is): give model.output a new folder")
-    if registry.is_server(tracking) and "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if registry.is_server(tracking) and is_local(fs):
         raise SpecError(f"registry.tracking_uri {tracking} is a tracking server: it registers only sources it can "
                         f"read, and the cluster's nodes must read them too; model.output {spec.model.output} is a "
                         "folder on this machine: write the model to object storage (s3://...)")
