@@ -21,7 +21,8 @@ POINTS = ("after_write", "after_state", "commit_file_moved", "commit_moved", "co
           "ray_started",  # ensure_ray, Ray's processes started
           "review_batch",  # review select/gold: the batch's files written, its record not yet
           "review_ingest",  # review ingest: the answers checked, their file not written yet
-          "promote_alias")  # model promote: the evidence recorded on the version, the alias not moved yet
+          "promote_alias",  # model promote: the evidence recorded on the version, the alias not moved yet
+          "promote_moved")  # model promote: the alias moved, the version's decision not yet "promoted"
 
 
 def point(name: str) -> None:

@@ -109,8 +109,15 @@ def test_the_gate_promotes_on_gold_set_evidence_and_a_night_runs_the_champion(tm
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert str(client.get_model_version_by_alias("digits", "champion").version) == weak["version"]
     assert client.get_model_version("digits", strong["version"]).tags["imgclf.promotion.decision"] == "promoting"
+    # Killed just after the alias moved: the next try completes the version's record, judging nothing.
+    proc = subprocess.run([IMGCLF, "model", "promote", "digits", strong["version"], "--job", str(job)],
+                          env={**os.environ, "IMGCLF_KILL_AT": "promote_moved"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == strong["version"]
+    assert client.get_model_version("digits", strong["version"]).tags["imgclf.promotion.decision"] == "promoting"
     out = _cli("model", "promote", "digits", strong["version"], "--job", str(job))
-    assert "promoted:" in out and "not promoted" not in out, out
+    assert "an interrupted promotion had moved the alias; its record now says so" in out, out
     assert str(client.get_model_version_by_alias("digits", "champion").version) == strong["version"]
     tags = client.get_model_version("digits", strong["version"]).tags
     assert tags["imgclf.promotion.decision"] == "promoted" and float(tags["imgclf.promotion.ci_low"]) > 0

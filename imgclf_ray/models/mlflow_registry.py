@@ -195,6 +195,7 @@ def record_decision(uri: str, name: str, version: str, evidence: dict[str, Any],
                             f"{now}); nothing was moved: run the promotion again")
         faults.point("promote_alias")
         _call("move the champion alias", client.set_registered_model_alias, name, CHAMPION, str(version))
+        faults.point("promote_moved")
         tag("decision", "promoted")
 
 
