@@ -9,10 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from click.testing import CliRunner
 from imgclf_ray.cli import main
 from imgclf_ray.review.promote import METRICS, Gate, judge, paired_bootstrap
 from imgclf_ray.training.trainer import train_job
-from tests.support.jobs import IMGCLF, digits_subset
+from tests.support.jobs import digits_subset, killed_at
 
 
 
@@ -103,17 +100,11 @@ def test_the_gate_promotes_on_gold_set_evidence_and_a_night_runs_the_champion(tm
     assert "left out: 60 gold-set images" in strong["out"]
     # Killed between its evidence and the alias: the champion is unchanged, and the version's record
     # says the promotion did not finish (it never claims what it did not do); a new try completes it.
-    proc = subprocess.run([IMGCLF, "model", "promote", "digits", strong["version"], "--job", str(job)],
-                          env={**os.environ, "IMGCLF_KILL_AT": "promote_alias"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    killed_at("promote_alias", "model", "promote", "digits", strong["version"], "--job", str(job))
     assert str(client.get_model_version_by_alias("digits", "champion").version) == weak["version"]
     assert client.get_model_version("digits", strong["version"]).tags["imgclf.promotion.decision"] == "promoting"
     # Killed just after the alias moved: the next try completes the version's record, judging nothing.
-    proc = subprocess.run([IMGCLF, "model", "promote", "digits", strong["version"], "--job", str(job)],
-                          env={**os.environ, "IMGCLF_KILL_AT": "promote_moved"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    killed_at("promote_moved", "model", "promote", "digits", strong["version"], "--job", str(job))
     assert str(client.get_model_version_by_alias("digits", "champion").version) == strong["version"]
     assert client.get_model_version("digits", strong["version"]).tags["imgclf.promotion.decision"] == "promoting"
     out = _cli("model", "promote", "digits", strong["version"], "--job", str(job))

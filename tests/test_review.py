@@ -5,9 +5,6 @@ ingested (once, whatever the format), every refusal, stale reviews, and the curr
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from imgclf_ray.io.reviews import batch_records, reviews
 from imgclf_ray.review.select import commit_batch
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
-from tests.support.jobs import IMGCLF, digits_subset
+from tests.support.jobs import digits_subset, killed_at
 
 
 @pytest.fixture
@@ -194,20 +191,13 @@ def test_reviews_label_a_training_set(night, tmp_path):
     assert metrics["images"] == card.training["test_images"] == 12
 
 
-def _killed(*args: str, point: str) -> None:
-    """``imgclf ARGS`` in a process of its own that kills itself (SIGKILL) at ``point``."""
-    proc = subprocess.run([IMGCLF, *args], env={**os.environ, "IMGCLF_KILL_AT": point}, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
-
-
 def test_an_interrupted_selection_or_ingest_leaves_no_batch_and_no_answer(night, tmp_path):
     sink, _, _ = night
-    _killed("review", "select", sink.uri, "--budget", "5", "--document-root", str(tmp_path), point="review_batch")
+    killed_at("review_batch", "review", "select", sink.uri, "--budget", "5", "--document-root", str(tmp_path))
     assert batch_records(sink) == []  # its files without a record: no batch; the lock died with it
     record = commit_batch(sink, 5, document_root=str(tmp_path))  # the same images are selectable again
     answers = tmp_path / "answers.json"
     answers.write_bytes(_export(_tasks(record)))
-    _killed("review", "ingest", str(answers), "--sink", sink.uri, point="review_ingest")
+    killed_at("review_ingest", "review", "ingest", str(answers), "--sink", sink.uri)
     assert reviews(sink).num_rows == 0
     assert ingest(sink, answers.read_bytes()).added == 5

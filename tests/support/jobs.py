@@ -73,3 +73,10 @@ def digits_subset(digits_archive: str, archive: Path, every: int, start: int = 0
         (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(src, archive / src.parent.name / src.name)
     return len(files)
+
+
+def killed_at(point: str, *args: str) -> None:
+    """``imgclf ARGS`` in a process of its own that kills itself (SIGKILL) at fault point ``point``."""
+    proc = subprocess.run([IMGCLF, *args], env={**os.environ, "IMGCLF_KILL_AT": point}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
