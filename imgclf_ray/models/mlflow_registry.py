@@ -116,13 +116,6 @@ def champion_version(uri: str, name: str) -> Optional[str]:
         raise UserError(f"MLflow registry: the champion of {name}: {' '.join(describe(exc).split())[:600]}") from None
 
 
-def champion(uri: str, name: str, storage: StorageSpec = StorageSpec()) -> Optional[Version]:
-    """The champion version, its artifact checked as ``resolve`` checks it; None when none."""
-    if champion_version(uri, name) is None:
-        return None
-    return resolve(f"models:/{name}@{CHAMPION}", uri, storage)
-
-
 def resolve(models_uri: str, uri: str, storage: StorageSpec = StorageSpec()) -> Version:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the version, its artifact checked to
     be the one registered (the card's model_id)."""

@@ -210,13 +210,15 @@ def promote(name: str, version: str, sink: Sink, job: Any, tracking: str, gate: 
     if metric not in METRICS:
         raise UserError(f"--metric {metric}: unknown; known: {', '.join(sorted(METRICS))}")
     candidate = registry.resolve(f"models:/{name}/{version}", tracking, job.storage)
-    if registry.champion_version(tracking, name) == candidate.version:
+    current = registry.champion_version(tracking, name)
+    if current == candidate.version:
         if registry.decision_of(tracking, name, candidate.version) == "promoting":  # killed after the alias moved
             registry.complete(tracking, name, candidate.version)
             return Judgement({"name": name, "candidate_version": candidate.version, "decision": "promoted",
                               "reason": "an interrupted promotion had moved the alias; its record now says so"}, True)
         raise UserError(f"{name} version {version} is the champion already")
-    champion = registry.champion(tracking, name, job.storage)  # its artifact checked, as the candidate's
+    # The champion's artifact is checked as the candidate's is.
+    champion = None if current is None else registry.resolve(f"models:/{name}/{current}", tracking, job.storage)
     if champion is not None and champion.model_id == candidate.model_id:
         raise UserError(f"{name} version {version} is the champion's model ({candidate.model_id}, version "
                         f"{champion.version}): nothing to judge")
