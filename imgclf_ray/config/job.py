@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -179,8 +179,24 @@ class IncrementalSpec(Section):
 
     state: Optional[str] = Field(None, description="State store location (local or s3://); default "
                                  "<sink.uri>/_state/<name>.")
-    reprocess_on_model_change: bool = Field(
-        True, description="Images processed by another model (model id) are processed again.")
+    on_new_model: Literal["relabel", "new_only"] = Field(
+        "relabel", description="When the model changes (another model id: a retrained artifact, a promoted "
+        "champion): relabel the images another model labelled, or new_only (only new and changed images; the "
+        "older labels stay current). The run's summary says which. reprocess_on_model_change (true or false) is "
+        "the older spelling of relabel and new_only.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spelling(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "reprocess_on_model_change" in data:
+            data = dict(data)
+            old = data.pop("reprocess_on_model_change")
+            if "on_new_model" in data:
+                raise ValueError("give on_new_model, not also reprocess_on_model_change (its older spelling)")
+            if not isinstance(old, bool):
+                raise ValueError("reprocess_on_model_change: true or false (or on_new_model: relabel | new_only)")
+            data["on_new_model"] = "relabel" if old else "new_only"
+        return data
     overlap: Literal["refuse", "wait"] = Field(
         "refuse", description="When a night of this job starts while another is still running (the job-wide "
         "lock is held): refuse (one line naming the running run id, exit 75: a temporary failure to cron), or "

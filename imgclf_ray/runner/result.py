@@ -42,6 +42,7 @@ class RunResult:
     files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
     nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
+    selection: dict[str, Any] = field(default_factory=dict)  # incremental: new, changed, model_changed, unchanged, on_new_model
     registered_model: Optional[dict[str, Any]] = None  # model.uri models:/...: the version it resolved to
     ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
 
@@ -56,6 +57,7 @@ class RunResult:
             "first_batch_seconds": self.first_batch_seconds,
             "rows": self.rows,
             "listing": {"files": self.files, "skipped": self.listing_skipped},
+            **({"incremental": self.selection} if self.selection else {}),
             "images_per_second": round(self.images_per_second, 2),
             "by_status": self.by_status,
             "by_label": self.by_label,
