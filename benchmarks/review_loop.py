@@ -84,13 +84,13 @@ def _export(ids: list[int], truth: np.ndarray) -> bytes:
 def _pick(strategy: str, probs: np.ndarray, classes: np.ndarray, pool_ids: np.ndarray, budget: int,
           rng: np.random.Generator) -> list[int]:
     """imgclf's strategy over the candidates (a table as a night writes it: image_id, class_scores)."""
-    from imgclf_ray.review.select import STRATEGIES as TABLE, diverse_pick
+    from imgclf_ray.review.select import STRATEGIES as TABLE, Query, diverse_pick
 
     rows = pa.table({"image_id": [f"img{i:06d}" for i in pool_ids],
                      "class_scores": pa.array(probs[pool_ids].tolist(), pa.list_(pa.float32())),
                      "model_label": classes[probs[pool_ids].argmax(axis=1)].tolist()})
     entry = TABLE[strategy]
-    priority = entry.priority(rows, "multiclass", "margin", rng)
+    priority = entry.priority(rows, Query(strategy, seed=int(rng.integers(2 ** 31))))
     order = np.lexsort((np.asarray(rows.column("image_id").to_pylist(), dtype=object), -priority))
     chosen = diverse_pick(rows, order, budget, 5) if entry.diverse else order[:budget]
     return pool_ids[np.asarray(chosen, dtype=np.int64)].tolist()

@@ -108,11 +108,13 @@ def read_run_dataset(sink_uri: str, run_id: Optional[str] = None, storage: Stora
                                  partitioning=Partitioning("hive") if hive else None)
 
 
-def read_labels(sink_uri: str, storage: StorageSpec = StorageSpec()) -> "pa.Table":
+def read_labels(sink_uri: str, storage: StorageSpec = StorageSpec(), ray: bool = False):
     """The archive's current labels: one row per image its committed nights labelled — its latest
     model row (``model_label``, ``score``, ``class_scores``, ``run_id`` ...), its latest human label
     that applies (``label_source`` "human"; see ``imgclf review ingest``) or else the model's, in
-    ``label`` / ``labels`` / ``label_path``."""
+    ``label`` / ``labels`` / ``label_path``. A pyarrow.Table; with ``ray=True`` a Ray Dataset whose
+    blocks Ray tasks computed, partitioned by image id (the running Ray, or one started here): for
+    an archive larger than this process's memory."""
     from imgclf_ray.review.labels import read_labels as current
 
-    return current(sink_uri, storage)
+    return current(sink_uri, storage, ray)

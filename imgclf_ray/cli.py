@@ -605,33 +605,57 @@ def review() -> None:
     """The review loop: select what a human should review, bring the answers back."""
 
 
+def _archive_tasks(address: Optional[str]):
+    """The tasks a review selection runs as: Ray's on the cluster at ``address`` ("auto": the
+    running one), else calls in this process."""
+    if not address:
+        return None
+    from imgclf_ray.runner.build import RayTasks
+    from imgclf_ray.runner.ray_setup import ensure_ray
+
+    ensure_ray(address, quiet=True)
+    return RayTasks()
+
+
+_SELECT_ADDRESS = ("Run the selection as Ray tasks on this cluster ('auto': the running one), so that no machine "
+                   "holds the whole archive's labels; default: in this process.")
+
+
 @review.command("select")
 @click.argument("sink_uri")
 @click.option("--budget", type=click.IntRange(min=1), required=True, help="How many images to review.")
 @click.option("--strategy", default="uncertainty", show_default=True,
               help="uncertainty (the model least sure first); diverse (from the --pool x budget most uncertain, one "
-              "per duplicate group, spread by k-center greedy on the embedding or the class scores); label_issues "
+              "per duplicate group, spread over the embedding: --spread); label_issues "
               "(existing labels least likely right first: curate.checks [label_issue]); disagreement (images two "
-              "nights labelled differently first); random (the baseline).")
+              "nights, or two models: --against, labelled differently first); random (the baseline).")
 @click.option("--pool", type=click.IntRange(min=1), default=5, show_default=True,
               help="diverse: how many times the budget of most uncertain images it spreads the batch over.")
 @click.option("--measure", default="margin", show_default=True,
-              help="uncertainty: margin, entropy or least_confidence (multilabel: the label nearest 0.5, "
-              "whatever this says).")
+              help="uncertainty: margin, entropy or least_confidence (whatever this says, multilabel: the class "
+              "score nearest its threshold; hierarchical: the least confident decision on the path).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random selections.")
 @click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@click.option("--spread", type=click.Choice(["k_center", "clusters"]), default="k_center", show_default=True,
+              help="diverse: spread the batch by k-center greedy (the core set), or one image per k-means cluster "
+              "of the pool (cluster-stratified).")
+@click.option("--include-flagged", is_flag=True, help="Images an image-quality check flagged (is_*: blurry, dark, "
+              "odd size ...) are candidates too.")
+@click.option("--against", default=None, metavar="SINK",
+              help="disagreement: compare with the labels another model gave the same images in this sink "
+              "(a candidate's shadow nights, say) instead of the night before's.")
+@click.option("--address", default=None, help=_SELECT_ADDRESS)
 @_storage_options
-def review_select(sink_uri: str, budget: int, strategy: str, pool: int, measure: str, seed: int,
-                  document_root: Optional[str], endpoint_url: Optional[str], region: Optional[str],
-                  profile: Optional[str]) -> None:
+def review_select(sink_uri: str, budget: int, document_root: Optional[str], address: Optional[str],
+                  endpoint_url: Optional[str], region: Optional[str], profile: Optional[str], **ask) -> None:
     """Commit a review batch of the images a reviewer should see next: Label Studio tasks with the
     model's answers as pre-annotations, the labeling config, a CSV, and the batch's record."""
     from imgclf_ray.io.sink import Sink
-    from imgclf_ray.review.select import commit_batch
+    from imgclf_ray.review.select import Ask, commit_batch
 
-    record = commit_batch(Sink(sink_uri, _storage(endpoint_url, region, profile)), budget, strategy, measure, seed,
-                          document_root, pool)
-    click.echo(f"review batch {record['batch_id']}: {record['images']} images ({strategy}"
+    record = commit_batch(Sink(sink_uri, _storage(endpoint_url, region, profile)), budget, Ask(**ask), document_root,
+                          _archive_tasks(address))
+    click.echo(f"review batch {record['batch_id']}: {record['images']} images ({record['strategy']}"
                f"{', ' + record['measure'] if record['measure'] else ''})\n"
                f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
                f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"
@@ -646,9 +670,11 @@ def review_select(sink_uri: str, budget: int, strategy: str, pool: int, measure:
               help="A labels table (CSV or Parquet with a uri column, uris full or relative to the archive) whose "
               "images models were trained on: none of them goes into the gold set. Repeatable.")
 @click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@click.option("--address", default=None, help=_SELECT_ADDRESS)
 @_storage_options
 def review_gold(sink_uri: str, size: int, seed: int, exclude: tuple[str, ...], document_root: Optional[str],
-                endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
+                address: Optional[str], endpoint_url: Optional[str], region: Optional[str],
+                profile: Optional[str]) -> None:
     """Draw the sink's gold set, once: images stratified by the model's label, committed as a
     review batch. Its answers judge models (imgclf model promote); training never uses them."""
     from imgclf_ray.io.sink import Sink
@@ -658,7 +684,7 @@ def review_gold(sink_uri: str, size: int, seed: int, exclude: tuple[str, ...], d
 
     storage = _storage(endpoint_url, region, profile)
     excluded = [u for table in exclude for u in table_uris(table, storage)]
-    record = commit_gold(Sink(sink_uri, storage), size, seed, document_root, excluded)
+    record = commit_gold(Sink(sink_uri, storage), size, seed, document_root, excluded, _archive_tasks(address))
     click.echo(f"gold set {record['batch_id']}: {record['images']} images, stratified by the model's label\n"
                f"  tasks  : {record['uri']}/tasks.json (import into a Label Studio project)\n"
                f"  config : {record['uri']}/labeling-config.xml (the project's labeling interface)\n"

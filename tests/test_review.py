@@ -18,7 +18,7 @@ from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.review.ingest import ingest
 from imgclf_ray.io.reviews import batch_records, reviews
-from imgclf_ray.review.select import commit_batch
+from imgclf_ray.review.select import Ask, commit_batch
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import load_spec
 from tests.support.jobs import digits_subset, killed_at
@@ -71,7 +71,7 @@ def test_uncertainty_takes_the_smallest_margins_and_a_batch_is_never_selected_tw
     # The reference, from the rows as written: 1 - (p1 - p2), greatest first, ties by image id.
     margin = {r["image_id"]: 1 - float(np.diff(sorted(r["class_scores"])[-2:])[0]) for r in rows}
     expected = sorted(margin, key=lambda i: (-margin[i], i))[:12]
-    first = commit_batch(sink, 12, "uncertainty", "margin", document_root=str(tmp_path))
+    first = commit_batch(sink, 12, Ask("uncertainty", "margin"), document_root=str(tmp_path))
     assert first["image_ids"] == expected and first["images"] == 12 and first["task"] == "multiclass"
     tasks = _tasks(first)
     assert [t["data"]["image_id"] for t in tasks] == expected
@@ -79,7 +79,7 @@ def test_uncertainty_takes_the_smallest_margins_and_a_batch_is_never_selected_tw
     config = Path(first["uri"], "labeling-config.xml").read_text()
     assert 'choice="single"' in config and config.count("<Choice ") == 10
     assert len(Path(first["uri"], "batch.csv").read_text().splitlines()) == 13
-    second = commit_batch(sink, 100, "random", seed=3, document_root=str(tmp_path))
+    second = commit_batch(sink, 100, Ask("random", seed=3), document_root=str(tmp_path))
     assert second["images"] == 60 - 12 and not set(second["image_ids"]) & set(first["image_ids"])
     with pytest.raises(UserError, match="no image left to review"):
         commit_batch(sink, 5, document_root=str(tmp_path))

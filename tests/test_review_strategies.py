@@ -13,7 +13,7 @@ import pytest
 import imgclf_ray
 from imgclf_ray.errors import UserError
 from imgclf_ray.io.sink import Sink
-from imgclf_ray.review.select import select
+from imgclf_ray.review.select import Ask, select
 from imgclf_ray.runner.job import run_job
 from imgclf_ray.spec import TrainSpec, load_spec, parse_spec
 from imgclf_ray.training.trainer import train_job
@@ -49,8 +49,8 @@ def test_the_selection_is_the_same_whichever_executor_labelled_the_nights(ray_se
     local = _night(tmp_path, archive, svm_hog_model, "local", "local", "n1")
     ray = _night(tmp_path, archive, svm_hog_model, "ray", "ray", "n1")
     for strategy in ("uncertainty", "diverse", "label_issues", "random"):
-        a, _ = select(local, 15, strategy, seed=2)
-        b, _ = select(ray, 15, strategy, seed=2)
+        a, _ = select(local, 15, Ask(strategy, seed=2))
+        b, _ = select(ray, 15, Ask(strategy, seed=2))
         assert a.column("image_id").to_pylist() == b.column("image_id").to_pylist(), strategy
 
 
@@ -67,7 +67,7 @@ def test_diverse_takes_one_per_duplicate_group_from_the_most_uncertain_and_sprea
     margin = _margin(rows)
     budget, pool = 8, 3
     top = set(sorted(margin, key=lambda i: (-margin[i], i))[:budget * pool])
-    batch, _ = select(sink, budget, "diverse", pool=pool)
+    batch, _ = select(sink, budget, Ask("diverse", pool=pool))
     chosen = batch.column("image_id").to_pylist()
     assert len(chosen) == budget and set(chosen) <= top
     by_hash: dict[str, list[str]] = {}
@@ -82,7 +82,7 @@ def test_diverse_takes_one_per_duplicate_group_from_the_most_uncertain_and_sprea
         d = np.linalg.norm(x[:, None] - x[None], axis=2)
         return float(d[np.triu_indices(len(ids), 1)].min())
 
-    plain, _ = select(sink, budget, "uncertainty")
+    plain, _ = select(sink, budget, Ask("uncertainty"))
     assert spread(chosen) >= spread(plain.column("image_id").to_pylist())
 
 
@@ -91,14 +91,16 @@ def test_label_issues_puts_the_labels_least_likely_right_first(archive, svm_hog_
     rows = imgclf_ray.read_run(sink.uri, "n1").to_pylist()
     quality = {r["image_id"]: r["label_quality"] for r in rows if r["label_quality"] is not None}
     expected = sorted(quality, key=lambda i: (quality[i], i))[:10]  # flagged label issues included
-    batch, _ = select(sink, 10, "label_issues")
+    batch, _ = select(sink, 10, Ask("label_issues"))
     assert batch.column("image_id").to_pylist() == expected
 
 
-def test_disagreement_puts_what_two_nights_labelled_differently_first(archive, svm_hog_model, tmp_path):
+def test_disagreement_puts_what_two_nights_or_two_models_labelled_differently_first(archive, svm_hog_model, tmp_path):
     sink = _night(tmp_path, archive, svm_hog_model, "out", "local", "n1")
     with pytest.raises(UserError, match="no image was labelled by two nights"):
-        select(sink, 5, "disagreement")
+        select(sink, 5, Ask("disagreement"))
+    shutil.copytree(tmp_path / "out", tmp_path / "hog-only")
+    sink_n1 = Sink(str(tmp_path / "hog-only"))
     other = tmp_path / "pixels"
     train_job(parse_spec({"name": "pixels", "data": {"uri": str(archive), "labels": {"kind": "folder"}},
                           "model": {"output": str(other), "preprocess": {"resize": 8, "crop": 8, "channels": 1},
@@ -111,6 +113,13 @@ def test_disagreement_puts_what_two_nights_labelled_differently_first(archive, s
     assert 0 < len(differ) < len(second)
     margin = _margin(second)
     expected = sorted(differ, key=lambda i: (-margin[i], i))
-    batch, _ = select(sink, len(differ) + 3, "disagreement")
+    batch, _ = select(sink, len(differ) + 3, Ask("disagreement"))
     chosen = batch.column("image_id").to_pylist()
     assert chosen[:len(differ)] == expected and not set(chosen[len(differ):]) & differ
+    # Two models, one night each in two sinks: the same comparison through --against.
+    single = _night(tmp_path, archive, str(other), "single", "local", "n1")
+    batch, _ = select(single, len(differ) + 3, Ask("disagreement", against=sink_n1.uri))
+    chosen = batch.column("image_id").to_pylist()
+    assert chosen[:len(differ)] == expected and not set(chosen[len(differ):]) & differ
+    with pytest.raises(UserError, match="--against: compares .* not uncertainty"):
+        select(single, 3, Ask("uncertainty", against=sink_n1.uri))

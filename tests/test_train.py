@@ -273,3 +273,26 @@ def test_two_ray_train_workers_with_uneven_rows_and_early_stopping_finish(ray_se
     cnn = CnnSpec(architecture="resnet18", workers=2, use_gpu=False, epochs=4, patience=1, batch_size=4)
     state, history = fit_cnn(cnn, x[:33], y[:33], x[33:], y[33:], 3, False, None, None, seed=0)
     assert state and 1 <= len(history) <= 4 and all("val_loss" in h for h in history)
+
+
+def test_a_cnn_is_fine_tuned_from_the_registered_champion(ray_session, digits_archive, tiny_model, tmp_path):
+    """cnn.init_weights: models:/NAME@champion, resolved with registry.tracking_uri (a temporary
+    sqlite registry), the champion's artifact the starting point; the result a new version."""
+    import mlflow
+
+    from imgclf_ray.models import mlflow_registry as registry
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    champion = tmp_path / "champion"
+    shutil.copytree(tiny_model, champion)
+    first = registry.register(tracking, "digits-cnn", str(champion), read_card(str(champion)).model_id(), {}, {}, {})
+    mlflow.MlflowClient(tracking).set_registered_model_alias("digits-cnn", "champion", first.version)
+    archive = tmp_path / "arch"
+    digits_subset(digits_archive, archive, 8)
+    _train("train/digits-cnn.yaml", f"data.uri={archive}", "example=null", f"model.output={tmp_path}/ft",
+           "model.cnn.init_weights=models:/digits-cnn@champion", "model.cnn.epochs=1", "model.cnn.workers=0",
+           f"registry={{tracking_uri: '{tracking}', name: digits-cnn}}")
+    card = read_card(f"{tmp_path}/ft")
+    assert card.training["cnn"]["init_weights"] == str(champion) and card.architecture == "resnet18"
+    versions = mlflow.MlflowClient(tracking).search_model_versions("name='digits-cnn'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]

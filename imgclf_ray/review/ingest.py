@@ -208,6 +208,21 @@ def parse(blob: bytes, fmt: str = "auto", name: str = "") -> Parsed:
     return parse_label_studio_min(records)
 
 
+def tree_path(a: Answer, tree: list[tuple[str, ...]], name: str) -> list[str]:
+    """A hierarchical answer's root-to-leaf path: the one it gives (Label Studio's Taxonomy, or
+    ``a/b/c`` in a CSV), or the one path ending in the leaf it names; UserError otherwise."""
+    given = tuple(a.path) if a.path else None
+    text = a.labels[0] if a.labels else ""
+    found = [p for p in tree if p == given] if given else [p for p in tree if p[-1] == text]
+    if len(found) == 1 and len(a.labels) == 1:
+        return list(found[0])
+    shown = ", ".join("/".join(p) for p in tree[:8]) + (f" ... ({len(tree)} in all)" if len(tree) > 8 else "")
+    why = (f"{len(found)} leaves are named {_shown(text)!r}: give the path" if len(found) > 1 else
+           f"{len(a.labels)} answers (one expected)" if len(a.labels) > 1 else f"unknown path {_shown(text)!r}")
+    raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {why}; the model's leaf paths: "
+                    f"{shown}; nothing was ingested")
+
+
 def _shown(value: str) -> str:
     """A value of the file as a message may quote it: printable, at most 40 characters."""
     text = printable(value)
@@ -238,7 +253,13 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
     facts = latest_night(sink, runs)
     task, valid = facts.get("task") or "multiclass", set(facts.get("labels") or [])
     if task == "hierarchical":
-        raise UserError(f"{sink.uri}: reviews of a hierarchical model's labels are not supported yet")
+        tree = [tuple(p) for p in facts.get("label_tree") or []]
+        if not tree:
+            raise UserError(f"{sink.uri}: its latest night's manifest lists no label tree (an older imgclf wrote "
+                            "it); run the night again to review a hierarchical model's labels")
+        for a in parsed.answers:
+            a.path = tree_path(a, tree, name)
+            a.labels = [a.path[-1]]
     for a in parsed.answers:
         wrong = [label for label in a.labels if label not in valid]
         if valid and wrong:

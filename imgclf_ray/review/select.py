@@ -2,17 +2,25 @@
 
 A batch is a folder ``<sink>/_reviews/batches/<batch_id>/``: ``tasks.json`` (Label Studio tasks,
 the model's answer and score as pre-annotations), ``labeling-config.xml`` (the labeling interface
-to create the Label Studio project with: Choices, ``choice="multiple"`` for multilabel; a
-hierarchical model's batches are refused for now), ``batch.csv`` (the same images for a reviewer
-without Label Studio) and, written last, ``_batch.json`` (the record: strategy, its parameters, seed, model ids, labels, the images).
+to create the Label Studio project with: Choices, ``choice="multiple"`` for multilabel, a
+Taxonomy of the tree for hierarchical), ``batch.csv`` (the same images for a reviewer without Label
+Studio) and, written last, ``_batch.json`` (the record: strategy, its parameters, seed, model ids,
+labels, the images).
+
+The selection runs as the engine's tasks over the archive's current labels
+(``imgclf_ray.review.labels``): each partition of the archive by image id returns its best
+candidates, and only those reach this process (``--pool`` x budget rows per partition for
+``diverse``, budget for the others, the gold set's size per label).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -28,13 +36,28 @@ from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
 from imgclf_ray.io.reviews import BATCH_FILE, BATCHES_DIR, LOCK_NAME, batch_records, gold_batch, reviews
-from imgclf_ray.review.labels import current_labels, latest_night
+from imgclf_ray.review.labels import latest_night
 
 FROM_NAME, TO_NAME = "label", "image"
 NOT_QUALITY_FLAGS = ("is_label_issue", "is_duplicate", "is_near_duplicate")  # the labeling config's control and image names
 
 
 # -- strategies: how uncertain each candidate is (higher: reviewed first) --------------------------
+
+@dataclass(frozen=True)
+class Query:
+    """What each partition's task needs to rank its candidates (``top_part``)."""
+
+    strategy: str
+    measure: str = "margin"
+    seed: int = 0
+    keep: int = 0  # the best rows each partition returns (the gold set: per label)
+    task: str = "multiclass"
+    thresholds: tuple[float, ...] = ()  # multilabel: the night's threshold of each class score
+    include_flagged: bool = False
+    exclude_uris: tuple[str, ...] = ()  # the gold set: uris a labels table trained on (their ends)
+    gold: bool = False
+
 
 def _matrix(scores: list) -> np.ndarray:
     width = max((len(s) for s in scores if s is not None), default=0)
@@ -45,48 +68,59 @@ def _matrix(scores: list) -> np.ndarray:
     return out
 
 
-def uncertainty(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
+def unit(ids: list[str], seed: int) -> np.ndarray:
+    """A seeded uniform number in [0, 1) per image id, the same in every process and partition."""
+    key = str(seed).encode() + b"\0"
+    return np.array([int.from_bytes(hashlib.blake2b(key + i.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+                     for i in ids], dtype=np.float64)
+
+
+def uncertainty(rows: pa.Table, q: Query) -> np.ndarray:
     """How uncertain the model is about each row, higher first. multiclass and binary: ``margin``
     (1 - (p1 - p2)), ``entropy`` (of the class scores) or ``least_confidence`` (1 - p1);
-    multilabel: the score of the label nearest 0.5 (1 - 2 |p - 0.5|)."""
+    multilabel: the class score nearest its threshold (1 - |p - t| / max(t, 1 - t)); hierarchical:
+    the least confident decision on the image's path (1 - its score; the deepest of equals is
+    the node shown to the reviewer)."""
+    if q.task == "hierarchical":
+        return np.array([1.0 - min(s) if s else 0.0 for s in rows.column("path_scores").to_pylist()])
     p = _matrix(rows.column("class_scores").to_pylist())
-    if task == "multilabel":
-        return 1.0 - 2.0 * np.abs(p - 0.5).min(axis=1) if p.shape[1] else np.zeros(len(p))
+    if q.task == "multilabel":
+        if not p.shape[1]:
+            return np.zeros(len(p))
+        t = np.asarray(q.thresholds, dtype=np.float64)[:p.shape[1]] if q.thresholds else np.full(p.shape[1], 0.5)
+        return 1.0 - (np.abs(p - t) / np.maximum(t, 1.0 - t)).min(axis=1)
     top = -np.sort(-p, axis=1)
-    if measure == "entropy":
+    if q.measure == "entropy":
         with np.errstate(divide="ignore", invalid="ignore"):
             return -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
-    if measure == "least_confidence":
+    if q.measure == "least_confidence":
         return 1.0 - top[:, 0]
     second = top[:, 1] if top.shape[1] > 1 else np.zeros(len(top))
     return 1.0 - (top[:, 0] - second)
 
 
-def random_order(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
-    """The baseline: a seeded random order."""
-    return rng.random(rows.num_rows)
+def random_order(rows: pa.Table, q: Query) -> np.ndarray:
+    """The baseline: a seeded random order (a number per image id, so that it does not depend on
+    how the archive is partitioned)."""
+    return unit(rows.column("image_id").to_pylist(), q.seed)
 
 
-def label_issue_order(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
+def label_issue_order(rows: pa.Table, q: Query) -> np.ndarray:
     """Where a label exists already (source.labels: the folder's, a table's), the least likely to
     be right first: 1 - ``label_quality`` (cleanlab's self-confidence, curate.checks: [label_issue]);
     images without one are not candidates."""
-    if "label_quality" not in rows.column_names or not pc.sum(pc.is_valid(rows.column("label_quality"))).as_py():
-        raise UserError("--strategy label_issues: no night of this sink scored its labels; run the job with "
-                        "source.labels and curate.checks: [label_issue]")
+    if "label_quality" not in rows.column_names:
+        return np.full(rows.num_rows, -np.inf)
     quality = rows.column("label_quality").to_numpy(zero_copy_only=False).astype(np.float64)
     return np.where(np.isnan(quality), -np.inf, 1.0 - quality)
 
 
-def disagreement(rows: pa.Table, task: str, measure: str, rng: np.random.Generator) -> np.ndarray:
+def disagreement(rows: pa.Table, q: Query) -> np.ndarray:
     """Where two nights (two models) disagree on an image's label: those first, each group by its
     margin uncertainty; an image one night labelled only comes after."""
     previous = rows.column("previous_label").to_pylist()
-    if not any(p is not None for p in previous):
-        raise UserError("--strategy disagreement: no image was labelled by two nights yet (a night with a new "
-                        "model labels the archive again: incremental.reprocess_on_model_change)")
     differ = np.array([p is not None and p != m for p, m in zip(previous, rows.column("model_label").to_pylist())])
-    return differ * 2.0 + uncertainty(rows, task, "margin", rng)
+    return differ * 2.0 + uncertainty(rows, Query("uncertainty", task=q.task, thresholds=q.thresholds))
 
 
 def _features(rows: pa.Table) -> np.ndarray:
@@ -110,10 +144,27 @@ def k_center(features: np.ndarray, budget: int) -> list[int]:
     return chosen
 
 
-def diverse_pick(rows: pa.Table, order: np.ndarray, budget: int, pool: int) -> np.ndarray:
+def clusters(features: np.ndarray, budget: int, seed: int = 0) -> list[int]:
+    """Cluster-stratified: k-means (``budget`` clusters, L2-normalised features, seeded) and from
+    each cluster its first row (the rows come most uncertain first)."""
+    from sklearn.cluster import KMeans
+
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    assigned = KMeans(n_clusters=budget, n_init=4, random_state=seed).fit_predict(x)
+    first: dict[int, int] = {}
+    for i, c in enumerate(assigned.tolist()):
+        first.setdefault(c, i)
+    chosen = sorted(first.values())
+    rest = [i for i in range(len(x)) if i not in first.values()]
+    return sorted(chosen + rest[:budget - len(chosen)])  # equal features make fewer clusters: the next ones
+
+
+def diverse_pick(rows: pa.Table, order: np.ndarray, budget: int, pool: int, spread: str = "k_center",
+                 seed: int = 0) -> np.ndarray:
     """From the ``pool`` x budget most uncertain rows, one per (near-)duplicate group (the run's
-    duplicate and near-duplicate groups, else equal perceptual hashes), then k-center greedy on
-    the features: a batch that covers the uncertain region instead of one corner of it."""
+    duplicate and near-duplicate groups, else equal perceptual hashes), then spread on the
+    features by k-center greedy or one per k-means cluster (``spread``): a batch that covers the
+    uncertain region instead of one corner of it."""
     top = order[:pool * budget]
     seen: set = set()
     kept = []
@@ -128,81 +179,302 @@ def diverse_pick(rows: pa.Table, order: np.ndarray, budget: int, pool: int) -> n
     kept = np.asarray(kept, dtype=np.int64)
     if len(kept) <= budget:
         return kept
-    return kept[k_center(_features(rows.take(pa.array(kept))), budget)]
+    features = _features(rows.take(pa.array(kept)))
+    return kept[clusters(features, budget, seed) if spread == "clusters" else k_center(features, budget)]
 
 
 @dataclass(frozen=True)
 class Strategy:
-    priority: Callable[[pa.Table, str, str, np.random.Generator], np.ndarray]  # higher: reviewed first
+    priority: Callable[[pa.Table, Query], np.ndarray]  # higher: reviewed first; -inf: not a candidate
     measures: tuple[str, ...] = ()
     diverse: bool = False  # the batch is drawn from the top of the order by diverse_pick
+    needs: Optional[tuple[str, str]] = None  # a column some candidate must have, and the refusal without
 
 
 # One table: a new strategy is a line here.
 STRATEGIES = {
     "uncertainty": Strategy(uncertainty, ("margin", "entropy", "least_confidence")),
     "diverse": Strategy(uncertainty, ("margin", "entropy", "least_confidence"), diverse=True),
-    "label_issues": Strategy(label_issue_order),
-    "disagreement": Strategy(disagreement),
+    "label_issues": Strategy(label_issue_order, needs=(
+        "label_quality", "no night of this sink scored its labels; run the job with source.labels and "
+        "curate.checks: [label_issue]")),
+    "disagreement": Strategy(disagreement, needs=(
+        "previous_label", "no image was labelled by two nights yet (a night with a new model labels the "
+        "archive again: incremental.on_new_model: relabel, the default)")),
     "random": Strategy(random_order),
 }
 
 
-# -- selection ----------------------------------------------------------------------------------
+# -- selection: a task per partition of the archive's current labels, merged here -----------------
 
-def candidates(sink: Sink, include_flagged: bool = False) -> tuple[pa.Table, dict[str, Any]]:
-    """The images a batch may take: labelled by the model (status ok), with no human label that
-    applies, in no earlier batch; those an image-quality check flagged (``is_*`` true: blurry,
-    dark ..., not duplicates or label issues) left out unless asked.
-    Returns them and the latest night's manifest facts (task, labels)."""
-    runs = sink.list_runs()
-    facts = latest_night(sink, runs)
-    current = current_labels(sink, runs)
-    if facts.get("task") == "hierarchical":
-        raise UserError(f"{sink.uri}: review batches of a hierarchical model are not supported yet")
-    taken = {i for b in batch_records(sink) for i in b.get("image_ids", [])}
-    reviewed = set(reviews(sink).column("image_id").to_pylist())
-    keep = pc.and_(pc.equal(current.column("status"), "ok"), pc.equal(current.column("label_source"), "model"))
-    rows = current.filter(keep)
-    ids = rows.column("image_id").to_pylist()
-    mask = [i not in taken and i not in reviewed for i in ids]
-    if not include_flagged:  # the image-quality flags: a label issue is what a review fixes, and of a
-        # duplicate group the diverse strategy takes one image (excluding them would leave all out)
-        flags = [c for c in rows.column_names if c.startswith("is_") and c not in NOT_QUALITY_FLAGS]
-        for c in flags:
-            mask = [m and not v for m, v in zip(mask, rows.column(c).to_pylist())]
-    return rows.filter(pa.array(mask, pa.bool_())), facts
+def candidate_rows(current: pa.Table, q: Query, excluded: set) -> pa.Table:
+    """The images of one partition a batch may take: labelled by the model (status ok), with no
+    human label that applies, in no earlier batch nor reviewed (``excluded``); those an
+    image-quality check flagged (``is_*`` true: blurry, dark ..., not duplicates or label issues)
+    left out unless asked; the gold set: none whose uri ends as one of ``q.exclude_uris``."""
+    if not current.num_rows:
+        return current
+    rows = current.filter(pc.and_(pc.equal(current.column("status"), "ok"),
+                                  pc.equal(current.column("label_source"), "model")))
+    mask = np.array([i not in excluded for i in rows.column("image_id").to_pylist()], dtype=bool)
+    if not q.include_flagged:  # a label issue is what a review fixes, and of a duplicate group the
+        # diverse strategy takes one image (excluding them would leave all out)
+        for c in [c for c in rows.column_names if c.startswith("is_") and c not in NOT_QUALITY_FLAGS]:
+            mask &= ~np.asarray(rows.column(c).fill_null(False).to_pylist(), dtype=bool)
+    if q.exclude_uris:
+        ends = tuple(e if "://" in e else "/" + e.lstrip("/") for e in q.exclude_uris)
+        mask &= np.array([not u.endswith(ends) and u not in q.exclude_uris
+                          for u in rows.column("uri").to_pylist()], dtype=bool)
+    return rows.filter(pa.array(mask, pa.bool_()))
 
 
-def select(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str = "margin",
-           seed: int = 0, pool: int = 5) -> tuple[pa.Table, dict[str, Any]]:
-    """The ``budget`` candidates the strategy puts first (ties by image id; ``diverse``: drawn from
-    the ``pool`` x budget first), with a ``priority`` column, and the latest night's manifest facts."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"--strategy {strategy}: unknown; known: {', '.join(sorted(STRATEGIES))}")
-    entry = STRATEGIES[strategy]
-    if entry.measures and measure not in entry.measures:
-        raise UserError(f"--measure {measure}: {strategy} takes {', '.join(entry.measures)}")
-    rows, facts = candidates(sink)
+def ranked(ids: list[str], priority: np.ndarray) -> np.ndarray:
+    """Row indices by priority, highest first, ties by image id; -inf (not a candidate) left out."""
+    order = np.lexsort((np.asarray(ids, dtype=object), -priority))
+    return order[np.isfinite(priority[order])]
+
+
+def top_part(q: Query, excluded: set, current: pa.Table, other: Optional[pa.Table] = None
+             ) -> tuple[pa.Table, dict[str, Any]]:
+    """One partition's best candidates (a task): the ``q.keep`` first by the strategy's priority
+    (a ``priority`` column), or for the gold set the ``q.keep`` of each model label with the
+    smallest seeded number; and counts the driver merges (candidates, per label, with the
+    strategy's column). ``other``: another sink's latest labels of this partition's images, which
+    take the place of ``previous_label`` (what ``disagreement`` compares with)."""
+    if other is not None and current.num_rows:
+        theirs = dict(zip(other.column("image_id").to_pylist(), other.column("label").to_pylist())) \
+            if other.num_rows else {}
+        compared = pa.array([theirs.get(i) for i in current.column("image_id").to_pylist()], pa.string())
+        current = _replace(current, "previous_label", compared)
+    rows = candidate_rows(current, q, excluded)
     if not rows.num_rows:
-        return rows.append_column("priority", pa.array([], pa.float64())), facts
-    priority = entry.priority(rows, facts.get("task") or "multiclass", measure, np.random.default_rng(seed))
-    ids = np.asarray(rows.column("image_id").to_pylist(), dtype=object)
-    order = np.lexsort((ids, -priority))
-    order = order[np.isfinite(priority[order])]  # -inf: not a candidate of this strategy
-    chosen = diverse_pick(rows, order, budget, pool) if entry.diverse else order[:budget]
-    return rows.take(pa.array(chosen, pa.int64())).append_column("priority", pa.array(priority[chosen], pa.float64())), facts
+        return rows, {"candidates": 0, "labels": {}, "having": 0}
+    labels = rows.column("model_label").to_pylist()
+    entry = STRATEGIES.get(q.strategy)
+    need = entry.needs[0] if entry and entry.needs else None
+    having = rows.num_rows if need is None else (
+        rows.num_rows - rows.column(need).null_count if need in rows.column_names else 0)
+    stats = {"candidates": rows.num_rows, "labels": dict(Counter(labels)), "having": having}
+    ids = rows.column("image_id").to_pylist()
+    if q.gold:
+        priority = -unit(ids, q.seed)  # the smallest numbers first, within each label
+        keep = _first_per_label(labels, ids, priority, q.keep)
+    else:
+        priority = entry.priority(rows, q)
+        keep = ranked(ids, priority)[:q.keep]
+    chosen = rows.take(pa.array(keep, pa.int64()))
+    return chosen.append_column("priority", pa.array(priority[keep], pa.float64())), stats
+
+
+def _first_per_label(labels: list, ids: list[str], priority: np.ndarray, k: int) -> list[int]:
+    """The ``k`` first rows of each label by ``priority`` (ties by id)."""
+    out: list[int] = []
+    by_label: dict = {}
+    for j in ranked(ids, priority):
+        if len(by_label.setdefault(labels[j], [])) < k:
+            by_label[labels[j]].append(int(j))
+    for picked in by_label.values():
+        out += picked
+    return sorted(out)
+
+
+def _merged(sink: Sink, q: Query, tasks: Any, excluded: set, runs: list[dict], against: Optional[Sink] = None
+            ) -> tuple[pa.Table, dict[str, Any]]:
+    """Every partition's ``top_part``, concatenated, and their counts added up (``against``:
+    another sink whose latest labels of the same images, partitioned alike, are compared)."""
+    from imgclf_ray.review.labels import concat, current_label_parts, partitions
+
+    if against is None:
+        parts = current_label_parts(sink, tasks, runs)
+        others: list = [None] * len(parts)
+    else:
+        theirs = against.list_runs()
+        p = max(partitions(runs, tasks), partitions(theirs, tasks))
+        parts = current_label_parts(sink, tasks, runs, p=p)
+        others = current_label_parts(against, tasks, theirs, ["image_id", "label"], p=p)
+    ex = tasks.put(excluded)
+    done = tasks.get([tasks.submit(top_part, q, ex, part, other) for part, other in zip(parts, others)])
+    labels: Counter = Counter()
+    for _, stats in done:
+        labels.update(stats["labels"])
+    stats = {"candidates": sum(s["candidates"] for _, s in done), "having": sum(s["having"] for _, s in done),
+             "labels": dict(labels)}
+    rows = concat([t for t, _ in done])
+    return rows, stats
+
+
+def _query(sink: Sink, runs: list[dict], **kw: Any) -> tuple[Query, dict[str, Any], set]:
+    """The query of a selection from the sink's latest night, and the images it must leave out
+    (in an earlier batch, or reviewed)."""
+    facts = latest_night(sink, runs)
+    task = facts.get("task") or "multiclass"
+    thresholds = facts.get("thresholds") or {}
+    q = Query(task=task, thresholds=tuple(float(thresholds.get(label, 0.5)) for label in facts.get("labels") or []),
+              **kw)
+    taken = {i for b in batch_records(sink) for i in b.get("image_ids", [])}
+    return q, facts, taken | set(reviews(sink).column("image_id").to_pylist())
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a review batch asks for (``imgclf review select``'s options)."""
+
+    strategy: str = "uncertainty"
+    measure: str = "margin"
+    seed: int = 0
+    pool: int = 5  # diverse: the batch spreads over pool x budget most uncertain images
+    spread: str = "k_center"  # diverse: k_center (greedy core set) or clusters (k-means, one per cluster)
+    include_flagged: bool = False  # images an image-quality check flagged are candidates too
+    against: Optional[str] = None  # disagreement: another sink's labels instead of the night before's
+
+    def facts(self) -> dict[str, Any]:
+        """What the batch's record says of the ask."""
+        entry = STRATEGIES.get(self.strategy)
+        diverse = bool(entry and entry.diverse)
+        return {"strategy": self.strategy, "measure": self.measure if entry and entry.measures else None,
+                "seed": self.seed, **({"pool": self.pool, "spread": self.spread} if diverse else {}),
+                **({"include_flagged": True} if self.include_flagged else {}),
+                **({"against": self.against} if self.against else {})}
+
+
+SPREADS = ("k_center", "clusters")
+
+
+def _check(ask: Ask) -> Strategy:
+    if ask.strategy not in STRATEGIES:
+        raise UserError(f"--strategy {ask.strategy}: unknown; known: {', '.join(sorted(STRATEGIES))}")
+    entry = STRATEGIES[ask.strategy]
+    if entry.measures and ask.measure not in entry.measures:
+        raise UserError(f"--measure {ask.measure}: {ask.strategy} takes {', '.join(entry.measures)}")
+    if ask.spread not in SPREADS:
+        raise UserError(f"--spread {ask.spread}: one of {', '.join(SPREADS)}")
+    if ask.against is not None and ask.strategy != "disagreement":
+        raise UserError(f"--against: compares with another sink's labels for --strategy disagreement, "
+                        f"not {ask.strategy}")
+    return entry
+
+
+def select(sink: Sink, budget: int, ask: Ask = Ask(), tasks: Any = None) -> tuple[pa.Table, dict[str, Any]]:
+    """The ``budget`` candidates the strategy puts first (ties by image id; ``diverse``: drawn from
+    the ``pool`` x budget first), with a ``priority`` column, and the latest night's manifest
+    facts. Each partition of the archive (``tasks``: the engine's; default in this process) returns
+    its best ``pool`` x budget (``budget``) rows: those are all this process holds.
+    ``ask.against`` (disagreement): another sink where another model labelled the same images;
+    its labels are compared instead of the night before's."""
+    from imgclf_ray.review.labels import in_process
+
+    entry = _check(ask)
+    against = Sink(ask.against, sink.storage) if ask.against else None
+    runs = sink.list_runs()
+    q, facts, excluded = _query(sink, runs, strategy=ask.strategy, measure=ask.measure, seed=ask.seed,
+                                keep=budget * ask.pool if entry.diverse else budget,
+                                include_flagged=ask.include_flagged)
+    rows, stats = _merged(sink, q, tasks or in_process(), excluded, runs, against)
+    if against is not None and stats["candidates"] and not stats["having"]:
+        raise UserError(f"--against {against.uri}: labels none of the images this sink's nights labelled")
+    if entry.needs and stats["candidates"] and not stats["having"]:
+        raise UserError(f"--strategy {ask.strategy}: {entry.needs[1]}")
+    if not rows.num_rows:
+        return rows, facts
+    order = ranked(rows.column("image_id").to_pylist(), rows.column("priority").to_numpy())
+    if not entry.diverse:
+        return rows.take(pa.array(order[:budget], pa.int64())), facts
+    pool_rows = with_image_facts(rows.take(pa.array(order[:ask.pool * budget], pa.int64())), sink.storage)
+    chosen = diverse_pick(pool_rows, np.arange(pool_rows.num_rows), budget, ask.pool, ask.spread, ask.seed)
+    return pool_rows.take(pa.array(chosen, pa.int64())), facts
+
+
+EMBED_SIDE = 64  # a pool's own embedding, where the nights stored none: HOG of the grey image at 64 x 64
+
+
+def _stored(rows: pa.Table, columns: tuple[str, ...]) -> bool:
+    return any(c in rows.column_names and rows.column(c).null_count < rows.num_rows for c in columns)
+
+
+def with_image_facts(rows: pa.Table, storage: Any) -> pa.Table:
+    """The diverse pool with what its spread needs, computed from these images only when the
+    nights stored none: a perceptual hash (``phash``: equal hashes are one near-duplicate group)
+    without stored duplicate groups or hashes, an ``embedding`` (HOG of the grey image at
+    EMBED_SIDE) without a stored one. Images decode as a run decodes them; one that no longer
+    does keeps nulls (no group; the class scores stand in for its embedding)."""
+    need_hash = not _stored(rows, ("duplicate_group", "near_duplicate_group", "phash"))
+    need_embedding = not _stored(rows, ("embedding",))
+    if not rows.num_rows or not (need_hash or need_embedding):
+        return rows
+    from imgclf_ray.config.model import FeatureSpec
+    from imgclf_ray.io.schema import STATUS_OK, image_id
+    from imgclf_ray.models.artifact import PreprocessCard
+    from imgclf_ray.stages import LoadConfig, LoadStage
+
+    grey = PreprocessCard(resize=EMBED_SIDE, crop=EMBED_SIDE, channels=1).conditioning()
+    stage = LoadStage(LoadConfig(storage, measure=True, embed=(grey, FeatureSpec(name="hog"))))
+    uris = sorted(set(rows.column("uri").to_pylist()))
+    out = stage({"uri": np.asarray(uris, dtype=object), "size": np.full(len(uris), None, dtype=object),
+                 "etag": np.full(len(uris), None, dtype=object)})
+    found = {image_id(u, int(f)): i for i, (u, f, st) in enumerate(zip(out["uri"], out["frame"], out["status"]))
+             if st == STATUS_OK}
+    at = [found.get(i) for i in rows.column("image_id").to_pylist()]
+    if need_hash:
+        rows = _replace(rows, "phash", pa.array([None if j is None else int(out["phash"][j]) for j in at], pa.int64()))
+    if need_embedding:
+        vectors = [None if j is None else np.asarray(out["cluster_features"][j], np.float32).tolist() for j in at]
+        rows = _replace(rows, "embedding", pa.array(vectors, pa.list_(pa.float32())))
+    return rows
+
+
+def _replace(rows: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in rows.column_names:
+        return rows.set_column(rows.column_names.index(name), name, values)
+    return rows.append_column(name, values)
 
 
 # -- the batch's files --------------------------------------------------------------------------
 
-def labeling_config(task: str, labels: list[str]) -> str:
-    """The Label Studio labeling interface for the batch's tasks (Choices: one, or several for a
-    multilabel model)."""
+def labeling_config(task: str, labels: list[str], tree: Optional[list[list[str]]] = None) -> str:
+    """The Label Studio labeling interface for the batch's tasks: Choices (one, or several for a
+    multilabel model), or for a hierarchical model a Taxonomy of its tree (one leaf path)."""
+    if task == "hierarchical":
+        return f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n{_taxonomy(tree or [])}</View>\n'
     kind = "multiple" if task == "multilabel" else "single"
     items = "".join(f"    <Choice value={quoteattr(label)}/>\n" for label in labels)
     body = f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="{kind}" showInline="true">\n{items}  </Choices>\n'
     return f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n{body}</View>\n'
+
+
+def _taxonomy(tree: list[list[str]]) -> str:
+    """A Taxonomy control of nested Choice tags, one per node of the leaf paths."""
+    nested: dict = {}
+    for path in tree:
+        node = nested
+        for name in path:
+            node = node.setdefault(name, {})
+
+    def choices(node: dict, depth: int) -> str:
+        pad = "  " * depth
+        return "".join(f"{pad}<Choice value={quoteattr(k)}/>\n" if not v else
+                       f"{pad}<Choice value={quoteattr(k)}>\n{choices(v, depth + 1)}{pad}</Choice>\n"
+                       for k, v in node.items())
+
+    return (f'  <Taxonomy name="{FROM_NAME}" toName="{TO_NAME}" leafsOnly="true" maxUsages="1" '
+            f'showFullPath="true">\n{choices(nested, 2)}  </Taxonomy>\n')
+
+
+def uncertain_node(path: Optional[list[str]], scores: Optional[list[float]]) -> Optional[str]:
+    """The deepest node of a hierarchical answer's path whose decision is the least confident
+    (``a/b``: the choice among b's siblings), what a reviewer should look at first."""
+    if not path or not scores:
+        return None
+    low = min(scores)
+    depth = max(i for i, s in enumerate(scores) if s == low)
+    return "/".join(path[:depth + 1])
+
+
+def _prediction(row: dict, task: str) -> dict:
+    if task == "hierarchical":
+        return {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "taxonomy",
+                "value": {"taxonomy": [list(row.get("model_label_path") or [])]}}
+    return {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
+            "value": {"choices": list(row.get("model_labels") or [row["model_label"]])}}
 
 
 def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional[str]) -> bytes:
@@ -211,14 +483,13 @@ def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional
 
     out = []
     for row in rows.to_pylist():
-        out.append({
-            "data": {"image": image_url(row["uri"], document_root), "image_id": row["image_id"], "uri": row["uri"],
-                     "etag": row["etag"], "batch_id": batch_id, "model_label": row["model_label"],
-                     "model_score": row["score"]},
-            "predictions": [{"model_version": row["model_id"] or "imgclf", "score": row["score"],
-                             "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-                                         "value": {"choices": list(row.get("model_labels") or [row["model_label"]])}}]}],
-        })
+        data = {"image": image_url(row["uri"], document_root), "image_id": row["image_id"], "uri": row["uri"],
+                "etag": row["etag"], "batch_id": batch_id, "model_label": row["model_label"],
+                "model_score": row["score"]}
+        if task == "hierarchical":
+            data["uncertain_node"] = uncertain_node(row.get("model_label_path"), row.get("path_scores"))
+        out.append({"data": data, "predictions": [{"model_version": row["model_id"] or "imgclf", "score": row["score"],
+                                                   "result": [_prediction(row, task)]}]})
     return json.dumps(out, indent=1).encode()
 
 
@@ -232,60 +503,72 @@ def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
     return out.getvalue().encode()
 
 
-def commit_batch(sink: Sink, budget: int, strategy: str = "uncertainty", measure: str = "margin", seed: int = 0,
-                 document_root: Optional[str] = None, pool: int = 5) -> dict[str, Any]:
-    """Select and write a review batch under the sink's reviews lock; returns its record."""
-    entry = STRATEGIES.get(strategy)
-    facts = {"strategy": strategy, "measure": measure if entry and entry.measures else None, "seed": seed,
-             "budget": budget, **({"pool": pool} if entry and entry.diverse else {})}
-    return _commit(sink, lambda: select(sink, budget, strategy, measure, seed, pool), facts, document_root)
+def commit_batch(sink: Sink, budget: int, ask: Ask = Ask(), document_root: Optional[str] = None,
+                 tasks: Any = None) -> dict[str, Any]:
+    """Select (as ``select``) and write a review batch under the sink's reviews lock; returns its
+    record."""
+    _check(ask)
+    return _commit(sink, lambda: select(sink, budget, ask, tasks), {**ask.facts(), "budget": budget}, document_root)
 
 
-def stratified(rows: pa.Table, size: int, seed: int) -> pa.Table:
-    """``size`` rows drawn at random within each model label, in proportion to its count (largest
-    remainders; every label present gets one when ``size`` allows), in image id order."""
-    labels = np.asarray(rows.column("model_label").to_pylist(), dtype=object)
-    names, counts = np.unique(labels.astype(str), return_counts=True)
-    size = min(size, rows.num_rows)
-    share = counts / counts.sum() * size
+def quotas(counts: dict[str, int], size: int) -> dict[str, int]:
+    """How many of each label a stratified draw of ``size`` takes: in proportion to its count
+    (largest remainders; every label present gets one when ``size`` allows)."""
+    names = sorted(counts)
+    n = np.array([counts[k] for k in names])
+    size = min(size, int(n.sum()))
+    share = n / max(n.sum(), 1) * size
     quota = np.floor(share).astype(int)
     if size >= len(names):
         quota = np.maximum(quota, 1)
     order = np.argsort(-(share - np.floor(share)), kind="stable")
     while quota.sum() < size:  # the largest remainders first
         for i in order:
-            if quota.sum() < size and quota[i] < counts[i]:
+            if quota.sum() < size and quota[i] < n[i]:
                 quota[i] += 1
     while quota.sum() > size:  # the minimum of one took more: from the largest classes
         quota[int(np.argmax(quota))] -= 1
-    rng = np.random.default_rng(seed)
+    return dict(zip(names, quota.tolist()))
+
+
+def stratified(rows: pa.Table, counts: dict[str, int], size: int) -> pa.Table:
+    """``size`` of the candidates drawn at random within each model label (``rows``: each
+    partition's first of each label by a seeded number per image, ``priority``; ``counts``: every
+    candidate's label), in image id order."""
+    labels = rows.column("model_label").to_pylist()
+    keep = _first_per_label(labels, rows.column("image_id").to_pylist(), rows.column("priority").to_numpy(), size)
+    quota = quotas(counts, size)
+    taken: Counter = Counter()
     picked = []
-    for name, k in zip(names, quota):
-        where = np.flatnonzero(labels.astype(str) == name)
-        picked += rng.choice(where, size=int(k), replace=False).tolist()
+    for j in sorted(keep, key=lambda j: -rows.column("priority")[j].as_py()):
+        if taken[labels[j]] < quota.get(labels[j], 0):
+            taken[labels[j]] += 1
+            picked.append(j)
     chosen = rows.take(pa.array(sorted(picked), pa.int64()))
     chosen = chosen.take(pc.sort_indices(chosen, [("image_id", "ascending")]))
-    return chosen.append_column("priority", pa.array(np.zeros(chosen.num_rows), pa.float64()))
+    return chosen.set_column(chosen.column_names.index("priority"), "priority",
+                             pa.array(np.zeros(chosen.num_rows), pa.float64()))
 
 
 def commit_gold(sink: Sink, size: int, seed: int = 0, document_root: Optional[str] = None,
-                exclude: Optional[list[str]] = None) -> dict[str, Any]:
+                exclude: Optional[list[str]] = None, tasks: Any = None) -> dict[str, Any]:
     """Draw the sink's gold set once: ``size`` images stratified by the model's label among the
     images no reviewer has seen (nor ``exclude`` names: the uris a labels table trained models on,
     full or relative to the archive, matched as the uri's end), committed as a review batch
     (reviewed like any other) whose answers judge models (``imgclf model promote``) and are never
-    trained on."""
+    trained on. ``tasks``: the engine's, as ``select``'s."""
+    from imgclf_ray.review.labels import in_process
+
     def pick() -> tuple[pa.Table, dict[str, Any]]:
         found = gold_batch(sink)
         if found:
             raise UserError(f"{sink.uri}: the gold set is drawn already ({found['batch_id']}, {found['images']} "
                             "images); a gold set is drawn once, so that every judgement uses the same images")
-        rows, facts = candidates(sink)
-        if exclude:
-            ends = tuple(e if "://" in e else "/" + e.lstrip("/") for e in exclude)
-            rows = rows.filter(pa.array([not u.endswith(ends) and u not in exclude
-                                         for u in rows.column("uri").to_pylist()], pa.bool_()))
-        return stratified(rows, size, seed), facts
+        runs = sink.list_runs()
+        q, facts, excluded = _query(sink, runs, strategy="gold", seed=seed, keep=size, gold=True,
+                                    exclude_uris=tuple(exclude or ()))
+        rows, stats = _merged(sink, q, tasks or in_process(), excluded, runs)
+        return (stratified(rows, stats["labels"], size) if rows.num_rows else rows), facts
 
     return _commit(sink, pick, {"strategy": "gold", "gold": True, "measure": None, "seed": seed, "budget": size},
                    document_root)
@@ -305,7 +588,7 @@ def _commit(sink: Sink, pick: Callable[[], tuple[pa.Table, dict[str, Any]]], fac
         batch_id = f"{facts['strategy']}-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         task, labels = night.get("task") or "multiclass", night.get("labels") or []
         files = {"tasks.json": tasks_json(rows, task, batch_id, document_root),  # refusals first
-                 "labeling-config.xml": labeling_config(task, labels).encode(), "batch.csv": batch_csv(rows, batch_id)}
+                 "labeling-config.xml": labeling_config(task, labels, night.get("label_tree")).encode(), "batch.csv": batch_csv(rows, batch_id)}
         folder = join(sink.root, BATCHES_DIR, batch_id)
         sink.fs.makedirs(folder, exist_ok=True)
         for name, blob in files.items():

@@ -71,6 +71,7 @@ class Listing:
     seconds: Optional[float] = None
     files: Optional[int] = None
     skipped: dict[str, int] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)  # incremental: why each file is in or out
 
 
 @dataclass
@@ -178,6 +179,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
                             f"the staged files hold {back.summary.by_status.get('ok', 0)}; nothing was committed")
         result = make_result(spec, at.run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing.skipped
+        result.selection = listing.selection
         result.stages = metrics.snapshot()
         result.first_batch_seconds = since_process_start(metrics.first_batch())
         result.started_at, result.listing_seconds = started_at, listing.seconds
@@ -191,7 +193,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         raise
     finally:
         metrics.close()
-    record = {**_model_facts(card), "clusterer_id": result.clusterer.get("clusterer_id"), "plan": result.plan,
+    record = {**_model_facts(card, spec), "clusterer_id": result.clusterer.get("clusterer_id"), "plan": result.plan,
               "dicom_allow_phi": spec.decode.dicom_allow_phi}
     state = lambda where: tasks.get(tasks.submit(write_state, where, spec.storage, back.state_parts))  # noqa: E731
     with shield:
@@ -209,8 +211,25 @@ def _note_decode_cores(spec: JobSpec, plan, progress: Mode) -> None:
                           "nodes more CPUs, or decode.jpeg_on: predictor", progress)
 
 
-def _model_facts(card: Optional[ArtifactInfo]) -> dict[str, Any]:
-    return {"task": card.task if card else None, "labels": card.labels if card else None}
+def _model_facts(card: Optional[ArtifactInfo], spec: JobSpec) -> dict[str, Any]:
+    """What the manifest says of the model: task and labels; a multilabel model's threshold per
+    label as the night applied them; a hierarchical model's leaf paths (the review loop's
+    uncertainty and labeling interface read them)."""
+    facts: dict[str, Any] = {"task": card.task if card else None, "labels": card.labels if card else None}
+    if card is not None and card.task == "multilabel":
+        from imgclf_ray.models.heads import Head
+
+        head = Head(card.task, card.labels, card.cards[()].thresholds, spec.model.threshold, spec.model.thresholds)
+        facts["thresholds"] = dict(zip(card.labels, head.thresholds.astype(float).tolist()))
+    if card is not None and card.task == "hierarchical":
+        facts["label_tree"] = leaf_paths(card)
+    return facts
+
+
+def leaf_paths(card: ArtifactInfo) -> list[list[str]]:
+    """Every root-to-leaf path of a hierarchical model's tree, in its nodes' label order."""
+    return sorted([list(path) + [label] for path, node in card.cards.items() for label in node.labels
+                   if tuple(path) + (label,) not in card.cards])
 
 
 def _commit(at: Attempt, staging: sink.Staging, result: RunResult, record: dict, extra_files: dict, write: Any,
@@ -282,7 +301,7 @@ def select(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str) -> S
         todo, why = blocks, None
         if spec.incremental is not None:
             records = state.committed_records(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
-            todo, why = select_blocks(blocks, records, model_id, spec.incremental.reprocess_on_model_change,
+            todo, why = select_blocks(blocks, records, model_id, spec.incremental.on_new_model == "relabel",
                                       spec.storage)
         selected = Selection(blocks.rows, blocks.skipped, todo, why, blocks.tasks)
     else:
@@ -290,16 +309,18 @@ def select(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str) -> S
         todo, why = listed, None
         if spec.incremental is not None:
             seen = state.load(state_uri(spec), spec.sink.uri, spec.storage, replacing=run_id)
-            todo, why = state.pending(listed, seen, model_id, spec.incremental.reprocess_on_model_change)
+            todo, why = state.pending(listed, seen, model_id, spec.incremental.on_new_model == "relabel")
         selected = Selection(listed.num_rows, skipped_counts(listed), todo, why, 1)
     if why is not None:
-        _note_selection(selected.listed, why, mode)
+        _note_selection(selected.listed, why, spec.incremental.on_new_model, mode)
     return selected
 
 
-def _note_selection(listed: int, why: dict[str, int], mode: Mode) -> None:
-    Progress.note(f"incremental: {listed} listed; {why['new']} new, {why['changed']} changed, "
-                  f"{why['model_changed']} for a new model, {why['unchanged']} already processed (skipped)", mode)
+def _note_selection(listed: int, why: dict[str, int], on_new_model: str, mode: Mode) -> None:
+    new_model = (f"{why['model_changed']} for a new model (on_new_model: relabel)" if on_new_model == "relabel" else
+                 "images another model labelled kept (on_new_model: new_only)")
+    Progress.note(f"incremental: {listed} listed; {why['new']} new, {why['changed']} changed, {new_model}, "
+                  f"{why['unchanged']} already processed (skipped)", mode)
 
 
 def _commit_nothing_new(at: Attempt, why: str, listing: Listing, info: Optional[ArtifactInfo]) -> RunResult:
@@ -319,10 +340,11 @@ def _commit_nothing_new(at: Attempt, why: str, listing: Listing, info: Optional[
     result = RunResult(at.run_id, staging.run_uri, 0, {}, {}, {}, [], 0.0, 0.0, info.model_id if info else None,
                        spec_digest=spec_digest(spec), started_at=datetime.now(timezone.utc).isoformat(),
                        listing_seconds=listing.seconds, files=listing.files or 0, listing_skipped=listing.skipped,
+                       selection=listing.selection,
                        nothing_new=why)
     write = lambda where: write_state(where, spec.storage, [empty.select(state.STATE_COLUMNS)])  # noqa: E731
     with interrupts.shielded():
-        _commit(at, staging, result, {**_model_facts(info), "nothing_new": why}, {}, write)
+        _commit(at, staging, result, {**_model_facts(info, spec), "nothing_new": why}, {}, write)
     return result
 
 
@@ -387,7 +409,8 @@ def _run_locked(at: Attempt, verbose: bool, quiet_ray: bool) -> RunResult:
     if spec.source.labels is not None:
         manifest = (attach_true_labels(manifest, spec.source, spec.storage) if isinstance(manifest, pa.Table)
                     else manifest.map(attach_true_labels, spec.source, spec.storage))
-    listing = Listing(time.perf_counter() - listing_started, selected.listed, selected.skipped)
+    listing = Listing(time.perf_counter() - listing_started, selected.listed, selected.skipped,
+                      {**selected.why, "on_new_model": spec.incremental.on_new_model} if selected.why else {})
     if spec.incremental is not None and not manifest.num_rows:
         why = (f"all {selected.listed} listed images were processed by earlier runs"
                f"{' with this model' if info else ''}")
