@@ -4,7 +4,7 @@ process, by the same loop.
 
 The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
 augmentation (flips, rotation, random resized crop, brightness / contrast, blur) on each worker, AdamW
-with cosine decay, validation loss for early stopping, and a checkpoint (a plain state_dict, saved
+with cosine decay (fp16 mixed precision on a GPU), validation loss for early stopping, and a checkpoint (a plain state_dict, saved
 and read back with ``weights_only=True``) per improvement. The best one becomes a safetensors
 artifact.
 """
@@ -75,6 +75,9 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
     opt = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     rng = np.random.default_rng(config["seed"])
+    # Mixed precision on a GPU (fp16 autocast, the loss scaled against underflow); fp32 on a CPU.
+    amp = torch.device(device).type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def prepare(x: np.ndarray, train: bool) -> "torch.Tensor":
         t = torch.from_numpy(x)
@@ -94,16 +97,18 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
         for start in range(0, len(order), batch):
             idx = np.sort(order[start:start + batch])
             opt.zero_grad()
-            loss = loss_fn(net(prepare(x_tr[idx], True)), target(y_tr[idx]))
-            loss.backward()
-            opt.step()
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                loss = loss_fn(net(prepare(x_tr[idx], True)).float(), target(y_tr[idx]))
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1)}
         if len(x_va):
             net.eval()
-            with torch.inference_mode():
-                logits = torch.cat([net(prepare(x_va[i:i + 256], False)) for i in range(0, len(x_va), 256)])
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                logits = torch.cat([net(prepare(x_va[i:i + 256], False)).float() for i in range(0, len(x_va), 256)])
                 metrics["val_loss"] = float(loss_fn(logits, target(y_va)))
                 if not multilabel:
                     metrics["val_accuracy"] = float((logits.argmax(1).cpu().numpy() == y_va).mean())
