@@ -46,8 +46,8 @@ STRATEGIES = ("random", "uncertainty", "diverse")
 TARGET = 0.99
 
 
-def features(dataset: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(features, true labels) of the bundled archive, decoded and featurised by imgclf's stages."""
+def features(dataset: str, work: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features, true labels, uris) of the bundled archive, decoded and featurised by imgclf's stages."""
     from imgclf_ray.io.labels import attach_true_labels
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.spec import TrainSpec, parse_spec
@@ -62,7 +62,18 @@ def features(dataset: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
     x, y, _, errors = extract_features(spec, manifest)
     assert not errors, f"{dataset}: {errors} images did not decode"
-    return x, y
+    return x, y, manifest.column("uri").to_pylist()
+
+
+def image_facts(uris: list[str]) -> pa.Table:
+    """What ``diverse`` computes for its pool when the nights stored none (``with_image_facts``:
+    a perceptual hash and HOG of the grey image), here once for every image: each image's facts
+    are its own, so a pool's are the same as computed for the pool alone."""
+    from imgclf_ray.io.schema import image_id
+    from imgclf_ray.review.select import with_image_facts
+    from imgclf_ray.spec import StorageSpec
+
+    return with_image_facts(pa.table({"image_id": [image_id(u) for u in uris], "uri": uris}), StorageSpec())
 
 
 def _model(x: np.ndarray, y: np.ndarray, idx: np.ndarray):
@@ -82,13 +93,16 @@ def _export(ids: list[int], truth: np.ndarray) -> bytes:
 
 
 def _pick(strategy: str, probs: np.ndarray, classes: np.ndarray, pool_ids: np.ndarray, budget: int,
-          rng: np.random.Generator) -> list[int]:
-    """imgclf's strategy over the candidates (a table as a night writes it: image_id, class_scores)."""
+          rng: np.random.Generator, facts: pa.Table) -> list[int]:
+    """imgclf's strategy over the candidates (a table as a night writes it: image_id, class_scores;
+    with the hash and embedding ``diverse`` computes for its pool)."""
     from imgclf_ray.review.select import STRATEGIES as TABLE, Query, diverse_pick
 
+    taken = pa.array(pool_ids, pa.int64())
     rows = pa.table({"image_id": [f"img{i:06d}" for i in pool_ids],
                      "class_scores": pa.array(probs[pool_ids].tolist(), pa.list_(pa.float32())),
-                     "model_label": classes[probs[pool_ids].argmax(axis=1)].tolist()})
+                     "model_label": classes[probs[pool_ids].argmax(axis=1)].tolist(),
+                     "phash": facts.column("phash").take(taken), "embedding": facts.column("embedding").take(taken)})
     entry = TABLE[strategy]
     priority = entry.priority(rows, Query(strategy, seed=int(rng.integers(2 ** 31))))
     order = np.lexsort((np.asarray(rows.column("image_id").to_pylist(), dtype=object), -priority))
@@ -96,7 +110,8 @@ def _pick(strategy: str, probs: np.ndarray, classes: np.ndarray, pool_ids: np.nd
     return pool_ids[np.asarray(chosen, dtype=np.int64)].tolist()
 
 
-def simulate(x: np.ndarray, y: np.ndarray, strategy: str, seed: int, budget: int, retrain: bool) -> dict:
+def simulate(x: np.ndarray, y: np.ndarray, strategy: str, seed: int, budget: int, retrain: bool,
+             facts: pa.Table) -> dict:
     """One loop until every image outside the gold set is reviewed: per round, labels spent, the
     share of current labels right, gold-set accuracy."""
     from imgclf_ray.review.ingest import parse
@@ -126,7 +141,7 @@ def simulate(x: np.ndarray, y: np.ndarray, strategy: str, seed: int, budget: int
         pool = np.array([i for i in rest if i not in reviewed and i not in seed_set], dtype=np.int64)
         if not len(pool):
             break
-        ids = _pick(strategy, probs, classes, pool, min(budget, len(pool)), rng)
+        ids = _pick(strategy, probs, classes, pool, min(budget, len(pool)), rng, facts)
         for a in parse(_export(ids, y), "label-studio").answers:  # the reviewer's export, read by imgclf
             reviewed[int(a.image_id.removeprefix("img"))] = a.labels[0]
         if retrain:
@@ -155,16 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for dataset in args.datasets:
             started = time.perf_counter()
-            x, y = features(dataset, Path(work))
+            x, y, uris = features(dataset, Path(work))
             if args.quick:
-                x, y = x[::6], y[::6]  # every class
+                x, y, uris = x[::6], y[::6], uris[::6]  # every class
+            facts = image_facts(uris)
             budget = DATASETS[dataset][3]
             runs = {}
             for retrain in (True, False):
                 for strategy in STRATEGIES:
                     for seed in range(1 if args.quick else args.seeds):
                         runs[f"{strategy}/{'retrain' if retrain else 'fixed'}/{seed}"] = simulate(
-                            x, y, strategy, seed, budget, retrain)
+                            x, y, strategy, seed, budget, retrain, facts)
             out["datasets"][dataset] = {"images": len(y), "round": budget, "runs": runs,
                                         "seconds": round(time.perf_counter() - started, 1)}
     table = summarise(out)

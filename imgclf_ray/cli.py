@@ -525,10 +525,14 @@ def runs(output_uri: str, as_json: bool, endpoint_url: Optional[str], region: Op
 @click.argument("sink_uri")
 @click.option("--to", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
               help="Write every image's current label as CSV or JSON Lines (default: counts only).")
+@click.option("--where", default=None, help="Images to keep, as imgclf export's --where: e.g. \"label_source == "
+              "'human'\", 'score < 0.6'.")
+@click.option("--sort", default=None, help="Order by a column, ascending, or descending with '-' ('-score').")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
 @click.option("-o", "--out", default=None, help="File to write, local or s3:// ('-' or none: standard output).")
 @_storage_options
-def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: Optional[str],
-           region: Optional[str], profile: Optional[str]) -> None:
+def labels(sink_uri: str, fmt: Optional[str], where: Optional[str], sort: Optional[str], limit: Optional[int],
+           out: Optional[str], endpoint_url: Optional[str], region: Optional[str], profile: Optional[str]) -> None:
     """The archive's current labels: one row per image, its latest model row over every committed
     night and its latest human label (label_source: human or model)."""
     from imgclf_ray.io.sink import Sink
@@ -538,6 +542,10 @@ def labels(sink_uri: str, fmt: Optional[str], out: Optional[str], endpoint_url: 
     if not sink.fs.exists(sink.root):
         raise UserError(f"{sink_uri}: no such folder or prefix")
     table = current_labels(sink)
+    if table.num_rows and (where or sort or limit):
+        from imgclf_ray.report.export import select as keep
+
+        table = keep(table, where, sort, limit)
     if fmt is None:
         sources = table.column("label_source").to_pylist() if table.num_rows else []
         click.echo(f"{sink_uri}: {table.num_rows} images; {sources.count('human')} labelled by a reviewer, "
@@ -733,7 +741,8 @@ def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option("--sink", "sink_uri", default=None, help="Sink location: RUN_A and RUN_B are then run ids "
-              "under it (else each is a run folder).")
+              "under it (else each is a run folder); '@labels' for either is the sink's current labels "
+              "(imgclf labels: reviewers' answers where they apply).")
 @click.option("--json", "as_json", is_flag=True, help="The comparison as JSON.")
 @_storage_options
 def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endpoint_url: Optional[str],
@@ -743,11 +752,18 @@ def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endp
     import json
 
     from imgclf_ray.io.sink import resolve_run
-    from imgclf_ray.report.compare import compare_runs, format_comparison
+    from imgclf_ray.report.compare import CURRENT, compare_counts, current, format_comparison, run_counts
 
     storage = _storage(endpoint_url, region, profile)
-    uris = [resolve_run(sink_uri, r, storage) if sink_uri else resolve_run(r, None, storage) for r in (run_a, run_b)]
-    result = compare_runs(*uris, storage)
+
+    def counts(run: str):
+        if run == CURRENT:
+            if not sink_uri:
+                raise UserError(f"{CURRENT}: the current labels of which sink? give --sink")
+            return current(sink_uri, storage)
+        return run_counts(resolve_run(sink_uri, run, storage) if sink_uri else resolve_run(run, None, storage), storage)
+
+    result = compare_counts(counts(run_a), counts(run_b))
     click.echo(json.dumps(result, indent=1) if as_json else format_comparison(result))
 
 

@@ -5,6 +5,7 @@ ingested (once, whatever the format), every refusal, stale reviews, and the curr
 from __future__ import annotations
 
 import json
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def test_answers_come_back_once_whatever_the_format_and_become_the_current_label
     assert not set(commit_batch(sink, 100, document_root=str(tmp_path))["image_ids"]) & set(human)
     counted = CliRunner().invoke(main, ["labels", sink.uri])
     assert "60 images; 10 labelled by a reviewer, 50 by the model" in counted.output
+    shown = CliRunner().invoke(main, ["labels", sink.uri, "--where", "label_source == 'human'", "--sort", "image_id",
+                                      "--to", "csv"])
+    assert [r.split(",")[0] for r in shown.output.splitlines()[1:]] == sorted(human)
+    # The current labels beside the night's: only the reviewers' changes differ.
+    compared = CliRunner().invoke(main, ["compare", "n1", "@labels", "--sink", sink.uri, "--json"])
+    night_counts = Counter(r["label"] for r in imgclf_ray.read_run(sink.uri, "n1").to_pylist())
+    now = Counter(row["label"] for row in labels.values())
+    got = {r["label"]: (r["count_a"], r["count_b"]) for r in json.loads(compared.output)["labels"]}
+    assert got == {lab: (night_counts[lab], now[lab]) for lab in set(night_counts) | set(now)}
 
 
 def test_refusals_unknown_images_csv_and_stale_reviews(night, tmp_path):

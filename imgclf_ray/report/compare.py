@@ -7,16 +7,41 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import pyarrow as pa
+
 from imgclf_ray.spec import StorageSpec
 
 EPS = 1e-4  # share floor in the PSI (a label absent on one side)
 
 
-def _run(uri: str, storage: StorageSpec) -> dict[str, Any]:
+CURRENT = "@labels"  # in place of a run: the sink's current labels (imgclf_ray.review.labels)
+
+
+def run_counts(uri: str, storage: StorageSpec) -> dict[str, Any]:
     from imgclf_ray.io.sink import read_manifest, read_rows
+
+    manifest = read_manifest(uri, storage)
+    return _counts(read_rows(uri, ["status", "label", "score", "error"], storage), manifest["run_id"],
+                   manifest.get("nothing_new"))
+
+
+def current(sink_uri: str, storage: StorageSpec) -> dict[str, Any]:
+    """The sink's current labels counted as a run: each image's reviewer's label where one
+    applies, else its latest model label; the model's scores."""
+    from imgclf_ray.review.labels import read_labels
+
+    t = read_labels(sink_uri, storage)
+    if not t.num_rows:
+        return _counts(t, CURRENT, None)
+    return _counts(t.append_column("error", pa.nulls(t.num_rows, pa.string())), CURRENT, None)
+
+
+def _counts(t: Any, run_id: str, nothing_new: Optional[str]) -> dict[str, Any]:
     from imgclf_ray.runner.result import error_cause
 
-    t = read_rows(uri, ["status", "label", "score", "error"], storage)
+    if not t.num_rows:
+        return {"run_id": run_id, "rows": 0, "ok": 0, "nothing_new": nothing_new, "errors": 0, "labels": {},
+                "scores": [], "causes": {}}
     status = t.column("status").to_pylist()
     ok = [s == "ok" for s in status]
     labels = [lab for lab, k in zip(t.column("label").to_pylist(), ok) if k and lab is not None]
@@ -28,8 +53,7 @@ def _run(uri: str, storage: StorageSpec) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for lab in labels:
         counts[lab] = counts.get(lab, 0) + 1
-    manifest = read_manifest(uri, storage)
-    return {"run_id": manifest["run_id"], "rows": t.num_rows, "ok": sum(ok), "nothing_new": manifest.get("nothing_new"),
+    return {"run_id": run_id, "rows": t.num_rows, "ok": sum(ok), "nothing_new": nothing_new,
             "errors": sum(s == "error" for s in status), "labels": counts, "scores": scores, "causes": causes}
 
 
@@ -41,10 +65,14 @@ def psi(p: float, q: float) -> float:
 
 def compare_runs(uri_a: str, uri_b: str, storage: StorageSpec = StorageSpec()) -> dict[str, Any]:
     """The comparison of two committed run folders, as a JSON-ready dict."""
+    return compare_counts(run_counts(uri_a, storage), run_counts(uri_b, storage))
+
+
+def compare_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The comparison of two runs' counts (``_run``, ``current``), as a JSON-ready dict."""
     import numpy as np
     from scipy.stats import chi2_contingency, ks_2samp
 
-    a, b = _run(uri_a, storage), _run(uri_b, storage)
     na, nb = sum(a["labels"].values()), sum(b["labels"].values())
     labels = []
     for lab in sorted(set(a["labels"]) | set(b["labels"])):
