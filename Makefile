@@ -23,8 +23,9 @@ $(STAMP): $(RUNTIME)
 install-runtime: $(RUNTIME)
 install: $(STAMP)
 
-## Run the main job (jobs/quickstart.yaml) on a local Ray instance: digits PNGs, a resnet18 trained
-## here, Parquet under out/quickstart/. Installs the runtime dependencies only.
+## Run the main job (jobs/quickstart.yaml): digits PNGs, a resnet18 trained here, Parquet under
+## out/quickstart/; in this process (run.executor: auto, no Ray cluster named or running: the local
+## executor; its summary's first line says so). Installs the runtime dependencies only.
 demo: install-runtime
 	$(BIN)/imgclf run jobs/quickstart.yaml
 

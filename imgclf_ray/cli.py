@@ -141,10 +141,15 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="List, select (incremental jobs) and plan with Ray tasks, "
               "print the counts and the plan; decode nothing, write nothing.")
 @click.option("--local", is_flag=True, help="Run in this process without Ray (run.executor: local): "
-              "no start-up cost, one machine.")
+              "no start-up cost, one machine. Default (run.executor: auto): Ray when a cluster is named or "
+              "running, else this.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run on Ray (run.executor: ray): the named or running "
+              "cluster, else a Ray instance started for the run.")
 def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optional[str],
-        address: Optional[str], quiet: bool, verbose: bool, dry_run: bool, local: bool) -> None:
+        address: Optional[str], quiet: bool, verbose: bool, dry_run: bool, local: bool, use_ray: bool) -> None:
     """Run a job: list the archive, classify every image, commit Parquet."""
+    if local and use_ray:
+        _fail(SpecError("give --local or --ray, not both"))
     extra, values = list(overrides), {}
     once = False
     if date:
@@ -156,8 +161,8 @@ def run(job: str, overrides: tuple[str, ...], run_id: Optional[str], date: Optio
         values["sink.run_id"] = run_id
     if address:
         extra.append(f"run.ray_address={address}")
-    if local:
-        extra.append("run.executor=local")
+    if local or use_ray:
+        extra.append(f"run.executor={'local' if local else 'ray'}")
     spec = _load(job, tuple(extra), values=values)
     if dry_run:
         from imgclf_ray.runner.dry_run import dry_run as plan_only

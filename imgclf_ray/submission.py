@@ -286,7 +286,7 @@ def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, ru
             which = f"--date {_quote(date)}" if date else f"--run-id {_quote(run_id)}"
             try:
                 jobs.submit_job(
-                    entrypoint=f"python -m imgclf_ray run {SPEC_FILE} {which} -q {sets}".strip(),
+                    entrypoint=f"python -m imgclf_ray run {SPEC_FILE} {which} --ray -q {sets}".strip(),
                     submission_id=submission_id,
                     runtime_env={"working_dir": str(staging), "py_modules": [str(Path(imgclf_ray.__file__).parent)]},
                     metadata={"imgclf_job": spec.name, "imgclf_run_id": run_id},

@@ -222,3 +222,18 @@ def test_a_head_whose_python_lacks_the_project_is_refused_and_says_which_python(
         sent = imgclf(env, "submit", str(spec), "--run-id", "b2", "--address", address, "--skip-preflight", "--wait")
         assert sent.returncode == 1
         assert "cannot import" in sent.stdout + sent.stderr and "report it" not in sent.stdout + sent.stderr
+
+
+def test_imgclf_run_joins_the_ray_start_instance_ray_init_would_join(head, job, tmp_path):
+    """run.executor: auto with a `ray start` head on this machine (its address file where Ray's
+    own ray.init() looks: RAY_TMPDIR/ray/ray_current_cluster): the run joins it, and says so."""
+    _, env, temp = head
+    spec, images, out = job
+    (tmp_path / "raytmp" / "ray").mkdir(parents=True)
+    shutil.copy(Path(temp) / "ray_current_cluster", tmp_path / "raytmp" / "ray" / "ray_current_cluster")
+    address = (Path(temp) / "ray_current_cluster").read_text().strip()
+    done = imgclf({**env, "RAY_TMPDIR": str(tmp_path / "raytmp")}, "run", str(spec), "--run-id", "joined", "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(f"run joined: {images} images")
+    assert first.endswith(f"ray executor: a Ray instance started with `ray start` runs on this machine ({address})")

@@ -147,11 +147,14 @@ class RunSpec(Section):
     ray_address: Optional[str] = Field(
         None, description="Ray cluster to join (ray://..., or 'auto'); default: the RAY_ADDRESS "
         "environment variable, else a local Ray instance started for this run.")
-    executor: Literal["ray", "local"] = Field(
-        "ray", description="ray: Ray Data tasks and an actor pool, on a cluster or a local Ray instance. "
-        "local: the same stages and the same commit in this process, without Ray (reading and decoding "
-        "in worker processes, the model here): no Ray start-up, for one machine; a worker that dies "
-        "fails the run (nothing committed) where Ray would retry it.")
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto", description="auto: ray when a Ray cluster is named or running (run.ray_address or "
+        "--address, RAY_ADDRESS, Ray initialised in the calling process, a `ray start` instance on this "
+        "machine, source.inventory), else local; the run's summary says which and why. ray: Ray Data "
+        "tasks and an actor pool, on a cluster or a local Ray instance started for the run. local: the "
+        "same stages and the same commit in this process, without Ray (reading and decoding in worker "
+        "processes, the model here): no Ray start-up, for one machine; a worker that dies fails the run "
+        "(nothing committed) where Ray would retry it.")
 
 
 class ExampleSpec(Section):

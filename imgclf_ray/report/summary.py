@@ -19,9 +19,10 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     if result.nothing_new:
         return (f"run {result.run_id}: nothing new ({result.nothing_new}); committed an empty run "
                 f"record\n  output : {result.output_uri}")
+    on = f", {result.executor['name']} executor: {result.executor['why']}" if result.executor else ""
     lines = [
         f"run {result.run_id}: {result.rows} images{files} in {result.wall_seconds:.1f} s "
-        f"({result.images_per_second:.1f} images/s)",
+        f"({result.images_per_second:.1f} images/s){on}",
         f"  status : {_line(result.by_status)}",
         f"  labels : {_line(result.by_label)}",
     ]

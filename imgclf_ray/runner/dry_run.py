@@ -48,6 +48,7 @@ class DryRun:
                 v = self.model["version"]
                 lines.append(f"  version : {v['uri']} = {v['name']} version {v['version']} ({v['source']})")
         p = self.plan
+        lines.append(f"  executor: {p.get('executor')} ({p.get('executor_why')})")
         if p.get("executor") == "local":
             lines.append(f"  plan    : run.executor local: the model in this process ({p['device']}, batch "
                          f"{p['batch_size']}), {p['decode_workers']} decode worker processes of "
@@ -67,6 +68,9 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
     from imgclf_ray.runner.ray_setup import ensure_ray
 
+    from imgclf_ray.runner.executor import choose
+
+    spec, why = choose(spec)
     spec, registered = registered_model(spec)
     info = refuse_before_work(spec)
     if spec.source.inventory or spec.run.executor == "ray":  # listing tasks; the cluster's resources
@@ -75,7 +79,8 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     selected = select(spec, info.model_id if info else None, "off", run_id)  # exactly as the run selects
     seconds = time.perf_counter() - started
     run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
-    plan = {**asdict(run.resources), "device": run.resources.device, "executor": spec.run.executor}
+    plan = {**asdict(run.resources), "device": run.resources.device, "executor": spec.run.executor,
+            "executor_why": why}
     if spec.run.executor == "local":
         from imgclf_ray.runner.local import decode_workers
 

@@ -28,6 +28,7 @@ from imgclf_ray.progress import Mode, Progress, resolve_mode
 from imgclf_ray.runner.checks import check_budget, user_errors
 from imgclf_ray.runner.engine import Output
 from imgclf_ray.runner.metrics import Watch
+from imgclf_ray.runner.executor import choose as choose_executor
 from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer, scan_columns
 from imgclf_ray.runner.readback import read_back, write_state
@@ -85,6 +86,7 @@ class Attempt:
     run_date: date
     mode: Mode = "off"
     registered: Optional[dict[str, Any]] = None  # model.uri models:/...: the version (runner.plan.registered_model)
+    executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen, and why (runner.executor)
 
     def staging(self) -> sink.Staging:
         return self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
@@ -104,6 +106,7 @@ def execute(spec: JobSpec, manifest, run_id: Optional[str] = None, progress: Mod
     """
     if attempt is not None:  # run_job's: it refused what it must before its listing
         return _execute(attempt, manifest, listing or Listing(), model)
+    spec, _ = choose_executor(spec)
     model = refuse_before_work(spec, model)
     with _locked(spec, sink_of(spec), run_id_of(spec, run_id), progress) as attempt:
         return _execute(attempt, manifest, listing or Listing(), model)
@@ -248,6 +251,7 @@ def _commit(at: Attempt, staging: sink.Staging, result: RunResult, record: dict,
     faults.point("after_state")
     at.lock.verify()
     result.registered_model = at.registered
+    result.executor = at.executor
     if at.registered:  # the registry version a models:/ uri named, so that the night can be reproduced
         record = {**record, "registered_model": at.registered}
     facts = {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": at.run_date.isoformat(),
@@ -357,6 +361,9 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
+    spec, why = choose_executor(spec)
+    Progress.note(f"executor: {spec.run.executor} ({why}{'; --ray to use Ray' if spec.run.executor == 'local' else ''})",
+                  mode)
     spec, registered = registered_model(spec)  # once, on the driver, before any lock
     out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
@@ -367,6 +374,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
         if job_lock is not None:
             attempt.lock.guards.append(job_lock)  # a lost job lease refuses the commit too
         attempt.registered = registered
+        attempt.executor = {"name": spec.run.executor, "why": why}
         quiet_ray = redirect_ray and mode == "log" and not verbose
         return _run_locked(attempt, verbose, quiet_ray)
 

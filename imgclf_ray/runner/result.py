@@ -42,6 +42,7 @@ class RunResult:
     files: int = 0  # input files (rows can be more: frames, pages, table rows, samples)
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
     nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
+    executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen (auto), and why
     selection: dict[str, Any] = field(default_factory=dict)  # incremental: new, changed, model_changed, unchanged, on_new_model
     registered_model: Optional[dict[str, Any]] = None  # model.uri models:/...: the version it resolved to
     ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
@@ -51,6 +52,7 @@ class RunResult:
         return {
             "run_id": self.run_id,
             "output_uri": self.output_uri,
+            **({"executor": self.executor} if self.executor else {}),
             "started_at": self.started_at,
             "wall_seconds": round(self.wall_seconds, 3),
             "listing_seconds": None if self.listing_seconds is None else round(self.listing_seconds, 3),

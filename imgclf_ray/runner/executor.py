@@ -1,0 +1,83 @@
+"""``run.executor: auto`` (the default): Ray when there is a Ray to use, this process otherwise.
+
+Ray when a cluster is named or running: ``run.ray_address`` (``--address``), ``RAY_ADDRESS`` (a job
+that ``imgclf submit`` sent, whose driver runs on the cluster, has it), ``source.inventory`` (listed
+and selected by Ray tasks), a Ray initialised in the calling process (the Python API reuses it), or
+a Ray instance that ``ray start`` left running on this machine (the one ``ray.init()`` would join:
+its address file under Ray's temporary folder, and its GCS port answering). Otherwise the local
+executor: the same stages in this process and its decode workers, without Ray's start-up. The
+choice and its reason are printed first and kept in the run's summary; ``--ray`` / ``--local``
+(``run.executor: ray | local``) force either.
+
+Nothing here imports Ray: choosing costs a file read and, at most, one TCP connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Optional
+
+from imgclf_ray.spec import JobSpec
+
+
+def _ray_temp_dir() -> str:
+    """Where ``ray start`` writes the address ``ray.init()`` joins (Ray's own rule)."""
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        base = os.environ["TMPDIR"]
+    else:
+        base = "/tmp"
+    return os.path.join(base, "ray")
+
+
+def started_instance() -> tuple[Optional[str], str]:
+    """(address, "") of the Ray instance ``ray start`` left running on this machine, or (None, why
+    not: no address file, or nothing answers at its address)."""
+    path = os.path.join(_ray_temp_dir(), "ray_current_cluster")
+    try:
+        with open(path) as fh:
+            address = fh.read().strip()
+    except OSError:
+        return None, ""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+            return address, ""
+    except (OSError, ValueError):
+        return None, f"the address {path} names ({address[:80]}) does not answer: a Ray stopped without `ray stop`"
+
+
+def _initialised() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
+
+
+def choose(spec: JobSpec) -> tuple[JobSpec, str]:
+    """The spec with ``run.executor`` ray or local, and why (one line for the summary)."""
+    run = spec.run
+    if run.executor != "auto":
+        return spec, f"run.executor: {run.executor}"
+    reason, address = None, run.ray_address
+    if run.ray_address:
+        reason = f"a Ray cluster is named (run.ray_address {run.ray_address})"
+    elif os.environ.get("RAY_ADDRESS"):
+        reason = "a Ray cluster is named (RAY_ADDRESS)"
+    elif _initialised():
+        reason = "Ray is initialised in this process"
+    elif spec.source.inventory:
+        reason = "source.inventory is listed and selected by Ray tasks"
+    else:
+        address, stale = started_instance()
+        if address:
+            reason = f"a Ray instance started with `ray start` runs on this machine ({address})"
+        else:
+            return _with(spec, "local", None), "no Ray cluster named or running" + (f"; {stale}" if stale else "")
+    return _with(spec, "ray", address), reason
+
+
+def _with(spec: JobSpec, executor: str, address: Optional[str]) -> JobSpec:
+    run = spec.run.model_copy(update={"executor": executor, "ray_address": address})
+    return spec.model_copy(update={"run": run})

@@ -1,0 +1,100 @@
+"""run.executor: auto, the default: Ray when a cluster is named or running, this process otherwise,
+and the summary's first line says which and why. The conditions are real: the environment
+variable, a Ray initialised in this process, an address file naming a port that answers or not
+(tests/test_submit.py joins a real `ray start` head this way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgclf_ray.runner.executor import choose
+from imgclf_ray.spec import parse_spec
+from tests.support.jobs import digits_subset
+
+
+def _spec(tmp_path: Path, model: str, **run) -> object:
+    return parse_spec({"name": "auto", "source": {"uri": str(tmp_path / "archive")}, "model": {"uri": model},
+                       "sink": {"uri": str(tmp_path / "out")}, "run": run}, "<test>")
+
+
+@pytest.fixture
+def no_ray_around(tmp_path, monkeypatch):
+    """No RAY_ADDRESS, Ray's temporary folder an empty one of this test's (no `ray start` here)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "raytmp"))
+    return tmp_path / "raytmp"
+
+
+def _address_file(folder: Path, address: str) -> None:
+    (folder / "ray").mkdir(parents=True, exist_ok=True)
+    (folder / "ray" / "ray_current_cluster").write_text(address)
+
+
+def _chosen(tmp_path: Path, model: str, env: dict, **run) -> tuple[str, str, str]:
+    """(executor, ray_address, why) that auto chooses in a fresh process (no Ray imported there)."""
+    code = ("import json, sys; from imgclf_ray.runner.executor import choose; from imgclf_ray.spec import parse_spec;"
+            "spec, why = choose(parse_spec(json.loads(sys.argv[1]), '<test>'));"
+            "print(json.dumps([spec.run.executor, spec.run.ray_address, why]))")
+    data = {"name": "auto", "source": {"uri": str(tmp_path / "archive")}, "model": {"uri": model},
+            "sink": {"uri": str(tmp_path / "out")}, "run": run}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(data)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return tuple(json.loads(out.stdout))
+
+
+def test_auto_is_local_without_a_ray_and_ray_when_one_is_named(no_ray_around, tiny_model, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(no_ray_around)}
+    assert _chosen(tmp_path, tiny_model, env) == ("local", None, "no Ray cluster named or running")
+    # An address file whose port answers nothing: a Ray that died without `ray stop`.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    _address_file(no_ray_around, f"127.0.0.1:{dead}")
+    executor, _, why = _chosen(tmp_path, tiny_model, env)
+    assert executor == "local" and "does not answer" in why
+    # A port that answers: what `ray start` leaves running (its GCS), joined at that address.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        alive = listener.getsockname()[1]
+        _address_file(no_ray_around, f"127.0.0.1:{alive}")
+        executor, address, why = _chosen(tmp_path, tiny_model, env)
+    assert (executor, address) == ("ray", f"127.0.0.1:{alive}") and "`ray start`" in why
+    assert _chosen(tmp_path, tiny_model, env, ray_address="ray://head:10001")[0] == "ray"
+    assert _chosen(tmp_path, tiny_model, env | {"RAY_ADDRESS": "127.0.0.1:1"}) == (
+        "ray", None, "a Ray cluster is named (RAY_ADDRESS)")
+    for forced in ("ray", "local"):
+        assert choose(_spec(tmp_path, tiny_model, executor=forced))[0].run.executor == forced
+
+
+@pytest.mark.ray
+def test_a_ray_initialised_in_this_process_is_used(ray_session, no_ray_around, tiny_model, tmp_path):
+    spec, why = choose(_spec(tmp_path, tiny_model))
+    assert spec.run.executor == "ray" and why == "Ray is initialised in this process"
+
+
+def test_imgclf_run_with_no_flag_runs_locally_and_says_so_first(no_ray_around, digits_archive, tiny_model, tmp_path):
+    n = digits_subset(digits_archive, tmp_path / "archive", 60)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: auto\nsource: {{uri: {tmp_path / 'archive'}}}\nmodel: {{uri: {tiny_model}}}\n"
+                   f"sink: {{uri: {tmp_path / 'out'}}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(no_ray_around)}
+    out = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--run-id", "r1", "-q"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = out.stdout.splitlines()[0]
+    assert first.startswith(f"run r1: {n} images") and first.endswith("local executor: no Ray cluster named or running")
+    assert "executor: local (no Ray cluster named or running; --ray to use Ray)" in out.stderr
+    summary = json.loads((tmp_path / "out" / "r1" / "_run_summary.json").read_text())
+    assert summary["executor"] == {"name": "local", "why": "no Ray cluster named or running"}
+    both = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--local", "--ray"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and both.stderr.strip() == "error: give --local or --ray, not both"
