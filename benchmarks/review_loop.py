@@ -66,14 +66,15 @@ def features(dataset: str, work: Path) -> tuple[np.ndarray, np.ndarray, list[str
 
 
 def image_facts(uris: list[str]) -> pa.Table:
-    """What ``diverse`` computes for its pool when the nights stored none (``with_image_facts``:
-    a perceptual hash and HOG of the grey image), here once for every image: each image's facts
-    are its own, so a pool's are the same as computed for the pool alone."""
+    """What ``diverse`` computes for its pool when the nights stored none (``with_image_facts``,
+    its default: a perceptual hash), here once for every image: each image's facts are its own,
+    so a pool's are the same as computed for the pool alone."""
     from imgclf_ray.io.schema import image_id
     from imgclf_ray.review.select import with_image_facts
     from imgclf_ray.spec import StorageSpec
 
-    return with_image_facts(pa.table({"image_id": [image_id(u) for u in uris], "uri": uris}), StorageSpec())
+    return with_image_facts(pa.table({"image_id": [image_id(u) for u in uris], "uri": uris}), StorageSpec(),
+                            embed=False)
 
 
 def _model(x: np.ndarray, y: np.ndarray, idx: np.ndarray):
@@ -102,7 +103,7 @@ def _pick(strategy: str, probs: np.ndarray, classes: np.ndarray, pool_ids: np.nd
     rows = pa.table({"image_id": [f"img{i:06d}" for i in pool_ids],
                      "class_scores": pa.array(probs[pool_ids].tolist(), pa.list_(pa.float32())),
                      "model_label": classes[probs[pool_ids].argmax(axis=1)].tolist(),
-                     "phash": facts.column("phash").take(taken), "embedding": facts.column("embedding").take(taken)})
+                     "phash": facts.column("phash").take(taken)})
     entry = TABLE[strategy]
     priority = entry.priority(rows, Query(strategy, seed=int(rng.integers(2 ** 31))))
     order = np.lexsort((np.asarray(rows.column("image_id").to_pylist(), dtype=object), -priority))

@@ -652,11 +652,14 @@ _SELECT_ADDRESS = ("Run the selection as Ray tasks on this cluster ('auto': the 
 @click.option("--spread", type=click.Choice(["k_center", "clusters"]), default="k_center", show_default=True,
               help="diverse: spread the batch by k-center greedy (the core set), or one image per k-means cluster "
               "of the pool (cluster-stratified).")
+@click.option("--spread-on", type=click.Choice(["scores", "hog"]), default="scores", show_default=True,
+              help="diverse, where the nights stored no embedding: spread over the model's class scores, or over "
+              "HOG of each pool image (computed for the pool only).")
 @click.option("--include-flagged", is_flag=True, help="Images an image-quality check flagged (is_*: blurry, dark, "
               "odd size ...) are candidates too.")
 @click.option("--against", default=None, metavar="SINK",
-              help="disagreement: compare with the labels another model gave the same images in this sink "
-              "(a candidate's shadow nights, say) instead of the night before's.")
+              help="disagreement: compare with the labels another model gave the same images in another "
+              "sink (a candidate's shadow nights, say) instead of the night before's.")
 @click.option("--address", default=None, help=_SELECT_ADDRESS)
 @_storage_options
 def review_select(sink_uri: str, budget: int, document_root: Optional[str], address: Optional[str],

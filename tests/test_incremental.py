@@ -68,11 +68,12 @@ def test_nightly_runs_process_only_new_and_changed_images(ray_session, tiny_mode
     card = (other / "model_card.json").read_text().replace('"created_at": "', '"created_at": "x')
     (other / "model_card.json").write_text(card)
     keep = _spec(root, out, str(other), on_new_model="new_only")
-    assert run_job(keep, "nightly-2026-11-30", quiet=True).nothing_new
+    kept = run_job(keep, "nightly-2026-11-30", quiet=True)
+    assert kept.nothing_new and kept.summary()["incremental"]["other_model"] == 15
     relabelled = run_job(_spec(root, out, str(other)), "nightly-2026-11-30", quiet=True)
     assert relabelled.rows == 15
-    assert relabelled.summary()["incremental"] == {"new": 0, "changed": 0, "model_changed": 15, "unchanged": 0,
-                                                   "on_new_model": "relabel"}
+    assert relabelled.summary()["incremental"] == {"new": 0, "changed": 0, "model_changed": 15, "other_model": 0,
+                                                   "unchanged": 0, "on_new_model": "relabel"}
     # the older spelling of the choice
     assert _spec(root, out, str(other), reprocess_on_model_change=False).incremental.on_new_model == "new_only"
 

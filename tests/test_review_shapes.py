@@ -178,9 +178,9 @@ def test_ray_tasks_select_what_this_process_selects_and_read_labels_gives_a_data
     assert np.all(np.asarray(table.column("label_source").to_pylist()) == "model")
 
 
-@pytest.mark.parametrize("spread", ["k_center", "clusters"])
+@pytest.mark.parametrize("spread, spread_on", [("k_center", "hog"), ("clusters", "scores")])
 def test_diverse_computes_hashes_and_an_embedding_for_its_pool_when_the_nights_stored_none(
-        digits_archive, svm_hog_model, tmp_path, spread):
+        digits_archive, svm_hog_model, tmp_path, spread, spread_on):
     from PIL import Image
     from skimage.feature import hog
 
@@ -200,13 +200,13 @@ def test_diverse_computes_hashes_and_an_embedding_for_its_pool_when_the_nights_s
     margin = {r["image_id"]: 1 - float(np.diff(sorted(r["class_scores"])[-2:])[0]) for r in rows}
     budget, pool = 8, 3
     top = set(sorted(margin, key=lambda i: (-margin[i], i))[:budget * pool])
-    batch, _ = select(sink, budget, Ask("diverse", pool=pool, spread=spread))
+    batch, _ = select(sink, budget, Ask("diverse", pool=pool, spread=spread, spread_on=spread_on))
     chosen = batch.column("image_id").to_pylist()
     assert len(chosen) == budget and set(chosen) <= top
     names = {r["image_id"]: Path(r["uri"]).name.removeprefix("again-") + Path(r["uri"]).parent.name for r in rows}
     assert len({names[i] for i in top}) < len(top)  # the pool holds a file and its copy...
     assert len({names[i] for i in chosen}) == budget  # ...the batch one of them
-    first, _ = select(sink, budget, Ask("diverse", pool=1, spread=spread))  # no spread to hide a pair: the hashes must
+    first, _ = select(sink, budget, Ask("diverse", pool=1, spread=spread, spread_on=spread_on))  # no spread to hide a pair: the hashes must
     assert len({names[i] for i in first.column("image_id").to_pylist()}) == first.num_rows == budget - 3
 
     def spread(ids: list[str]) -> float:  # least distance between two chosen images' HOG, computed by hand
@@ -219,6 +219,9 @@ def test_diverse_computes_hashes_and_an_embedding_for_its_pool_when_the_nights_s
         d = np.linalg.norm(x[:, None] - x[None], axis=2)
         return float(d[np.triu_indices(len(ids), 1)].min())
 
+    if spread_on == "scores":  # the default: the model's class scores, no embedding computed
+        assert "embedding" not in batch.column_names or batch.column("embedding").null_count == budget
+        return
     plain, _ = select(sink, budget, Ask("uncertainty"))
     assert spread(chosen) > spread(plain.column("image_id").to_pylist())
     assert batch.column("embedding").null_count == 0

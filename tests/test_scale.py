@@ -158,4 +158,5 @@ def test_the_selection_is_the_same_whatever_the_number_of_partitions(ray_session
         todo, why = select_blocks(listed, [str(record)], "m", True, StorageSpec(), partitions=partitions)
         picked[partitions] = (sorted(todo.table().column("uri").to_pylist()), why)
     assert picked[1] == picked[3]
-    assert len(picked[1][0]) == 5 and picked[1][1] == {"new": 5, "changed": 0, "model_changed": 0, "unchanged": 5}
+    assert len(picked[1][0]) == 5 and picked[1][1] == {"new": 5, "changed": 0, "model_changed": 0, "other_model": 0,
+                                                       "unchanged": 5}

@@ -38,13 +38,23 @@ class ModelSpec(Section):
         False, description="Load artifact formats that run code stored in the file (TorchScript: "
         "its code runs when it is loaded and at every prediction). Only for files whose author you "
         "trust; safetensors, state_dict (weights_only) and skops artifacts never need it.")
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+    precision: Literal["fp32", "tf32", "bf16", "fp16", "int8"] = Field(
         "fp32", description="Torch models: fp32 is IEEE fp32 on CPUs and GPUs alike (TF32 off); tf32 lets "
         "GPUs (Ampere and later) run fp32 convolutions and matmuls on TF32 tensor cores (a 10-bit "
         "mantissa: faster, probabilities move in the third decimal); bf16 runs weights and activations in "
         "bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX): faster, and probabilities move in the "
         "third decimal, so near-ties may change label; fp16 runs in float16 under autocast on GPU "
-        "actors (a CPU actor computes fp16 jobs in fp32 and logs it).")
+        "actors (a CPU actor computes fp16 jobs in fp32 and logs it). int8 (CPU actors; torch and ONNX "
+        "artifacts): ONNX Runtime static quantization (QDQ, per-channel int8 weights), calibrated once on "
+        "the driver and kept under <sink>/_int8/; refused when its top-1 labels agree with fp32 on fewer "
+        "than model.int8_min_agreement of held-back images.")
+    calibration: Optional[str] = Field(
+        None, description="int8: a folder or prefix of images to calibrate on (at least 32); default: a "
+        "seeded sample of the archive, drawn on first use and recorded under <sink>/_int8/.")
+    int8_min_agreement: float = Field(
+        0.99, ge=0, le=1, description="int8: the least share of held-back calibration images whose top-1 "
+        "label equals fp32's; below it the first convolution and the classifier head stay in float, and "
+        "below it again the run is refused with both figures.")
     runtime: Literal["torch", "onnxruntime"] = Field(
         "torch", description="Torch models: torch runs the network in PyTorch; onnxruntime runs an ONNX "
         "export of it (made once per machine into $IMGCLF_CACHE, default ~/.cache/imgclf-ray, never "
@@ -53,8 +63,12 @@ class ModelSpec(Section):
 
     @model_validator(mode="after")
     def _runtime(self) -> "ModelSpec":
-        if self.runtime == "onnxruntime" and self.precision != "fp32":
-            raise ValueError(f"runtime onnxruntime runs in fp32: drop precision: {self.precision}")
+        if self.runtime == "onnxruntime" and self.precision not in ("fp32", "int8"):
+            raise ValueError(f"runtime onnxruntime runs in fp32 or int8: drop precision: {self.precision}")
+        if self.precision == "int8" and self.device == "cuda":
+            raise ValueError("precision int8 runs on CPU actors (ONNX Runtime); on a GPU use precision: fp16")
+        if self.precision != "int8" and self.calibration:
+            raise ValueError("calibration is for precision: int8")
         return self
 
 

@@ -88,8 +88,9 @@ def remember(seen: dict[str, tuple], t: pa.Table) -> None:
 def pending(manifest: pa.Table, seen: dict[str, tuple], model_id: Optional[str],
             reprocess_on_model_change: bool = True) -> tuple[pa.Table, dict[str, int]]:
     """The manifest rows to process now, and the count of each reason: new, changed (size or
-    etag), model_changed (processed by another model), unchanged (skipped)."""
-    why = {"new": 0, "changed": 0, "model_changed": 0, "unchanged": 0}
+    etag), model_changed (processed by another model), other_model (processed by another model,
+    kept: not ``reprocess_on_model_change``), unchanged (skipped)."""
+    why = {"new": 0, "changed": 0, "model_changed": 0, "other_model": 0, "unchanged": 0}
     keep = []
     for uri, size, etag in zip(manifest.column("uri").to_pylist(), manifest.column("size").to_pylist(),
                                manifest.column("etag").to_pylist()):
@@ -98,12 +99,12 @@ def pending(manifest: pa.Table, seen: dict[str, tuple], model_id: Optional[str],
             reason = "new"
         elif (before[0], before[1]) != (size, etag):
             reason = "changed"
-        elif reprocess_on_model_change and before[2] != model_id:
-            reason = "model_changed"
+        elif before[2] != model_id:
+            reason = "model_changed" if reprocess_on_model_change else "other_model"
         else:
             reason = "unchanged"
         why[reason] += 1
-        keep.append(reason != "unchanged")
+        keep.append(reason not in ("unchanged", "other_model"))
     return manifest.filter(pa.array(keep, pa.bool_())), why
 
 

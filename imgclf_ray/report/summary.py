@@ -37,6 +37,10 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     if result.curation_flags:
         lines.append(f"  flagged: {_line(result.curation_flags)}")
     lines.append(f"  model  : {result.model_id or '- (no model)'}")
+    if result.int8:
+        q = result.int8
+        lines.append(f"  int8   : top-1 labels equal fp32's on {q['agreement']:.1%} of {q['calibration']['held_back']} "
+                     f"held-back images (base {q['base_model_id']})")
     if result.registered_model:
         r = result.registered_model
         lines.append(f"  version: {r['uri']} = {r['name']} version {r['version']} ({r['source']})")

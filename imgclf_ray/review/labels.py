@@ -38,7 +38,8 @@ MODEL_COLUMNS = ["image_id", "uri", "etag", "status", "label", "labels", "score"
 # the label scores, the embedding and the duplicate groups (strategies label_issues and diverse).
 SELECTION_COLUMNS = ["label_quality", "embedding", "phash", "duplicate_group", "near_duplicate_group"]
 
-ROWS_PER_PARTITION = 500_000  # of the hash shuffle by image id: at least one partition per CPU
+ROWS_PER_PARTITION = 500_000  # of the hash shuffle by image id: one partition per CPU, or more
+MIN_PARTITION_ROWS = 50_000  # but no CPU gets a partition of fewer rows (a small archive, a large cluster)
 
 
 def latest_night(sink: Sink, runs: list[dict]) -> dict:
@@ -72,8 +73,13 @@ def split_night(uri: str, night: int, run_id: str, columns: Optional[list[str]],
     task: a tuple of tables, or the table itself for one partition)."""
     from imgclf_ray.io.tables import read_columns
 
+    from imgclf_ray.io.storage import describe_os_error
+
     wanted = set(columns or MODEL_COLUMNS + SELECTION_COLUMNS)
-    t = read_columns([uri], lambda name: name in wanted or (columns is None and name.startswith("is_")), storage)
+    try:
+        t = read_columns([uri], lambda name: name in wanted or (columns is None and name.startswith("is_")), storage)
+    except OSError as exc:
+        raise UserError(f"{uri}: a committed night's data file cannot be read ({describe_os_error(exc)})") from None
     if "run_id" in wanted and "run_id" not in t.column_names:  # a Delta sink's partition column
         t = t.append_column("run_id", pa.array([run_id] * t.num_rows, pa.string()))
     t = t.append_column("_night", pa.array(np.full(t.num_rows, night, np.int64)))
@@ -147,7 +153,7 @@ def partitions(runs: list[dict], tasks: Any) -> int:
     """How many partitions the archive of ``runs`` is split into: one per CPU of ``tasks``, or
     more, so that each holds about ROWS_PER_PARTITION rows."""
     rows = sum(int(r.get("rows") or 0) for r in runs)
-    return max(1, tasks.cpus, -(-rows // ROWS_PER_PARTITION))
+    return max(1, min(tasks.cpus, -(-rows // MIN_PARTITION_ROWS)), -(-rows // ROWS_PER_PARTITION))
 
 
 def current_label_parts(sink: Sink, tasks: Any, runs: Optional[list[dict]] = None,

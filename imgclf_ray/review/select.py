@@ -20,8 +20,9 @@ import hashlib
 import io
 import json
 import uuid
+import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 from xml.sax.saxutils import quoteattr
@@ -59,9 +60,10 @@ class Query:
     gold: bool = False
 
 
-def _matrix(scores: list) -> np.ndarray:
+def _matrix(scores: list, fill: float = 0.0) -> np.ndarray:
+    """Score vectors as rows of one matrix, shorter ones (another night's model) padded with ``fill``."""
     width = max((len(s) for s in scores if s is not None), default=0)
-    out = np.zeros((len(scores), width), dtype=np.float64)
+    out = np.full((len(scores), width), fill, dtype=np.float64)
     for i, s in enumerate(scores):
         if s is not None:
             out[i, :len(s)] = s
@@ -83,12 +85,17 @@ def uncertainty(rows: pa.Table, q: Query) -> np.ndarray:
     the node shown to the reviewer)."""
     if q.task == "hierarchical":
         return np.array([1.0 - min(s) if s else 0.0 for s in rows.column("path_scores").to_pylist()])
-    p = _matrix(rows.column("class_scores").to_pylist())
-    if q.task == "multilabel":
+    if q.task == "multilabel":  # each row on its own scores (NaN beyond them), whatever its partition holds
+        p = _matrix(rows.column("class_scores").to_pylist(), np.nan)
         if not p.shape[1]:
             return np.zeros(len(p))
-        t = np.asarray(q.thresholds, dtype=np.float64)[:p.shape[1]] if q.thresholds else np.full(p.shape[1], 0.5)
-        return 1.0 - (np.abs(p - t) / np.maximum(t, 1.0 - t)).min(axis=1)
+        t = np.full(p.shape[1], 0.5)
+        t[:min(len(q.thresholds), p.shape[1])] = q.thresholds[:p.shape[1]]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row of no scores: all NaN
+            near = np.nanmin(np.abs(p - t) / np.maximum(t, 1.0 - t), axis=1)
+        return np.where(np.isnan(near), 0.0, 1.0 - near)
+    p = _matrix(rows.column("class_scores").to_pylist())
     top = -np.sort(-p, axis=1)
     if q.measure == "entropy":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -124,23 +131,30 @@ def disagreement(rows: pa.Table, q: Query) -> np.ndarray:
 
 
 def _features(rows: pa.Table) -> np.ndarray:
-    """What diversity is measured on: the run's embedding when every row has one (cluster jobs
-    store it), else the class-score vectors (the model's own view of the images)."""
+    """What diversity is measured on: the embedding when every row has one (cluster jobs store
+    it; ``--spread-on hog`` computes one), else the model's own view of the images: its class
+    scores, or a hierarchical model's path scores."""
     if "embedding" in rows.column_names and rows.column("embedding").null_count == 0 and rows.num_rows:
         return np.asarray(rows.column("embedding").to_pylist(), dtype=np.float64)
-    return _matrix(rows.column("class_scores").to_pylist())
+    scores = rows.column("class_scores").to_pylist() if "class_scores" in rows.column_names else []
+    if not any(s for s in scores) and "path_scores" in rows.column_names:
+        scores = rows.column("path_scores").to_pylist()
+    return _matrix(scores or [None] * rows.num_rows)
 
 
 def k_center(features: np.ndarray, budget: int) -> list[int]:
     """Greedy k-center (the core-set selection): the first row, then each time the row farthest
-    from every row chosen (Euclidean, on L2-normalised features); ties to the earlier row."""
+    from every row chosen (Euclidean, on L2-normalised features; ties to the earlier row); once
+    every row left is as near as can be (equal features), the next rows in order. No row twice."""
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     chosen = [0]
     nearest = np.linalg.norm(x - x[0], axis=1)
+    nearest[0] = -1.0
     while len(chosen) < min(budget, len(x)):
         nxt = int(np.argmax(nearest))
         chosen.append(nxt)
         nearest = np.minimum(nearest, np.linalg.norm(x - x[nxt], axis=1))
+        nearest[chosen] = -1.0
     return chosen
 
 
@@ -149,6 +163,8 @@ def clusters(features: np.ndarray, budget: int, seed: int = 0) -> list[int]:
     each cluster its first row (the rows come most uncertain first)."""
     from sklearn.cluster import KMeans
 
+    if not features.shape[1]:  # nothing to tell the images apart: the most uncertain
+        return list(range(budget))
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     assigned = KMeans(n_clusters=budget, n_init=4, random_state=seed).fit_predict(x)
     first: dict[int, int] = {}
@@ -207,11 +223,11 @@ STRATEGIES = {
 
 # -- selection: a task per partition of the archive's current labels, merged here -----------------
 
-def candidate_rows(current: pa.Table, q: Query, excluded: set) -> pa.Table:
+def candidate_rows(current: pa.Table, q: Query, excluded: set, ends: tuple[str, ...] = ()) -> pa.Table:
     """The images of one partition a batch may take: labelled by the model (status ok), with no
     human label that applies, in no earlier batch nor reviewed (``excluded``); those an
     image-quality check flagged (``is_*`` true: blurry, dark ..., not duplicates or label issues)
-    left out unless asked; the gold set: none whose uri ends as one of ``q.exclude_uris``."""
+    left out unless asked; the gold set: none whose uri is or ends as one of ``ends``."""
     if not current.num_rows:
         return current
     rows = current.filter(pc.and_(pc.equal(current.column("status"), "ok"),
@@ -221,10 +237,8 @@ def candidate_rows(current: pa.Table, q: Query, excluded: set) -> pa.Table:
         # diverse strategy takes one image (excluding them would leave all out)
         for c in [c for c in rows.column_names if c.startswith("is_") and c not in NOT_QUALITY_FLAGS]:
             mask &= ~np.asarray(rows.column(c).fill_null(False).to_pylist(), dtype=bool)
-    if q.exclude_uris:
-        ends = tuple(e if "://" in e else "/" + e.lstrip("/") for e in q.exclude_uris)
-        mask &= np.array([not u.endswith(ends) and u not in q.exclude_uris
-                          for u in rows.column("uri").to_pylist()], dtype=bool)
+    if ends:
+        mask &= np.array([not u.endswith(ends) for u in rows.column("uri").to_pylist()], dtype=bool)
     return rows.filter(pa.array(mask, pa.bool_()))
 
 
@@ -234,7 +248,7 @@ def ranked(ids: list[str], priority: np.ndarray) -> np.ndarray:
     return order[np.isfinite(priority[order])]
 
 
-def top_part(q: Query, excluded: set, current: pa.Table, other: Optional[pa.Table] = None
+def top_part(q: Query, left_out: tuple[set, tuple[str, ...]], current: pa.Table, other: Optional[pa.Table] = None
              ) -> tuple[pa.Table, dict[str, Any]]:
     """One partition's best candidates (a task): the ``q.keep`` first by the strategy's priority
     (a ``priority`` column), or for the gold set the ``q.keep`` of each model label with the
@@ -246,7 +260,7 @@ def top_part(q: Query, excluded: set, current: pa.Table, other: Optional[pa.Tabl
             if other.num_rows else {}
         compared = pa.array([theirs.get(i) for i in current.column("image_id").to_pylist()], pa.string())
         current = _replace(current, "previous_label", compared)
-    rows = candidate_rows(current, q, excluded)
+    rows = candidate_rows(current, q, *left_out)
     if not rows.num_rows:
         return rows, {"candidates": 0, "labels": {}, "having": 0}
     labels = rows.column("model_label").to_pylist()
@@ -292,7 +306,9 @@ def _merged(sink: Sink, q: Query, tasks: Any, excluded: set, runs: list[dict], a
         p = max(partitions(runs, tasks), partitions(theirs, tasks))
         parts = current_label_parts(sink, tasks, runs, p=p)
         others = current_label_parts(against, tasks, theirs, ["image_id", "label"], p=p)
-    ex = tasks.put(excluded)
+    ends = tuple(u if "://" in u else "/" + u.lstrip("/") for u in q.exclude_uris)
+    ex = tasks.put((excluded, ends + tuple(u for u in q.exclude_uris if "://" in u)))  # once, for every task
+    q = replace(q, exclude_uris=())
     done = tasks.get([tasks.submit(top_part, q, ex, part, other) for part, other in zip(parts, others)])
     labels: Counter = Counter()
     for _, stats in done:
@@ -308,6 +324,9 @@ def _query(sink: Sink, runs: list[dict], **kw: Any) -> tuple[Query, dict[str, An
     (in an earlier batch, or reviewed)."""
     facts = latest_night(sink, runs)
     task = facts.get("task") or "multiclass"
+    if task == "hierarchical" and not facts.get("label_tree"):
+        raise UserError(f"{sink.uri}: its latest night's manifest lists no label tree (an older imgclf wrote it); "
+                        "run the night again to review a hierarchical model's labels")
     thresholds = facts.get("thresholds") or {}
     q = Query(task=task, thresholds=tuple(float(thresholds.get(label, 0.5)) for label in facts.get("labels") or []),
               **kw)
@@ -324,6 +343,7 @@ class Ask:
     seed: int = 0
     pool: int = 5  # diverse: the batch spreads over pool x budget most uncertain images
     spread: str = "k_center"  # diverse: k_center (greedy core set) or clusters (k-means, one per cluster)
+    spread_on: str = "scores"  # diverse without a stored embedding: the model's scores, or hog (computed)
     include_flagged: bool = False  # images an image-quality check flagged are candidates too
     against: Optional[str] = None  # disagreement: another sink's labels instead of the night before's
 
@@ -332,12 +352,14 @@ class Ask:
         entry = STRATEGIES.get(self.strategy)
         diverse = bool(entry and entry.diverse)
         return {"strategy": self.strategy, "measure": self.measure if entry and entry.measures else None,
-                "seed": self.seed, **({"pool": self.pool, "spread": self.spread} if diverse else {}),
+                "seed": self.seed,
+                **({"pool": self.pool, "spread": self.spread, "spread_on": self.spread_on} if diverse else {}),
                 **({"include_flagged": True} if self.include_flagged else {}),
                 **({"against": self.against} if self.against else {})}
 
 
 SPREADS = ("k_center", "clusters")
+SPREAD_ON = ("scores", "hog")
 
 
 def _check(ask: Ask) -> Strategy:
@@ -348,6 +370,8 @@ def _check(ask: Ask) -> Strategy:
         raise UserError(f"--measure {ask.measure}: {ask.strategy} takes {', '.join(entry.measures)}")
     if ask.spread not in SPREADS:
         raise UserError(f"--spread {ask.spread}: one of {', '.join(SPREADS)}")
+    if ask.spread_on not in SPREAD_ON:
+        raise UserError(f"--spread-on {ask.spread_on}: one of {', '.join(SPREAD_ON)}")
     if ask.against is not None and ask.strategy != "disagreement":
         raise UserError(f"--against: compares with another sink's labels for --strategy disagreement, "
                         f"not {ask.strategy}")
@@ -358,7 +382,8 @@ def select(sink: Sink, budget: int, ask: Ask = Ask(), tasks: Any = None) -> tupl
     """The ``budget`` candidates the strategy puts first (ties by image id; ``diverse``: drawn from
     the ``pool`` x budget first), with a ``priority`` column, and the latest night's manifest
     facts. Each partition of the archive (``tasks``: the engine's; default in this process) returns
-    its best ``pool`` x budget (``budget``) rows: those are all this process holds.
+    its best ``pool`` x budget (``budget``) rows: with Ray's tasks, those are all this process
+    receives.
     ``ask.against`` (disagreement): another sink where another model labelled the same images;
     its labels are compared instead of the night before's."""
     from imgclf_ray.review.labels import in_process
@@ -379,7 +404,8 @@ def select(sink: Sink, budget: int, ask: Ask = Ask(), tasks: Any = None) -> tupl
     order = ranked(rows.column("image_id").to_pylist(), rows.column("priority").to_numpy())
     if not entry.diverse:
         return rows.take(pa.array(order[:budget], pa.int64())), facts
-    pool_rows = with_image_facts(rows.take(pa.array(order[:ask.pool * budget], pa.int64())), sink.storage)
+    pool_rows = with_image_facts(rows.take(pa.array(order[:ask.pool * budget], pa.int64())), sink.storage,
+                                 ask.spread_on == "hog")
     chosen = diverse_pick(pool_rows, np.arange(pool_rows.num_rows), budget, ask.pool, ask.spread, ask.seed)
     return pool_rows.take(pa.array(chosen, pa.int64())), facts
 
@@ -391,14 +417,16 @@ def _stored(rows: pa.Table, columns: tuple[str, ...]) -> bool:
     return any(c in rows.column_names and rows.column(c).null_count < rows.num_rows for c in columns)
 
 
-def with_image_facts(rows: pa.Table, storage: Any) -> pa.Table:
+def with_image_facts(rows: pa.Table, storage: Any, embed: bool = True) -> pa.Table:
     """The diverse pool with what its spread needs, computed from these images only when the
     nights stored none: a perceptual hash (``phash``: equal hashes are one near-duplicate group)
-    without stored duplicate groups or hashes, an ``embedding`` (HOG of the grey image at
-    EMBED_SIDE) without a stored one. Images decode as a run decodes them; one that no longer
-    does keeps nulls (no group; the class scores stand in for its embedding)."""
+    without stored duplicate groups or hashes, and with ``embed`` an ``embedding`` (HOG of the
+    grey image at EMBED_SIDE) without a stored one. Images are read with the sink's storage
+    settings and decoded with the default decode settings (a container's frames or members are
+    not matched: they get neither); one that does not decode gets neither, and when any pool image
+    lacks an embedding the spread is measured on the model's scores instead."""
     need_hash = not _stored(rows, ("duplicate_group", "near_duplicate_group", "phash"))
-    need_embedding = not _stored(rows, ("embedding",))
+    need_embedding = embed and not _stored(rows, ("embedding",))
     if not rows.num_rows or not (need_hash or need_embedding):
         return rows
     from imgclf_ray.config.model import FeatureSpec
@@ -407,7 +435,8 @@ def with_image_facts(rows: pa.Table, storage: Any) -> pa.Table:
     from imgclf_ray.stages import LoadConfig, LoadStage
 
     grey = PreprocessCard(resize=EMBED_SIDE, crop=EMBED_SIDE, channels=1).conditioning()
-    stage = LoadStage(LoadConfig(storage, measure=True, embed=(grey, FeatureSpec(name="hog"))))
+    stage = LoadStage(LoadConfig(storage, measure=True,
+                                 embed=(grey, FeatureSpec(name="hog")) if need_embedding else None))
     uris = sorted(set(rows.column("uri").to_pylist()))
     out = stage({"uri": np.asarray(uris, dtype=object), "size": np.full(len(uris), None, dtype=object),
                  "etag": np.full(len(uris), None, dtype=object)})

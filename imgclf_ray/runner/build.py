@@ -141,7 +141,15 @@ class RayTasks:
         return self.ray.remote(num_cpus=1)(fn).options(num_returns=num_returns).remote(*args)
 
     def get(self, refs):
-        return self.ray.get(refs)
+        """The values; a user's error raised in a task (an unreadable file) re-raised as itself."""
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:
+            from imgclf_ray.errors import UserError
+
+            if isinstance(exc.cause, UserError):
+                raise exc.cause from None
+            raise
 
     def put(self, obj):
         return self.ray.put(obj)

@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -87,6 +87,7 @@ class Attempt:
     mode: Mode = "off"
     registered: Optional[dict[str, Any]] = None  # model.uri models:/...: the version (runner.plan.registered_model)
     executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen, and why (runner.executor)
+    int8: Optional[Any] = None  # model.precision int8: the quantized artifact (models.int8.Int8)
 
     def staging(self) -> sink.Staging:
         return self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
@@ -230,7 +231,7 @@ def _model_facts(card: Optional[ArtifactInfo], spec: JobSpec) -> dict[str, Any]:
 
 
 def leaf_paths(card: ArtifactInfo) -> list[list[str]]:
-    """Every root-to-leaf path of a hierarchical model's tree, in its nodes' label order."""
+    """Every root-to-leaf path of a hierarchical model's tree, sorted."""
     return sorted([list(path) + [label] for path, node in card.cards.items() for label in node.labels
                    if tuple(path) + (label,) not in card.cards])
 
@@ -252,6 +253,9 @@ def _commit(at: Attempt, staging: sink.Staging, result: RunResult, record: dict,
     at.lock.verify()
     result.registered_model = at.registered
     result.executor = at.executor
+    if at.int8 is not None:
+        result.int8 = asdict(at.int8)
+        record = {**record, "int8": result.int8}
     if at.registered:  # the registry version a models:/ uri named, so that the night can be reproduced
         record = {**record, "registered_model": at.registered}
     facts = {"job": spec.name, "schema_version": SCHEMA_VERSION, "run_date": at.run_date.isoformat(),
@@ -322,7 +326,7 @@ def select(spec: JobSpec, model_id: Optional[str], mode: Mode, run_id: str) -> S
 
 def _note_selection(listed: int, why: dict[str, int], on_new_model: str, mode: Mode) -> None:
     new_model = (f"{why['model_changed']} for a new model (on_new_model: relabel)" if on_new_model == "relabel" else
-                 "images another model labelled kept (on_new_model: new_only)")
+                 f"{why.get('other_model', 0)} labelled by another model kept (on_new_model: new_only)")
     Progress.note(f"incremental: {listed} listed; {why['new']} new, {why['changed']} changed, {new_model}, "
                   f"{why['unchanged']} already processed (skipped)", mode)
 
@@ -401,6 +405,12 @@ def _run_locked(at: Attempt, verbose: bool, quiet_ray: bool) -> RunResult:
     # Fail on a bad artifact, or one that would run code, before Ray starts. The card is read here,
     # once, and handed on.
     info = refuse_before_work(spec)
+    if spec.model is not None and spec.model.precision == "int8":  # before listing: the rows' model id
+        from imgclf_ray.models.int8 import prepare
+
+        spec, at.int8 = prepare(spec, at.sink.uri, lambda text: Progress.note(text, mode))
+        at.spec = spec
+        info = refuse_before_work(spec)
     if spec.run.executor == "local":
         from imgclf_ray.runner.local import warm_up
 

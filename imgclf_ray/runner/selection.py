@@ -32,7 +32,7 @@ from imgclf_ray.io.storage import describe_os_error, filesystem
 from imgclf_ray.errors import SourceError, UserError
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
-REASONS = ("new", "changed", "model_changed", "unchanged")
+REASONS = ("new", "changed", "model_changed", "other_model", "unchanged")
 
 
 def _get(refs):

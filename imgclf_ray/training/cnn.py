@@ -101,8 +101,10 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
                 loss = loss_fn(net(prepare(x_tr[idx], True)).float(), target(y_tr[idx]))
             scaler.scale(loss).backward()
             scaler.step(opt)
+            scale = scaler.get_scale()
             scaler.update()
-            sched.step()
+            if scaler.get_scale() >= scale:  # the step was taken (fp16: not skipped for inf/NaN gradients)
+                sched.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1)}
         if len(x_va):
