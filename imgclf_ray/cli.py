@@ -16,7 +16,8 @@ from imgclf_ray.errors import SpecError, UserError, describe_failure
 from imgclf_ray.ids import id_problem
 from imgclf_ray.spec import JobSpec, load_spec, peek_spec
 
-_SET_HELP = "Override a spec value: --set source.uri=s3://bucket/prefix (repeatable; YAML values)."
+_SET_HELP = ("Override a spec value: --set sink.uri=s3://bucket/out (a training spec: --set data.uri=...; "
+             "repeatable; YAML values).")
 
 
 def _fail(exc: UserError) -> None:
@@ -604,8 +605,7 @@ def model_promote(name: str, version: str, sink_uri: Optional[str], job: Optiona
                            "model": {"uri": "-"}, "storage": _storage(endpoint_url, region, profile).model_dump()},
                           "--sink")
     given = tracking_uri or (spec.model.tracking_uri if job else None)
-    tracking = registry_uri(given, "--tracking-uri" if tracking_uri else "model.tracking_uri" if given
-                            else "MLFLOW_TRACKING_URI")
+    tracking = registry_uri(given, "--tracking-uri" if tracking_uri or not given else "model.tracking_uri")
     done = promote(name, version, Sink(spec.sink.uri, spec.storage, spec.sink.format), spec, tracking,
                    Gate(metric, margin, floor, resamples, seed))
     click.echo("\n".join(done.lines()))
@@ -648,7 +648,8 @@ _SELECT_ADDRESS = ("Run the selection as Ray tasks on this cluster ('auto': the 
               help="uncertainty: margin, entropy or least_confidence (whatever this says, multilabel: the class "
               "score nearest its threshold; hierarchical: the least confident decision on the path).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random selections.")
-@click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@click.option("--document-root", default=None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, the folder its "
+              "tasks' local image paths are relative to: required when the sink's images are local files.")
 @click.option("--spread", type=click.Choice(["k_center", "clusters"]), default="k_center", show_default=True,
               help="diverse: spread the batch by k-center greedy (the core set), or one image per k-means cluster "
               "of the pool (cluster-stratified).")
@@ -685,7 +686,8 @@ def review_select(sink_uri: str, budget: int, document_root: Optional[str], addr
 @click.option("--exclude-labels", "exclude", multiple=True, metavar="TABLE",
               help="A labels table (CSV or Parquet with a uri column, uris full or relative to the archive) whose "
               "images models were trained on: none of them goes into the gold set. Repeatable.")
-@click.option("--document-root", default=None, help="Local images: Label Studio's LOCAL_FILES_DOCUMENT_ROOT.")
+@click.option("--document-root", default=None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, the folder its "
+              "tasks' local image paths are relative to: required when the sink's images are local files.")
 @click.option("--address", default=None, help=_SELECT_ADDRESS)
 @_storage_options
 def review_gold(sink_uri: str, size: int, seed: int, exclude: tuple[str, ...], document_root: Optional[str],
@@ -736,12 +738,15 @@ def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str
     done = ingest(Sink(sink_uri, storage), read_bytes(file, storage), fmt, file)
     click.echo(f"ingested {done.added} reviews into {sink_uri}"
                + (f" ({done.already} already there)" if done.already else "")
-               + (f"; {done.cancelled} cancelled annotations skipped" if done.cancelled else "")
+               + (f"; {done.cancelled} cancelled annotation{'s' if done.cancelled != 1 else ''} skipped"
+                  if done.cancelled else "")
                + (f"; {done.stale} for images changed since their task (kept, marked stale, not applied)"
                   if done.stale else ""))
     if done.unknown:
         shown = ", ".join(done.unknown[:5]) + (" ..." if len(done.unknown) > 5 else "")
-        click.echo(f"warning: {len(done.unknown)} answers name images this sink never labelled, left out: {shown}",
+        n = len(done.unknown)
+        click.echo(f"warning: {n} answer{'s name' if n != 1 else ' names'} images this sink never labelled, "
+                   f"left out: {shown}",
                    err=True)
 
 

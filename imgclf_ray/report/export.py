@@ -116,7 +116,8 @@ class _Where:
 
 def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
     if name not in table.schema.names:
-        raise SpecError(f"--where: no column {name!r} in this run (see `imgclf reference schema`)")
+        raise SpecError(f"--where: no column {name!r} here (a run's columns: `imgclf reference schema`; "
+                        f"those of imgclf labels: its --to csv header)")
     col = table.column(name)
     if table.num_rows and col.null_count == table.num_rows and (name.startswith("is_") or name.endswith("_score")
                                                                  or name.startswith("cluster")):
@@ -161,7 +162,7 @@ def select(table: pa.Table, where: Optional[str], sort: Optional[str], limit: Op
     if sort:
         column = sort.lstrip("-")
         if column not in table.schema.names:
-            raise SpecError(f"--sort: no column {column!r} in this run")
+            raise SpecError(f"--sort: no column {column!r} here")
         table = table.sort_by([(column, "descending" if sort.startswith("-") else "ascending")])
     if limit is not None:
         table = table.slice(0, limit)

@@ -133,7 +133,9 @@ def with_human_labels(model: pa.Table, found: pa.Table) -> pa.Table:
     out = model.rename_columns([f"model_{c}" if c in ("label", "labels", "label_path") else c
                                 for c in model.column_names])
     out = out.append_column("label", pick("label", pa.string()))
-    out = out.append_column("labels", pick("labels", pa.list_(pa.string())))
+    model_lists = model.column("labels").to_pylist() if "labels" in model.column_names else [None] * len(ids)
+    out = out.append_column("labels", pa.array([(h["labels"] if h else m) if m is not None else None
+                                                for h, m in zip(hits, model_lists)], pa.list_(pa.string())))
     out = out.append_column("label_path", pick("label_path", pa.list_(pa.string())))
     out = out.append_column("label_source", pa.array(["human" if h else "model" for h in hits], pa.string()))
     for column, kind in (("annotator", pa.string()), ("reviewed_at", pa.timestamp("us", tz="UTC")),

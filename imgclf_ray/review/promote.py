@@ -196,8 +196,9 @@ def judge(truth: np.ndarray, candidate: np.ndarray, champion: Optional[np.ndarra
     bar = -margin or 0.0  # not "-0.0000"
     facts["reason"] = (f"lower bound {low:+.4f} > {bar:+.4f}: the candidate is better than the champion, or "
                        f"worse by less than the margin {margin}" if ok else
-                       f"lower bound {low:+.4f} <= {bar:+.4f}: the gold set does not show the candidate at "
-                       f"least as good as the champion (margin {margin})")
+                       f"lower bound {low:+.4f} <= {bar:+.4f}: the gold set does not show the candidate "
+                       + ("better than the champion (margin 0)" if not margin else
+                          f"worse than the champion by less than the margin {margin}"))
     return ok, facts
 
 

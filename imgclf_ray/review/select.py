@@ -372,6 +372,8 @@ def _check(ask: Ask) -> Strategy:
         raise UserError(f"--spread {ask.spread}: one of {', '.join(SPREADS)}")
     if ask.spread_on not in SPREAD_ON:
         raise UserError(f"--spread-on {ask.spread_on}: one of {', '.join(SPREAD_ON)}")
+    if not STRATEGIES[ask.strategy].diverse and (ask.spread, ask.spread_on, ask.pool) != ("k_center", "scores", 5):
+        raise UserError(f"--pool, --spread and --spread-on are for --strategy diverse, not {ask.strategy}")
     if ask.against is not None and ask.strategy != "disagreement":
         raise UserError(f"--against: compares with another sink's labels for --strategy disagreement, "
                         f"not {ask.strategy}")
@@ -390,6 +392,8 @@ def select(sink: Sink, budget: int, ask: Ask = Ask(), tasks: Any = None) -> tupl
 
     entry = _check(ask)
     against = Sink(ask.against, sink.storage) if ask.against else None
+    if against is not None and not against.list_runs():
+        raise UserError(f"--against {ask.against}: no committed night there")
     runs = sink.list_runs()
     q, facts, excluded = _query(sink, runs, strategy=ask.strategy, measure=ask.measure, seed=ask.seed,
                                 keep=budget * ask.pool if entry.diverse else budget,

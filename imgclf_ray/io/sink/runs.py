@@ -65,7 +65,9 @@ def resolve_run(sink: "Sink", run_id: Optional[str] = None) -> str:
     if run_id is not None:
         found = committed_runs(sink, run_id)
         if run_id not in found:
-            raise UserError(f"{sink.uri}: run {run_id!r} is not committed (no _SUCCESS)")
+            there = sink.fs.exists(join(sink.root, run_id)) if "/" not in run_id else False
+            raise UserError(f"{sink.uri}: run {run_id!r} is not committed (no _SUCCESS)" if there else
+                            f"{sink.uri}: no run {run_id!r} (`imgclf runs {sink.uri}` lists them)")
         return found[run_id]
     listed = list_runs(sink, damaged=True)
     runs = [r for r in listed if "damaged" not in r]
