@@ -104,4 +104,4 @@ def test_runs_lists_committed_runs_only(labelled_run):
     assert result.exit_code == 0
     assert re.search(r"labelled\s+\S+\s+14\s+12\s+2\s+sha256:", result.output)
     missing = CliRunner().invoke(main, ["report", str(labelled_run), "--run", "nope"])
-    assert missing.exit_code == 1 and "run 'nope' is not committed" in missing.output
+    assert missing.exit_code == 1 and "no run 'nope' (`imgclf runs " in missing.output
