@@ -24,8 +24,8 @@ install-runtime: $(RUNTIME)
 install: $(STAMP)
 
 ## Run the main job (jobs/quickstart.yaml): digits PNGs, a resnet18 trained here, Parquet under
-## out/quickstart/; in this process (run.executor: auto, no Ray cluster named or running: the local
-## executor; its summary's first line says so). Installs the runtime dependencies only.
+## out/quickstart/; in this process (run.executor: auto with no Ray cluster named or running: the
+## local executor; its summary's first line says so). Installs the runtime dependencies only.
 demo: install-runtime
 	$(BIN)/imgclf run jobs/quickstart.yaml
 

@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
             make_corpus(corpus, args.n)
         if not (work / "cnn").exists():
             make_cnn_model(work / "cnn")
-        fp32 = write_job(work, "fp32", str(corpus), work / "cnn", work / "out-fp32")
-        int8 = write_job(work, "int8", str(corpus), work / "cnn", work / "out-int8",
+        auto = {"executor": "auto"}  # as a user runs it: no flag
+        fp32 = write_job(work, "fp32", str(corpus), work / "cnn", work / "out-fp32", run=auto)
+        int8 = write_job(work, "int8", str(corpus), work / "cnn", work / "out-int8", run=auto,
                          model={"precision": "int8", "int8_min_agreement": 0.0})
         first = run_imgclf("int8 (quantizing)", int8, args.n, work)  # quantized once, reused by the rounds
         summary = json.loads((work / "out-int8" / "bench" / "_run_summary.json").read_text())

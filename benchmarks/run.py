@@ -11,7 +11,8 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
 
   imgclf (CNN)          ``imgclf run`` on the corpus, exact torchvision pixels
   imgclf --local (CNN)  the same with ``run.executor: local`` (no Ray: decode workers + the model
-                        in the command's process); also with ``model.runtime: onnxruntime``
+                        in the command's process; what ``imgclf run`` with no flag does on a
+                        machine without Ray running); also with ``model.runtime: onnxruntime``
   imgclf (CNN, draft)   the same with ``decode.jpeg_draft`` (DCT-domain downscaling)
   imgclf (CNN, draft, bf16 / onnxruntime)  the same with ``model.precision: bf16`` / ``model.runtime:
                         onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime); these
@@ -129,8 +130,10 @@ def make_classical_model(work: Path, corpus: Path, uri: Path) -> None:
 
 
 def write_job(work: Path, name: str, source: str, model_dir: Path, sink: Path, **extra) -> Path:
+    # Rows not marked --local run on Ray (a local instance started for the run), named: since
+    # run.executor auto became the default, `imgclf run` with no flag on this machine is the --local row.
     job = {"name": name, "source": {"uri": source, "extensions": [".jpg"]}, "model": {"uri": str(model_dir)},
-           "sink": {"uri": str(sink)}}
+           "sink": {"uri": str(sink)}, "run": {"executor": "ray"}}
     for key, value in extra.items():
         job[key] = {**job.get(key, {}), **value}
     path = work / f"{name}.yaml"

@@ -765,7 +765,8 @@ def compare(run_a: str, run_b: str, sink_uri: Optional[str], as_json: bool, endp
     import json
 
     from imgclf_ray.io.sink import resolve_run
-    from imgclf_ray.report.compare import CURRENT, compare_counts, current, format_comparison, run_counts
+    from imgclf_ray.report.compare import compare_counts, format_comparison, run_counts
+    from imgclf_ray.review.labels import CURRENT, current_counts as current
 
     storage = _storage(endpoint_url, region, profile)
 

@@ -91,7 +91,7 @@ def test_int8_refusals_name_the_figures(digits_archive, tiny_model, svm_hog_mode
 @pytest.mark.ray
 def test_ray_actors_read_the_int8_artifact_from_the_sink_and_quantizing_is_deterministic(ray_session, digits_archive, tiny_model, tmp_path):
     archive = tmp_path / "archive"
-    digits_subset(digits_archive, archive, 15)  # 120 images: 60 calibrate, 60 held back
+    digits_subset(digits_archive, archive, 30)  # 60 images: 30 calibrate, 30 held back
     local = run_job(load_spec(_job(tmp_path, archive, tiny_model, "local", ", int8_min_agreement: 0.5")), "a",
                     quiet=True)
     (tmp_path / "other").mkdir()  # another sink: quantized there again, to the same model

@@ -121,33 +121,32 @@ def test_multilabel_uncertainty_is_measured_against_the_nights_thresholds(digits
     assert batch.column("image_id").to_pylist() == sorted(nearest, key=lambda i: (-nearest[i], i))[:6]
 
 
-@pytest.mark.parametrize("strategy", ["uncertainty", "diverse", "random", "gold"])
 def test_any_partitioning_selects_the_same_images_and_the_driver_gets_only_the_best(
-        digits_archive, svm_hog_model, tmp_path, strategy, monkeypatch):
+        digits_archive, svm_hog_model, tmp_path, monkeypatch):
     from imgclf_ray.review import labels
 
     monkeypatch.setattr(labels, "MIN_PARTITION_ROWS", 1)  # a tiny archive split as a large one is
     archive = tmp_path / "archive"
     n = digits_subset(digits_archive, archive, 15)
     sink = _night(tmp_path, archive, svm_hog_model)
-    if strategy == "gold":
-        other = tmp_path / "copy"
-        shutil.copytree(tmp_path / "sink", other)
-        one = commit_gold(sink, 20, seed=3, document_root=str(tmp_path))["image_ids"]
-        many = commit_gold(Sink(str(other)), 20, seed=3, document_root=str(tmp_path), tasks=Partitioned(7))["image_ids"]
-        assert one == many and len(one) == 20
-        labels = {r["image_id"]: r["label"] for r in imgclf_ray.read_run(sink.uri, "n1").to_pylist()}
-        share = {lab: sum(v == lab for v in labels.values()) / n * 20 for lab in set(labels.values())}
-        drawn = [labels[i] for i in one]
-        assert all(abs(drawn.count(lab) - s) < 1 for lab, s in share.items())  # proportional, largest remainders
-        return
-    one, _ = select(sink, 8, Ask(strategy, seed=5))
-    many, _ = select(sink, 8, Ask(strategy, seed=5), Partitioned(7))
-    assert one.column("image_id").to_pylist() == many.column("image_id").to_pylist()
-    keep = 3 * 5 if strategy == "diverse" else 3  # a budget of 3
-    q, _, excluded = _query(sink, sink.list_runs(), strategy=strategy, seed=5, keep=keep)
-    rows, stats = _merged(sink, q, Partitioned(7), excluded, sink.list_runs())
-    assert stats["candidates"] == n and keep < rows.num_rows <= 7 * keep < n  # several partitions, each its best
+    for strategy in ("uncertainty", "diverse", "random"):
+        one, _ = select(sink, 8, Ask(strategy, seed=5))
+        many, _ = select(sink, 8, Ask(strategy, seed=5), Partitioned(7))
+        assert one.column("image_id").to_pylist() == many.column("image_id").to_pylist(), strategy
+        keep = 3 * 5 if strategy == "diverse" else 3  # a budget of 3
+        q, _, excluded = _query(sink, sink.list_runs(), strategy=strategy, seed=5, keep=keep)
+        rows, stats = _merged(sink, q, Partitioned(7), excluded, sink.list_runs())
+        assert stats["candidates"] == n and keep < rows.num_rows <= 7 * keep < n  # several partitions, each its best
+    # The gold set: drawn from a copy of the sink with each partitioning, the same images.
+    other = tmp_path / "copy"
+    shutil.copytree(tmp_path / "sink", other)
+    one = commit_gold(sink, 20, seed=3, document_root=str(tmp_path))["image_ids"]
+    many = commit_gold(Sink(str(other)), 20, seed=3, document_root=str(tmp_path), tasks=Partitioned(7))["image_ids"]
+    assert one == many and len(one) == 20
+    night = {r["image_id"]: r["label"] for r in imgclf_ray.read_run(sink.uri, "n1").to_pylist()}
+    share = {lab: sum(v == lab for v in night.values()) / n * 20 for lab in set(night.values())}
+    drawn = [night[i] for i in one]
+    assert all(abs(drawn.count(lab) - s) < 1 for lab, s in share.items())  # proportional, largest remainders
 
 
 @pytest.mark.ray

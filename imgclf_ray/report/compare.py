@@ -7,36 +7,21 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import pyarrow as pa
-
 from imgclf_ray.spec import StorageSpec
 
 EPS = 1e-4  # share floor in the PSI (a label absent on one side)
-
-
-CURRENT = "@labels"  # in place of a run: the sink's current labels (imgclf_ray.review.labels)
 
 
 def run_counts(uri: str, storage: StorageSpec) -> dict[str, Any]:
     from imgclf_ray.io.sink import read_manifest, read_rows
 
     manifest = read_manifest(uri, storage)
-    return _counts(read_rows(uri, ["status", "label", "score", "error"], storage), manifest["run_id"],
+    return counts(read_rows(uri, ["status", "label", "score", "error"], storage), manifest["run_id"],
                    manifest.get("nothing_new"))
 
 
-def current(sink_uri: str, storage: StorageSpec) -> dict[str, Any]:
-    """The sink's current labels counted as a run: each image's reviewer's label where one
-    applies, else its latest model label; the model's scores."""
-    from imgclf_ray.review.labels import read_labels
-
-    t = read_labels(sink_uri, storage)
-    if not t.num_rows:
-        return _counts(t, CURRENT, None)
-    return _counts(t.append_column("error", pa.nulls(t.num_rows, pa.string())), CURRENT, None)
-
-
-def _counts(t: Any, run_id: str, nothing_new: Optional[str]) -> dict[str, Any]:
+def counts(t: Any, run_id: str, nothing_new: Optional[str]) -> dict[str, Any]:
+    """A run's (or any table's with status, label, score and error) counts as compared."""
     from imgclf_ray.runner.result import error_cause
 
     if not t.num_rows:

@@ -195,6 +195,20 @@ def current_labels(sink: Sink, runs: Optional[list[dict]] = None, tasks: Any = N
     return concat(tasks.get(current_label_parts(sink, tasks, runs)))
 
 
+CURRENT = "@labels"  # in place of a run in imgclf compare: a sink's current labels
+
+
+def current_counts(sink_uri: str, storage: StorageSpec) -> dict[str, Any]:
+    """The sink's current labels counted as ``imgclf compare`` counts a run: each image's
+    reviewer's label where one applies, else its latest model label; the model's scores."""
+    from imgclf_ray.report.compare import counts
+
+    t = read_labels(sink_uri, storage)
+    if t.num_rows:
+        t = t.append_column("error", pa.nulls(t.num_rows, pa.string()))
+    return counts(t, CURRENT, None)
+
+
 def read_labels(sink_uri: str, storage: StorageSpec = StorageSpec(), ray: bool = False):
     """The archive's current labels (``current_labels``) of the sink at ``sink_uri``: a
     pyarrow.Table, or with ``ray`` a Ray Dataset made of the partitions where Ray's tasks computed

@@ -87,7 +87,7 @@ class Attempt:
     mode: Mode = "off"
     registered: Optional[dict[str, Any]] = None  # model.uri models:/...: the version (runner.plan.registered_model)
     executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen, and why (runner.executor)
-    int8: Optional[Any] = None  # model.precision int8: the quantized artifact (models.int8.Int8)
+    int8: Optional[Any] = None  # model.precision int8: the quantized artifact (runner.int8.Int8)
 
     def staging(self) -> sink.Staging:
         return self.sink.staging(self.run_id, run_folder(self.spec, self.run_id, self.run_date), self.lock.attempt)
@@ -365,9 +365,7 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     """
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
-    spec, why = choose_executor(spec)
-    Progress.note(f"executor: {spec.run.executor} ({why}{'; --ray to use Ray' if spec.run.executor == 'local' else ''})",
-                  mode)
+    spec, why = choose_executor(spec)  # said on the summary's first line (a refusal stays one line)
     spec, registered = registered_model(spec)  # once, on the driver, before any lock
     out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
@@ -406,7 +404,7 @@ def _run_locked(at: Attempt, verbose: bool, quiet_ray: bool) -> RunResult:
     # once, and handed on.
     info = refuse_before_work(spec)
     if spec.model is not None and spec.model.precision == "int8":  # before listing: the rows' model id
-        from imgclf_ray.models.int8 import prepare
+        from imgclf_ray.runner.int8 import prepare
 
         spec, at.int8 = prepare(spec, at.sink.uri, lambda text: Progress.note(text, mode))
         at.spec = spec

@@ -43,7 +43,7 @@ class RunResult:
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
     nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
     executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen (auto), and why
-    int8: Optional[dict[str, Any]] = None  # model.precision int8: the quantized model (models.int8.Int8)
+    int8: Optional[dict[str, Any]] = None  # model.precision int8: the quantized model (runner.int8.Int8)
     selection: dict[str, Any] = field(default_factory=dict)  # incremental: new, changed, model_changed, unchanged, on_new_model
     registered_model: Optional[dict[str, Any]] = None  # model.uri models:/...: the version it resolved to
     ray_log: Optional[str] = None  # quiet runs: where Ray's own console lines went
