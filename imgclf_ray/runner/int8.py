@@ -213,37 +213,15 @@ def prepare(spec: JobSpec, sink_root: str, progress: Any = None) -> tuple[JobSpe
         raise SpecError(f"model.calibration: {len(x)} of {len(images)} images decode; int8 calibrates on at "
                         f"least {MIN_IMAGES}")
     x = x[np.random.default_rng(0).permutation(len(x))]  # calibrate and check on every kind of image
-    calibrate, check = x[:min(CALIBRATE, len(x) // 2)], x[min(CALIBRATE, len(x) // 2):]
-    held = len(check)
     with tempfile.TemporaryDirectory(prefix="imgclf-int8-") as tmp:
         work = Path(tmp)
         fp32 = _base_onnx(spec, base, work)
-        reference = _top1(fp32, check)
-        out, first, excluded = work / "int8.onnx", None, []
-        try:
-            _quantized(fp32, out, calibrate, excluded)
-            agreement = float((_top1(out, check) == reference).mean())
-            if agreement < spec.model.int8_min_agreement:
-                first, excluded = agreement, sensitive_nodes(fp32)
-                note(f"int8: top-1 agreement with fp32 {agreement:.3f} < {spec.model.int8_min_agreement}; "
-                     f"again with {', '.join(excluded) or 'no node'} in float")
-                _quantized(fp32, out, calibrate, excluded)
-                agreement = float((_top1(out, check) == reference).mean())
-        except (SpecError, ArtifactError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - what ONNX Runtime's quantizer cannot do with this graph
-            raise ArtifactError(f"model.precision int8: ONNX Runtime cannot quantize {base.architecture} "
-                                f"({describe(exc)}); use precision: fp32") from None
-        if agreement < spec.model.int8_min_agreement:
-            raise SpecError(f"model.precision int8: top-1 labels equal fp32's on {first:.3f} of {held} held-back "
-                            f"images, and {agreement:.3f} with {', '.join(excluded)} in float; both below "
-                            f"model.int8_min_agreement {spec.model.int8_min_agreement}: run in fp32, or lower it")
-        if not _vnni():
-            note(f"WARNING: model.precision int8: this CPU has no VNNI/AMX int8 instructions; int8 measured "
-                 f"{_rate(out, check):.0f} images/s here against {_rate(fp32, check):.0f} for fp32")
+        out = work / "int8.onnx"
+        agreement, first, excluded = _quantized_checked(spec, base, fp32, out, x, note)
         import onnxruntime
 
-        calibration = {"source": source, "images": len(images), "held_back": held, "digest": "sha256:" + digest}
+        calibration = {"source": source, "images": len(images), "held_back": len(x) - min(CALIBRATE, len(x) // 2),
+                       "digest": "sha256:" + digest}
         fields = base.model_dump(mode="json", exclude={"weights", "framework", "library", "network_config"})
         fields.update(framework="onnx", source={**base.source, "int8": {
             "base_model_id": base.model_id(), "calibration_digest": calibration["digest"], "float_nodes": excluded,
@@ -253,8 +231,41 @@ def prepare(spec: JobSpec, sink_root: str, progress: Any = None) -> tuple[JobSpe
                 round(agreement, 4), None if first is None else round(first, 4), excluded,
                 round(time.perf_counter() - started, 1))
     fs.pipe_file(join(target, RECORD), json.dumps(asdict(made), indent=1).encode())
-    note(f"int8: top-1 agreement with fp32 {agreement:.3f} on {held} held-back images; {target}")
+    note(f"int8: top-1 agreement with fp32 {agreement:.3f} on {calibration['held_back']} held-back images; {target}")
     return _with(spec, target, fs), made
+
+
+def _quantized_checked(spec: JobSpec, base: ModelCard, fp32: Path, out: Path, x: np.ndarray, note
+                       ) -> tuple[float, Optional[float], list[str]]:
+    """Quantize ``fp32`` into ``out``, calibrated on the first images of ``x`` and checked on the
+    others; again with the sensitive nodes in float when the first agreement misses. Returns
+    (agreement, the first one when a second try was made, the nodes left in float)."""
+    n = min(CALIBRATE, len(x) // 2)
+    calibrate, check = x[:n], x[n:]
+    reference = _top1(fp32, check)
+    first, excluded = None, []
+    try:
+        _quantized(fp32, out, calibrate, excluded)
+        agreement = float((_top1(out, check) == reference).mean())
+        if agreement < spec.model.int8_min_agreement:
+            first, excluded = agreement, sensitive_nodes(fp32)
+            note(f"int8: top-1 agreement with fp32 {agreement:.3f} < {spec.model.int8_min_agreement}; "
+                 f"again with {', '.join(excluded) or 'no node'} in float")
+            _quantized(fp32, out, calibrate, excluded)
+            agreement = float((_top1(out, check) == reference).mean())
+    except (SpecError, ArtifactError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - what ONNX Runtime's quantizer cannot do with this graph
+        raise ArtifactError(f"model.precision int8: ONNX Runtime cannot quantize {base.architecture} "
+                            f"({describe(exc)}); use precision: fp32") from None
+    if agreement < spec.model.int8_min_agreement:
+        raise SpecError(f"model.precision int8: top-1 labels equal fp32's on {first:.3f} of {len(check)} held-back "
+                        f"images, and {agreement:.3f} with {', '.join(excluded)} in float; both below "
+                        f"model.int8_min_agreement {spec.model.int8_min_agreement}: run in fp32, or lower it")
+    if not _vnni():
+        note(f"WARNING: model.precision int8: this CPU has no VNNI/AMX int8 instructions; int8 measured "
+             f"{_rate(out, check):.0f} images/s here against {_rate(fp32, check):.0f} for fp32")
+    return agreement, first, excluded
 
 
 def _with(spec: JobSpec, target: str, fs) -> JobSpec:
