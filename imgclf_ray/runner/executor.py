@@ -6,8 +6,9 @@ and selected by Ray tasks), a Ray initialised in the calling process (the Python
 a Ray instance that ``ray start`` left running on this machine (the one ``ray.init()`` would join:
 its address file under Ray's temporary folder, and its GCS port answering). Otherwise the local
 executor: the same stages in this process and its decode workers, without Ray's start-up. The
-choice and its reason are printed first and kept in the run's summary; ``--ray`` / ``--local``
-(``run.executor: ray | local``) force either.
+choice and its reason end the summary's first line and are kept in ``_run_summary.json``;
+``--ray`` / ``--local`` (``run.executor: ray | local``) force either (``--ray`` with no cluster
+named joins a ``ray start`` instance of this machine too, else starts one for the run).
 
 Nothing here imports Ray: choosing costs a file read and, at most, one TCP connection.
 """
@@ -47,7 +48,7 @@ def started_instance() -> tuple[Optional[str], str]:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
             return address, ""
     except (OSError, ValueError):
-        return None, f"the address {path} names ({address[:80]}) does not answer: a Ray stopped without `ray stop`"
+        return None, f"the address in {path} does not answer: a Ray stopped without `ray stop`"
 
 
 def _initialised() -> bool:
@@ -58,6 +59,10 @@ def _initialised() -> bool:
 def choose(spec: JobSpec) -> tuple[JobSpec, str]:
     """The spec with ``run.executor`` ray or local, and why (one line for the summary)."""
     run = spec.run
+    if run.executor == "ray" and not (run.ray_address or os.environ.get("RAY_ADDRESS") or _initialised()):
+        address, _ = started_instance()
+        if address:
+            return _with(spec, "ray", address), f"run.executor: ray, on the `ray start` instance of this machine ({address})"
     if run.executor != "auto":
         return spec, f"run.executor: {run.executor}"
     reason, address = None, run.ray_address
