@@ -77,6 +77,24 @@ def test_auto_is_local_without_a_ray_and_ray_when_one_is_named(no_ray_around, ti
         assert choose(_spec(tmp_path, tiny_model, executor=forced))[0].run.executor == forced
 
 
+def test_a_script_without_the_main_guard_runs_on_ray(no_ray_around, tiny_model, tmp_path):
+    """The local executor's decode workers are spawned: they import the script again, and one
+    without `if __name__ == "__main__":` would run its job again in each. Such a script gets Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(no_ray_around)}
+    data = {"name": "auto", "source": {"uri": str(tmp_path / "archive")}, "model": {"uri": tiny_model},
+            "sink": {"uri": str(tmp_path / "out")}}
+    body = ("import json\nfrom imgclf_ray.runner.executor import choose\nfrom imgclf_ray.spec import parse_spec\n"
+            "def main():\n    spec, why = choose(parse_spec(%r, '<test>'))\n    print(json.dumps([spec.run.executor, why]))\n"
+            % data)
+    for guarded in (False, True):
+        script = tmp_path / f"job_{guarded}.py"
+        script.write_text(body + ("if __name__ == '__main__':\n    main()\n" if guarded else "main()\n"))
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        executor, why = json.loads(out.stdout)
+        assert (executor, why.startswith("this script has no")) == (("local", False) if guarded else ("ray", True))
+
+
 @pytest.mark.ray
 def test_a_ray_initialised_in_this_process_is_used(ray_session, no_ray_around, tiny_model, tmp_path):
     spec, why = choose(_spec(tmp_path, tiny_model))

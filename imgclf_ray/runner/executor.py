@@ -16,6 +16,7 @@ Nothing here imports Ray: choosing costs a file read and, at most, one TCP conne
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from typing import Optional
@@ -56,6 +57,26 @@ def _initialised() -> bool:
     return bool(ray is not None and getattr(ray, "is_initialized", lambda: False)())
 
 
+_GUARD = re.compile(r"""if\s+__name__\s*==\s*['"]__main__['"]""")
+
+
+def _unguarded_script() -> bool:
+    """Whether this process runs a Python script without ``if __name__ == "__main__":`` — whose
+    top level the local executor's decode workers (started with spawn) would run again."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.endswith("__main__"):
+        return False  # python -m package: spawn never runs a package's __main__ again
+    if not path or not str(path).endswith(".py"):
+        return False  # a notebook, python -c, the imgclf command
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return not _GUARD.search(fh.read())
+    except OSError:
+        return False
+
+
 def choose(spec: JobSpec) -> tuple[JobSpec, str]:
     """The spec with ``run.executor`` ray or local, and why (one line for the summary)."""
     run = spec.run
@@ -78,6 +99,9 @@ def choose(spec: JobSpec) -> tuple[JobSpec, str]:
         address, stale = started_instance()
         if address:
             reason = f"a Ray instance started with `ray start` runs on this machine ({address})"
+        elif _unguarded_script():
+            reason = ("this script has no `if __name__ == \"__main__\":`, which the local executor's worker "
+                      "processes need (they would run it again)")
         else:
             return _with(spec, "local", None), "no Ray cluster named or running" + (f"; {stale}" if stale else "")
     return _with(spec, "ray", address), reason

@@ -3,7 +3,8 @@ fine-tuned from an artifact; on Ray Train workers, or (``cnn.workers: 0``, small
 process, by the same loop.
 
 The images arrive conditioned exactly as at inference (the LoadStage of the pipeline); training adds
-augmentation (flips, rotation, random resized crop, brightness / contrast, blur) on each worker, AdamW
+augmentation (flips, rotation, random resized crop, brightness / contrast, blur: ``training.augment``,
+a whole batch at once on the worker's device), AdamW
 with cosine decay (fp16 mixed precision on a GPU), validation loss for early stopping, and a checkpoint (a plain state_dict, saved
 and read back with ``weights_only=True``) per improvement. The best one becomes a safetensors
 artifact.
@@ -22,26 +23,6 @@ from imgclf_ray.spec import CnnSpec
 
 CHECKPOINT_FILE = "state_dict.pt"
 HISTORY_FILE = "history.json"  # the epochs up to this checkpoint
-
-
-def _augmenter(cfg: dict[str, Any], side: int):
-    from torchvision.transforms import v2
-
-    ops = []
-    if cfg.get("crop_scale"):
-        ops.append(v2.RandomResizedCrop(side, scale=tuple(cfg["crop_scale"]), antialias=True))
-    if cfg.get("hflip"):
-        ops.append(v2.RandomHorizontalFlip())
-    if cfg.get("vflip"):
-        ops.append(v2.RandomVerticalFlip())
-    if cfg.get("rotation"):
-        ops.append(v2.RandomRotation(cfg["rotation"]))
-    if cfg.get("brightness") or cfg.get("contrast"):
-        ops.append(v2.ColorJitter(brightness=cfg.get("brightness", 0), contrast=cfg.get("contrast", 0)))
-    if cfg.get("blur"):
-        kernel = 2 * int(np.ceil(2 * cfg["blur"])) + 1
-        ops.append(v2.GaussianBlur(kernel, sigma=(0.1, cfg["blur"])))
-    return v2.Compose(ops) if ops else None
 
 
 def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int, wrap, report) -> None:
@@ -65,7 +46,11 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
     if config["mean"] is not None:
         mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1)
         std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1)
-    augment = _augmenter(config["augment"], x_tr.shape[-1])
+    from imgclf_ray.training.augment import BatchAugment
+
+    cfg = config["augment"]
+    augment = BatchAugment(cfg, x_tr.shape[-1], config["seed"] + rank) if any(
+        cfg.get(k) for k in ("hflip", "vflip", "rotation", "crop_scale", "brightness", "contrast", "blur")) else None
     batch = config["batch_size"]
     # Every worker takes the same number of rows, so the same number of steps: DDP's all-reduces
     # pair up step by step, and one step more on one worker would wait forever. The rows left over
@@ -80,10 +65,10 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def prepare(x: np.ndarray, train: bool) -> "torch.Tensor":
-        t = torch.from_numpy(x)
-        if train and augment is not None:
-            t = torch.stack([augment(img) for img in t])
-        return normalise(t.to(device), mean, std)
+        t = torch.from_numpy(x).to(device)
+        if train and augment is not None:  # the whole batch at once, on the device (training.augment)
+            t = augment(t)
+        return normalise(t, mean, std)
 
     def target(y: np.ndarray) -> "torch.Tensor":
         t = torch.from_numpy(y).to(device)
