@@ -82,8 +82,8 @@ def choose(spec: JobSpec) -> tuple[JobSpec, str]:
     run = spec.run
     if run.executor == "ray" and not (run.ray_address or os.environ.get("RAY_ADDRESS") or _initialised()):
         address, _ = started_instance()
-        if address:
-            return _with(spec, "ray", address), f"run.executor: ray, on the `ray start` instance of this machine ({address})"
+        if address:  # joined as ray.init() joins it ("auto": its token authentication found as Ray finds it)
+            return _with(spec, "ray", "auto"), f"run.executor: ray, on the `ray start` instance of this machine ({address})"
     if run.executor != "auto":
         return spec, f"run.executor: {run.executor}"
     reason, address = None, run.ray_address
@@ -96,9 +96,10 @@ def choose(spec: JobSpec) -> tuple[JobSpec, str]:
     elif spec.source.inventory:
         reason = "source.inventory is listed and selected by Ray tasks"
     else:
-        address, stale = started_instance()
-        if address:
-            reason = f"a Ray instance started with `ray start` runs on this machine ({address})"
+        found, stale = started_instance()
+        if found:
+            address = "auto"  # joined as ray.init() joins it (its token authentication included)
+            reason = f"a Ray instance started with `ray start` runs on this machine ({found})"
         elif _unguarded_script():
             reason = ("this script has no `if __name__ == \"__main__\":`, which the local executor's worker "
                       "processes need (they would run it again)")

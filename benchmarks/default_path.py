@@ -1,0 +1,101 @@
+"""The default path as a user runs it (``imgclf run`` with no flag: run.executor auto), against the
+plain loop and against a Ray instance started with ``ray start`` on the same machine.
+
+    .venv/bin/python benchmarks/default_path.py --classical 3000 --cnn 4000 --rounds 3
+
+Rows, each a whole process, rounds alternating, medians: the HOG + logistic-regression job
+(``benchmarks/run.py``'s classical model, ``decode.jpeg_draft``) with no flag against
+``benchmarks/plain_classical.py`` (Pillow, HOG, predict_proba in one process); the ResNet-18 job
+with no flag on a machine without Ray (the local executor) against the same command after ``ray
+start --head`` (auto joins it), with the joined run's first labelled batch (its summary's
+``first_batch_seconds``: from the command's start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.run import (PYTHON, REPO, Row, _loop_seconds, make_classical_model, make_cnn_model,  # noqa: E402
+                            make_corpus, measure, run_imgclf, write_job)
+
+RAY = str(Path(PYTHON).with_name("ray"))
+
+
+def _median(rows: list[Row]) -> dict:
+    return {"seconds": [round(r.seconds, 1) for r in rows], "median_s": round(statistics.median(r.seconds for r in rows), 1),
+            "peak_mb": round(statistics.median(r.peak_mb for r in rows)),
+            "first_batch_s": [r.first_batch_s for r in rows]}
+
+
+def classical(work: Path, n: int, rounds: int) -> dict:
+    corpus = work / f"corpus-{n}"
+    if not corpus.exists():
+        make_corpus(corpus, n)
+    if not (work / "classical").exists():
+        make_classical_model(work, corpus, work / "classical")
+    job = write_job(work, "classical-auto", str(corpus), work / "classical", work / "out-classical",
+                    decode={"jpeg_draft": True}, run={"executor": "auto"})
+    rows: dict[str, list] = {"imgclf run (no flag)": [], "plain classical loop": []}
+    for _ in range(rounds):
+        rows["imgclf run (no flag)"].append(run_imgclf("imgclf", job, n, work))
+        wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_classical.py"), str(corpus),
+                              str(work / "classical"), str(work / "plain.parquet")], log=work / "plain.log")
+        rows["plain classical loop"].append(Row("plain", n, wall, peak, None, _loop_seconds(work / "plain.parquet")))
+    return {k: _median(v) for k, v in rows.items()}
+
+
+def ray_started(work: Path, n: int, rounds: int) -> dict:
+    """The CNN job with no flag: alone (local), and joining a `ray start --head` of this machine."""
+    corpus = work / f"corpus-{n}"
+    if not corpus.exists():
+        make_corpus(corpus, n)
+    if not (work / "cnn").exists():
+        make_cnn_model(work / "cnn")
+    job = write_job(work, "cnn-auto", str(corpus), work / "cnn", work / "out-cnn", run={"executor": "auto"})
+    raytmp = Path(tempfile.mkdtemp(prefix="imgclf-rt-", dir="/tmp"))
+    joined_env = {"RAY_TMPDIR": str(raytmp)}
+    alone_env = {"RAY_TMPDIR": str(work / "no-ray")}
+    rows: dict[str, list] = {"no Ray running (local)": [], "ray start running (joined)": []}
+    env = {**os.environ, **joined_env}
+    subprocess.run([RAY, "start", "--head", "--disable-usage-stats", "--include-dashboard=false"], env=env,
+                   check=True, capture_output=True)
+    try:
+        for _ in range(rounds):
+            rows["no Ray running (local)"].append(run_imgclf("local", job, n, work, alone_env))
+            rows["ray start running (joined)"].append(run_imgclf("joined", job, n, work, joined_env))
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+    summary = json.loads((work / "out-cnn" / "bench" / "_run_summary.json").read_text())
+    assert summary["executor"]["name"] == "ray", summary["executor"]
+    return {k: _median(v) for k, v in rows.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--classical", type=int, default=3000)
+    ap.add_argument("--cnn", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default="benchmarks/work-default")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out = {"classical": classical(work, args.classical, args.rounds) if args.classical else None,
+           "ray_started": ray_started(work, args.cnn, args.rounds) if args.cnn else None}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
