@@ -22,8 +22,7 @@ def test_benchmark_smoke_runs_every_path(tmp_path):
     result = json.loads(out.read_text())
     methods = [r["method"] for r in result["rows"]]
     assert methods == ["imgclf (CNN)", "imgclf --local (CNN)", "plain PyTorch loop",
-                       "Ray Data docs pattern", "imgclf --local (classical)",
-                       "plain classical loop"]
+                       "imgclf --local (classical)", "plain classical loop"]
     assert all(r["images"] == 4 and r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
     assert "| ratio | measured | target | met |" in proc.stdout
     assert result["first_batch_seconds"] and result["first_batch_seconds_local"] and result["decode_resize_per_core"] > 0

@@ -205,24 +205,6 @@ def test_conditioning_ops_are_recorded_and_applied_at_inference(ray_session, fac
     assert metrics["roc_auc"] >= 0.9 and _evaluation(tmp_path)["roc_auc"] >= 0.9
 
 
-def test_augmentation_is_random_and_keeps_the_shape():
-    import numpy as np
-    import torch
-
-    from imgclf_ray.spec import AugmentSpec
-    from imgclf_ray.training.cnn import _augmenter
-
-    cfg = AugmentSpec(hflip=True, vflip=True, rotation=20, crop_scale=(0.6, 1.0), brightness=0.3,
-                      contrast=0.3, blur=1.5).model_dump()
-    aug = _augmenter(cfg, 32)
-    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
-    torch.manual_seed(0)
-    outs = [aug(img) for _ in range(4)]
-    assert all(o.shape == img.shape and o.dtype == torch.uint8 for o in outs)
-    assert not torch.equal(outs[0], outs[1])
-    assert _augmenter(AugmentSpec().model_dump(), 32) is None  # nothing asked, nothing done
-
-
 def test_every_example_model_is_a_training_spec_in_jobs_train(tmp_path):
     """example.model names a spec in jobs/train/ that the one trainer runs; its data and output
     follow the job, and a label table inside the spec's data folder moves with the data."""
