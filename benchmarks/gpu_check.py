@@ -19,7 +19,8 @@ section does not stop the others):
 6. ``numerics``: ResNet-50 probabilities on the GPU in IEEE fp32, in TF32 and fp16, against the CPU's.
 7. ``training``: one epoch of a ResNet-18 on 512 digits on the GPU (fp32), seconds and loss.
 8. ``ray_run``: a local Ray run over ``--jpegs`` JPEGs: ``jpeg_on`` tasks against predictor, and
-   ``gpus_per_actor`` 1 against 0.5, images/s with GPU utilisation sampled every 0.2 s.
+   ``gpus_per_actor`` 1 against 0.5, two batches per actor at once (the default on a GPU) against
+   one, images/s with GPU utilisation sampled every 0.2 s.
 
 Without CUDA (``--cpu-smoke``) sections 1, 5 and 7 run on the CPU with tiny sizes so that the
 script is known to run; the others say they need CUDA.
@@ -254,11 +255,12 @@ def ray_run(args) -> dict[str, Any]:
         for i, blob in enumerate(corpus(args.jpegs)):
             (archive / f"img-{i:05d}.jpg").write_bytes(blob)
         model = _artifact(str(Path(work, "model")), "resnet50")
-        for name, decode, gpus in (("tasks, 1 GPU per actor", "tasks", 1.0), ("predictor, 1 GPU per actor", "predictor", 1.0),
-                                   ("tasks, 0.5 GPU per actor", "tasks", 0.5)):
+        for name, decode, gpus, calls in (
+                ("tasks, 1 GPU per actor", "tasks", 1.0, 2), ("tasks, 1 GPU per actor, one batch at a time", "tasks", 1.0, 1),
+                ("predictor, 1 GPU per actor", "predictor", 1.0, 2), ("tasks, 0.5 GPU per actor", "tasks", 0.5, 2)):
             spec = parse_spec({"name": "gpucheck", "source": {"uri": str(archive)}, "decode": {"jpeg_on": decode},
                                "model": {"uri": model, "device": "cuda", "precision": "fp16"},
-                               "resources": {"gpus_per_actor": gpus},
+                               "resources": {"gpus_per_actor": gpus, "calls_per_actor": calls},
                                "sink": {"uri": str(Path(work, "out", name.replace(" ", "-").replace(",", "")))}},
                               "<gpu_check>")
             with _Utilisation() as util:

@@ -36,6 +36,13 @@ class Plan:
     cluster_gpus: float
     initial_actors: int = 0  # the pool's start (0: all of them); fewer when resources.gpus waits for GPU nodes
     present_gpus: float = -1.0  # the GPUs the cluster had when planned (-1: as cluster_gpus)
+    calls_per_actor: int = 1  # batches a predictor works on at once (threads): 2 on GPUs, host work beside the forward
+
+    def devices(self) -> list[str]:
+        """The local executor's predictors, one per device: each GPU (cuda:i), or this CPU."""
+        if not self.gpus_per_actor:
+            return ["cpu"]
+        return [f"cuda:{i}" for i in range(max(1, int(self.cluster_gpus)))]
 
     @property
     def awaits_gpus(self) -> bool:
@@ -80,7 +87,8 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
                     batch_size=overrides.batch_size or 256,
                     # Cheap rows: bigger blocks amortise the per-task cost of Ray (~10 ms a task).
                     decode_batch_size=overrides.decode_batch_size or 256, decode_cpus=decode,
-                    decode_memory=DECODE_TASK_MEMORY, torch_threads=1, cluster_cpus=cpus, cluster_gpus=gpus)
+                    decode_memory=DECODE_TASK_MEMORY, torch_threads=1, cluster_cpus=cpus, cluster_gpus=gpus,
+                    calls_per_actor=overrides.calls_per_actor or 1)
     if use_gpu:
         gpus_per_actor = overrides.gpus_per_actor or 1.0
         cpus_per_actor = overrides.cpus_per_actor or 1.0
@@ -116,4 +124,5 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         cluster_gpus=gpus,
         initial_actors=initial,
         present_gpus=present,
+        calls_per_actor=overrides.calls_per_actor or (2 if use_gpu else 1),
     )

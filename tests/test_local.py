@@ -33,9 +33,11 @@ def _rows(sink_uri: str, run_id: str) -> dict[str, dict]:
 @pytest.mark.slow
 def test_a_local_run_writes_the_rows_a_ray_run_writes(ray_session, mixed_archive, tiny_model, tmp_path):
     """Bad files, curation (row and archive-wide checks) and a clusterer fitted on a sample: the
-    same rows either way, scores equal to float rounding."""
+    same rows either way, scores equal to float rounding. Both predictors take two batches at once
+    (resources.calls_per_actor, a GPU's default: Ray's threaded actor, the local executor's threads)."""
     extra = {"curate": {"checks": ["duplicate", "near_duplicate", "dark", "blurry"]},
-             "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}, "sample": 64}}
+             "cluster": {"algorithm": "kmeans", "params": {"n_clusters": 2}, "sample": 64},
+             "resources": {"calls_per_actor": 2, "batch_size": 3}}
     runs, curation = {}, {}
     for executor in ("ray", "local"):
         spec = make_spec(str(mixed_archive), str(tmp_path / executor), tiny_model, run={"executor": executor},
@@ -54,6 +56,9 @@ def test_a_local_run_writes_the_rows_a_ray_run_writes(ray_session, mixed_archive
     # One writer: the run's files are whole Parquet files, in the manifest's order.
     files = sink.committed_files(str(tmp_path / "local"), "r")
     assert len(files) == 1 and pq.read_metadata(files[0].removeprefix("file://")).num_rows == len(local_rows)
+    listed = list_archive(spec.source).column("uri").to_pylist()
+    written = pq.read_table(files[0].removeprefix("file://"), columns=["uri"]).column("uri").to_pylist()
+    assert written == listed and len(listed) > 2 * 4  # more decoded batches than two at once, in order
 
 
 @pytest.mark.slow

@@ -33,6 +33,18 @@ def test_gpus_get_one_actor_each():
     assert plan_resources({"CPU": 16.0, "GPU": 4.0}, ResourcesSpec(gpus_per_actor=0)).device == "cpu"
 
 
+def test_a_gpu_predictor_takes_two_batches_at_once_and_the_local_executor_one_per_gpu():
+    """Host work of one batch beside the other's forward pass on a GPU; a CPU's forward pass
+    already has every core. The local executor runs a predictor on each GPU."""
+    gpu = plan_resources({"CPU": 16.0, "GPU": 4.0})
+    assert gpu.calls_per_actor == 2 and gpu.devices() == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    cpu = plan_resources({"CPU": 16.0, "GPU": 4.0}, device="cpu")
+    assert cpu.calls_per_actor == 1 and cpu.devices() == ["cpu"]
+    assert plan_resources({"CPU": 8.0}, light=True).calls_per_actor == 1
+    assert plan_resources({"CPU": 8.0}, ResourcesSpec(calls_per_actor=3)).calls_per_actor == 3
+    assert plan_resources({"CPU": 8.0, "GPU": 1.0}, ResourcesSpec(calls_per_actor=1)).calls_per_actor == 1
+
+
 def test_overrides_and_impossible_requests():
     plan = plan_resources({"CPU": 8.0}, ResourcesSpec(actors=3, batch_size=7, cpus_per_actor=2))
     assert (plan.actors, plan.batch_size, plan.cpus_per_actor) == (3, 7, 2)

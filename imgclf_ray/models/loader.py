@@ -12,15 +12,16 @@ from imgclf_ray.spec import StorageSpec
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
                     threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False,
-                    runtime: str = "torch", info: Optional[ArtifactInfo] = None):
+                    runtime: str = "torch", info: Optional[ArtifactInfo] = None, calls: int = 1):
     """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
     that run code (CODE_FORMATS) load only when ``trusted``; ``runtime: onnxruntime`` runs torch
-    models through a cached ONNX export of themselves."""
+    models through a cached ONNX export of themselves; ``calls``: the batches it will work on at once
+    (a GPU network sizes its passes to its share of the device's memory)."""
     info = info or describe_artifact(model_uri, storage)
     refuse_code(model_uri, storage, trusted, info)
     kind = "hierarchical" if info.task == "hierarchical" else info.cards[()].framework
     return CLASSIFIERS.get(kind)(model_uri, storage, device=device, threads=threads, precision=precision,
-                                 trusted=trusted, runtime=runtime)
+                                 trusted=trusted, runtime=runtime, calls=calls)
 
 
 def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,
@@ -49,7 +50,7 @@ def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted
         require(card.framework if card.framework == "onnx" else card.library)
         if runtime == "onnxruntime":
             require("onnx")
-        if card.framework == "torch" and card.weights.format == "safetensors" and runtime == "torch":
+        if card.framework == "torch" and card.weights.format == "safetensors" and runtime in ("torch", "auto"):
             blob = read_weights(model_uri, card, storage)
             try:
                 (size,) = struct.unpack("<Q", blob[:8])

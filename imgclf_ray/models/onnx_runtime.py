@@ -41,18 +41,20 @@ def session(model, threads: Optional[int] = None, device: str = "cpu"):
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if device == "cuda":  # checked here, in the actor on its node: the driver's ONNX Runtime says nothing of it
+    gpu = device.startswith("cuda")  # cuda, or cuda:N (the local executor's predictor per GPU)
+    if gpu:  # checked here, in the actor on its node: the driver's ONNX Runtime says nothing of it
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise UserError(f"model.device cuda: ONNX Runtime {ort.__version__} on this node has no CUDA provider "
                             "(the onnxruntime package runs on CPUs only): install onnxruntime-gpu in its place, or "
                             "set model.device: cpu")
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))  # fp32 is IEEE fp32 (its default: TF32)
+        options = {"use_tf32": "0", "device_id": device.partition(":")[2] or "0"}  # fp32 is IEEE fp32 (default: TF32)
+        providers.insert(0, ("CUDAExecutionProvider", options))
     try:
         made = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ArtifactError(f"ONNX Runtime cannot load the model ({type(exc).__name__}: "
                             f"{scrub(exc)})") from None
-    if device == "cuda" and made.get_providers()[0] != "CUDAExecutionProvider":  # it fell back to the CPU
+    if gpu and made.get_providers()[0] != "CUDAExecutionProvider":  # it fell back to the CPU
         raise UserError(f"model.device cuda: ONNX Runtime could not start its CUDA provider on this node (it runs "
                         f"{made.get_providers()[0]}: the CUDA or cuDNN libraries onnxruntime-gpu needs are missing "
                         "or of another version); fix the node's CUDA libraries, or set model.device: cpu")

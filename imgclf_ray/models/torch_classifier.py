@@ -95,7 +95,7 @@ class TorchClassifier:
 
     def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec(),
                  device: str = "auto", threads: Optional[int] = None, precision: str = "fp32",
-                 trusted: bool = False, runtime: str = "torch"):
+                 trusted: bool = False, runtime: str = "torch", calls: int = 1):
         import torch
 
         if threads:
@@ -150,7 +150,7 @@ class TorchClassifier:
         self.max_batch = None
         if self.device.type == "cuda" and self.session is None:
             fp32_math(precision)
-            self.max_batch = self._measured_max_batch()
+            self.max_batch = self._measured_max_batch(0.7 / calls)  # calls at once: each its share
             torch.backends.cudnn.benchmark = True
 
     def _measured_max_batch(self, fraction: float = 0.7) -> int:
@@ -242,6 +242,6 @@ class TorchClassifier:
 
 @CLASSIFIERS.register("torch")
 def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int], precision: str,
-          trusted: bool, runtime: str, **_) -> TorchClassifier:
+          trusted: bool, runtime: str, calls: int = 1, **_) -> TorchClassifier:
     return TorchClassifier(uri, storage, device=device, threads=threads, precision=precision, trusted=trusted,
-                           runtime=runtime)
+                           runtime=runtime, calls=calls)

@@ -70,17 +70,19 @@ def load_stage(run: "RunPlan", reporter=None, clusterer=None):
                                 source=spec.source), reporter, clusterer)
 
 
-def predict_config(run: "RunPlan", run_id: str, threads: Optional[int] = None):
-    """The run's PredictStage configuration (plain values: a Ray actor is built from them on its node)."""
+def predict_config(run: "RunPlan", run_id: str, threads: Optional[int] = None, device: Optional[str] = None):
+    """The run's PredictStage configuration (plain values: a Ray actor is built from them on its node);
+    ``device``: the local executor's predictor's (cuda:1 ...), else the plan's."""
     from imgclf_ray.stages import PredictConfig
 
     spec, plan, model = run.spec, run.resources, run.spec.model
+    device = device or plan.device
     if model is None:
-        return PredictConfig(None, spec.storage, run_id=run_id, device=plan.device,
+        return PredictConfig(None, spec.storage, run_id=run_id, device=device,
                              threads=threads or plan.torch_threads)
-    return PredictConfig(model.uri, spec.storage, model.topk, run_id, plan.device, threads or plan.torch_threads,
+    return PredictConfig(model.uri, spec.storage, model.topk, run_id, device, threads or plan.torch_threads,
                          model.threshold, model.thresholds, model.precision, model.trusted, model.runtime,
-                         spec.decode if spec.decode.jpeg_on == "predictor" else None)
+                         spec.decode if spec.decode.jpeg_on == "predictor" else None, plan.calls_per_actor)
 
 
 def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clusterer=None, rules=None):
@@ -99,7 +101,11 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
         # every actor, even when the smaller cluster then has no CPU left for the decode tasks;
         # this one can give idle actors back (tests/test_node_loss.py).
-        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.initial_actors or plan.actors),
+        # On a GPU two batches at once (threads: torch releases the GIL in the forward pass), so
+        # that one's host work overlaps the other's forward pass.
+        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.initial_actors or plan.actors,
+                                  max_concurrent_calls_per_actor=plan.calls_per_actor,
+                                  enable_true_multi_threading=plan.calls_per_actor > 1),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )

@@ -353,11 +353,37 @@ class LocalEngine:
                           output.scan_columns) as writer, \
                 DecodePool(load_stage(run, None, clusterer), decode_workers(plan, self.light), metrics) as pool:
             batches = pool.map(manifest, files_per_call(spec, plan))  # the workers start now...
-            # ...while the model loads here.
-            predict = PredictStage(predict_config(run, output.run_id, threads=max(1, int(plan.cluster_cpus))),
-                                   metrics, rules)
-            for batch in batches:
-                writer.write(_predict(predict, batch, plan.batch_size))
+            # ...while the model loads here: one predictor per GPU (else one on this CPU, with
+            # every core's threads), each taking plan.calls_per_actor batches at once.
+            threads = max(1, int(plan.cluster_cpus)) if plan.device == "cpu" else None
+            predictors = [PredictStage(predict_config(run, output.run_id, threads, device), metrics, rules)
+                          for device in plan.devices()]
+            for table in _predicted(predictors, plan.calls_per_actor, batches, plan.batch_size):
+                writer.write(table)
+
+
+def _predicted(predictors: list, calls: int, batches: Iterator[dict[str, np.ndarray]], size: int
+               ) -> Iterator[pa.Table]:
+    """Each batch's output rows, in order. One predictor taking one batch at a time: in this
+    thread. Otherwise threads, the batches dealt to the predictors in turn, ``calls`` at once
+    on each: one batch's host work overlaps another's forward pass (torch releases the GIL)."""
+    if len(predictors) == 1 and calls == 1:
+        for batch in batches:
+            yield _predict(predictors[0], batch, size)
+        return
+    window = len(predictors) * calls
+    with cf.ThreadPoolExecutor(window, thread_name_prefix="imgclf-predict") as pool:
+        pending: deque = deque()
+        try:
+            for k, batch in enumerate(batches):
+                pending.append(pool.submit(_predict, predictors[k % len(predictors)], batch, size))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # a failure or an interruption: the batches not started are not wanted
+                future.cancel()
 
 
 def _predict(predict, batch: dict[str, np.ndarray], size: int) -> pa.Table:

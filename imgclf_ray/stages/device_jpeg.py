@@ -4,6 +4,7 @@ an error row of the decode stage, as it would have in the decode tasks."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Optional
 
@@ -19,6 +20,9 @@ class DeviceJpegs:
 
     def __init__(self, cond: Conditioning, device: Any, decode: DecodeSpec, reporter: Optional[Reporter] = None):
         self.cond, self.device, self.decode, self.reporter = cond, device, decode, reporter
+        # One decode at a time: the predictor may take two batches at once (resources.calls_per_actor),
+        # and its 64 MP chunk budget is per decode.
+        self._lock = threading.Lock()
 
     def __call__(self, inputs: np.ndarray, encoded: np.ndarray, rows: Rows,
                  pixels: Optional[np.ndarray] = None) -> tuple[Any, list[int]]:
@@ -35,8 +39,9 @@ class DeviceJpegs:
             return x, []
         started = time.perf_counter()
         x = x.to(self.device)
-        images, errors = decode_batch([bytes(encoded[i]) for i in idx], self.cond, self.decode, self.device,
-                                      None if pixels is None else [int(pixels[i]) for i in idx])
+        with self._lock:
+            images, errors = decode_batch([bytes(encoded[i]) for i in idx], self.cond, self.decode, self.device,
+                                          None if pixels is None else [int(pixels[i]) for i in idx])
         failed = []
         for i, img, why in zip(idx, images, errors):
             if why is None:

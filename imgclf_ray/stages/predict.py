@@ -40,6 +40,7 @@ class PredictConfig:
     trusted: bool = False
     runtime: str = "torch"
     decode: Optional[DecodeSpec] = None  # decode.jpeg_on: predictor: the JPEGs this stage decodes
+    calls: int = 1  # batches this stage works on at once (threads): each forward pass gets 1/calls of the memory
 
 
 def _release_device_memory() -> None:
@@ -131,7 +132,7 @@ class PredictStage:
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(config.model_uri, config.storage, device=config.device,
                                            threads=config.threads, precision=config.precision,
-                                           trusted=config.trusted, runtime=config.runtime)
+                                           trusted=config.trusted, runtime=config.runtime, calls=config.calls)
                            if config.model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
