@@ -14,7 +14,7 @@ from imgclf_ray import faults
 from imgclf_ray.curation.measure import FLOAT_MEASURES
 from imgclf_ray.curation.measure import measure as measure_image
 from imgclf_ray.errors import AccessDenied
-from imgclf_ray.features.extractors import extract
+from imgclf_ray.features.extractors import BATCHED, extract, extract_many
 from imgclf_ray.imaging.conditioning import Conditioning, condition
 from imgclf_ray.imaging.decode import SNIFF_BYTES, decode_image, frame_count, looks_like_image
 from imgclf_ray.imaging.device_decode import for_device
@@ -74,6 +74,15 @@ class Encoded:
 
     def __init__(self, data: bytes):
         self.data = data
+
+
+class Later:
+    """A row's conditioned pixels whose extractor has a batch form: extracted with the batch's others."""
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
 
 
 class NotAnImage(Exception):
@@ -215,13 +224,35 @@ class LoadStage:
             img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
                                                self._target_side(), self._opened, stored)
         measures = self._timed("curate", measure_image, img, stored.get("image")) if self.measure else None
-        embedded = self._timed("embed", self._embed_one, img) if self.embed else None
+        embedded = None
+        if self.embed:
+            cond, spec = self.embed
+            embedded = (Later(self._timed("embed", condition, img, cond)) if spec.name in BATCHED
+                        else self._timed("embed", self._embed_one, img))
         if self.cond is None:
             return None, width, height, measures, embedded
         pixels = self._timed("preprocess", condition, img, self.cond)
         if self.features is not None:
-            pixels = self._timed("features", extract, self.features.name, pixels, self.features.params)
+            pixels = (Later(pixels) if self.features.name in BATCHED
+                      else self._timed("features", extract, self.features.name, pixels, self.features.params))
         return pixels, width, height, measures, embedded
+
+    def _extract_later(self, stage: str, spec, later: list, out: np.ndarray, status, error) -> None:
+        """The features of the rows whose extractor has a batch form, in one call; when that fails,
+        image by image, so that only the images that fail are error rows."""
+        if not later:
+            return
+        rows = [i for i, _ in later]
+        try:
+            out[rows] = self._timed(stage, extract_many, spec.name, np.stack([p for _, p in later]), spec.params)
+            return
+        except StageError:
+            pass
+        for i, pixels in later:
+            try:
+                out[i] = self._timed(stage, extract, spec.name, pixels, spec.params)
+            except StageError as exc:
+                status[i], error[i] = STATUS_ERROR, str(exc)
 
     def _frames(self, data: bytes) -> list[Part]:
         """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes (the
@@ -297,6 +328,8 @@ class LoadStage:
         decoded = np.zeros(n, dtype=bool)
         if self.decode.jpeg_on == "predictor":
             extra["encoded"] = np.full(n, None, dtype=object)
+        later_inputs: list = []  # (row, conditioned pixels) for an extractor with a batch form
+        later_embedded: list = []
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
                 status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, printable(part.error)
@@ -314,15 +347,24 @@ class LoadStage:
                 dicom[i] = self._dicom
             if isinstance(row, Encoded):
                 extra["encoded"][i] = row.data
+            elif isinstance(row, Later):
+                later_inputs.append((i, row.pixels))
+                decoded[i] = True
             elif row is not None:
                 inputs[i] = row
                 decoded[i] = True
             if measures is not None:
                 for key, value in measures.items():
                     extra[key][i] = value
-            if vector is not None:
+            if isinstance(vector, Later):
+                later_embedded.append((i, vector.pixels))
+            elif vector is not None:
                 embedded[i] = vector
         self._opened.clear()
+        if later_embedded:
+            self._extract_later("embed", self.embed[1], later_embedded, embedded, status, error)
+        if later_inputs:
+            self._extract_later("features", self.features, later_inputs, inputs, status, error)
         if embedded is not None:
             extra.update(self._cluster(embedded, status == STATUS_OK))
         if self.reporter is not None:

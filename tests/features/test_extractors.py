@@ -90,3 +90,58 @@ def test_textures_are_told_apart_by_glcm_and_edges():
     assert contrast(flat) == 0 and contrast(noise) > 10
     assert extractors.extract("edges", flat)[-1] == 0  # no Canny edges in a flat image
     assert extractors.extract("edges", noise)[-1] > 0.05
+
+
+def _stage_over(tmp_path, arrays, features):
+    """A LoadStage (features, conditioned to 64 px) over PNG files of ``arrays`` (H, W, 3), and its batch."""
+    from PIL import Image
+
+    from imgclf_ray.models.artifact import FeaturesCard
+    from imgclf_ray.spec import StorageSpec
+    from imgclf_ray.stages import LoadConfig, LoadStage
+
+    uris = []
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+        uris.append(str(tmp_path / f"{i}.png"))
+    from imgclf_ray.spec import DecodeSpec
+
+    stage = LoadStage(LoadConfig(StorageSpec(), DecodeSpec(), Conditioning(resize=64, crop=64),
+                                 features=FeaturesCard(**features)))
+    n = len(uris)
+    return stage({"uri": np.asarray(uris, dtype=object), "size": np.full(n, None, dtype=object),
+                  "etag": np.full(n, None, dtype=object)})
+
+
+def test_a_decode_task_embeds_its_whole_batch_in_one_forward_pass(tmp_path, tiny_model, monkeypatch):
+    """cnn_embedding in a decode task: one forward pass over the batch, the numbers of the image form."""
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+
+    calls = []
+    real = TorchClassifier.embed
+    monkeypatch.setattr(TorchClassifier, "embed", lambda self, x: calls.append(len(x)) or real(self, x))
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    out = _stage_over(tmp_path, arrays, {"name": "cnn_embedding", "params": {"backbone": tiny_model}})
+    assert calls[-1] == 5 and calls[:-1] == [1]  # (the extractor's length, measured on one blank image)
+    assert (out["status"] == "ok").all()
+    for a, got in zip(arrays, out["inputs"]):
+        one = extractors.extract("cnn_embedding", a.transpose(2, 0, 1), {"backbone": tiny_model})
+        np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-5)
+
+
+def test_when_a_batch_extraction_fails_only_the_images_that_fail_are_error_rows(tmp_path, monkeypatch):
+    """An extractor with a batch form that fails on one image: the batch again image by image."""
+    import imgclf_ray.stages.load as load
+
+    def fussy(image, **_):
+        if (image == 7).all():
+            raise ValueError("an image of sevens")
+        return extractors.extract("pixels", image)
+
+    monkeypatch.setitem(extractors.BATCHED, "pixels", lambda images, **_: np.stack([fussy(i) for i in images]))
+    monkeypatch.setattr(load, "extract", lambda name, image, params=None: fussy(image))
+    arrays = [np.full((64, 64, 3), v, np.uint8) for v in (40, 7, 200)]
+    out = _stage_over(tmp_path, arrays, {"name": "pixels"})
+    assert list(out["status"]) == ["ok", "error", "ok"] and out["error"][1] == "features: ValueError: an image of sevens"
+    np.testing.assert_array_equal(out["inputs"][2], extractors.extract("pixels", arrays[2].transpose(2, 0, 1)))
