@@ -74,7 +74,7 @@ def test_an_int8_run_labels_with_the_quantized_model_made_once(digits_archive, t
 def test_int8_refusals_name_the_figures(digits_archive, tiny_model, svm_hog_model, tmp_path):
     archive = tmp_path / "archive"
     digits_subset(digits_archive, archive, 10)  # 180 images: 64 calibrate, 116 held back
-    with pytest.raises(SpecError, match=r"top-1 labels equal fp32's on 0\.\d+ of 116 held-back images, and "
+    with pytest.raises(SpecError, match=r"labels equal fp32's on 0\.\d+ of 116 held-back images, and "
                                         r"0\.\d+ with .* in float; both below model.int8_min_agreement 0.99"):
         run_job(load_spec(_job(tmp_path, archive, tiny_model, "local")), "r1", quiet=True)
     assert not (tmp_path / "out" / "r1").exists()

@@ -12,7 +12,7 @@ and incremental state name the int8 model.
 Calibration images: ``model.calibration`` (a folder or prefix), or a seeded sample of the archive
 drawn on first use and recorded (``calibration-<base>.json`` beside), so that later nights
 calibrate on the same images however the archive grows. 64 of them (at most half) calibrate; the
-others (up to 256) are held back: before anything is labelled the int8 model's top-1 labels are compared with fp32's on them;
+others (up to 256) are held back: before anything is labelled the int8 model's labels (top-1; multilabel: the labels over their thresholds) are compared with fp32's on them;
 below ``model.int8_min_agreement`` the first convolution and the classifier head are left in float
 and the model quantized again; below it again the run is refused with both figures.
 """
@@ -53,7 +53,7 @@ class Int8:
     base_model_id: str
     uri: str
     calibration: dict[str, Any]  # source, images, held_back, digest
-    agreement: float  # top-1 labels equal to fp32's, share of the held-back images
+    agreement: float  # labels equal to fp32's, share of the held-back images
     first_agreement: Optional[float]  # when a first quantization missed and layers were left in float
     float_nodes: list[str]
     seconds: float
@@ -171,17 +171,32 @@ def sensitive_nodes(path: Path) -> list[str]:
     return [n for n in (first, head) if n]
 
 
-def _top1(path: Path, x: np.ndarray) -> np.ndarray:
+def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
     from imgclf_ray.models.onnx_runtime import session
 
     s = session(str(path), threads=None)
     name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: x[i:i + 32]})[0].argmax(axis=1) for i in range(0, len(x), 32)])
+    return np.concatenate([s.run(None, {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+
+
+def _labels(path: Path, x: np.ndarray, card: ModelCard, spec: JobSpec) -> list:
+    """Each image's labels as the run decides them: the top label (binary: its positive label's
+    threshold), or, multilabel, every label at or above its threshold."""
+    from imgclf_ray.models.heads import Head
+    from imgclf_ray.models.onnx_runtime import scores
+
+    head = Head(card.task, card.labels, card.thresholds, spec.model.threshold, spec.model.thresholds)
+    decided = head.decide(scores(_outputs(path, x), card))
+    return [tuple(c) for c in decided.chosen] if decided.chosen is not None else decided.label.tolist()
+
+
+def _agreement(a: list, b: list) -> float:
+    return float(np.mean([x == y for x, y in zip(a, b)]))
 
 
 def _rate(path: Path, x: np.ndarray) -> float:
     started = time.perf_counter()
-    _top1(path, x)
+    _outputs(path, x)
     return len(x) / max(time.perf_counter() - started, 1e-9)
 
 
@@ -205,7 +220,7 @@ def prepare(spec: JobSpec, sink_root: str, progress: Any = None) -> tuple[JobSpe
     target = join(folder, f"{_short(base.model_id())}-{digest[:16]}")
     if fs.exists(join(target, RECORD)):
         found = Int8(**json.loads(fs.cat_file(join(target, RECORD))))
-        note(f"int8: {found.uri} (quantized earlier; top-1 agreement with fp32 {found.agreement:.3f})")
+        note(f"int8: {found.uri} (quantized earlier; label agreement with fp32 {found.agreement:.3f})")
         return _with(spec, target, fs), found
     note(f"int8: calibrating on {len(images)} images of {source} ...")
     x = _inputs(spec, base, [u for u, _ in images])
@@ -231,7 +246,7 @@ def prepare(spec: JobSpec, sink_root: str, progress: Any = None) -> tuple[JobSpe
                 round(agreement, 4), None if first is None else round(first, 4), excluded,
                 round(time.perf_counter() - started, 1))
     fs.pipe_file(join(target, RECORD), json.dumps(asdict(made), indent=1).encode())
-    note(f"int8: top-1 agreement with fp32 {agreement:.3f} on {calibration['held_back']} held-back images; {target}")
+    note(f"int8: label agreement with fp32 {agreement:.3f} on {calibration['held_back']} held-back images; {target}")
     return _with(spec, target, fs), made
 
 
@@ -242,24 +257,24 @@ def _quantized_checked(spec: JobSpec, base: ModelCard, fp32: Path, out: Path, x:
     (agreement, the first one when a second try was made, the nodes left in float)."""
     n = min(CALIBRATE, len(x) // 2)
     calibrate, check = x[:n], x[n:]
-    reference = _top1(fp32, check)
+    reference = _labels(fp32, check, base, spec)
     first, excluded = None, []
     try:
         _quantized(fp32, out, calibrate, excluded)
-        agreement = float((_top1(out, check) == reference).mean())
+        agreement = _agreement(_labels(out, check, base, spec), reference)
         if agreement < spec.model.int8_min_agreement:
             first, excluded = agreement, sensitive_nodes(fp32)
-            note(f"int8: top-1 agreement with fp32 {agreement:.3f} < {spec.model.int8_min_agreement}; "
+            note(f"int8: label agreement with fp32 {agreement:.3f} < {spec.model.int8_min_agreement}; "
                  f"again with {', '.join(excluded) or 'no node'} in float")
             _quantized(fp32, out, calibrate, excluded)
-            agreement = float((_top1(out, check) == reference).mean())
+            agreement = _agreement(_labels(out, check, base, spec), reference)
     except (SpecError, ArtifactError):
         raise
     except Exception as exc:  # noqa: BLE001 - what ONNX Runtime's quantizer cannot do with this graph
         raise ArtifactError(f"model.precision int8: ONNX Runtime cannot quantize {base.architecture} "
                             f"({describe(exc)}); use precision: fp32") from None
     if agreement < spec.model.int8_min_agreement:
-        raise SpecError(f"model.precision int8: top-1 labels equal fp32's on {first:.3f} of {len(check)} held-back "
+        raise SpecError(f"model.precision int8: labels equal fp32's on {first:.3f} of {len(check)} held-back "
                         f"images, and {agreement:.3f} with {', '.join(excluded)} in float; both below "
                         f"model.int8_min_agreement {spec.model.int8_min_agreement}: run in fp32, or lower it")
     if not _vnni():

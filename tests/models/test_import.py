@@ -343,6 +343,50 @@ def test_onnxruntime_runs_in_fp32_only():
                     "model": {"uri": "m", "runtime": "onnxruntime", "precision": "bf16"}}, "<test>")
 
 
+# -- int8 ------------------------------------------------------------------------------------------
+
+def test_int8_of_imported_timm_hugging_face_and_onnx_models_labels_as_their_libraries(
+        archive, timm_model, hf_model, onnx_model, tmp_path):
+    """model.precision: int8 on each imported kind (timm, a multilabel transformers model, an ONNX
+    artifact with external data): calibrated on five crops of each photograph, then the photographs
+    that fp32 decides clearly labelled as the library labels them (multilabel: the same labels over 0.5)."""
+    from imgclf_ray.runner.job import run_job
+    from imgclf_ray.spec import load_spec
+    from tests.support.jobs import read_run
+
+    crops = tmp_path / "calibration"
+    crops.mkdir()
+    for f in sorted(archive.glob("*.png")):
+        img = Image.open(f).convert("RGB")
+        w, h = img.size
+        for k, box in enumerate([(0, 0, w, h), (0, 0, w * 3 // 4, h * 3 // 4), (w // 4, h // 4, w, h),
+                                 (w // 8, 0, w, h * 7 // 8), (0, h // 8, w * 7 // 8, h)]):
+            img.crop(box).save(crops / f"{f.stem}-{k}.png")
+    onnx_folder, onnx_ref = onnx_model
+    kinds = {"timm": (timm_model[0], timm_model[1], []), "hf": (hf_model[0], hf_model[1], []),
+             "onnx": (onnx_folder, onnx_ref, ["--labels", str(onnx_folder.parent / "labels.txt"),
+                                               "--preprocess", str(onnx_folder.parent / "preprocess.json")])}
+    names, _ = images(archive)
+    for kind, (folder, ref, extra) in kinds.items():
+        imported(str(folder), "--format", kind, *extra, "--out", str(tmp_path / kind))
+        job = tmp_path / f"{kind}.yaml"
+        job.write_text(f"name: q\nsource: {{uri: {archive}}}\nsink: {{uri: {tmp_path / kind}-out}}\n"
+                       f"model: {{uri: {tmp_path / kind}, precision: int8, calibration: {crops}, "
+                       f"int8_min_agreement: 0.9}}\nrun: {{executor: local}}\n")
+        result = run_job(load_spec(job), "n", quiet=True)
+        assert result.int8["calibration"]["images"] == len(list(crops.iterdir())) and result.int8["agreement"] >= 0.9, kind
+        rows = {Path(r["uri"]).name: r for r in read_run(f"{tmp_path / kind}-out", "n")}
+        assert all(r["model_id"] == result.int8["model_id"] for r in rows.values())
+        got = np.stack([rows[n]["class_scores"] for n in names])
+        if kind == "hf":
+            assert ((got > 0.5) == (ref > 0.5)).all() and 0 < (ref > 0.5).sum() < ref.size
+        else:  # the images fp32 decides clearly (the random-weight networks have near-ties too)
+            ranked = np.sort(ref, axis=1)
+            decided = ranked[:, -1] - ranked[:, -2] > 0.25
+            assert decided.sum() >= 4 and (got.argmax(1) == ref.argmax(1))[decided].all(), kind
+        assert np.abs(got - ref).mean() < 0.05, kind  # int8: close, not equal
+
+
 # -- fine-tuning an imported model ----------------------------------------------------------------
 
 @pytest.mark.slow
