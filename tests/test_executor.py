@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imgclf_ray.runner.executor import choose
@@ -115,6 +116,68 @@ def test_imgclf_run_with_no_flag_runs_locally_and_says_so_first(no_ray_around, d
     assert first.startswith(f"run r1: {n} images") and first.endswith("local executor: no Ray cluster named or running")
     summary = json.loads((tmp_path / "out" / "r1" / "_run_summary.json").read_text())
     assert summary["executor"] == {"name": "local", "why": "no Ray cluster named or running"}
+    assert summary["runtime"] == {"name": "torch", "why": f"auto: {n} images, fewer than 1000"}
     both = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--local", "--ray"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and both.stderr.strip() == "error: give --local or --ray, not both"
+
+
+def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime(digits_archive, tiny_model,
+                                                                                   tmp_path):
+    """model.runtime auto: ONNX Runtime for the local executor's fp32 CPU network over 1,000 images
+    or more, exported once into the cache; the labels PyTorch gives (model.runtime: torch), the
+    scores within float rounding. Its summary's model line says which runtime and why."""
+    import pyarrow.parquet as pq
+
+    from imgclf_ray.io.sink import committed_files
+    from imgclf_ray.models.artifact import read_card
+    from imgclf_ray.models.onnx_runtime import export_path
+    from imgclf_ray.report.summary import format_summary
+    from imgclf_ray.runner.job import run_job
+    from imgclf_ray.spec import load_spec
+
+    import shutil
+
+    archive = tmp_path / "archive"
+    for src in sorted(Path(digits_archive).rglob("*.png"))[:1000]:  # exactly the threshold
+        (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / src.parent.name / src.name)
+    rows = {}
+    for runtime in ("auto", "torch"):
+        job = tmp_path / f"{runtime}.yaml"
+        job.write_text(f"name: r\nsource: {{uri: {archive}}}\nmodel: {{uri: {tiny_model}, runtime: {runtime}}}\n"
+                       f"sink: {{uri: {tmp_path / runtime}}}\nrun: {{executor: local}}\n")
+        result = run_job(load_spec(job), "n", quiet=True)
+        files = [f.removeprefix("file://") for f in committed_files(str(tmp_path / runtime), "n")]
+        rows[runtime] = {r["image_id"]: r for r in pq.read_table(files).to_pylist()}
+        if runtime == "auto":
+            assert result.runtime == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 1000 images"}
+            assert "(runtime onnxruntime: auto: fp32 on CPUs, 1000 images)" in format_summary(result)
+            assert export_path(read_card(tiny_model)).is_file()
+        else:
+            assert result.runtime == {"name": "torch", "why": "model.runtime"}
+    assert sorted(rows["auto"]) == sorted(rows["torch"]) and len(rows["auto"]) == 1000
+    assert [rows["auto"][i]["label"] for i in sorted(rows["auto"])] == [rows["torch"][i]["label"] for i in sorted(rows["auto"])]
+    ort = np.array([rows["auto"][i]["class_scores"] for i in sorted(rows["auto"])])
+    torch_ = np.array([rows["torch"][i]["class_scores"] for i in sorted(rows["auto"])])
+    assert np.abs(ort - torch_).max() < 1e-5
+
+
+def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_model, svm_hog_model, tmp_path):
+    from imgclf_ray.models.hierarchy import describe_artifact
+    from imgclf_ray.runner.plan import make_plan, with_runtime
+
+    def decided(model: str, rows: int, engine: str = "local", cluster=None, **extra) -> dict:
+        spec = parse_spec({"name": "r", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "out")},
+                           "model": {"uri": model, **extra}}, "<test>")
+        run = make_plan(spec, cluster or {"CPU": 2.0}, describe_artifact(model))
+        run, why = with_runtime(run, rows, engine)
+        assert not why or run.spec.model.runtime == why["name"]
+        return why
+
+    assert decided(tiny_model, 5000, "ray")["why"] == "auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)"
+    assert decided(tiny_model, 5000, precision="bf16") == {"name": "torch", "why": "auto: bf16 on cpu"}
+    assert decided(tiny_model, 5000, cluster={"CPU": 8.0, "GPU": 1.0}) == {"name": "torch", "why": "auto: fp32 on cuda"}
+    assert decided(tiny_model, 999) == {"name": "torch", "why": "auto: 999 images, fewer than 1000"}
+    assert decided(tiny_model, 10, runtime="onnxruntime") == {"name": "onnxruntime", "why": "model.runtime"}
+    assert decided(svm_hog_model, 5000) == {}  # not a torch network

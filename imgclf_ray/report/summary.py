@@ -36,10 +36,11 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
         lines.append(f"  clusters: {_line(result.by_cluster)}")
     if result.curation_flags:
         lines.append(f"  flagged: {_line(result.curation_flags)}")
-    lines.append(f"  model  : {result.model_id or '- (no model)'}")
+    runtime = f" (runtime {result.runtime['name']}: {result.runtime['why']})" if result.runtime else ""
+    lines.append(f"  model  : {result.model_id or '- (no model)'}{runtime}")
     if result.int8:
         q = result.int8
-        lines.append(f"  int8   : top-1 labels equal fp32's on {q['agreement']:.1%} of {q['calibration']['held_back']} "
+        lines.append(f"  int8   : labels equal fp32's on {q['agreement']:.1%} of {q['calibration']['held_back']} "
                      f"held-back images (base {q['base_model_id']})")
     if result.registered_model:
         r = result.registered_model

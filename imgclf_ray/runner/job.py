@@ -29,7 +29,7 @@ from imgclf_ray.runner.checks import check_budget, user_errors
 from imgclf_ray.runner.engine import Output
 from imgclf_ray.runner.metrics import Watch
 from imgclf_ray.runner.executor import choose as choose_executor
-from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
+from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model, with_runtime
 from imgclf_ray.runner.passes import archive_checks, cluster_and_flag_summary, prepare_clusterer, scan_columns
 from imgclf_ray.runner.readback import read_back, write_state
 from imgclf_ray.runner.ray_setup import ensure_ray
@@ -151,7 +151,8 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
 
     spec, progress = at.spec, at.mode
     engine = engine_for(spec, card)
-    run = make_plan(spec, engine.resources(), card)
+    run, runtime = with_runtime(make_plan(spec, engine.resources(), card), manifest.num_rows, engine.name)
+    at.spec = spec = run.spec  # model.runtime decided (auto): the manifest records it
     checks, plan = run.checks, run.resources
     log.info("plan (%s): %s", engine.name, plan)
     _note_decode_cores(spec, plan, progress)
@@ -188,6 +189,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         result.first_batch_seconds = since_process_start(metrics.first_batch())
         result.started_at, result.listing_seconds = started_at, listing.seconds
         result.curation = curation
+        result.runtime = runtime
         check_budget(spec, result)
         extra_files = cluster_and_flag_summary(spec, back, result, clusterer)
         shield = contextlib.ExitStack()

@@ -61,3 +61,39 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
     # Classical estimators (and jobs without a model) run on CPU actors whatever the cluster has.
     device = "cpu" if light else spec.model.device
     return RunPlan(spec, model, checks, labels, plan_resources(cluster_resources, spec.resources, device, light=light))
+
+
+ORT_MIN_IMAGES = 1000  # below it, a first run does not earn back the export's seconds
+
+
+def with_runtime(run: RunPlan, rows: int, engine: str) -> tuple[RunPlan, dict[str, str]]:
+    """``model.runtime: auto`` decided for this run: ONNX Runtime for a plain torch network the
+    local executor runs on CPUs in fp32 over at least ORT_MIN_IMAGES images (its forward pass
+    measured 1.29x PyTorch's on ResNet-18, 2 cores), exported here into the cache once per
+    machine (seconds); PyTorch otherwise, and when the network does not export. Returns the plan
+    with the runtime set, and what the run records of it: {name, why} (empty for other models)."""
+    from imgclf_ray.errors import ArtifactError
+
+    model = run.spec.model
+    if model is None or run.model is None or run.model.framework != "torch":
+        return run, {}
+    if model.runtime != "auto":
+        return run, {"name": model.runtime, "why": "model.runtime"}
+    why = None
+    if engine != "local":
+        why = "auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)"
+    elif run.resources.device != "cpu" or model.precision != "fp32":
+        why = f"auto: {model.precision} on {run.resources.device}"
+    elif run.model.task == "hierarchical" or run.spec.decode.jpeg_on == "predictor":
+        why = "auto: a model tree" if run.model.task == "hierarchical" else "auto: decode.jpeg_on predictor"
+    elif rows < ORT_MIN_IMAGES:
+        why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
+    else:
+        try:
+            check_artifact(model.uri, run.spec.storage, model.trusted, "onnxruntime", run.model)  # the export
+        except ArtifactError as exc:
+            why = f"auto: {str(exc).split(' (', 1)[0]}"
+    runtime = "torch" if why else "onnxruntime"
+    why = why or f"auto: fp32 on CPUs, {rows} images"
+    spec = run.spec.model_copy(update={"model": model.model_copy(update={"runtime": runtime})})
+    return RunPlan(spec, run.model, run.checks, run.label_issue_labels, run.resources), {"name": runtime, "why": why}

@@ -43,6 +43,7 @@ class RunResult:
     listing_skipped: dict[str, int] = field(default_factory=dict)  # files the listing left out, by why
     nothing_new: str = ""  # why an incremental run committed no rows (an empty run record)
     executor: dict[str, str] = field(default_factory=dict)  # run.executor as chosen (auto), and why
+    runtime: dict[str, str] = field(default_factory=dict)  # a torch network's model.runtime as chosen (auto), and why
     int8: Optional[dict[str, Any]] = None  # model.precision int8: the quantized model (runner.int8.Int8)
     selection: dict[str, Any] = field(default_factory=dict)  # incremental: new, changed, model_changed, unchanged, on_new_model
     registered_model: Optional[dict[str, Any]] = None  # model.uri models:/...: the version it resolved to
@@ -72,6 +73,7 @@ class RunResult:
             "stages": self.stages,
             "resources": self.plan,
             "model_id": self.model_id,
+            **({"runtime": self.runtime} if self.runtime else {}),
             **({"registered_model": self.registered_model} if self.registered_model else {}),
             **({"int8": self.int8} if self.int8 else {}),
             "spec_digest": self.spec_digest,
