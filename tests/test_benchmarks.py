@@ -21,7 +21,7 @@ def test_benchmark_smoke_runs_every_path(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["imgclf (CNN)", "imgclf --local (CNN)", "plain PyTorch loop",
+    assert methods == ["imgclf --local (CNN)", "plain PyTorch loop",
                        "imgclf --local (classical)", "plain classical loop"]
     assert all(r["images"] == 4 and r["seconds"] > 0 and r["peak_mb"] > 0 for r in result["rows"])
     assert "| ratio | measured | target | met |" in proc.stdout
