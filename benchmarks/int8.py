@@ -4,8 +4,9 @@
 
 Speed: the corpus of ``benchmarks/run.py`` (640x480 JPEGs), its ResNet-18 (random weights, 224 px,
 1,000 classes), each row a whole process (``imgclf run`` with no executor flag: run.executor auto,
-the local executor on a machine without Ray running), rounds alternating fp32, int8 and Daft's
-documented pattern; medians. The int8 model is quantized once before the rounds (its seconds
+the local executor on a machine without Ray running), rounds alternating fp32 as it runs with no
+option (model.runtime auto), fp32 with model.runtime: torch, int8, Daft's documented pattern and the
+plain PyTorch loop; medians. The int8 model is quantized once before the rounds (its seconds
 reported apart: later nights find it under the sink's ``_int8/``).
 
 Labels: for each ``--trained MODEL:ARCHIVE`` (a CNN trained with ``imgclf train``, e.g. the digits
@@ -23,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run import (IMGCLF, _label_agreement, make_cnn_model, make_corpus, measure, run_daft,  # noqa: E402
-                            run_imgclf, write_job)
+from benchmarks.run import (IMGCLF, PYTHON, REPO, Row, _label_agreement, make_cnn_model, make_corpus,  # noqa: E402
+                            measure, run_daft, run_imgclf, write_job)
 
 
 def _labels(work: Path, name: str, model: str, archive: str, extra: dict) -> Path:
@@ -55,15 +56,21 @@ def main(argv: list[str] | None = None) -> dict:
             make_cnn_model(work / "cnn")
         auto = {"executor": "auto"}  # as a user runs it: no flag
         fp32 = write_job(work, "fp32", str(corpus), work / "cnn", work / "out-fp32", run=auto)
+        torch_ = write_job(work, "fp32-torch", str(corpus), work / "cnn", work / "out-fp32-torch", run=auto,
+                           model={"runtime": "torch"})
         int8 = write_job(work, "int8", str(corpus), work / "cnn", work / "out-int8", run=auto,
                          model={"precision": "int8", "int8_min_agreement": 0.0})
         first = run_imgclf("int8 (quantizing)", int8, args.n, work)  # quantized once, reused by the rounds
         summary = json.loads((work / "out-int8" / "bench" / "_run_summary.json").read_text())
         out["quantize"] = {"seconds": summary["int8"]["seconds"], "agreement": summary["int8"]["agreement"],
                            "first_run_s": round(first.seconds, 1)}
-        rows: dict[str, list] = {"fp32": [], "int8": [], "daft": []}
+        rows: dict[str, list] = {"fp32": [], "fp32_torch": [], "int8": [], "daft": [], "plain": []}
         for _ in range(args.rounds):
             rows["fp32"].append(run_imgclf("fp32", fp32, args.n, work))
+            rows["fp32_torch"].append(run_imgclf("fp32, model.runtime: torch", torch_, args.n, work))
+            wall, peak = measure([PYTHON, str(REPO / "benchmarks" / "plain_torch.py"), str(corpus), str(work / "cnn"),
+                                  str(work / "plain.parquet")], log=work / "plain.log")
+            rows["plain"].append(Row("plain PyTorch loop", args.n, wall, peak))
             rows["int8"].append(run_imgclf("int8", int8, args.n, work))
             if not args.skip_daft:
                 rows["daft"].append(run_daft("daft", corpus, args.n, work, "daft.parquet"))
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
                 out["speed"][name] = {"seconds": [round(r.seconds, 1) for r in got],
                                       "median_s": round(statistics.median(r.seconds for r in got), 1),
                                       "peak_mb": round(statistics.median(r.peak_mb for r in got))}
+        out["auto_vs_torch_labels_equal"] = round(
+            _label_agreement(work / "out-fp32" / "bench", work / "out-fp32-torch" / "bench"), 4)
         out["speed_labels_equal"] = round(_label_agreement(work / "out-fp32" / "bench", work / "out-int8" / "bench"), 4)
     for pair in args.trained:
         model, archive = pair.split(":", 1)

@@ -39,6 +39,8 @@ def session(model, threads: Optional[int] = None, device: str = "cpu"):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    # Its threads sleep between calls instead of spinning: the decode workers share the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     gpu = device.startswith("cuda")  # cuda, or cuda:N (the local executor's predictor per GPU)

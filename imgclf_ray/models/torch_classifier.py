@@ -4,6 +4,7 @@ batches, in torch or through ONNX Runtime. Knows nothing of Ray."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -90,6 +91,39 @@ def fp32_math(precision: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
+def _network_of(model_uri: str, card: ModelCard, storage: StorageSpec, trusted: bool):
+    """The artifact's torch network, its weights loaded (TorchScript only when ``trusted``)."""
+    if card.weights.format == "torchscript":
+        if not trusted:
+            from imgclf_ray.models.hierarchy import refuse_code
+
+            refuse_code(model_uri, storage)
+        return _load_torchscript(model_uri, card, storage)
+    n = len(card.labels)
+    state = load_state_dict(model_uri, card, storage)
+    if card.library == "transformers":
+        return transformers_network(transformers_config(card.network_config, n), state)
+    net = build_network(card.architecture, n, card.library, card.network_config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{model_uri}: weights do not fit {card.library} {card.architecture} with "
+                            f"{n} classes ({scrub(exc)})") from None
+    return net
+
+
+def onnx_export(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False) -> Path:
+    """The artifact's ONNX export in the cache (``onnx_runtime.exported``): found, or made now from
+    the network, without loading any runtime session."""
+    from imgclf_ray.models import onnx_runtime
+
+    card = read_card(model_uri, storage)
+    made = onnx_runtime.export_path(card)
+    if made.exists():
+        return made
+    return onnx_runtime.exported(_network_of(model_uri, card, storage, trusted).eval(), card)
+
+
 class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
@@ -102,14 +136,7 @@ class TorchClassifier:
             torch.set_num_threads(threads)
         self.card: ModelCard = read_card(model_uri, storage)
         self.model_id = self.card.model_id()
-        if self.card.weights.format == "torchscript":
-            if not trusted:
-                from imgclf_ray.models.hierarchy import refuse_code
-
-                refuse_code(model_uri, storage)
-            net = _load_torchscript(model_uri, self.card, storage)
-        else:
-            net = self._network(model_uri, storage)
+        net = _network_of(model_uri, self.card, storage, trusted)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.session = None
@@ -171,18 +198,6 @@ class TorchClassifier:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(1, int(free * fraction - peaks[0]) // per_image)
 
-    def _network(self, model_uri: str, storage: StorageSpec):
-        card, n = self.card, len(self.card.labels)
-        state = load_state_dict(model_uri, card, storage)
-        if card.library == "transformers":
-            return transformers_network(transformers_config(card.network_config, n), state)
-        net = build_network(card.architecture, n, card.library, card.network_config)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{model_uri}: weights do not fit {card.library} {card.architecture} with "
-                                f"{n} classes ({scrub(exc)})") from None
-        return net
 
     def _normalised(self, pixels):
         """A (N, C, H, W) uint8 batch (NumPy, or a tensor already decoded on the device) -> the

@@ -89,8 +89,10 @@ def with_runtime(run: RunPlan, rows: int, engine: str) -> tuple[RunPlan, dict[st
     elif rows < ORT_MIN_IMAGES:
         why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
     else:
+        from imgclf_ray.models.torch_classifier import onnx_export
+
         try:
-            check_artifact(model.uri, run.spec.storage, model.trusted, "onnxruntime", run.model)  # the export
+            onnx_export(model.uri, run.spec.storage, model.trusted)  # found in the cache, or made now (once)
         except ArtifactError as exc:
             why = f"auto: {str(exc).split(' (', 1)[0]}"
     runtime = "torch" if why else "onnxruntime"
