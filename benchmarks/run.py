@@ -12,7 +12,8 @@ then runs, each as its own process, end to end (interpreter and Ray start-up inc
   imgclf (CNN)          ``imgclf run`` on the corpus, exact torchvision pixels, on Ray (not with --quick)
   imgclf --local (CNN)  the same with ``run.executor: local`` (no Ray: decode workers + the model
                         in the command's process; what ``imgclf run`` with no flag does on a
-                        machine without Ray running); also with ``model.runtime: onnxruntime``
+                        machine without Ray running), ``model.runtime: torch``; also with
+                        ``model.runtime: onnxruntime`` (what runtime auto takes from 1,000 images)
   imgclf (CNN, draft)   the same with ``decode.jpeg_draft`` (DCT-domain downscaling)
   imgclf (CNN, draft, bf16 / onnxruntime)  the same with ``model.precision: bf16`` / ``model.runtime:
                         onnxruntime`` (an ONNX export of the artifact run by ONNX Runtime); these
@@ -390,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if not args.quick:  # the smoke starts no Ray (the suite's time budget): its rows run the same harness
         add(run_imgclf("imgclf (CNN)", write_job(work, "cnn", str(corpus), work / "cnn", work / "out-cnn"), n, work))
     add(run_imgclf("imgclf --local (CNN)", write_job(work, "cnn-local", str(corpus), work / "cnn", work / "out-local",
-                                                     run={"executor": "local"}), n, work))
+                                                     run={"executor": "local"}, model={"runtime": "torch"}), n, work))
     ort_env = {"IMGCLF_CACHE": str(work / "cache")}  # the ONNX export, made once (by the warm-up run)
     if not args.quick:
         run_imgclf("(warm-up: the ONNX export)", write_job(
@@ -431,7 +432,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                                    work / "out-4n-exact"), 4 * n, work))
         add(run_imgclf("imgclf --local (CNN) 4N", write_job(
             work, "cnn-4n-local", str(work / "corpus-all"), work / "cnn", work / "out-4n-local",
-            run={"executor": "local"}), 4 * n, work))
+            run={"executor": "local"}, model={"runtime": "torch"}), 4 * n, work))
         add(run_imgclf("imgclf --local (CNN, onnxruntime) 4N", write_job(
             work, "cnn-4n-local-ort", str(work / "corpus-all"), work / "cnn", work / "out-4n-local-ort",
             run={"executor": "local"}, model={"runtime": "onnxruntime"}), 4 * n, work, env=ort_env))

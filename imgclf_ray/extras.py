@@ -15,7 +15,7 @@ EXTRAS = {
     "video": ("av", "PyAV, for video sources"),
     "report": ("matplotlib", "imgclf report's charts"),
     "delta": ("deltalake", "sink.format: delta"),
-    "models": ("timm", "models from timm, Hugging Face and ONNX"),
+    "models": ("timm", "models from timm and Hugging Face"),
     "mlflow": ("mlflow", "the MLflow model registry"),
 }
 

@@ -42,7 +42,8 @@ class Plan:
         """The local executor's predictors, one per device: each GPU (cuda:i), or this CPU."""
         if not self.gpus_per_actor:
             return ["cpu"]
-        return [f"cuda:{i}" for i in range(max(1, int(self.cluster_gpus)))]
+        present = self.cluster_gpus if self.present_gpus < 0 else self.present_gpus
+        return [f"cuda:{i}" for i in range(max(1, min(int(present), self.actors)))]
 
     @property
     def awaits_gpus(self) -> bool:

@@ -123,7 +123,7 @@ def test_imgclf_run_with_no_flag_runs_locally_and_says_so_first(no_ray_around, d
 
 
 def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime(digits_archive, tiny_model,
-                                                                                   tmp_path):
+                                                                                   tmp_path, monkeypatch):
     """model.runtime auto: ONNX Runtime for the local executor's fp32 CPU network over 1,000 images
     or more, exported once into the cache; the labels PyTorch gives (model.runtime: torch), the
     scores within float rounding. Its summary's model line says which runtime and why."""
@@ -138,6 +138,7 @@ def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime
 
     import shutil
 
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path / "cache"))  # exported by this run, not found from another test's
     archive = tmp_path / "archive"
     for src in sorted(Path(digits_archive).rglob("*.png"))[:1000]:  # exactly the threshold
         (archive / src.parent.name).mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime
         if runtime == "auto":
             assert result.runtime == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 1000 images"}
             assert "(runtime onnxruntime: auto: fp32 on CPUs, 1000 images)" in format_summary(result)
-            assert export_path(read_card(tiny_model)).is_file()
+            assert export_path(read_card(tiny_model)).is_file() and str(tmp_path / "cache") in str(export_path(read_card(tiny_model)))
         else:
             assert result.runtime == {"name": "torch", "why": "model.runtime"}
     assert sorted(rows["auto"]) == sorted(rows["torch"]) and len(rows["auto"]) == 1000

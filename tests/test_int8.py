@@ -101,3 +101,21 @@ def test_ray_actors_read_the_int8_artifact_from_the_sink_and_quantizing_is_deter
     a = {r["image_id"]: r["label"] for r in read_run(str(tmp_path / "out"), "a")}
     b = {r["image_id"]: (r["label"], r["model_id"]) for r in read_run(str(tmp_path / "other" / "out"), "b")}
     assert b == {i: (lab, local.int8["model_id"]) for i, lab in a.items()}
+
+
+def test_the_agreement_is_on_the_labels_the_run_decides_not_the_top_one(tmp_path, monkeypatch):
+    """Multilabel: the same top label and other label sets disagree; the thresholds are the run's."""
+    from imgclf_ray.models.artifact import ModelCard
+    from imgclf_ray.runner import int8
+    from imgclf_ray.spec import parse_spec
+
+    card = ModelCard(task="multilabel", framework="onnx", architecture="net", labels=["a", "b", "c"],
+                     weights={"file": "model.onnx", "format": "onnx", "sha256": "0" * 64},
+                     preprocess={"resize": 8, "crop": 8, "normalize": "per_image"})
+    logits = {"fp32": np.array([[3.0, 0.2, -2.0], [2.0, -3.0, -3.0]]), "int8": np.array([[3.0, -0.2, -2.0], [2.1, -3.0, -3.0]])}
+    monkeypatch.setattr(int8, "_outputs", lambda path, x: logits[path])
+    spec = parse_spec({"name": "j", "source": {"uri": "in"}, "sink": {"uri": "out"}, "model": {"uri": "m"}}, "<test>")
+    fp32, q = int8._labels("fp32", None, card, spec), int8._labels("int8", None, card, spec)
+    assert fp32 == [(0, 1), (0,)] and q == [(0,), (0,)] and int8._agreement(fp32, q) == 0.5
+    lower = spec.model_copy(update={"model": spec.model.model_copy(update={"threshold": 0.4})})  # sigmoid(-0.2) = 0.45
+    assert int8._agreement(int8._labels("fp32", None, card, lower), int8._labels("int8", None, card, lower)) == 1.0

@@ -162,3 +162,38 @@ def test_a_quiet_run_prints_only_its_own_lines_and_libraries_go_to_its_log(tiny_
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in pq.read_table(sink.committed_files(str(tmp_path / "out"), "q")[0]
                                                                    .removeprefix("file://")).to_pylist()}
     assert rows["webp-in-tiff.tif"]["status"] == "error" and rows["webp-in-tiff.tif"]["error"].startswith("decode:")
+
+
+def test_predictors_take_batches_at_once_dealt_in_turn_and_written_in_order():
+    """The local executor's predictors (one per GPU, plan.calls_per_actor batches each at once):
+    two calls of one predictor are inside it together (a barrier only they can pass), the batches
+    go to the predictors in turn, the rows are written in the archive's order; a failing batch
+    fails the run and the batches not started are never predicted."""
+    import threading
+
+    import pyarrow as pa
+
+    from imgclf_ray.runner.local import _predict_all
+
+    class Fake:
+        def __init__(self, name: str, together: threading.Barrier):
+            self.name, self.together, self.seen = name, together, []
+
+        def __call__(self, batch):
+            self.seen.append(int(batch["status"][0]))
+            if len(self.seen) <= self.together.parties:  # its first calls: broken (a failure) unless all are inside
+                self.together.wait(timeout=60)
+            if batch["status"][0] == 13:
+                raise RuntimeError("batch 13")
+            return pa.table({"i": batch["status"]})
+
+    batches = [{"status": np.array([k])} for k in range(12)]
+    a, b = Fake("a", threading.Barrier(2)), Fake("b", threading.Barrier(2))
+    written: list = []
+    _predict_all(lambda t: written.extend(t.column("i").to_pylist()), [a, b], 2, iter(batches), 8)
+    assert written == list(range(12))
+    assert sorted(a.seen) == [0, 2, 4, 6, 8, 10] and sorted(b.seen) == [1, 3, 5, 7, 9, 11]
+    failing = Fake("c", threading.Barrier(1))
+    with pytest.raises(RuntimeError, match="batch 13"):
+        _predict_all(lambda t: None, [failing], 2, iter([{"status": np.array([k])} for k in range(12, 40)]), 8)
+    assert max(failing.seen) < 20  # the window stops at the failure

@@ -23,6 +23,7 @@ BOUNDED_FEATURES = frozenset({"pixels", "color_histogram", "hog", "lbp", "edges"
 # Extractors with a batch form, (N, C, H, W) uint8 -> (N, D): a network's forward pass over the
 # decode task's whole batch at once, not image by image. The same numbers as the image form.
 BATCHED: dict[str, Extractor] = {}
+BATCH_PASS = 16  # images per call of a batch form (a decode task's memory is planned at 256 MB)
 
 
 def extract(name: str, image: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -32,8 +33,10 @@ def extract(name: str, image: np.ndarray, params: dict[str, Any] | None = None) 
 
 def extract_many(name: str, images: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
     """Apply extractor ``name`` to a (N, C, H, W) uint8 batch: in one call when it has a batch form."""
-    if name in BATCHED:
-        return np.asarray(BATCHED[name](images, **(params or {})), dtype=np.float32).reshape(len(images), -1)
+    if name in BATCHED:  # in passes of BATCH_PASS images: a network's activations stay tens of MB
+        return np.concatenate([np.asarray(BATCHED[name](images[i:i + BATCH_PASS], **(params or {})),
+                                          dtype=np.float32).reshape(len(images[i:i + BATCH_PASS]), -1)
+                               for i in range(0, len(images), BATCH_PASS)])
     return np.stack([extract(name, image, params) for image in images])
 
 

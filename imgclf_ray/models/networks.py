@@ -13,13 +13,15 @@ from imgclf_ray.messages import scrub
 # The optional libraries and the extra that installs them.
 EXTRA = "pip install 'imgclf-ray[models]'"
 _PACKAGES = {"timm": "timm", "transformers": "transformers", "onnx": "onnxruntime"}
+_PROJECT = "reinstall imgclf-ray (pip install imgclf-ray: onnx and onnxruntime are its dependencies)"
 
 
 def require(library: str) -> None:
     """ArtifactError naming the extra to install when ``library``'s package is missing."""
     package = _PACKAGES.get(library)
     if package and importlib.util.find_spec(package) is None:
-        raise ArtifactError(f"this model needs {package}, which is not installed: {EXTRA}")
+        raise ArtifactError(f"this model needs {package}, which is not installed: "
+                            f"{_PROJECT if library == 'onnx' else EXTRA}")
 
 
 def offline() -> None:

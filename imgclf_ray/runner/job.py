@@ -152,6 +152,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     spec, progress = at.spec, at.mode
     engine = engine_for(spec, card)
     run, runtime = with_runtime(make_plan(spec, engine.resources(), card), manifest.num_rows, engine.name)
+    given = spec  # its digest names the job as written, whatever runtime auto took this night
     at.spec = spec = run.spec  # model.runtime decided (auto): the manifest records it
     checks, plan = run.checks, run.resources
     log.info("plan (%s): %s", engine.name, plan)
@@ -182,7 +183,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         if curation and curation["scanned_rows"] != back.summary.by_status.get("ok", 0):
             raise RunFailed(f"output check failed: the archive-wide checks scanned {curation['scanned_rows']} ok rows, "
                             f"the staged files hold {back.summary.by_status.get('ok', 0)}; nothing was committed")
-        result = make_result(spec, at.run_id, staging.run_uri, back.summary, wall, card, plan)
+        result = make_result(given, at.run_id, staging.run_uri, back.summary, wall, card, plan)
         result.files, result.listing_skipped = manifest.num_rows, listing.skipped
         result.selection = listing.selection
         result.stages = metrics.snapshot()

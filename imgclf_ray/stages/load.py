@@ -164,7 +164,7 @@ class LoadStage:
             sides.append(VIDEO_MEASURE_SIDE)
         return max(sides) if sides else None
 
-    def _timed(self, stage: str, fn, *args):
+    def _timed(self, stage: str, fn, *args, rows: int = 1):
         started = time.perf_counter()
         try:
             return fn(*args)
@@ -172,7 +172,7 @@ class LoadStage:
             raise StageError(stage, cause_of(exc)) from exc
         finally:
             entry = self._timing.setdefault(stage, [0, 0.0])
-            entry[0] += 1
+            entry[0] += rows
             entry[1] += time.perf_counter() - started
 
     def _read(self, uri: str) -> bytes:
@@ -237,22 +237,51 @@ class LoadStage:
                       else self._timed("features", extract, self.features.name, pixels, self.features.params))
         return pixels, width, height, measures, embedded
 
-    def _extract_later(self, stage: str, spec, later: list, out: np.ndarray, status, error) -> None:
+    def _extract_later(self, stage: str, spec, later: list, out: np.ndarray, status, error) -> list[int]:
         """The features of the rows whose extractor has a batch form, in one call; when that fails,
-        image by image, so that only the images that fail are error rows."""
+        image by image, so that only the images that fail are error rows. Returns those rows. (The
+        embedding's rows were counted when conditioned for it; the features' are counted here.)"""
         if not later:
-            return
+            return []
         rows = [i for i, _ in later]
+        counted = len(rows) if stage == "features" else 0
         try:
-            out[rows] = self._timed(stage, extract_many, spec.name, np.stack([p for _, p in later]), spec.params)
-            return
+            out[rows] = self._timed(stage, extract_many, spec.name, np.stack([p for _, p in later]), spec.params,
+                                    rows=counted)
+            return []
         except StageError:
             pass
+        failed = []
         for i, pixels in later:
             try:
-                out[i] = self._timed(stage, extract, spec.name, pixels, spec.params)
+                out[i] = self._timed(stage, extract, spec.name, pixels, spec.params, rows=0)
             except StageError as exc:
                 status[i], error[i] = STATUS_ERROR, str(exc)
+                failed.append(i)
+        return failed
+
+    def _unmeasured(self, failed: list[int], width: np.ndarray, height: np.ndarray, extra: dict) -> None:
+        """Rows that failed after they were measured become error rows as any other: no size, no measures."""
+        if failed:
+            width[failed] = height[failed] = 0
+            for key, column in self._extra_columns(len(failed)).items():
+                extra[key][failed] = column
+
+    def _report(self) -> None:
+        if self.reporter is not None:
+            for stage, (rows, seconds) in self._timing.items():
+                self.reporter(stage, rows, seconds)
+
+    def _extra_columns(self, n: int) -> dict[str, np.ndarray]:
+        """The batch's curation measures and passed-on JPEGs, as error rows keep them."""
+        extra: dict[str, np.ndarray] = {}
+        if self.measure:
+            extra.update({k: np.full(n, np.nan, dtype=np.float32) for k in FLOAT_MEASURES})
+            extra["pixel_hash"] = np.full(n, None, dtype=object)
+            extra["phash"] = np.zeros(n, dtype=np.int64)
+        if self.decode.jpeg_on == "predictor":
+            extra["encoded"] = np.full(n, None, dtype=object)
+        return extra
 
     def _frames(self, data: bytes) -> list[Part]:
         """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes (the
@@ -318,16 +347,10 @@ class LoadStage:
         height = np.zeros(n, dtype=np.int32)
         status = np.full(n, STATUS_OK, dtype=object)
         error = np.full(n, None, dtype=object)
-        extra: dict[str, np.ndarray] = {}
-        if self.measure:
-            extra.update({k: np.full(n, np.nan, dtype=np.float32) for k in FLOAT_MEASURES})
-            extra["pixel_hash"] = np.full(n, None, dtype=object)
-            extra["phash"] = np.zeros(n, dtype=np.int64)
+        extra = self._extra_columns(n)
         embedded = np.zeros((n, self.embed_length()), dtype=np.float32) if self.embed else None
         dicom = np.full(n, None, dtype=object)
         decoded = np.zeros(n, dtype=bool)
-        if self.decode.jpeg_on == "predictor":
-            extra["encoded"] = np.full(n, None, dtype=object)
         later_inputs: list = []  # (row, conditioned pixels) for an extractor with a batch form
         later_embedded: list = []
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
@@ -349,27 +372,23 @@ class LoadStage:
                 extra["encoded"][i] = row.data
             elif isinstance(row, Later):
                 later_inputs.append((i, row.pixels))
-                decoded[i] = True
             elif row is not None:
                 inputs[i] = row
-                decoded[i] = True
-            if measures is not None:
-                for key, value in measures.items():
-                    extra[key][i] = value
+            decoded[i] = row is not None and not isinstance(row, Encoded)
+            for key, value in (measures or {}).items():
+                extra[key][i] = value
             if isinstance(vector, Later):
                 later_embedded.append((i, vector.pixels))
             elif vector is not None:
                 embedded[i] = vector
         self._opened.clear()
-        if later_embedded:
-            self._extract_later("embed", self.embed[1], later_embedded, embedded, status, error)
-        if later_inputs:
-            self._extract_later("features", self.features, later_inputs, inputs, status, error)
+        failed = (self._extract_later("embed", self.embed[1] if self.embed else None, later_embedded, embedded,
+                                      status, error)
+                  + self._extract_later("features", self.features, later_inputs, inputs, status, error))
+        self._unmeasured(failed, width, height, extra)
         if embedded is not None:
             extra.update(self._cluster(embedded, status == STATUS_OK))
-        if self.reporter is not None:
-            for stage, (rows, seconds) in self._timing.items():
-                self.reporter(stage, rows, seconds)
+        self._report()
         if self.decode.jpeg_on == "predictor":  # no zeros shipped for the rows the predictor decodes
             inputs = _ragged(inputs, decoded)
         return {**batch, "width": width, "height": height, "status": status, "error": error,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,11 +56,14 @@ def _release_device_memory() -> None:
 class Passes:
     """How many rows one model call takes: all at first; halved (the device's cache emptied) on an
     out-of-memory error, and kept at what fitted for the later batches. One image that does not
-    fit is a device fault, not an error row."""
+    fit is a device fault, not an error row. Shared by the batches a predictor works on at once
+    (resources.calls_per_actor): after an out-of-memory error their passes take turns, so that
+    one batch's pass never fails for the memory another's holds."""
 
     def __init__(self) -> None:
         self.size: Optional[int] = None
         self.halved = 0
+        self._turns = threading.Lock()
 
     def run(self, fn: Callable[[Any], list], inputs: Any) -> list:
         out: list = []
@@ -66,11 +71,12 @@ class Passes:
         while start < len(inputs):
             size = min(self.size or len(inputs), len(inputs) - start)
             try:
-                out.extend(fn(inputs[start:start + size]))
+                with self._turns if self.halved else contextlib.nullcontext():
+                    out.extend(fn(inputs[start:start + size]))
                 start += size
                 continue
             except Exception as exc:  # noqa: BLE001 - only an out-of-memory error is retried here
-                if device_fault(exc) != "oom" or size == 1:
+                if device_fault(exc) != "oom" or (size == 1 and self.halved):
                     raise
             _release_device_memory()  # outside the except: the failed pass's tensors are gone
             self.size, self.halved = max(1, size // 2), self.halved + 1

@@ -92,8 +92,12 @@ def test_textures_are_told_apart_by_glcm_and_edges():
     assert extractors.extract("edges", noise)[-1] > 0.05
 
 
+reported: dict[str, int] = {}  # the stage's rows per stage, as its reporter was told
+
+
 def _stage_over(tmp_path, arrays, features):
     """A LoadStage (features, conditioned to 64 px) over PNG files of ``arrays`` (H, W, 3), and its batch."""
+    reported.clear()
     from PIL import Image
 
     from imgclf_ray.models.artifact import FeaturesCard
@@ -108,6 +112,7 @@ def _stage_over(tmp_path, arrays, features):
 
     stage = LoadStage(LoadConfig(StorageSpec(), DecodeSpec(), Conditioning(resize=64, crop=64),
                                  features=FeaturesCard(**features)))
+    stage.reporter = lambda name, rows, seconds: reported.__setitem__(name, reported.get(name, 0) + rows)
     n = len(uris)
     return stage({"uri": np.asarray(uris, dtype=object), "size": np.full(n, None, dtype=object),
                   "etag": np.full(n, None, dtype=object)})
@@ -124,7 +129,7 @@ def test_a_decode_task_embeds_its_whole_batch_in_one_forward_pass(tmp_path, tiny
     arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
     out = _stage_over(tmp_path, arrays, {"name": "cnn_embedding", "params": {"backbone": tiny_model}})
     assert calls[-1] == 5 and calls[:-1] == [1]  # (the extractor's length, measured on one blank image)
-    assert (out["status"] == "ok").all()
+    assert (out["status"] == "ok").all() and reported["features"] == 5
     for a, got in zip(arrays, out["inputs"]):
         one = extractors.extract("cnn_embedding", a.transpose(2, 0, 1), {"backbone": tiny_model})
         np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-5)
@@ -144,4 +149,5 @@ def test_when_a_batch_extraction_fails_only_the_images_that_fail_are_error_rows(
     arrays = [np.full((64, 64, 3), v, np.uint8) for v in (40, 7, 200)]
     out = _stage_over(tmp_path, arrays, {"name": "pixels"})
     assert list(out["status"]) == ["ok", "error", "ok"] and out["error"][1] == "features: ValueError: an image of sevens"
+    assert list(out["width"]) == [64, 0, 64]  # an error row, as any other
     np.testing.assert_array_equal(out["inputs"][2], extractors.extract("pixels", arrays[2].transpose(2, 0, 1)))
