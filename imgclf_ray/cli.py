@@ -139,8 +139,8 @@ def validate(job: str, overrides: tuple[str, ...]) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Progress as a log line every 10 s instead of bars "
               "(the default when stderr is not a terminal, e.g. under cron).")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray Data's own execution logs.")
-@click.option("--dry-run", is_flag=True, help="List, select (incremental jobs) and plan with Ray tasks, "
-              "print the counts and the plan; decode nothing, write nothing.")
+@click.option("--dry-run", is_flag=True, help="List, select (incremental jobs) and plan with the executor the run "
+              "would use, print the counts and the plan; decode nothing, write nothing.")
 @click.option("--local", is_flag=True, help="Run in this process without Ray (run.executor: local): "
               "no start-up cost, one machine. Default (run.executor: auto): Ray when a cluster is named or "
               "running, else this.")

@@ -27,7 +27,8 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
         f"  labels : {_line(result.by_label)}",
     ]
     if result.listing_skipped:
-        lines.append("  listing: skipped " + ", ".join(f"{n} files ({why})" for why, n in result.listing_skipped.items()))
+        lines.append("  listing: skipped " + ", ".join(f"{n} file{'s' * (n != 1)} ({why})"
+                                                       for why, n in result.listing_skipped.items()))
     if result.errors_by_stage:
         lines.append(f"  errors : {_line(result.errors_by_stage)}")
         for err in result.sample_errors[:max_errors]:

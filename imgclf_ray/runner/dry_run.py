@@ -51,7 +51,7 @@ class DryRun:
         lines.append(f"  executor: {p.get('executor')} ({p.get('executor_why')})")
         if p.get("executor") == "local":
             lines.append(f"  plan    : run.executor local: the model in this process ({p['device']}, batch "
-                         f"{p['batch_size']}), {p['decode_workers']} decode worker processes of "
+                         f"{p['batch_size']}), {p['decode_workers']} decode worker process{'es' * (p['decode_workers'] != 1)} of "
                          f"{p['decode_batch_size']} files each (this machine: {p['cluster_cpus']:g} CPUs)")
             return "\n".join(lines)
         lines.append(f"  plan    : {p['actors']} predictor actors x {p['cpus_per_actor']} CPU / "

@@ -190,7 +190,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
         result.first_batch_seconds = since_process_start(metrics.first_batch())
         result.started_at, result.listing_seconds = started_at, listing.seconds
         result.curation = curation
-        result.runtime = runtime
+        result.runtime = runtime or ({"name": "onnxruntime", "why": "model.precision: int8"} if at.int8 else {})
         check_budget(spec, result)
         extra_files = cluster_and_flag_summary(spec, back, result, clusterer)
         shield = contextlib.ExitStack()
@@ -369,6 +369,8 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
     spec, why = choose_executor(spec)  # said on the summary's first line (a refusal stays one line)
+    if spec.run.executor == "ray" and not why.startswith("run.executor"):  # auto joins a Ray: said now
+        Progress.note(f"executor: ray ({why}); --local runs without it", mode)
     spec, registered = registered_model(spec)  # once, on the driver, before any lock
     out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
