@@ -369,8 +369,6 @@ def run_job(spec: JobSpec, run_id: Optional[str] = None, quiet: bool = False,
     mode = resolve_mode(quiet)
     run_id = run_id_of(spec, run_id)
     spec, why = choose_executor(spec)  # said on the summary's first line (a refusal stays one line)
-    if spec.run.executor == "ray" and not why.startswith("run.executor"):  # auto joins a Ray: said now
-        Progress.note(f"executor: ray ({why}); --local runs without it", mode)
     spec, registered = registered_model(spec)  # once, on the driver, before any lock
     out = sink_of(spec)  # the sink looked up once, for the locks, the run and its commit
     if once:  # before any lock: a date done earlier is a no-op even while another night runs
@@ -437,6 +435,9 @@ def _run_locked(at: Attempt, verbose: bool, quiet_ray: bool) -> RunResult:
                f"{' with this model' if info else ''}")
         return _commit_nothing_new(at, why, listing, info)
     if spec.run.executor == "ray":
+        why = at.executor.get("why", "") if at.executor else ""
+        if why and not why.startswith("run.executor"):  # auto joins a Ray: said before the work, not only after
+            Progress.note(f"executor: ray ({why}); --local runs without it", mode)
         if not spec.source.inventory:
             ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
         import ray
