@@ -23,7 +23,9 @@ _SET_HELP = ("Override a spec value: --set sink.uri=s3://bucket/out (a training 
 def _fail(exc: UserError) -> None:
     if exc.exit_code:
         _keep_ray_log()
-    click.echo(f"error: {exc}" if exc.exit_code else str(exc), err=bool(exc.exit_code))
+    # Several problems (a spec's) are several lines, each an ``error:`` line.
+    click.echo("\n".join(f"error: {line}" for line in str(exc).splitlines() or [""]) if exc.exit_code else str(exc),
+               err=bool(exc.exit_code))
     sys.exit(exc.exit_code)
 
 

@@ -151,3 +151,16 @@ def test_extension_names_are_checked_when_a_spec_is_validated_not_frozen_at_impo
     with pytest.raises(SpecError, match=r"curate\.checks\.1: unknown curation check 'shiny'; known: .*blurry"):
         load_spec(quick, ["curate={checks: [blurry, shiny]}"])
     assert load_spec(quick, ["curate={checks: [light, exact_duplicates]}"]).curate.checks == ["overexposed", "duplicate"]
+
+
+def test_a_spec_with_two_problems_is_two_error_lines(tmp_path):
+    from click.testing import CliRunner
+
+    from imgclf_ray.cli import main
+
+    job = tmp_path / "two.yaml"
+    job.write_text("name: j\nsource: {uri: in, recursve: true}\nmodel: {uri: m, topk: 0}\nsink: {uri: o}\n")
+    result = CliRunner().invoke(main, ["validate", str(job)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
+    assert "source.recursve: unknown key" in lines[0] and "model.topk" in lines[1]
