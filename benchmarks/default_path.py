@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run import (PYTHON, REPO, Row, _loop_seconds, make_classical_model, make_cnn_model,  # noqa: E402
-                            make_corpus, measure, run_imgclf, write_job)
+                            make_corpus, measure, publish, run_imgclf, write_job)
 
 RAY = str(Path(PYTHON).with_name("ray"))
 
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out = {"classical": classical(work, args.classical, args.rounds) if args.classical else None,
            "ray_started": ray_started(work, args.cnn, args.rounds) if args.cnn else None}
-    print(json.dumps(out, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return out
+    return publish(out, args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run import (IMGCLF, PYTHON, REPO, Row, _label_agreement, make_cnn_model, make_corpus,  # noqa: E402
-                            measure, run_daft, run_imgclf, write_job)
+                            measure, publish, run_daft, run_imgclf, write_job)
 
 
 def _labels(work: Path, name: str, model: str, archive: str, extra: dict) -> Path:
@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                     {"precision": "int8", "int8_min_agreement": 0.0})
         out["trained"][model] = {"labels_equal": round(_label_agreement(a, b), 4),
                                  "held_back_agreement": json.loads((b / "_run_summary.json").read_text())["int8"]["agreement"]}
-    print(json.dumps(out, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return out
+    return publish(out, args.json)
 
 
 if __name__ == "__main__":

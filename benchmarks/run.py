@@ -181,6 +181,14 @@ def _tree_memory(proc) -> int:
     return total
 
 
+def publish(figures: dict, path: Optional[str]) -> dict:
+    """A benchmark's figures printed as JSON, and written to ``path`` when given."""
+    print(json.dumps(figures, indent=1))
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=1))
+    return figures
+
+
 def measure(cmd: list[str], env: Optional[dict] = None, log: Optional[Path] = None) -> tuple[float, float]:
     """Run ``cmd`` to completion; (wall seconds, peak memory (PSS) of its process tree in MB)."""
     import psutil

@@ -34,9 +34,9 @@ def extract(name: str, image: np.ndarray, params: dict[str, Any] | None = None) 
 def extract_many(name: str, images: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
     """Apply extractor ``name`` to a (N, C, H, W) uint8 batch: in one call when it has a batch form."""
     if name in BATCHED:  # in passes of BATCH_PASS images: a network's activations stay tens of MB
-        return np.concatenate([np.asarray(BATCHED[name](images[i:i + BATCH_PASS], **(params or {})),
-                                          dtype=np.float32).reshape(len(images[i:i + BATCH_PASS]), -1)
-                               for i in range(0, len(images), BATCH_PASS)])
+        passes = (images[i:i + BATCH_PASS] for i in range(0, len(images), BATCH_PASS))
+        return np.concatenate([np.asarray(BATCHED[name](part, **(params or {})), dtype=np.float32).reshape(len(part), -1)
+                               for part in passes])
     return np.stack([extract(name, image, params) for image in images])
 
 
