@@ -32,7 +32,11 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     flag = report + ".block"
     os.environ.update(IMGCLF_BLOCK_AT="decode_batch", IMGCLF_BLOCK_FILE=flag)
     # The head runs the driver only: the work, and so the loss, is on two 2-CPU worker nodes.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 150_000_000})
+    # The GCS checks each node every second (Ray's default: every 3 s, dead after 5 misses): the
+    # lost node is marked dead in seconds.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 150_000_000,
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     workers = [cluster.add_node(num_cpus=2, object_store_memory=150_000_000) for _ in range(2)]
     cluster.wait_for_nodes()
     ensure_ray(cluster.address)
@@ -66,8 +70,16 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
             victim = next((a.node_id for a in actors if "PredictStage" in a.class_name and a.node_id in by_id), None)
         if victim is None:
             time.sleep(0.2)
+    dead = False
     if victim is not None:
         cluster.remove_node(by_id[victim], allow_graceful=False)
+        # Until the GCS's health check marks the node dead, Ray still counts it alive (and the run
+        # may finish before it does): wait for that event, bounded, before the replacement joins.
+        deadline = time.monotonic() + 120
+        while not dead and time.monotonic() < deadline:
+            dead = not any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes())
+            if not dead:
+                time.sleep(0.2)
         cluster.add_node(num_cpus=2, object_store_memory=150_000_000)
     open(flag + ".release", "w").close()
     runner.join(timeout=400)
@@ -76,7 +88,7 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     result = outcome["result"]
     with open(report, "w") as fh:
         json.dump({"listed": manifest.num_rows, "rows": result.rows, "by_status": result.by_status,
-                   "removed": victim is not None,
+                   "removed": victim is not None, "marked_dead": dead,
                    "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"])}, fh)
     ray.shutdown()
     cluster.shutdown()
