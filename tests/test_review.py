@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-import time
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +140,9 @@ def test_refusals_unknown_images_csv_and_stale_reviews(night, tmp_path):
     # An image whose file changed after its task was made: the answer is kept, stale, not applied.
     target = next(t for t in tasks[2:])
     path = Path(target["data"]["uri"].removeprefix("file://"))
-    time.sleep(0.01)
-    path.write_bytes(path.read_bytes())  # new mtime: a new etag on the local disk
+    path.write_bytes(path.read_bytes())
+    later = path.stat().st_mtime_ns + 2_000_000_000  # a new mtime whatever the clock's grain: a new etag
+    os.utime(path, ns=(later, later))
     run("n2")
     done = ingest(sink, _export([target]))
     assert done.added == 1 and done.stale == 1

@@ -59,8 +59,11 @@ def stop_ray_node(marker: str, grace: float = 3.0) -> None:
 def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000):
     """A head node (`ray start --head` of this venv's Ray) with its dashboard (the Jobs API) on
     127.0.0.1 and token authentication on, its jobs' `python` the one in ``python_dir``; yields
-    (address, environment with the token, temp dir), stopped after."""
+    (address, environment with the token, temp dir), stopped after. Its jobs' drivers pass the
+    ``after_write`` fault point (imgclf_ray.faults) while ``<temp>/hold.release`` exists, and wait
+    there while it does not."""
     temp = tempfile.mkdtemp(prefix="imgclf-head-", dir="/tmp")  # short: Unix socket paths
+    Path(temp, "hold.release").touch()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{python_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
@@ -72,7 +75,8 @@ def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000):
            f"--num-cpus={cpus}", f"--object-store-memory={memory}", f"--temp-dir={temp}",
            "--include-dashboard=true", "--disable-usage-stats"]
     try:
-        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        held = {**env, "IMGCLF_BLOCK_AT": "after_write", "IMGCLF_BLOCK_FILE": f"{temp}/hold"}
+        started = subprocess.run(cmd, env=held, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard}", env, temp
     finally:
@@ -152,17 +156,25 @@ def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
 
 
 def test_stopped_run_resubmitted_resumes_exactly_once(head, job):
-    address, env, _ = head
+    address, env, temp = head
     spec, images, sink = job
-    # The pre-flight passes on this head (test_submitted_run_commits_once...); skipped here.
-    out = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--skip-preflight")
-    assert out.returncode == 0 and "submitted run stop-me" in out.stdout, out.stderr
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "listing" not in imgclf(env, "logs", "stop-me", "--address", address).stdout:
-        time.sleep(1)
-    stopped = imgclf(env, "stop", "stop-me", "--address", address)
-    assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
-    assert not (sink / "stop-me" / "_SUCCESS").exists()
+    # The job's driver waits before its commit, everything staged (a blocking fault point), until
+    # it is stopped: the stop cannot come after the run finished, however fast the machine.
+    hold = Path(temp, "hold")
+    hold.with_suffix(".release").unlink()
+    try:
+        # The pre-flight passes on this head (test_submitted_run_commits_once...); skipped here.
+        out = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--skip-preflight")
+        assert out.returncode == 0 and "submitted run stop-me" in out.stdout, out.stderr
+        deadline = time.monotonic() + 240
+        while not hold.with_suffix(".reached").exists():
+            assert time.monotonic() < deadline, imgclf(env, "logs", "stop-me", "--address", address).stdout
+            time.sleep(0.2)
+        stopped = imgclf(env, "stop", "stop-me", "--address", address)
+        assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert not (sink / "stop-me" / "_SUCCESS").exists()
+    finally:
+        hold.with_suffix(".release").touch()
     again = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--wait",
                    "--skip-preflight")
     assert again.returncode == 0, again.stdout + again.stderr
