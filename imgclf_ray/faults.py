@@ -7,6 +7,9 @@
   point creates ``<path>.reached`` and waits there until ``<path>.release`` exists (others reaching
   it wait too), so a test can signal a driver at a known step without guessing a time. Files, not
   pipes: the point may be in a spawned decode worker or a Ray worker.
+- ``IMGCLF_FAKE_GPUS=1``: a GPU that Ray grants a predictor actor where none is behind it (Ray's
+  fake multi-node autoscaling cluster, whose "GPU" is a resource count) is this CPU, so that a
+  test can run the GPU plan, the autoscaler's GPU nodes included, on a machine without one.
 """
 
 from __future__ import annotations
@@ -34,3 +37,10 @@ def point(name: str) -> None:
             pass
         while not os.path.exists(flag + ".release"):
             time.sleep(0.05)
+
+
+def device(name: str) -> str:
+    """The device a predictor asked for ``name`` uses (IMGCLF_FAKE_GPUS: cuda is the CPU)."""
+    if name.startswith("cuda") and os.environ.get("IMGCLF_FAKE_GPUS") == "1":
+        return "cpu"
+    return name

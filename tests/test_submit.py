@@ -3,22 +3,19 @@ on loopback, token authentication on), started and stopped by this module."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import REPO, _free_port
 from tests.support.jobs import digits_subset, read_run
+from tests.support.heads import started_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -28,60 +25,6 @@ source: {{uri: {archive}, extensions: [".png"]}}
 model: {{uri: {model}}}
 sink: {{uri: {sink}}}
 """
-
-
-def stop_ray_node(marker: str, grace: float = 3.0) -> None:
-    """Stop exactly one Ray node: every process whose command line names its temp dir (GCS,
-    raylet, dashboard, agents) and their children (workers). `ray stop` would also stop the test
-    session's own Ray instance."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and any(marker in a for a in proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                found.update({c.pid: c for c in proc.children(recursive=True)})
-        except psutil.Error:
-            continue
-    for proc in found.values():
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(list(found.values()), timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-@contextlib.contextmanager
-def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000):
-    """A head node (`ray start --head` of this venv's Ray) with its dashboard (the Jobs API) on
-    127.0.0.1 and token authentication on, its jobs' `python` the one in ``python_dir``; yields
-    (address, environment with the token, temp dir), stopped after. Its jobs' drivers pass the
-    ``after_write`` fault point (imgclf_ray.faults) while ``<temp>/hold.release`` exists, and wait
-    there while it does not."""
-    temp = tempfile.mkdtemp(prefix="imgclf-head-", dir="/tmp")  # short: Unix socket paths
-    Path(temp, "hold.release").touch()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "PATH": f"{python_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(name, None)
-    dashboard = _free_port()
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-           f"--num-cpus={cpus}", f"--object-store-memory={memory}", f"--temp-dir={temp}",
-           "--include-dashboard=true", "--disable-usage-stats"]
-    try:
-        held = {**env, "IMGCLF_BLOCK_AT": "after_write", "IMGCLF_BLOCK_FILE": f"{temp}/hold"}
-        started = subprocess.run(cmd, env=held, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"http://127.0.0.1:{dashboard}", env, temp
-    finally:
-        stop_ray_node(temp)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from imgclf_ray import faults
 from imgclf_ray.errors import ArtifactError
 from imgclf_ray.messages import describe, scrub
 from imgclf_ray.models.artifact import ModelCard, load_state_dict, read_card, read_weights
@@ -139,6 +140,15 @@ class TorchClassifier:
         net = _network_of(model_uri, self.card, storage, trusted)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = faults.device(device)
+        if device.startswith("cuda") and runtime != "onnxruntime" and not torch.cuda.is_available():
+            import os
+
+            raise ArtifactError(
+                f"model.device cuda: this predictor was given a GPU (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) but PyTorch {torch.__version__} on its node "
+                f"sees no CUDA device ({'a CPU-only build' if torch.version.cuda is None else 'no usable NVIDIA driver'}); "
+                "install a CUDA build of torch on the GPU nodes, or set model.device: cpu")
         self.session = None
         if runtime == "onnxruntime":
             from imgclf_ray.models import onnx_runtime

@@ -243,3 +243,21 @@ def test_per_image_cards_carry_no_mean_or_std(tiny_model, tmp_path):
     (art / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="torch models need preprocess.mean"):
         read_card(str(art))
+
+
+def test_a_gpu_actor_whose_torch_sees_no_cuda_is_refused_with_the_fix(tiny_model, monkeypatch):
+    """Ray grants GPUs by count: a GPU node whose torch is a CPU build (or has no driver) would
+    otherwise fail in the first forward pass with torch's own message, or (device auto) run on
+    its CPU unnoticed."""
+    import torch
+
+    if torch.cuda.is_available():  # a GPU machine: the same call gives a CUDA predictor
+        assert TorchClassifier(tiny_model, device="cuda").device.type == "cuda"
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ArtifactError, match=r"given a GPU \(CUDA_VISIBLE_DEVICES=0\).*sees no CUDA device.*"
+                                            r"install a CUDA build of torch.*model.device: cpu"):
+        TorchClassifier(tiny_model, device="cuda")
+    # Ray's fake multi-node cluster (tests/test_autoscaling.py): its GPUs are counts, the CPU computes.
+    monkeypatch.setenv("IMGCLF_FAKE_GPUS", "1")
+    assert TorchClassifier(tiny_model, device="cuda").device.type == "cpu"
