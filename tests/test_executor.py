@@ -164,17 +164,30 @@ def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime
     assert np.abs(ort - torch_).max() < 1e-5
 
 
-def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_model, svm_hog_model, tmp_path):
+def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_model, svm_hog_model, tree_model,
+                                                                           tmp_path, monkeypatch):
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.runner.plan import make_plan, with_runtime
 
-    def decided(model: str, rows: int, engine: str = "local", cluster=None, **extra) -> dict:
+    def decided(model: str, rows: int, engine: str = "local", cluster=None, export=True, decode=None, **extra) -> dict:
         spec = parse_spec({"name": "r", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "out")},
-                           "model": {"uri": model, **extra}}, "<test>")
+                           "model": {"uri": model, **extra}, **({"decode": decode} if decode else {})}, "<test>")
         run = make_plan(spec, cluster or {"CPU": 2.0}, describe_artifact(model))
-        run, why = with_runtime(run, rows, engine)
+        run, why = with_runtime(run, rows, engine, export)
         assert not why or run.spec.model.runtime == why["name"]
         return why
+
+    # A dry run exports nothing: it says what the run will take if the network exports.
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path / "cache"))
+    assert decided(tiny_model, 5000, export=False) == {
+        "name": "onnxruntime", "why": "auto: fp32 on CPUs, 5000 images; if the network exports to ONNX"}
+    assert not (tmp_path / "cache").exists()
+    # The cache cannot be written (a read-only home): PyTorch, as before, and the reason.
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    assert decided(tiny_model, 5000) == {"name": "torch", "why": "auto: no ONNX export (NotADirectoryError)"}
+    assert decided(tiny_model, 5000, decode={"jpeg_on": "predictor"}) == {
+        "name": "torch", "why": "auto: decode.jpeg_on predictor"}
+    assert decided(tree_model, 5000) == {}  # a tree's nodes run in PyTorch whatever model.runtime says
 
     assert decided(tiny_model, 5000, "ray")["why"] == "auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)"
     assert decided(tiny_model, 5000, precision="bf16") == {"name": "torch", "why": "auto: bf16 on cpu"}

@@ -26,6 +26,7 @@ class DryRun:
     to_process: int
     model: Optional[dict[str, Any]]
     plan: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, str] = field(default_factory=dict)  # the network's runtime the run would take: name, why
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +48,8 @@ class DryRun:
             if self.model.get("version"):
                 v = self.model["version"]
                 lines.append(f"  version : {v['uri']} = {v['name']} version {v['version']} ({v['source']})")
+        if self.runtime:
+            lines.append(f"  runtime : {self.runtime['name']} ({self.runtime['why']})")
         p = self.plan
         lines.append(f"  executor: {p.get('executor')} ({p.get('executor_why')})")
         if p.get("executor") == "local":
@@ -65,7 +68,7 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     """List and select as a run would (incremental jobs: against the committed state, the run id's
     own record not counting), make the plan, and report; refuses what a run would refuse first."""
     from imgclf_ray.runner.job import engine_for, select
-    from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model
+    from imgclf_ray.runner.plan import make_plan, refuse_before_work, registered_model, with_runtime
     from imgclf_ray.runner.ray_setup import ensure_ray
 
     from imgclf_ray.runner.executor import choose
@@ -79,6 +82,7 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     selected = select(spec, info.model_id if info else None, "off", run_id)  # exactly as the run selects
     seconds = time.perf_counter() - started
     run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
+    run, runtime = with_runtime(run, selected.rows.num_rows, spec.run.executor, export=False)
     plan = {**asdict(run.resources), "device": run.resources.device, "executor": spec.run.executor,
             "executor_why": why}
     if spec.run.executor == "local":
@@ -89,4 +93,4 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
                                        "labels": len(info.labels or []), "model_id": info.model_id,
                                        **({"version": registered} if registered else {})}
     return DryRun(run_id, spec.source.inventory or spec.source.uri, selected.listed, selected.skipped,
-                  selected.listing_tasks, round(seconds, 2), selected.why, selected.rows.num_rows, model, plan)
+                  selected.listing_tasks, round(seconds, 2), selected.why, selected.rows.num_rows, model, plan, runtime)

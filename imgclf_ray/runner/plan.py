@@ -71,12 +71,14 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
 ORT_MIN_IMAGES = 1000
 
 
-def with_runtime(run: RunPlan, rows: int, engine: str) -> tuple[RunPlan, dict[str, str]]:
+def with_runtime(run: RunPlan, rows: int, engine: str, export: bool = True) -> tuple[RunPlan, dict[str, str]]:
     """``model.runtime: auto`` decided for this run: ONNX Runtime for a plain torch network the
     local executor runs on CPUs in fp32 over at least ORT_MIN_IMAGES images (its forward pass
     measured 1.29x PyTorch's on ResNet-18, 2 cores), exported here into the cache once per
     machine (seconds); PyTorch otherwise, and when the network does not export. Returns the plan
-    with the runtime set, and what the run records of it: {name, why} (empty for other models)."""
+    with the runtime set, and what the run records of it: {name, why} (empty for other models).
+    ``export=False`` (a dry run, which writes nothing): ONNX Runtime is said as the choice, the
+    export left to the run (found in the cache, or made at its start; PyTorch if it fails)."""
     from imgclf_ray.errors import ArtifactError
 
     model = run.spec.model
@@ -93,7 +95,7 @@ def with_runtime(run: RunPlan, rows: int, engine: str) -> tuple[RunPlan, dict[st
         why = "auto: decode.jpeg_on predictor"
     elif rows < ORT_MIN_IMAGES:
         why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
-    else:
+    elif export:
         from imgclf_ray.models.torch_classifier import onnx_export
 
         try:
@@ -103,6 +105,6 @@ def with_runtime(run: RunPlan, rows: int, engine: str) -> tuple[RunPlan, dict[st
         except Exception as exc:  # noqa: BLE001 - the cache folder unwritable, ...: PyTorch runs it as before
             why = f"auto: no ONNX export ({type(exc).__name__})"
     runtime = "torch" if why else "onnxruntime"
-    why = why or f"auto: fp32 on CPUs, {rows} images"
+    why = why or f"auto: fp32 on CPUs, {rows} images" + ("" if export else "; if the network exports to ONNX")
     spec = run.spec.model_copy(update={"model": model.model_copy(update={"runtime": runtime})})
     return RunPlan(spec, run.model, run.checks, run.label_issue_labels, run.resources), {"name": runtime, "why": why}
