@@ -266,6 +266,9 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
     meta_rows = [["run id", m.get("run_id")], ["job", m.get("job")], ["committed at", m.get("committed_at")],
                  ["model id", m.get("model_id")], ["output", run.uri], ["spec digest", s.get("spec_digest")],
                  ["files", len(m.get("files", []))]]
+    for key in ("executor", "runtime"):  # which engine ran it, and the network's runtime (and why)
+        if s.get(key):
+            meta_rows.append([key, f"{s[key].get('name')} ({s[key].get('why')})"])
     plan = m.get("plan") or {}
     if plan:
         meta_rows.append(["resources", ", ".join(f"{k}={v}" for k, v in plan.items())])
