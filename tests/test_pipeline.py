@@ -106,8 +106,11 @@ def test_file_deleted_after_listing_is_a_read_error(ray_session, tiny_model, tmp
 
 def test_error_budget_fails_the_run_and_commits_nothing(ray_session, mixed_archive, tiny_model, tmp_path):
     spec = make_spec(str(mixed_archive), str(tmp_path / "out"), tiny_model, run={"max_error_rate": 0.2})
-    with pytest.raises(RunFailed, match=r"5 of 16 images failed \(31.2%\), over the error budget of 20.0%"):
+    with pytest.raises(RunFailed, match=r"5 of 16 images failed \(31.2%\), over the error budget of 20.0%") as refused:
         execute(spec, list_archive(spec.source), "over")
+    # What failed is said (nothing else is left to read): the commonest causes, the first file and its error.
+    message = str(refused.value)
+    assert "; most often: decode: " in message and "; the first: file://" in message and "\n" not in message
     assert committed_files(spec.sink.uri, "over") == []
     assert glob.glob(str(tmp_path / "out" / "**" / "*"), recursive=True) == []
 

@@ -68,8 +68,14 @@ def check_budget(spec: JobSpec, result: RunResult) -> None:
     errors = result.by_status.get(STATUS_ERROR, 0)
     images = result.rows - result.by_status.get(STATUS_SKIPPED, 0)
     if budget is not None and images and errors / images > budget:
+        # Nothing is committed, the staged rows go: the message is where the user learns what failed.
+        causes = sorted(result.errors_by_cause.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        most = "; most often: " + ", ".join(f"{cause} ({n})" for cause, n in causes) if causes else ""
+        first = result.sample_errors[0] if result.sample_errors else None
+        first_line = f"; the first: {first['uri']}: {first['error']}" if first else ""
         raise RunFailed(f"{errors} of {images} images failed ({errors / images:.1%}), over "
-                        f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed")
+                        f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed"
+                        f"{most}{first_line}")
 
 
 def check_thresholds(spec: JobSpec, card: ArtifactInfo, card_thresholds: dict[str, float]) -> None:
