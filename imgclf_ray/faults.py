@@ -21,6 +21,7 @@ import time
 POINTS = ("after_write", "after_state", "commit_file_moved", "commit_moved", "commit_manifest", "commit_success", "after_commit",
           "decode_worker",  # a local run's decode worker process, not the driver
           "decode_batch",  # a decode batch, in whichever process or worker runs it
+          "predict_batch",  # a predictor's batch, in the actor (or the local run's process)
           "ray_started",  # ensure_ray, Ray's processes started
           "review_batch",  # review select/gold: the batch's files written, its record not yet
           "review_ingest",  # review ingest: the answers checked, their file not written yet

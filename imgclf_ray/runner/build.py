@@ -120,8 +120,12 @@ def gpu_capacity(run: "RunPlan"):
     """With resources.gpus beyond the GPUs present: the pool's first actor waits up to
     resources.gpu_wait seconds for a GPU node (Ray Data's wait_for_min_actors_s; then the run fails,
     committing nothing). The pending GPU actors are the autoscaler's demand: it starts GPU nodes
-    for them, and the pool grows to its planned size as they join (Ray Data's own autoscaling
-    coordinator sends the cluster-wide resource requests: one of ours would be overwritten)."""
+    for them, and the pool grows to its planned size as they join. Ray Data's per-operator
+    resource reservation is off for such a run: it hands the GPUs the pool does not hold yet to the
+    write operator, which leaves the pool no budget to grow (tests/test_autoscaling.py: it stayed
+    at one actor with two GPU nodes up and work queued). No resource request of our own: Ray
+    Data's coordinator adds its requesters' bundles, so the plan's GPUs asked again beside Ray
+    Data's own request would start nodes the run never uses."""
     import math
 
     import ray
@@ -130,12 +134,13 @@ def gpu_capacity(run: "RunPlan"):
         yield
         return
     ctx = ray.data.DataContext.get_current()
-    before = ctx.wait_for_min_actors_s
+    before = ctx.wait_for_min_actors_s, ctx.op_resource_reservation_enabled
     ctx.wait_for_min_actors_s = math.ceil(run.spec.resources.gpu_wait)
+    ctx.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        ctx.wait_for_min_actors_s = before
+        ctx.wait_for_min_actors_s, ctx.op_resource_reservation_enabled = before
 
 
 class RayTasks:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow as pa
 
+from imgclf_ray import faults
 from imgclf_ray.curation.rows import RowRules, row_columns
 from imgclf_ray.errors import DeviceFault, device_fault
 from imgclf_ray.messages import describe, guard_worker_output
@@ -193,6 +194,7 @@ class PredictStage:
     @reports_user_errors
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         guard_worker_output()  # what libraries print while decoding passes the message gate
+        faults.point("predict_batch")
         started = time.perf_counter()
         status = np.asarray(batch["status"], dtype=object).copy()
         # Nulls of a string column may come back from Arrow as None or NaN.
