@@ -34,7 +34,6 @@ class Plan:
     torch_threads: int
     cluster_cpus: float
     cluster_gpus: float
-    initial_actors: int = 0  # the pool's start (0: all of them); fewer when resources.gpus waits for GPU nodes
     present_gpus: float = -1.0  # the GPUs the cluster had when planned (-1: as cluster_gpus)
     calls_per_actor: int = 1  # batches a predictor works on at once (threads): 2 on GPUs, host work beside the forward
 
@@ -47,7 +46,8 @@ class Plan:
 
     @property
     def awaits_gpus(self) -> bool:
-        """Planned for more GPUs than the cluster had (resources.gpus): the pool waits for nodes."""
+        """Planned for more GPUs than the cluster had (resources.gpus): the pool (fixed, all its
+        actors asked for at once) waits for nodes."""
         return self.gpus_per_actor > 0 and 0 <= self.present_gpus < self.cluster_gpus
 
     @property
@@ -104,10 +104,10 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
         cpus_per_actor = overrides.cpus_per_actor or min(cpus - reserve, 1.0 if cpus <= 4 else 2.0)
         actors = overrides.actors or max(1, int((cpus - reserve) // cpus_per_actor))
         batch = overrides.batch_size or 32
-    initial = max(1, min(actors, int(present // gpus_per_actor))) if use_gpu and gpus > present else actors
+    now = max(1, min(actors, int(present // gpus_per_actor))) if use_gpu and gpus > present else actors
     # The actors that start now land on the nodes there are now (those to come bring their own CPUs).
-    if initial * cpus_per_actor > cpus - decode_cpus + 1e-9:
-        raise SpecError(f"resources: {initial} actors x {cpus_per_actor} CPUs leave no CPU for "
+    if now * cpus_per_actor > cpus - decode_cpus + 1e-9:
+        raise SpecError(f"resources: {now} actors x {cpus_per_actor} CPUs leave no CPU for "
                         f"reading and decoding on a cluster of {cpus:g} CPUs")
     return Plan(
         actors=actors,
@@ -123,7 +123,6 @@ def plan_resources(cluster: Mapping[str, float], overrides: ResourcesSpec = Reso
                           0 if use_gpu else int(cpus // actors)),
         cluster_cpus=cpus,
         cluster_gpus=gpus,
-        initial_actors=initial,
         present_gpus=present,
         calls_per_actor=overrides.calls_per_actor or (2 if use_gpu else 1),
     )

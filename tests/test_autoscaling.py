@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO
 from tests.support.heads import started_head
@@ -43,8 +44,8 @@ print(json.dumps({"nodes": list(nodes.values()), "predictors": [[a.state, nodes.
 """
 
 
-def test_a_gpu_job_on_a_cpu_head_starts_gpu_nodes_from_zero_and_its_pool_grows_onto_them(digits_archive, tiny_model,
-                                                                                        tmp_path):
+def test_a_gpu_job_on_a_cpu_head_starts_every_planned_gpu_node_from_zero_and_predicts_on_each(
+        digits_archive, tiny_model, tmp_path):
     archive = tmp_path / "archive"
     digits_subset(digits_archive, archive, 12)
     n = sum(1 for _ in archive.rglob("*.png"))
@@ -52,26 +53,29 @@ def test_a_gpu_job_on_a_cpu_head_starts_gpu_nodes_from_zero_and_its_pool_grows_o
     spec.write_text(JOB.format(archive=archive, model=tiny_model, sink=tmp_path / "out"))
     hold = tmp_path / "hold"
     # The fake GPU is a count: the predictor Ray places on it computes on this CPU (imgclf_ray.faults).
-    # Each predictor waits at its first batch (a blocking fault point) until the test has seen the
-    # pool at its planned size: work queues meanwhile, however fast the machine.
+    # Each predictor waits at its first batch (a blocking fault point) until the test has seen both:
+    # work remains queued meanwhile, however fast the machine.
     node_env = {"IMGCLF_FAKE_GPUS": "1", "IMGCLF_BLOCK_AT": "predict_batch", "IMGCLF_BLOCK_FILE": str(hold)}
     with started_head(Path(sys.executable).parent, cpus=2, memory=100_000_000, node_types=NODE_TYPES,
                       node_env=node_env) as (dashboard, env, temp):
         gcs = Path(temp, "ray_current_cluster").read_text().strip()
-        run = subprocess.Popen([sys.executable, "-m", "imgclf_ray", "run", str(spec), "--address", gcs,
-                                "--run-id", "scaled", "-q"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+        with open(tmp_path / "run.out", "w") as out:  # a file, not a pipe nobody reads while the test waits
+            run = subprocess.Popen([sys.executable, "-m", "imgclf_ray", "run", str(spec), "--address", gcs,
+                                    "--run-id", "scaled", "-q"], env=env, cwd=REPO, stdout=out, stderr=out)
         try:
             deadline, state = time.monotonic() + 240, {"predictors": []}
             while sum(s == "ALIVE" and g == 1 for s, g in state["predictors"]) < 2 and time.monotonic() < deadline:
-                assert run.poll() is None, run.communicate()
+                assert run.poll() is None, (tmp_path / "run.out").read_text()[-3000:]
                 time.sleep(1)
                 state = json.loads(subprocess.run([sys.executable, "-c", PREDICTORS, dashboard], env=env, text=True,
                                                   capture_output=True, timeout=120, check=True).stdout)
         finally:
             hold.with_suffix(".release").touch()
-            out, err = run.communicate(timeout=300)
-    assert run.returncode == 0, out + err[-3000:]
+            try:
+                run.wait(timeout=300)
+            finally:
+                run.kill()
+    assert run.returncode == 0, (tmp_path / "run.out").read_text()[-3000:]
     # Planned for the declared GPUs although the cluster had none; the run's pending GPU actors made
     # the autoscaler start both GPU nodes of the group; a predictor on each, none on the CPU-only nodes.
     plan = json.loads((tmp_path / "out" / "scaled" / "_manifest.json").read_text())["plan"]
@@ -80,3 +84,22 @@ def test_a_gpu_job_on_a_cpu_head_starts_gpu_nodes_from_zero_and_its_pool_grows_o
     assert sorted(r.get("GPU", 0) for r in state["nodes"]) == [0, 0, 1, 1], state  # head, cpu, gpu, gpu
     rows = read_run(str(tmp_path / "out"), "scaled")
     assert len(rows) == n and {r["status"] for r in rows} == {"ok"}
+
+
+def test_gpu_actors_that_never_come_fail_the_run_after_gpu_wait_committing_nothing(ray_session, tiny_model, tmp_path):
+    """No autoscaler here (the session's one-node Ray): the planned GPU actor never starts."""
+    from imgclf_ray.errors import RunFailed
+    from imgclf_ray.io.listing import list_archive
+    from imgclf_ray.runner.job import execute
+    from imgclf_ray.spec import parse_spec
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    Image.new("RGB", (8, 8)).save(archive / "a.png")
+    spec = parse_spec({"name": "nogpu", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
+                       "resources": {"gpus": 1, "gpu_wait": 2}, "run": {"executor": "ray"},
+                       "sink": {"uri": str(tmp_path / "out")}}, "<test>")
+    with pytest.raises(RunFailed, match=r"resources.gpus: 1 GPU actor planned, not all up after "
+                                        r"resources.gpu_wait \(2 s; the cluster had 0 GPUs"):
+        execute(spec, list_archive(spec.source), "nogpu")
+    assert not (tmp_path / "out" / "nogpu" / "_SUCCESS").exists()

@@ -67,16 +67,16 @@ def test_light_predictors_leave_the_cores_to_decoding():
 
 def test_a_declared_gpu_target_plans_gpu_actors_before_the_gpu_nodes_join():
     """cluster/kuberay's GPU group starts at zero replicas: cluster_resources() shows no GPU when a
-    run plans. With resources.gpus the plan is for that many GPU actors; the pool starts with those
-    that fit now (at least one, which waits for its node) and grows as nodes join."""
+    run plans. With resources.gpus the plan is for that many GPU actors, all asked for at once (a
+    fixed pool whose pending actors start the GPU nodes: tests/test_autoscaling.py)."""
     plan = plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2))
-    assert (plan.device, plan.actors, plan.initial_actors, plan.gpus_per_actor) == ("cuda", 2, 1, 1)
+    assert (plan.device, plan.actors, plan.gpus_per_actor) == ("cuda", 2, 1)
     assert plan.awaits_gpus and not plan_resources({"CPU": 16.0, "GPU": 4.0}).awaits_gpus
     assert plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=1)).awaits_gpus  # one GPU actor, none there yet
     plan = plan_resources({"CPU": 4.0, "GPU": 1.0}, ResourcesSpec(gpus=4))
-    assert (plan.actors, plan.initial_actors) == (4, 1)
+    assert (plan.actors, plan.awaits_gpus) == (4, True)
     plan = plan_resources({"CPU": 16.0, "GPU": 4.0}, ResourcesSpec(gpus=2))  # more present than declared
-    assert (plan.actors, plan.initial_actors) == (4, 4)
+    assert (plan.actors, plan.awaits_gpus) == (4, False)
     assert plan_resources({"CPU": 4.0}, ResourcesSpec(gpus=2), device="cpu").device == "cpu"
     assert plan_resources({"CPU": 2.0}, ResourcesSpec(gpus=2), device="cuda").actors == 2  # no "no GPUs"
     # The actors that start now share this cluster's CPUs with decoding (those to come bring theirs).

@@ -94,11 +94,10 @@ class ResourcesSpec(Section):
                                              "task call.")
     gpus: Optional[int] = Field(
         None, ge=1, description="GPUs the run plans its GPU actors for when the cluster has fewer now (an "
-        "autoscaling GPU group at zero replicas, as cluster/kuberay's): the pool starts with the GPU actors "
-        "that fit now (at least one, whose pending demand makes the autoscaler start a GPU node) and grows "
-        "to this many as GPU nodes join; without a GPU after gpu_wait seconds the run fails, committing "
-        "nothing.")
-    gpu_wait: float = Field(600.0, gt=0, description="Seconds to wait for the first GPU actor (with gpus).")
+        "autoscaling GPU group at zero replicas, as cluster/kuberay's): all its GPU actors are asked for at "
+        "once, and their pending demand makes the autoscaler start the GPU nodes; when they are not all up "
+        "after gpu_wait seconds the run fails, committing nothing.")
+    gpu_wait: float = Field(600.0, gt=0, description="Seconds to wait for the GPU actors (with gpus).")
 
 
 class SinkSpec(Section):

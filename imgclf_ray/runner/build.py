@@ -104,10 +104,14 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
         batch_format="numpy",
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on
         # every actor, even when the smaller cluster then has no CPU left for the decode tasks;
-        # this one can give idle actors back (tests/test_node_loss.py).
+        # this one can give idle actors back (tests/test_node_loss.py). Planned for GPUs still to
+        # come (resources.gpus), a fixed pool instead: all its actors asked for at once, their
+        # pending demand starts every GPU node (gpu_capacity); one that grew later would get no
+        # budget from Ray Data's reservation (tests/test_autoscaling.py).
         # On a GPU two batches at once (threads: torch releases the GIL in the forward pass), so
         # that one's host work overlaps the other's forward pass.
-        compute=ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.initial_actors or plan.actors,
+        compute=ActorPoolStrategy(min_size=plan.actors if plan.awaits_gpus else 1, max_size=plan.actors,
+                                  initial_size=plan.actors,
                                   max_concurrent_calls_per_actor=plan.calls_per_actor,
                                   enable_true_multi_threading=plan.calls_per_actor > 1),
         num_cpus=plan.cpus_per_actor,
@@ -117,15 +121,13 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
 
 @contextlib.contextmanager
 def gpu_capacity(run: "RunPlan"):
-    """With resources.gpus beyond the GPUs present: the pool's first actor waits up to
-    resources.gpu_wait seconds for a GPU node (Ray Data's wait_for_min_actors_s; then the run fails,
-    committing nothing). The pending GPU actors are the autoscaler's demand: it starts GPU nodes
-    for them, and the pool grows to its planned size as they join. Ray Data's per-operator
-    resource reservation is off for such a run: it hands the GPUs the pool does not hold yet to the
-    write operator, which leaves the pool no budget to grow (tests/test_autoscaling.py: it stayed
-    at one actor with two GPU nodes up and work queued). No resource request of our own: Ray
-    Data's coordinator adds its requesters' bundles, so the plan's GPUs asked again beside Ray
-    Data's own request would start nodes the run never uses."""
+    """With resources.gpus beyond the GPUs present: the pool's planned actors are all asked for at
+    once (a fixed pool, build_dataset), and the run waits up to resources.gpu_wait seconds for them
+    (Ray Data's wait_for_min_actors_s; then it fails, committing nothing). Their pending demand is
+    what makes the autoscaler start the GPU nodes, all at once. A pool that started smaller and
+    grew would not grow: Ray Data's resource reservation hands the GPUs the pool does not hold yet
+    to the other operators, so the pool never has the budget for another actor (measured on the
+    fake autoscaling cluster: one actor for 240 s, two GPU nodes up, work queued)."""
     import math
 
     import ray
@@ -133,14 +135,33 @@ def gpu_capacity(run: "RunPlan"):
     if not run.resources.awaits_gpus:
         yield
         return
+    from imgclf_ray.errors import RunFailed
+
     ctx = ray.data.DataContext.get_current()
-    before = ctx.wait_for_min_actors_s, ctx.op_resource_reservation_enabled
+    before = ctx.wait_for_min_actors_s
     ctx.wait_for_min_actors_s = math.ceil(run.spec.resources.gpu_wait)
-    ctx.op_resource_reservation_enabled = False
     try:
         yield
+    except Exception as exc:  # noqa: BLE001 - Ray Data's timeout, however wrapped, said as the run's
+        if not any(isinstance(e, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(e)
+                   for e in _chain(exc)):
+            raise
+        plan = run.resources
+        raise RunFailed(f"resources.gpus: {plan.actors} GPU actor{'s' * (plan.actors != 1)} planned, not all up "
+                        f"after resources.gpu_wait "
+                        f"({run.spec.resources.gpu_wait:g} s; the cluster had {plan.present_gpus:g} GPUs when the "
+                        "run started): no GPU node joined, or too few; nothing was committed") from None
     finally:
-        ctx.wait_for_min_actors_s, ctx.op_resource_reservation_enabled = before
+        ctx.wait_for_min_actors_s = before
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """An exception and its causes (Ray wraps a task's error in its own types)."""
+    seen: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in seen):
+        seen.append(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return seen
 
 
 class RayTasks:
