@@ -9,7 +9,10 @@ itself refuses a second copy of a run; ``status`` / ``logs`` / ``stop`` take the
 its latest attempt. Nothing secret travels: the cluster's token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``
 with ``RAY_AUTH_MODE=token``) goes in the HTTP headers Ray's client adds, never into the
 runtime_env, the entry point or the metadata; credentials for object storage come from the
-cluster's own environment (instance roles, its secrets), never from the submission.
+cluster's own environment (instance roles, its secrets), never from the submission. ``stop`` sends
+the driver SIGTERM, on which a run stops at its next safe point or finishes a commit under way; the
+Jobs API then SIGKILLs it after ``RAY_JOB_STOP_WAIT_TIME_S`` (3 s by default), which a submission
+sets to STOP_WAIT_S so that a commit (S3, many files) is not cut short.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from imgclf_ray.spec import JobSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "job.yaml"
+STOP_WAIT_S = 120  # how long `imgclf stop` lets a driver stop or finish its commit before Ray SIGKILLs it
 
 
 class ClusterError(UserError):
@@ -288,7 +292,8 @@ def submit(address: str, spec_file: str, overrides: list[str], spec: JobSpec, ru
                 jobs.submit_job(
                     entrypoint=f"python -m imgclf_ray run {SPEC_FILE} {which} --ray -q {sets}".strip(),
                     submission_id=submission_id,
-                    runtime_env={"working_dir": str(staging), "py_modules": [str(Path(imgclf_ray.__file__).parent)]},
+                    runtime_env={"working_dir": str(staging), "py_modules": [str(Path(imgclf_ray.__file__).parent)],
+                                 "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}},
                     metadata={"imgclf_job": spec.name, "imgclf_run_id": run_id},
                 )
             except RuntimeError as exc:

@@ -88,7 +88,8 @@ def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
     assert f"{images} images" in log.stdout
     # The submission carries the spec and the package, never the token.
     info = _job_info(env, address, "nightly-digits-2026-11-28")
-    assert set(info["runtime_env"]) <= {"working_dir", "py_modules", "_ray_commit"}
+    assert set(info["runtime_env"]) <= {"working_dir", "py_modules", "env_vars", "_ray_commit"}
+    assert info["runtime_env"]["env_vars"] == {"RAY_JOB_STOP_WAIT_TIME_S": "120"}  # a commit is not cut short
     assert info["metadata"] == {"imgclf_job": "nightly-digits", "imgclf_run_id": "nightly-digits-2026-11-28"}
     assert "--date 2026-11-28" in info["entrypoint"]
     seen = [first.stdout, first.stderr, again.stdout, st.stdout, log.stdout, json.dumps(info)]
@@ -101,10 +102,12 @@ def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
 def test_stopped_run_resubmitted_resumes_exactly_once(head, job):
     address, env, temp = head
     spec, images, sink = job
-    # The job's driver waits before its commit, everything staged (a blocking fault point), until
-    # it is stopped: the stop cannot come after the run finished, however fast the machine.
+    # The job's decode tasks wait at a blocking fault point until it is stopped: the stop cannot
+    # come after the run finished, however fast the machine (earlier jobs passed the point: theirs
+    # is an old .reached).
     hold = Path(temp, "hold")
     hold.with_suffix(".release").unlink()
+    hold.with_suffix(".reached").unlink(missing_ok=True)
     try:
         # The pre-flight passes on this head (test_submitted_run_commits_once...); skipped here.
         out = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--skip-preflight")
@@ -116,6 +119,9 @@ def test_stopped_run_resubmitted_resumes_exactly_once(head, job):
         stopped = imgclf(env, "stop", "stop-me", "--address", address)
         assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
         assert not (sink / "stop-me" / "_SUCCESS").exists()
+        # Stopped as a signal stops a run (SIGTERM, handled: nothing committed), not killed.
+        log = imgclf(env, "logs", "stop-me", "--address", address).stdout
+        assert "interrupted: nothing committed; rerun with --run-id stop-me to resume" in log, log[-3000:]
     finally:
         hold.with_suffix(".release").touch()
     again = imgclf(env, "submit", str(spec), "--run-id", "stop-me", "--address", address, "--wait",

@@ -70,8 +70,8 @@ def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000,
     """A head node (`ray start --head` of this venv's Ray) with its dashboard (the Jobs API) on
     127.0.0.1 and token authentication on, its jobs' `python` the one in ``python_dir``; yields
     (dashboard address, environment with the token, temp dir), stopped after (every node: they all
-    name the temp dir). Its jobs' drivers pass the ``after_write`` fault point (imgclf_ray.faults)
-    while ``<temp>/hold.release`` exists, and wait there while it does not. With ``node_types``, an
+    name the temp dir). Its jobs' decode tasks pass the ``decode_batch`` fault point
+    (imgclf_ray.faults) while ``<temp>/hold.release`` exists, and wait there while it does not. With ``node_types``, an
     autoscaling head (Ray's fake multi-node provider, as ray.cluster_utils.AutoscalingCluster
     starts it; that class runs `ray stop --force`, which would stop the session's Ray too);
     ``node_env``: environment of every node's processes. The GCS address is in
@@ -88,7 +88,7 @@ def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000,
            f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
            f"--num-cpus={cpus}", f"--object-store-memory={memory}", f"--temp-dir={temp}",
            "--include-dashboard=true", "--disable-usage-stats"]
-    held = {**env, "IMGCLF_BLOCK_AT": "after_write", "IMGCLF_BLOCK_FILE": f"{temp}/hold", **(node_env or {})}
+    held = {**env, "IMGCLF_BLOCK_AT": "decode_batch", "IMGCLF_BLOCK_FILE": f"{temp}/hold", **(node_env or {})}
     if node_types is not None:
         Path(temp, "cluster.json").write_text(json.dumps(autoscaling_config(port, cpus, node_types)))
         cmd.append(f"--autoscaling-config={temp}/cluster.json")
