@@ -110,7 +110,7 @@ def test_error_budget_fails_the_run_and_commits_nothing(ray_session, mixed_archi
         execute(spec, list_archive(spec.source), "over")
     # What failed is said (nothing else is left to read): the commonest causes, the first file and its error.
     message = str(refused.value)
-    assert "; most often: decode: " in message and "; the first: file://" in message and "\n" not in message
+    assert "; most often: decode: " in message and "; one of them: file://" in message and "\n" not in message
     assert committed_files(spec.sink.uri, "over") == []
     assert glob.glob(str(tmp_path / "out" / "**" / "*"), recursive=True) == []
 
@@ -190,3 +190,21 @@ def test_the_driver_reads_the_model_card_once(ray_session, tiny_model, tmp_path,
     monkeypatch.setattr(LocalFileSystem, "cat_file", counting)
     result = run_job(make_spec(str(archive), str(tmp_path / "out"), tiny_model), "once", quiet=True)
     assert result.rows == 2 and len(reads) == 1, reads
+
+
+def test_a_file_name_with_a_newline_or_terminal_escape_stays_inside_its_line(tmp_path, tiny_model):
+    """The budget refusal and the summary name failing files: a name is the user's, any characters."""
+    from imgclf_ray.report.summary import format_summary
+    from imgclf_ray.runner.checks import check_budget
+    from imgclf_ray.runner.result import RunResult
+
+    hostile = "file:///archive/a\nerror: fake\x1b[31m.png"
+    result = RunResult("r", "out", 2, {"ok": 1, "error": 1}, {"cat": 1}, {"decode": 1},
+                       [{"uri": hostile, "error": "decode: cannot identify image file\r(OSError)"}], 1.0, 2.0, None,
+                       errors_by_cause={"decode: cannot identify image file": 1})
+    spec = make_spec(str(tmp_path), str(tmp_path / "out"), tiny_model, run={"max_error_rate": 0.1})
+    with pytest.raises(RunFailed) as refused:
+        check_budget(spec, result)
+    for text in (str(refused.value), format_summary(result)):
+        assert "\x1b" not in text and "\r" not in text and "a error: fake" in text
+    assert "\n" not in str(refused.value)

@@ -8,6 +8,7 @@ from typing import Optional
 from imgclf_ray import errors
 from imgclf_ray.errors import RunFailed, SpecError, UserError
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_SKIPPED
+from imgclf_ray.messages import printable
 from imgclf_ray.models.hierarchy import ArtifactInfo
 from imgclf_ray.runner.result import RunResult
 from imgclf_ray.spec import JobSpec
@@ -69,10 +70,11 @@ def check_budget(spec: JobSpec, result: RunResult) -> None:
     images = result.rows - result.by_status.get(STATUS_SKIPPED, 0)
     if budget is not None and images and errors / images > budget:
         # Nothing is committed, the staged rows go: the message is where the user learns what failed.
-        causes = sorted(result.errors_by_cause.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        causes = list(result.errors_by_cause.items())[:3]  # most frequent first
         most = "; most often: " + ", ".join(f"{cause} ({n})" for cause, n in causes) if causes else ""
-        first = result.sample_errors[0] if result.sample_errors else None
-        first_line = f"; the first: {first['uri']}: {first['error']}" if first else ""
+        first = result.sample_errors[0] if result.sample_errors else None  # the first staged, not listed
+        # A file's name is the user's, any characters: no newline or terminal escape passes into the line.
+        first_line = f"; one of them: {printable(first['uri'], 300)}: {printable(first['error'], 300)}" if first else ""
         raise RunFailed(f"{errors} of {images} images failed ({errors / images:.1%}), over "
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed"
                         f"{most}{first_line}")
