@@ -125,6 +125,26 @@ def onnx_export(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: b
     return onnx_runtime.exported(_network_of(model_uri, card, storage, trusted).eval(), card)
 
 
+def _device(device: str, runtime: str) -> str:
+    """The predictor's device: ``auto`` resolved here; a GPU the run planned (Ray grants GPUs by
+    count) refused, before the weights load, where this node's PyTorch sees none — it would fail
+    in the first batch with PyTorch's own error (ONNX Runtime checks its CUDA provider itself)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = faults.device(device)
+    if device.startswith("cuda") and runtime != "onnxruntime" and not torch.cuda.is_available():
+        import os
+
+        why = "a CPU-only build" if torch.version.cuda is None else "no usable NVIDIA driver"
+        raise ArtifactError(
+            f"the run planned this predictor on a GPU (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) but PyTorch {torch.__version__} on its node sees no "
+            f"CUDA device ({why}); install a CUDA build of torch on the GPU nodes, or set model.device: cpu")
+    return device
+
+
 class TorchClassifier:
     """Loads an artifact once; ``predict_proba`` maps (N, C, H, W) uint8 to (N, classes) float32."""
 
@@ -137,18 +157,8 @@ class TorchClassifier:
             torch.set_num_threads(threads)
         self.card: ModelCard = read_card(model_uri, storage)
         self.model_id = self.card.model_id()
+        device = _device(device, runtime)
         net = _network_of(model_uri, self.card, storage, trusted)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = faults.device(device)
-        if device.startswith("cuda") and runtime != "onnxruntime" and not torch.cuda.is_available():
-            import os
-
-            raise ArtifactError(
-                f"model.device cuda: this predictor was given a GPU (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) but PyTorch {torch.__version__} on its node "
-                f"sees no CUDA device ({'a CPU-only build' if torch.version.cuda is None else 'no usable NVIDIA driver'}); "
-                "install a CUDA build of torch on the GPU nodes, or set model.device: cpu")
         self.session = None
         if runtime == "onnxruntime":
             from imgclf_ray.models import onnx_runtime

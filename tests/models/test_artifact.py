@@ -247,15 +247,14 @@ def test_per_image_cards_carry_no_mean_or_std(tiny_model, tmp_path):
 
 def test_a_gpu_actor_whose_torch_sees_no_cuda_is_refused_with_the_fix(tiny_model, monkeypatch):
     """Ray grants GPUs by count: a GPU node whose torch is a CPU build (or has no driver) would
-    otherwise fail in the first forward pass with torch's own message, or (device auto) run on
-    its CPU unnoticed."""
+    otherwise fail in its first batch with torch's own message."""
     import torch
 
     if torch.cuda.is_available():  # a GPU machine: the same call gives a CUDA predictor
         assert TorchClassifier(tiny_model, device="cuda").device.type == "cuda"
         return
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with pytest.raises(ArtifactError, match=r"given a GPU \(CUDA_VISIBLE_DEVICES=0\).*sees no CUDA device.*"
+    with pytest.raises(ArtifactError, match=r"planned this predictor on a GPU \(CUDA_VISIBLE_DEVICES=0\).*sees no CUDA device.*"
                                             r"install a CUDA build of torch.*model.device: cpu"):
         TorchClassifier(tiny_model, device="cuda")
     # Ray's fake multi-node cluster (tests/test_autoscaling.py): its GPUs are counts, the CPU computes.
