@@ -47,7 +47,8 @@ def load_dataset(manifest, plan: Plan, stage, files: int):
     if isinstance(manifest, pa.Table):
         # Blocks of one call's files, their metadata computed here: ray.data.from_arrow asks a
         # remote task for it, which waits ~1.5 s for the job's first worker process to start
-        # before the pipeline (and the predictor's start-up) can begin.
+        # before the pipeline (and the predictor's start-up) can begin. (from_blocks is a Ray
+        # DeveloperAPI, "primarily for testing"; Ray is pinned, and tests/test_pipeline.py runs it.)
         ds = ray.data.from_blocks([manifest.slice(at, files) for at in range(0, manifest.num_rows, files)]
                                   or [manifest])
     else:

@@ -140,8 +140,9 @@ def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
 
 
 _MISLEADING = (
-    # Logged when a run starts while from_arrow's block-metadata tasks still hold the CPUs; they
-    # finish in a moment, so "the Dataset job will hang" is wrong.
+    # Logged when a run starts while other tasks still hold the CPUs (an inventory run's listing
+    # tasks, from_arrow_refs' block-metadata tasks); they finish in a moment, so "the Dataset job
+    # will hang" is wrong.
     "does not have any available CPUs",
     # Logged because we switch Ray Data's bars off in favour of our own progress display.
     "Progress bars disabled",
