@@ -101,12 +101,26 @@ def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], sepa
                                                                   for r in rows)}}
     if not scored:
         return out
-    if task == "multilabel":
-        out.update(_multilabel(scored, labels, separator))
-    elif task == "hierarchical":
-        out.update(_hierarchical(scored, leaf_paths or {}))
-    else:
-        out.update(_single_label(scored, labels, task, threshold))
+    if task not in ("multilabel", "hierarchical"):
+        truth = sorted({r["true_label"] for r in scored})
+        if not set(truth) & set(labels):
+            from imgclf_ray.errors import UserError
+            from imgclf_ray.messages import printable
+
+            raise UserError(printable(
+                f"the true labels ({', '.join(truth[:5])}{' ...' if len(truth) > 5 else ''}) are none of the "
+                f"model's labels ({', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''}): with "
+                "source.labels from folders, source.uri is the folder that holds one folder per label"))
+    import warnings
+
+    with warnings.catch_warnings():  # scikit-learn's notes on classes absent from one side: the output says so
+        warnings.simplefilter("ignore", UserWarning)
+        if task == "multilabel":
+            out.update(_multilabel(scored, labels, separator))
+        elif task == "hierarchical":
+            out.update(_hierarchical(scored, leaf_paths or {}))
+        else:
+            out.update(_single_label(scored, labels, task, threshold))
     return out
 
 

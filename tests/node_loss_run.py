@@ -70,17 +70,7 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
             victim = next((a.node_id for a in actors if "PredictStage" in a.class_name and a.node_id in by_id), None)
         if victim is None:
             time.sleep(0.2)
-    dead = False
-    if victim is not None:
-        cluster.remove_node(by_id[victim], allow_graceful=False)
-        # Until the GCS's health check marks the node dead, Ray still counts it alive (and the run
-        # may finish before it does): wait for that event, bounded, before the replacement joins.
-        deadline = time.monotonic() + 120
-        while not dead and time.monotonic() < deadline:
-            dead = not any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes())
-            if not dead:
-                time.sleep(0.2)
-        cluster.add_node(num_cpus=2, object_store_memory=150_000_000)
+    dead = victim is not None and replace_node(cluster, by_id[victim], victim)
     open(flag + ".release", "w").close()
     runner.join(timeout=400)
     if "error" in outcome:
@@ -92,6 +82,22 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
                    "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"])}, fh)
     ray.shutdown()
     cluster.shutdown()
+
+
+def replace_node(cluster, node, node_id: str) -> bool:
+    """Kill ``node``, wait until Ray marks it dead (until the GCS's health check does, Ray still
+    counts it alive, and the run may finish before it does: an event, bounded), then add a
+    replacement; whether it was marked dead."""
+    import ray
+
+    cluster.remove_node(node, allow_graceful=False)
+    dead, deadline = False, time.monotonic() + 120
+    while not dead and time.monotonic() < deadline:
+        dead = not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+        if not dead:
+            time.sleep(0.2)
+    cluster.add_node(num_cpus=2, object_store_memory=150_000_000)
+    return dead
 
 
 if __name__ == "__main__":

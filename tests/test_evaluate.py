@@ -31,6 +31,16 @@ def test_multiclass_metrics():
     assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
 
 
+def test_true_labels_that_are_none_of_the_models_are_one_clear_error_and_sklearn_notes_stay_quiet(recwarn):
+    """source.uri one folder too high: the 'true labels' are the folder's own name."""
+    from imgclf_ray.errors import UserError
+
+    with pytest.raises(UserError, match=r"the true labels \(quickstart\) are none of the model's labels \(a, b, c\)"):
+        evaluate_rows([row("a", "quickstart"), row("b", "quickstart")], "multiclass", ["a", "b", "c"])
+    m = evaluate_rows([row("a", "a"), row("b", "a")], "multiclass", ["a", "b", "c"])  # 'b' predicted, never true
+    assert m["accuracy"] == 0.5 and not [w for w in recwarn if "sklearn" in str(w.filename)]
+
+
 def test_binary_roc_auc_and_threshold():
     rows = [row("pos", "pos", scores=[0.1, 0.9]), row("neg", "pos", scores=[0.6, 0.4]),
             row("neg", "neg", scores=[0.7, 0.3]), row("pos", "neg", scores=[0.45, 0.55])]
