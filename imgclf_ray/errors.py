@@ -112,7 +112,14 @@ def describe_failure(exc: BaseException) -> UserError:
         if isinstance(e, PermissionError):
             return UserError(f"{e.filename or _first_line(e)}: permission denied")
         if isinstance(e, (ConnectionError, TimeoutError)):
-            return UserError(f"could not connect ({kind}: {_first_line(e)}): check the address or endpoint")
+            import os
+
+            # A Ray cluster with token authentication (ray start's default) refuses a driver without
+            # the token, and Ray says only that it could not connect.
+            token = "" if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") else (
+                "; a Ray cluster with token authentication (ray start's default) also needs its token "
+                "here: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+            return UserError(f"could not connect ({kind}: {_first_line(e)}): check the address or endpoint{token}")
     if isinstance(exc, OSError):
         return UserError(f"{kind_of(exc)}: {_first_line(exc)}")
     return UserError(f"unexpected {kind_of(exc)}: {_first_line(exc)} (set IMGCLF_DEBUG=1 for the traceback "

@@ -17,6 +17,7 @@ import pytest
 
 from imgclf_ray.runner.executor import choose
 from imgclf_ray.spec import parse_spec
+from tests.conftest import _free_port
 from tests.support.jobs import digits_subset
 
 
@@ -120,6 +121,13 @@ def test_imgclf_run_with_no_flag_runs_locally_and_says_so_first(no_ray_around, d
     both = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--local", "--ray"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and both.stderr.strip() == "error: give --local or --ray, not both"
+    # An address where nothing listens: one line at once (ray.init retried for minutes, silently).
+    port = _free_port()
+    nowhere = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--address", f"127.0.0.1:{port}",
+                              "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert nowhere.returncode == 1 and nowhere.stderr.strip().splitlines() == [
+        f"error: nothing answers at the Ray address 127.0.0.1:{port} (ConnectionRefusedError: Connection refused): "
+        "start a cluster there (ray start --head), or check --address / RAY_ADDRESS / run.ray_address"]
 
 
 def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime(digits_archive, tiny_model,
@@ -195,3 +203,16 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
     assert decided(tiny_model, 999) == {"name": "torch", "why": "auto: 999 images, fewer than 1000"}
     assert decided(tiny_model, 10, runtime="onnxruntime") == {"name": "onnxruntime", "why": "model.runtime"}
     assert decided(svm_hog_model, 5000) == {}  # not a torch network
+
+
+def test_a_refused_connection_without_a_ray_token_says_the_token_may_be_missing(monkeypatch):
+    """A token-authenticated Ray (ray start's default) refuses a driver without its token, and Ray
+    says only that it could not connect."""
+    from imgclf_ray.errors import describe_failure
+
+    failure = ConnectionError("Failed to connect to GCS at address 127.0.0.1:6379 within 10 seconds.")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert str(describe_failure(failure)).endswith("also needs its token here: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x")
+    assert str(describe_failure(failure)).endswith("check the address or endpoint")

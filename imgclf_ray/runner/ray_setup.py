@@ -26,6 +26,7 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
             ray_log = _ray_to_file()
             kwargs = {"configure_logging": False, "log_to_driver": False}
         if address:
+            _reachable(address)
             ray.init(address=address, **kwargs)
         else:
             ray.init(address="local", include_dashboard=False, **kwargs)
@@ -45,6 +46,24 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
                 handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
     return ray_log
+
+
+def _reachable(address: str) -> None:
+    """A ``host:port`` address with nothing listening: one clear line now (``ray.init`` would retry
+    for minutes, silently under a quiet run). ``auto``, ``local`` and ``ray://`` are Ray's own."""
+    import socket
+
+    from imgclf_ray.errors import UserError
+
+    host, _, port = address.rpartition(":")
+    if address in ("auto", "local") or "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"nothing answers at the Ray address {address} ({type(exc).__name__}: {exc.strerror or exc}): "
+                        "start a cluster there (ray start --head), or check --address / RAY_ADDRESS / "
+                        "run.ray_address") from None
 
 
 def _log_to(path: str, names: tuple[str, ...]) -> None:
