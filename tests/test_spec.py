@@ -49,6 +49,8 @@ def test_minimal_spec_gets_documented_defaults(tmp_path):
     (GOOD + "storage:\n  secret: abc\n", "storage.secret: credentials do not belong in a job spec"),
     ("name: [unclosed\n", "job.yaml:2: not valid YAML"),
     ("- a\n- b\n", "job.yaml: a job spec is a mapping"),
+    (GOOD + "source:\n  uri: elsewhere\n", "job.yaml:8: not valid YAML (key 'source' given twice in one mapping "
+                                          "(first on line 2); keep one)"),  # PyYAML would keep the last silently
     (GOOD + "cluster:\n  algorithm: dbscan\n  params: {n_clusters: 3}\n",
      "job.yaml:10: cluster.params: n_clusters not accepted by DBSCAN"),
     (GOOD + "cluster:\n  algorithm: kmeans\n  fit: stream\n", "job.yaml:10: cluster.fit: stream needs partial_fit"),
