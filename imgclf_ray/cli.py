@@ -72,6 +72,10 @@ class _OneLineErrors(click.Group):
                     if interrupts.raised() is None:
                         raise
                     _stop(interrupts.raised())
+        except click.exceptions.UsageError as exc:  # an unknown option or command, a missing argument
+            where = exc.ctx.command_path if exc.ctx else "imgclf"
+            click.echo(f"error: {where}: {exc.format_message()} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except UserError as exc:

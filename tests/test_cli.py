@@ -136,3 +136,11 @@ def test_every_example_job_runs(ray_session, tmp_path, job, request):
 
         assert adjusted_rand_score(truth, [r["cluster"] for r in rows]) >= 0.9
         assert not any(r["is_label_issue"] or r["is_duplicate"] for r in rows)
+
+
+def test_an_unknown_option_or_command_is_one_error_line_with_where_to_look():
+    for args, message in ((["run", "--no-such-thing", "job.yaml"], "imgclf run: No such option '--no-such-thing'."),
+                          (["runn"], "imgclf: No such command 'runn'."), (["run"], "imgclf run: Missing argument 'JOB'.")):
+        result = CliRunner().invoke(main, args, prog_name="imgclf")
+        assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+        assert result.output.startswith(f"error: {message}") and "--help)" in result.output

@@ -57,7 +57,7 @@ class DryRun:
                          f"{p['batch_size']}), {p['decode_workers']} decode worker process{'es' * (p['decode_workers'] != 1)} of "
                          f"{p['decode_batch_size']} files each (this machine: {p['cluster_cpus']:g} CPUs)")
             return "\n".join(lines)
-        lines.append(f"  plan    : {p['actors']} predictor actors x {p['cpus_per_actor']} CPU / "
+        lines.append(f"  plan    : {p['actors']} predictor actor{'s' * (p['actors'] != 1)} x {p['cpus_per_actor']} CPU / "
                      f"{p['gpus_per_actor']} GPU on {p['device']}, batch {p['batch_size']}; decode tasks of "
                      f"{p['decode_batch_size']} files x {p['decode_cpus']} CPU (cluster: {p['cluster_cpus']:g} "
                      f"CPUs, {p['cluster_gpus']:g} GPUs)")
