@@ -34,8 +34,11 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     # The head runs the driver only: the work, and so the loss, is on two 2-CPU worker nodes.
     # The GCS checks each node every second (Ray's default: every 3 s, dead after 5 misses): the
     # lost node is marked dead in seconds.
+    # Its own ports: a `ray start` elsewhere on this machine holds Ray's defaults (6379, 8265).
+    from tests.conftest import _free_port
+
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "object_store_memory": 150_000_000,
+        "num_cpus": 0, "object_store_memory": 150_000_000, "gcs_server_port": _free_port(), "dashboard_port": _free_port(),
         "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     workers = [cluster.add_node(num_cpus=2, object_store_memory=150_000_000) for _ in range(2)]
     cluster.wait_for_nodes()
