@@ -300,8 +300,7 @@ def test_a_driver_killed_at_each_step_loses_and_duplicates_no_image(point, execu
 
     out = tmp_path / "out"
     _archive(tmp_path / "archive", 0, 3)
-    job = _nightly_job(tmp_path, tiny_model, str(out))
-    job.write_text(job.read_text() + f"run: {{executor: {executor}}}\n")
+    job = _nightly_job(tmp_path, tiny_model, str(out), executor=executor)
     spec = load_spec(job)
     assert run_job(spec, "n1", quiet=True).rows == 3
     _archive(tmp_path / "archive", 3, 2)

@@ -65,8 +65,7 @@ def test_a_local_run_writes_the_rows_a_ray_run_writes(ray_session, mixed_archive
 def test_a_decode_worker_killed_fails_the_run_with_one_line_and_commits_nothing(tiny_model, tmp_path):
     out = tmp_path / "out"
     _archive(tmp_path / "archive", 0, 6)
-    job = _nightly_job(tmp_path, tiny_model, str(out))
-    job.write_text(job.read_text() + "run: {executor: local}\n")
+    job = _nightly_job(tmp_path, tiny_model, str(out), executor="local")
     proc = _driver(job, "n1", IMGCLF_KILL_AT="decode_worker")
     try:
         text = proc.communicate(timeout=300)[0].decode()

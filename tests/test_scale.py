@@ -52,7 +52,7 @@ def test_dry_run_selects_as_the_run_does_and_writes_nothing(ray_session, tiny_mo
         assert "select  : 2 new, 0 changed, 0 for a new model, 6 already processed" in result.output
         assert "process : 2 files" in result.output and "1 (hidden" in result.output
         plan = next(line for line in result.output.splitlines() if line.startswith("  plan"))
-        assert ("decode worker process" in plan) == (executor == "local") and ("actors" in plan) == (executor == "ray")
+        assert ("decode worker process" in plan) == (executor == "local") and ("predictor actor" in plan) == (executor == "ray")
         # The runtime model.runtime: auto would take (2 images: PyTorch), said before any run.
         expected = ("auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)" if executor == "ray"
                     else "auto: 2 images, fewer than 1000")

@@ -42,11 +42,11 @@ def _archive(root: Path, start: int, n: int) -> None:
         (root / f"{name}.png").write_bytes(png_bytes(img))
 
 
-def _nightly_job(tmp_path: Path, model: str, sink_uri: str, storage: str = "") -> Path:
+def _nightly_job(tmp_path: Path, model: str, sink_uri: str, storage: str = "", executor: str = "ray") -> Path:
     job = tmp_path / "nightly.yaml"
     job.write_text(f"name: nightly\nsource: {{uri: {tmp_path / 'archive'}}}\nmodel: {{uri: {model}}}\n"
                    f"sink: {{uri: {sink_uri}}}\nincremental: {{}}\n{storage}"
-                   "resources: {decode_batch_size: 4, batch_size: 4}\nrun: {executor: ray}\n")
+                   f"resources: {{decode_batch_size: 4, batch_size: 4}}\nrun: {{executor: {executor}}}\n")
     return job
 
 
