@@ -360,6 +360,10 @@ def stop(run_id: str, address: Optional[str]) -> None:
     """Stop a submitted run (nothing of it is committed; submitting it again resumes it)."""
     from imgclf_ray import submission
 
+    before = _cluster_call(submission.status, run_id, address=address)
+    if before.status in submission.TERMINAL:  # the Jobs API stops nothing that has ended
+        click.echo(f"run {run_id} had already ended ({before.status}); nothing was stopped")
+        return
     _print_status(_cluster_call(submission.stop, run_id, address=address))
 
 

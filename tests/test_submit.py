@@ -84,6 +84,9 @@ def test_submitted_run_commits_once_per_date_and_no_secret_travels(head, job):
     assert len(read_run(str(sink), "nightly-digits-2026-11-28")) == images
     st = imgclf(env, "status", "nightly-digits-2026-11-28", "--address", address)
     assert st.returncode == 0 and "SUCCEEDED" in st.stdout
+    late = imgclf(env, "stop", "nightly-digits-2026-11-28", "--address", address)
+    assert late.returncode == 0 and late.stdout.strip() == (
+        "run nightly-digits-2026-11-28 had already ended (SUCCEEDED); nothing was stopped")
     log = imgclf(env, "logs", "nightly-digits-2026-11-28", "--address", address)
     assert f"{images} images" in log.stdout
     # The submission carries the spec and the package, never the token.
