@@ -57,6 +57,15 @@ class _OneLineErrors(click.Group):
     """Every failure a user can cause or meet is one ``error:`` line and an exit code, never a
     traceback (set IMGCLF_DEBUG=1 to see one)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:  # the group's own options (imgclf --bogus), before invoke
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.exceptions.UsageError as exc:
+            _usage(exc)
+            raise  # not reached
+
     def invoke(self, ctx: click.Context):
         import os
 
@@ -72,10 +81,10 @@ class _OneLineErrors(click.Group):
                     if interrupts.raised() is None:
                         raise
                     _stop(interrupts.raised())
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group given no command: its help, as click shows it
         except click.exceptions.UsageError as exc:  # an unknown option or command, a missing argument
-            where = exc.ctx.command_path if exc.ctx else "imgclf"
-            click.echo(f"error: {where}: {exc.format_message()} (see {where} --help)", err=True)
-            sys.exit(exc.exit_code)
+            _usage(exc)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except UserError as exc:
@@ -84,6 +93,12 @@ class _OneLineErrors(click.Group):
             if os.environ.get("IMGCLF_DEBUG"):
                 _traceback(exc)
             _fail(describe_failure(exc))
+
+
+def _usage(exc: click.exceptions.UsageError) -> None:
+    where = exc.ctx.command_path if exc.ctx else "imgclf"
+    click.echo(f"error: {where}: {exc.format_message()} (see {where} --help)", err=True)
+    sys.exit(exc.exit_code)
 
 
 def _stop(exc) -> None:
@@ -357,7 +372,8 @@ def _echo_logs(run_id: str, follow: bool, address: Optional[str]) -> None:
 @click.argument("run_id", callback=_plain_id)
 @_address
 def stop(run_id: str, address: Optional[str]) -> None:
-    """Stop a submitted run (nothing of it is committed; submitting it again resumes it)."""
+    """Stop a submitted run: it stops at its next safe point, committing nothing (a commit already
+    under way completes); submitting it again resumes it."""
     from imgclf_ray import submission
 
     before = _cluster_call(submission.status, run_id, address=address)

@@ -114,11 +114,12 @@ def describe_failure(exc: BaseException) -> UserError:
         if isinstance(e, (ConnectionError, TimeoutError)):
             import os
 
-            # A Ray cluster with token authentication (ray start's default) refuses a driver without
-            # the token, and Ray says only that it could not connect.
-            token = "" if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") else (
-                "; a Ray cluster with token authentication (ray start's default) also needs its token "
-                "here: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+            # A Ray cluster with token authentication refuses a driver without the token, and Ray
+            # says only that it could not connect (to its GCS).
+            ray_side = "gcs" in str(e).lower() or "ray" in str(e).lower() or type(e).__module__.startswith("ray")
+            token = "" if not ray_side or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") else (
+                "; if the Ray cluster uses token authentication, this environment needs RAY_AUTH_MODE=token "
+                "and its token: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
             return UserError(f"could not connect ({kind}: {_first_line(e)}): check the address or endpoint{token}")
     if isinstance(exc, OSError):
         return UserError(f"{kind_of(exc)}: {_first_line(exc)}")

@@ -67,10 +67,13 @@ def uid(value: Any) -> str:
     return text if len(text) <= 64 and _UID.fullmatch(text) else "<invalid UID>"
 
 
-def printable(text: Any, cap: int = 1000) -> str:
+def printable(text: Any, cap: int = 1000, names: bool = False) -> str:
     """Our own message as the last step before it is stored or shown: control and non-ASCII
-    characters removed, at most ``cap`` characters (a guard; every part was built safe)."""
-    text = "".join(c if " " <= c <= "~" else " " for c in str(text))
+    characters removed, at most ``cap`` characters (a guard; every part was built safe).
+    ``names``: a user's file name, whose printable non-ASCII letters stay (café.png) and whose
+    control characters (a newline, a terminal escape) become '?'."""
+    text = "".join(c if (" " <= c <= "~" or (names and c.isprintable())) else ("?" if names else " ")
+                   for c in str(text))
     return text if len(text) <= cap else text[: cap - 3] + "..."
 
 

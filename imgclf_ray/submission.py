@@ -380,8 +380,9 @@ def wait(address: str, run_id: str, timeout: Optional[float] = None, poll: float
         time.sleep(poll)
 
 
-def stop(address: str, run_id: str, timeout: float = 60.0) -> RunStatus:
-    """Ask the cluster to stop the run and wait until it has (its staged files stay uncommitted)."""
+def stop(address: str, run_id: str, timeout: float = STOP_WAIT_S + 30) -> RunStatus:
+    """Ask the cluster to stop the run and wait until it has: it stops at its next safe point,
+    committing nothing, or finishes a commit under way (Ray kills it after STOP_WAIT_S)."""
     jobs = client(address)
     with _guard(address, run_id):
         jobs.stop_job(latest_submission(jobs, run_id))

@@ -87,7 +87,9 @@ def test_a_gpu_job_on_a_cpu_head_starts_every_planned_gpu_node_from_zero_and_pre
 
 
 def test_gpu_actors_that_never_come_fail_the_run_after_gpu_wait_committing_nothing(ray_session, tiny_model, tmp_path):
-    """No autoscaler here (the session's one-node Ray): the planned GPU actor never starts."""
+    """No autoscaler here (the session's one-node Ray): a GPU actor beyond the node's GPUs never starts."""
+    import ray
+
     from imgclf_ray.errors import RunFailed
     from imgclf_ray.io.listing import list_archive
     from imgclf_ray.runner.job import execute
@@ -96,10 +98,12 @@ def test_gpu_actors_that_never_come_fail_the_run_after_gpu_wait_committing_nothi
     archive = tmp_path / "archive"
     archive.mkdir()
     Image.new("RGB", (8, 8)).save(archive / "a.png")
+    present = int(ray.cluster_resources().get("GPU", 0))  # none here; a GPU machine's session has some
     spec = parse_spec({"name": "nogpu", "source": {"uri": str(archive)}, "model": {"uri": tiny_model},
-                       "resources": {"gpus": 1, "gpu_wait": 2}, "run": {"executor": "ray"},
+                       "resources": {"gpus": present + 1, "gpu_wait": 2}, "run": {"executor": "ray"},
                        "sink": {"uri": str(tmp_path / "out")}}, "<test>")
-    with pytest.raises(RunFailed, match=r"resources.gpus: 1 GPU actor planned, not all up after "
-                                        r"resources.gpu_wait \(2 s; the cluster had 0 GPUs"):
+    actors = f"{present + 1} GPU actor{'s' * (present > 0)}"
+    with pytest.raises(RunFailed, match=rf"resources.gpus: {actors} planned, not all up after "
+                                        rf"resources.gpu_wait \(2 s; the cluster had {present} GPUs"):
         execute(spec, list_archive(spec.source), "nogpu")
     assert not (tmp_path / "out" / "nogpu" / "_SUCCESS").exists()

@@ -144,3 +144,10 @@ def test_an_unknown_option_or_command_is_one_error_line_with_where_to_look():
         result = CliRunner().invoke(main, args, prog_name="imgclf")
         assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
         assert result.output.startswith(f"error: {message}") and "--help)" in result.output
+
+
+def test_a_group_without_a_command_shows_its_help_and_a_bad_top_level_option_is_one_line():
+    shown = CliRunner().invoke(main, ["model"], prog_name="imgclf")
+    assert "Commands:" in shown.output and "error:" not in shown.output
+    bogus = CliRunner().invoke(main, ["--bogus"], prog_name="imgclf")
+    assert bogus.exit_code == 2 and bogus.output.strip() == "error: imgclf: No such option '--bogus'. (see imgclf --help)"

@@ -206,13 +206,15 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
 
 
 def test_a_refused_connection_without_a_ray_token_says_the_token_may_be_missing(monkeypatch):
-    """A token-authenticated Ray (ray start's default) refuses a driver without its token, and Ray
-    says only that it could not connect."""
+    """A token-authenticated Ray refuses a driver without its token, and Ray says only that it could
+    not connect; other connections (object storage) get no word about Ray."""
     from imgclf_ray.errors import describe_failure
 
     failure = ConnectionError("Failed to connect to GCS at address 127.0.0.1:6379 within 10 seconds.")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    assert str(describe_failure(failure)).endswith("also needs its token here: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    assert str(describe_failure(failure)).endswith(
+        "needs RAY_AUTH_MODE=token and its token: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+    assert str(describe_failure(ConnectionError("storage endpoint refused"))).endswith("check the address or endpoint")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x")
     assert str(describe_failure(failure)).endswith("check the address or endpoint")

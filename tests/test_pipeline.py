@@ -198,7 +198,7 @@ def test_a_file_name_with_a_newline_or_terminal_escape_stays_inside_its_line(tmp
     from imgclf_ray.runner.checks import check_budget
     from imgclf_ray.runner.result import RunResult
 
-    hostile = "file:///archive/a\nerror: fake\x1b[31m.png"
+    hostile = "file:///archive/café\nerror: fake\x1b[31m.png"
     result = RunResult("r", "out", 2, {"ok": 1, "error": 1}, {"cat": 1}, {"decode": 1},
                        [{"uri": hostile, "error": "decode: cannot identify image file\r(OSError)"}], 1.0, 2.0, None,
                        errors_by_cause={"decode: cannot identify image file": 1})
@@ -206,5 +206,5 @@ def test_a_file_name_with_a_newline_or_terminal_escape_stays_inside_its_line(tmp
     with pytest.raises(RunFailed) as refused:
         check_budget(spec, result)
     for text in (str(refused.value), format_summary(result)):
-        assert "\x1b" not in text and "\r" not in text and "a error: fake" in text
+        assert "\x1b" not in text and "\r" not in text and "café?error: fake?[31m.png" in text
     assert "\n" not in str(refused.value)

@@ -127,19 +127,20 @@ class _BoundedLoader(yaml.SafeLoader):
                                  "bomb?); write the values out")
         return super().construct_document(node)
 
-    def construct_mapping(self, node, deep=False):
-        """A key written twice in one mapping is refused (PyYAML keeps the last one silently); a
-        merge (``<<: *base``) overriding a key stays allowed."""
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    if key_node.value in first:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"key {key_node.value!r} given twice in one mapping (first on line "
-                            f"{first[key_node.value]}); keep one", key_node.start_mark)
-                    first[key_node.value] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+    def compose_mapping_node(self, anchor):
+        """A key written twice in one mapping is refused (PyYAML keeps the last one silently);
+        checked as written, before merges (``<<: *base``, which may override a key) are applied."""
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in first:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"key {key_node.value!r} given twice in one mapping (first on line "
+                        f"{first[key]}); keep one", key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+        return node
 
 
 def load_yaml(text: str) -> Any:

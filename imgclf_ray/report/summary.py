@@ -33,7 +33,7 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
     if result.errors_by_stage:
         lines.append(f"  errors : {_line(result.errors_by_stage)}")
         for err in result.sample_errors[:max_errors]:
-            lines.append(f"           {printable(err['uri'], 300)}: {printable(err['error'], 300)}")
+            lines.append(f"           {printable(err['uri'], 300, names=True)}: {printable(err['error'], 300)}")
     if result.by_cluster:
         lines.append(f"  clusters: {_line(result.by_cluster)}")
     if result.curation_flags:

@@ -71,10 +71,10 @@ def check_budget(spec: JobSpec, result: RunResult) -> None:
     if budget is not None and images and errors / images > budget:
         # Nothing is committed, the staged rows go: the message is where the user learns what failed.
         causes = list(result.errors_by_cause.items())[:3]  # most frequent first
-        most = "; most often: " + ", ".join(f"{cause} ({n})" for cause, n in causes) if causes else ""
+        most = "; most often: " + ", ".join(f"{printable(cause, 200)} ({n})" for cause, n in causes) if causes else ""
         first = result.sample_errors[0] if result.sample_errors else None  # the first staged, not listed
         # A file's name is the user's, any characters: no newline or terminal escape passes into the line.
-        first_line = f"; one of them: {printable(first['uri'], 300)}: {printable(first['error'], 300)}" if first else ""
+        first_line = f"; one of them: {printable(first['uri'], 300, names=True)}: {printable(first['error'], 300)}" if first else ""
         raise RunFailed(f"{errors} of {images} images failed ({errors / images:.1%}), over "
                         f"the error budget of {budget:.1%} (run.max_error_rate); nothing was committed"
                         f"{most}{first_line}")

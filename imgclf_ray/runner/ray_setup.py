@@ -58,12 +58,18 @@ def _reachable(address: str) -> None:
     host, _, port = address.rpartition(":")
     if address in ("auto", "local") or "://" in address or not host or not port.isdigit():
         return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-    except OSError as exc:
-        raise UserError(f"nothing answers at the Ray address {address} ({type(exc).__name__}: {exc.strerror or exc}): "
-                        "start a cluster there (ray start --head), or check --address / RAY_ADDRESS / "
-                        "run.ray_address") from None
+    failure: OSError = OSError()
+    for attempt in range(3):  # a head restarting this moment gets two more seconds
+        if attempt:
+            time.sleep(1)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+            return
+        except OSError as exc:
+            failure = exc
+    raise UserError(f"nothing answers at the Ray address {address} ({type(failure).__name__}: "
+                    f"{failure.strerror or failure}): start a cluster there (ray start --head), or check "
+                    "--address / RAY_ADDRESS / run.ray_address")
 
 
 def _log_to(path: str, names: tuple[str, ...]) -> None:
