@@ -67,12 +67,14 @@ class NothingToDo(UserError):
     exit_code = 0
 
 
-def _chain(exc: BaseException):
+def chain(exc: BaseException):
+    """An exception and its causes, Ray's wrapped ones (``.cause``) included."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = exc.__cause__ or exc.__context__
+        cause = getattr(exc, "cause", None)
+        exc = (cause if isinstance(cause, BaseException) else None) or exc.__cause__ or exc.__context__
 
 
 def describe_failure(exc: BaseException) -> UserError:
@@ -81,7 +83,7 @@ def describe_failure(exc: BaseException) -> UserError:
     a worker killed for memory)."""
     import json
 
-    for e in _chain(exc):
+    for e in chain(exc):
         kind = type(e).__name__
         module = type(e).__module__ or ""
         if module.startswith("ray") and any(k in kind or k in _first_line(e) for k in

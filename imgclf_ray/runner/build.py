@@ -136,7 +136,7 @@ def gpu_capacity(run: "RunPlan"):
     if not run.resources.awaits_gpus:
         yield
         return
-    from imgclf_ray.errors import RunFailed
+    from imgclf_ray.errors import RunFailed, chain
 
     ctx = ray.data.DataContext.get_current()
     before = ctx.wait_for_min_actors_s
@@ -145,7 +145,7 @@ def gpu_capacity(run: "RunPlan"):
         yield
     except Exception as exc:  # noqa: BLE001 - Ray Data's timeout, however wrapped, said as the run's
         if not any(isinstance(e, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in str(e)
-                   for e in _chain(exc)):
+                   for e in chain(exc)):
             raise
         plan = run.resources
         raise RunFailed(f"resources.gpus: {plan.actors} GPU actor{'s' * (plan.actors != 1)} planned, not all up "
@@ -154,15 +154,6 @@ def gpu_capacity(run: "RunPlan"):
                         "run started): no GPU node joined, or too few; nothing was committed") from None
     finally:
         ctx.wait_for_min_actors_s = before
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """An exception and its causes (Ray wraps a task's error in its own types)."""
-    seen: list[BaseException] = []
-    while exc is not None and all(exc is not e for e in seen):
-        seen.append(exc)
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return seen
 
 
 class RayTasks:
