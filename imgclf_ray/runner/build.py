@@ -125,8 +125,8 @@ def gpu_capacity(run: "RunPlan"):
     """With resources.gpus beyond the GPUs present: the pool's planned actors are all asked for at
     once (a fixed pool, build_dataset), and the run waits up to resources.gpu_wait seconds for them
     (Ray Data's wait_for_min_actors_s; then it fails, committing nothing). Their pending demand is
-    what makes the autoscaler start the GPU nodes, all at once. A pool that started smaller and
-    grew would not grow: Ray Data's resource reservation hands the GPUs the pool does not hold yet
+    what makes the autoscaler start the GPU nodes, all at once. A pool that started smaller would
+    not grow: Ray Data's resource reservation hands the GPUs the pool does not hold yet
     to the other operators, so the pool never has the budget for another actor (measured on the
     fake autoscaling cluster: one actor for 240 s, two GPU nodes up, work queued)."""
     import math
