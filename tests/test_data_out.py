@@ -183,6 +183,9 @@ def test_an_empty_night_is_no_images_never_drift_and_readers_take_the_last_night
     assert set(read_run(str(nights))["run_id"].to_pylist()) == {"night-b"}  # the latest night with images
     exported = CliRunner().invoke(main, ["export", str(nights), "--to", "jsonl"]).output.splitlines()
     assert len(exported) == 102 and json.loads(exported[0])["run_id"] == "night-b"
+    # The report's recent nights: no images, no error rate ("—", not 0.0 %).
+    page = CliRunner().invoke(main, ["report", str(nights), "--run", "night-c", "-o", "-"]).output
+    assert "<td>night-c</td><td>0</td><td>—</td>" in page
 
 
 def test_a_damaged_run_is_listed_as_damaged_and_every_other_run_still_reads(nights, tmp_path):

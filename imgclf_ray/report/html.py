@@ -192,7 +192,7 @@ def recent_nights(run_uri: str, manifest: dict[str, Any], storage: StorageSpec =
         labelled = sum(by_label.values())
         rows = int(r.get("rows", 0))
         out.append({"run_id": r["run_id"], "rows": rows,
-                    "error_rate": (r.get("by_status") or {}).get("error", 0) / rows if rows else 0.0,
+                    "error_rate": (r.get("by_status") or {}).get("error", 0) / rows if rows else None,
                     "shares": {k: v / labelled for k, v in by_label.items()} if labelled else {},
                     "nothing_new": bool(r.get("nothing_new"))})
     return out
@@ -238,7 +238,9 @@ def _nights_chart(nights: list[dict[str, Any]]) -> str:
     top.set_title("Recent nights")
     if labels:
         top.legend(fontsize=7, ncol=min(4, len(labels)), loc="upper left", bbox_to_anchor=(1, 1))
-    bottom.plot(x, [100 * n["error_rate"] for n in nights], marker="o", color="#b03a2e")
+    # A night with no images has no error rate: a gap in the line, not 0 %.
+    bottom.plot(x, [np.nan if n["error_rate"] is None else 100 * n["error_rate"] for n in nights], marker="o",
+                color="#b03a2e")
     bottom.set_ylabel("errors %")
     bottom.set_xticks(x, [n["run_id"] for n in nights], rotation=45, ha="right", fontsize=7)
     return _figure_uri(fig)
@@ -333,7 +335,7 @@ def render_report(run: RunData, storage: StorageSpec = StorageSpec(), truth_from
 
     if nights and len(nights) > 1:
         top, shares = top_labels(nights, 8)
-        rows = [[night["run_id"], night["rows"], f"{100 * night['error_rate']:.1f}%"]
+        rows = [[night["run_id"], night["rows"], "—" if night["error_rate"] is None else f"{100 * night['error_rate']:.1f}%"]
                 + [f"{100 * share.get(k, 0):.1f}%" for k in top] for night, share in zip(nights, shares)]
         sections.append(("nights", "Recent nights",
                          f'<img class="chart" src="{_nights_chart(nights)}" alt="label shares and error rate by night">'
