@@ -171,9 +171,17 @@ _MISLEADING = (
     "does not have any available CPUs",
     # Logged because we switch Ray Data's bars off in favour of our own progress display.
     "Progress bars disabled",
+    # Logged for every GPU predictor pool (its actors ask for a CPU and a GPU, as planned): a note
+    # to Ray's developers, not a problem of the run.
+    "Specifying both num_cpus and num_gpus",
 )
 
 
 def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
+    """For Ray Data's console handlers: its misleading lines, and its errors — which come with a
+    traceback, and which the run reports itself as one ``error:`` line (the session's log file,
+    Ray Data's own handler, keeps them whole)."""
+    if record.levelno >= logging.ERROR:
+        return False
     message = record.getMessage()
     return not any(text in message for text in _MISLEADING)
