@@ -53,9 +53,25 @@ def _plain_id(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
     return value
 
 
+class _Command(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.UsageError as exc:  # click leaves some without the command's context
+            exc.ctx = exc.ctx or ctx  # (an option missing its value): the line names this command
+            raise
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
 class _OneLineErrors(click.Group):
     """Every failure a user can cause or meet is one ``error:`` line and an exit code, never a
     traceback (set IMGCLF_DEBUG=1 to see one)."""
+
+    command_class = _Command
+    group_class = _Group
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:  # the group's own options (imgclf --bogus), before invoke

@@ -140,10 +140,14 @@ def test_every_example_job_runs(ray_session, tmp_path, job, request):
 
 def test_an_unknown_option_or_command_is_one_error_line_with_where_to_look():
     for args, message in ((["run", "--no-such-thing", "job.yaml"], "imgclf run: No such option '--no-such-thing'."),
-                          (["runn"], "imgclf: No such command 'runn'."), (["run"], "imgclf run: Missing argument 'JOB'.")):
+                          (["runn"], "imgclf: No such command 'runn'."), (["run"], "imgclf run: Missing argument 'JOB'."),
+                          (["run", "job.yaml", "--run-id"], "imgclf run: Option '--run-id' requires an argument."),
+                          (["review", "select", "job.yaml", "--region"],
+                           "imgclf review select: Option '--region' requires an argument.")):
         result = CliRunner().invoke(main, args, prog_name="imgclf")
         assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
-        assert result.output.startswith(f"error: {message}") and "--help)" in result.output
+        where = message.split(":")[0]
+        assert result.output.startswith(f"error: {message}") and result.output.endswith(f"(see {where} --help)\n")
 
 
 def test_a_group_without_a_command_shows_its_help_and_a_bad_top_level_option_is_one_line():
