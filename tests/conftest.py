@@ -45,6 +45,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_onnx_cache(tmp_path_factory, monkeypatch):
+    """Each test's driver (and the processes it starts) an ONNX export cache of its own: with an
+    export found made, model.runtime: auto takes ONNX Runtime at any size, so one test's export
+    would change what a later test runs. The session's Ray workers keep the session's cache (a
+    run ships its driver's export to them)."""
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path_factory.mktemp("onnx-cache")))
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One small local Ray instance for the whole session (2 CPUs, like the CI machine)."""

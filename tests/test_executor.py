@@ -177,11 +177,11 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
     from imgclf_ray.models.hierarchy import describe_artifact
     from imgclf_ray.runner.plan import make_plan, with_runtime
 
-    def decided(model: str, rows: int, engine: str = "local", cluster=None, export=True, decode=None, **extra) -> dict:
+    def decided(model: str, rows: int, cluster=None, export=True, decode=None, **extra) -> dict:
         spec = parse_spec({"name": "r", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "out")},
                            "model": {"uri": model, **extra}, **({"decode": decode} if decode else {})}, "<test>")
         run = make_plan(spec, cluster or {"CPU": 2.0}, describe_artifact(model))
-        run, why = with_runtime(run, rows, engine, export)
+        run, why = with_runtime(run, rows, export)
         assert not why or run.spec.model.runtime == why["name"]
         return why
 
@@ -197,12 +197,66 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
         "name": "torch", "why": "auto: decode.jpeg_on predictor"}
     assert decided(tree_model, 5000) == {}  # a tree's nodes run in PyTorch whatever model.runtime says
 
-    assert decided(tiny_model, 5000, "ray")["why"] == "auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)"
     assert decided(tiny_model, 5000, precision="bf16") == {"name": "torch", "why": "auto: bf16 on cpu"}
     assert decided(tiny_model, 5000, cluster={"CPU": 8.0, "GPU": 1.0}) == {"name": "torch", "why": "auto: fp32 on cuda"}
+    (tmp_path / "cache").unlink()
     assert decided(tiny_model, 999) == {"name": "torch", "why": "auto: 999 images, fewer than 1000"}
+    assert decided(tiny_model, 1000)["name"] == "onnxruntime"  # exported now: a later run of any size finds it made
+    assert decided(tiny_model, 20, cluster={"CPU": 8.0, "memory": 8e9})["name"] == "onnxruntime"  # Ray's CPUs alike
+    assert decided(tiny_model, 20) == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 20 images, the ONNX export made"}
+    assert decided(tiny_model, 20, export=False)["why"] == "auto: fp32 on CPUs, 20 images, the ONNX export made"
     assert decided(tiny_model, 10, runtime="onnxruntime") == {"name": "onnxruntime", "why": "model.runtime"}
     assert decided(svm_hog_model, 5000) == {}  # not a torch network
+
+
+@pytest.mark.ray
+def test_a_ray_node_without_the_export_runs_the_drivers_one_without_importing_torch(ray_session, tiny_model, tmp_path):
+    """On Ray the driver's ONNX export goes to the predictors through the object store: a node whose
+    cache lacks it (an actor with a cache of its own) runs that export in ONNX Runtime without
+    importing torch, keeps it for its next run, and scores as PyTorch does (float rounding apart).
+    The weights are still checked against the card: changed weights are refused, export or not."""
+    import shutil
+
+    import ray
+
+    from imgclf_ray.errors import ArtifactError
+    from imgclf_ray.models.artifact import read_card
+    from imgclf_ray.models.hierarchy import describe_artifact
+    from imgclf_ray.models.onnx_runtime import export_path, from_export
+    from imgclf_ray.models.torch_classifier import TorchClassifier
+    from imgclf_ray.runner.build import predict_config, shipped_export
+    from imgclf_ray.runner.plan import make_plan, with_runtime
+    from imgclf_ray.stages import PredictStage
+
+    spec = parse_spec({"name": "r", "source": {"uri": str(tmp_path)}, "sink": {"uri": str(tmp_path / "out")},
+                       "model": {"uri": tiny_model}}, "<test>")
+    run = make_plan(spec, {"CPU": 2.0, "memory": 8e9}, describe_artifact(tiny_model))
+    assert shipped_export(run, predict_config(run, "r")).export is None  # PyTorch's run ships nothing
+    run, why = with_runtime(run, 1000)  # the driver exports (into this test's cache)
+    config = shipped_export(run, predict_config(run, "r"))
+    assert why["name"] == "onnxruntime" and isinstance(config.export, ray.ObjectRef)
+    node_cache = tmp_path / "node-cache"
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": {"IMGCLF_CACHE": str(node_cache)}})
+    def on_another_node(config, pixels):
+        stage = PredictStage(config)
+        return type(stage.classifier).__name__, "torch" in sys.modules, stage.classifier.predict_proba(pixels)
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
+    kind, imported_torch, scores = ray.get(on_another_node.remote(config, pixels))
+    reference = TorchClassifier(tiny_model, device="cpu", runtime="torch").predict_proba(pixels)
+    assert kind == "OnnxClassifier" and not imported_torch
+    assert (node_cache / "onnx" / export_path(read_card(tiny_model)).name).is_file()  # kept for the next run
+    assert (scores.argmax(1) == reference.argmax(1)).all() and np.abs(scores - reference).max() < 1e-5
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model, changed)
+    weights = next(p for p in changed.iterdir() if p.suffix == ".safetensors")
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="sha256 .* does not match the model card's"):
+        from_export(str(changed), spec.storage, read_card(str(changed)), 1)
 
 
 def test_a_refused_connection_without_a_ray_token_says_the_token_may_be_missing(monkeypatch):

@@ -12,16 +12,17 @@ from imgclf_ray.spec import StorageSpec
 
 def load_classifier(model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "auto",
                     threads: Optional[int] = None, precision: str = "fp32", trusted: bool = False,
-                    runtime: str = "torch", info: Optional[ArtifactInfo] = None, calls: int = 1):
+                    runtime: str = "torch", info: Optional[ArtifactInfo] = None, calls: int = 1, export=None):
     """The classifier for the artifact at ``model_uri``, whatever its framework or task. Formats
     that run code (CODE_FORMATS) load only when ``trusted``; ``runtime: onnxruntime`` runs torch
     models through a cached ONNX export of themselves; ``calls``: the batches it will work on at once
-    (a GPU network sizes its passes to its share of the device's memory)."""
+    (a GPU network sizes its passes to its share of the device's memory); ``export``: the driver's
+    ONNX export of a torch network, shipped through Ray's object store (``onnx_runtime.from_export``)."""
     info = info or describe_artifact(model_uri, storage)
     refuse_code(model_uri, storage, trusted, info)
     kind = "hierarchical" if info.task == "hierarchical" else info.cards[()].framework
     return CLASSIFIERS.get(kind)(model_uri, storage, device=device, threads=threads, precision=precision,
-                                 trusted=trusted, runtime=runtime, calls=calls)
+                                 trusted=trusted, runtime=runtime, calls=calls, export=export)
 
 
 def check_artifact(model_uri: str, storage: StorageSpec = StorageSpec(), trusted: bool = False,

@@ -92,10 +92,11 @@ class OnnxClassifier:
     (N, classes) float32, like TorchClassifier."""
 
     def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec(), device: str = "cpu",
-                 threads: Optional[int] = None):
-        self.card: ModelCard = read_card(model_uri, storage)
+                 threads: Optional[int] = None, card: Optional[ModelCard] = None, model=None):
+        self.card: ModelCard = card or read_card(model_uri, storage)
         self.model_id = self.card.model_id()
-        self.session = session(read_weights(model_uri, self.card, storage), threads, device)
+        self.device = device
+        self.session = session(model or read_weights(model_uri, self.card, storage), threads, device)
         self.input = self.session.get_inputs()[0].name
         prep = self.card.preprocess
         self._mean = self._std = None
@@ -151,6 +152,34 @@ def exported(net, card: ModelCard) -> Path:
                                 "use model.runtime: torch") from None
         os.replace(tmp, target)
     return target
+
+
+def from_export(model_uri: str, storage: StorageSpec, card: ModelCard, threads: Optional[int],
+                shipped=None) -> Optional[OnnxClassifier]:
+    """A torch artifact's ONNX export run on the CPU without PyTorch (the predictor starts ~2 s
+    sooner: no torch and torchvision imports): the export in this machine's cache, else the
+    driver's, ``shipped`` through Ray's object store (an ObjectRef of its bytes), which is kept in
+    this machine's cache for later runs — every node runs the driver's one export, whatever its
+    own torch. The weights' sha256 is still checked against the card, as loading them would.
+    None when neither is there (the predictor exports it itself)."""
+    path = export_path(card)
+    if path.exists():
+        model = str(path)
+    elif shipped is not None:
+        import ray
+
+        model = ray.get(shipped)
+        try:  # the next run on this node finds it (best effort: a read-only cache only costs that)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+            tmp.write_bytes(model)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    else:
+        return None
+    read_weights(model_uri, card, storage)
+    return OnnxClassifier(model_uri, storage, "cpu", threads, card=card, model=model)
 
 
 @CLASSIFIERS.register("onnx")

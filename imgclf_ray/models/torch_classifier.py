@@ -277,6 +277,12 @@ class TorchClassifier:
 
 @CLASSIFIERS.register("torch")
 def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int], precision: str,
-          trusted: bool, runtime: str, calls: int = 1, **_) -> TorchClassifier:
+          trusted: bool, runtime: str, calls: int = 1, export=None, **_):
+    if runtime == "onnxruntime" and device == "cpu" and precision == "fp32":
+        from imgclf_ray.models import onnx_runtime
+
+        made = onnx_runtime.from_export(uri, storage, read_card(uri, storage), threads, export)
+        if made is not None:
+            return made
     return TorchClassifier(uri, storage, device=device, threads=threads, precision=precision, trusted=trusted,
                            runtime=runtime, calls=calls)

@@ -90,6 +90,23 @@ def predict_config(run: "RunPlan", run_id: str, threads: Optional[int] = None, d
                          spec.decode if spec.decode.jpeg_on == "predictor" else None, plan.calls_per_actor)
 
 
+def shipped_export(run: "RunPlan", config):
+    """``config`` with the driver's ONNX export of a torch network (made here by the plan or the
+    artifact check) put in Ray's object store, for CPU predictors run by ONNX Runtime: each node
+    runs that one export, without importing torch (``onnx_runtime.from_export``)."""
+    import dataclasses
+
+    if (config.runtime != "onnxruntime" or config.device != "cpu" or config.precision != "fp32"
+            or run.model is None or run.model.framework != "torch"):
+        return config
+    import ray
+
+    from imgclf_ray.models.onnx_runtime import export_path
+
+    path = export_path(run.model.cards[()])
+    return dataclasses.replace(config, export=ray.put(path.read_bytes())) if path.exists() else config
+
+
 def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clusterer=None, rules=None):
     """The Ray Data plan for one run (lazy: nothing executes until it is written)."""
     from ray.data import ActorPoolStrategy
@@ -100,7 +117,8 @@ def build_dataset(run: "RunPlan", manifest, run_id: str, reporter=None, clustere
     ds = load_dataset(manifest, plan, load_stage(run, reporter, clusterer), files_per_call(run.spec, plan))
     return ds.map_batches(
         PredictStage,
-        fn_constructor_kwargs={"config": predict_config(run, run_id), "reporter": reporter, "rules": rules},
+        fn_constructor_kwargs={"config": shipped_export(run, predict_config(run, run_id)), "reporter": reporter,
+                               "rules": rules},
         batch_size=plan.batch_size,
         batch_format="numpy",
         # Full size at the start, free to shrink: after a node is lost a fixed pool insists on

@@ -82,7 +82,7 @@ def dry_run(spec: JobSpec, run_id: str, verbose: bool = False) -> DryRun:
     selected = select(spec, info.model_id if info else None, "off", run_id)  # exactly as the run selects
     seconds = time.perf_counter() - started
     run = make_plan(spec, engine_for(spec, info).resources(), info)  # run.executor: local plans for this machine
-    run, runtime = with_runtime(run, selected.rows.num_rows, spec.run.executor, export=False)
+    run, runtime = with_runtime(run, selected.rows.num_rows, export=False)
     plan = {**asdict(run.resources), "device": run.resources.device, "executor": spec.run.executor,
             "executor_why": why}
     if spec.run.executor == "local":

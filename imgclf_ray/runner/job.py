@@ -151,7 +151,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
 
     spec, progress = at.spec, at.mode
     engine = engine_for(spec, card)
-    run, runtime = with_runtime(make_plan(spec, engine.resources(), card), manifest.num_rows, engine.name)
+    run, runtime = with_runtime(make_plan(spec, engine.resources(), card), manifest.num_rows)
     given = spec  # its digest names the job as written, whatever runtime auto took this night
     at.spec = spec = run.spec  # model.runtime decided (auto): the manifest records it
     checks, plan = run.checks, run.resources

@@ -67,18 +67,21 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
 
 
 # From here on ONNX Runtime: a first run of 1,000 images about earns back the export's seconds
-# (ResNet-18: ~5 s against ~3.8 ms saved an image on 2 cores); every later run gains all of it.
+# (ResNet-18: ~5 s against ~3.8 ms saved an image on 2 cores); every later run gains all of it,
+# and a run that finds the export made takes it whatever its size.
 ORT_MIN_IMAGES = 1000
 
 
-def with_runtime(run: RunPlan, rows: int, engine: str, export: bool = True) -> tuple[RunPlan, dict[str, str]]:
-    """``model.runtime: auto`` decided for this run: ONNX Runtime for a plain torch network the
-    local executor runs on CPUs in fp32 over at least ORT_MIN_IMAGES images (its forward pass
-    measured 1.29x PyTorch's on ResNet-18, 2 cores), exported here into the cache once per
-    machine (seconds); PyTorch otherwise, and when the network does not export. Returns the plan
-    with the runtime set, and what the run records of it: {name, why} (empty for other models).
-    ``export=False`` (a dry run, which writes nothing): ONNX Runtime is said as the choice, the
-    export left to the run (found in the cache, or made at its start; PyTorch if it fails)."""
+def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan, dict[str, str]]:
+    """``model.runtime: auto`` decided for this run, on either executor: ONNX Runtime for a plain
+    torch network run on CPUs in fp32 — its forward pass measured 1.29x PyTorch's on ResNet-18 (2
+    cores), and its predictors start without importing torch (~2 s sooner) — over at least
+    ORT_MIN_IMAGES images, or fewer when this machine's cache holds the export already; exported
+    here once per machine (seconds), and on Ray shipped to the nodes (``build.shipped_export``).
+    PyTorch otherwise, and when the network does not export. Returns the plan with the runtime
+    set, and what the run records of it: {name, why} (empty for other models). ``export=False``
+    (a dry run, which writes nothing): ONNX Runtime is said as the choice, the export left to the
+    run (found in the cache, or made at its start; PyTorch if it fails)."""
     from imgclf_ray.errors import ArtifactError
 
     model = run.spec.model
@@ -86,14 +89,14 @@ def with_runtime(run: RunPlan, rows: int, engine: str, export: bool = True) -> t
         return run, {}  # (a tree's nodes run in PyTorch whatever model.runtime says)
     if model.runtime != "auto":
         return run, {"name": model.runtime, "why": "model.runtime"}
-    why = None
-    if engine != "local":
-        why = "auto: on Ray (model.runtime: onnxruntime asks for ONNX Runtime there)"
-    elif run.resources.device != "cpu" or model.precision != "fp32":
+    from imgclf_ray.models.onnx_runtime import export_path
+
+    why, made = None, export_path(run.model.cards[()]).exists()
+    if run.resources.device != "cpu" or model.precision != "fp32":
         why = f"auto: {model.precision} on {run.resources.device}"
     elif run.spec.decode.jpeg_on == "predictor":
         why = "auto: decode.jpeg_on predictor"
-    elif rows < ORT_MIN_IMAGES:
+    elif rows < ORT_MIN_IMAGES and not made:
         why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
     elif export:
         from imgclf_ray.models.torch_classifier import onnx_export
@@ -105,6 +108,7 @@ def with_runtime(run: RunPlan, rows: int, engine: str, export: bool = True) -> t
         except Exception as exc:  # noqa: BLE001 - the cache folder unwritable, ...: PyTorch runs it as before
             why = f"auto: no ONNX export ({type(exc).__name__})"
     runtime = "torch" if why else "onnxruntime"
-    why = why or f"auto: fp32 on CPUs, {rows} images" + ("" if export else "; if the network exports to ONNX")
+    why = why or (f"auto: fp32 on CPUs, {rows} images" + (", the ONNX export made" if rows < ORT_MIN_IMAGES else "")
+                  + ("" if export or made else "; if the network exports to ONNX"))
     spec = run.spec.model_copy(update={"model": model.model_copy(update={"runtime": runtime})})
     return RunPlan(spec, run.model, run.checks, run.label_issue_labels, run.resources), {"name": runtime, "why": why}

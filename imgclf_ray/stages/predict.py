@@ -44,6 +44,7 @@ class PredictConfig:
     runtime: str = "torch"
     decode: Optional[DecodeSpec] = None  # decode.jpeg_on: predictor: the JPEGs this stage decodes
     calls: int = 1  # batches this stage works on at once (threads): each forward pass gets 1/calls of the memory
+    export: Any = None  # on Ray, a torch network's ONNX export: an ObjectRef of the driver's bytes
 
 
 def _release_device_memory() -> None:
@@ -139,7 +140,8 @@ class PredictStage:
         # Without a model (clustering / curation jobs) rows pass through with null predictions.
         self.classifier = (load_classifier(config.model_uri, config.storage, device=config.device,
                                            threads=config.threads, precision=config.precision,
-                                           trusted=config.trusted, runtime=config.runtime, calls=config.calls)
+                                           trusted=config.trusted, runtime=config.runtime, calls=config.calls,
+                                           export=config.export)
                            if config.model_uri else None)
         self.tree = isinstance(self.classifier, HierarchicalClassifier)
         if self.tree or self.classifier is None:
