@@ -2,13 +2,15 @@
 plain loop and against a Ray instance started with ``ray start`` on the same machine.
 
     .venv/bin/python benchmarks/default_path.py --classical 3000 --cnn 4000 --rounds 3
+    .venv/bin/python benchmarks/default_path.py --classical 0 --cnn 0 --first 300 --rounds 3
 
 Rows, each a whole process, rounds alternating, medians: the HOG + logistic-regression job
 (``benchmarks/run.py``'s classical model, ``decode.jpeg_draft``) with no flag against
 ``benchmarks/plain_classical.py`` (Pillow, HOG, predict_proba in one process); the ResNet-18 job
 with no flag on a machine without Ray (the local executor) against the same command after ``ray
 start --head`` (auto joins it), with the joined run's first labelled batch (its summary's
-``first_batch_seconds``: from the command's start).
+``first_batch_seconds``: from the command's start); with ``--first``, the first labelled batch of
+the first and second job after a fresh ``ray start`` (the CNN with no flag, and with PyTorch).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.heads import stop_ray_node  # noqa: E402
 from benchmarks.run import (PYTHON, REPO, Row, _loop_seconds, make_classical_model, make_cnn_model,  # noqa: E402
                             make_corpus, measure, publish, run_imgclf, write_job)
 
@@ -73,10 +77,48 @@ def ray_started(work: Path, n: int, rounds: int) -> dict:
             rows["no Ray running (local)"].append(run_imgclf("local", job, n, work, alone_env))
             rows["ray start running (joined)"].append(run_imgclf("joined", job, n, work, joined_env))
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+        stop_ray_node(str(raytmp))  # this head only (`ray stop` stops every Ray on the machine)
     summary = json.loads((work / "out-cnn" / "bench" / "_run_summary.json").read_text())
     assert summary["executor"]["name"] == "ray", summary["executor"]
     return {k: _median(v) for k, v in rows.items()}
+
+
+def first_after_start(work: Path, n: int, rounds: int) -> dict:
+    """The first labelled batch of the first job after a fresh `ray start --head --num-cpus 2`
+    (Ray Data starts its cluster-wide actors then), and of the job after it: the CNN job with no
+    flag (runtime auto: ONNX Runtime, its export made) against ``model.runtime: torch``, each round
+    a fresh head per row, rows alternating."""
+    corpus = work / f"corpus-{n}"
+    if not corpus.exists():
+        make_corpus(corpus, n)
+    if not (work / "cnn").exists():
+        make_cnn_model(work / "cnn")
+    jobs = {"auto": write_job(work, "first-auto", str(corpus), work / "cnn", work / "out-first-auto",
+                              run={"executor": "auto"}),
+            "torch": write_job(work, "first-torch", str(corpus), work / "cnn", work / "out-first-torch",
+                               run={"executor": "auto"}, model={"runtime": "torch"})}
+    from imgclf_ray.models.torch_classifier import onnx_export
+
+    onnx_export(str(work / "cnn"))  # made (as a run over 1,000 images would have): auto takes it for 300
+    out: dict[str, dict[str, list]] = {k: {"first job": [], "second job": [], "runtime": []} for k in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            raytmp = tempfile.mkdtemp(prefix="imgclf-fb-", dir="/tmp")
+            env = {**os.environ, "RAY_TMPDIR": raytmp}
+            subprocess.run([RAY, "start", "--head", "--num-cpus", "2", "--disable-usage-stats",
+                            "--include-dashboard=false"], env=env, check=True, capture_output=True)
+            try:
+                for which in ("first job", "second job"):
+                    shutil.rmtree(work / f"out-first-{name}", ignore_errors=True)
+                    row = run_imgclf(name, job, n, work, {"RAY_TMPDIR": raytmp})
+                    out[name][which].append(row.first_batch_s)
+                summary = json.loads((work / f"out-first-{name}" / "bench" / "_run_summary.json").read_text())
+                assert summary["executor"]["name"] == "ray", summary["executor"]
+                out[name]["runtime"].append(summary["runtime"]["name"])
+            finally:
+                stop_ray_node(raytmp)
+    return {k: {**v, "first job median_s": statistics.median(v["first job"]),
+                "second job median_s": statistics.median(v["second job"])} for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,13 +126,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--classical", type=int, default=3000)
     ap.add_argument("--cnn", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--first", type=int, default=0,
+                    help="images for the first-batch rows after a fresh `ray start` (0: not run)")
     ap.add_argument("--work", default="benchmarks/work-default")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = {"classical": classical(work, args.classical, args.rounds) if args.classical else None,
-           "ray_started": ray_started(work, args.cnn, args.rounds) if args.cnn else None}
+           "ray_started": ray_started(work, args.cnn, args.rounds) if args.cnn else None,
+           "first_after_start": first_after_start(work, args.first, args.rounds) if args.first else None}
     return publish(out, args.json)
 
 

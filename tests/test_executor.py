@@ -248,6 +248,10 @@ def test_a_ray_node_without_the_export_runs_the_drivers_one_without_importing_to
     assert kind == "OnnxClassifier" and not imported_torch
     assert (node_cache / "onnx" / export_path(read_card(tiny_model)).name).is_file()  # kept for the next run
     assert (scores.argmax(1) == reference.argmax(1)).all() and np.abs(scores - reference).max() < 1e-5
+    here = from_export(tiny_model, spec.storage, read_card(tiny_model), 1)  # this machine's cache has it
+    import torch  # decode.jpeg_on: predictor hands it a CPU tensor
+
+    assert np.array_equal(here.predict_proba(torch.from_numpy(pixels)), here.predict_proba(pixels))
 
     changed = tmp_path / "changed"
     shutil.copytree(tiny_model, changed)

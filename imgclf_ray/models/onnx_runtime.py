@@ -105,7 +105,7 @@ class OnnxClassifier:
             self._std = np.asarray(prep.std, np.float32).reshape(1, -1, 1, 1)
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        x = normalise(pixels, self._mean, self._std)
+        x = normalise(np.asarray(pixels), self._mean, self._std)  # (a CPU tensor: decode.jpeg_on predictor)
         return scores(self.session.run(None, {self.input: x})[0], self.card)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:

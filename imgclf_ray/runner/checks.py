@@ -49,12 +49,9 @@ def user_errors(metrics=None):
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - only re-raised differently when it wraps a UserError
-        seen, cause = set(), exc
-        while cause is not None and id(cause) not in seen:
+        for cause in errors.chain(exc):
             if isinstance(cause, UserError):
                 raise cause from None
-            seen.add(id(cause))
-            cause = getattr(cause, "cause", None) or cause.__cause__
         if metrics is not None:
             reported = metrics.first_user_error()
             kind = getattr(errors, reported[0], None) if reported else None

@@ -22,12 +22,14 @@ from tests.conftest import _free_port
 
 def stop_ray_node(marker: str, grace: float = 3.0) -> None:
     """Stop exactly one Ray node: every process whose command line names its temp dir (GCS,
-    raylet, dashboard, agents) and their children (workers). `ray stop` would also stop the test
-    session's own Ray instance."""
+    raylet, dashboard, agents) or whose environment does (Ray's client server names neither in
+    its command line, and outlives the node otherwise), and their children (workers). `ray stop`
+    would also stop the test session's own Ray instance."""
     found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "environ"]):
         try:
-            if proc.pid != os.getpid() and any(marker in a for a in proc.info["cmdline"] or []):
+            named = [*(proc.info["cmdline"] or []), *(proc.info["environ"] or {}).values()]
+            if proc.pid != os.getpid() and any(marker in a for a in named):
                 found[proc.pid] = proc
                 found.update({c.pid: c for c in proc.children(recursive=True)})
         except psutil.Error:
