@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +263,25 @@ def test_a_ray_node_without_the_export_runs_the_drivers_one_without_importing_to
     weights.write_bytes(bytes(blob))
     with pytest.raises(ArtifactError, match="sha256 .* does not match the model card's"):
         from_export(str(changed), spec.storage, read_card(str(changed)), 1)
+
+
+def test_the_private_ray_keeps_token_auth_without_printing_its_notice():
+    """The Ray instance a run starts for itself has token authentication on (Ray's default), and
+    Ray's notice of it — printed by every ray.init — stays off the console (the API's and a
+    verbose CLI's); Ray itself prints it (the reference)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="imgclf-tok-", dir="/tmp")  # short: Unix socket paths
+    code = ("import os, ray\n{}\nprint(os.environ.get('RAY_AUTH_MODE'), ray.is_initialized())\nray.shutdown()\n")
+    ours = "from imgclf_ray.runner.ray_setup import ensure_ray\nensure_ray()"
+    theirs = "ray.init(address='local', include_dashboard=False, num_cpus=1)"
+    try:
+        for start, notice in ((ours, False), (theirs, True)):
+            out = subprocess.run([sys.executable, "-c", code.format(start)], env=env, capture_output=True, text=True,
+                                 timeout=120)
+            assert out.returncode == 0 and out.stdout.split() == ["token", "True"], out.stderr[-2000:]
+            assert ("Token authentication is enabled for this Ray cluster" in out.stderr) == notice, out.stderr[-2000:]
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_a_refused_connection_without_a_ray_token_says_the_token_may_be_missing(monkeypatch):

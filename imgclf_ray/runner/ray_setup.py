@@ -25,6 +25,9 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
         if quiet:
             ray_log = _ray_to_file()
             kwargs = {"configure_logging": False, "log_to_driver": False}
+        # Ray's notice that a new instance has token authentication on (its default): every run
+        # would print it. The session keeps token authentication; a notice that it is off stays.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_no_token_notice)
         if address:
             _reachable(address)
             ray.init(address=address, **kwargs)
@@ -175,6 +178,10 @@ _MISLEADING = (
     # to Ray's developers, not a problem of the run.
     "Specifying both num_cpus and num_gpus",
 )
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
 def _drop_misleading_warnings(record: logging.LogRecord) -> bool:
