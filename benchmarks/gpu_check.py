@@ -11,8 +11,9 @@ section does not stop the others):
    ``cuda`` really runs the CUDA provider.
 2. ``tests``: ``tests/test_gpu.py`` (CUDA actors against CPU ones; nvJPEG against task decoding).
 3. ``gpu_benchmark``: ``benchmarks/gpu.py`` (decode rates, predictor rates, decode cores per GPU).
-4. ``max_batch``: ResNet-50 fp32 and fp16: the batch the predictor measured to fit, and an
-   out-of-memory error forced (a batch 64x that) caught by the predictor's halving, the labels
+4. ``max_batch``: ResNet-50 fp32 and fp16: the batch the predictor measured to fit, its images/s
+   at batches of 64 to 1,024 within that (does a batch past the plan's 128 pay?), and an
+   out-of-memory error forced (a batch 4x that) caught by the predictor's halving, the labels
    equal to those of fitting passes.
 5. ``nvjpeg``: baseline, progressive, 4:4:4, greyscale, CMYK, truncated, corrupt and 24 MP JPEGs:
    which the decode task passes on, and for those nvJPEG + torch resize against Pillow (grey levels).
@@ -20,7 +21,7 @@ section does not stop the others):
 7. ``training``: one epoch of a ResNet-18 on 512 digits on the GPU (fp32), seconds and loss.
 8. ``ray_run``: a local Ray run over ``--jpegs`` JPEGs: ``jpeg_on`` tasks against predictor, and
    ``gpus_per_actor`` 1 against 0.5, two batches per actor at once (the default on a GPU) against
-   one, images/s with GPU utilisation sampled every 0.2 s.
+   one, the plan's batch of 128 against 512, images/s with GPU utilisation sampled every 0.2 s.
 
 Without CUDA (``--cpu-smoke``) sections 1, 5 and 7 run on the CPU with tiny sizes so that the
 script is known to run; the others say they need CUDA.
@@ -104,6 +105,7 @@ def _artifact(folder: str, architecture: str, size: int = 224) -> str:
 def max_batch(args) -> dict[str, Any]:
     import numpy as np
 
+    from benchmarks.gpu import _rate
     from imgclf_ray.models.torch_classifier import TorchClassifier
     from imgclf_ray.stages.predict import Passes
 
@@ -113,12 +115,15 @@ def max_batch(args) -> dict[str, Any]:
         for precision in ("fp32", "fp16"):
             clf = TorchClassifier(uri, device="cuda", precision=precision)
             fits = clf.max_batch
-            x = np.random.default_rng(0).integers(0, 256, (fits * 64, 3, 224, 224), dtype=np.uint8)
+            x = np.random.default_rng(0).integers(0, 256, (fits * 4, 3, 224, 224), dtype=np.uint8)
+            by_batch = {b: round(_rate(lambda: clf.predict_proba(x[:b]), b, 2.0), 1)
+                        for b in (64, 128, 256, 512, 1024) if b <= fits}
             passes = Passes()
             started = time.perf_counter()
             labels = np.concatenate(passes.run(lambda b: list(clf._forward(b).argmax(1)), x))
             reference = clf.predict_proba(x[:fits * 2]).argmax(1)
-            out[precision] = {"max_batch": fits, "forced_batch": len(x), "halvings": passes.halved,
+            out[precision] = {"max_batch": fits, "images_per_second_by_batch": by_batch,
+                              "forced_batch": len(x), "halvings": passes.halved,
                               "pass_size_after": passes.size, "seconds": round(time.perf_counter() - started, 2),
                               "labels_equal_to_fitting_passes": bool((labels[:fits * 2] == reference).all())}
     return out
@@ -255,12 +260,15 @@ def ray_run(args) -> dict[str, Any]:
         for i, blob in enumerate(corpus(args.jpegs)):
             (archive / f"img-{i:05d}.jpg").write_bytes(blob)
         model = _artifact(str(Path(work, "model")), "resnet50")
-        for name, decode, gpus, calls in (
-                ("tasks, 1 GPU per actor", "tasks", 1.0, 2), ("tasks, 1 GPU per actor, one batch at a time", "tasks", 1.0, 1),
-                ("predictor, 1 GPU per actor", "predictor", 1.0, 2), ("tasks, 0.5 GPU per actor", "tasks", 0.5, 2)):
+        for name, decode, gpus, calls, batch in (
+                ("tasks, 1 GPU per actor", "tasks", 1.0, 2, None),
+                ("tasks, 1 GPU per actor, one batch at a time", "tasks", 1.0, 1, None),
+                ("tasks, 1 GPU per actor, batches of 512", "tasks", 1.0, 2, 512),
+                ("predictor, 1 GPU per actor", "predictor", 1.0, 2, None), ("tasks, 0.5 GPU per actor", "tasks", 0.5, 2, None)):
             spec = parse_spec({"name": "gpucheck", "source": {"uri": str(archive)}, "decode": {"jpeg_on": decode},
                                "model": {"uri": model, "device": "cuda", "precision": "fp16"},
-                               "resources": {"gpus_per_actor": gpus, "calls_per_actor": calls},
+                               "resources": {"gpus_per_actor": gpus, "calls_per_actor": calls,
+                                             **({"batch_size": batch} if batch else {})},
                                "sink": {"uri": str(Path(work, "out", name.replace(" ", "-").replace(",", "")))}},
                               "<gpu_check>")
             with _Utilisation() as util:

@@ -68,13 +68,15 @@ class NothingToDo(UserError):
 
 
 def chain(exc: BaseException):
-    """An exception and its causes, Ray's wrapped ones (``.cause``) included."""
+    """An exception and its causes, Ray's wrapped ones (``.cause``) included; the exception it was
+    raised while handling too, unless ``raise ... from None`` set it aside (as tracebacks do)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
         cause = getattr(exc, "cause", None)
-        exc = (cause if isinstance(cause, BaseException) else None) or exc.__cause__ or exc.__context__
+        exc = ((cause if isinstance(cause, BaseException) else None) or exc.__cause__
+               or (None if exc.__suppress_context__ else exc.__context__))
 
 
 def describe_failure(exc: BaseException) -> UserError:

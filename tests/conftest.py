@@ -6,7 +6,6 @@ Dummy AWS credentials are set before Ray starts so that its worker processes inh
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -29,6 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parents[1]
+
+from tests.support.heads import free_port as _free_port  # noqa: E402 - (after the environment above)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,12 +67,6 @@ def ray_session():
     ensure_ray()
     yield ray
     ray.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

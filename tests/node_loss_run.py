@@ -35,7 +35,7 @@ def main(archive: str, model: str, sink_uri: str, report: str) -> None:
     # The GCS checks each node every second (Ray's default: every 3 s, dead after 5 misses): the
     # lost node is marked dead in seconds.
     # Its own ports: a `ray start` elsewhere on this machine holds Ray's defaults (6379, 8265).
-    from tests.conftest import _free_port
+    from tests.support.heads import free_port as _free_port
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": 150_000_000, "gcs_server_port": _free_port(), "dashboard_port": _free_port(),

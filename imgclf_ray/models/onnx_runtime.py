@@ -154,28 +154,25 @@ def exported(net, card: ModelCard) -> Path:
     return target
 
 
+def runs_export(runtime: str, device: str, precision: str) -> bool:
+    """Whether a torch network's predictor runs its ONNX export on the CPU (``from_export``)."""
+    return runtime == "onnxruntime" and device == "cpu" and precision == "fp32"
+
+
 def from_export(model_uri: str, storage: StorageSpec, card: ModelCard, threads: Optional[int],
                 shipped=None) -> Optional[OnnxClassifier]:
     """A torch artifact's ONNX export run on the CPU without PyTorch (the predictor starts ~2 s
-    sooner: no torch and torchvision imports): the export in this machine's cache, else the
-    driver's, ``shipped`` through Ray's object store (an ObjectRef of its bytes), which is kept in
-    this machine's cache for later runs — every node runs the driver's one export, whatever its
-    own torch. The weights' sha256 is still checked against the card, as loading them would.
-    None when neither is there (the predictor exports it itself)."""
-    path = export_path(card)
-    if path.exists():
-        model = str(path)
-    elif shipped is not None:
+    sooner: no torch and torchvision imports): on Ray the driver's, ``shipped`` through the object
+    store (an ObjectRef of its bytes) — every node runs that one export, whatever its own torch or
+    cache holds — else the one in this machine's cache (the driver, or an earlier predictor here,
+    made it). The weights' sha256 is still checked against the card, as loading them would. None
+    when neither is there (the predictor exports it itself)."""
+    if shipped is not None:
         import ray
 
         model = ray.get(shipped)
-        try:  # the next run on this node finds it (best effort: a read-only cache only costs that)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-            tmp.write_bytes(model)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+    elif export_path(card).exists():
+        model = str(export_path(card))
     else:
         return None
     read_weights(model_uri, card, storage)

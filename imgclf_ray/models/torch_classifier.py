@@ -278,9 +278,9 @@ class TorchClassifier:
 @CLASSIFIERS.register("torch")
 def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int], precision: str,
           trusted: bool, runtime: str, calls: int = 1, export=None, **_):
-    if runtime == "onnxruntime" and device == "cpu" and precision == "fp32":
-        from imgclf_ray.models import onnx_runtime
+    from imgclf_ray.models import onnx_runtime
 
+    if onnx_runtime.runs_export(runtime, device, precision):
         made = onnx_runtime.from_export(uri, storage, read_card(uri, storage), threads, export)
         if made is not None:
             return made

@@ -96,12 +96,12 @@ def shipped_export(run: "RunPlan", config):
     runs that one export, without importing torch (``onnx_runtime.from_export``)."""
     import dataclasses
 
-    if (config.runtime != "onnxruntime" or config.device != "cpu" or config.precision != "fp32"
-            or run.model is None or run.model.framework != "torch"):
+    from imgclf_ray.models.onnx_runtime import export_path, runs_export
+
+    if (run.model is None or run.model.framework != "torch" or run.model.task == "hierarchical"
+            or not runs_export(config.runtime, config.device, config.precision)):
         return config
     import ray
-
-    from imgclf_ray.models.onnx_runtime import export_path
 
     path = export_path(run.model.cards[()])
     return dataclasses.replace(config, export=ray.put(path.read_bytes())) if path.exists() else config

@@ -72,6 +72,17 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
 ORT_MIN_IMAGES = 1000
 
 
+def _made(card) -> bool:
+    """Whether this machine's cache holds the network's ONNX export (a cache that cannot be
+    entered holds none)."""
+    from imgclf_ray.models.onnx_runtime import export_path
+
+    try:
+        return export_path(card).exists()
+    except OSError:
+        return False
+
+
 def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan, dict[str, str]]:
     """``model.runtime: auto`` decided for this run, on either executor: ONNX Runtime for a plain
     torch network run on CPUs in fp32 — its forward pass measured 1.29x PyTorch's on ResNet-18 (2
@@ -89,9 +100,7 @@ def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan,
         return run, {}  # (a tree's nodes run in PyTorch whatever model.runtime says)
     if model.runtime != "auto":
         return run, {"name": model.runtime, "why": "model.runtime"}
-    from imgclf_ray.models.onnx_runtime import export_path
-
-    why, made = None, export_path(run.model.cards[()]).exists()
+    why, made = None, _made(run.model.cards[()])
     if run.resources.device != "cpu" or model.precision != "fp32":
         why = f"auto: {model.precision} on {run.resources.device}"
     elif run.spec.decode.jpeg_on == "predictor":

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,11 @@ from typing import Optional
 
 import psutil
 
-from tests.conftest import _free_port
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_ray_node(marker: str, grace: float = 3.0) -> None:
@@ -84,10 +89,10 @@ def started_head(python_dir: Path, cpus: int = 2, memory: int = 150_000_000,
            "PATH": f"{python_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(name, None)
-    dashboard, port = _free_port(), _free_port()
+    dashboard, port = free_port(), free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
            f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
            f"--num-cpus={cpus}", f"--object-store-memory={memory}", f"--temp-dir={temp}",
            "--include-dashboard=true", "--disable-usage-stats"]
     held = {**env, "IMGCLF_BLOCK_AT": "decode_batch", "IMGCLF_BLOCK_FILE": f"{temp}/hold", **(node_env or {})}
