@@ -45,3 +45,12 @@ def test_every_link_between_the_pages_resolves():
             if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert not broken, broken
+
+
+def test_every_python_example_in_the_docs_is_python_that_names_files_that_exist():
+    """A newcomer pastes them: each compiles, and a job file one names is in the repository."""
+    for page in DOCS:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S):
+            compile(block, str(page), "exec")
+            for job in re.findall(r"[\"']([\w./-]+\.ya?ml)[\"']", block):
+                assert (REPO / job).is_file(), f"{page.name}: {job}"

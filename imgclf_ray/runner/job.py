@@ -437,7 +437,9 @@ def _run_locked(at: Attempt, verbose: bool, quiet_ray: bool) -> RunResult:
     if spec.run.executor == "ray":
         why = at.executor.get("why", "") if at.executor else ""
         if why and not why.startswith("run.executor"):  # auto joins a Ray: said before the work, not only after
-            Progress.note(f"executor: ray ({why}); --local runs without it", mode)
+            hint = ("with the guard it runs in this process" if why.startswith("this script") else
+                    "--local (run.executor: local) runs without it")
+            Progress.note(f"executor: ray ({why}); {hint}", mode)
         if not spec.source.inventory:
             ray_log = ensure_ray(spec.run.ray_address, verbose, quiet=quiet_ray)
         import ray
