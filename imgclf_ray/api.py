@@ -14,6 +14,7 @@ starts); a running Ray (``ray.init`` done, or RAY_ADDRESS) is reused.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -89,13 +90,21 @@ def read_run(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec =
 
 def read_run_dataset(sink_uri: str, run_id: Optional[str] = None, storage: StorageSpec = StorageSpec()
                      ) -> "ray.data.Dataset":
-    """The same rows as a Ray Dataset, for further distributed work (joins an initialised Ray)."""
+    """The same rows as a Ray Dataset, for further distributed work: on an initialised Ray, else on
+    the one a run would take (RAY_ADDRESS, a `ray start` instance of this machine, or a private
+    one), started as a run starts it (Ray's start-up notices off the console)."""
     import ray.data
     from ray.data.datasource import Partitioning
 
     from imgclf_ray.io.schema import OUTPUT_SCHEMA
     from imgclf_ray.io.sink import read_manifest, run_files as files_of
     from imgclf_ray.io.storage import filesystem, pyarrow_fs
+
+    if not ray.is_initialized():
+        from imgclf_ray.runner.executor import started_instance
+        from imgclf_ray.runner.ray_setup import ensure_ray
+
+        ensure_ray(os.environ.get("RAY_ADDRESS") or ("auto" if started_instance()[0] else None))
 
     uri = _run_uri(sink_uri, run_id, storage)
     files = files_of(uri, storage)
