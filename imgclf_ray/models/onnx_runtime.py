@@ -171,8 +171,8 @@ def from_export(model_uri: str, storage: StorageSpec, card: ModelCard, threads: 
         import ray
 
         model = ray.get(shipped)
-    elif export_path(card).exists():
-        model = str(export_path(card))
+    elif (path := export_path(card)).exists():
+        model = str(path)
     else:
         return None
     read_weights(model_uri, card, storage)

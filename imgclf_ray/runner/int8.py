@@ -20,6 +20,7 @@ and the model quantized again; below it again the run is refused with both figur
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -64,6 +65,7 @@ def _short(model_id: str) -> str:
     return model_id.split(":", 1)[-1][:16]
 
 
+@functools.cache
 def _vnni() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
     try:
