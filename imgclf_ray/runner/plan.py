@@ -107,11 +107,11 @@ def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan,
         why = "auto: decode.jpeg_on predictor"
     elif rows < ORT_MIN_IMAGES and not made:
         why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
-    elif export:
+    elif export and not made:  # (made: nothing to export, nor the card to read again)
         from imgclf_ray.models.torch_classifier import onnx_export
 
         try:
-            onnx_export(model.uri, run.spec.storage, model.trusted)  # found in the cache, or made now (once)
+            onnx_export(model.uri, run.spec.storage, model.trusted)  # made now (once per machine)
         except ArtifactError as exc:
             why = f"auto: {str(exc).split(' (', 1)[0]}"
         except Exception as exc:  # noqa: BLE001 - the cache folder unwritable, ...: PyTorch runs it as before
