@@ -56,11 +56,27 @@ def resume(what: str, hint: str) -> None:
 
 def describe(exc: Interrupted) -> str:
     """The one line an interrupted command prints."""
-    if exc.after_commit or _state.committed:
-        return f"interrupted after the commit of {_state.what or 'the output'}"
-    if _state.what is None:  # a command that commits nothing (runs, logs --follow, report ...)
-        return "interrupted"
-    return f"interrupted: nothing committed; {_state.hint}"
+    return outcome("interrupted", exc.after_commit)
+
+
+def outcome(head: str, after_commit: bool = False) -> str:
+    """``head`` and what the command committed before it ended: the commit done, nothing (and how
+    to resume), or nothing said for a command that commits nothing (runs, logs --follow ...)."""
+    if after_commit or _state.committed:
+        return f"{head} after the commit of {_state.what or 'the output'}"
+    if _state.what is None:
+        return head
+    return f"{head}: nothing committed; {_state.hint}"
+
+
+def in_command() -> bool:
+    """Whether a CLI command's handlers are installed (``handled()``): this process is the CLI's."""
+    return _state.installed > 0
+
+
+def committing() -> bool:
+    """Whether a shielded step (a commit) is under way."""
+    return _state.shield > 0
 
 
 def _handler(signum: int, _frame) -> None:

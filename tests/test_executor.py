@@ -295,3 +295,29 @@ def test_a_refused_connection_without_a_ray_token_says_the_token_may_be_missing(
     assert str(describe_failure(ConnectionError("storage endpoint refused"))).endswith("check the address or endpoint")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x")
     assert str(describe_failure(failure)).endswith("check the address or endpoint")
+
+
+def test_the_autoscalers_failure_reaches_a_command_as_one_line(capsys):
+    """Ray's autoscaler, sent SIGTERM (`ray stop`, a head pod deleted), sends every driver its
+    failure with a Python stack, printed by Ray's own function; in a CLI command, one line."""
+    import traceback
+
+    from ray._private import worker
+
+    from imgclf_ray.runner import ray_setup
+
+    # The message as ray/autoscaler/_private/monitor.py builds it in its signal handler.
+    message = ("The autoscaler failed with the following error:\n"
+               + "Terminated with signal 15\n" + "".join(traceback.format_stack()))
+    saved = worker.print_to_stdstream
+    try:
+        ray_setup._short_autoscaler_errors()
+        ray_setup._short_autoscaler_errors()  # once: not wrapped twice
+        worker.print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": ["another line\n  kept whole"], "pid": "raylet", "is_err": False},
+                                  ignore_prefix=False)
+    finally:
+        worker.print_to_stdstream = saved
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("The autoscaler failed with the following error: Terminated with signal 15"), out
+    assert out[1:] == [x for x in out[1:] if "another line" in x or "kept whole" in x] and len(out) == 3

@@ -201,3 +201,42 @@ def test_imgclf_run_joins_the_ray_start_instance_ray_init_would_join(head, job, 
     first = done.stdout.splitlines()[0]
     assert first.startswith(f"run joined: {images} images")
     assert first.endswith(f"ray executor: a Ray instance started with `ray start` runs on this machine ({address})")
+
+
+def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(job):
+    """The head of the cluster a run joined goes away while the run's decode tasks wait (a blocking
+    fault point). Ray's core worker ends a driver whose GCS stays silent for its limit and says so
+    only in its log files; the command says it in one error line, before Ray's limit (set to 8 s
+    here: the line comes after 4 s), nothing is committed, and the run id run again (here without
+    Ray) commits every image once."""
+    from click.testing import CliRunner
+
+    from imgclf_ray.cli import main
+    from imgclf_ray.io.sink import committed_files
+    from tests.support.heads import stop_ray_node
+
+    spec, images, out = job
+    with started_head(Path(sys.executable).parent) as (_, env, temp):
+        os.remove(f"{temp}/hold.release")
+        gcs = Path(temp, "ray_current_cluster").read_text().strip()
+        run = subprocess.Popen([sys.executable, "-m", "imgclf_ray", "run", str(spec), "--run-id", "lost", "--address", gcs],
+                               env={**env, "RAY_gcs_rpc_server_reconnect_timeout_s": "8"}, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not Path(f"{temp}/hold.reached").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert Path(f"{temp}/hold.reached").exists(), run.communicate()[1][-3000:]
+        stop_ray_node(temp)
+        stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1, stderr[-3000:]
+    said = stdout + stderr
+    assert "Traceback" not in said and "  File \"" not in said, said[-3000:]  # no stack: Ray's autoscaler sends one
+    (line,) = [x for x in said.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: the Ray cluster stopped answering (nothing at its GCS, {gcs}, for ")
+    assert line.endswith("Ray ends a driver at 8 s): nothing committed; rerun with --run-id lost to resume")
+    assert not committed_files(str(out), "lost")
+
+    again = CliRunner().invoke(main, ["run", str(spec), "--run-id", "lost", "--local", "-q"])
+    assert again.exit_code == 0, again.output
+    rows = read_run(str(out), "lost")
+    assert len(rows) == images and len({r["image_id"] for r in rows}) == images

@@ -36,6 +36,9 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
         if ray_log:
             _log_to(ray_log, ("ray",))  # ray.init cleared the "ray" logger's handlers
         interrupts.reinstall()  # ray.init sets a SIGTERM handler of its own (SystemExit in the driver)
+        if interrupts.in_command():
+            _watch_gcs()
+            _short_autoscaler_errors()
         faults.point("ray_started")
     # Right after start-up the node may not have reported its resources yet; the planner needs them.
     deadline = time.monotonic() + 30
@@ -49,6 +52,90 @@ def ensure_ray(address: Optional[str] = None, verbose: bool = False, quiet: bool
                 handler.addFilter(_drop_misleading_warnings)
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
     return ray_log
+
+
+def _watch_gcs() -> None:
+    """A CLI command's Ray cluster going away mid-run (its head torn down, the GCS killed): Ray's
+    core worker ends this process once the GCS has not answered for
+    ``gcs_rpc_server_reconnect_timeout_s`` (60 s: what a restarting GCS — KubeRay's fault
+    tolerance — is given), and says so only in Ray's log files: the command would exit 1 without a
+    line. A thread tries the GCS's port every second; unanswered for 10 s less than Ray's limit, it
+    prints one ``error:`` line saying what was committed and exits 1. What is left is what a killed
+    driver leaves (the run-id lock freed, staged files that the next run of the run id undoes)."""
+    import socket
+    import threading
+
+    import ray
+
+    global _watching
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+        host, _, port = gcs.rpartition(":")
+        target = (host.strip("[]"), int(port))
+    except Exception:  # noqa: BLE001 - a Ray client connection (ray://) has no GCS address here
+        return
+    if _watching:
+        return
+    _watching = True
+    limit = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60)
+    grace = max(limit - 10, limit / 2)
+
+    def watch() -> None:
+        global _watching
+        down = None
+        while ray.is_initialized():
+            try:
+                socket.create_connection(target, timeout=2).close()
+                down = None
+            except OSError:
+                down = down or time.monotonic()
+                if time.monotonic() - down >= grace:
+                    _cluster_lost(gcs, time.monotonic() - down, limit)
+            time.sleep(1)
+        _watching = False
+
+    threading.Thread(target=watch, name="imgclf-gcs-watch", daemon=True).start()
+
+
+_watching = False
+
+
+def _cluster_lost(gcs: str, seconds: float, limit: float) -> None:
+    """The line, then exit 1 (from the watching thread: the main thread is blocked in Ray). A
+    commit under way (it needs no Ray) gets until Ray's own limit to complete."""
+    import sys
+
+    deadline = time.monotonic() + max(0.0, limit - seconds - 2)
+    while interrupts.committing() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mark_failed()
+    head = (f"error: the Ray cluster stopped answering (nothing at its GCS, {gcs}, for {seconds:.0f} s; "
+            f"Ray ends a driver at {limit:.0f} s)")
+    sys.stderr.write(interrupts.outcome(head) + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _short_autoscaler_errors() -> None:
+    """Ray sends every driver the autoscaler's failure with its Python stack — on every ``ray
+    stop`` or head pod deleted mid-run (SIGTERM to the autoscaler) — printed by a thread of Ray's
+    on stdout: in a CLI command, its first line only (Ray's function that prints it, wrapped; the
+    autoscaler's own log keeps the stack)."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "imgclf_short", False):
+        return
+
+    def printing(data, *args, **kwargs):
+        lines = data.get("lines") if isinstance(data, dict) else None
+        if lines and str(lines[0]).startswith("The autoscaler failed"):
+            head, *rest = str(lines[0]).splitlines()
+            data = {**data, "lines": [f"{head.rstrip(':')}: {rest[0].strip()}" if rest else head]}
+        return original(data, *args, **kwargs)
+
+    printing.imgclf_short = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = printing
 
 
 def _reachable(address: str) -> None:
