@@ -150,12 +150,12 @@ class TorchClassifier:
 
     def __init__(self, model_uri: str, storage: StorageSpec = StorageSpec(),
                  device: str = "auto", threads: Optional[int] = None, precision: str = "fp32",
-                 trusted: bool = False, runtime: str = "torch", calls: int = 1):
+                 trusted: bool = False, runtime: str = "torch", calls: int = 1, card: Optional[ModelCard] = None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.card: ModelCard = read_card(model_uri, storage)
+        self.card: ModelCard = card or read_card(model_uri, storage)
         self.model_id = self.card.model_id()
         device = _device(device, runtime)
         net = _network_of(model_uri, self.card, storage, trusted)
@@ -280,9 +280,11 @@ def _load(uri: str, storage: StorageSpec, *, device: str, threads: Optional[int]
           trusted: bool, runtime: str, calls: int = 1, export=None, **_):
     from imgclf_ray.models import onnx_runtime
 
+    card = None
     if onnx_runtime.runs_export(runtime, device, precision):
-        made = onnx_runtime.from_export(uri, storage, read_card(uri, storage), threads, export)
+        card = read_card(uri, storage)
+        made = onnx_runtime.from_export(uri, storage, card, threads, export)
         if made is not None:
             return made
     return TorchClassifier(uri, storage, device=device, threads=threads, precision=precision, trusted=trusted,
-                           runtime=runtime, calls=calls)
+                           runtime=runtime, calls=calls, card=card)
