@@ -74,9 +74,21 @@ def in_command() -> bool:
     return _state.installed > 0
 
 
-def committing() -> bool:
-    """Whether a shielded step (a commit) is under way."""
-    return _state.shield > 0
+@contextlib.contextmanager
+def no_commit_after() -> Iterator:
+    """Inside the block no shielded step (a commit) starts — one about to waits at its start; a
+    thread that ends the process from here (imgclf_ray.runner.ray_setup) knows whether one is under
+    way. Yields a function: whether one is under way now."""
+    with _commit_gate:
+        yield lambda: _state.shield > 0
+
+
+def committed_what() -> str:
+    """What the command commits ("run <id>"), as ``resume`` named it."""
+    return _state.what or "the output"
+
+
+_commit_gate = threading.Lock()
 
 
 def _handler(signum: int, _frame) -> None:
@@ -133,15 +145,19 @@ def shielded() -> Iterator[None]:
     """A step that completes once started (a commit): a signal that arrives meanwhile is raised as
     ``Interrupted(after_commit=True)`` when the step is done. When the step itself fails, its
     error is what propagates (a pending signal then stops nothing more: the command is ending)."""
-    _state.shield += 1
+    with _commit_gate:
+        _state.shield += 1
     try:
         yield
     except BaseException:
-        _state.shield -= 1
+        with _commit_gate:
+            _state.shield -= 1
         raise
-    _state.shield -= 1
+    with _commit_gate:  # a thread looking through no_commit_after sees both changes or neither
+        _state.shield -= 1
+        if not _state.shield:
+            _state.committed = True
     if not _state.shield:
-        _state.committed = True
         if _state.pending is not None:
             signum, _state.pending = _state.pending, None
             _state.stopping = True

@@ -62,12 +62,13 @@ class Progress:
             self.rows = rows
             if self._bar is not None:
                 self._bar.set_postfix_str(f"{rows} rows", refresh=False)
-        if count <= self.count:
-            return
-        delta, self.count = count - self.count, count
-        if self._bar is not None:
-            self._bar.update(delta)
-        elif self.mode == "log" and self.clock() - self._last_log >= self.interval:
+        if count > self.count:
+            delta, self.count = count - self.count, count
+            if self._bar is not None:
+                self._bar.update(delta)
+        # Log lines every ``interval`` whether the count moved or not: a run that waits (for Ray's
+        # workers, a slow store, a lost cluster) says so in a cron log too.
+        if self.mode == "log" and self.clock() - self._last_log >= self.interval:
             self._log()
 
     def update(self, n: int = 1) -> None:

@@ -202,3 +202,36 @@ def test_a_failing_commit_is_reported_as_itself_even_with_a_signal_pending():
         assert caught.value.after_commit and caught.value.exit_code == 143
         interrupts.resume("run r", "rerun with --run-id r to resume")
         assert interrupts.describe(caught.value) == "interrupted after the commit of run r"
+
+
+LOST = """
+import sys, threading
+from imgclf_ray import interrupts
+from imgclf_ray.runner import ray_setup
+with interrupts.handled():
+    interrupts.resume("run r1", "rerun with --run-id r1 to resume")
+    if sys.argv[1] == "before":
+        ray_setup._cluster_lost("10.0.0.1:6379", 50, 60)
+    with interrupts.shielded():  # a commit under way when the cluster is found lost
+        threading.Thread(target=ray_setup._cluster_lost, args=("10.0.0.1:6379", 50, float(sys.argv[2]))).start()
+        if sys.argv[1] == "hangs":
+            threading.Event().wait()  # a commit that never ends; "ends": it ends now, looked at or not
+    threading.Event().wait()  # after the commit: the thread says so and exits
+"""
+
+
+@pytest.mark.parametrize("case, limit, said", [
+    ("before", 60, "(nothing at its GCS, 10.0.0.1:6379, for 50 s; Ray ends a driver at 60 s): nothing committed; "
+                   "rerun with --run-id r1 to resume"),
+    ("ends", 60, "(nothing at its GCS, 10.0.0.1:6379, for 50 s; Ray ends a driver at 60 s) after the commit of run r1"),
+    ("hangs", 53, "(nothing at its GCS, 10.0.0.1:6379, for 50 s; Ray ends a driver at 53 s) during the commit of run r1: "
+                  "run the same command again (it finishes or undoes that commit)"),
+])
+def test_a_lost_cluster_says_what_was_committed_and_never_exits_inside_a_commit_it_can_wait_for(case, limit, said):
+    """The line a command prints when its Ray cluster stopped answering (ray_setup._cluster_lost,
+    the watching thread's end): before any commit; a commit under way is waited for; one that
+    outlasts Ray's limit is named as under way."""
+    done = subprocess.run([sys.executable, "-c", LOST, case, str(limit)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [f"error: the Ray cluster stopped answering {said}"]

@@ -60,3 +60,14 @@ def test_files_that_split_into_rows_count_files_with_the_rows_beside_them():
         p.set(12, rows=120)
     assert out.getvalue().splitlines()[0] == \
         "classify: 12/15 (80.0%) file (120 rows), 1.2 file/s, elapsed 0:10, ETA 0:02"
+
+
+def test_log_mode_keeps_printing_while_the_count_stands_still():
+    """A run that waits (workers starting, a slow store) still prints its line every interval."""
+    out, clock = io.StringIO(), Clock()
+    with Progress("classify", 100, mode="log", interval=10, stream=out, clock=clock) as p:
+        for _ in range(25):
+            clock.now += 1
+            p.set(0)  # what the run's watcher does every poll
+    assert out.getvalue().splitlines() == ["classify: 0/100 (0.0%) img, 0.0 img/s, elapsed 0:10",
+                                           "classify: 0/100 (0.0%) img, 0.0 img/s, elapsed 0:20"]

@@ -59,9 +59,12 @@ def _watch_gcs() -> None:
     core worker ends this process once the GCS has not answered for
     ``gcs_rpc_server_reconnect_timeout_s`` (60 s: what a restarting GCS — KubeRay's fault
     tolerance — is given), and says so only in Ray's log files: the command would exit 1 without a
-    line. A thread tries the GCS's port every second; unanswered for 10 s less than Ray's limit, it
-    prints one ``error:`` line saying what was committed and exits 1. What is left is what a killed
-    driver leaves (the run-id lock freed, staged files that the next run of the run id undoes)."""
+    line. A thread tries the GCS's port every second; unanswered for 10 s less than Ray's limit
+    (``IMGCLF_CLUSTER_LOST_AFTER_S`` sets it: tests), it prints one ``error:`` line saying what was
+    committed and exits 1. What is left is what a killed driver leaves (the run-id lock freed on a
+    local sink, an S3 lease taken over at once from this host, after 60 s from another; staged
+    files that the next run of the run id undoes). Not for a Ray client (``ray://``): its process
+    has no core worker, and the GCS address it is told is the cluster's inside address."""
     import socket
     import threading
 
@@ -69,16 +72,18 @@ def _watch_gcs() -> None:
 
     global _watching
     try:
+        if ray.util.client.ray.is_connected():
+            return
         gcs = ray.get_runtime_context().gcs_address
         host, _, port = gcs.rpartition(":")
         target = (host.strip("[]"), int(port))
-    except Exception:  # noqa: BLE001 - a Ray client connection (ray://) has no GCS address here
+    except Exception:  # noqa: BLE001 - no GCS address to watch: Ray's own behaviour stays
         return
     if _watching:
         return
     _watching = True
     limit = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60)
-    grace = max(limit - 10, limit / 2)
+    grace = float(os.environ.get("IMGCLF_CLUSTER_LOST_AFTER_S") or max(limit - 10, limit / 2))
 
     def watch() -> None:
         global _watching
@@ -102,16 +107,31 @@ _watching = False
 
 def _cluster_lost(gcs: str, seconds: float, limit: float) -> None:
     """The line, then exit 1 (from the watching thread: the main thread is blocked in Ray). A
-    commit under way (it needs no Ray) gets until Ray's own limit to complete."""
-    import sys
-
-    deadline = time.monotonic() + max(0.0, limit - seconds - 2)
-    while interrupts.committing() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    mark_failed()
+    commit under way is given until shortly before Ray's own limit; no commit starts once the line
+    is decided (``interrupts.no_commit_after``)."""
     head = (f"error: the Ray cluster stopped answering (nothing at its GCS, {gcs}, for {seconds:.0f} s; "
             f"Ray ends a driver at {limit:.0f} s)")
-    sys.stderr.write(interrupts.outcome(head) + "\n")
+    deadline = time.monotonic() + max(0.0, limit - seconds - 2)
+    while True:  # the gate held only to look: a commit under way may start a nested step
+        with interrupts.no_commit_after() as committing:
+            if not committing() or time.monotonic() >= deadline:
+                _say_lost(head, committing())
+        time.sleep(0.1)
+
+
+def _say_lost(head: str, committing: bool) -> None:
+    """Print the line (what was committed, or the commit left under way) and exit 1 at once."""
+    import sys
+
+    line = (interrupts.outcome(head) if not committing else
+            f"{head} during the commit of {interrupts.committed_what()}: run the same command again "
+            "(it finishes or undoes that commit)")
+    mark_failed()
+    try:
+        fresh = "\n" if sys.stderr.isatty() else ""  # after a progress bar's unfinished line
+    except (AttributeError, ValueError, OSError):
+        fresh = ""
+    sys.stderr.write(fresh + line + "\n")
     sys.stderr.flush()
     os._exit(1)
 
@@ -121,7 +141,10 @@ def _short_autoscaler_errors() -> None:
     stop`` or head pod deleted mid-run (SIGTERM to the autoscaler) — printed by a thread of Ray's
     on stdout: in a CLI command, its first line only (Ray's function that prints it, wrapped; the
     autoscaler's own log keeps the stack)."""
-    from ray._private import worker
+    try:
+        from ray._private import worker
+    except ImportError:  # Ray moved it: its own output stays as it is
+        return
 
     original = getattr(worker, "print_to_stdstream", None)
     if original is None or getattr(original, "imgclf_short", False):
