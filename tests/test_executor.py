@@ -98,6 +98,15 @@ def test_a_script_without_the_main_guard_runs_on_ray(no_ray_around, tiny_model, 
         assert out.returncode == 0, out.stderr[-2000:]
         executor, why = json.loads(out.stdout)
         assert (executor, why.startswith("this script has no")) == (("local", False) if guarded else ("ray", True))
+    # Asked for the local executor, the script without the guard is refused before anything starts
+    # (its workers would run it again: a job inside each, and whatever else its top level does).
+    forced = tmp_path / "job_local.py"
+    local = {**data, "run": {"executor": "local"}}
+    forced.write_text(body.replace(repr(data), repr(local)) + "from imgclf_ray.errors import SpecError\n"
+                      "try:\n    main()\nexcept SpecError as e:\n    print(json.dumps(['refused', str(e)]))\n")
+    out = subprocess.run([sys.executable, str(forced)], env=env, capture_output=True, text=True, timeout=120)
+    refused, why = json.loads(out.stdout)
+    assert refused == "refused" and why.startswith("run.executor: local from a script without `if __name__")
 
 
 @pytest.mark.ray

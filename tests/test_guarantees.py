@@ -591,3 +591,14 @@ def test_failures_a_user_meets_are_one_error_line(tmp_path):
     assert "is corrupt (not JSON)" in one_error_line(CliRunner().invoke(main, ["export", str(only.parent), "--to", "csv"]), 1)
     closed = CliRunner().invoke(main, ["runs", "s3://bucket/sink", "--endpoint-url", "http://127.0.0.1:9"])
     assert "object storage refused or could not be reached" in one_error_line(closed, 1)
+
+
+def test_a_local_lock_whose_file_went_under_the_run_still_releases(tmp_path):
+    """The sink's folder deleted while a run holds its lock (by hand, or by a script's spawned
+    copy): releasing does not raise over the run's own error; the next attempt takes the run id."""
+    import shutil
+
+    with RunLock(str(tmp_path / "out"), "r", "first"):
+        shutil.rmtree(tmp_path / "out")
+    with RunLock(str(tmp_path / "out"), "r", "second"):
+        assert (tmp_path / "out" / "_locks" / "r.lock").exists()

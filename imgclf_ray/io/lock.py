@@ -200,7 +200,10 @@ class RunLock:
     def release(self) -> None:
         self._stop.set()
         if self._fd is not None:
-            os.unlink(self.path)  # while still locked: a later locker checks the inode it locked
+            try:
+                os.unlink(self.path)  # while still locked: a later locker checks the inode it locked
+            except FileNotFoundError:
+                pass  # removed under the run (its sink folder deleted): the run's own error is the one to tell
             os.close(self._fd)
             self._fd = None
             for folder in (os.path.dirname(self.path), *self._made[:1]):  # _locks, the sink if we made it

@@ -78,8 +78,15 @@ def _unguarded_script() -> bool:
 
 
 def choose(spec: JobSpec) -> tuple[JobSpec, str]:
-    """The spec with ``run.executor`` ray or local, and why (one line for the summary)."""
+    """The spec with ``run.executor`` ray or local, and why (one line for the summary). Raises
+    SpecError for ``local`` asked for by a script its spawned workers would run again."""
     run = spec.run
+    if run.executor == "local" and _unguarded_script():
+        from imgclf_ray.errors import SpecError
+
+        raise SpecError("run.executor: local from a script without `if __name__ == \"__main__\":`: the local "
+                        "executor's worker processes (spawned) would run its top level again; put the run under "
+                        "the guard (docs/output.md), or leave run.executor at auto (Ray)")
     if run.executor == "ray" and not (run.ray_address or os.environ.get("RAY_ADDRESS") or _initialised()):
         address, _ = started_instance()
         if address:  # joined as ray.init() joins it ("auto": its token authentication found as Ray finds it)
