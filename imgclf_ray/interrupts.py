@@ -44,6 +44,8 @@ class _State:
         self.hint = ""
         self.committed = False  # a shielded step (the commit) completed
         self.raised: Optional[Interrupted] = None  # the interruption raised, once a signal came
+        self.parts = 0  # inside steps(): shielded steps are parts of a commit, not the commit
+        self.ended: Optional[int] = None  # the exit code, once the command's last line is printed
 
 
 _state = _State()
@@ -81,6 +83,28 @@ def no_commit_after() -> Iterator:
     way. Yields a function: whether one is under way now."""
     with _commit_gate:
         yield lambda: _state.shield > 0
+
+
+@contextlib.contextmanager
+def steps() -> Iterator[None]:
+    """Shielded steps inside are parts of what the command commits (a hierarchical model's node
+    artifacts, before its tree card): each still completes once started, but none of them is "the
+    commit" an interruption line reports."""
+    _state.parts += 1
+    try:
+        yield
+    finally:
+        _state.parts -= 1
+
+
+def end(code: int) -> None:
+    """The command printed its last line and exits with ``code``: a thread that would end the
+    process with a line of its own (imgclf_ray.runner.ray_setup) exits with this code silently."""
+    _state.ended = code
+
+
+def ended() -> Optional[int]:
+    return _state.ended
 
 
 def committed_what() -> str:
@@ -130,7 +154,7 @@ def handled() -> Iterator[None]:
     saved = {signum: signal.getsignal(signum) for signum in EXIT_CODES}
     _state.installed += 1
     _state.pending, _state.stopping, _state.what, _state.hint = None, False, None, ""
-    _state.committed, _state.raised = False, None
+    _state.committed, _state.raised, _state.parts, _state.ended = False, None, 0, None
     _install()
     try:
         yield
@@ -155,7 +179,7 @@ def shielded() -> Iterator[None]:
         raise
     with _commit_gate:  # a thread looking through no_commit_after sees both changes or neither
         _state.shield -= 1
-        if not _state.shield:
+        if not _state.shield and not _state.parts:
             _state.committed = True
     if not _state.shield:
         if _state.pending is not None:

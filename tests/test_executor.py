@@ -330,3 +330,19 @@ def test_the_autoscalers_failure_reaches_a_command_as_one_line(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("The autoscaler failed with the following error: Terminated with signal 15"), out
     assert out[1:] == [x for x in out[1:] if "another line" in x or "kept whole" in x] and len(out) == 3
+
+
+@pytest.mark.parametrize("text, guarded", [
+    ('if __name__ == "__main__":\n    main()\n', True),
+    ("if __name__ == '__main__': main()\n", True),
+    ('if (__name__ == "__main__"):\n    main()\n', True),
+    ('if "__main__" == __name__:\n    main()\n', True),
+    ('# if __name__ == "__main__":\nmain()\n', False),
+    ('"""Run as: if __name__ == "__main__": ..."""\nmain()\n', False),
+    ('def f():\n    if __name__ == "__main__":\n        pass\nmain()\n', False),
+    ('if __name__ != "__main__":\n    main()\n', False),
+])
+def test_the_main_guard_is_found_as_python_reads_it(text, guarded):
+    from imgclf_ray.runner.executor import _has_guard
+
+    assert _has_guard(text) is guarded

@@ -593,12 +593,18 @@ def test_failures_a_user_meets_are_one_error_line(tmp_path):
     assert "object storage refused or could not be reached" in one_error_line(closed, 1)
 
 
-def test_a_local_lock_whose_file_went_under_the_run_still_releases(tmp_path):
+def test_a_local_lock_whose_file_went_under_the_run_is_not_trusted_and_spares_the_next_attempts(tmp_path):
     """The sink's folder deleted while a run holds its lock (by hand, or by a script's spawned
-    copy): releasing does not raise over the run's own error; the next attempt takes the run id."""
+    copy): a second attempt can take the run id, so the first may not commit (verify refuses);
+    its release removes nothing of the second's, which still holds the run id against a third."""
     import shutil
 
-    with RunLock(str(tmp_path / "out"), "r", "first"):
-        shutil.rmtree(tmp_path / "out")
-    with RunLock(str(tmp_path / "out"), "r", "second"):
-        assert (tmp_path / "out" / "_locks" / "r.lock").exists()
+    first = RunLock(str(tmp_path / "out"), "r", "first").acquire()
+    shutil.rmtree(tmp_path / "out")
+    with RunLock(str(tmp_path / "out"), "r", "second") as second:
+        with pytest.raises(RunLocked, match="lock file .* was deleted while it ran"):
+            first.verify()
+        first.release()
+        second.verify()
+        with pytest.raises(RunLocked, match="being run by another attempt"):
+            RunLock(str(tmp_path / "out"), "r", "third").acquire()

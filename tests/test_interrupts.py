@@ -235,3 +235,19 @@ def test_a_lost_cluster_says_what_was_committed_and_never_exits_inside_a_commit_
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [f"error: the Ray cluster stopped answering {said}"]
+
+
+def test_the_parts_of_a_commit_are_not_the_commit():
+    """A hierarchical model's node artifacts are written shielded, one by one, before its tree
+    card: an interruption between them has committed nothing."""
+    from imgclf_ray import interrupts
+
+    with interrupts.handled():
+        interrupts.resume("the model at m", "run the same command again")
+        with interrupts.steps():
+            with interrupts.shielded():
+                pass  # the root node's artifact
+            assert interrupts.outcome("interrupted") == "interrupted: nothing committed; run the same command again"
+        with interrupts.shielded():
+            pass  # the tree card
+        assert interrupts.outcome("interrupted") == "interrupted after the commit of the model at m"

@@ -124,6 +124,14 @@ class RunLock:
     def _me(self) -> dict[str, Any]:
         return _me(self.attempt, self.run_id, self.started_at)
 
+    def _still_ours(self) -> bool:
+        """Whether the lock file at the path is still the one this attempt locked."""
+        try:
+            here, ours = os.stat(self.path), os.fstat(self._fd)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+
     def _busy(self, holder: dict[str, Any]) -> UserError:
         return _busy(self.run_id, holder)
 
@@ -191,7 +199,11 @@ class RunLock:
         for guard in self.guards:
             guard.verify()
         if self.local:
-            return  # flock cannot be lost while the process lives
+            if not self._still_ours():  # flock is not lost, but the file can be deleted under it
+                raise RunLocked(f"run {self.run_id}: this attempt's lock file ({self.path}) was deleted while it "
+                                "ran (the sink's folder removed?), so another attempt could take the run id; "
+                                "nothing was committed")
+            return
         if self._lost or not self._put(IfMatch=self._etag):
             holder = self._read_remote()[0] or {}
             raise RunLocked(f"run {self.run_id}: this attempt lost its lease to {holder.get('attempt')} "
@@ -200,10 +212,8 @@ class RunLock:
     def release(self) -> None:
         self._stop.set()
         if self._fd is not None:
-            try:
+            if self._still_ours():  # not another attempt's file, made after ours was deleted
                 os.unlink(self.path)  # while still locked: a later locker checks the inode it locked
-            except FileNotFoundError:
-                pass  # removed under the run (its sink folder deleted): the run's own error is the one to tell
             os.close(self._fd)
             self._fd = None
             for folder in (os.path.dirname(self.path), *self._made[:1]):  # _locks, the sink if we made it

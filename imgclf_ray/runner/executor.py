@@ -72,9 +72,30 @@ def _unguarded_script() -> bool:
         return False  # a notebook, python -c, the imgclf command
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return not _GUARD.search(fh.read())
+            text = fh.read()
     except OSError:
         return False
+    return not _has_guard(text)
+
+
+def _has_guard(text: str) -> bool:
+    """Whether a module's top level has ``if __name__ == "__main__":`` (either side, in parentheses
+    or not); a comment or a string that says it is not one."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return bool(_GUARD.search(text))
+    for node in tree.body:
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+            sides = [test.left, test.comparators[0]]
+            names = {s.id for s in sides if isinstance(s, ast.Name)}
+            values = {s.value for s in sides if isinstance(s, ast.Constant)}
+            if names == {"__name__"} and values == {"__main__"}:
+                return True
+    return False
 
 
 def choose(spec: JobSpec) -> tuple[JobSpec, str]:

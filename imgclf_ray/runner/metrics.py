@@ -40,7 +40,7 @@ class StageMetrics:
         """Unix time the first predicted batch was reported."""
         return self.first_batch_at
 
-    def snapshot(self) -> dict[str, dict[str, float]]:
+    def snapshot(self, timeout: Optional[float] = None) -> dict[str, dict[str, float]]:
         return {stage: {"rows": int(rows), "worker_seconds": round(sec, 3),
                         "rows_per_worker_second": round(rows / sec, 1) if sec > 0 else None}
                 for stage, (rows, sec) in self.totals.items()}
@@ -65,8 +65,8 @@ class RayMetrics:
     def add(self, stage: str, rows: int, seconds: float) -> None:
         self.handle.add.remote(stage, rows, seconds)
 
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return self.ray.get(self.handle.snapshot.remote())
+    def snapshot(self, timeout: Optional[float] = None) -> dict[str, dict[str, float]]:
+        return self.ray.get(self.handle.snapshot.remote(), timeout=timeout)
 
     def first_batch(self) -> Optional[float]:
         return self.ray.get(self.handle.first_batch.remote())
@@ -105,8 +105,8 @@ class Watch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _poll(self) -> None:
-        snapshot = self.metrics.snapshot()
+    def _poll(self, timeout: Optional[float] = None) -> None:
+        snapshot = self.metrics.snapshot(timeout)
         rows = snapshot.get("predict", {}).get("rows", 0)
         if self.split:
             self.progress.set(min(snapshot.get("read", {}).get("rows", 0), self.progress.total or 0), rows)
@@ -116,9 +116,10 @@ class Watch:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                self._poll()
+                self._poll(timeout=10 * self.every)  # a lost cluster must not hold the display
             except Exception:  # noqa: BLE001 - progress display must never break a run
                 log.debug("progress poll failed", exc_info=True)
+                self.progress.set(self.progress.count)  # the periodic line still comes
 
     def __enter__(self) -> "Watch":
         if self.progress.mode != "off":

@@ -60,8 +60,9 @@ def _watch_gcs() -> None:
     ``gcs_rpc_server_reconnect_timeout_s`` (60 s: what a restarting GCS — KubeRay's fault
     tolerance — is given), and says so only in Ray's log files: the command would exit 1 without a
     line. A thread tries the GCS's port every second; unanswered for 10 s less than Ray's limit
-    (``IMGCLF_CLUSTER_LOST_AFTER_S`` sets it: tests), it prints one ``error:`` line saying what was
-    committed and exits 1. What is left is what a killed driver leaves (the run-id lock freed on a
+    since it last answered (``IMGCLF_CLUSTER_LOST_AFTER_S`` sets it, at most 5 s less: tests), it
+    prints one ``error:`` line saying what was committed and exits 1 (or, when the command has
+    printed its last line already and Ray's shutdown hangs, exits with that line's code). What is left is what a killed driver leaves (the run-id lock freed on a
     local sink, an S3 lease taken over at once from this host, after 60 s from another; staged
     files that the next run of the run id undoes). Not for a Ray client (``ray://``): its process
     has no core worker, and the GCS address it is told is the cluster's inside address."""
@@ -77,25 +78,24 @@ def _watch_gcs() -> None:
         gcs = ray.get_runtime_context().gcs_address
         host, _, port = gcs.rpartition(":")
         target = (host.strip("[]"), int(port))
-    except Exception:  # noqa: BLE001 - no GCS address to watch: Ray's own behaviour stays
+        limit = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60)
+        grace = min(float(os.environ.get("IMGCLF_CLUSTER_LOST_AFTER_S") or limit - 10), limit - 5)
+    except Exception:  # noqa: BLE001 - nothing to watch (or a setting that is not a number): Ray's behaviour stays
         return
-    if _watching:
+    if _watching or grace <= 0:
         return
     _watching = True
-    limit = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60)
-    grace = float(os.environ.get("IMGCLF_CLUSTER_LOST_AFTER_S") or max(limit - 10, limit / 2))
 
     def watch() -> None:
         global _watching
-        down = None
+        answered = time.monotonic()  # the last probe that found the GCS: silence is counted from it
         while ray.is_initialized():
             try:
                 socket.create_connection(target, timeout=2).close()
-                down = None
+                answered = time.monotonic()
             except OSError:
-                down = down or time.monotonic()
-                if time.monotonic() - down >= grace:
-                    _cluster_lost(gcs, time.monotonic() - down, limit)
+                if time.monotonic() - answered >= grace:
+                    _cluster_lost(gcs, time.monotonic() - answered, limit)
             time.sleep(1)
         _watching = False
 
@@ -114,6 +114,8 @@ def _cluster_lost(gcs: str, seconds: float, limit: float) -> None:
     deadline = time.monotonic() + max(0.0, limit - seconds - 2)
     while True:  # the gate held only to look: a commit under way may start a nested step
         with interrupts.no_commit_after() as committing:
+            if interrupts.ended() is not None:  # the command said its last line (Ray's shutdown hangs)
+                os._exit(interrupts.ended())
             if not committing() or time.monotonic() >= deadline:
                 _say_lost(head, committing())
         time.sleep(0.1)
@@ -123,17 +125,19 @@ def _say_lost(head: str, committing: bool) -> None:
     """Print the line (what was committed, or the commit left under way) and exit 1 at once."""
     import sys
 
-    line = (interrupts.outcome(head) if not committing else
-            f"{head} during the commit of {interrupts.committed_what()}: run the same command again "
-            "(it finishes or undoes that commit)")
-    mark_failed()
     try:
-        fresh = "\n" if sys.stderr.isatty() else ""  # after a progress bar's unfinished line
-    except (AttributeError, ValueError, OSError):
-        fresh = ""
-    sys.stderr.write(fresh + line + "\n")
-    sys.stderr.flush()
-    os._exit(1)
+        line = (interrupts.outcome(head) if not committing else
+                f"{head} during the commit of {interrupts.committed_what()}: run the same command again "
+                "(it finishes or undoes that commit)")
+        mark_failed()
+        try:
+            fresh = "\n" if sys.stderr.isatty() else ""  # after a progress bar's unfinished line
+        except (AttributeError, ValueError, OSError):
+            fresh = ""
+        sys.stderr.write(fresh + line + "\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(1)
 
 
 def _short_autoscaler_errors() -> None:

@@ -441,10 +441,13 @@ def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extr
                 children[label] = node(prefix + (label,))
         return {"model": folder, "children": children}
 
-    tree = TreeCard(root=node(()), description=f"trained by imgclf train ({spec.name})",
+    with interrupts.steps():  # the nodes' artifacts: the model is committed by its tree card
+        root = node(())
+    tree = TreeCard(root=root, description=f"trained by imgclf train ({spec.name})",
                     metrics={"nodes": {k: {m: v for m, v in r.items() if isinstance(v, (int, float))}
                                        for k, r in results.items()}},
                     created_at=datetime.now(timezone.utc).isoformat())
     fs, path = filesystem(spec.model.output, spec.storage)
-    fs.pipe_file(join(path, CARD_FILE), tree.model_dump_json(indent=2).encode())
+    with interrupts.shielded():
+        fs.pipe_file(join(path, CARD_FILE), tree.model_dump_json(indent=2).encode())
     return {"task": "hierarchical", "nodes": results}
