@@ -26,15 +26,10 @@ def _fail(exc: UserError) -> None:
     # Several problems (a spec's) are several lines, each an ``error:`` line.
     click.echo("\n".join(f"error: {line}" for line in str(exc).splitlines() or [""]) if exc.exit_code else str(exc),
                err=bool(exc.exit_code))
-    _ended(exc.exit_code)
+    from imgclf_ray import interrupts
+
+    interrupts.end(exc.exit_code)  # a lost cluster's watcher, should Ray's shutdown hang, says nothing more
     sys.exit(exc.exit_code)
-
-
-def _ended(code: int) -> None:
-    """The last line is printed: a lost cluster's watcher (if Ray's shutdown then hangs) exits with
-    this code and prints nothing more."""
-    if "imgclf_ray.interrupts" in sys.modules:
-        sys.modules["imgclf_ray.interrupts"].end(code)
 
 
 def _keep_ray_log() -> None:

@@ -65,7 +65,7 @@ def outcome(head: str, after_commit: bool = False) -> str:
     """``head`` and what the command committed before it ended: the commit done, nothing (and how
     to resume), or nothing said for a command that commits nothing (runs, logs --follow ...)."""
     if after_commit or _state.committed:
-        return f"{head} after the commit of {_state.what or 'the output'}"
+        return f"{head} after the commit of {committed_what()}"
     if _state.what is None:
         return head
     return f"{head}: nothing committed; {_state.hint}"

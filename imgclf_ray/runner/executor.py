@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 from typing import Optional
 
@@ -44,12 +43,11 @@ def started_instance() -> tuple[Optional[str], str]:
             address = fh.read().strip()
     except OSError:
         return None, ""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
-            return address, ""
-    except (OSError, ValueError):
-        return None, f"the address in {path} does not answer: a Ray stopped without `ray stop`"
+    from imgclf_ray.runner.ray_setup import refused
+
+    if refused(address, timeout=1.0) is None:
+        return address, ""
+    return None, f"the address in {path} does not answer: a Ray stopped without `ray stop`"
 
 
 def _initialised() -> bool:

@@ -62,11 +62,11 @@ def _watch_gcs() -> None:
     line. A thread tries the GCS's port every second; unanswered for 10 s less than Ray's limit
     since it last answered (``IMGCLF_CLUSTER_LOST_AFTER_S`` sets it, at most 5 s less: tests), it
     prints one ``error:`` line saying what was committed and exits 1 (or, when the command has
-    printed its last line already and Ray's shutdown hangs, exits with that line's code). What is left is what a killed driver leaves (the run-id lock freed on a
-    local sink, an S3 lease taken over at once from this host, after 60 s from another; staged
-    files that the next run of the run id undoes). Not for a Ray client (``ray://``): its process
+    printed its last line already and Ray's shutdown hangs, exits with that line's code). What is
+    left is what a killed driver leaves (the run-id lock freed on a local sink, an S3 lease taken
+    over at once from this host, after 60 s from another; staged files that the next run of the
+    run id undoes). Not for a Ray client (``ray://``): its process
     has no core worker, and the GCS address it is told is the cluster's inside address."""
-    import socket
     import threading
 
     import ray
@@ -76,8 +76,6 @@ def _watch_gcs() -> None:
         if ray.util.client.ray.is_connected():
             return
         gcs = ray.get_runtime_context().gcs_address
-        host, _, port = gcs.rpartition(":")
-        target = (host.strip("[]"), int(port))
         limit = float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s") or 60)
         grace = min(float(os.environ.get("IMGCLF_CLUSTER_LOST_AFTER_S") or limit - 10), limit - 5)
     except Exception:  # noqa: BLE001 - nothing to watch (or a setting that is not a number): Ray's behaviour stays
@@ -90,12 +88,10 @@ def _watch_gcs() -> None:
         global _watching
         answered = time.monotonic()  # the last probe that found the GCS: silence is counted from it
         while ray.is_initialized():
-            try:
-                socket.create_connection(target, timeout=2).close()
+            if refused(gcs, timeout=2) is None:
                 answered = time.monotonic()
-            except OSError:
-                if time.monotonic() - answered >= grace:
-                    _cluster_lost(gcs, time.monotonic() - answered, limit)
+            elif time.monotonic() - answered >= grace:
+                _cluster_lost(gcs, time.monotonic() - answered, limit)
             time.sleep(1)
         _watching = False
 
@@ -165,25 +161,35 @@ def _short_autoscaler_errors() -> None:
     worker.print_to_stdstream = printing
 
 
+def refused(address: str, timeout: float) -> Optional[OSError]:
+    """None when something accepts a TCP connection at ``host:port`` (``[v6]:port`` too), else why
+    not: the GCS of a Ray that ``ray start`` left, one a run joins, the one it watches."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        return None
+    except ValueError:
+        return OSError(f"not a host:port address: {address}")
+    except OSError as exc:
+        return exc
+
+
 def _reachable(address: str) -> None:
     """A ``host:port`` address with nothing listening: one clear line now (``ray.init`` would retry
     for minutes, silently under a quiet run). ``auto``, ``local`` and ``ray://`` are Ray's own."""
-    import socket
-
     from imgclf_ray.errors import UserError
 
     host, _, port = address.rpartition(":")
     if address in ("auto", "local") or "://" in address or not host or not port.isdigit():
         return
-    failure: OSError = OSError()
     for attempt in range(3):  # a head restarting this moment gets two more seconds
         if attempt:
             time.sleep(1)
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        failure = refused(address, timeout=10)
+        if failure is None:
             return
-        except OSError as exc:
-            failure = exc
     raise UserError(f"nothing answers at the Ray address {address} ({type(failure).__name__}: "
                     f"{failure.strerror or failure}): start a cluster there (ray start --head), or check "
                     "--address / RAY_ADDRESS / run.ray_address")
