@@ -48,11 +48,21 @@ def _why_skipped(path: str, info: dict[str, Any], extensions: Optional[tuple[str
         return "folder"
     if kind != "file":
         return "not a regular file (a broken link, a link to a folder, a device, a socket)"
+    if not _is_utf8(path):  # a local name in another encoding: no URI, no Parquet string holds it
+        return "name not UTF-8: rename to read it"
     if name.startswith((".", "_")):
         return "hidden (name starts with '.' or '_')"
     if extensions is not None and not name.lower().endswith(extensions):
         return "extension not in source.extensions"
     return None
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")  # os.listdir gives undecodable bytes as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def skipped_counts(manifest: pa.Table) -> dict[str, int]:

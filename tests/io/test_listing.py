@@ -57,6 +57,31 @@ def test_symbolic_links_to_files_are_listed_as_their_files(tmp_path):
     assert skipped_counts(table) == {"not a regular file (a broken link, a link to a folder, a device, a socket)": 2}
 
 
+def test_names_of_every_kind_are_listed_and_names_not_in_utf8_are_counted_as_skipped(tmp_path):
+    """A name is data: newlines, '%', '#', '?', escapes, combining marks, 240 bytes are listed as
+    they are; a name in another encoding (Latin-1 bytes from an old scanner: no URI or Parquet
+    string can hold it) is counted as skipped with the reason, in a folder so named too."""
+    import os
+
+    from imgclf_ray.io.listing import skipped_counts
+
+    root = tmp_path / "arch"
+    root.mkdir()
+    odd = ["new\nline.png", "tab\t.png", "pct%20.png", "hash#1.png", "q?x=1.png", "caf\u00e9.png", "cafe\u0301.png",
+           "esc\x1b[31m.png", "back\\slash.png", "x" * 236 + ".png", "\U0001f600.png"]
+    for name in odd:
+        (root / name).write_bytes(b"1")
+    os.mkdir(os.path.join(bytes(root), b"sub"))
+    os.mkdir(os.path.join(bytes(root), b"d\xe9j\xe0"))
+    for raw in (b"caf\xe9.png", b"sub/\xff\xfe.png", b"d\xe9j\xe0/ok.png"):
+        with open(os.path.join(bytes(root), raw), "wb") as fh:
+            fh.write(b"1")
+    table = list_archive(SourceSpec(uri=str(root)))
+    assert names(table) == sorted(odd)
+    assert skipped_counts(table) == {"name not UTF-8: rename to read it": 3}
+    assert all(uri.encode("utf-8") for uri in table.column("uri").to_pylist())  # (raises on a surrogate)
+
+
 def test_missing_and_empty_locations_are_clear_errors(tmp_path):
     with pytest.raises(SourceError, match="no such folder or prefix"):
         list_archive(SourceSpec(uri=str(tmp_path / "nope")))
