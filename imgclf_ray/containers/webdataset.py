@@ -44,16 +44,42 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
             if key in too_big:
                 parts.append(Part(len(parts), metadata=json.dumps({"key": key}), error=f"read: {too_big[key]}"))
             continue  # a sample without an image member (e.g. metadata only) is not an image
-        label = None
-        if wds.label_extension and wds.label_extension in files:
-            raw = files[wds.label_extension]
-            if wds.label_extension == "json":
-                label = json.loads(raw).get(wds.label_field)
-            else:
-                label = raw.decode("utf-8").strip()
-        parts.append(Part(len(parts), image, metadata=json.dumps({"key": key}),
-                          label=None if label is None else str(label)))
+        label, why = _label(files.get(wds.label_extension) if wds.label_extension else None,
+                            wds.label_extension, wds.label_field)
+        if why is not None:  # this sample only: the shard's other samples are read
+            parts.append(Part(len(parts), metadata=json.dumps({"key": key}),
+                              error=f"read: the sample's label member (.{wds.label_extension}) {why}"))
+            continue
+        parts.append(Part(len(parts), image, metadata=json.dumps({"key": key}), label=label))
     return parts
+
+
+def _label(raw: Optional[bytes], extension: Optional[str], field: str) -> tuple[Optional[str], Optional[str]]:
+    """A sample's label from its label member (text, or a field of a JSON object), or why it has
+    none that can be read (None, None: no member, or an empty or null label)."""
+    if raw is None:
+        return None, None
+    if extension != "json":
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, "is not UTF-8 text"
+        return text or None, None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long
+        return None, "is not valid JSON"
+    if not isinstance(value, dict):
+        return None, f"is a JSON {_JSON_TYPES[type(value)]}, not an object with a '{field}' field"
+    label = value.get(field)
+    if label is None or isinstance(label, str):
+        return (label.strip() or None) if label else None, None
+    if isinstance(label, (bool, int, float)):
+        return str(label), None
+    return None, f"has an {_JSON_TYPES[type(label)]} in its '{field}' field, not a string or number"
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 

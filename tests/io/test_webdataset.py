@@ -40,6 +40,41 @@ def test_webdataset_shards_one_row_per_sample_with_its_label(ray_session, tiny_m
     assert rows["broken"]["error"].startswith("decode: ") and rows["broken"]["true_label"] is None  # .cls only
 
 
+def test_a_sample_whose_label_cannot_be_read_is_one_error_row_and_the_shard_is_read():
+    """Labels as a shard writer may leave them: text in another encoding, JSON that is no object,
+    a field holding an object, JSON nested past the parser's depth. That sample is an error row
+    saying why; the shard's other samples keep their images and labels."""
+    import io
+    import tarfile
+
+    from imgclf_ray.containers.webdataset import split
+
+    def shard(label_extension: str, bad: bytes) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in ((f"a.{label_extension}", bad), ("a.png", png), ("b.png", png),
+                               (f"b.{label_extension}", b'{"label": 3}' if label_extension == "json" else b" 3\n"),
+                               ("c.png", png)):  # c: no label member
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    png = png_bytes(digit_images(1)[0][1])
+    member = "read: the sample's label member"
+    for extension, bad, why in (
+            ("cls", b"caf\xe9", "(.cls) is not UTF-8 text"),
+            ("json", b"[1, 2]", "(.json) is a JSON array, not an object with a 'label' field"),
+            ("json", b'{"label": {"name": "cat"}}', "(.json) has an object in its 'label' field, not a string or number"),
+            ("json", b"[" * 100_000 + b"]" * 100_000, "(.json) is not valid JSON"),
+            ("json", b'{"label": "\xff"}', "(.json) is not valid JSON")):
+        spec = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {"label_extension": extension}},
+                           "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
+        a, b, c = split(shard(extension, bad), spec.source, spec.decode)
+        assert (a.error, a.data, json.loads(a.metadata)) == (f"{member} {why}", None, {"key": "a"}), extension
+        assert (b.error, b.label, b.data) == (None, "3", png) and (c.error, c.label, c.data) == (None, None, png)
+
+
 def test_every_source_container_is_a_registered_module_with_a_spec_section():
     """Containers are one module each in imgclf_ray/containers/, found by name; each name is the
     source key holding its options, and a container's split takes a file's bytes to parts."""
