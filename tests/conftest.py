@@ -23,13 +23,24 @@ for _key, _value in {
 os.environ.pop("AWS_PROFILE", None)
 # ONNX exports (model.runtime: onnxruntime) go to a cache of the session's own, which the Ray
 # workers inherit; Hugging Face libraries never reach for a hub.
-os.environ.setdefault("IMGCLF_CACHE", tempfile.mkdtemp(prefix="imgclf-cache-"))
+_MADE = [os.environ.setdefault(key, tempfile.mkdtemp(prefix=prefix))
+         for key, prefix in (("IMGCLF_CACHE", "imgclf-cache-"), ("IMGCLF_LOG_DIR", "imgclf-logs-"))
+         if key not in os.environ]  # the runs' log files (-q) too: the session's, not the temp folder's
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
 from tests.support.heads import free_port as _free_port  # noqa: E402 - (after the environment above)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's cache and log folders go with a passing session (a failing one keeps its logs)."""
+    import shutil
+
+    if exitstatus == 0:
+        for folder in _MADE:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -246,18 +246,29 @@ def test_a_relative_document_root_is_resolved(nights, monkeypatch):
     assert json.loads(result.output)[0]["data"]["image"].startswith("/data/local-files/?d=archive/img")
 
 
-def test_ray_log_files_are_pruned_to_the_last_ten_but_failed_ones_are_kept(tmp_path, monkeypatch):
+def test_ray_log_files_are_pruned_to_the_last_ten_and_the_last_fifty_failed(tmp_path, monkeypatch):
     import os
 
+    from imgclf_ray.errors import UserError
     from imgclf_ray.runner import ray_setup
 
     for i in range(14):
         (tmp_path / f"imgclf-ray-{1000 + i}.log").write_text("x")
         os.utime(tmp_path / f"imgclf-ray-{1000 + i}.log", (i, i))
-    (tmp_path / "imgclf-ray-1-failed.log").write_text("x")
+    for i in range(53):
+        (tmp_path / f"imgclf-ray-{i}-failed.log").write_text("x")
+        os.utime(tmp_path / f"imgclf-ray-{i}-failed.log", (100 + i, 100 + i))
+    (tmp_path / "other.log").write_text("x")
     ray_setup._prune_logs(str(tmp_path))
-    kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == ["imgclf-ray-1-failed.log"] + [f"imgclf-ray-{1000 + i}.log" for i in range(4, 14)]
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert kept == ({"other.log"} | {f"imgclf-ray-{1000 + i}.log" for i in range(4, 14)}
+                    | {f"imgclf-ray-{i}-failed.log" for i in range(3, 53)})
+    # IMGCLF_LOG_DIR names the folder (made when missing); one it cannot make is one error.
+    monkeypatch.setenv("IMGCLF_LOG_DIR", str(tmp_path / "logs" / "imgclf"))
+    assert ray_setup.log_folder() == str(tmp_path / "logs" / "imgclf") and (tmp_path / "logs" / "imgclf").is_dir()
+    monkeypatch.setenv("IMGCLF_LOG_DIR", str(tmp_path / "other.log" / "sub"))
+    with pytest.raises(UserError, match=r"^IMGCLF_LOG_DIR: cannot make the log folder .*other.log/sub \(Not a directory\)$"):
+        ray_setup.log_folder()
     monkeypatch.setattr(ray_setup, "current_log", str(tmp_path / "imgclf-ray-1013.log"))
     assert ray_setup.mark_failed() == str(tmp_path / "imgclf-ray-1013-failed.log")
     assert (tmp_path / "imgclf-ray-1013-failed.log").exists()

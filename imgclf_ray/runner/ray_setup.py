@@ -207,25 +207,42 @@ def _log_to(path: str, names: tuple[str, ...]) -> None:
         logger.propagate = False
 
 
-KEEP_LOGS = 10  # the Ray log files of this many runs that did not fail are kept (failed ones: all)
+KEEP_LOGS = 10  # the Ray log files of this many runs that did not fail are kept
+KEEP_FAILED_LOGS = 50  # and of this many that failed (``mark_failed``)
 current_log: Optional[str] = None  # this process's, once Ray's console output goes to a file
 
 
+def log_folder() -> str:
+    """Where the runs' log files go: ``IMGCLF_LOG_DIR`` (made if missing), else the temp folder."""
+    import tempfile
+
+    folder = os.environ.get("IMGCLF_LOG_DIR") or tempfile.gettempdir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        from imgclf_ray.errors import UserError
+
+        raise UserError(f"IMGCLF_LOG_DIR: cannot make the log folder {folder} ({exc.strerror})") from None
+    return folder
+
+
 def _prune_logs(folder: str) -> None:
-    """Delete the Ray log files of earlier runs but the newest KEEP_LOGS; those of failed runs
-    (``mark_failed``) are kept."""
+    """Delete the log files of earlier runs but the newest KEEP_LOGS of those that did not fail
+    and the newest KEEP_FAILED_LOGS of those that did."""
     import glob
 
-    done = [p for p in glob.glob(os.path.join(folder, "imgclf-ray-*.log")) if not p.endswith("-failed.log")]
-    try:
-        done.sort(key=os.path.getmtime)
-    except OSError:
-        return  # another run pruned meanwhile
-    for old in done[:-KEEP_LOGS] if len(done) > KEEP_LOGS else []:
+    logs = glob.glob(os.path.join(folder, "imgclf-ray-*.log"))
+    for failed, keep in ((False, KEEP_LOGS), (True, KEEP_FAILED_LOGS)):
+        these = [p for p in logs if p.endswith("-failed.log") == failed]
         try:
-            os.remove(old)
+            these.sort(key=os.path.getmtime)
         except OSError:
-            pass
+            return  # another run pruned meanwhile
+        for old in these[:-keep] if len(these) > keep else []:
+            try:
+                os.remove(old)
+            except OSError:
+                pass
 
 
 def mark_failed() -> Optional[str]:
@@ -260,7 +277,6 @@ def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
     process's file descriptor 2 (a test runner's or an embedding program's capture): None."""
     import io
     import sys
-    import tempfile
 
     global current_log
     try:
@@ -270,12 +286,19 @@ def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
     if current_log is None and not own:
         return None
     if current_log is None:
-        path = os.path.join(tempfile.gettempdir(), f"imgclf-ray-{os.getpid()}.log")
-        _prune_logs(tempfile.gettempdir())
+        folder = log_folder()
+        path = os.path.join(folder, f"imgclf-ray-{os.getpid()}.log")
+        _prune_logs(folder)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            from imgclf_ray.errors import UserError
+
+            raise UserError(f"cannot write the run's log file {path} ({exc.strerror}): set IMGCLF_LOG_DIR "
+                            "to a folder this user can write") from None
         sys.stdout.flush()
         sys.stderr.flush()
         original = os.dup(2)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
         sys.stderr = io.TextIOWrapper(io.FileIO(original, "w"),
