@@ -7,6 +7,7 @@ import json
 from typing import Optional
 
 from imgclf_ray.containers.base import Part, over_member
+from imgclf_ray.imaging.limits import DecodeError  # our own message: shown as it is
 from imgclf_ray.registry import CONTAINERS, Container
 from imgclf_ray.spec import DecodeSpec, SourceSpec
 
@@ -19,8 +20,9 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     pf = pq.ParquetFile(io.BytesIO(data))
     expanded = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
     if expanded > decode.max_container_bytes:
-        raise ValueError(f"the table expands to {expanded / 2**20:,.0f} MiB, over "
+        raise DecodeError(f"the table expands to {expanded / 2**20:,.0f} MiB, over "
                          f"decode.max_container_bytes ({decode.max_container_bytes / 2**20:,.0f} MiB)")
+    _check_columns(pf.schema_arrow, table.image_column, table.carry)
     t = pf.read(columns=[table.image_column, *table.carry])
     carried = ([json.dumps({k: None if v is None else str(v) for k, v in row.items()})
                 for row in t.select(table.carry).to_pylist()] if table.carry else [None] * t.num_rows)
@@ -34,6 +36,29 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
         parts.append(Part(i, image if image is not None else b"", metadata=meta))
     return parts
 
+
+def _check_columns(schema, image_column: str, carry: list[str]) -> None:
+    """The table has the columns the spec names, its image column holding bytes (binary, or a
+    struct with a binary 'bytes' field): else the file is one error row saying which."""
+    import pyarrow as pa
+
+    missing = [c for c in (image_column, *carry) if c not in schema.names]
+    if missing:  # (the names the spec gave; none of the file's own: they are its bytes)
+        raise DecodeError(f"the table has no column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (source.table."
+                         f"{'image_column' if image_column in missing else 'carry'})")
+    kind = schema.field(image_column).type
+    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+        kind = kind.field("bytes").type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)):
+        t = pa.types  # named by kind, not as the file spells it (field names, time zones: its bytes)
+        held = ("text" if t.is_string(kind) or t.is_large_string(kind) else
+                "numbers" if t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind) else
+                "booleans" if t.is_boolean(kind) else "dates or times" if t.is_temporal(kind) else
+                "nested values" if t.is_nested(kind) else "values of another type")
+        raise DecodeError(f"the table's column {image_column!r} holds {held}, not image bytes (binary, or a struct "
+                         "with a binary 'bytes' field: source.table.image_column)")
 
 
 CONTAINERS.register("table")(Container(split))

@@ -32,14 +32,22 @@ def test_image_table_rows_become_output_rows_with_their_metadata(ray_session, ti
         "image": [{"bytes": png_bytes(img), "path": name} for name, img in digits[6:]],
         "camera": ["left"] * 4, "frame_no": list(range(4)),
     }), root / "part-1.parquet")
+    # Tables that are not what the spec says: one error row each, naming the spec's key (never
+    # the file's own column names or text: they are its bytes).
+    pq.write_table(pa.table({"image": ["DOE^JANE " * 3], "camera": ["x"], "frame_no": [0]}), root / "part-2.parquet")
+    pq.write_table(pa.table({"image": [png_bytes(digits[0][1])], "DOE^JANE": ["x"]}), root / "part-3.parquet")
     spec = parse_spec({"name": "tables", "source": {"uri": str(root), "table": {"carry": ["camera", "frame_no"]}},
                        "model": {"uri": tiny_model}, "sink": {"uri": str(tmp_path / "out")}}, "<test>")
     assert spec.source.extensions == [".parquet"]
     result = execute(spec, list_archive(spec.source), "t1")
-    assert result.rows == 12 and result.by_status == {"ok": 10, "error": 2}
+    assert result.rows == 14 and result.by_status == {"ok": 10, "error": 4}
     rows = {(Path(r["uri"]).name, r["frame"]): r for r in read_run(str(tmp_path / "out"), "t1")}
     assert json.loads(rows[("part-0.parquet", 3)]["metadata"]) == {"camera": "front", "frame_no": "3"}
     assert json.loads(rows[("part-1.parquet", 2)]["metadata"]) == {"camera": "left", "frame_no": "2"}
     assert rows[("part-0.parquet", 6)]["error"].startswith("decode: not a format")
     assert rows[("part-0.parquet", 7)]["error"] == "decode: empty file (0 bytes)"
+    assert rows[("part-2.parquet", 0)]["error"] == ("read: the table's column 'image' holds text, not image bytes "
+                                                    "(binary, or a struct with a binary 'bytes' field: "
+                                                    "source.table.image_column)")
+    assert rows[("part-3.parquet", 0)]["error"] == "read: the table has no columns 'camera', 'frame_no' (source.table.carry)"
     assert rows[("part-1.parquet", 0)]["label"] is not None and rows[("part-1.parquet", 0)]["width"] == 8
