@@ -11,6 +11,7 @@ not.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlparse
 
@@ -116,15 +117,39 @@ def inventory_rows(inventory: Inventory, file_uri: str, source: SourceSpec,
                    storage: StorageSpec = StorageSpec()) -> tuple[pa.Table, dict[str, int]]:
     """The manifest rows (uri, size, etag) of one data file, keys under ``source.uri`` with the
     listed extensions, and the counts of keys left out by reason."""
-    from imgclf_ray.io.listing import MANIFEST_SCHEMA
-
     try:
         t = _read_data_file(inventory, file_uri, storage)
     except OSError as exc:
         raise SourceError(f"source.inventory data file {file_uri}: cannot read ({describe_os_error(exc)})") from None
-    except (pa.ArrowInvalid, ValueError) as exc:
+    except (pa.ArrowInvalid, ValueError, zlib.error, EOFError) as exc:  # (a damaged .gz: zlib's, EOFError)
         raise SourceError(f"source.inventory data file {file_uri}: not a readable "
                           f"{inventory.file_format} inventory ({scrub(exc)})") from None
+    _check_columns(t, f"source.inventory data file {file_uri}")
+    try:
+        return _rows(t, inventory, source)
+    except pa.ArrowException as exc:  # a column of another type than S3 Inventory writes
+        raise SourceError(f"source.inventory data file {file_uri}: not a readable "
+                          f"{inventory.file_format} inventory ({scrub(exc)})") from None
+
+
+def _check_columns(t: pa.Table, where: str) -> None:
+    """The columns S3 Inventory writes, of its types: a key column of text, text buckets, sizes
+    that are whole numbers."""
+    if "key" not in t.column_names:
+        raise SourceError(f"{where}: no key column (an S3 Inventory data file has bucket, key, size ...)")
+    for column, fits, kind in (("key", _is_text, "text"), ("bucket", _is_text, "text"), ("e_tag", _is_text, "text"),
+                               ("size", pa.types.is_integer, "whole numbers")):
+        if column in t.column_names and not fits(t.schema.field(column).type):
+            raise SourceError(f"{where}: its {column} column does not hold {kind}, as S3 Inventory writes it")
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+
+
+def _rows(t: pa.Table, inventory: Inventory, source: SourceSpec) -> tuple[pa.Table, dict[str, int]]:
+    from imgclf_ray.io.listing import MANIFEST_SCHEMA
+
     parsed = urlparse(source.uri)
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):

@@ -77,3 +77,37 @@ def test_inventory_spec_and_manifest_errors_are_clear(tmp_path):
     (tmp_path / "manifest.json").write_text("not json")
     with pytest.raises(SourceError, match="not an S3 Inventory manifest.json"):
         read_inventory(str(tmp_path / "manifest.json"))
+
+
+def test_a_damaged_or_foreign_inventory_data_file_is_one_clear_error(tmp_path):
+    """What a half-copied or hand-made inventory holds: a gzip stream cut or damaged (zlib's error,
+    EOFError), a Parquet file without a key column or with columns of other types. Each is one
+    SourceError naming the data file; none is an unexpected error."""
+    import random
+
+    source = SourceSpec(uri="s3://photos/cams")
+    uri = write_inventory(tmp_path, "CSV")
+    inventory = read_inventory(uri)
+    path = tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.csv.gz"
+    good = path.read_bytes()
+    rng = random.Random(0)
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(10, len(data))] = rng.randrange(256)  # (the header kept: a stream, damaged)
+        path.write_bytes(bytes(data[:rng.randrange(len(data) // 2, len(data) + 1)]))
+        try:
+            inventory_rows(inventory, inventory.files[0], source)
+        except SourceError as exc:
+            assert str(exc).startswith(f"source.inventory data file {inventory.files[0]}: "), exc
+    uri = write_inventory(tmp_path, "Parquet")
+    inventory = read_inventory(uri)
+    path = tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.parquet"
+    for columns, why in (({"bucket": ["photos"], "size": [1]}, "no key column"),
+                         ({"key": [5], "size": [1]}, "its key column does not hold text"),
+                         ({"key": ["cams/a.jpg"], "bucket": [5]}, "its bucket column does not hold text"),
+                         ({"key": ["cams/a.jpg"], "size": ["big"]}, "its size column does not hold whole numbers"),
+                         ({"key": ["cams/a.jpg"], "e_tag": [[1]]}, "its e_tag column does not hold text")):
+        pq.write_table(pa.table(columns), str(path))
+        with pytest.raises(SourceError, match=f"^source.inventory data file .*parquet: {why}"):
+            inventory_rows(inventory, inventory.files[0], source)
