@@ -67,6 +67,8 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
         raise DecodeError(f"not a video PyAV can open ({describe(exc)})") from None
     with container:
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec id FFmpeg here has no decoder for (or a damaged header)
+            raise DecodeError("its video stream's codec is not one this FFmpeg decodes")
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"

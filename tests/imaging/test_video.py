@@ -100,6 +100,8 @@ def test_bad_files_are_refused_with_a_reason(clip):
         sample(wav.getvalue())
     with pytest.raises(DecodeError, match="decode.max_image_pixels"):
         sample(clip, max_pixels=100 * 100)
+    with pytest.raises(DecodeError, match="^its video stream's codec is not one this FFmpeg decodes$"):
+        sample(clip.replace(b"avc1", b"zzzz"))  # a codec FFmpeg has no decoder for (it was AttributeError)
 
 
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
