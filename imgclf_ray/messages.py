@@ -60,6 +60,14 @@ def describe(exc: BaseException, cap: int = CAP) -> str:
     return f"{kind}: {text}" if text and text != DROPPED else kind
 
 
+def table_cause(exc: BaseException) -> str:
+    """A table reader's error (Arrow's CSV, Parquet, ORC), scrubbed, without the row it quotes
+    after "Expected N columns, got M:"."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "its text is not UTF-8"
+    return re.sub(r"(got \d+):.*", r"\1", scrub(exc))
+
+
 def uid(value: Any) -> str:
     """A DICOM UID as shown in a message: itself when it is one (digits and dots, at most 64
     characters), else ``<invalid UID>``."""

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from imgclf_ray.cli import main
+from imgclf_ray.errors import SourceError
 from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
@@ -78,6 +79,28 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
                                                           "uri_column": "path", "label_column": "tags"})
     table = attach_true_labels(list_archive(source), source)
     assert table.column("true_label").to_pylist() == ["red|round", None, None, "green"]
+    # Class codes keep their text ("007", not 7); a table that is not readable UTF-8 CSV, or has its
+    # columns twice, is one error naming the spec key (it was an Arrow error, or b'caf\xe9' as a label).
+    (tmp_path / "labels.csv").write_text("path,tags\nd.png,007\nveg/c.png,1.50\n")
+    assert attach_true_labels(list_archive(source), source).column("true_label").to_pylist() == ["007", None, None, "1.50"]
+    table_error = f"{tmp_path / 'labels.csv'}: not a readable CSV labels table (source.labels): "
+    for content, message in ((b"path,tags\nd.png,caf\xe9\n",
+                              table_error + "In CSV column #1: CSV conversion error to string: invalid UTF8 data"),
+                             (b"path,ta\xe9s\nd.png,x\n", table_error + "its text is not UTF-8"),
+                             (b"path,tags\nd.png,DOE^JANE,1960\n", table_error + "CSV parse error: Expected 2 columns, got 3"),
+                             (b"path,tags,path\nd.png,x,y\n", f"{tmp_path / 'labels.csv'}: more than one column 'path' "
+                                                             "(source.labels)")):
+        (tmp_path / "labels.csv").write_bytes(content)
+        with pytest.raises(SourceError) as refused:
+            attach_true_labels(list_archive(source), source)
+        assert str(refused.value) == message
+    (tmp_path / "labels.csv").write_text("path,tags,part\nd.png,x,trian\nveg/c.png,y,DOE^JANE\n")
+    split = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "table", "table": str(tmp_path / "labels.csv"),
+                                                         "uri_column": "path", "label_column": "tags", "split_column": "part"})
+    with pytest.raises(SourceError) as refused:
+        attach_true_labels(list_archive(split), split)
+    assert str(refused.value) == (f"{tmp_path / 'labels.csv'}: column 'part' (source.labels.split_column) has 2 values "
+                                  "other than train, validation and test")
 
 
 @pytest.mark.ray

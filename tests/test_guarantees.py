@@ -387,7 +387,9 @@ def test_two_attempts_of_one_run_id_at_once_one_commits(where, executor, request
     # Quiet (cron) output: our own lines only; Ray's warnings and worker lines went to a log file.
     text = out1.decode()
     assert "Token authentication" not in text and "(raylet)" not in text and "WARNING" not in text, text[-2000:]
-    assert re.search(r"^  log    : \S+imgclf-ray-\d+\.log$", text, re.M), text[-2000:]
+    log = re.search(r"^  log    : (\S+imgclf-ray-\d+\.log)$", text, re.M)
+    assert log and Path(log.group(1)).parent == Path(os.environ["IMGCLF_LOG_DIR"]), text[-2000:]  # (the session's)
+    assert Path(log.group(1)).is_file()
     assert second.returncode == 1 and "being run by another attempt" in out2.decode(), out2.decode()[-2000:]
     files = sink.committed_files(sink_uri, "n1", StorageSpec(endpoint_url=endpoint) if where == "s3" else StorageSpec())
     assert len(files) == 1

@@ -56,8 +56,8 @@ class WebDatasetSpec(Section):
                                         description="Member extensions holding the image (first found wins).")
     label_extension: Optional[str] = Field("cls", description="Member holding the label: its text "
                                            "(.cls / .txt), or the 'label' field of a .json member (a "
-                                           "string or number); a sample whose label member cannot be "
-                                           "read so is an error row saying why.")
+                                           "string, number or boolean); a sample whose label member is "
+                                           "none of these is an error row saying why.")
     label_field: str = Field("label", description="The label's field in a .json member.")
 
 

@@ -39,26 +39,25 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
 
 def _check_columns(schema, image_column: str, carry: list[str]) -> None:
     """The table has the columns the spec names, its image column holding bytes (binary, or a
-    struct with a binary 'bytes' field): else the file is one error row saying which."""
+    struct with a binary 'bytes' field): else the file is one error row saying which (in the
+    spec's names: the file's own column names and types are its bytes)."""
     import pyarrow as pa
 
-    missing = [c for c in (image_column, *carry) if c not in schema.names]
-    if missing:  # (the names the spec gave; none of the file's own: they are its bytes)
-        raise DecodeError(f"the table has no column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} (source.table."
-                         f"{'image_column' if image_column in missing else 'carry'})")
+    if image_column not in schema.names:
+        raise DecodeError(f"the table has no column {image_column!r} (source.table.image_column)")
+    missing = [c for c in carry if c not in schema.names]
+    if missing:
+        raise DecodeError(f"the table has no column{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(map(repr, missing))} (source.table.carry)")
     kind = schema.field(image_column).type
     if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
         kind = kind.field("bytes").type
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)):
-        t = pa.types  # named by kind, not as the file spells it (field names, time zones: its bytes)
-        held = ("text" if t.is_string(kind) or t.is_large_string(kind) else
-                "numbers" if t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind) else
-                "booleans" if t.is_boolean(kind) else "dates or times" if t.is_temporal(kind) else
-                "nested values" if t.is_nested(kind) else "values of another type")
-        raise DecodeError(f"the table's column {image_column!r} holds {held}, not image bytes (binary, or a struct "
-                         "with a binary 'bytes' field: source.table.image_column)")
+    if not any(test(kind) for test in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
+                                       pa.types.is_binary_view)):
+        raise DecodeError(f"the table's column {image_column!r} holds no image bytes (binary, or a struct with a "
+                          "binary 'bytes' field: source.table.image_column)")
 
 
 CONTAINERS.register("table")(Container(split))

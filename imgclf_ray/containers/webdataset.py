@@ -7,6 +7,7 @@ import json
 from typing import Optional
 
 from imgclf_ray.containers.base import Part, over_member
+from imgclf_ray.imaging.limits import DecodeError  # our own message: shown as it is
 from imgclf_ray.registry import CONTAINERS, Container
 from imgclf_ray.spec import DecodeSpec, SourceSpec
 
@@ -17,40 +18,47 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
 
     wds = source.webdataset
     samples: dict[str, dict[str, bytes]] = {}
-    too_big: dict[str, str] = {}  # sample key -> why its image was not read
+    too_big: dict[str, dict[str, int]] = {}  # sample key -> extension -> size of a member not read
     total = 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            # WebDataset's convention: the key is the path up to the first dot of the file name.
-            folder, _, name = member.name.rpartition("/")
+            # WebDataset's convention: the key is the path up to the first dot of the file name
+            # (a name not in UTF-8, as tarfile gives it, shown with \x escapes: valid text).
+            folder, _, name = member.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
+                .rpartition("/")
             stem, _, ext = name.partition(".")
             key = f"{folder}/{stem}" if folder else stem
             files = samples.setdefault(key, {})
             # Sizes come from the member headers: nothing over the limits is read.
             if member.size > decode.max_member_bytes:
-                too_big[key] = over_member(member.size, decode)
+                too_big.setdefault(key, {})[ext.lower()] = member.size
                 continue
             total += member.size
             if total > decode.max_container_bytes:
-                raise ValueError(f"the shard expands past decode.max_container_bytes "
-                                 f"({decode.max_container_bytes / 2**20:,.0f} MiB)")
+                raise DecodeError(f"the shard expands past decode.max_container_bytes "
+                                  f"({decode.max_container_bytes / 2**20:,.0f} MiB)")
             files[ext.lower()] = tar.extractfile(member).read()
     parts = []
     for key, files in samples.items():
+        metadata, big = json.dumps({"key": key}), too_big.get(key, {})
         image = next((files[e] for e in wds.image_extensions if e in files), None)
         if image is None:
-            if key in too_big:
-                parts.append(Part(len(parts), metadata=json.dumps({"key": key}), error=f"read: {too_big[key]}"))
+            size = next((big[e] for e in wds.image_extensions if e in big), None)
+            if size is not None:
+                parts.append(Part(len(parts), metadata=metadata, error=f"read: {over_member(size, decode)}"))
             continue  # a sample without an image member (e.g. metadata only) is not an image
-        label, why = _label(files.get(wds.label_extension) if wds.label_extension else None,
-                            wds.label_extension, wds.label_field)
+        if wds.label_extension in big:
+            label, why = None, f"is a {over_member(big[wds.label_extension], decode)}"
+        else:
+            label, why = _label(files.get(wds.label_extension) if wds.label_extension else None,
+                                wds.label_extension, wds.label_field)
         if why is not None:  # this sample only: the shard's other samples are read
-            parts.append(Part(len(parts), metadata=json.dumps({"key": key}),
+            parts.append(Part(len(parts), metadata=metadata,
                               error=f"read: the sample's label member (.{wds.label_extension}) {why}"))
             continue
-        parts.append(Part(len(parts), image, metadata=json.dumps({"key": key}), label=label))
+        parts.append(Part(len(parts), image, metadata=metadata, label=label))
     return parts
 
 
@@ -66,8 +74,8 @@ def _label(raw: Optional[bytes], extension: Optional[str], field: str) -> tuple[
             return None, "is not UTF-8 text"
         return text or None, None
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, a number too long, NaN
         return None, "is not valid JSON"
     if not isinstance(value, dict):
         return None, f"is a JSON {_JSON_TYPES[type(value)]}, not an object with a '{field}' field"
@@ -76,10 +84,15 @@ def _label(raw: Optional[bytes], extension: Optional[str], field: str) -> tuple[
         return (label.strip() or None) if label else None, None
     if isinstance(label, (bool, int, float)):
         return str(label), None
-    return None, f"has an {_JSON_TYPES[type(label)]} in its '{field}' field, not a string or number"
+    return None, f"has an {_JSON_TYPES[type(label)]} in its '{field}' field, not a string, number or boolean"
 
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; JSON has neither
 
 
 

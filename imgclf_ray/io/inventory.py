@@ -10,6 +10,7 @@ not.
 
 from __future__ import annotations
 
+import gzip
 import json
 import zlib
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.storage import describe_os_error, filesystem
-from imgclf_ray.messages import scrub
+from imgclf_ray.messages import table_cause
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 # CSV header names (fileSchema) -> the Parquet / ORC column names.
@@ -117,28 +118,32 @@ def inventory_rows(inventory: Inventory, file_uri: str, source: SourceSpec,
                    storage: StorageSpec = StorageSpec()) -> tuple[pa.Table, dict[str, int]]:
     """The manifest rows (uri, size, etag) of one data file, keys under ``source.uri`` with the
     listed extensions, and the counts of keys left out by reason."""
+    where = f"source.inventory data file {file_uri}"
+    damaged = f"{where}: not a readable {inventory.file_format} inventory"
     try:
         t = _read_data_file(inventory, file_uri, storage)
+        _check_columns(t, where)  # (its column names read here: one not in UTF-8 is a ValueError)
+    except gzip.BadGzipFile:  # an OSError, but no access problem
+        raise SourceError(f"{damaged} (a damaged gzip stream)") from None
     except OSError as exc:
-        raise SourceError(f"source.inventory data file {file_uri}: cannot read ({describe_os_error(exc)})") from None
+        raise SourceError(f"{where}: cannot read ({describe_os_error(exc)})") from None
     except (pa.ArrowInvalid, ValueError, zlib.error, EOFError) as exc:  # (a damaged .gz: zlib's, EOFError)
-        raise SourceError(f"source.inventory data file {file_uri}: not a readable "
-                          f"{inventory.file_format} inventory ({scrub(exc)})") from None
-    _check_columns(t, f"source.inventory data file {file_uri}")
+        raise SourceError(f"{damaged} ({table_cause(exc)})") from None
     try:
         return _rows(t, inventory, source)
-    except pa.ArrowException as exc:  # a column of another type than S3 Inventory writes
-        raise SourceError(f"source.inventory data file {file_uri}: not a readable "
-                          f"{inventory.file_format} inventory ({scrub(exc)})") from None
+    except pa.ArrowException:  # (its text would quote the file's values and type names)
+        raise SourceError(f"{damaged} (a column of another type or range than S3 Inventory writes)") from None
 
 
 def _check_columns(t: pa.Table, where: str) -> None:
-    """The columns S3 Inventory writes, of its types: a key column of text, text buckets, sizes
-    that are whole numbers."""
+    """The columns S3 Inventory writes, of its types: text keys, buckets and ETags, sizes that are
+    whole numbers, flags that are booleans (or text: CSV)."""
     if "key" not in t.column_names:
         raise SourceError(f"{where}: no key column (an S3 Inventory data file has bucket, key, size ...)")
+    flag = lambda kind: pa.types.is_boolean(kind) or _is_text(kind)  # noqa: E731
     for column, fits, kind in (("key", _is_text, "text"), ("bucket", _is_text, "text"), ("e_tag", _is_text, "text"),
-                               ("size", pa.types.is_integer, "whole numbers")):
+                               ("size", pa.types.is_integer, "whole numbers"), ("is_latest", flag, "true or false"),
+                               ("is_delete_marker", flag, "true or false")):
         if column in t.column_names and not fits(t.schema.field(column).type):
             raise SourceError(f"{where}: its {column} column does not hold {kind}, as S3 Inventory writes it")
 

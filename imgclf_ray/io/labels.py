@@ -11,7 +11,7 @@ import pyarrow as pa
 from imgclf_ray.errors import SourceError
 from imgclf_ray.io.listing import GLOB_CHARS
 from imgclf_ray.io.storage import filesystem, to_uri
-from imgclf_ray.messages import describe
+from imgclf_ray.messages import describe, table_cause
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 def _root_uri(source: SourceSpec, storage: StorageSpec) -> str:
@@ -22,7 +22,9 @@ def _root_uri(source: SourceSpec, storage: StorageSpec) -> str:
     return to_uri(fs, path.rstrip("/"))
 
 
-def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
+def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where: str) -> pa.Table:
+    """The table's ``columns`` (a CSV's read as text: a label "007" stays "007"); SourceError
+    naming ``where`` (the spec key) when it cannot be read, is not UTF-8, or lacks one."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -30,17 +32,27 @@ def _read_table(uri: str, storage: StorageSpec) -> pa.Table:
     try:
         blob = fs.cat_file(path)
     except OSError as exc:
-        raise SourceError(f"{uri}: cannot read the labels table (source.labels.table): {describe(exc)}") from None
-    if path.lower().endswith(".parquet"):
-        return pq.read_table(io.BytesIO(blob))
-    return pacsv.read_csv(io.BytesIO(blob))
+        raise SourceError(f"{uri}: cannot read the labels table ({where}): {describe(exc)}") from None
+    try:
+        if path.lower().endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(blob))
+        else:
+            table = pacsv.read_csv(io.BytesIO(blob), convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns}))  # (an empty cell: "", a multilabel image with none)
+        names = table.column_names  # (a header not in UTF-8: UnicodeDecodeError, a ValueError)
+    except (pa.ArrowException, ValueError) as exc:  # (a CSV row's text after "got N": not shown)
+        raise SourceError(f"{uri}: not a readable {'Parquet' if path.lower().endswith('.parquet') else 'CSV'} "
+                          f"labels table ({where}): {table_cause(exc)}") from None
+    for column in columns:  # (in the spec's names: the file's own are its bytes)
+        found = names.count(column)
+        if found != 1:
+            raise SourceError(f"{uri}: {'no' if not found else 'more than one'} column {column!r} ({where})")
+    return table
 
 
 def table_uris(table: str, storage: StorageSpec = StorageSpec(), column: str = "uri") -> list[str]:
     """The uris a labels table names (its ``column``)."""
-    t = _read_table(table, storage)
-    if column not in t.column_names:
-        raise SourceError(f"{table}: no column {column!r}; it has {', '.join(t.column_names)}")
+    t = _read_table(table, storage, (column,), "--exclude-labels")
     return [str(u) for u in t.column(column).to_pylist() if u is not None]
 
 
@@ -74,11 +86,8 @@ def _reviewed_labels(manifest: pa.Table, spec, storage: StorageSpec) -> list[Opt
 
 def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec) -> tuple[list, list]:
     """Each uri's label and split in the labels table (None where the table has none)."""
-    table = _read_table(spec.table, storage)
-    for column in (spec.uri_column, spec.label_column, *([spec.split_column] if spec.split_column else [])):
-        if column not in table.column_names:
-            raise SourceError(f"{spec.table}: no column {column!r} (source.labels); it has "
-                              f"{', '.join(table.column_names)}")
+    table = _read_table(spec.table, storage, (spec.uri_column, spec.label_column,
+                                              *([spec.split_column] if spec.split_column else [])), "source.labels")
     splits_in = (table.column(spec.split_column).to_pylist() if spec.split_column else [None] * table.num_rows)
     by_uri = {}
     for key, label, split in zip(table.column(spec.uri_column).to_pylist(),
@@ -89,10 +98,11 @@ def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec) -> tup
     labels = [by_uri.get(uri, (None, None))[0] for uri in uris]
     splits = [by_uri.get(uri, (None, None))[1] for uri in uris]
     if spec.split_column:
-        unknown = sorted({str(v) for v in splits if v is not None} - {"train", "validation", "test"})
+        unknown = {str(v) for v in splits if v is not None} - {"train", "validation", "test"}
         if unknown:
-            raise SourceError(f"{spec.table}: column {spec.split_column!r} has {unknown}; splits are "
-                              "train, validation and test")
+            raise SourceError(f"{spec.table}: column {spec.split_column!r} (source.labels.split_column) has "
+                              f"{len(unknown)} value{'s' if len(unknown) > 1 else ''} other than train, validation "
+                              "and test")
     return labels, splits
 
 

@@ -48,13 +48,16 @@ def _why_skipped(path: str, info: dict[str, Any], extensions: Optional[tuple[str
         return "folder"
     if kind != "file":
         return "not a regular file (a broken link, a link to a folder, a device, a socket)"
-    if not _is_utf8(path):  # a local name in another encoding: no URI, no Parquet string holds it
-        return "name not UTF-8: rename to read it"
     if name.startswith((".", "_")):
         return "hidden (name starts with '.' or '_')"
     if extensions is not None and not name.lower().endswith(extensions):
         return "extension not in source.extensions"
+    if not _is_utf8(path):  # a local name in another encoding: no URI, no Parquet string holds it
+        return NOT_UTF8
     return None
+
+
+NOT_UTF8 = "name not UTF-8: rename to read it"
 
 
 def _is_utf8(path: str) -> bool:
@@ -148,6 +151,8 @@ def no_images(source: SourceSpec, skipped: dict[str, int], extensions: Optional[
     hint = (f"; {skipped['extension not in source.extensions']} other files were skipped — "
             "source.extensions: any lists every file and reads it by content (extensionless "
             "DICOM series ...)") if skipped.get("extension not in source.extensions") else ""
+    if skipped.get(NOT_UTF8):
+        hint += f"; {skipped[NOT_UTF8]} whose names are not UTF-8 were skipped (rename them to read them)"
     return SourceError(f"{source.uri}: no {wanted} (source.extensions){hint}")
 
 

@@ -216,7 +216,7 @@ def log_folder() -> str:
     """Where the runs' log files go: ``IMGCLF_LOG_DIR`` (made if missing), else the temp folder."""
     import tempfile
 
-    folder = os.environ.get("IMGCLF_LOG_DIR") or tempfile.gettempdir()
+    folder = os.path.expanduser(os.environ.get("IMGCLF_LOG_DIR") or tempfile.gettempdir())  # (~ in a crontab)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:

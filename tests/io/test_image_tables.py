@@ -46,7 +46,7 @@ def test_image_table_rows_become_output_rows_with_their_metadata(ray_session, ti
     assert json.loads(rows[("part-1.parquet", 2)]["metadata"]) == {"camera": "left", "frame_no": "2"}
     assert rows[("part-0.parquet", 6)]["error"].startswith("decode: not a format")
     assert rows[("part-0.parquet", 7)]["error"] == "decode: empty file (0 bytes)"
-    assert rows[("part-2.parquet", 0)]["error"] == ("read: the table's column 'image' holds text, not image bytes "
+    assert rows[("part-2.parquet", 0)]["error"] == ("read: the table's column 'image' holds no image bytes "
                                                     "(binary, or a struct with a binary 'bytes' field: "
                                                     "source.table.image_column)")
     assert rows[("part-3.parquet", 0)]["error"] == "read: the table has no columns 'camera', 'frame_no' (source.table.carry)"

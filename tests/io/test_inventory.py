@@ -86,20 +86,20 @@ def test_a_damaged_or_foreign_inventory_data_file_is_one_clear_error(tmp_path):
     import random
 
     source = SourceSpec(uri="s3://photos/cams")
-    uri = write_inventory(tmp_path, "CSV")
-    inventory = read_inventory(uri)
-    path = tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.csv.gz"
-    good = path.read_bytes()
     rng = random.Random(0)
-    for _ in range(300):
-        data = bytearray(good)
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(10, len(data))] = rng.randrange(256)  # (the header kept: a stream, damaged)
-        path.write_bytes(bytes(data[:rng.randrange(len(data) // 2, len(data) + 1)]))
-        try:
-            inventory_rows(inventory, inventory.files[0], source)
-        except SourceError as exc:
-            assert str(exc).startswith(f"source.inventory data file {inventory.files[0]}: "), exc
+    for file_format, suffix in (("CSV", "csv.gz"), ("Parquet", "parquet"), ("ORC", "orc")):
+        inventory = read_inventory(write_inventory(tmp_path, file_format))
+        path = tmp_path / f"inv/photos/daily/data/2026-11-30T01-00Z.{suffix}"
+        good = path.read_bytes()
+        for _ in range(200):
+            data = bytearray(good)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(10, len(data))] = rng.randrange(256)  # (a gzip header kept: a stream, damaged)
+            path.write_bytes(bytes(data[:rng.randrange(len(data) // 2, len(data) + 1)]))
+            try:
+                inventory_rows(inventory, inventory.files[0], source)
+            except SourceError as exc:
+                assert str(exc).startswith(f"source.inventory data file {inventory.files[0]}: "), exc
     uri = write_inventory(tmp_path, "Parquet")
     inventory = read_inventory(uri)
     path = tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.parquet"
@@ -107,7 +107,11 @@ def test_a_damaged_or_foreign_inventory_data_file_is_one_clear_error(tmp_path):
                          ({"key": [5], "size": [1]}, "its key column does not hold text"),
                          ({"key": ["cams/a.jpg"], "bucket": [5]}, "its bucket column does not hold text"),
                          ({"key": ["cams/a.jpg"], "size": ["big"]}, "its size column does not hold whole numbers"),
-                         ({"key": ["cams/a.jpg"], "e_tag": [[1]]}, "its e_tag column does not hold text")):
+                         ({"key": ["cams/a.jpg"], "e_tag": [[1]]}, "its e_tag column does not hold text"),
+                         ({"key": ["cams/a.jpg"], "is_latest": [{"DOE^JANE": 1}]},
+                          "its is_latest column does not hold true or false"),
+                         ({"key": ["cams/a.jpg"], "size": pa.array([2**63 + 5], pa.uint64())},
+                          r"not a readable Parquet inventory \(a column of another type or range than S3 Inventory writes\)$")):
         pq.write_table(pa.table(columns), str(path))
         with pytest.raises(SourceError, match=f"^source.inventory data file .*parquet: {why}"):
             inventory_rows(inventory, inventory.files[0], source)

@@ -73,12 +73,21 @@ def test_names_of_every_kind_are_listed_and_names_not_in_utf8_are_counted_as_ski
         (root / name).write_bytes(b"1")
     os.mkdir(os.path.join(bytes(root), b"sub"))
     os.mkdir(os.path.join(bytes(root), b"d\xe9j\xe0"))
-    for raw in (b"caf\xe9.png", b"sub/\xff\xfe.png", b"d\xe9j\xe0/ok.png"):
+    for raw in (b"caf\xe9.png", b"sub/\xff\xfe.png", b"d\xe9j\xe0/ok.png", b"notes\xe9.txt", b".hid\xe9.png"):
         with open(os.path.join(bytes(root), raw), "wb") as fh:
             fh.write(b"1")
     table = list_archive(SourceSpec(uri=str(root)))
     assert names(table) == sorted(odd)
-    assert skipped_counts(table) == {"name not UTF-8: rename to read it": 3}
+    assert skipped_counts(table) == {"name not UTF-8: rename to read it": 3, "extension not in source.extensions": 1,
+                                     "hidden (name starts with '.' or '_')": 1}
+    # A folder of such names only: the error says why nothing was found.
+    only = tmp_path / "only"
+    only.mkdir()
+    with open(os.path.join(bytes(only), b"caf\xe9.png"), "wb") as fh:
+        fh.write(b"1")
+    with pytest.raises(SourceError, match="no files with extensions .*; 1 whose names are not UTF-8 were skipped "
+                                          r"\(rename them to read them\)$"):
+        list_archive(SourceSpec(uri=str(only)))
     assert all(uri.encode("utf-8") for uri in table.column("uri").to_pylist())  # (raises on a surrogate)
 
 

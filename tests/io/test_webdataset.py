@@ -65,14 +65,30 @@ def test_a_sample_whose_label_cannot_be_read_is_one_error_row_and_the_shard_is_r
     for extension, bad, why in (
             ("cls", b"caf\xe9", "(.cls) is not UTF-8 text"),
             ("json", b"[1, 2]", "(.json) is a JSON array, not an object with a 'label' field"),
-            ("json", b'{"label": {"name": "cat"}}', "(.json) has an object in its 'label' field, not a string or number"),
+            ("json", b'{"label": {"name": "cat"}}', "(.json) has an object in its 'label' field, not a string, number or boolean"),
             ("json", b"[" * 100_000 + b"]" * 100_000, "(.json) is not valid JSON"),
-            ("json", b'{"label": "\xff"}', "(.json) is not valid JSON")):
+            ("json", b'{"label": "\xff"}', "(.json) is not valid JSON"),
+            ("json", b'{"label": NaN}', "(.json) is not valid JSON"),
+            ("json", b"null", "(.json) is a JSON null, not an object with a 'label' field")):
         spec = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {"label_extension": extension}},
                            "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
         a, b, c = split(shard(extension, bad), spec.source, spec.decode)
         assert (a.error, a.data, json.loads(a.metadata)) == (f"{member} {why}", None, {"key": "a"}), extension
         assert (b.error, b.label, b.data) == (None, "3", png) and (c.error, c.label, c.data) == (None, None, png)
+    # A label member over decode.max_member_bytes is not read, and says so (it was a sample without
+    # a label); a member name not in UTF-8 (Latin-1 bytes) keeps its sample, named with an escape.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tar:
+        for name, data in (("big.png", png), ("big.cls", b"x" * 4096), ("caf\udce9.png", png), ("caf\udce9.cls", b"7")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    spec = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {}}, "decode": {"max_member_bytes": 2048},
+                       "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
+    big, latin = split(out.getvalue(), spec.source, spec.decode)
+    assert big.error == ("read: the sample's label member (.cls) is a member of 0 MiB, over decode.max_member_bytes "
+                         "(0 MiB); not read") and big.data is None
+    assert (latin.error, latin.label, json.loads(latin.metadata)) == (None, "7", {"key": "caf\\xe9"})
 
 
 def test_every_source_container_is_a_registered_module_with_a_spec_section():
