@@ -20,9 +20,21 @@ EXTRAS = {
 }
 
 
+def pip_install(extra: str) -> str:
+    """The command that adds ``extra`` to this installation: for one from a checkout (the README's
+    ``pip install -e .``), ``<python> -m pip install -e '<checkout>[extra]'``; else
+    ``pip install 'imgclf-ray[extra]'``."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return f"{sys.executable} -m pip install -e '{checkout}[{extra}]'"
+    return f"pip install 'imgclf-ray[{extra}]'"
+
+
 def message(extra: str, module: str | None = None) -> str:
     marker, what = EXTRAS[extra]
-    return f"{module or marker} is not installed ({what}): pip install 'imgclf-ray[{extra}]'"
+    return f"{module or marker} is not installed ({what}): {pip_install(extra)}"
 
 
 def installed(extra: str) -> bool:

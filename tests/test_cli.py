@@ -41,7 +41,8 @@ def test_quickstart_end_to_end(ray_session, tmp_path):
     accuracy = sum(t == r["label"] for t, r in zip(truth, rows)) / len(rows)
     assert accuracy >= 0.95
 
-    again = CliRunner().invoke(main, ["evaluate", QUICKSTART, "--run-id", "second", "-q", *where])
+    again = CliRunner().invoke(main, ["evaluate", QUICKSTART, "--run-id", "second", "-q", *where,
+                                      "--set=run.executor=local"])  # (the executors' rows are equal: test_local)
     assert again.exit_code == 0, again.output
     assert "training" not in again.output and "wrote" not in again.output  # cached data and model
     (evaluation,) = (tmp_path / "out").glob("*second*/_evaluation.json")
@@ -62,6 +63,23 @@ def test_run_user_errors_are_one_line_without_traceback(tmp_path, tiny_model, ov
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_example_never_writes_into_an_archive_that_lists_no_images(tmp_path):
+    """jobs/quickstart.yaml pointed at a user's own folder that lists no PNG (extensionless DICOM,
+    other formats): one error line with the way out; not one file written there. A location where
+    nothing is gets the digits (the S3 demo in the spec's header)."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "IM0001").write_bytes(b"\0" * 128 + b"DICM")
+    before = sorted(p.name for p in archive.rglob("*"))
+    where = [f"--set=source.uri={archive}", f"--set=model.uri={tmp_path}/model", f"--set=sink.uri={tmp_path}/out"]
+    result = CliRunner().invoke(main, ["run", QUICKSTART, "--local", *where])
+    assert result.exit_code == 1 and result.output.count("error:") == 1, result.output
+    assert "no files with extensions .png (source.extensions); 1 other files were skipped" in result.output
+    assert result.output.rstrip().endswith("the spec's example: writes its digit images only where there is nothing "
+                                           "yet: --set example=null runs the job on this archive as it is")
+    assert sorted(p.name for p in archive.rglob("*")) == before and not (tmp_path / "model").exists()
 
 
 def test_help_lists_commands():

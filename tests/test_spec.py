@@ -78,6 +78,7 @@ def test_set_overrides_parse_yaml_values_and_create_sections(tmp_path):
 
 @pytest.mark.parametrize("override, expected", [
     ("source.urls=x", "job.yaml (--set source.urls): source.urls: unknown key"),
+    ("sourc.uri=x", "job.yaml (--set sourc.uri): sourc: unknown key"),  # the typo in the key's first part
     ("model.topk=0", "job.yaml (--set model.topk): model.topk: Input should be greater than or equal to 1"),
     ("noequals", "--set 'noequals': expected dotted.key=value"),
     ("name.first=x", "--set 'name.first=x': name is not a mapping"),

@@ -97,7 +97,8 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
                     loc = loc + tuple(keyed.group(1).split("."))
                     err["msg"] = keyed.group(2)
             dotted = ".".join(str(p) for p in loc) or "(top level)"
-            from_set = [k for k in overridden if dotted == k or dotted.startswith(k + ".")]
+            from_set = [k for k in overridden  # (sourc.uri: the unknown key is its first part)
+                        if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")]
             line = _line_of(text, loc) if text and not from_set else None
             where = f"{origin} (--set {from_set[0]})" if from_set else f"{origin}:{line}" if line else origin
             lines.append(f"{where}: {dotted}: {_describe(err)}")

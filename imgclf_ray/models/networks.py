@@ -8,10 +8,10 @@ import os
 from typing import Any, Optional
 
 from imgclf_ray.errors import ArtifactError
+from imgclf_ray.extras import pip_install
 from imgclf_ray.messages import scrub
 
 # The optional libraries and the extra that installs them.
-EXTRA = "pip install 'imgclf-ray[models]'"
 _PACKAGES = {"timm": "timm", "transformers": "transformers", "onnx": "onnxruntime"}
 _PROJECT = "reinstall imgclf-ray (pip install imgclf-ray: onnx and onnxruntime are its dependencies)"
 
@@ -21,7 +21,7 @@ def require(library: str) -> None:
     package = _PACKAGES.get(library)
     if package and importlib.util.find_spec(package) is None:
         raise ArtifactError(f"this model needs {package}, which is not installed: "
-                            f"{_PROJECT if library == 'onnx' else EXTRA}")
+                            f"{_PROJECT if library == 'onnx' else pip_install('models')}")
 
 
 def offline() -> None:

@@ -288,7 +288,6 @@ def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
     if current_log is None:
         folder = log_folder()
         path = os.path.join(folder, f"imgclf-ray-{os.getpid()}.log")
-        _prune_logs(folder)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -296,6 +295,7 @@ def output_to_file(loggers: tuple[str, ...] = ()) -> Optional[str]:
 
             raise UserError(f"cannot write the run's log file {path} ({exc.strerror}): set IMGCLF_LOG_DIR "
                             "to a folder this user can write") from None
+        _prune_logs(folder)  # (after: this run's file is one of the last 10)
         sys.stdout.flush()
         sys.stderr.flush()
         original = os.dup(2)

@@ -94,12 +94,22 @@ NOUNS = {"digits": "digit images", "faces": "face / non-face images", "textures"
 
 
 def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> int:
-    """Write the bundled data set into ``source.uri`` unless images are there; how many were written."""
+    """Write the bundled data set into ``source.uri`` unless images are there; how many were written.
+    Only where nothing is: a folder or prefix holding other files (a user's archive that listed no
+    images, one it cannot list) is never written into — its listing's error, and the way out."""
     from imgclf_ray.errors import SourceError
     from imgclf_ray.io.listing import list_archive
 
     try:
         list_archive(source, storage)
         return 0
-    except SourceError:
+    except SourceError as missing:
+        fs, root = filesystem(source.uri, storage)
+        try:
+            occupied = fs.exists(root) and (fs.isfile(root) or bool(fs.ls(root)))
+        except OSError:
+            raise missing from None
+        if occupied:
+            raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only where there is "
+                              "nothing yet: --set example=null runs the job on this archive as it is") from None
         return WRITERS[dataset](source.uri, storage)
