@@ -25,6 +25,10 @@ class SourceError(UserError):
     """The archive cannot be listed (missing bucket or folder, no permission, nothing matched)."""
 
 
+class NothingThere(SourceError):
+    """The archive's folder or prefix does not exist, or holds nothing but folders (not a glob)."""
+
+
 class AccessDenied(UserError):
     """An object the listing showed cannot be read for permission: the credentials or policies
     are wrong for the whole run, so it stops and commits nothing (not one error row per image)."""

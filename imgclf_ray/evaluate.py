@@ -93,12 +93,14 @@ def _hierarchical(rows: list[dict[str, Any]], leaf_paths: dict[str, list[str]]) 
 
 def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], separator: str = "|",
                   threshold: Optional[float] = None, leaf_paths: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
-    """Metrics for the ok rows that have a true label; counts of what was left out."""
-    scored = [r for r in rows if r["status"] == "ok" and r.get("true_label") is not None]
+    """Metrics for the ok rows that have a true label; counts of what was left out. An empty true
+    label (a labels table's empty cell) is none, but for multilabel: no label applies."""
+    unlabelled = (None,) if task == "multilabel" else (None, "")
+    scored = [r for r in rows if r["status"] == "ok" and r.get("true_label") not in unlabelled]
     out: dict[str, Any] = {"task": task, "images": len(scored),
                            "left_out": {"error_rows": sum(r["status"] != "ok" for r in rows),
-                                        "without_true_label": sum(r["status"] == "ok" and r.get("true_label") is None
-                                                                  for r in rows)}}
+                                        "without_true_label": sum(r["status"] == "ok" and r.get("true_label")
+                                                                  in unlabelled for r in rows)}}
     if not scored:
         return out
     if task not in ("multilabel", "hierarchical"):

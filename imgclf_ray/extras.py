@@ -22,14 +22,17 @@ EXTRAS = {
 
 def pip_install(extra: str) -> str:
     """The command that adds ``extra`` to this installation: for one from a checkout (the README's
-    ``pip install -e .``), ``<python> -m pip install -e '<checkout>[extra]'``; else
-    ``pip install 'imgclf-ray[extra]'``."""
+    ``pip install -e .``), ``<python> -m pip install -e '<checkout>[extra]'``; else the same from
+    the source it was installed from."""
+    import shlex
     from pathlib import Path
 
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file():
-        return f"{sys.executable} -m pip install -e '{checkout}[{extra}]'"
-    return f"pip install 'imgclf-ray[{extra}]'"
+        return f"{shlex.quote(sys.executable)} -m pip install -e {shlex.quote(f'{checkout}[{extra}]')}"
+    # (not "pip install imgclf-ray[...]": the project is not published under that name, and
+    # whatever someone publishes there is not it)
+    return f"reinstall imgclf-ray from its source with the extra (pip install '<its folder or wheel>[{extra}]')"
 
 
 def message(extra: str, module: str | None = None) -> str:

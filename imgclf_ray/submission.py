@@ -65,7 +65,7 @@ if os.environ.get("IMGCLF_PROBE_VERSION"):
     out["versions"]["imgclf-ray"] = os.environ["IMGCLF_PROBE_VERSION"]
 print("IMGCLF_PROBE " + json.dumps(out))
 """
-FIX = ("install imgclf-ray with the extras the job uses on every node (pip install 'imgclf-ray[dicom]'), "
+FIX = ("install imgclf-ray with the extras the job uses on every node (pip install '<its folder or wheel>[dicom]'), "
        "build the cluster's image from infra/Dockerfile, or start the head from the project's environment "
        "(PATH=$PWD/.venv/bin:$PATH ray start --head); --skip-preflight submits anyway")
 

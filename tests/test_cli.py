@@ -25,7 +25,7 @@ def test_quickstart_end_to_end(ray_session, tmp_path):
     import json
 
     where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
-             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray"]
+             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray", "--set=example.anywhere=true"]
     first = CliRunner().invoke(main, ["run", QUICKSTART, "--run-id", "first", "--quiet", *where])
     assert first.exit_code == 0, first.output
     assert "wrote 1797 digit images" in first.output and "training a resnet18" in first.output
@@ -78,8 +78,17 @@ def test_the_example_never_writes_into_an_archive_that_lists_no_images(tmp_path)
     assert result.exit_code == 1 and result.output.count("error:") == 1, result.output
     assert "no files with extensions .png (source.extensions); 1 other files were skipped" in result.output
     assert result.output.rstrip().endswith("the spec's example: writes its digit images only where there is nothing "
-                                           "yet: --set example=null runs the job on this archive as it is")
+                                           "yet: --set example=null runs the job on this archive as it is (with "
+                                           "source.extensions and a model.uri that fit it)")
     assert sorted(p.name for p in archive.rglob("*")) == before and not (tmp_path / "model").exists()
+    # Where nothing is, but set on the command line: only with example.anywhere (a glob: never).
+    for uri, anywhere, said in ((tmp_path / "new", "false", "this one was set on the command line "
+                                 "(--set example.anywhere=true writes them there too)"),
+                                (f"{archive}/*.png", "true", "only where there is nothing yet")):
+        result = CliRunner().invoke(main, ["run", QUICKSTART, "--local", *where, f"--set=source.uri={uri}",
+                                           f"--set=example.anywhere={anywhere}"])
+        assert result.exit_code == 1 and result.output.count("error:") == 1 and said in result.output, result.output
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in archive.rglob("*")) == before
 
 
 def test_help_lists_commands():
@@ -128,7 +137,7 @@ def test_every_example_job_runs(ray_session, tmp_path, job, request):
     import yaml
 
     where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
-             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray", "--run-id", "r", "-q"]
+             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray", "--set=example.anywhere=true", "--run-id", "r", "-q"]
     fixture = TRAINED_BY_THE_SESSION.get(yaml.safe_load((REPO / "jobs" / job).read_text())["example"]["model"])
     if fixture:
         shutil.copytree(request.getfixturevalue(fixture), tmp_path / "model")

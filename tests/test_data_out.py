@@ -274,6 +274,27 @@ def test_ray_log_files_are_pruned_to_the_last_ten_and_the_last_fifty_failed(tmp_
     assert (tmp_path / "imgclf-ray-1013-failed.log").exists()
 
 
+def test_a_run_s_log_goes_to_imgclf_log_dir_and_is_one_of_the_ten_kept(tmp_path):
+    """In a process of its own (its standard error is file descriptor 2, as a CLI command's): the
+    log file is made in IMGCLF_LOG_DIR, then the folder pruned, so ten remain with this one."""
+    import os
+    import subprocess
+    import sys
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(12):
+        (logs / f"imgclf-ray-{1000 + i}.log").write_text("x")
+        os.utime(logs / f"imgclf-ray-{1000 + i}.log", (i, i))
+    proc = subprocess.run([sys.executable, "-c", "from imgclf_ray.runner.ray_setup import output_to_file; "
+                           "print(output_to_file())"], env={**os.environ, "IMGCLF_LOG_DIR": str(logs)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    mine = Path(proc.stdout.strip())
+    assert mine.parent == logs and mine.is_file()
+    assert sorted(p.name for p in logs.iterdir()) == sorted([mine.name] + [f"imgclf-ray-{1000 + i}.log" for i in range(3, 12)])
+
+
 def test_the_package_lists_its_api_and_a_training_spec_is_not_run(tmp_path):
     import subprocess
     import sys

@@ -81,8 +81,12 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
     assert table.column("true_label").to_pylist() == ["red|round", None, None, "green"]
     # Class codes keep their text ("007", not 7); a table that is not readable UTF-8 CSV, or has its
     # columns twice, is one error naming the spec key (it was an Arrow error, or b'caf\xe9' as a label).
-    (tmp_path / "labels.csv").write_text("path,tags\nd.png,007\nveg/c.png,1.50\n")
-    assert attach_true_labels(list_archive(source), source).column("true_label").to_pylist() == ["007", None, None, "1.50"]
+    (tmp_path / "labels.csv").write_text("path,tags\nd.png,007\nveg/c.png,1.50\nfruit/pear/b.png,\n")
+    assert attach_true_labels(list_archive(source), source).column("true_label").to_pylist() == ["007", None, "", "1.50"]
+    # An empty cell: no label to score against (multilabel: no label applies).
+    rows = [{"status": "ok", "label": "007", "labels": ["007"], "true_label": t} for t in ("007", "", None)]
+    assert evaluate_rows(rows, "multiclass", ["007", "1"])["images"] == 1
+    assert evaluate_rows(rows, "multilabel", ["007", "1"])["images"] == 2
     table_error = f"{tmp_path / 'labels.csv'}: not a readable CSV labels table (source.labels): "
     for content, message in ((b"path,tags\nd.png,caf\xe9\n",
                               table_error + "In CSV column #1: CSV conversion error to string: invalid UTF8 data"),
@@ -94,6 +98,24 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
         with pytest.raises(SourceError) as refused:
             attach_true_labels(list_archive(source), source)
         assert str(refused.value) == message
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": ["d.png", "veg/c.png"], "tags": ["x", "y"]}), tmp_path / "labels.parquet")
+    good, rng = (tmp_path / "labels.parquet").read_bytes(), random.Random(0)
+    parquet = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "table", "table": str(tmp_path / "labels.parquet"),
+                                                           "uri_column": "path", "label_column": "tags"})
+    for _ in range(100):  # damaged: Arrow raises OSError, ArrowInvalid ...; each is the one error
+        damaged = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        (tmp_path / "labels.parquet").write_bytes(bytes(damaged))
+        try:
+            attach_true_labels(list_archive(parquet), parquet)
+        except SourceError as exc:
+            assert str(exc).startswith(f"{tmp_path / 'labels.parquet'}: ") and "cannot read" not in str(exc), exc
     (tmp_path / "labels.csv").write_text("path,tags,part\nd.png,x,trian\nveg/c.png,y,DOE^JANE\n")
     split = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "table", "table": str(tmp_path / "labels.csv"),
                                                          "uri_column": "path", "label_column": "tags", "split_column": "part"})

@@ -62,3 +62,17 @@ def test_the_runtime_works_without_the_extras_and_names_them():
                for line in lines), proc.stdout
     assert any(line.startswith("delta:") and install("delta") in line for line in lines), proc.stdout
     assert any(line.startswith("mlflow:") and install("mlflow") in line for line in lines), proc.stdout
+
+
+def test_the_install_hint_outside_a_checkout_names_no_package_index_name(monkeypatch, tmp_path):
+    """Installed from a wheel or a copy (no pyproject.toml above the package): the hint says to
+    reinstall from that source — never `pip install imgclf-ray[...]`, a name the project does not
+    publish (whatever someone publishes under it is not this project)."""
+    import shlex
+
+    from imgclf_ray import extras
+
+    assert shlex.split(extras.pip_install("report"))[-1] == f"{REPO}[report]"  # (a checkout: quoted for a shell)
+    monkeypatch.setattr(extras, "__file__", str(tmp_path / "site-packages" / "imgclf_ray" / "extras.py"))
+    hint = extras.pip_install("report")
+    assert hint == "reinstall imgclf-ray from its source with the extra (pip install '<its folder or wheel>[report]')"

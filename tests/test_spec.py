@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,13 @@ def test_bad_overrides_point_at_the_command_line(tmp_path, override, expected):
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, GOOD), [override])
     assert expected in str(info.value)
+
+
+def test_an_error_in_the_file_keeps_its_line_beside_a_set_of_the_same_section(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, GOOD.replace("source:\n", "source:\n  table: {}\n  webdataset: {}\n", 1)),
+                  ["source.recursive=false"])
+    assert re.search(r"job.yaml:\d+: source: ", str(info.value)), info.value
 
 
 def test_cli_validate_exit_codes_and_no_traceback(tmp_path):

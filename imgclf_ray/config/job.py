@@ -6,7 +6,7 @@ import re
 from datetime import date
 from typing import Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from imgclf_ray import registry
 from imgclf_ray.config.base import LAYOUT_FIELDS, plain_name, PlainName, Section, StorageSpec
@@ -189,6 +189,11 @@ class ExampleSpec(Section):
         "grass and gravel photographs, 64 each.")
     train_model: bool = Field(
         True, description="Train the example model into model.uri when no artifact is there yet.")
+    anywhere: bool = Field(
+        False, description="Write the example data also where source.uri (a training spec's data.uri) was set on the command line "
+        "(--set source.uri=s3://bucket/digits: a demo on S3). Without it the data is written only to "
+        "the spec's own source.uri — never into an archive a job was pointed at — and only where "
+        "nothing is yet (no file, not a glob).")
     model: Literal["resnet18", "mobilenet_v3_small", "efficientnet_b0", "svm-hog", "logreg-hog",
                    "mlp-attributes", "tree-hog", "forest-lbp"] = Field(
         "resnet18", description="Which example model to train: a torchvision CNN (digits); svm-hog, "
@@ -231,6 +236,8 @@ class IncrementalSpec(Section):
 
 class JobSpec(Section):
     """One imgclf job: list an archive, classify every image, commit Parquet."""
+
+    _overridden: tuple[str, ...] = PrivateAttr(default=())  # the dotted keys set on the command line
 
     name: PlainName = Field(description="Job name; part of the default run id and of state paths (a plain "
                       "name: letters, digits, '_', '-', '.').")

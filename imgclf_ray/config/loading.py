@@ -84,7 +84,10 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a job spec is a mapping of keys, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
+        if hasattr(spec, "_overridden"):
+            spec._overridden = tuple(overridden)
+        return spec
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -97,8 +100,8 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
                     loc = loc + tuple(keyed.group(1).split("."))
                     err["msg"] = keyed.group(2)
             dotted = ".".join(str(p) for p in loc) or "(top level)"
-            from_set = [k for k in overridden  # (sourc.uri: the unknown key is its first part)
-                        if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")]
+            from_set = [k for k in overridden if dotted == k or dotted.startswith(k + ".") or
+                        (err["type"] == "extra_forbidden" and k.startswith(dotted + "."))]  # (sourc.uri: sourc)
             line = _line_of(text, loc) if text and not from_set else None
             where = f"{origin} (--set {from_set[0]})" if from_set else f"{origin}:{line}" if line else origin
             lines.append(f"{where}: {dotted}: {_describe(err)}")

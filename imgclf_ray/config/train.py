@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from imgclf_ray.config.base import PlainName, Section, StorageSpec
 from imgclf_ray.config.job import ResourcesSpec, RunSpec, ExampleSpec
@@ -55,6 +55,8 @@ class RegistrySpec(Section):
 class TrainSpec(Section):
     """`imgclf train`: fit a model (a scikit-learn estimator over features, or a CNN) on a labelled
     archive and write a safe artifact."""
+
+    _overridden: tuple[str, ...] = PrivateAttr(default=())  # the dotted keys set on the command line
 
     name: PlainName = Field(description="Training job name (a plain name: letters, digits, '_', '-', '.').")
     description: str = Field("", description="Free text for people.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Optional
 
 from imgclf_ray.containers.base import Part, over_member
@@ -82,8 +83,12 @@ def _label(raw: Optional[bytes], extension: Optional[str], field: str) -> tuple[
     label = value.get(field)
     if label is None or isinstance(label, str):
         return (label.strip() or None) if label else None, None
-    if isinstance(label, (bool, int, float)):
+    if isinstance(label, bool):
+        return json.dumps(label), None  # true / false, as the file spells them
+    if isinstance(label, int) or (isinstance(label, float) and math.isfinite(label)):
         return str(label), None
+    if isinstance(label, float):  # 1e400: JSON's number read as infinity
+        return None, f"has a number too large in its '{field}' field"
     return None, f"has an {_JSON_TYPES[type(label)]} in its '{field}' field, not a string, number or boolean"
 
 

@@ -82,30 +82,26 @@ def read_inventory(uri: str, storage: StorageSpec = StorageSpec()) -> Inventory:
     return Inventory(uri, file_format, columns, tuple(files), str(doc.get("sourceBucket", "")))
 
 
-def _read_data_file(inventory: Inventory, file_uri: str, storage: StorageSpec) -> pa.Table:
-    fs, path = filesystem(file_uri, storage)
+def _read_data_file(inventory: Inventory, fh, path: str) -> pa.Table:
+    """The table of one data file, read from its open file ``fh``."""
     if inventory.file_format == "Parquet":
         import pyarrow.parquet as pq
 
-        with fs.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            wanted = [c for c in ("bucket", "key", "size", "e_tag", "is_latest", "is_delete_marker")
-                      if c in pf.schema_arrow.names]
-            return pf.read(columns=wanted)
+        pf = pq.ParquetFile(fh)
+        wanted = [c for c in ("bucket", "key", "size", "e_tag", "is_latest", "is_delete_marker")
+                  if c in pf.schema_arrow.names]
+        return pf.read(columns=wanted)
     if inventory.file_format == "ORC":
         import pyarrow.orc as orc
 
-        with fs.open(path, "rb") as fh:
-            return orc.ORCFile(fh).read()
+        return orc.ORCFile(fh).read()
     import pyarrow.csv as csv
 
-    compression = "gzip" if path.endswith(".gz") else None
-    with fs.open(path, "rb", compression=compression) as fh:
-        types = {"key": pa.string(), "bucket": pa.string(), "e_tag": pa.string(), "size": pa.int64()}
-        return csv.read_csv(fh, read_options=csv.ReadOptions(column_names=list(inventory.columns)),
-                            convert_options=csv.ConvertOptions(
-                                column_types={c: t for c, t in types.items() if c in inventory.columns},
-                                strings_can_be_null=True))
+    types = {"key": pa.string(), "bucket": pa.string(), "e_tag": pa.string(), "size": pa.int64()}
+    return csv.read_csv(fh, read_options=csv.ReadOptions(column_names=list(inventory.columns)),
+                        convert_options=csv.ConvertOptions(
+                            column_types={c: t for c, t in types.items() if c in inventory.columns},
+                            strings_can_be_null=True))
 
 
 def _truthy(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -120,14 +116,20 @@ def inventory_rows(inventory: Inventory, file_uri: str, source: SourceSpec,
     listed extensions, and the counts of keys left out by reason."""
     where = f"source.inventory data file {file_uri}"
     damaged = f"{where}: not a readable {inventory.file_format} inventory"
+    fs, path = filesystem(file_uri, storage)
     try:
-        t = _read_data_file(inventory, file_uri, storage)
-        _check_columns(t, where)  # (its column names read here: one not in UTF-8 is a ValueError)
-    except gzip.BadGzipFile:  # an OSError, but no access problem
-        raise SourceError(f"{damaged} (a damaged gzip stream)") from None
-    except OSError as exc:
+        fh = fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None)
+    except OSError as exc:  # missing, refused: access
         raise SourceError(f"{where}: cannot read ({describe_os_error(exc)})") from None
-    except (pa.ArrowInvalid, ValueError, zlib.error, EOFError) as exc:  # (a damaged .gz: zlib's, EOFError)
+    try:
+        with fh:
+            t = _read_data_file(inventory, fh, path)
+            _check_columns(t, where)  # (its column names read here: one not in UTF-8 is a ValueError)
+    except gzip.BadGzipFile:
+        raise SourceError(f"{damaged} (a damaged gzip stream)") from None
+    except (OSError, ValueError, pa.ArrowException, zlib.error, EOFError) as exc:
+        # Arrow's parsers raise OSError for a damaged Parquet or ORC file; zlib's error and
+        # EOFError come from a damaged or cut .gz.
         raise SourceError(f"{damaged} ({table_cause(exc)})") from None
     try:
         return _rows(t, inventory, source)

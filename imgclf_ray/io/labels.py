@@ -40,7 +40,7 @@ def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where:
             table = pacsv.read_csv(io.BytesIO(blob), convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns}))  # (an empty cell: "", a multilabel image with none)
         names = table.column_names  # (a header not in UTF-8: UnicodeDecodeError, a ValueError)
-    except (pa.ArrowException, ValueError) as exc:  # (a CSV row's text after "got N": not shown)
+    except (pa.ArrowException, ValueError, OSError) as exc:  # (Arrow's OSError: a damaged Parquet file)
         raise SourceError(f"{uri}: not a readable {'Parquet' if path.lower().endswith('.parquet') else 'CSV'} "
                           f"labels table ({where}): {table_cause(exc)}") from None
     for column in columns:  # (in the spec's names: the file's own are its bytes)

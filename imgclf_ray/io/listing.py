@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
-from imgclf_ray.errors import SourceError
+from imgclf_ray.errors import NothingThere, SourceError
 from imgclf_ray.io.storage import describe_os_error, filesystem, to_uri
 from imgclf_ray.progress import Mode, Progress
 from imgclf_ray.spec import SourceSpec, StorageSpec
@@ -44,7 +44,7 @@ def _why_skipped(path: str, info: dict[str, Any], extensions: Optional[tuple[str
     """Why a listed entry is not an input (None: it is one). ``extensions`` None: any file."""
     name = posixpath.basename(path.rstrip("/"))
     kind = info.get("type", "file")
-    if kind == "directory":
+    if kind == "directory" or (path.endswith("/") and not info.get("size")):  # (an S3 console's folder marker)
         return "folder"
     if kind != "file":
         return "not a regular file (a broken link, a link to a folder, a device, a socket)"
@@ -83,6 +83,7 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
     fs, root = filesystem(source.uri, storage)
     # The extension filter applies to a folder or prefix; a glob or a file URI names its files.
     extensions = None if source.sniff else tuple(source.extensions)
+    folder = False  # a folder or prefix without sub-folders (not a glob, not one file)
     try:
         if GLOB_CHARS & set(root):
             found: dict[str, dict[str, Any]] = fs.glob(root, detail=True)
@@ -91,7 +92,7 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
             found = {root: fs.info(root)}
             extensions = None
         elif not fs.isdir(root):
-            raise SourceError(f"{source.uri}: no such folder or prefix (source.uri)")
+            raise NothingThere(f"{source.uri}: no such folder or prefix (source.uri)")
         else:
             found = {}
             subdirs = []
@@ -100,6 +101,7 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
                     subdirs.append(entry["name"])
                 else:
                     found[entry["name"]] = entry
+            folder = not subdirs
             if source.recursive and subdirs:
                 with ThreadPoolExecutor(min(_LIST_THREADS, len(subdirs))) as pool, \
                         Progress("listing", len(subdirs), unit="prefix", mode=progress) as shown:
@@ -112,7 +114,8 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
         raise SourceError(f"{source.uri}: cannot list ({describe_os_error(exc)})") from None
     table, skipped = entries_to_manifest(fs, found, extensions)
     if not table.num_rows:
-        raise no_images(source, skipped, extensions)
+        nothing = folder and not skipped  # (folder markers aside)
+        raise (NothingThere if nothing else SourceError)(str(no_images(source, skipped, extensions)))
     return table.replace_schema_metadata({b"imgclf.skipped": json.dumps(skipped).encode()}) if skipped else table
 
 

@@ -13,7 +13,7 @@ from imgclf_ray.messages import scrub
 
 # The optional libraries and the extra that installs them.
 _PACKAGES = {"timm": "timm", "transformers": "transformers", "onnx": "onnxruntime"}
-_PROJECT = "reinstall imgclf-ray (pip install imgclf-ray: onnx and onnxruntime are its dependencies)"
+_PROJECT = "reinstall imgclf-ray from its source (onnx and onnxruntime are its dependencies)"
 
 
 def require(library: str) -> None:

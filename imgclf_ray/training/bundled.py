@@ -93,23 +93,31 @@ WRITERS: dict[str, Callable[[str, StorageSpec], int]] = {
 NOUNS = {"digits": "digit images", "faces": "face / non-face images", "textures": "texture patches"}
 
 
-def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> int:
+def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpec = StorageSpec(),
+                           moved: bool = False) -> int:
     """Write the bundled data set into ``source.uri`` unless images are there; how many were written.
-    Only where nothing is: a folder or prefix holding other files (a user's archive that listed no
-    images, one it cannot list) is never written into — its listing's error, and the way out."""
-    from imgclf_ray.errors import SourceError
+    Only where nothing is (no such folder or prefix, or one holding only folder markers; never a
+    glob), and never where ``moved`` (the location was set on the command line, not the spec's own,
+    without example.anywhere): else the listing's error, and the way out."""
+    from imgclf_ray.errors import NothingThere, SourceError
     from imgclf_ray.io.listing import list_archive
 
     try:
         list_archive(source, storage)
         return 0
-    except SourceError as missing:
-        fs, root = filesystem(source.uri, storage)
-        try:
-            occupied = fs.exists(root) and (fs.isfile(root) or bool(fs.ls(root)))
-        except OSError:
-            raise missing from None
-        if occupied:
-            raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only where there is "
-                              "nothing yet: --set example=null runs the job on this archive as it is") from None
+    except NothingThere as missing:
+        if moved:
+            raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only to the spec's own "
+                              "location, and this one was set on the command line (--set example.anywhere=true "
+                              "writes them there too)") from None
         return WRITERS[dataset](source.uri, storage)
+    except SourceError as missing:
+        raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only where there is nothing "
+                          "yet: --set example=null runs the job on this archive as it is (with source.extensions "
+                          "and a model.uri that fit it)") from None
+
+
+def moved(overridden: tuple[str, ...], key: str) -> bool:
+    """Whether ``key`` (source.uri, data.uri) was set on the command line (--set)."""
+    section = key.split(".")[0]
+    return any(k in (section, key) for k in overridden)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from imgclf_ray.errors import SpecError
 from imgclf_ray.io.storage import filesystem, join
 from imgclf_ray.spec import JobSpec, StorageSpec, TrainSpec
-from imgclf_ray.training.bundled import NOUNS, ensure_example_archive
+from imgclf_ray.training.bundled import NOUNS, ensure_example_archive, moved
 
 TRAIN_SPECS = Path(__file__).resolve().parents[2] / "jobs" / "train"
 # example.model -> (training spec in jobs/train/, --set overrides)
@@ -67,7 +67,8 @@ def prepare(spec: JobSpec, echo: Optional[Callable[[str], None]] = print) -> Non
     if spec.example is None:
         return
     echo = echo or (lambda _: None)
-    n = ensure_example_archive(spec.example.dataset, spec.source, spec.storage)
+    n = ensure_example_archive(spec.example.dataset, spec.source, spec.storage,
+                               moved=not spec.example.anywhere and moved(spec._overridden, "source.uri"))
     if n:
         echo(f"example: wrote {n} {NOUNS[spec.example.dataset]} to {spec.source.uri}")
     if spec.model is None or not spec.example.train_model:

@@ -335,16 +335,20 @@ def with_init_network(spec: TrainSpec) -> TrainSpec:
 def train_job(spec: TrainSpec) -> dict[str, Any]:
     """Train and save the model a TrainSpec describes; returns the test metrics (for hierarchical
     tasks: per node)."""
-    from imgclf_ray.training.bundled import ensure_example_archive
+    from imgclf_ray.training.bundled import ensure_example_archive, moved
 
     started = time.perf_counter()
     if spec.registry is not None:
         _check_registry(spec)  # before any work: a version needs its own folder, and a reachable source
     spec = with_init_network(spec)
-    written = ensure_example_archive(spec.example.dataset, spec.data, spec.storage) if spec.example else 0
+    written = ensure_example_archive(spec.example.dataset, spec.data, spec.storage,
+                                     moved=not spec.example.anywhere and moved(spec._overridden, "data.uri")
+                                     ) if spec.example else 0
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
     manifest, gold = _without_gold(spec, manifest)
-    labelled = manifest.filter(manifest.column("true_label").is_valid())
+    truth = manifest.column("true_label")  # (an empty cell of a labels table: no label, but for multilabel)
+    labelled = manifest.filter(truth.is_valid() if spec.task == "multilabel" else
+                               pc.fill_null(pc.not_equal(truth, ""), False))
     if not labelled.num_rows:
         raise SourceError(f"{spec.data.uri}: no image has a label (data.labels)")
     x, names, splits, errors = extract_features(spec, labelled)

@@ -99,7 +99,8 @@ def test_a_damaged_or_foreign_inventory_data_file_is_one_clear_error(tmp_path):
             try:
                 inventory_rows(inventory, inventory.files[0], source)
             except SourceError as exc:
-                assert str(exc).startswith(f"source.inventory data file {inventory.files[0]}: "), exc
+                assert str(exc).startswith(f"source.inventory data file {inventory.files[0]}: not a readable "
+                                           f"{file_format} inventory ("), exc  # (damaged: not "cannot read")
     uri = write_inventory(tmp_path, "Parquet")
     inventory = read_inventory(uri)
     path = tmp_path / "inv/photos/daily/data/2026-11-30T01-00Z.parquet"

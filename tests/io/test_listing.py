@@ -112,3 +112,16 @@ def test_s3_listing_has_etags(s3, moto_server):
         list_archive(SourceSpec(uri="s3://archive/nothing-here"), storage)
     with pytest.raises(SourceError, match="cannot list|no such folder"):
         list_archive(SourceSpec(uri="s3://no-such-bucket/x"), storage)
+    # What the example may write into (imgclf_ray.training.bundled): nothing there, or a folder
+    # made in the S3 console (its zero-byte "digits/" marker) — not a prefix holding any file.
+    from imgclf_ray.errors import NothingThere
+
+    s3.pipe("archive/digits/", b"")
+    for uri, nothing in (("s3://archive/nothing-here", True), ("s3://archive/digits", True), ("s3://archive/q", False),
+                         ("s3://archive/p/*.gif", False)):
+        with pytest.raises(SourceError) as refused:
+            list_archive(SourceSpec(uri=uri, extensions=[".gif"]), storage)
+        assert isinstance(refused.value, NothingThere) == nothing, (uri, refused.value)
+    with pytest.raises(SourceError) as refused:  # files, none an image
+        list_archive(SourceSpec(uri="s3://archive/p", extensions=[".gif"]), storage)
+    assert not isinstance(refused.value, NothingThere) and "4 other files were skipped" in str(refused.value)

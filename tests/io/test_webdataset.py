@@ -69,6 +69,7 @@ def test_a_sample_whose_label_cannot_be_read_is_one_error_row_and_the_shard_is_r
             ("json", b"[" * 100_000 + b"]" * 100_000, "(.json) is not valid JSON"),
             ("json", b'{"label": "\xff"}', "(.json) is not valid JSON"),
             ("json", b'{"label": NaN}', "(.json) is not valid JSON"),
+            ("json", b'{"label": 1e400}', "(.json) has a number too large in its 'label' field"),
             ("json", b"null", "(.json) is a JSON null, not an object with a 'label' field")):
         spec = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {"label_extension": extension}},
                            "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
