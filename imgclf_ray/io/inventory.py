@@ -82,7 +82,7 @@ def read_inventory(uri: str, storage: StorageSpec = StorageSpec()) -> Inventory:
     return Inventory(uri, file_format, columns, tuple(files), str(doc.get("sourceBucket", "")))
 
 
-def _read_data_file(inventory: Inventory, fh, path: str) -> pa.Table:
+def _read_data_file(inventory: Inventory, fh) -> pa.Table:
     """The table of one data file, read from its open file ``fh``."""
     if inventory.file_format == "Parquet":
         import pyarrow.parquet as pq
@@ -123,7 +123,7 @@ def inventory_rows(inventory: Inventory, file_uri: str, source: SourceSpec,
         raise SourceError(f"{where}: cannot read ({describe_os_error(exc)})") from None
     try:
         with fh:
-            t = _read_data_file(inventory, fh, path)
+            t = _read_data_file(inventory, fh)
             _check_columns(t, where)  # (its column names read here: one not in UTF-8 is a ValueError)
     except gzip.BadGzipFile:
         raise SourceError(f"{damaged} (a damaged gzip stream)") from None

@@ -114,8 +114,7 @@ def list_archive(source: SourceSpec, storage: StorageSpec = StorageSpec(), progr
         raise SourceError(f"{source.uri}: cannot list ({describe_os_error(exc)})") from None
     table, skipped = entries_to_manifest(fs, found, extensions)
     if not table.num_rows:
-        nothing = folder and not skipped  # (folder markers aside)
-        raise (NothingThere if nothing else SourceError)(str(no_images(source, skipped, extensions)))
+        raise no_images(source, skipped, extensions, NothingThere if folder and not skipped else SourceError)
     return table.replace_schema_metadata({b"imgclf.skipped": json.dumps(skipped).encode()}) if skipped else table
 
 
@@ -148,15 +147,17 @@ def _followed(path: str, info: dict[str, Any]) -> dict[str, Any]:
     return {**info, "type": "file", "size": target.st_size, "mtime": target.st_mtime}
 
 
-def no_images(source: SourceSpec, skipped: dict[str, int], extensions: Optional[tuple[str, ...]]) -> SourceError:
-    """The error of a listing that found no image (``extensions`` None: any file was wanted)."""
+def no_images(source: SourceSpec, skipped: dict[str, int], extensions: Optional[tuple[str, ...]],
+              error: type[SourceError] = SourceError) -> SourceError:
+    """The error of a listing that found no image (``extensions`` None: any file was wanted);
+    NothingThere for a folder or prefix holding nothing at all (folder markers aside)."""
     wanted = "files" if extensions is None else f"files with extensions {', '.join(extensions)}"
     hint = (f"; {skipped['extension not in source.extensions']} other files were skipped — "
             "source.extensions: any lists every file and reads it by content (extensionless "
             "DICOM series ...)") if skipped.get("extension not in source.extensions") else ""
     if skipped.get(NOT_UTF8):
         hint += f"; {skipped[NOT_UTF8]} whose names are not UTF-8 were skipped (rename them to read them)"
-    return SourceError(f"{source.uri}: no {wanted} (source.extensions){hint}")
+    return error(f"{source.uri}: no {wanted} (source.extensions){hint}")
 
 
 def manifest_table(rows: Iterable[tuple[str, int | None, str]]) -> pa.Table:

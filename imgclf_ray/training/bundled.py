@@ -117,7 +117,7 @@ def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpe
                           "and a model.uri that fit it)") from None
 
 
-def moved(overridden: tuple[str, ...], key: str) -> bool:
-    """Whether ``key`` (source.uri, data.uri) was set on the command line (--set)."""
-    section = key.split(".")[0]
-    return any(k in (section, key) for k in overridden)
+def moved(spec, key: str) -> bool:
+    """Whether a spec's example data would go where the command line (--set) put ``key``
+    (source.uri, data.uri), not where the spec says, without example.anywhere."""
+    return not spec.example.anywhere and any(k in (key.split(".")[0], key) for k in spec._overridden)

@@ -67,8 +67,7 @@ def prepare(spec: JobSpec, echo: Optional[Callable[[str], None]] = print) -> Non
     if spec.example is None:
         return
     echo = echo or (lambda _: None)
-    n = ensure_example_archive(spec.example.dataset, spec.source, spec.storage,
-                               moved=not spec.example.anywhere and moved(spec._overridden, "source.uri"))
+    n = ensure_example_archive(spec.example.dataset, spec.source, spec.storage, moved(spec, "source.uri"))
     if n:
         echo(f"example: wrote {n} {NOUNS[spec.example.dataset]} to {spec.source.uri}")
     if spec.model is None or not spec.example.train_model:

@@ -341,9 +341,8 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     if spec.registry is not None:
         _check_registry(spec)  # before any work: a version needs its own folder, and a reachable source
     spec = with_init_network(spec)
-    written = ensure_example_archive(spec.example.dataset, spec.data, spec.storage,
-                                     moved=not spec.example.anywhere and moved(spec._overridden, "data.uri")
-                                     ) if spec.example else 0
+    written = (ensure_example_archive(spec.example.dataset, spec.data, spec.storage, moved(spec, "data.uri"))
+               if spec.example else 0)
     manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
     manifest, gold = _without_gold(spec, manifest)
     truth = manifest.column("true_label")  # (an empty cell of a labels table: no label, but for multilabel)
