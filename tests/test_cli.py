@@ -91,6 +91,29 @@ def test_the_example_never_writes_into_an_archive_that_lists_no_images(tmp_path)
     assert not (tmp_path / "new").exists() and sorted(p.name for p in archive.rglob("*")) == before
 
 
+def test_an_example_archive_interrupted_while_written_is_not_taken_as_written(tmp_path, monkeypatch):
+    """A local example archive appears whole or not at all: a write that fails half way (an
+    interrupted `make demo`) leaves nothing where the next run looks, and that run writes it all."""
+    from imgclf_ray.spec import SourceSpec
+    from imgclf_ray.training import bundled
+
+    real = bundled.WRITERS["faces"]
+
+    def half_then_fail(uri, storage):
+        real(uri, storage)
+        raise KeyboardInterrupt  # (as Ctrl-C would, after the files, before the rename)
+
+    monkeypatch.setitem(bundled.WRITERS, "faces", half_then_fail)
+    source = SourceSpec(uri=str(tmp_path / "faces"))
+    with pytest.raises(KeyboardInterrupt):
+        bundled.ensure_example_archive("faces", source)
+    assert not (tmp_path / "faces").exists()
+    monkeypatch.setitem(bundled.WRITERS, "faces", real)
+    assert bundled.ensure_example_archive("faces", source) == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"]  # (the interrupted write's staging: gone)
+    assert len(list((tmp_path / "faces").rglob("*.png"))) == 200 and bundled.ensure_example_archive("faces", source) == 0
+
+
 def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "validate" in result.output and "run" in result.output

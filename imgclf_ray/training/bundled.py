@@ -110,11 +110,31 @@ def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpe
             raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only to the spec's own "
                               "location, and this one was set on the command line (--set example.anywhere=true "
                               "writes them there too)") from None
-        return WRITERS[dataset](source.uri, storage)
+        return _write_whole(dataset, source.uri, storage)
     except SourceError as missing:
         raise SourceError(f"{missing}; the spec's example: writes its {NOUNS[dataset]} only where there is nothing "
                           "yet: --set example=null runs the job on this archive as it is (with source.extensions "
                           "and a model.uri that fit it)") from None
+
+
+def _write_whole(dataset: str, uri: str, storage: StorageSpec) -> int:
+    """The data set written at ``uri`` whole or not at all where the filesystem can rename (a local
+    folder: written beside it, then renamed into place), so that an interrupted `make demo` leaves
+    no half archive for the next run to take as the example (on S3, object by object)."""
+    import os
+    import shutil
+
+    fs, root = filesystem(uri, storage)
+    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return WRITERS[dataset](uri, storage)
+    root = root.rstrip("/")
+    staging = f"{root}.writing"  # (an interrupted earlier write's is replaced)
+    shutil.rmtree(staging, ignore_errors=True)
+    written = WRITERS[dataset](staging, storage)
+    if os.path.isdir(root):
+        os.rmdir(root)  # empty (NothingThere): the rename needs its place
+    os.replace(staging, root)
+    return written
 
 
 def moved(spec, key: str) -> bool:
