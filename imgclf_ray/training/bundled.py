@@ -125,15 +125,21 @@ def _write_whole(dataset: str, uri: str, storage: StorageSpec) -> int:
     import shutil
 
     fs, root = filesystem(uri, storage)
-    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return WRITERS[dataset](uri, storage)
     root = root.rstrip("/")
+    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) or os.path.islink(root):
+        return WRITERS[dataset](uri, storage)  # (S3 ...; a link to an empty folder: written where it points)
     staging = f"{root}.writing"  # (an interrupted earlier write's is replaced)
     shutil.rmtree(staging, ignore_errors=True)
     written = WRITERS[dataset](staging, storage)
-    if os.path.isdir(root):
-        os.rmdir(root)  # empty (NothingThere): the rename needs its place
-    os.replace(staging, root)
+    try:
+        if os.path.isdir(root):
+            os.rmdir(root)  # empty (NothingThere): the rename needs its place
+        os.replace(staging, root)
+    except OSError as exc:
+        from imgclf_ray.errors import SourceError
+        from imgclf_ray.io.storage import describe_os_error
+
+        raise SourceError(f"{uri}: cannot put the example's images in place ({describe_os_error(exc)})") from None
     return written
 
 
