@@ -35,11 +35,16 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is this machine's file system."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def pyarrow_fs(fs: fsspec.AbstractFileSystem):
     """A pyarrow filesystem over ``fs`` (pyarrow's own for local folders)."""
     from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
 
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local(fs):
         return LocalFileSystem()
     return PyFileSystem(FSSpecHandler(fs))
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from imgclf_ray.io.storage import filesystem, join
+from imgclf_ray.io.storage import filesystem, is_local, join
 from imgclf_ray.spec import SourceSpec, StorageSpec
 
 # Attributes of a digit (the multilabel example's labels) and the groups of the tree example.
@@ -126,7 +126,7 @@ def _write_whole(dataset: str, uri: str, storage: StorageSpec) -> int:
 
     fs, root = filesystem(uri, storage)
     root = root.rstrip("/")
-    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) or os.path.islink(root):
+    if not is_local(fs) or os.path.islink(root):
         return WRITERS[dataset](uri, storage)  # (S3 ...; a link to an empty folder: written where it points)
     staging = f"{root}.writing"  # (an interrupted earlier write's is replaced)
     shutil.rmtree(staging, ignore_errors=True)

@@ -387,7 +387,7 @@ def _without_gold(spec: TrainSpec, manifest: pa.Table) -> tuple[pa.Table, int]:
 
 
 def _check_registry(spec: TrainSpec) -> None:
-    from imgclf_ray.io.sink.layout import is_local
+    from imgclf_ray.io.storage import is_local
     from imgclf_ray.models import mlflow_registry as registry
 
     tracking = registry.tracking_uri(spec.registry.tracking_uri, "registry.tracking_uri")

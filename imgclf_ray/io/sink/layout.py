@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from imgclf_ray.errors import UserError
 from imgclf_ray.ids import id_problem
+from imgclf_ray.io.storage import is_local
 
 STAGED_SUFFIX = ".parquet.staged"
 SCAN_SUFFIX = ".scan"  # beside staged files: what a writer kept for the archive-wide scan (never committed)
@@ -55,10 +56,6 @@ def listed(manifest: dict[str, Any]) -> list[str]:
             raise UserError(f"a manifest of run {manifest.get('run_id')!r} lists {name!r}: {problem}; "
                             "it was not written by imgclf and nothing was deleted")
     return names
-
-
-def is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def put_atomic(fs, path: str, blob: bytes) -> None:
