@@ -203,7 +203,7 @@ def test_imgclf_run_joins_the_ray_start_instance_ray_init_would_join(head, job, 
     assert first.endswith(f"ray executor: a Ray instance started with `ray start` runs on this machine ({address})")
 
 
-def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(job, tmp_path):
+def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(head, job, tmp_path):
     """The head of the cluster a run joined goes away while the run's decode tasks wait (a blocking
     fault point). Ray's core worker would end a driver whose GCS stays silent for its limit (set
     out of reach here, 600 s) and say so only in its log files; the command says it in one error
@@ -225,36 +225,37 @@ def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(job
     publish = ("import sys; from ray._raylet import GcsClient; from ray._private import ray_constants;"
                "from ray._private.utils import publish_error_to_driver;"
                "publish_error_to_driver(ray_constants.MONITOR_DIED_ERROR, sys.argv[2], GcsClient(address=sys.argv[1]))")
-    with started_head(Path(sys.executable).parent) as (_, env, temp):
-        os.remove(f"{temp}/hold.release")
-        gcs = Path(temp, "ray_current_cluster").read_text().strip()
-        with open(tmp_path / "stderr", "w") as err:
-            run = subprocess.Popen([sys.executable, "-m", "imgclf_ray", "run", str(spec), "--run-id", "lost", "--address", gcs],
-                                   env={**env, "RAY_gcs_rpc_server_reconnect_timeout_s": "600",
-                                        "IMGCLF_CLUSTER_LOST_AFTER_S": "3"},
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
-        lines, autoscaler = [], threading.Event()
+    _, env, temp = head  # the module's head, torn down here: this test is the module's last
+    os.remove(f"{temp}/hold.release")
+    Path(f"{temp}/hold.reached").unlink(missing_ok=True)  # an earlier test's run reached the point
+    gcs = Path(temp, "ray_current_cluster").read_text().strip()
+    with open(tmp_path / "stderr", "w") as err:
+        run = subprocess.Popen([sys.executable, "-m", "imgclf_ray", "run", str(spec), "--run-id", "lost", "--address", gcs],
+                               env={**env, "RAY_gcs_rpc_server_reconnect_timeout_s": "600",
+                                    "IMGCLF_CLUSTER_LOST_AFTER_S": "3"},
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    lines, autoscaler = [], threading.Event()
 
-        def read() -> None:
-            for line in run.stdout:
-                lines.append(line)
-                if "The autoscaler failed" in line:
-                    autoscaler.set()
+    def read() -> None:
+        for line in run.stdout:
+            lines.append(line)
+            if "The autoscaler failed" in line:
+                autoscaler.set()
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 120
-        while not Path(f"{temp}/hold.reached").exists() and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert Path(f"{temp}/hold.reached").exists(), (tmp_path / "stderr").read_text()[-3000:]
-        published = subprocess.run([sys.executable, "-c", publish, gcs,
-                                    "The autoscaler failed with the following error:\n" + stack],
-                                   env=env, capture_output=True, text=True, timeout=60)
-        assert published.returncode == 0, published.stderr
-        assert autoscaler.wait(60), "".join(lines)
-        stop_ray_node(temp)
-        run.wait(timeout=120)
-        reader.join(timeout=10)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not Path(f"{temp}/hold.reached").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Path(f"{temp}/hold.reached").exists(), (tmp_path / "stderr").read_text()[-3000:]
+    published = subprocess.run([sys.executable, "-c", publish, gcs,
+                                "The autoscaler failed with the following error:\n" + stack],
+                               env=env, capture_output=True, text=True, timeout=60)
+    assert published.returncode == 0, published.stderr
+    assert autoscaler.wait(60), "".join(lines)
+    stop_ray_node(temp)
+    run.wait(timeout=120)
+    reader.join(timeout=10)
     said = "".join(lines) + (tmp_path / "stderr").read_text()
     assert run.returncode == 1, said[-3000:]
     assert "Traceback" not in said and "  File \"" not in said, said[-3000:]  # the autoscaler's stack: not printed
