@@ -5,6 +5,11 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The suite runs on this many pytest-xdist workers, each module's tests in one of them (loadfile:
+# a module's own head or fixtures start once); each worker has its own local Ray and moto server.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install install-runtime browser demo test test-fast bench clean
 
@@ -37,11 +42,11 @@ browser:
 
 ## The whole suite (real local Ray, moto S3 server on 127.0.0.1, headless Chromium).
 test: install browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## Everything but the tests marked slow.
 test-fast: install browser
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 ## Side-by-side throughput (README "Performance"): N = 2000 by default, BENCH_ARGS="--n 500" for less.
 bench: install
