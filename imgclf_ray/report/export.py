@@ -180,16 +180,42 @@ def to_jsonl(table: pa.Table) -> bytes:
                     for row in table.to_pylist())
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell as a spreadsheet opens it safely: text that Excel, LibreOffice or Google Sheets
+    would take for a formula (it starts with ``= + - @``, a tab or a line break: CWE-1236 — an
+    archive's folder names become class labels, its file names uris) gets a leading ``'``, which
+    `imgclf review ingest` takes off again; numbers, and text that is one, stay as they are;
+    lists as JSON."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def uncell(text: str) -> str:
+    """A CSV cell back as it was before ``cell`` (a reviewer's own ``'=...`` too: the same rule)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
 def to_csv(table: pa.Table, columns: Optional[list[str]] = None) -> bytes:
-    """CSV of ``columns`` (default: a run's review columns, the flags and clusters); lists as JSON."""
+    """CSV of ``columns`` (default: a run's review columns, the flags and clusters); cells as ``cell``
+    writes them."""
     out = io.StringIO()
     names = columns or [c for c in CSV_COLUMNS if c in table.schema.names]
     names += [c for c in table.schema.names if c.startswith(("is_", "cluster")) and c not in names and not columns]
     writer = csv.writer(out)
     writer.writerow(names)
     for row in table.select(names).to_pylist():
-        writer.writerow([json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
-                         for v in (row[n] for n in names)])
+        writer.writerow([cell(row[n]) for n in names])
     return out.getvalue().encode()
 
 

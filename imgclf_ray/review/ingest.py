@@ -163,12 +163,15 @@ def parse_label_studio_min(records: list) -> Parsed:
 
 
 def parse_csv(text: str) -> Parsed:
+    from imgclf_ray.report.export import uncell  # the ' before a formula-like cell (batch.csv) comes off
+
     out = Parsed(source="csv")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
         raise UserError("a review CSV needs the columns image_id and label (optional: etag, batch_id, model_label, "
                         "model_score, annotator, reviewed_at)")
-    for rec in reader:
+    for raw in reader:
+        rec = {k: uncell(v) if isinstance(v, str) else v for k, v in raw.items()}
         value = (rec.get("label") or "").strip()
         if not value:
             continue

@@ -527,12 +527,16 @@ def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional
 
 
 def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
-    """The batch for a reviewer without Label Studio: fill ``label``, then ingest the file."""
+    """The batch for a reviewer without Label Studio: fill ``label``, then ingest the file (text a
+    spreadsheet would take for a formula gets a leading ``'``: ``report.export.cell``)."""
+    from imgclf_ray.report.export import cell
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["image_id", "uri", "etag", "batch_id", "model_label", "model_score", "priority", "label"])
     for r in rows.to_pylist():
-        writer.writerow([r["image_id"], r["uri"], r["etag"], batch_id, r["model_label"], r["score"], r["priority"], ""])
+        writer.writerow([cell(v) for v in (r["image_id"], r["uri"], r["etag"], batch_id, r["model_label"], r["score"],
+                                           r["priority"], "")])
     return out.getvalue().encode()
 
 
