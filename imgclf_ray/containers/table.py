@@ -17,23 +17,33 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     import pyarrow.parquet as pq
 
     table = source.table
+    limit = decode.max_container_bytes
     pf = pq.ParquetFile(io.BytesIO(data))
-    expanded = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
-    if expanded > decode.max_container_bytes:
-        raise DecodeError(f"the table expands to {expanded / 2**20:,.0f} MiB, over "
-                         f"decode.max_container_bytes ({decode.max_container_bytes / 2**20:,.0f} MiB)")
+    declared = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
+    if declared > limit:
+        raise DecodeError(f"the table expands to {declared / 2**20:,.0f} MiB, over "
+                          f"decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
     _check_columns(pf.schema_arrow, table.image_column, table.carry)
-    t = pf.read(columns=[table.image_column, *table.carry])
-    carried = ([json.dumps({k: None if v is None else str(v) for k, v in row.items()})
-                for row in t.select(table.carry).to_pylist()] if table.carry else [None] * t.num_rows)
-    parts = []
-    for i, (value, meta) in enumerate(zip(t.column(table.image_column).to_pylist(), carried)):
-        image = value.get("bytes") if isinstance(value, dict) else value
-        # A row's bytes are one still image; a row without bytes is an error row.
-        if image is not None and len(image) > decode.max_member_bytes:
-            parts.append(Part(i, metadata=meta, error=f"read: {over_member(len(image), decode)}"))
-            continue
-        parts.append(Part(i, image if image is not None else b"", metadata=meta))
+    # One row at a time, counted as it is read: the footer's sizes are the file's own claim, and a
+    # dictionary-encoded column repeats one stored value in every row (a file of 1 KB held 40 rows
+    # of one 20 MiB value: 800 MiB read at once, its footer saying 20 MiB).
+    parts: list[Part] = []
+    expanded = 0
+    for batch in pf.iter_batches(batch_size=1, columns=[table.image_column, *table.carry]):
+        for row in batch.to_pylist():
+            i, value = len(parts), row[table.image_column]
+            image = value.get("bytes") if isinstance(value, dict) else value
+            meta = (json.dumps({k: None if row[k] is None else str(row[k]) for k in table.carry})
+                    if table.carry else None)
+            expanded += len(image or b"") + len(meta or "")  # an oversize row's too: it was read
+            if expanded > limit:
+                raise DecodeError(f"the table's rows expand past decode.max_container_bytes "
+                                  f"({limit / 2**20:,.0f} MiB) at row {i}")
+            # A row's bytes are one still image; a row without bytes is an error row.
+            if image is not None and len(image) > decode.max_member_bytes:
+                parts.append(Part(i, metadata=meta, error=f"read: {over_member(len(image), decode)}"))
+                continue
+            parts.append(Part(i, image if image is not None else b"", metadata=meta))
     return parts
 
 
