@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Optional
+from typing import Any, Optional
 
 from imgclf_ray.containers.base import Part, over_member
 from imgclf_ray.imaging.limits import DecodeError  # our own message: shown as it is
@@ -12,45 +12,235 @@ from imgclf_ray.registry import CONTAINERS, Container
 from imgclf_ray.spec import DecodeSpec, SourceSpec
 
 
+# What one row becomes downstream (its parts, then its output row) is counted as at least this
+# much: a file of a few KB holding millions of empty rows is bounded like one holding their bytes.
+ROW_COST = 1024
+BATCH_ROWS = 256
+BATCH_BYTES = 64 << 20
+
+
 def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[int] = None) -> list[Part]:
-    """Image bytes and carried metadata (JSON) of every row of one image table."""
+    """Image bytes and carried metadata (JSON) of every row of one image table, read within
+    ``decode.max_container_bytes``: the pages' own headers (what decompressing them allocates) are
+    summed before a row is read, and the rows are counted as they are expanded, in batches no
+    larger than BATCH_BYTES, before their values are made."""
     import pyarrow.parquet as pq
 
-    table = source.table
-    limit = decode.max_container_bytes
+    table, limit = source.table, decode.max_container_bytes
+    groups = _footer(data)  # (read here: pyarrow's per-chunk metadata aborts the process on some damage)
+    declared = sum(group["bytes"] for group in groups)
+    rows = sum(group["rows"] for group in groups)
+    if max(declared, rows * ROW_COST) > limit:
+        raise DecodeError(f"the table expands to {max(declared, rows * ROW_COST) / 2**20:,.0f} MiB, "
+                          f"over decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
     pf = pq.ParquetFile(io.BytesIO(data))
-    declared = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
-    if declared > limit:
-        raise DecodeError(f"the table expands to {declared / 2**20:,.0f} MiB, over "
+    image_path = _check_columns(pf.schema_arrow, table.image_column, table.carry)
+    names = [image_path, *table.carry]
+    chunks = [c for group in groups for c in group["columns"]
+              if any(c["path"] == n or c["path"].startswith(n + ".") for n in names)]
+    paged, largest = _pages_expand_to(data, chunks, limit)
+    if paged > limit:
+        raise DecodeError(f"the table's pages expand to {paged / 2**20:,.0f} MiB, over "
                           f"decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
-    _check_columns(pf.schema_arrow, table.image_column, table.carry)
-    # One row at a time, counted as it is read: the footer's sizes are the file's own claim, and a
-    # dictionary-encoded column repeats one stored value in every row (a file of 1 KB held 40 rows
-    # of one 20 MiB value: 800 MiB read at once, its footer saying 20 MiB).
+    # A row's value in a column is no larger than that column's largest page (a dictionary-encoded
+    # value: its dictionary page), so a batch of this many rows is made within BATCH_BYTES.
+    batch_rows = max(1, min(BATCH_ROWS, BATCH_BYTES // max(1, sum(largest.values()))))
     parts: list[Part] = []
     expanded = 0
-    for batch in pf.iter_batches(batch_size=1, columns=[table.image_column, *table.carry]):
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
+        expanded += sum(_dense(column) for column in batch.columns) + ROW_COST * batch.num_rows
+        if expanded > limit:
+            raise DecodeError(f"the table's rows expand past decode.max_container_bytes "
+                              f"({limit / 2**20:,.0f} MiB) by row {len(parts) + batch.num_rows}")
         for row in batch.to_pylist():
             i, value = len(parts), row[table.image_column]
             image = value.get("bytes") if isinstance(value, dict) else value
-            meta = (json.dumps({k: None if row[k] is None else str(row[k]) for k in table.carry})
-                    if table.carry else None)
-            expanded += len(image or b"") + len(meta or "")  # an oversize row's too: it was read
-            if expanded > limit:
-                raise DecodeError(f"the table's rows expand past decode.max_container_bytes "
-                                  f"({limit / 2**20:,.0f} MiB) at row {i}")
+            metadata = (json.dumps({k: None if row[k] is None else str(row[k]) for k in table.carry})
+                        if table.carry else None)
             # A row's bytes are one still image; a row without bytes is an error row.
             if image is not None and len(image) > decode.max_member_bytes:
-                parts.append(Part(i, metadata=meta, error=f"read: {over_member(len(image), decode)}"))
-                continue
-            parts.append(Part(i, image if image is not None else b"", metadata=meta))
+                parts.append(Part(i, metadata=metadata, error=f"read: {over_member(len(image), decode)}"))
+            else:
+                parts.append(Part(i, image if image is not None else b"", metadata=metadata))
     return parts
 
 
-def _check_columns(schema, image_column: str, carry: list[str]) -> None:
+def _dense(array) -> int:
+    """Bytes ``array`` takes once its values are made: a dictionary's entries as often as they are
+    used (computed from their lengths, none made)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if isinstance(array, pa.ChunkedArray):
+        return sum(_dense(chunk) for chunk in array.chunks)
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary
+        lengths = (pc.binary_length(values) if _binary_like(values.type)
+                   else pa.array([values.nbytes // max(1, len(values))] * len(values), pa.int64()))
+        return int(pc.sum(pc.take(lengths, array.indices)).as_py() or 0) + array.indices.nbytes
+    if pa.types.is_struct(kind):
+        return sum(_dense(array.field(i)) for i in range(kind.num_fields)) + len(array) // 8
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _dense(array.flatten()) + len(array) * 8
+    return array.nbytes
+
+
+def _binary_like(kind) -> bool:
+    import pyarrow as pa
+
+    return any(test(kind) for test in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string,
+                                       pa.types.is_large_string, pa.types.is_binary_view, pa.types.is_string_view))
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _footer(data: bytes) -> list[dict]:
+    """The row groups as the file's footer gives them (Thrift's compact protocol, FileMetaData:
+    4 row_groups; RowGroup: 1 columns, 2 total_byte_size, 3 num_rows; ColumnChunk: 3 meta_data;
+    ColumnMetaData: 3 path_in_schema, 7 total_compressed_size, 9 data_page_offset, 11
+    dictionary_page_offset): each group's bytes, rows and column chunks (path, and the byte range
+    Arrow reads of it)."""
+    try:
+        if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+            raise _Damaged
+        length = int.from_bytes(data[-8:-4], "little")
+        if length > len(data) - 12:
+            raise _Damaged
+        meta = _value(memoryview(data)[len(data) - 8 - length:len(data) - 8], 0, 12, 0)[0]
+        groups = []
+        for group in _field(meta, 4, list):
+            columns = []
+            for chunk in _field(group, 1, list):
+                cmd = _field(chunk, 3, dict)
+                start, dictionary = _field(cmd, 9, int), cmd.get(11)
+                if isinstance(dictionary, int) and 0 < dictionary < start:
+                    start = dictionary
+                path = ".".join(bytes(p).decode("utf-8", "replace") for p in _field(cmd, 3, list))
+                columns.append({"path": path, "start": start, "length": _field(cmd, 7, int)})
+            groups.append({"bytes": _field(group, 2, int), "rows": _field(group, 3, int), "columns": columns})
+        return groups
+    except (_Damaged, IndexError):
+        raise DecodeError("not a readable Parquet table: its footer is damaged") from None
+
+
+def _field(struct: Any, field: int, kind: type) -> Any:
+    value = struct.get(field) if isinstance(struct, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise _Damaged
+    return value
+
+
+def _pages_expand_to(data: bytes, chunks: list[dict], limit: int) -> tuple[int, dict[str, int]]:
+    """What decompressing every page of ``chunks`` allocates, summed from the pages' own headers
+    (PageHeader: 2 uncompressed_page_size, 3 compressed_page_size) with the headers themselves (as
+    the footer's total_uncompressed_size counts them), walking each chunk's byte range as the
+    footer gives it, which is all Arrow reads of it; stops past ``limit``. Also each column's
+    largest page. A header that cannot be walked is a damaged table."""
+    total, largest = 0, {}
+    try:
+        for chunk in chunks:
+            start, end = chunk["start"], chunk["start"] + chunk["length"]
+            if end > len(data):
+                raise _Damaged
+            view, pos = memoryview(data)[:end], start
+            while pos < end:
+                header, header_end = _value(view, pos, 12, 0)
+                sizes = (header.get(2), header.get(3))
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
+                    raise _Damaged
+                total += header_end - pos + sizes[0]  # (a header's statistics are read too)
+                largest[chunk["path"]] = max(largest.get(chunk["path"], 0), header_end - pos + sizes[0])
+                pos = header_end + sizes[1]
+                if total > limit:
+                    return total, largest
+    except (_Damaged, IndexError):
+        raise DecodeError("not a readable Parquet table: its page headers are damaged") from None
+    return total, largest
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise _Damaged
+
+
+def _zigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple[Any, int]:
+    """One value of Thrift's compact protocol from ``pos``, and where it ends: integers, binary as
+    a memoryview, lists and sets as lists, maps as lists of pairs, structs as dicts by field id (a
+    bool is in its field's header, but a byte of its own as an element)."""
+    if depth > 32:
+        raise _Damaged
+    if kind in (1, 2):
+        return (buf[pos] == 1, pos + 1) if element else (kind == 1, pos)
+    if kind == 3:
+        return buf[pos], pos + 1
+    if kind in (4, 5, 6):
+        raw, pos = _varint(buf, pos)
+        return _zigzag(raw), pos
+    if kind == 7:
+        if pos + 8 > len(buf):
+            raise _Damaged
+        return None, pos + 8
+    if kind == 8:
+        size, pos = _varint(buf, pos)
+        if pos + size > len(buf):
+            raise _Damaged
+        return buf[pos:pos + size], pos + size
+    if kind in (9, 10, 11):
+        if kind == 11:
+            size, pos = _varint(buf, pos)
+            head = buf[pos] if size else 0
+            kinds, pos = [head >> 4, head & 0x0F], pos + (1 if size else 0)
+        else:
+            head = buf[pos]
+            size, kinds, pos = head >> 4, [head & 0x0F], pos + 1
+            if size == 15:
+                size, pos = _varint(buf, pos)
+        if size > len(buf) - pos:  # every element takes a byte at least
+            raise _Damaged
+        items = []
+        for _ in range(size):
+            for inner in kinds:
+                item, pos = _value(buf, pos, inner, depth + 1, True)
+                items.append(item)
+        return items, pos
+    if kind == 12:
+        fields: dict[int, Any] = {}
+        last = 0
+        while True:
+            head = buf[pos]
+            pos += 1
+            if head == 0:
+                return fields, pos
+            inner, delta = head & 0x0F, head >> 4
+            if delta:
+                last += delta
+            else:
+                raw, pos = _varint(buf, pos)
+                last = _zigzag(raw)
+            fields[last], pos = _value(buf, pos, inner, depth + 1)
+    raise _Damaged
+
+
+def _check_columns(schema, image_column: str, carry: list[str]) -> str:
     """The table has the columns the spec names, its image column holding bytes (binary, or a
     struct with a binary 'bytes' field): else the file is one error row saying which (in the
-    spec's names: the file's own column names and types are its bytes)."""
+    spec's names: the file's own column names and types are its bytes). Returns the column path to
+    read (a struct's ``bytes`` field alone: not its other fields)."""
     import pyarrow as pa
 
     if image_column not in schema.names:
@@ -68,6 +258,7 @@ def _check_columns(schema, image_column: str, carry: list[str]) -> None:
                                        pa.types.is_binary_view)):
         raise DecodeError(f"the table's column {image_column!r} holds no image bytes (binary, or a struct with a "
                           "binary 'bytes' field: source.table.image_column)")
+    return f"{image_column}.bytes" if pa.types.is_struct(schema.field(image_column).type) else image_column
 
 
 CONTAINERS.register("table")(Container(split))

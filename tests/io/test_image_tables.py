@@ -81,20 +81,68 @@ def _footer_claims(blob: bytes, small: int) -> bytes:
     return blob[:-8 - length] + footer + blob[-8:]
 
 
-@pytest.mark.parametrize("dictionary", [True, False])
-def test_a_table_whose_rows_expand_past_its_footer_is_one_error_past_the_container_limit(dictionary):
-    """40 rows of one 64 KiB value: stored once when the column is dictionary-encoded (the footer,
-    truthfully, says 64 KiB), or each row stored and the footer forged to say 1 KB. Over a
-    1 MiB decode.max_container_bytes either way: the file is one error, its rows read no further."""
+BOMBS = {  # name: (rows, Parquet writer options, footer forged, what the error says)
+    # 40 rows of one 64 KiB value, stored once (the footer, truthfully, says 64 KiB)
+    "dictionary-encoded": (lambda v: [v] * 40, {"use_dictionary": True}, False, r"rows expand past .* by row 40"),
+    # the same rows each stored, the footer saying 1 KB: the pages' own headers say 2.6 MiB
+    "forged footer": (lambda v: [v] * 40, {"use_dictionary": False}, True, r"pages expand to 3 MiB"),
+    # one row of 4 MiB (compressed: a few KB), the footer saying 1 KB: refused before it is read
+    "one forged row": (lambda v: [v.ljust(4 << 20, b"\0")], {"use_dictionary": False}, True, r"pages expand to 4 MiB"),
+    # 5,000 empty rows in a few KB: each counted as what a row becomes downstream
+    "empty rows": (lambda v: [None] * 5000, {}, False, r"the table expands to 5 MiB"),
+}
+
+
+@pytest.mark.parametrize("bomb", list(BOMBS))
+def test_a_table_expanding_past_what_it_weighs_is_one_error_at_the_container_limit(bomb):
+    """Tables of a few KB that expand past a 1 MiB decode.max_container_bytes (what their footer
+    says, and what they weigh, is under it): one error, before the rows past the limit are made."""
     from imgclf_ray.containers.table import split
 
+    rows, options, forged, said = BOMBS[bomb]
     value = png_bytes(digit_images(1)[0][1]).ljust(64 << 10, b"\0")
     buf = io.BytesIO()
-    pq.write_table(pa.table({"image": [value] * 40}), buf, compression="zstd", use_dictionary=dictionary)
-    blob = buf.getvalue() if dictionary else _footer_claims(buf.getvalue(), 1000)
+    pq.write_table(pa.table({"image": pa.array(rows(value), pa.binary())}), buf, compression="zstd", **options)
+    blob = _footer_claims(buf.getvalue(), 1000) if forged else buf.getvalue()
     declared = pq.ParquetFile(io.BytesIO(blob)).metadata.row_group(0).total_byte_size
     assert declared < 1 << 20 and len(blob) < 1 << 20  # what the file says and weighs: under the limit
-    source, decode = SourceSpec(uri="/x", table={}), DecodeSpec(max_container_bytes=1 << 20)
-    with pytest.raises(DecodeError, match=r"the table's rows expand past decode.max_container_bytes \(1 MiB\) at row 1[56]"):
-        split(blob, source, decode)
-    assert len(split(blob, source, DecodeSpec(max_container_bytes=4 << 20))) == 40  # the same rows, read whole
+    source = SourceSpec(uri="/x", table={})
+    with pytest.raises(DecodeError, match=said):
+        split(blob, source, DecodeSpec(max_container_bytes=1 << 20))
+    assert len(split(blob, source, DecodeSpec(max_container_bytes=8 << 20))) == len(rows(value))  # read whole
+
+
+def test_the_footer_and_page_walk_read_what_arrow_writes_and_refuse_damaged_files():
+    """The footer as read here gives Arrow's own row groups, rows, paths and offsets, and the pages'
+    sizes summed from their headers (with the headers) are the column chunks' uncompressed sizes
+    as Arrow's footer gives them, over codecs, page versions, dictionaries, nulls and nesting; a
+    header cut short is a damaged table, one error."""
+    from imgclf_ray.containers.table import _footer, _pages_expand_to
+
+    table = pa.table({"image": pa.array([{"bytes": bytes([i % 256]) * (3000 + i), "path": f"p{i % 3}"} for i in range(300)]
+                                        + [None] * 20),
+                      "camera": pa.array([["front", "rear"][i % 2] for i in range(320)]).dictionary_encode(),
+                      "n": pa.array(range(320))})
+    for options in ({"compression": "zstd"}, {"compression": "snappy", "data_page_version": "2.0"},
+                    {"compression": "none", "use_dictionary": False}, {"compression": "gzip", "data_page_size": 4096}):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=100, **options)
+        meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata
+        groups = _footer(buf.getvalue())
+        arrow = [(meta.row_group(g).total_byte_size, meta.row_group(g).num_rows,
+                  [(c.path_in_schema, c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset,
+                    c.total_compressed_size) for c in (meta.row_group(g).column(j) for j in range(meta.num_columns))])
+                 for g in range(meta.num_row_groups)]
+        assert [(g["bytes"], g["rows"], [(c["path"], c["start"], c["length"]) for c in g["columns"]])
+                for g in groups] == arrow, options
+        expected = sum(meta.row_group(g).column(j).total_uncompressed_size
+                       for g in range(meta.num_row_groups) for j in range(meta.num_columns))
+        chunks = [c for g in groups for c in g["columns"]]
+        assert _pages_expand_to(buf.getvalue(), chunks, 1 << 30)[0] == expected, options
+    blob = buf.getvalue()
+    start = chunks[0]["start"]
+    cut = blob[:start + 3] + b"\xff" * 7 + blob[start + 10:]
+    with pytest.raises(DecodeError, match="not a readable Parquet table: its page headers are damaged"):
+        _pages_expand_to(cut, chunks, 1 << 30)
+    with pytest.raises(DecodeError, match="not a readable Parquet table: its footer is damaged"):
+        _footer(blob[:-12] + b"\xff\xff\xff\xff" + blob[-8:])
