@@ -21,15 +21,39 @@ for _key, _value in {
 }.items():
     os.environ[_key] = _value
 os.environ.pop("AWS_PROFILE", None)
-# ONNX exports (model.runtime: onnxruntime) go to a cache of the session's own, which the Ray
-# workers inherit; Hugging Face libraries never reach for a hub.
-_MADE = [os.environ.setdefault(key, tempfile.mkdtemp(prefix=prefix))
-         for key, prefix in (("IMGCLF_CACHE", "imgclf-cache-"), ("IMGCLF_LOG_DIR", "imgclf-logs-"))
-         if key not in os.environ]  # the runs' log files (-q) too: the session's, not the temp folder's
+# Folders of the session's own, which its processes inherit: ONNX exports (model.runtime:
+# onnxruntime), the runs' log files (-q: their pruning keeps 10), and Ray's temp folder (RAY_TMPDIR:
+# the address file `ray_current_cluster` of a Ray a test starts — the node-loss cluster — would
+# otherwise be where every other driver on this machine looks, and joins). Under pytest-xdist each
+# worker is a session: it makes its own rather than take the controller's (IMGCLF_SUITE_MADE).
+_OURS = set(filter(None, os.environ.get("IMGCLF_SUITE_MADE", "").split(",")))
+_MADE = []
+for _key, _prefix in (("IMGCLF_CACHE", "imgclf-cache-"), ("IMGCLF_LOG_DIR", "imgclf-logs-"), ("RAY_TMPDIR", "imgclf-ray-")):
+    if _key not in os.environ or _key in _OURS:
+        os.environ[_key] = tempfile.mkdtemp(prefix=_prefix, dir="/tmp")  # (short: Ray's Unix socket paths)
+        _MADE.append(os.environ[_key])
+        _OURS.add(_key)
+os.environ["IMGCLF_SUITE_MADE"] = ",".join(sorted(_OURS))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _ray_token() -> None:
+    """Ray's token (~/.ray/auth_token, token authentication being on by default) made once, before
+    any worker starts: two sessions' first ray.init() on a fresh machine would each write one."""
+    import subprocess
+    import sys
+
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
+                       capture_output=True, timeout=120, check=True)
+
+
+_ray_token()
 
 from tests.support.heads import free_port as _free_port  # noqa: E402 - (after the environment above)
 
