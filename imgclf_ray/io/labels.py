@@ -9,6 +9,7 @@ from typing import Optional
 import pyarrow as pa
 
 from imgclf_ray.errors import SourceError
+from imgclf_ray.io.cells import uncell
 from imgclf_ray.io.listing import GLOB_CHARS
 from imgclf_ray.io.storage import filesystem, to_uri
 from imgclf_ray.messages import describe, table_cause
@@ -39,6 +40,7 @@ def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where:
         else:
             table = pacsv.read_csv(io.BytesIO(blob), convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns}))  # (an empty cell: "", a multilabel image with none)
+            table = _uncelled(table, columns)  # a CSV of `imgclf labels --to csv` reads back as it was written
         names = table.column_names  # (a header not in UTF-8: UnicodeDecodeError, a ValueError)
     except (pa.ArrowException, ValueError, OSError) as exc:  # (Arrow's OSError: a damaged Parquet file)
         raise SourceError(f"{uri}: not a readable {'Parquet' if path.lower().endswith('.parquet') else 'CSV'} "
@@ -47,6 +49,21 @@ def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where:
         found = names.count(column)
         if found != 1:
             raise SourceError(f"{uri}: {'no' if not found else 'more than one'} column {column!r} ({where})")
+    return table
+
+
+def _uncelled(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """The ``columns`` with the ``'`` that ``io.cells.cell`` puts before a formula-like cell taken off."""
+    import pyarrow.compute as pc
+
+    for column in columns:
+        if table.column_names.count(column) != 1:
+            continue  # (refused below, in the spec's names)
+        values = table.column(column)
+        if pc.any(pc.starts_with(values, "'")).as_py():
+            index = table.column_names.index(column)
+            table = table.set_column(index, column, pa.array(
+                [None if v is None else uncell(v) for v in values.to_pylist()], pa.string()))
     return table
 
 

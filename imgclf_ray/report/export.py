@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgclf_ray.errors import SpecError
+from imgclf_ray.io.cells import cell
 from imgclf_ray.spec import StorageSpec
 
 _TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_]))"""
@@ -178,32 +179,6 @@ def _jsonable(v: Any) -> Any:
 def to_jsonl(table: pa.Table) -> bytes:
     return b"".join(json.dumps({k: _jsonable(v) for k, v in row.items()}).encode() + b"\n"
                     for row in table.to_pylist())
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-
-
-def cell(value: Any) -> Any:
-    """A CSV cell as a spreadsheet opens it safely: text that Excel, LibreOffice or Google Sheets
-    would take for a formula (it starts with ``= + - @``, a tab or a line break: CWE-1236 — an
-    archive's folder names become class labels, its file names uris) gets a leading ``'``, which
-    `imgclf review ingest` takes off again; numbers, and text that is one, stay as they are;
-    lists as JSON."""
-    if isinstance(value, (list, dict)):
-        value = json.dumps(value)
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
-    return value
-
-
-def uncell(text: str) -> str:
-    """A CSV cell back as it was before ``cell`` (a reviewer's own ``'=...`` too: the same rule)."""
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
 
 
 def to_csv(table: pa.Table, columns: Optional[list[str]] = None) -> bytes:

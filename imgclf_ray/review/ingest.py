@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from imgclf_ray import faults
 from imgclf_ray.errors import UserError
+from imgclf_ray.io.cells import uncell
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
@@ -163,15 +164,13 @@ def parse_label_studio_min(records: list) -> Parsed:
 
 
 def parse_csv(text: str) -> Parsed:
-    from imgclf_ray.report.export import uncell  # the ' before a formula-like cell (batch.csv) comes off
-
     out = Parsed(source="csv")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
         raise UserError("a review CSV needs the columns image_id and label (optional: etag, batch_id, model_label, "
                         "model_score, annotator, reviewed_at)")
     for raw in reader:
-        rec = {k: uncell(v) if isinstance(v, str) else v for k, v in raw.items()}
+        rec = {k: uncell(v) if isinstance(v, str) else v for k, v in raw.items()}  # (batch.csv's ' off)
         value = (rec.get("label") or "").strip()
         if not value:
             continue

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from imgclf_ray import faults
 from imgclf_ray.errors import UserError
+from imgclf_ray.io.cells import cell
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
@@ -528,9 +529,7 @@ def tasks_json(rows: pa.Table, task: str, batch_id: str, document_root: Optional
 
 def batch_csv(rows: pa.Table, batch_id: str) -> bytes:
     """The batch for a reviewer without Label Studio: fill ``label``, then ingest the file (text a
-    spreadsheet would take for a formula gets a leading ``'``: ``report.export.cell``)."""
-    from imgclf_ray.report.export import cell
-
+    spreadsheet would take for a formula gets a leading ``'``: ``io.cells.cell``)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["image_id", "uri", "etag", "batch_id", "model_label", "model_score", "priority", "label"])
