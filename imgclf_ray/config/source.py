@@ -201,8 +201,8 @@ class DecodeSpec(Section):
     max_container_bytes: int = Field(
         2 << 30, gt=0,
         description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
-        "members; an image table's row groups as its footer declares them, and its rows as they are "
-        "read, one at a time); over it the file is one error row (default 2 GiB).")
+        "members; an image table's pages as their headers declare them, and its rows as they are "
+        "made, at least 1 KiB each); over it the file is one error row (default 2 GiB).")
     allow_truncated: bool = Field(
         False, description="Decode truncated files as far as they go instead of rejecting them.")
     exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")
