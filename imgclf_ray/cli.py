@@ -609,7 +609,7 @@ def labels(sink_uri: str, fmt: Optional[str], where: Optional[str], sort: Option
 
     shown = table.select([c for c in LABEL_COLUMNS if c in table.column_names])
     blob = to_csv(shown, shown.column_names) if fmt == "csv" else to_jsonl(shown)
-    _write_out(blob, out, _storage(endpoint_url, region, profile))
+    _write_out(blob, out, _storage(endpoint_url, region, profile), f"{shown.num_rows} rows")
 
 
 @model.command("promote")
@@ -786,6 +786,7 @@ def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str
                + (f" ({done.already} already there)" if done.already else "")
                + (f"; {done.cancelled} cancelled annotation{'s' if done.cancelled != 1 else ''} skipped"
                   if done.cancelled else "")
+               + (f"; {done.blank} row{'s' if done.blank != 1 else ''} without a label skipped" if done.blank else "")
                + (f"; {done.stale} for images changed since their task (kept, marked stale, not applied)"
                   if done.stale else ""))
     if done.unknown:

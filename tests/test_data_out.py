@@ -386,3 +386,11 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they
     parsed = parse_csv(text.getvalue())
     # (a "|" separates the labels of a multilabel answer in a review CSV)
     assert [a.labels for a in parsed.answers] == [[v.strip() for v in n.split("|")] for n in names]
+    # As a spreadsheet in a locale whose separator is ";" saves it, two rows left without a label.
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(written[0]), delimiter=";")
+    writer.writeheader()
+    writer.writerows({**row, "label": row["model_label"] if i >= 2 else ""} for i, row in enumerate(written))
+    parsed = parse_csv(text.getvalue())
+    assert [a.labels[0] for a in parsed.answers] == [n.split("|")[0].strip() for n in names[2:]]
+    assert parsed.blank == 2

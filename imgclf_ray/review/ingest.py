@@ -56,6 +56,7 @@ class Parsed:
     answers: list[Answer] = field(default_factory=list)
     cancelled: int = 0
     source: str = ""
+    blank: int = 0  # rows of a CSV whose label is left empty
 
 
 def _time(value: Any) -> Optional[datetime]:
@@ -165,14 +166,18 @@ def parse_label_studio_min(records: list) -> Parsed:
 
 def parse_csv(text: str) -> Parsed:
     out = Parsed(source="csv")
-    reader = csv.DictReader(io.StringIO(text))
+    header = text.split("\n", 1)[0]  # commas; semicolons or tabs as a spreadsheet in another locale saves it
+    delimiter = next((d for d in (",", ";", "\t")
+                      if {"image_id", "label"} <= {c.strip().strip('"') for c in header.split(d)}), ",")
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     if not reader.fieldnames or not {"image_id", "label"} <= set(reader.fieldnames):
-        raise UserError("a review CSV needs the columns image_id and label (optional: etag, batch_id, model_label, "
-                        "model_score, annotator, reviewed_at)")
+        raise UserError("a review CSV needs the columns image_id and label, separated by commas, semicolons or tabs "
+                        "(optional: etag, batch_id, model_label, model_score, annotator, reviewed_at)")
     for raw in reader:
         rec = {k: uncell(v) if isinstance(v, str) else v for k, v in raw.items()}  # (batch.csv's ' off)
         value = (rec.get("label") or "").strip()
         if not value:
+            out.blank += 1
             continue
         labels = [v.strip() for v in value.split("|") if v.strip()]
         path = value.split("/") if "/" in value and len(labels) == 1 else None
@@ -244,6 +249,7 @@ class Ingested:
     unknown: list[str]
     stale: int
     file: Optional[str]
+    blank: int = 0
 
 
 def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingested:
@@ -304,4 +310,4 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
             where = join(folder, ingest_id + REVIEWS_SUFFIX)
             faults.point("review_ingest")
             put_atomic(sink.fs, where, out.getvalue())
-    return Ingested(len(rows), already, parsed.cancelled, unknown, stale, where)
+    return Ingested(len(rows), already, parsed.cancelled, unknown, stale, where, parsed.blank)
