@@ -28,10 +28,9 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
 
     table, limit = source.table, decode.max_container_bytes
     groups = _footer(data)  # (read here: pyarrow's per-chunk metadata aborts the process on some damage)
-    declared = sum(group["bytes"] for group in groups)
-    rows = sum(group["rows"] for group in groups)
-    if max(declared, rows * ROW_COST) > limit:
-        raise DecodeError(f"the table expands to {max(declared, rows * ROW_COST) / 2**20:,.0f} MiB, "
+    declared = max(sum(group["bytes"] for group in groups), ROW_COST * sum(group["rows"] for group in groups))
+    if declared > limit:
+        raise DecodeError(f"the table expands to {declared / 2**20:,.0f} MiB, "
                           f"over decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
     pf = pq.ParquetFile(io.BytesIO(data))
     image_path = _check_columns(pf.schema_arrow, table.image_column, table.carry)

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"  # (also a number in `--where`: report.export)
+_NUMBER = re.compile(NUMBER)
 
 
 def _formula_like(text: str) -> bool:

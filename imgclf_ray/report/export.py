@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgclf_ray.errors import SpecError
-from imgclf_ray.io.cells import cell
+from imgclf_ray.io.cells import NUMBER, cell
 from imgclf_ray.spec import StorageSpec
 
-_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_]))"""
+_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<num>""" + NUMBER + r"""(?![A-Za-z_]))"""
                     r"""|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\S))""")
 _OPS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
         ">=": pc.greater_equal}
