@@ -19,13 +19,14 @@ QUICKSTART = str(REPO / "jobs" / "quickstart.yaml")
 @pytest.mark.slow
 @pytest.mark.ray
 def test_quickstart_end_to_end(ray_session, tmp_path):
-    """make demo's job: the digits written, a resnet18 trained on them with Ray Train
-    (jobs/train/digits-cnn.yaml, the README's reference: >= 0.97 held out), every image labelled;
-    then `imgclf evaluate` of the same job finds the data and the model cached."""
+    """make demo's job as make demo runs it (the local executor: no Ray cluster named or running):
+    the digits written, a resnet18 trained on them with Ray Train (jobs/train/digits-resnet18.yaml, the
+    README's reference: >= 0.97 held out), every image labelled; then `imgclf evaluate` of the same
+    job finds the data and the model cached. (The Ray executor's rows are the local one's: test_local.)"""
     import json
 
     where = [f"--set=source.uri={tmp_path}/archive", f"--set=model.uri={tmp_path}/model",
-             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=ray", "--set=example.anywhere=true"]
+             f"--set=sink.uri={tmp_path}/out", "--set=run.executor=local", "--set=example.anywhere=true"]
     first = CliRunner().invoke(main, ["run", QUICKSTART, "--run-id", "first", "--quiet", *where])
     assert first.exit_code == 0, first.output
     assert "wrote 1797 digit images" in first.output and "training a resnet18" in first.output
@@ -41,8 +42,7 @@ def test_quickstart_end_to_end(ray_session, tmp_path):
     accuracy = sum(t == r["label"] for t, r in zip(truth, rows)) / len(rows)
     assert accuracy >= 0.95
 
-    again = CliRunner().invoke(main, ["evaluate", QUICKSTART, "--run-id", "second", "-q", *where,
-                                      "--set=run.executor=local"])  # (the executors' rows are equal: test_local)
+    again = CliRunner().invoke(main, ["evaluate", QUICKSTART, "--run-id", "second", "-q", *where])
     assert again.exit_code == 0, again.output
     assert "training" not in again.output and "wrote" not in again.output  # cached data and model
     (evaluation,) = (tmp_path / "out").glob("*second*/_evaluation.json")
