@@ -26,13 +26,21 @@ os.environ.pop("AWS_PROFILE", None)
 # the address file `ray_current_cluster` of a Ray a test starts — the node-loss cluster — would
 # otherwise be where every other driver on this machine looks, and joins). Under pytest-xdist each
 # worker is a session: it makes its own rather than take the controller's (IMGCLF_SUITE_MADE).
+# A folder the user set is kept, with a worker's own folder inside it.
 _OURS = set(filter(None, os.environ.get("IMGCLF_SUITE_MADE", "").split(",")))
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _MADE = []
 for _key, _prefix in (("IMGCLF_CACHE", "imgclf-cache-"), ("IMGCLF_LOG_DIR", "imgclf-logs-"), ("RAY_TMPDIR", "imgclf-ray-")):
-    if _key not in os.environ or _key in _OURS:
-        os.environ[_key] = tempfile.mkdtemp(prefix=_prefix, dir="/tmp")  # (short: Ray's Unix socket paths)
+    if _key not in os.environ or _key in _OURS or _WORKER:
+        _inside = os.environ[_key] if _key in os.environ and _key not in _OURS else None  # the user's
+        _short = "/tmp" if _key == "RAY_TMPDIR" and not _inside else _inside  # (Ray's Unix socket paths)
+        if _inside:
+            os.makedirs(os.path.expanduser(_inside), exist_ok=True)
+            _short = os.path.expanduser(_inside)
+        os.environ[_key] = tempfile.mkdtemp(prefix=f"{_WORKER}-" if _inside else _prefix, dir=_short)
         _MADE.append(os.environ[_key])
-        _OURS.add(_key)
+        if not _inside:
+            _OURS.add(_key)
 os.environ["IMGCLF_SUITE_MADE"] = ",".join(sorted(_OURS))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
@@ -42,15 +50,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _ray_token() -> None:
     """Ray's token (~/.ray/auth_token, token authentication being on by default) made once, before
-    any worker starts: two sessions' first ray.init() on a fresh machine would each write one."""
-    import subprocess
-    import sys
-
-    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    any worker starts: two sessions' first ray.init() on a fresh machine would each write one.
+    Where it cannot be made, Ray makes it as it would have."""
+    if _WORKER or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
     if not (Path.home() / ".ray" / "auth_token").exists():
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
-                       capture_output=True, timeout=120, check=True)
+        try:
+            from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+            generate_and_save_token()
+        except Exception:  # noqa: BLE001 - (a home that cannot be written: each ray.init() tries its own)
+            pass
 
 
 _ray_token()

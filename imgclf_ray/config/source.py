@@ -46,7 +46,8 @@ class ImageTableSpec(Section):
     image_column: str = Field("image", description="Column of encoded image bytes (binary), or a "
                               "struct with a 'bytes' field (Hugging Face datasets' Image feature).")
     carry: list[str] = Field(default_factory=list, description="Columns copied, as strings, into "
-                             "the output's metadata column.")
+                             "the output's metadata column (one value per row: a column of lists or "
+                             "maps makes the file one error row).")
 
 
 class WebDatasetSpec(Section):

@@ -35,9 +35,18 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     pf = pq.ParquetFile(io.BytesIO(data))
     image_path = _check_columns(pf.schema_arrow, table.image_column, table.carry)
     names = [image_path, *table.carry]
-    chunks = [c for group in groups for c in group["columns"]
-              if any(c["path"] == n or c["path"].startswith(n + ".") for n in names)]
-    paged, largest = _pages_expand_to(data, chunks, limit)
+    # The leaves read, by position (Arrow reads a row group's j-th chunk for the schema's j-th
+    # leaf, whatever path the chunk itself names).
+    leaves = [pf.schema.column(j) for j in range(len(pf.schema))]
+    read = [j for j, leaf in enumerate(leaves) if any(leaf.path == n or leaf.path.startswith(n + ".") for n in names)]
+    for j in read:
+        if leaves[j].max_repetition_level > 0:  # (a list's elements: one dictionary value, any number of times)
+            name = next(n for n in table.carry if leaves[j].path == n or leaves[j].path.startswith(n + "."))
+            raise DecodeError(f"the table's column {name!r} holds lists or maps: source.table.carry takes "
+                              "columns of one value per row")
+    if any(len(group["columns"]) != len(leaves) for group in groups):
+        raise DecodeError("not a readable Parquet table: its footer is damaged")
+    paged, largest = _pages_expand_to(data, [(j, group["columns"][j]) for group in groups for j in read], limit)
     if paged > limit:
         raise DecodeError(f"the table's pages expand to {paged / 2**20:,.0f} MiB, over "
                           f"decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
@@ -97,11 +106,16 @@ class _Damaged(Exception):
 
 
 def _footer(data: bytes) -> list[dict]:
-    """The row groups as the file's footer gives them (Thrift's compact protocol, FileMetaData:
-    4 row_groups; RowGroup: 1 columns, 2 total_byte_size, 3 num_rows; ColumnChunk: 3 meta_data;
-    ColumnMetaData: 3 path_in_schema, 7 total_compressed_size, 9 data_page_offset, 11
-    dictionary_page_offset): each group's bytes, rows and column chunks (path, and the byte range
-    Arrow reads of it)."""
+    """The row groups as the file's footer gives them, read as Thrift's C++ library reads it for
+    Arrow (compact protocol; a field of another type than the one expected is skipped, the last of
+    a repeated one kept; FileMetaData: 4 row_groups, 6 created_by; RowGroup: 1 columns, 2
+    total_byte_size, 3 num_rows; ColumnChunk: 3 meta_data; ColumnMetaData: 7
+    total_compressed_size, 9 data_page_offset, 11 dictionary_page_offset): each group's bytes,
+    rows and column chunks (the byte range Arrow reads of each). Refused: chunks whose ranges
+    overlap (one page counted many times over), and files from parquet-mr before 1.2.9, whose
+    chunks Arrow reads 100 bytes past their end."""
+    import re
+
     try:
         if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
             raise _Damaged
@@ -109,50 +123,64 @@ def _footer(data: bytes) -> list[dict]:
         if length > len(data) - 12:
             raise _Damaged
         meta = _value(memoryview(data)[len(data) - 8 - length:len(data) - 8], 0, 12, 0)[0]
-        groups = []
-        for group in _field(meta, 4, list):
+        made_by = bytes(_field(meta, 6, 8, b"")).decode("utf-8", "replace").strip().lower()
+        if made_by.startswith("parquet-mr"):
+            version = re.match(r"parquet-mr\s+version\s+(\d+)\.(\d+)\.(\d+)", made_by)
+            if not version or tuple(map(int, version.groups())) < (1, 2, 9):
+                raise DecodeError("a Parquet table written by parquet-mr before 1.2.9 is not read (Arrow reads "
+                                  "past its column chunks)")
+        groups, ranges = [], []
+        for group in _field(meta, 4, 9):
             columns = []
-            for chunk in _field(group, 1, list):
-                cmd = _field(chunk, 3, dict)
-                start, dictionary = _field(cmd, 9, int), cmd.get(11)
-                if isinstance(dictionary, int) and 0 < dictionary < start:
+            for chunk in _field(group, 1, 9):
+                cmd = _field(chunk, 3, 12)
+                start, dictionary = _field(cmd, 9, 6), _field(cmd, 11, 6, 0)
+                if 0 < dictionary < start:
                     start = dictionary
-                path = ".".join(bytes(p).decode("utf-8", "replace") for p in _field(cmd, 3, list))
-                columns.append({"path": path, "start": start, "length": _field(cmd, 7, int)})
-            groups.append({"bytes": _field(group, 2, int), "rows": _field(group, 3, int), "columns": columns})
+                columns.append({"start": start, "length": _field(cmd, 7, 6)})
+                ranges.append((start, start + columns[-1]["length"]))
+            groups.append({"bytes": _field(group, 2, 6), "rows": _field(group, 3, 6), "columns": columns})
+        ranges.sort()
+        if any(later[0] < earlier[1] for earlier, later in zip(ranges, ranges[1:])):
+            raise _Damaged
         return groups
     except (_Damaged, IndexError):
         raise DecodeError("not a readable Parquet table: its footer is damaged") from None
 
 
-def _field(struct: Any, field: int, kind: type) -> Any:
-    value = struct.get(field) if isinstance(struct, dict) else None
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-        raise _Damaged
+_MISSING = object()
+
+
+def _field(struct: Any, field: int, kind: int, default: Any = _MISSING) -> Any:
+    """Field ``field`` of a struct ``_value`` read, of compact type ``kind`` (6 i64, 8 binary, 9
+    list, 12 struct), not negative; else ``default`` or a damaged file."""
+    value = struct.get((field, kind), _MISSING) if isinstance(struct, dict) else _MISSING
+    if value is _MISSING or (isinstance(value, int) and value < 0):
+        if default is _MISSING:
+            raise _Damaged
+        return default
     return value
 
 
-def _pages_expand_to(data: bytes, chunks: list[dict], limit: int) -> tuple[int, dict[str, int]]:
-    """What decompressing every page of ``chunks`` allocates, summed from the pages' own headers
-    (PageHeader: 2 uncompressed_page_size, 3 compressed_page_size) with the headers themselves (as
-    the footer's total_uncompressed_size counts them), walking each chunk's byte range as the
-    footer gives it, which is all Arrow reads of it; stops past ``limit``. Also each column's
+def _pages_expand_to(data: bytes, chunks: list[tuple[int, dict]], limit: int) -> tuple[int, dict[int, int]]:
+    """What decompressing every page of ``chunks`` ((leaf, chunk) pairs) allocates, summed from the
+    pages' own headers (PageHeader: 2 uncompressed_page_size, 3 compressed_page_size, i32) with
+    the headers themselves (as the footer's total_uncompressed_size counts them), walking each
+    chunk's byte range, which is all Arrow reads of it; stops past ``limit``. Also each leaf's
     largest page. A header that cannot be walked is a damaged table."""
     total, largest = 0, {}
     try:
-        for chunk in chunks:
+        for leaf, chunk in chunks:
             start, end = chunk["start"], chunk["start"] + chunk["length"]
             if end > len(data):
                 raise _Damaged
             view, pos = memoryview(data)[:end], start
             while pos < end:
                 header, header_end = _value(view, pos, 12, 0)
-                sizes = (header.get(2), header.get(3))
-                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
-                    raise _Damaged
-                total += header_end - pos + sizes[0]  # (a header's statistics are read too)
-                largest[chunk["path"]] = max(largest.get(chunk["path"], 0), header_end - pos + sizes[0])
-                pos = header_end + sizes[1]
+                expands, stored = _field(header, 2, 5), _field(header, 3, 5)
+                total += header_end - pos + expands  # (a header's statistics are read too)
+                largest[leaf] = max(largest.get(leaf, 0), header_end - pos + expands)
+                pos = header_end + stored
                 if total > limit:
                     return total, largest
     except (_Damaged, IndexError):
@@ -173,13 +201,20 @@ def _varint(buf, pos: int) -> tuple[int, int]:
             raise _Damaged
 
 
-def _zigzag(value: int) -> int:
-    return (value >> 1) ^ -(value & 1)
+def _signed(raw: int, bits: int) -> int:
+    """A zigzag varint as Thrift's C++ reads it into an integer of ``bits`` (cut to them first)."""
+    raw &= (1 << bits) - 1
+    return (raw >> 1) ^ -(raw & 1)
+
+
+# Arrow's defaults for the Thrift it reads (ReaderProperties): no list or map longer, no string larger.
+MAX_CONTAINER, MAX_STRING = 1_000_000, 100_000_000
 
 
 def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple[Any, int]:
-    """One value of Thrift's compact protocol from ``pos``, and where it ends: integers, binary as
-    a memoryview, lists and sets as lists, maps as lists of pairs, structs as dicts by field id (a
+    """One value of Thrift's compact protocol from ``pos``, and where it ends: integers as Thrift's
+    C++ reads them (i16, i32, i64), binary as a memoryview, lists and sets as lists, maps as lists
+    of pairs, structs as dicts keyed by (field id, type) with the last of a repeated field (a
     bool is in its field's header, but a byte of its own as an element)."""
     if depth > 32:
         raise _Damaged
@@ -189,14 +224,14 @@ def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple
         return buf[pos], pos + 1
     if kind in (4, 5, 6):
         raw, pos = _varint(buf, pos)
-        return _zigzag(raw), pos
+        return _signed(raw, {4: 16, 5: 32, 6: 64}[kind]), pos
     if kind == 7:
         if pos + 8 > len(buf):
             raise _Damaged
         return None, pos + 8
     if kind == 8:
         size, pos = _varint(buf, pos)
-        if pos + size > len(buf):
+        if size > MAX_STRING or pos + size > len(buf):
             raise _Damaged
         return buf[pos:pos + size], pos + size
     if kind in (9, 10, 11):
@@ -209,7 +244,7 @@ def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple
             size, kinds, pos = head >> 4, [head & 0x0F], pos + 1
             if size == 15:
                 size, pos = _varint(buf, pos)
-        if size > len(buf) - pos:  # every element takes a byte at least
+        if size > MAX_CONTAINER or size > len(buf) - pos:  # (every element takes a byte at least)
             raise _Damaged
         items = []
         for _ in range(size):
@@ -218,7 +253,7 @@ def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple
                 items.append(item)
         return items, pos
     if kind == 12:
-        fields: dict[int, Any] = {}
+        fields: dict[tuple[int, int], Any] = {}
         last = 0
         while True:
             head = buf[pos]
@@ -227,11 +262,12 @@ def _value(buf, pos: int, kind: int, depth: int, element: bool = False) -> tuple
                 return fields, pos
             inner, delta = head & 0x0F, head >> 4
             if delta:
-                last += delta
+                last = (last + delta + 2**15) % 2**16 - 2**15  # (an i16, as Thrift's C++ adds it)
             else:
                 raw, pos = _varint(buf, pos)
-                last = _zigzag(raw)
-            fields[last], pos = _value(buf, pos, inner, depth + 1)
+                last = _signed(raw, 16)
+            value, pos = _value(buf, pos, inner, depth + 1)
+            fields[(last, 2 if inner == 1 else inner)] = value  # (true and false: one type)
     raise _Damaged
 
 

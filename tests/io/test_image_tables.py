@@ -130,17 +130,17 @@ def test_the_footer_and_page_walk_read_what_arrow_writes_and_refuse_damaged_file
         meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata
         groups = _footer(buf.getvalue())
         arrow = [(meta.row_group(g).total_byte_size, meta.row_group(g).num_rows,
-                  [(c.path_in_schema, c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset,
+                  [(c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset,
                     c.total_compressed_size) for c in (meta.row_group(g).column(j) for j in range(meta.num_columns))])
                  for g in range(meta.num_row_groups)]
-        assert [(g["bytes"], g["rows"], [(c["path"], c["start"], c["length"]) for c in g["columns"]])
+        assert [(g["bytes"], g["rows"], [(c["start"], c["length"]) for c in g["columns"]])
                 for g in groups] == arrow, options
         expected = sum(meta.row_group(g).column(j).total_uncompressed_size
                        for g in range(meta.num_row_groups) for j in range(meta.num_columns))
-        chunks = [c for g in groups for c in g["columns"]]
+        chunks = [(j, c) for g in groups for j, c in enumerate(g["columns"])]
         assert _pages_expand_to(buf.getvalue(), chunks, 1 << 30)[0] == expected, options
     blob = buf.getvalue()
-    start = chunks[0]["start"]
+    start = chunks[0][1]["start"]
     cut = blob[:start + 3] + b"\xff" * 7 + blob[start + 10:]
     with pytest.raises(DecodeError, match="not a readable Parquet table: its page headers are damaged"):
         _pages_expand_to(cut, chunks, 1 << 30)
@@ -179,3 +179,24 @@ def test_fuzzed_tables_are_one_error_each_and_never_end_the_process():
             except (pa.ArrowException, OSError, ValueError):  # Arrow's own: one error row, through the gate
                 outcomes.add("arrow's error")
     assert outcomes == {"rows", "our error", "arrow's error"}
+
+
+def test_tables_arrow_would_read_past_their_bound_are_refused_before_a_row_is_read():
+    """A carried list column (its elements: one dictionary value any number of times, whatever its
+    pages weigh) and a file that says parquet-mr before 1.2.9 wrote it (Arrow reads 100 bytes past
+    each of its column chunks): one error each, naming why."""
+    from imgclf_ray.containers.table import split
+
+    image = png_bytes(digit_images(1)[0][1])
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": [image], "tags": [["a" * 1000] * 50]}), buf, store_schema=False)
+    with pytest.raises(DecodeError, match=r"the table's column 'tags' holds lists or maps: source.table.carry"):
+        split(buf.getvalue(), SourceSpec(uri="/x", table={"carry": ["tags"]}), DecodeSpec())
+    assert len(split(buf.getvalue(), SourceSpec(uri="/x", table={}), DecodeSpec())) == 1  # (not carried: not read)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": [image]}), buf)
+    mine = b"parquet-cpp-arrow version " + pa.__version__.encode()
+    old = b"parquet-mr version 1.2.8".ljust(len(mine), b" ")
+    assert buf.getvalue().count(mine) == 1
+    with pytest.raises(DecodeError, match="written by parquet-mr before 1.2.9 is not read"):
+        split(buf.getvalue().replace(mine, old), SourceSpec(uri="/x", table={}), DecodeSpec())
