@@ -202,9 +202,11 @@ def _varint(buf, pos: int) -> tuple[int, int]:
 
 
 def _signed(raw: int, bits: int) -> int:
-    """A zigzag varint as Thrift's C++ reads it into an integer of ``bits`` (cut to them first)."""
-    raw &= (1 << bits) - 1
-    return (raw >> 1) ^ -(raw & 1)
+    """A zigzag varint as Thrift's C++ reads it into an integer of ``bits``: cut to 64 or 32 bits,
+    unzigzagged, then an i16 cut from the i32."""
+    raw &= (1 << max(bits, 32)) - 1
+    value = (raw >> 1) ^ -(raw & 1)
+    return (value + 2**15) % 2**16 - 2**15 if bits == 16 else value
 
 
 # Arrow's defaults for the Thrift it reads (ReaderProperties): no list or map longer, no string larger.
