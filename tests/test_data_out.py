@@ -390,7 +390,9 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(written[0]), delimiter=";")
     writer.writeheader()
-    writer.writerows({**row, "label": row["model_label"] if i >= 2 else ""} for i, row in enumerate(written))
-    parsed = parse_csv(text.getvalue())
-    assert [a.labels[0] for a in parsed.answers] == [n.split("|")[0].strip() for n in names[2:]]
-    assert parsed.blank == 2
+    writer.writerows({**row, "label": row["model_label"] if i >= 2 else "", "model_score": "0,93"}
+                     for i, row in enumerate(written))
+    for saved in (text.getvalue(), "sep=;\r\n" + text.getvalue()):  # (Excel's line naming the separator)
+        parsed = parse_csv(saved)
+        assert [a.labels[0] for a in parsed.answers] == [n.split("|")[0].strip() for n in names[2:]]
+        assert parsed.blank == 2 and {a.model_score for a in parsed.answers} == {0.93}

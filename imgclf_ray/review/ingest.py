@@ -166,6 +166,8 @@ def parse_label_studio_min(records: list) -> Parsed:
 
 def parse_csv(text: str) -> Parsed:
     out = Parsed(source="csv")
+    if text.startswith("sep="):  # Excel's line naming the separator
+        text = text.split("\n", 1)[1] if "\n" in text else ""
     header = text.split("\n", 1)[0]  # commas; semicolons or tabs as a spreadsheet in another locale saves it
     delimiter = next((d for d in (",", ";", "\t")
                       if {"image_id", "label"} <= {c.strip().strip('"') for c in header.split(d)}), ",")
@@ -181,15 +183,16 @@ def parse_csv(text: str) -> Parsed:
             continue
         labels = [v.strip() for v in value.split("|") if v.strip()]
         path = value.split("/") if "/" in value and len(labels) == 1 else None
+        score = _float(rec.get("model_score"), decimal_comma=delimiter == ";")
         out.answers.append(Answer((rec.get("image_id") or "").strip(), labels, path, rec.get("annotator") or None,
-                                  _time(rec.get("reviewed_at")), "", **_task_facts(
-                                      {**rec, "model_score": _float(rec.get("model_score"))})))
+                                  _time(rec.get("reviewed_at")), "", **_task_facts({**rec, "model_score": score})))
     return out
 
 
-def _float(value: Optional[str]) -> Optional[float]:
+def _float(value: Optional[str], decimal_comma: bool = False) -> Optional[float]:
+    """A number, or None; ``decimal_comma``: 0,93 as a semicolon-separated spreadsheet writes it."""
     try:
-        return float(value) if value else None
+        return float(value.replace(",", ".") if value and decimal_comma else value) if value else None
     except ValueError:
         return None
 
