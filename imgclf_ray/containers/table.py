@@ -38,10 +38,10 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     # The leaves read, by position (Arrow reads a row group's j-th chunk for the schema's j-th
     # leaf, whatever path the chunk itself names).
     leaves = [pf.schema.column(j) for j in range(len(pf.schema))]
-    read = [j for j, leaf in enumerate(leaves) if any(leaf.path == n or leaf.path.startswith(n + ".") for n in names)]
+    read = [j for j, leaf in enumerate(leaves) if any(_under(leaf.path, n) for n in names)]
     for j in read:
         if leaves[j].max_repetition_level > 0:  # (a list's elements: one dictionary value, any number of times)
-            name = next(n for n in table.carry if leaves[j].path == n or leaves[j].path.startswith(n + "."))
+            name = next(n for n in table.carry if _under(leaves[j].path, n))
             raise DecodeError(f"the table's column {name!r} holds lists or maps: source.table.carry takes "
                               "columns of one value per row")
     if any(len(group["columns"]) != len(leaves) for group in groups):
@@ -73,6 +73,11 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     return parts
 
 
+def _under(path: str, column: str) -> bool:
+    """Whether a leaf's dotted ``path`` is ``column`` or one of its fields."""
+    return path == column or path.startswith(column + ".")
+
+
 def _dense(array) -> int:
     """Bytes ``array`` takes once its values are made: a dictionary's entries as often as they are
     used (computed from their lengths, none made)."""
@@ -89,9 +94,7 @@ def _dense(array) -> int:
         return int(pc.sum(pc.take(lengths, array.indices)).as_py() or 0) + array.indices.nbytes
     if pa.types.is_struct(kind):
         return sum(_dense(array.field(i)) for i in range(kind.num_fields)) + len(array) // 8
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return _dense(array.flatten()) + len(array) * 8
-    return array.nbytes
+    return array.nbytes  # (no lists: a carried column of lists is refused before a row is read)
 
 
 def _binary_like(kind) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -20,8 +21,6 @@ def cell(value: Any) -> Any:
     with ``= + - @``, a tab or a line break, after any apostrophes — an archive's folder names become
     class labels, its file names uris) gets a leading ``'``, which ``uncell`` takes off again;
     numbers, and text that is a plain number (``-1``), stay as they are; lists as JSON."""
-    import json
-
     if isinstance(value, (list, dict)):
         value = json.dumps(value)
     if value is None:
