@@ -103,10 +103,23 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"path": ["d.png", "veg/c.png"], "tags": ["x", "y"]}), tmp_path / "labels.parquet")
-    good, rng = (tmp_path / "labels.parquet").read_bytes(), random.Random(0)
     parquet = SourceSpec(uri=str(tmp_path / "arch"), labels={"kind": "table", "table": str(tmp_path / "labels.parquet"),
                                                            "uri_column": "path", "label_column": "tags"})
+    # Only the two columns named are read: the other is one 64 MiB value dictionary-encoded twice
+    # (a 10 KB file that whole is 128 MiB); Arrow's peak, counted by a pool of this test's own.
+    big = pa.array(["v" * 2 ** 26] * 2).dictionary_encode()
+    pq.write_table(pa.table({"path": ["d.png", "veg/c.png"], "tags": ["x", "y"], "note": big}),
+                   tmp_path / "labels.parquet", compression="zstd")
+    assert (tmp_path / "labels.parquet").stat().st_size < 2 ** 20
+    pool, default = pa.proxy_memory_pool(pa.default_memory_pool()), pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        assert attach_true_labels(list_archive(parquet), parquet).column("true_label").to_pylist() == ["x", None, None, "y"]
+    finally:
+        pa.set_memory_pool(default)
+    assert pool.max_memory() < 2 ** 20
+    pq.write_table(pa.table({"path": ["d.png", "veg/c.png"], "tags": ["x", "y"]}), tmp_path / "labels.parquet")
+    good, rng = (tmp_path / "labels.parquet").read_bytes(), random.Random(0)
     for _ in range(100):  # damaged: Arrow raises OSError, ArrowInvalid ...; each is the one error
         damaged = bytearray(good)
         for _ in range(rng.randint(1, 4)):

@@ -35,13 +35,15 @@ def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where:
     except OSError as exc:
         raise SourceError(f"{uri}: cannot read the labels table ({where}): {describe(exc)}") from None
     try:
-        if path.lower().endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(blob))
+        if path.lower().endswith(".parquet"):  # (only the columns named: a table's others can be large)
+            parquet = pq.ParquetFile(io.BytesIO(blob))
+            names = parquet.schema_arrow.names
+            table = parquet.read(columns=[c for c in dict.fromkeys(columns) if names.count(c) == 1])
         else:
             table = pacsv.read_csv(io.BytesIO(blob), convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns}))  # (an empty cell: "", a multilabel image with none)
             table = _uncelled(table, columns)  # a CSV of `imgclf labels --to csv` reads back as it was written
-        names = table.column_names  # (a header not in UTF-8: UnicodeDecodeError, a ValueError)
+            names = table.column_names  # (a header not in UTF-8: UnicodeDecodeError, a ValueError)
     except (pa.ArrowException, ValueError, OSError) as exc:  # (Arrow's OSError: a damaged Parquet file)
         raise SourceError(f"{uri}: not a readable {'Parquet' if path.lower().endswith('.parquet') else 'CSV'} "
                           f"labels table ({where}): {table_cause(exc)}") from None
