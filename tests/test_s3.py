@@ -114,3 +114,27 @@ def test_a_delta_sink_on_s3(s3, moto_server):
     assert read("a").column("image_id").to_pylist() == ["4"] and read("b").num_rows == 1
     assert [r["run_id"] for r in sink.list_runs("s3://output/table", storage)] == ["b", "a"]
     assert not s3.exists("output/table/_staging") and not s3.exists("output/table/_locks/_delta.lock")
+
+
+def test_an_example_archive_interrupted_on_s3_is_written_again(s3, moto_server, monkeypatch):
+    """S3 has no rename: an example write stopped half way (Ctrl-C in `make demo` with source.uri on
+    S3) leaves a marker, and the next run writes the whole data set again instead of taking the
+    half archive as the example."""
+    from imgclf_ray.spec import SourceSpec, StorageSpec
+    from imgclf_ray.training import bundled
+
+    real, storage = bundled.WRITERS["faces"], StorageSpec(endpoint_url=moto_server)
+
+    def half_then_fail(uri, storage):
+        s3.pipe_file("archive/faces/face/face-000.png", b"")  # (one image of 200 written)
+        raise KeyboardInterrupt  # (as Ctrl-C would)
+
+    monkeypatch.setitem(bundled.WRITERS, "faces", half_then_fail)
+    source = SourceSpec(uri="s3://archive/faces")
+    with pytest.raises(KeyboardInterrupt):
+        bundled.ensure_example_archive("faces", source, storage)
+    monkeypatch.setitem(bundled.WRITERS, "faces", real)
+    assert bundled.ensure_example_archive("faces", source, storage) == 200
+    assert len(s3.find("archive/faces")) == 200  # (the marker gone; the half image written whole)
+    assert bundled.ensure_example_archive("faces", source, storage) == 0
+    assert len(list_archive(source, storage)) == 200

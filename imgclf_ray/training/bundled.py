@@ -20,6 +20,7 @@ DIGIT_ATTRIBUTES = {"even": {0, 2, 4, 6, 8}, "large": {5, 6, 7, 8, 9}, "prime": 
                     "closed-loop": {0, 4, 6, 8, 9}}
 DIGIT_GROUPS = {"small": ["0", "1", "2", "3", "4"], "large": ["5", "6", "7", "8", "9"]}
 LABEL_TABLES = "_labels"  # inside the archive: listing skips "_" folders
+WRITING = "_example-writing"  # in an archive being written where there is no rename (listing skips it)
 
 def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
@@ -102,6 +103,9 @@ def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpe
     from imgclf_ray.errors import NothingThere, SourceError
     from imgclf_ray.io.listing import list_archive
 
+    fs, root = filesystem(source.uri, storage)
+    if fs.exists(join(root, WRITING)):  # an earlier write was interrupted: its images are not all there
+        return _write_whole(dataset, source.uri, storage)
     try:
         list_archive(source, storage)
         return 0
@@ -118,16 +122,20 @@ def ensure_example_archive(dataset: str, source: SourceSpec, storage: StorageSpe
 
 
 def _write_whole(dataset: str, uri: str, storage: StorageSpec) -> int:
-    """The data set written at ``uri`` whole or not at all where the filesystem can rename (a local
-    folder: written beside it, then renamed into place), so that an interrupted `make demo` leaves
-    no half archive for the next run to take as the example (on S3, object by object)."""
+    """The data set written at ``uri`` so that an interrupted write (a stopped `make demo`) leaves
+    no half archive for the next run to take as the example: a local folder is written beside it,
+    then renamed into place; where there is no rename (S3 ...), a ``WRITING`` marker is put first
+    and taken away last, and the next run that finds it writes the data set again."""
     import os
     import shutil
 
     fs, root = filesystem(uri, storage)
     root = root.rstrip("/")
-    if not is_local(fs) or os.path.islink(root):
-        return WRITERS[dataset](uri, storage)  # (S3 ...; a link to an empty folder: written where it points)
+    if not is_local(fs) or os.path.islink(root):  # (a link to an empty folder: written where it points)
+        fs.pipe_file(join(root, WRITING), b"")
+        written = WRITERS[dataset](uri, storage)
+        fs.rm_file(join(root, WRITING))
+        return written
     staging = f"{root}.writing"  # (an interrupted earlier write's is replaced)
     shutil.rmtree(staging, ignore_errors=True)
     written = WRITERS[dataset](staging, storage)
