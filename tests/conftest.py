@@ -77,7 +77,12 @@ def pytest_sessionfinish(session, exitstatus):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.hookimpl(trylast=True)  # (after --ff, --nf, --sw and -p randomly have ordered them)
 def pytest_collection_modifyitems(config, items):
+    for item in [i for i in items if i.get_closest_marker("module_last")]:  # (it takes its module's fixture away)
+        items.remove(item)
+        after = max((k for k, i in enumerate(items) if i.path == item.path), default=len(items) - 1)
+        items.insert(after + 1, item)
     try:
         import torch
 

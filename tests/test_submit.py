@@ -203,6 +203,7 @@ def test_imgclf_run_joins_the_ray_start_instance_ray_init_would_join(head, job, 
     assert first.endswith(f"ray executor: a Ray instance started with `ray start` runs on this machine ({address})")
 
 
+@pytest.mark.module_last
 def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(head, job, tmp_path):
     """The head of the cluster a run joined goes away while the run's decode tasks wait (a blocking
     fault point). Ray's core worker would end a driver whose GCS stays silent for its limit (set
@@ -225,7 +226,7 @@ def test_a_cluster_torn_down_mid_run_is_one_error_line_and_the_rerun_resumes(hea
     publish = ("import sys; from ray._raylet import GcsClient; from ray._private import ray_constants;"
                "from ray._private.utils import publish_error_to_driver;"
                "publish_error_to_driver(ray_constants.MONITOR_DIED_ERROR, sys.argv[2], GcsClient(address=sys.argv[1]))")
-    _, env, temp = head  # the module's head, torn down here: this test is the module's last
+    _, env, temp = head  # the module's head, torn down here: this test runs last in the module (module_last)
     os.remove(f"{temp}/hold.release")
     Path(f"{temp}/hold.reached").unlink(missing_ok=True)  # an earlier test's run reached the point
     gcs = Path(temp, "ray_current_cluster").read_text().strip()
