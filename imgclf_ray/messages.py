@@ -20,8 +20,11 @@ import warnings
 from typing import Any
 
 CAP = 120  # characters kept of one third-party message
-_QUOTED = re.compile(r"""[bBrRuU]?(?:'[^'\n]*'|"[^"\n]*"|`[^`\n]*`|«[^»\n]*»|‘[^’\n]*’|“[^”\n]*”)""")
-_UNCLOSED = re.compile(r"""[bBrRuU]?['"`«‘“].*""", re.S)
+# From the first quote of any kind to the last: a quoted value may hold quotes itself (Python's
+# repr of A'B"C is 'A\'B"C'; pydicom puts a value in quotes of its own), so what lies between two
+# quotes is never taken for words. One quote left alone: the rest of the line.
+_QUOTES = "'\"`«»‘’“”"
+_QUOTED = re.compile(rf"[bBrRuU]?[{_QUOTES}].*[{_QUOTES}]|[bBrRuU]?[{_QUOTES}].*")
 _TOKEN = re.compile(r"\S+")
 _PLAIN = re.compile(r"[A-Za-z0-9 _.,:;()\[\]{}/=+\-<>%#@*!?&|~]*")
 _LONG = 40  # a token longer than this is data, not words
@@ -36,13 +39,12 @@ def _token(word: str) -> str:
 
 
 def scrub(text: Any, cap: int = CAP) -> str:
-    """Third-party text made fit to print: its first line; anything quoted, any word with a
-    character outside plain ASCII punctuation and letters, and any word longer than 40 characters
-    replaced by ``<value>``; at most ``cap`` characters."""
+    """Third-party text made fit to print: its first line; everything from its first quote to its
+    last (or to its end), any word with a character outside plain ASCII punctuation and letters,
+    and any word longer than 40 characters replaced by ``<value>``; at most ``cap`` characters."""
     text = str(text)
     first = next((line for line in text.splitlines() if line.strip()), "")
-    first = _QUOTED.sub(DROPPED, first)
-    first = _UNCLOSED.sub(DROPPED, first)
+    first = _QUOTED.sub(DROPPED, first, count=1)
     words = [_token(w) for w in _TOKEN.findall(first)]
     # Runs of dropped words say it once.
     out: list[str] = []

@@ -1,7 +1,7 @@
 """Hostile files for the message gate: every metadata field a marker, then mutated many ways.
 
 A marker is a distinct value per field, shaped to the field's type so that parsers accept it:
-``ZQ<n>X`` for texts and names, ``2.25.9999<n>`` for UIDs, ``2999MMDD`` dates, ``23595<n>`` times.
+``ZQ<n>X`` for texts and names (with quotes around it in two of three), ``2.25.9999<n>`` for UIDs, ``2999MMDD`` dates, ``23595<n>`` times.
 A test scans every row, message, warning, log line and written file for any of them.
 """
 
@@ -30,7 +30,9 @@ def marker(vr: str, n: int) -> str:
         return f"2999{1 + n % 12:02d}{1 + n % 28:02d}"
     if vr == "TM":
         return f"23595{n % 10}.{n}"
-    return f"ZQ{n:04d}X"
+    # A third holds both quotes, a third an apostrophe (O'BRIEN): a quoted value that holds quotes
+    # itself is where a message's quotes stop matching.
+    return (f"ZQ{n:04d}X", f"A'ZQ{n:04d}X\" B", f"O'ZQ{n:04d}X")[n % 3]
 
 
 def find_markers(text: str) -> list[str]:
