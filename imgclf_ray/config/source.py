@@ -203,7 +203,8 @@ class DecodeSpec(Section):
         2 << 30, gt=0,
         description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
         "members; an image table's pages as their headers declare them, and its rows as they are "
-        "made, at least 1 KiB each); over it the file is one error row (default 2 GiB).")
+        "made, at least 1 KiB each; a deflated DICOM's dataset, counted before it is inflated); "
+        "over it the file is one error row (default 2 GiB).")
     allow_truncated: bool = Field(
         False, description="Decode truncated files as far as they go instead of rejecting them.")
     exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")

@@ -106,7 +106,7 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
 
     if dicom.is_dicom(data):
         return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels,
-                            options.max_decode_bytes, cache, stored)
+                            options.max_decode_bytes, cache, stored, options.max_container_bytes)
     # Pillow reads both settings from module globals; they are set for this call only. Its bomb
     # check runs on every size it meets (ICNS / ICO sub-images, GIF frames, TIFF pages), and a
     # warning is an error here.
@@ -200,14 +200,14 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     return rgb, (width, height)
 
 
-def frame_count(data: bytes) -> int:
+def frame_count(data: bytes, options: DecodeSpec = DecodeSpec()) -> int:
     """Frames in a multi-frame file (DICOM NumberOfFrames checked against the pixel data, TIFF
     pages, GIF / WebP frames); 1 for still images and for anything unreadable (its decode reports
     why). Raises DecodeError for a DICOM file that declares more frames than it holds."""
     from imgclf_ray.imaging import dicom
 
     if dicom.is_dicom(data):
-        return dicom.frame_count(data)  # a count its pixel data cannot hold is this file's error
+        return dicom.frame_count(data, options.max_container_bytes)  # (a count its pixel data cannot hold: an error)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

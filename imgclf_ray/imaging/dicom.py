@@ -41,8 +41,42 @@ def _pydicom():
     return pydicom
 
 
-def _read(data: bytes, header_only: bool = False):
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the dataset is zlib-deflated
+INFLATE_LIMIT = 2 << 30  # decode.max_container_bytes's default, for the callers that give none
+
+
+def _check_inflated(data: bytes, limit: int) -> None:
+    """A deflated dataset's size, counted in 16 MiB steps and let go, before pydicom inflates it
+    whole in one call (a 3 MB file can inflate to gigabytes): DecodeError when over ``limit``."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info
+
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+    except Exception:  # noqa: BLE001 - a file meta pydicom cannot read: its read says so
+        return
+    if syntax != DEFLATED:
+        return
+    inflate, size, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[fp.tell():]
+    try:
+        while tail and size <= limit:
+            size += len(inflate.decompress(tail, 16 << 20))
+            tail = inflate.unconsumed_tail
+    except zlib.error:
+        return  # damaged: pydicom's read says so
+    if size > limit:
+        raise DecodeError(f"deflated DICOM dataset inflates past {limit / 2**20:,.0f} MiB, over "
+                          "decode.max_container_bytes")
+
+
+def _read(data: bytes, header_only: bool = False, max_inflated: int = INFLATE_LIMIT):
     pydicom = _pydicom()
+    _check_inflated(data, max_inflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -52,10 +86,10 @@ def _read(data: bytes, header_only: bool = False):
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}; element values are not shown)") from None
 
 
-def frame_count(data: bytes) -> int:
+def frame_count(data: bytes, max_inflated: int = INFLATE_LIMIT) -> int:
     """The frames a DICOM file holds: NumberOfFrames, checked against its pixel data (a declared
     count the data cannot hold is a DecodeError, before any row is made)."""
-    ds = _read(data)
+    ds = _read(data, max_inflated=max_inflated)
     return _checked_frames(ds)
 
 
@@ -90,12 +124,13 @@ def _checked_frames(ds) -> int:
         return frames
 
 
-def attributes(data: bytes, keywords: list[str], allow_phi: bool = False) -> dict[str, Optional[str]]:
+def attributes(data: bytes, keywords: list[str], allow_phi: bool = False,
+               max_inflated: int = INFLATE_LIMIT) -> dict[str, Optional[str]]:
     """The asked-for top-level attributes as strings; None where absent or where the value does
     not fit its value representation (imgclf_ray.deid), unless ``allow_phi``."""
     from imgclf_ray.deid import safe_value
 
-    ds = _read(data, header_only=True)
+    ds = _read(data, header_only=True, max_inflated=max_inflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -143,13 +178,14 @@ def _stretch(x: np.ndarray) -> np.ndarray:
 
 def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
            max_pixels: Optional[int] = None, max_bytes: Optional[int] = None,
-           cache: Optional[dict] = None, stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
+           cache: Optional[dict] = None, stored: Optional[dict] = None,
+           max_inflated: int = INFLATE_LIMIT) -> tuple[Image.Image, tuple[int, int]]:
     """One frame of a DICOM file as an 8-bit RGB image, and its (width, height). ``cache`` keeps
     the parsed file between frames of the same bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img, size, native = _decode(data, frame, window, max_pixels, max_bytes, cache)
+            img, size, native = _decode(data, frame, window, max_pixels, max_bytes, cache, max_inflated)
             if stored is not None:
                 stored["image"] = native
             return img, size
@@ -161,14 +197,14 @@ def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = 
 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
-            cache: Optional[dict]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
+            cache: Optional[dict], max_inflated: int) -> tuple[Image.Image, tuple[int, int], Image.Image]:
     _pydicom()
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if cache is not None and cache.get("data") is data:
         ds = cache["dataset"]
     else:
-        ds = _read(data)
+        ds = _read(data, max_inflated=max_inflated)
         if cache is not None:
             cache.clear()
             cache.update(data=data, dataset=ds)

@@ -220,7 +220,7 @@ class LoadStage:
                     return Encoded(data), *size, None, None
             if is_dicom(data):
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
-                                                             self.decode.dicom_allow_phi))
+                                                             self.decode.dicom_allow_phi, self.decode.max_container_bytes))
             img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
                                                self._target_side(), self._opened, stored)
         measures = self._timed("curate", measure_image, img, stored.get("image")) if self.measure else None
@@ -286,7 +286,7 @@ class LoadStage:
     def _frames(self, data: bytes) -> list[Part]:
         """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes (the
         opened file kept between them), at most decode.max_frames, then one error row."""
-        n, limit = frame_count(data), self.decode.max_frames
+        n, limit = frame_count(data, self.decode), self.decode.max_frames
         parts = [Part(i, data, decode_frame=i) for i in range(min(n, limit))]
         if n > limit:
             parts.append(Part(limit, error=f"read: the file has {n:,} frames, over decode.max_frames "

@@ -111,6 +111,37 @@ def test_attributes_and_patient_identifiers():
     assert attributes(data, ["PatientName"])["PatientName"] is None  # outside the keep list
 
 
+def test_a_deflated_dataset_is_counted_before_it_is_inflated():
+    """Deflated Explicit VR Little Endian: pydicom inflates the whole dataset in one call (a 3 MB
+    file inflated to 3 GiB: 6.4 GB at its peak). The shipped deflated file decodes; one that
+    inflates past decode.max_container_bytes is one DecodeError, and what Python allocated for it
+    (zlib's output is Python bytes: tracemalloc sees it) stays near one 16 MiB step."""
+    import tracemalloc
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    shipped = (FILES / "image_dfl.dcm").read_bytes()
+    assert decode_image(shipped, DecodeSpec())[1] == (512, 512)
+    ds = pydicom.dcmread(FILES / "CT_small.dcm")
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4096, 8192, 16, 16, 15
+    ds.PixelData = bytes(4096 * 8192 * 2)  # 64 MiB of zeros
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    bomb = buf.getvalue()
+    assert len(bomb) < 2 ** 20  # (64 MiB deflated)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="deflated DICOM dataset inflates past 16 MiB, over "
+                                              "decode.max_container_bytes"):
+            decode_image(bomb, DecodeSpec(max_container_bytes=16 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 << 20, peak
+    assert decode_image(bomb, DecodeSpec(max_decode_bytes=None))[1] == (8192, 4096)  # within the default
+
+
 @pytest.mark.ray
 def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
