@@ -13,6 +13,27 @@ from imgclf_ray.registry import CONTAINERS, Container
 from imgclf_ray.spec import DecodeSpec, SourceSpec
 
 
+HEADER_RECORD_LIMIT = 1 << 20  # a GNU long name or a pax header record: a path and a few keywords
+MEMBER_COST = 1024  # bytes a member is counted at least (its header, its entry here): empty ones add up
+
+
+def _bounded_info():
+    """tarfile's TarInfo, refusing a header record (GNU long name or link, pax) that declares more
+    than HEADER_RECORD_LIMIT: tarfile reads one whole before it yields the member it names, so a
+    compressed shard of a few MB made it inflate gigabytes before any limit here saw a member."""
+    import tarfile
+
+    class Bounded(tarfile.TarInfo):
+        def _proc_member(self, tar):
+            if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) and self.size > HEADER_RECORD_LIMIT:
+                raise DecodeError(f"a tar header record (long name or pax) declares {self.size:,} bytes, "
+                                  f"over {HEADER_RECORD_LIMIT:,}")
+            return super()._proc_member(tar)
+
+    return Bounded
+
+
 def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[int] = None) -> list[Part]:
     """Image bytes, metadata (JSON: the sample key) and label of every sample of a tar shard."""
     import tarfile
@@ -21,8 +42,14 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     samples: dict[str, dict[str, bytes]] = {}
     too_big: dict[str, dict[str, int]] = {}  # sample key -> extension -> size of a member not read
     total = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*", tarinfo=_bounded_info()) as tar:
         for member in tar:
+            # Sizes come from the member headers: nothing over the limits is read.
+            read = member.isfile() and member.size <= decode.max_member_bytes
+            total += MEMBER_COST + (member.size if read else 0)
+            if total > decode.max_container_bytes:
+                raise DecodeError(f"the shard expands past decode.max_container_bytes "
+                                  f"({decode.max_container_bytes / 2**20:,.0f} MiB)")
             if not member.isfile():
                 continue
             # WebDataset's convention: the key is the path up to the first dot of the file name
@@ -32,14 +59,9 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
             stem, _, ext = name.partition(".")
             key = f"{folder}/{stem}" if folder else stem
             files = samples.setdefault(key, {})
-            # Sizes come from the member headers: nothing over the limits is read.
-            if member.size > decode.max_member_bytes:
+            if not read:
                 too_big.setdefault(key, {})[ext.lower()] = member.size
                 continue
-            total += member.size
-            if total > decode.max_container_bytes:
-                raise DecodeError(f"the shard expands past decode.max_container_bytes "
-                                  f"({decode.max_container_bytes / 2**20:,.0f} MiB)")
             files[ext.lower()] = tar.extractfile(member).read()
     parts = []
     for key, files in samples.items():

@@ -92,6 +92,56 @@ def test_a_sample_whose_label_cannot_be_read_is_one_error_row_and_the_shard_is_r
     assert (latin.error, latin.label, json.loads(latin.metadata)) == (None, "7", {"key": "caf\\xe9"})
 
 
+def test_a_compressed_shard_that_inflates_in_its_headers_or_its_count_of_members_is_one_error():
+    """tarfile reads a GNU long-name or pax header record whole before it yields the member it
+    names: a gzip shard of 64 KB whose first record declares 64 MiB made Python hold 64 MiB
+    (3 GiB: 12.7 GB at the peak) before any limit saw a member. Refused past 1 MiB; what Python
+    allocated meanwhile (tracemalloc: gzip's output is Python bytes) stays small. A shard of many
+    empty members counts each at least 1 KiB against decode.max_container_bytes."""
+    import gzip
+    import io
+    import tarfile
+    import tracemalloc
+
+    from imgclf_ray.containers.webdataset import split
+    from imgclf_ray.imaging.limits import DecodeError
+
+    spec = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {}},
+                       "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
+    png = png_bytes(digit_images(1)[0][1])
+    for kind, fmt in ((tarfile.GNUTYPE_LONGNAME, tarfile.GNU_FORMAT), (tarfile.XHDTYPE, tarfile.PAX_FORMAT)):
+        record = tarfile.TarInfo("././@LongLink")
+        record.type, record.size = kind, 64 << 20
+        image = tarfile.TarInfo("s1.png")
+        image.size = len(png)
+        body = (b"19 path=" + b"a" * 10 + b"\n") * ((64 << 20) // 19) if kind == tarfile.XHDTYPE else b"a" * (64 << 20)
+        body = body.ljust(64 << 20, b"\n")
+        shard = gzip.compress(record.tobuf(format=fmt) + body + image.tobuf(format=fmt) + png.ljust(-(-len(png) // 512) * 512, b"\0")
+                              + b"\0" * 1024, compresslevel=9)
+        assert len(shard) < 1 << 20
+        tracemalloc.start()
+        try:
+            with pytest.raises(DecodeError, match=f"a tar header record \\(long name or pax\\) declares {64 << 20:,} "
+                                                  "bytes, over 1,048,576"):
+                split(shard, spec.source, spec.decode)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, (kind, peak)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for i in range(3000):
+            tar.addfile(tarfile.TarInfo(f"{i}.txt"), io.BytesIO(b""))
+        image = tarfile.TarInfo("last.png")
+        image.size = len(png)
+        tar.addfile(image, io.BytesIO(png))
+    small = parse_spec({"name": "wds", "source": {"uri": "/shards", "webdataset": {}},
+                        "decode": {"max_container_bytes": 2 << 20}, "model": {"uri": "/m"}, "sink": {"uri": "/o"}}, "<test>")
+    with pytest.raises(DecodeError, match="the shard expands past decode.max_container_bytes \\(2 MiB\\)"):
+        split(out.getvalue(), small.source, small.decode)
+    assert [p.data for p in split(out.getvalue(), spec.source, spec.decode)] == [png]  # (within the default)
+
+
 def test_every_source_container_is_a_registered_module_with_a_spec_section():
     """Containers are one module each in imgclf_ray/containers/, found by name; each name is the
     source key holding its options, and a container's split takes a file's bytes to parts."""
