@@ -124,6 +124,63 @@ def _checked_frames(ds) -> int:
         return frames
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # JPEG's, JPEG-LS's
+
+
+def _codestream_size(fragment: bytes) -> Optional[tuple[int, int, int]]:
+    """(width, height, components) from the frame header of a JPEG or JPEG-LS (SOFn) or JPEG 2000
+    (SIZ; inside a JP2 box or bare) codestream that starts ``fragment``; None when it starts none
+    (a fragment that continues a frame) or the header cannot be walked."""
+    if fragment[:4] == b"\x00\x00\x00\x0c" and fragment[4:8] == b"jP  ":  # JP2: find its codestream box
+        at = 12
+        while at + 8 <= len(fragment) and fragment[at + 4:at + 8] != b"jp2c":
+            length = int.from_bytes(fragment[at:at + 4], "big")
+            if length < 8:
+                return None
+            at += length
+        fragment = fragment[at + 8:]
+    if fragment[:4] == b"\xff\x4f\xff\x51" and len(fragment) >= 42:  # SOC, SIZ (ISO 15444-1 A.5.1)
+        x, y, x0, y0 = (int.from_bytes(fragment[i:i + 4], "big") for i in (8, 12, 16, 20))
+        return x - x0, y - y0, int.from_bytes(fragment[40:42], "big")
+    if fragment[:2] != b"\xff\xd8":  # SOI
+        return None
+    at = 2
+    while at + 9 <= len(fragment):
+        if fragment[at] != 0xFF:
+            return None
+        marker = fragment[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker in _SOF:  # length, precision, height, width, components
+            return (int.from_bytes(fragment[at + 7:at + 9], "big"), int.from_bytes(fragment[at + 5:at + 7], "big"),
+                    fragment[at + 9] if at + 9 < len(fragment) else 0)
+        else:
+            at += 2 + int.from_bytes(fragment[at + 2:at + 4], "big")
+    return None
+
+
+def _codestream_problem(ds) -> Optional[str]:
+    """Where a compressed frame's own header (what its decoder allocates) gives another size than
+    the Rows, Columns and SamplesPerPixel the limits are checked on, why (an 8x8 header over a
+    30000x30000 JPEG decoded 4.5 GB before pydicom compared the shapes); once per file."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
+        return None
+    from pydicom.encaps import generate_fragments
+
+    try:
+        pixels = ds.PixelData
+        header = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), int(ds.get("SamplesPerPixel", 1) or 1))
+        for fragment in generate_fragments(pixels[8 + int.from_bytes(pixels[4:8], "little"):]):
+            size = _codestream_size(fragment)
+            if size is not None and size != header:
+                return (f"its compressed frame is {size[0]}x{size[1]} with {size[2]} components; its header "
+                        f"says {header[0]}x{header[1]} with {header[2]}")
+    except Exception:  # noqa: BLE001 - a broken item list or a malformed value is the decode's error
+        return None
+    return None
+
+
 def attributes(data: bytes, keywords: list[str], allow_phi: bool = False,
                max_inflated: int = INFLATE_LIMIT) -> dict[str, Optional[str]]:
     """The asked-for top-level attributes as strings; None where absent or where the value does
@@ -202,12 +259,13 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if cache is not None and cache.get("data") is data:
-        ds = cache["dataset"]
+        ds, refused = cache["dataset"], cache["refused"]
     else:
         ds = _read(data, max_inflated=max_inflated)
+        refused = _codestream_problem(ds)
         if cache is not None:
             cache.clear()
-            cache.update(data=data, dataset=ds)
+            cache.update(data=data, dataset=ds, refused=refused)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError(f"DICOM object without pixel data ({_uid_name(ds.get('SOPClassUID'), 'unknown SOP class')})")
     frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
@@ -220,6 +278,8 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     if frame >= frames:
         raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if refused:
+        raise DecodeError(refused)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

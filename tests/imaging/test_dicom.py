@@ -142,6 +142,38 @@ def test_a_deflated_dataset_is_counted_before_it_is_inflated():
     assert decode_image(bomb, DecodeSpec(max_decode_bytes=None))[1] == (8192, 4096)  # within the default
 
 
+def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decoded():
+    """The limits are checked on Rows and Columns; the decoder allocates what the codestream's own
+    header says (an 8x8 header over a 30000x30000 JPEG: 4.5 GB). A JPEG, a bare JPEG 2000
+    codestream and a JP2 file, each 2000x1000, under a header of 8x8: the frame's own size in the
+    error, before a decoder runs (after it, the error was pydicom's shape mismatch); 8x8 frames
+    under the same header decode."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    def dicom(frame: bytes, syntax) -> bytes:
+        ds = pydicom.dcmread(FILES / "CT_small.dcm")
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 8, 8, 7
+        ds.PixelRepresentation, ds.PixelData, ds.file_meta.TransferSyntaxUID = 0, encapsulate([frame]), syntax
+        ds["PixelData"].is_undefined_length, ds["PixelData"].VR = True, "OB"
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        return buf.getvalue()
+
+    def encoded(size, fmt, **options) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", size, 40).save(buf, fmt, **options)
+        return buf.getvalue()
+
+    for fmt, syntax, options in (("JPEG", JPEGBaseline8Bit, {}), ("JPEG2000", JPEG2000Lossless, {"no_jp2": True}),
+                                 ("JPEG2000", JPEG2000Lossless, {})):
+        with pytest.raises(DecodeError, match="its compressed frame is 2000x1000 with 1 components; its header "
+                                              "says 8x8 with 1"):
+            decode_image(dicom(encoded((2000, 1000), fmt, **options), syntax), DecodeSpec())
+        assert decode_image(dicom(encoded((8, 8), fmt, **options), syntax), DecodeSpec())[1] == (8, 8), (fmt, options)
+
+
 @pytest.mark.ray
 def test_dicom_archive_through_the_pipeline(ray_session, tiny_model, tmp_path):
     from imgclf_ray.io.listing import list_archive
