@@ -7,6 +7,7 @@ packet the decoder refuses becomes an error frame; the frames around it still co
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 from dataclasses import dataclass
@@ -55,12 +56,15 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
 
     av = require("video", error=DecodeError)
 
+    # FFmpeg's own check on a frame's size, before it allocates one: opening a file decodes its
+    # first frames (a 4 MB file whose PNG frame is 16000x16000 at 16-bit RGBA held 2 GB there).
+    limit = {"max_pixels": str(max_pixels)} if max_pixels is not None else {}
     try:
-        with av.open(io.BytesIO(data), mode="r") as probe:
+        with av.open(io.BytesIO(data), mode="r", options=limit) as probe:
             if not probe.streams.video:
                 raise DecodeError("no video stream in this file")
             timeline = sorted(p.pts for p in probe.demux(probe.streams.video[0]) if p.pts is not None)
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", options=limit)
     except DecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError) as exc:
@@ -70,6 +74,11 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
         if stream.codec_context is None:  # a codec id FFmpeg here has no decoder for (or a damaged header)
             raise DecodeError("its video stream's codec is not one this FFmpeg decodes")
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
+        stream.codec_context.options = {**stream.codec_context.options, **limit}
+        width, height = stream.codec_context.width, stream.codec_context.height  # (the header's, 0 unknown)
+        if max_pixels is not None and width * height > max_pixels:
+            raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
+                              f"the limit of {max_pixels:,} (decode.max_image_pixels)")
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
         base = stream.time_base
@@ -90,7 +99,9 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
                 t = float(packet.pts * base) if packet.pts is not None and base else math.nan
-                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet ({describe(exc)})"))
+                over = (", or a frame over decode.max_image_pixels (FFmpeg refuses both alike)"
+                        if limit and getattr(exc, "errno", None) == errno.EINVAL else "")
+                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet{over} ({describe(exc)})"))
                 continue
             for frame in decoded:
                 t = float(frame.time) if frame.time is not None else math.nan

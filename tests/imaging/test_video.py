@@ -104,6 +104,46 @@ def test_bad_files_are_refused_with_a_reason(clip):
         sample(clip.replace(b"avc1", b"zzzz"))  # a codec FFmpeg has no decoder for (it was AttributeError)
 
 
+def test_a_frame_over_the_pixel_limit_is_refused_before_ffmpeg_allocates_it(tmp_path):
+    """An AVI whose one PNG frame is 8000x8000 at 16-bit RGBA (512 MB decoded) in 1 MB, over a
+    limit of 10 million pixels: opening
+    the file decodes its first frame, and the frame was then checked after FFmpeg had decoded it
+    (a 16000x16000 one: 2 GB). FFmpeg's own max_pixels refuses it first; the process's peak,
+    measured in a process of its own, stays far below the frame."""
+    import fractions
+    import json
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side, deflate = 8000, zlib.compressobj(9)
+    idat = b"".join(deflate.compress(bytes(1 + side * 8)) for _ in range(side)) + deflate.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0))
+           + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    with av.open(str(tmp_path / "v.avi"), "w", format="avi") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = side, side, "rgba64be"
+        packet = av.Packet(png)
+        packet.stream, packet.pts, packet.dts, packet.time_base = stream, 0, 0, fractions.Fraction(1, 1)
+        out.mux(packet)
+    assert (tmp_path / "v.avi").stat().st_size < 2 << 20
+    code = ("import json, re, sys; from imgclf_ray.imaging.video import sample\n"
+            "frames = sample(open(sys.argv[1], 'rb').read(), max_pixels=10_000_000)\n"
+            "peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+            "print(json.dumps([[f.error for f in frames], peak]))")  # (this process's own peak: ru_maxrss keeps the fork's)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "v.avi")], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors, peak_kib = json.loads(done.stdout)
+    assert errors == ["corrupt video packet, or a frame over decode.max_image_pixels (FFmpeg refuses both alike) "
+                      "(ArgumentError: Invalid argument: <value> returned 22)"], errors
+    assert peak_kib < 300 << 10, peak_kib  # (the frame is 512 MB)
+
+
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
     """A log cut short (upload interrupted) or with damaged bytes in the middle: the readable frames
     come out, damaged packets become error frames, nothing raises."""
