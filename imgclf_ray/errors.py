@@ -131,6 +131,13 @@ def describe_failure(exc: BaseException) -> UserError:
             return UserError(f"could not connect ({kind}: {_first_line(e)}): check the address or endpoint{token}")
     if isinstance(exc, OSError):
         return UserError(f"{kind_of(exc)}: {_first_line(exc)}")
+    if type(exc).__module__.startswith("ray.train") and "worker" in kind_of(exc).lower():
+        from imgclf_ray.messages import scrub
+
+        # Ray Train's error text ends with the worker's own exception; its first line says only "failed".
+        root = next((line for line in reversed(str(exc).splitlines()) if line.strip()), "")
+        return UserError(f"CNN training failed in a Ray Train worker ({scrub(root.strip(), cap=300)}); the "
+                         "worker's traceback is above and in Ray's session logs (<ray temp folder>/session_latest/logs)")
     return UserError(f"unexpected {kind_of(exc)}: {_first_line(exc)} (set IMGCLF_DEBUG=1 for the traceback "
                      "and report it)")
 

@@ -258,6 +258,28 @@ def test_two_ray_train_workers_with_uneven_rows_and_early_stopping_finish(ray_se
     assert state and 1 <= len(history) <= 4 and all("val_loss" in h for h in history)
 
 
+def test_imgclf_train_starts_ray_for_ray_train_workers_and_trains_a_last_batch_of_one(digits_archive, tmp_path):
+    """`imgclf train jobs/train/digits-cnn.yaml` (cnn.workers: 1) in a shell where nothing started
+    Ray: a small archive's features are made without Ray, and Ray Train then met no Ray ("Ray has
+    not been started yet"). Here its 129 training rows in batches of 64 leave one row: batch norm
+    refused a batch of one ("Expected more than 1 value per channel"); it joins the batch before."""
+    import os
+    import subprocess
+
+    from tests.support.jobs import IMGCLF
+
+    archive = tmp_path / "arch"
+    digits_subset(digits_archive, archive, 10)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([IMGCLF, "train", str(REPO / "jobs" / "train" / "digits-cnn.yaml"), "--set", f"data.uri={archive}",
+                           "--set", "example=null", "--set", f"model.output={tmp_path}/cnn", "--set", "model.cnn.epochs=1",
+                           "--set", "run.ray_address=null"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = read_card(f"{tmp_path}/cnn")
+    assert "held-out multiclass evaluation" in done.stdout and len(card.training["history"]) == 1
+    assert card.training["train_images"] % 64 == 1  # (the case above)
+
+
 def test_a_cnn_is_fine_tuned_from_the_registered_champion(ray_session, digits_archive, tiny_model, tmp_path):
     """cnn.init_weights: models:/NAME@champion, resolved with registry.tracking_uri (a temporary
     sqlite registry), the champion's artifact the starting point; the result a new version."""

@@ -56,7 +56,11 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
     # pair up step by step, and one step more on one worker would wait forever. The rows left over
     # (fewer than the workers) change with each epoch's permutation.
     per = max(1, len(x_tr) // world)
-    steps = config["epochs"] * -(-per // batch)
+    # A last batch of one row is joined to the one before: batch norm cannot train on one row.
+    bounds = [(start, min(start + batch, per)) for start in range(0, per, batch)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], per)]
+    steps = config["epochs"] * len(bounds)
     opt = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     rng = np.random.default_rng(config["seed"])
@@ -79,8 +83,8 @@ def fit_loop(config: dict[str, Any], data: tuple, device, rank: int, world: int,
         net.train()
         order = np.resize(rng.permutation(len(x_tr)), per * world)[rank * per:(rank + 1) * per]
         total, count = 0.0, 0
-        for start in range(0, len(order), batch):
-            idx = np.sort(order[start:start + batch])
+        for start, stop in bounds:
+            idx = np.sort(order[start:stop])
             opt.zero_grad()
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 loss = loss_fn(net(prepare(x_tr[idx], True)).float(), target(y_tr[idx]))

@@ -267,6 +267,10 @@ def _fit_cnn_one(spec: TrainSpec, task: str, x: np.ndarray, y: np.ndarray, label
         network = {"library": init_card.library, "architecture": init_card.architecture,
                    "network_config": init_card.network_config}
         init = load_state_dict(cnn.init_weights, init_card, spec.storage)
+    if cnn.workers:  # Ray Train's worker group (the features of a small archive were made without Ray)
+        from imgclf_ray.runner.ray_setup import ensure_ray
+
+        ensure_ray(spec.run.ray_address)
     state, history = fit_cnn(cnn, x[train_idx], y[train_idx], x[val_idx], y[val_idx], len(labels),
                              task == "multilabel", prep["mean"], prep["std"], seed, init, network=network)
     fields = {
