@@ -164,20 +164,38 @@ def _ordered(table: pa.Table, columns: Optional[Iterable[str]] = None) -> pa.Tab
 def read_rows(sink_uri: str, run_id: str, version: Optional[int], columns=None,
               storage: StorageSpec = StorageSpec()) -> pa.Table:
     """Run ``run_id``'s rows as of table version ``version`` (the one its manifest records), the
-    given columns (a list, a test on the name, or None for all) in the output schema's order."""
-    import pyarrow.dataset as ds
+    given columns (a list, a test on the name, or None for all) in the output schema's order.
+    The run's files are read here, by path: Arrow reading through deltalake's own filesystem
+    (``to_pyarrow_dataset``) ended some processes at exit with ``terminate called`` (exit 134,
+    deltalake 1.6, pyarrow 25) after the rows had been printed."""
+    import pyarrow.parquet as pq
 
-    dataset = _table(sink_uri, storage, version).to_pyarrow_dataset()
-    names = dataset.schema.names if columns is None else (
-        [n for n in dataset.schema.names if columns(n)] if callable(columns) else list(columns))
-    table = dataset.to_table(columns=names, filter=ds.field(PARTITION) == run_id)
+    from imgclf_ray.io.storage import filesystem
+
+    table_at = _table(sink_uri, storage, version)
+    schema = pa.schema(table_at.schema().to_arrow())
+    names = schema.names if columns is None else (
+        [n for n in schema.names if columns(n)] if callable(columns) else [n for n in columns if n in schema.names])
+    parts = []
+    for uri in file_uris(sink_uri, run_id, version, storage, table_at):
+        fs, path = filesystem(uri, storage)
+        with fs.open(path, "rb") as fh:
+            part = pq.ParquetFile(fh)
+            part = part.read(columns=[n for n in names if n in part.schema_arrow.names])
+        parts.append(pa.table([part.column(n) if n in part.column_names else
+                               pa.array([run_id] * part.num_rows, schema.field(n).type) if n == PARTITION else
+                               pa.nulls(part.num_rows, schema.field(n).type) for n in names],
+                              schema=pa.schema([schema.field(n) for n in names])))
+    table = pa.concat_tables(parts) if parts else schema.empty_table().select(names)
     return _ordered(table, names)
 
 
-def file_uris(sink_uri: str, run_id: str, version: Optional[int], storage: StorageSpec = StorageSpec()) -> list[str]:
+def file_uris(sink_uri: str, run_id: str, version: Optional[int], storage: StorageSpec = StorageSpec(),
+              table_at=None) -> list[str]:
     """The data files of run ``run_id`` at table ``version`` (Hive-style ``run_id=<id>/`` folders;
     the files themselves do not hold the partition column)."""
-    uris = _table(sink_uri, storage, version).file_uris(file_pruning_predicate=[(PARTITION, "=", run_id)])
+    table_at = table_at if table_at is not None else _table(sink_uri, storage, version)
+    uris = table_at.file_uris(file_pruning_predicate=[(PARTITION, "=", run_id)])
     return sorted(f"file://{u}" if u.startswith("/") else u for u in uris)
 
 
