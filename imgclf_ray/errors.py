@@ -99,6 +99,14 @@ def describe_failure(exc: BaseException) -> UserError:
                              "decode.max_decode_bytes, or give the machine more memory; rerun the same "
                              "run id to resume")
         if module.startswith(("botocore", "aiobotocore")) or kind in ("NoCredentialsError", "ClientError"):
+            endpoint = (getattr(e, "kwargs", None) or {}).get("endpoint_url")
+            if isinstance(endpoint, str):  # the configuration's, not a file's: its scheme, host and port
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(endpoint)
+                at = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+                return UserError(f"object storage could not be reached at {at} ({kind}): check "
+                                 "storage.endpoint_url / AWS_ENDPOINT_URL and that the endpoint is up")
             return UserError(f"object storage refused or could not be reached ({kind}: {_first_line(e)}): check "
                              "storage.endpoint_url / AWS_ENDPOINT_URL, the credentials in the environment "
                              "(AWS_ACCESS_KEY_ID ...) or storage.profile, and the bucket name")

@@ -32,6 +32,8 @@ def _read_table(uri: str, storage: StorageSpec, columns: tuple[str, ...], where:
     fs, path = filesystem(uri, storage)
     try:
         blob = fs.cat_file(path)
+    except FileNotFoundError:
+        raise SourceError(f"{uri}: no such labels table ({where})") from None
     except OSError as exc:
         raise SourceError(f"{uri}: cannot read the labels table ({where}): {describe(exc)}") from None
     try:
@@ -103,10 +105,11 @@ def _reviewed_labels(manifest: pa.Table, spec, storage: StorageSpec) -> list[Opt
     return [by_uri.get(u) for u in uris]
 
 
-def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec) -> tuple[list, list]:
-    """Each uri's label and split in the labels table (None where the table has none)."""
+def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec, section: str) -> tuple[list, list]:
+    """Each uri's label and split in the labels table (None where the table has none); ``section``
+    the spec's (source.labels, a training spec's data.labels)."""
     table = _read_table(spec.table, storage, (spec.uri_column, spec.label_column,
-                                              *([spec.split_column] if spec.split_column else [])), "source.labels")
+                                              *([spec.split_column] if spec.split_column else [])), section)
     splits_in = (table.column(spec.split_column).to_pylist() if spec.split_column else [None] * table.num_rows)
     by_uri = {}
     for key, label, split in zip(table.column(spec.uri_column).to_pylist(),
@@ -119,13 +122,14 @@ def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec) -> tup
     if spec.split_column:
         unknown = {str(v) for v in splits if v is not None} - {"train", "validation", "test"}
         if unknown:
-            raise SourceError(f"{spec.table}: column {spec.split_column!r} (source.labels.split_column) has "
+            raise SourceError(f"{spec.table}: column {spec.split_column!r} ({section}.split_column) has "
                               f"{len(unknown)} value{'s' if len(unknown) > 1 else ''} other than train, validation "
                               "and test")
     return labels, splits
 
 
-def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec()) -> pa.Table:
+def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec(),
+                       key: str = "source.labels") -> pa.Table:
     """The manifest with a ``true_label`` column (null for images the labels do not cover), and a
     ``split`` column when the labels table gives one (``split_column``)."""
     spec = source.labels
@@ -138,11 +142,11 @@ def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageS
     elif spec.kind == "reviewed":
         labels = _reviewed_labels(manifest, spec, storage)
         if spec.table:  # the labels the archive had before any review, for the images nobody reviewed
-            labels = [h if h is not None else t for h, t in zip(labels, _table_labels(spec, root, uris, storage)[0])]
+            labels = [h if h is not None else t for h, t in zip(labels, _table_labels(spec, root, uris, storage, key)[0])]
         if spec.folder_fallback:
             labels = [h if h is not None else f for h, f in zip(labels, _folder_labels(uris, root))]
     else:
-        labels, splits = _table_labels(spec, root, uris, storage)
+        labels, splits = _table_labels(spec, root, uris, storage, key)
         if spec.split_column:
             manifest = manifest.append_column("split", pa.array(splits, pa.string()))
     return manifest.append_column("true_label", pa.array(labels, pa.string()))

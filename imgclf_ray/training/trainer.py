@@ -347,7 +347,7 @@ def train_job(spec: TrainSpec) -> dict[str, Any]:
     spec = with_init_network(spec)
     written = (ensure_example_archive(spec.example.dataset, spec.data, spec.storage, moved(spec, "data.uri"))
                if spec.example else 0)
-    manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage)
+    manifest = attach_true_labels(list_archive(spec.data, spec.storage), spec.data, spec.storage, "data.labels")
     manifest, gold = _without_gold(spec, manifest)
     truth = manifest.column("true_label")  # (an empty cell of a labels table: no label, but for multilabel)
     labelled = manifest.filter(truth.is_valid() if spec.task == "multilabel" else
