@@ -167,7 +167,7 @@ def _execute(at: Attempt, manifest, listing: Listing, card: Optional[ArtifactInf
     metrics = engine.metrics()
     try:
         split = spec.source.container is not None or spec.decode.frames == "all"
-        shown = Progress("classify", manifest.num_rows, unit="file" if split else "img", mode=progress)
+        shown = Progress("classify" if card else "curate", manifest.num_rows, unit="file" if split else "img", mode=progress)
         with Watch(metrics, shown, split=split), user_errors(metrics):
             engine.classify(run, manifest, Output(at.run_id, staging, run_schema(
                 at.run_id, card.model_id if card else None, card.labels if card else None), scan_columns(run)),
