@@ -860,6 +860,10 @@ def _write_out(blob: bytes, out: Optional[str], storage, what: str = "") -> None
     import sys
 
     if out is None or out == "-":
+        if sys.stdout.isatty():  # a terminal, as ls shows names: a control character (ESC, CR) in a name is '?'
+            import re
+
+            blob = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", blob.decode("utf-8", "replace")).encode()
         sys.stdout.buffer.write(blob)
         sys.stdout.flush()
         return

@@ -396,3 +396,33 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_quoted_and_come_back_as_they
         parsed = parse_csv(saved)
         assert [a.labels[0] for a in parsed.answers] == [n.split("|")[0].strip() for n in names[2:]]
         assert parsed.blank == 2 and {a.model_score for a in parsed.answers} == {0.93}
+
+
+def test_a_csv_export_to_a_terminal_shows_a_control_character_in_a_name_as_a_question_mark(tmp_path):
+    """`imgclf export --to csv` writes to standard output; a file name holding a terminal escape
+    (ESC [2J clears the screen) or a carriage return reached the terminal as it was. On a terminal
+    (a pty here) they are '?', as ls shows them; into a pipe or a file the bytes stay exact."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    commit_run(tmp_path / "out", "r1", [{"label": "cat", "score": 0.9}], uri_prefix="file:///data/a\x1b[2Jb\rc")
+    command = [str(Path(sys.executable).with_name("imgclf")), "export", str(tmp_path / "out"), "--to", "csv"]
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(command, stdout=child_fd, stderr=subprocess.DEVNULL)
+    os.close(child_fd)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the child's end closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0
+    assert b"file:///data/a?[2Jb?c/img000.png" in shown and b"\x1b" not in shown, shown
+    piped = subprocess.run(command, capture_output=True, timeout=60)
+    assert b"file:///data/a\x1b[2Jb\rc/img000.png" in piped.stdout
