@@ -92,7 +92,9 @@ def test_export_the_least_confident_rows_as_csv_and_jsonl(nights, tmp_path):
 
 def test_export_refuses_a_bad_filter_in_one_line(nights):
     for where, expected in (("colour == 'red'", "no column 'colour'"), ("score <", "cannot read"),
-                            ("label", "not a true/false column")):
+                            ("label", "not a true/false column"),
+                            ("(" * 3000 + "is_label_issue" + ")" * 3000, "nested more than 100 deep"),
+                            ("not " * 3000 + "is_label_issue", "nested more than 100 deep")):  # (RecursionError)
         result = CliRunner().invoke(main, ["export", str(nights), "--to", "csv", "--where", where])
         assert result.exit_code != 0 and result.output.startswith("error: --where") and expected in result.output
         assert len(result.output.strip().splitlines()) == 1

@@ -43,13 +43,16 @@ def _tokens(where: str) -> list[tuple[str, str]]:
     return out
 
 
+MAX_NESTING = 100  # not and parentheses, one inside another
+
+
 class _Where:
     """``--where``: comparisons of a column with a value, true/false columns, joined by ``and``,
     ``or``, ``not`` and parentheses (``not`` binds tightest, then ``and``, then ``or``). A value is
     compared as the column's type: ``label == 3`` compares the text "3"."""
 
     def __init__(self, table: pa.Table, where: str):
-        self.table, self.where, self.at = table, where, 0
+        self.table, self.where, self.at, self.depth = table, where, 0, 0
         self.tokens = _tokens(where)
         if not self.tokens:
             raise SpecError(f"--where: empty ({_EXAMPLE})")
@@ -90,15 +93,21 @@ class _Where:
         return mask
 
     def _not(self) -> pa.Array:
-        if self._keyword("not"):
-            return pc.invert(self._not())
-        if self._peek() == ("op", "("):
-            self.at += 1
-            mask = self._or()
-            if self._take() != ("op", ")"):
-                raise SpecError(f"--where: a '(' is not closed in {self.where!r}")
-            return mask
-        return self._comparison()
+        self.depth += 1  # every nesting (not, a parenthesis) passes here: Python's recursion limit is no message
+        if self.depth > MAX_NESTING:
+            raise SpecError(f"--where: nested more than {MAX_NESTING} deep (not, parentheses)")
+        try:
+            if self._keyword("not"):
+                return pc.invert(self._not())
+            if self._peek() == ("op", "("):
+                self.at += 1
+                mask = self._or()
+                if self._take() != ("op", ")"):
+                    raise SpecError(f"--where: a '(' is not closed in {self.where!r}")
+                return mask
+            return self._comparison()
+        finally:
+            self.depth -= 1
 
     def _comparison(self) -> pa.Array:
         kind, column = self._take()
