@@ -24,6 +24,16 @@ from imgclf_ray.imaging.limits import DecodeError, check_budget  # noqa: F401 - 
 SNIFF_BYTES = 4096
 
 
+# Formats Pillow would open that are not decoded here: EPS renders by running Ghostscript (an
+# interpreter of the file's PostScript program) where one is installed.
+NOT_OPENED = frozenset({"EPS"})
+
+
+def _formats() -> list[str]:
+    Image.init()
+    return [f for f in Image.OPEN if f not in NOT_OPENED]
+
+
 def looks_like_image(head: bytes) -> bool:
     """Whether the first bytes of a file are those of an image imgclf decodes: DICOM's preamble
     ('DICM' at byte 128) or the magic number of a format Pillow opens (its plugins' own checks)."""
@@ -32,7 +42,9 @@ def looks_like_image(head: bytes) -> bool:
     if dicom.is_dicom(head):
         return True
     Image.init()
-    for _, accept in Image.OPEN.values():
+    for name, (_, accept) in Image.OPEN.items():
+        if name in NOT_OPENED:
+            continue
         try:
             if accept is not None and accept(head):
                 return True
@@ -45,6 +57,8 @@ def _sniff(data: bytes) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         return "looks like HTML/XML text, not an image"
+    if head.startswith((b"%!ps", b"\xc5\xd0\xd3\xc6")):
+        return "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)"
     return "not a format Pillow can identify"
 
 
@@ -138,7 +152,7 @@ def _open(data: bytes, cache: Optional[dict]) -> Image.Image:
         return cache["image"]
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the outer size: checked by _decode
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=_formats())
     except UnidentifiedImageError:
         raise DecodeError(_sniff(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -211,6 +225,6 @@ def frame_count(data: bytes, options: DecodeSpec = DecodeSpec()) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return max(1, int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1)))
+            return max(1, int(getattr(Image.open(io.BytesIO(data), formats=_formats()), "n_frames", 1)))
     except Exception:  # noqa: BLE001 - the row's decode gives the real cause
         return 1

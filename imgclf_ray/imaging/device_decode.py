@@ -36,7 +36,7 @@ def for_device(data: bytes, options: DecodeSpec) -> Optional[tuple[int, int]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a decompression-bomb warning: the task says why
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=["JPEG"])
             width, height = img.size
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None  # CMYK / YCCK: Pillow converts them, the device would not alike

@@ -97,3 +97,33 @@ def test_jpeg_draft_decodes_smaller_but_never_below_target(sample_photo):
     assert size == (640, 427)
     assert 100 <= min(img.size) < 427
     assert decode_image(data, target_short_side=100)[0].size == (640, 427)  # off by default
+
+
+def test_postscript_is_never_handed_to_ghostscript(tmp_path):
+    """Pillow opens EPS and renders it by running Ghostscript on the file's PostScript program,
+    wherever `gs` is installed (a cluster image with ImageMagick has it): an archive's file would
+    run a program. With a `gs` on PATH that records each call (in a process of its own: Pillow
+    looks for gs once), an EPS file (under an image's name too) is one error saying why, and
+    nothing ran it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "EPS")
+    (tmp_path / "x.eps").write_bytes(buf.getvalue())
+    (tmp_path / "bin").mkdir()
+    gs = tmp_path / "bin" / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'ran'}\nexit 1\n")
+    gs.chmod(0o755)
+    code = ("import sys; from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count, looks_like_image\n"
+            "data = open(sys.argv[1], 'rb').read()\n"
+            "assert not looks_like_image(data[:64]) and frame_count(data) == 1\n"
+            "try:\n    decode_image(data)\nexcept DecodeError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.eps")], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[2],
+                          env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)"
+    assert not (tmp_path / "ran").exists()
