@@ -202,9 +202,10 @@ class DecodeSpec(Section):
     max_container_bytes: int = Field(
         2 << 30, gt=0,
         description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
-        "members, at least 1 KiB each, its header records at most 1 MiB each; an image table's pages as their headers declare them, and its rows as they are "
-        "made, at least 1 KiB each; a deflated DICOM's dataset, counted before it is inflated); "
-        "over it the file is one error row (default 2 GiB).")
+        "members, at least 1 KiB each, its header records at most 1 MiB each; an image table's "
+        "pages as their headers declare them, and its rows as they are made, at least 1 KiB each; "
+        "a deflated DICOM's dataset, counted before it is inflated); over it the file is one error "
+        "row (default 2 GiB).")
     allow_truncated: bool = Field(
         False, description="Decode truncated files as far as they go instead of rejecting them.")
     exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")
