@@ -204,8 +204,9 @@ class DecodeSpec(Section):
         description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
         "members, at least 1 KiB each, its header records at most 1 MiB each; an image table's "
         "pages as their headers declare them, and its rows as they are made, at least 1 KiB each; "
-        "a deflated DICOM's dataset, counted before it is inflated); over it the file is one error "
-        "row (default 2 GiB).")
+        "a deflated DICOM's dataset, counted before it is inflated; a video's frames kept, as "
+        "scaled); over it the file is one error row (a video: the frames before it and one error "
+        "row; default 2 GiB).")
     allow_truncated: bool = Field(
         False, description="Decode truncated files as far as they go instead of rejecting them.")
     exif_transpose: bool = Field(True, description="Apply the EXIF orientation tag.")

@@ -37,12 +37,21 @@ def _scaled(width: int, height: int, short_side: Optional[int]) -> tuple[int, in
     return int(short_side * width / height), short_side
 
 
+# The demuxers a video archive is read with (FFmpeg's names): MP4/MOV/M4V, Matroska/WebM, AVI,
+# MPEG-TS and -PS, FLV, ASF/WMV, Ogg, raw H.264/HEVC/MPEG video.
+DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "h264", "hevc", "mpegvideo", "m4v")
+CONTAINERS = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF, Ogg or raw H.264/HEVC/MPEG video"
+
+
 def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
            max_frames: Optional[int] = None, short_side: Optional[int] = None,
-           max_pixels: Optional[int] = None) -> list[VideoFrame]:
+           max_pixels: Optional[int] = None, max_held: Optional[int] = None) -> list[VideoFrame]:
     """The frames of the first video stream of ``data`` chosen by ``fps`` / ``keyframes``, at most
     ``max_frames``. Each is converted to RGB by FFmpeg's scaler, which also brings the shorter side
-    down to ``short_side`` (area averaging) so that a long clip never holds full-size frames.
+    down to ``short_side`` (area averaging) so that a long clip never holds full-size frames. The
+    frames kept weigh at most ``max_held`` bytes (decode.max_container_bytes): past it, one error
+    frame says so and the rest of the video is not read (a 36 KB file of 2,000 frames of 16384x64,
+    whose shorter side needs no scaling, held 2.8 GB).
 
     ``index`` is the frame's identity in the stream, whatever the sampling: the rank of its
     presentation timestamp among those of every packet of the stream (read by a first demux pass
@@ -59,16 +68,20 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
     # FFmpeg's own check on a frame's size, before it allocates one: opening a file decodes its
     # first frames (a 4 MB file whose PNG frame is 16000x16000 at 16-bit RGBA held 2 GB there).
     limit = {"max_pixels": str(max_pixels)} if max_pixels is not None else {}
+    # Container formats only: FFmpeg's probe would also take a 36-byte text file for a concat list
+    # (and read the files it names), an SDP description (and open network sockets), a playlist...
+    # and no file is opened from inside one (no protocol is allowed: the bytes come from here).
+    opened = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "none"}
     try:
-        with av.open(io.BytesIO(data), mode="r", options=limit) as probe:
+        with av.open(io.BytesIO(data), mode="r", options={**limit, **opened}) as probe:
             if not probe.streams.video:
                 raise DecodeError("no video stream in this file")
             timeline = sorted(p.pts for p in probe.demux(probe.streams.video[0]) if p.pts is not None)
-        container = av.open(io.BytesIO(data), mode="r", options=limit)
+        container = av.open(io.BytesIO(data), mode="r", options={**limit, **opened})
     except DecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise DecodeError(f"not a video PyAV can open ({describe(exc)})") from None
+        raise DecodeError(f"not a video PyAV can open as {CONTAINERS} ({describe(exc)})") from None
     with container:
         stream = container.streams.video[0]
         if stream.codec_context is None:  # a codec id FFmpeg here has no decoder for (or a damaged header)
@@ -84,7 +97,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
         base = stream.time_base
         start = float(stream.start_time * base) if stream.start_time is not None and base else 0.0
         frames: list[VideoFrame] = []
-        next_t, last_index = -math.inf, -1
+        next_t, last_index, held = -math.inf, -1, 0
 
         def index_of(pts: Optional[int]) -> int:
             nonlocal last_index
@@ -116,6 +129,12 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                     raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
                                       f"the limit of {max_pixels:,} (decode.max_image_pixels)")
                 w, h = _scaled(width, height, short_side)
+                held += w * h * 3
+                if max_held is not None and held > max_held:
+                    frames.append(VideoFrame(index, t, error=f"the frames kept so far fill decode.max_container_bytes "
+                                                             f"({max_held / 2**20:,.0f} MiB): the rest of the video was "
+                                                             "not read (lower source.video.fps or set max_frames)"))
+                    return frames
                 image = frame.to_image(width=w, height=h, interpolation="AREA")
                 frames.append(VideoFrame(index, t, image, (width, height)))
                 if max_frames is not None and len(frames) >= max_frames:

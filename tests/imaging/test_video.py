@@ -96,8 +96,8 @@ def test_bad_files_are_refused_with_a_reason(clip):
         frame.sample_rate = 8000
         for packet in stream.encode(frame):
             out.mux(packet)
-    with pytest.raises(DecodeError, match="no video stream"):
-        sample(wav.getvalue())
+    with pytest.raises(DecodeError, match="not a video PyAV can open as MP4/MOV, Matroska/WebM, AVI"):
+        sample(wav.getvalue())  # (audio: its demuxer is not among those a video archive is read with)
     with pytest.raises(DecodeError, match="decode.max_image_pixels"):
         sample(clip, max_pixels=100 * 100)
     with pytest.raises(DecodeError, match="^its video stream's codec is not one this FFmpeg decodes$"):
@@ -142,6 +142,34 @@ def test_a_frame_over_the_pixel_limit_is_refused_before_ffmpeg_allocates_it(tmp_
     assert errors == ["corrupt video packet, or a frame over decode.max_image_pixels (FFmpeg refuses both alike) "
                       "(ArgumentError: Invalid argument: <value> returned 22)"], errors
     assert peak_kib < 300 << 10, peak_kib  # (the frame is 512 MB)
+
+
+def test_text_that_ffmpeg_would_take_for_a_playlist_or_a_stream_is_not_a_video(clip, tmp_path, monkeypatch):
+    """FFmpeg's probe takes a 36-byte text file for a concat list (and reads the files it names,
+    relative to the worker's folder: their frames were committed as the archive file's rows), an
+    SDP description (and binds UDP sockets, joins multicast groups, waits 20 s), an HLS playlist.
+    Only container demuxers are allowed, and no protocol: each is refused, and the clip beside it,
+    which the list names, is never read."""
+    (tmp_path / "secret.mp4").write_bytes(clip)
+    monkeypatch.chdir(tmp_path)
+    for text in (b"ffconcat version 1.0\nfile secret.mp4\n",
+                 b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video 18790 RTP/AVP 96\n"
+                 b"a=rtpmap:96 H264/90000\n",
+                 b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nsecret.mp4\n#EXT-X-ENDLIST\n"):
+        with pytest.raises(DecodeError, match="^not a video PyAV can open as MP4/MOV"):
+            sample(text)
+    assert len(sample(clip, fps=None)) == FRAMES  # (a container: read as before)
+
+
+def test_the_frames_kept_of_one_video_are_bounded_by_the_container_budget(clip):
+    """Every sampled frame of a file is held until the file's rows are made: a 36 KB video of 2,000
+    frames of 16384x64 (a shorter side that needs no scaling) held 2.8 GB. Past
+    decode.max_container_bytes, one error frame says so and the rest is not read."""
+    frames = sample(clip, fps=None, max_held=5 * 160 * 120 * 3)
+    assert [f.index for f in frames] == list(range(6)) and all(f.image is not None for f in frames[:5])
+    assert frames[5].image is None and frames[5].error.startswith("the frames kept so far fill "
+                                                                  "decode.max_container_bytes (0 MiB)")
+    assert len(sample(clip, fps=None, max_held=50 * 160 * 120 * 3)) == FRAMES
 
 
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
