@@ -125,59 +125,87 @@ def _checked_frames(ds) -> int:
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # JPEG's, JPEG-LS's
+_NO_LENGTH = {0x01, *range(0xD0, 0xD8), 0xD8}  # TEM, RSTn, SOI: markers without a length
 
 
-def _codestream_size(fragment: bytes) -> Optional[tuple[int, int, int]]:
-    """(width, height, components) from the frame header of a JPEG or JPEG-LS (SOFn) or JPEG 2000
-    (SIZ; inside a JP2 box or bare) codestream that starts ``fragment``; None when it starts none
-    (a fragment that continues a frame) or the header cannot be walked."""
-    if fragment[:4] == b"\x00\x00\x00\x0c" and fragment[4:8] == b"jP  ":  # JP2: find its codestream box
-        at = 12
-        while at + 8 <= len(fragment) and fragment[at + 4:at + 8] != b"jp2c":
-            length = int.from_bytes(fragment[at:at + 4], "big")
-            if length < 8:
+def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
+    """(width, height, components) of a JPEG or JPEG-LS codestream's frame header, found as
+    libjpeg finds its markers (bytes other than 0xFF skipped, fill bytes skipped, TEM and RSTn
+    without a length); None when it has none before its scan or its end."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at, end = 2, len(frame)
+    while True:
+        while at < end and frame[at] != 0xFF:
+            at += 1
+        while at < end and frame[at] == 0xFF:
+            at += 1
+        if at + 9 > end:
+            return None
+        marker, at = frame[at], at + 1
+        if marker in _SOF:  # length, precision, height, width, components
+            return (int.from_bytes(frame[at + 5:at + 7], "big"), int.from_bytes(frame[at + 3:at + 5], "big"),
+                    frame[at + 7])
+        if marker in (0xD9, 0xDA):  # EOI, SOS: no frame header before them
+            return None
+        if marker not in _NO_LENGTH and marker != 0x00:  # (0x00: a stuffed byte, not a marker)
+            at += int.from_bytes(frame[at:at + 2], "big")
+
+
+def _j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
+    """(width, height, components) from a JPEG 2000 codestream's SIZ segment (ISO 15444-1 A.5.1:
+    it follows SOC), bare or in a JP2 file's codestream box; None when there is none."""
+    if frame[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # JP2: boxes to its contiguous codestream box
+        at = 0
+        while at + 8 <= len(frame):
+            length, kind, body = int.from_bytes(frame[at:at + 4], "big"), frame[at + 4:at + 8], at + 8
+            if length == 1:  # the 64-bit length that follows
+                length, body = int.from_bytes(frame[at + 8:at + 16], "big"), at + 16
+            elif length == 0:  # to the end
+                length = len(frame) - at
+            if kind == b"jp2c":
+                frame = frame[body:]
+                break
+            if length < body - at:
                 return None
             at += length
-        fragment = fragment[at + 8:]
-    if fragment[:4] == b"\xff\x4f\xff\x51" and len(fragment) >= 42:  # SOC, SIZ (ISO 15444-1 A.5.1)
-        x, y, x0, y0 = (int.from_bytes(fragment[i:i + 4], "big") for i in (8, 12, 16, 20))
-        return x - x0, y - y0, int.from_bytes(fragment[40:42], "big")
-    if fragment[:2] != b"\xff\xd8":  # SOI
-        return None
-    at = 2
-    while at + 9 <= len(fragment):
-        if fragment[at] != 0xFF:
-            return None
-        marker = fragment[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-        elif marker in _SOF:  # length, precision, height, width, components
-            return (int.from_bytes(fragment[at + 7:at + 9], "big"), int.from_bytes(fragment[at + 5:at + 7], "big"),
-                    fragment[at + 9] if at + 9 < len(fragment) else 0)
         else:
-            at += 2 + int.from_bytes(fragment[at + 2:at + 4], "big")
-    return None
+            return None
+    if frame[:4] != b"\xff\x4f\xff\x51" or len(frame) < 42:
+        return None
+    x, y, x0, y0 = (int.from_bytes(frame[i:i + 4], "big") for i in (8, 12, 16, 20))
+    return x - x0, y - y0, int.from_bytes(frame[40:42], "big")
 
 
 def _codestream_problem(ds) -> Optional[str]:
-    """Where a compressed frame's own header (what its decoder allocates) gives another size than
-    the Rows, Columns and SamplesPerPixel the limits are checked on, why (an 8x8 header over a
-    30000x30000 JPEG decoded 4.5 GB before pydicom compared the shapes); once per file."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not syntax.is_compressed or "PixelData" not in ds:
-        return None
-    from pydicom.encaps import generate_fragments
+    """Why a compressed frame may not go to its decoder, which allocates what the frame's own
+    header says (an 8x8 DICOM header over a 30000x30000 JPEG: 4.5 GB before pydicom compared
+    the shapes): a frame of the JPEG, JPEG-LS or JPEG 2000 syntaxes whose header gives another
+    size than Rows, Columns and SamplesPerPixel, or none that can be found. Each frame as pydicom
+    cuts them (its fragments joined); once per file. RLE's decoder stops at the header's size."""
+    from pydicom import uid
 
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax not in (*uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes,
+                                                *uid.JPEG2000TransferSyntaxes):
+        return None
+    from pydicom.encaps import generate_frames
+
+    size_of = _j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
     try:
-        pixels = ds.PixelData
         header = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), int(ds.get("SamplesPerPixel", 1) or 1))
-        for fragment in generate_fragments(pixels[8 + int.from_bytes(pixels[4:8], "little"):]):
-            size = _codestream_size(fragment)
-            if size is not None and size != header:
+        offsets = ((ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+                   if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds else None)
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        for frame in generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets):
+            size = size_of(frame)
+            if size is None:
+                return f"a compressed frame has no frame header that can be read ({_uid_name(syntax)})"
+            if size != header:
                 return (f"its compressed frame is {size[0]}x{size[1]} with {size[2]} components; its header "
                         f"says {header[0]}x{header[1]} with {header[2]}")
-    except Exception:  # noqa: BLE001 - a broken item list or a malformed value is the decode's error
-        return None
+    except Exception:  # noqa: BLE001 - frames pydicom cannot cut: its decode cannot either
+        return "its compressed pixel data cannot be cut into frames"
     return None
 
 

@@ -144,18 +144,26 @@ def test_a_deflated_dataset_is_counted_before_it_is_inflated():
 
 def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decoded():
     """The limits are checked on Rows and Columns; the decoder allocates what the codestream's own
-    header says (an 8x8 header over a 30000x30000 JPEG: 4.5 GB). A JPEG, a bare JPEG 2000
-    codestream and a JP2 file, each 2000x1000, under a header of 8x8: the frame's own size in the
-    error, before a decoder runs (after it, the error was pydicom's shape mismatch); 8x8 frames
+    header says (an 8x8 header over a 30000x30000 JPEG: 4.5 GB). Frames of 2000x1000 under a
+    header of 8x8 — a JPEG, a bare JPEG 2000 codestream, a JP2 file, and the ways a decoder still
+    finds the frame header that a simple walk misses (the frame split over fragments after its first
+    two bytes, a TEM marker without a length, stray bytes between segments, a JP2 box of 64-bit
+    length) — are refused with the frame's own size, before a decoder runs (after it, the error
+    was pydicom's shape mismatch); a frame whose header cannot be found is refused; 8x8 frames
     under the same header decode."""
     from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-    def dicom(frame: bytes, syntax) -> bytes:
+    def dicom(fragments: list[bytes], syntax) -> bytes:
         ds = pydicom.dcmread(FILES / "CT_small.dcm")
         ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 8, 8, 7
-        ds.PixelRepresentation, ds.PixelData, ds.file_meta.TransferSyntaxUID = 0, encapsulate([frame]), syntax
+
+        def item(data: bytes) -> bytes:
+            data += b"\0" * (len(data) % 2)
+            return b"\xfe\xff\x00\xe0" + len(data).to_bytes(4, "little") + data
+
+        ds.PixelData = item(b"") + b"".join(map(item, fragments)) + b"\xfe\xff\xdd\xe0\0\0\0\0"
+        ds.PixelRepresentation, ds.file_meta.TransferSyntaxUID = 0, syntax
         ds["PixelData"].is_undefined_length, ds["PixelData"].VR = True, "OB"
         buf = io.BytesIO()
         ds.save_as(buf)
@@ -166,12 +174,36 @@ def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decod
         Image.new("L", size, 40).save(buf, fmt, **options)
         return buf.getvalue()
 
-    for fmt, syntax, options in (("JPEG", JPEGBaseline8Bit, {}), ("JPEG2000", JPEG2000Lossless, {"no_jp2": True}),
-                                 ("JPEG2000", JPEG2000Lossless, {})):
+    def xl_boxes(jp2: bytes) -> bytes:  # each box after the signature with the 64-bit length form
+        out, at = jp2[:12], 12
+        while at < len(jp2):
+            length = int.from_bytes(jp2[at:at + 4], "big") or len(jp2) - at
+            out += (1).to_bytes(4, "big") + jp2[at + 4:at + 8] + (length + 8).to_bytes(8, "big") + jp2[at + 8:at + length]
+            at += length
+        return out
+
+    big_jpeg = encoded((2000, 1000), "JPEG")
+    app0_end = 4 + int.from_bytes(big_jpeg[4:6], "big")
+    cases = {
+        "JPEG": ([big_jpeg], JPEGBaseline8Bit),
+        "J2K": ([encoded((2000, 1000), "JPEG2000", no_jp2=True)], JPEG2000Lossless),
+        "JP2": ([encoded((2000, 1000), "JPEG2000")], JPEG2000Lossless),
+        "split": ([big_jpeg[:2], big_jpeg[2:]], JPEGBaseline8Bit),
+        "TEM": ([big_jpeg[:2] + b"\xff\x01" + big_jpeg[2:]], JPEGBaseline8Bit),
+        "stray bytes": ([big_jpeg[:app0_end] + b"\0\0" + big_jpeg[app0_end:]], JPEGBaseline8Bit),
+        "JP2 XLBox": ([xl_boxes(encoded((2000, 1000), "JPEG2000"))], JPEG2000Lossless),
+    }
+    for name, (fragments, syntax) in cases.items():
         with pytest.raises(DecodeError, match="its compressed frame is 2000x1000 with 1 components; its header "
                                               "says 8x8 with 1"):
-            decode_image(dicom(encoded((2000, 1000), fmt, **options), syntax), DecodeSpec())
-        assert decode_image(dicom(encoded((8, 8), fmt, **options), syntax), DecodeSpec())[1] == (8, 8), (fmt, options)
+            decode_image(dicom(fragments, syntax), DecodeSpec())
+    with pytest.raises(DecodeError, match="a compressed frame has no frame header that can be read"):
+        decode_image(dicom([big_jpeg[:2] + b"\xff\xda" + big_jpeg[2:]], JPEGBaseline8Bit), DecodeSpec())
+    for fmt, syntax, options in (("JPEG", JPEGBaseline8Bit, {}), ("JPEG2000", JPEG2000Lossless, {"no_jp2": True}),
+                                 ("JPEG2000", JPEG2000Lossless, {})):
+        assert decode_image(dicom([encoded((8, 8), fmt, **options)], syntax), DecodeSpec())[1] == (8, 8), (fmt, options)
+    small = encoded((8, 8), "JPEG")
+    assert decode_image(dicom([small[:2], small[2:]], JPEGBaseline8Bit), DecodeSpec())[1] == (8, 8)
 
 
 @pytest.mark.ray
