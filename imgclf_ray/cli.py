@@ -863,7 +863,8 @@ def _write_out(blob: bytes, out: Optional[str], storage, what: str = "") -> None
         if sys.stdout.isatty():  # a terminal, as ls shows names: a control character (ESC, CR) in a name is '?'
             import re
 
-            blob = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", blob.decode("utf-8", "replace")).encode()
+            blob = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)", "?",  # (a CSV line ends in CR LF)
+                          blob.decode("utf-8", "replace")).encode()
         sys.stdout.buffer.write(blob)
         sys.stdout.flush()
         return

@@ -24,7 +24,7 @@ CAP = 120  # characters kept of one third-party message
 # repr of A'B"C is 'A\'B"C'; pydicom puts a value in quotes of its own), so what lies between two
 # quotes is never taken for words. One quote left alone: the rest of the line.
 _QUOTES = "'\"`«»‘’“”"
-_QUOTED = re.compile(rf"[bBrRuU]?[{_QUOTES}].*[{_QUOTES}]|[bBrRuU]?[{_QUOTES}].*")
+_QUOTED = re.compile(rf"[bBrRuU]?[{_QUOTES}].*[{_QUOTES}]|[bBrRuU]?[{_QUOTES}].*", re.S)
 _TOKEN = re.compile(r"\S+")
 _PLAIN = re.compile(r"[A-Za-z0-9 _.,:;()\[\]{}/=+\-<>%#@*!?&|~]*")
 _LONG = 40  # a token longer than this is data, not words
@@ -39,12 +39,14 @@ def _token(word: str) -> str:
 
 
 def scrub(text: Any, cap: int = CAP) -> str:
-    """Third-party text made fit to print: its first line; everything from its first quote to its
-    last (or to its end), any word with a character outside plain ASCII punctuation and letters,
-    and any word longer than 40 characters replaced by ``<value>``; at most ``cap`` characters."""
-    text = str(text)
+    """Third-party text made fit to print: everything from its first quote to its last (or to its
+    end, across lines) replaced by ``<value>``, then its first line, in which any word with a
+    character outside plain ASCII punctuation and letters or longer than 40 characters is
+    ``<value>`` too; at most ``cap`` characters."""
+    # The quotes first, over the whole text: a quoted value may hold a line break, and what follows
+    # it on the first line would be taken for the message's own words.
+    text = _QUOTED.sub(DROPPED, str(text), count=1)
     first = next((line for line in text.splitlines() if line.strip()), "")
-    first = _QUOTED.sub(DROPPED, first, count=1)
     words = [_token(w) for w in _TOKEN.findall(first)]
     # Runs of dropped words say it once.
     out: list[str] = []

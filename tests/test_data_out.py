@@ -426,5 +426,6 @@ def test_a_csv_export_to_a_terminal_shows_a_control_character_in_a_name_as_a_que
     os.close(main_fd)
     assert proc.wait(timeout=60) == 0
     assert b"file:///data/a?[2Jb?c/img000.png" in shown and b"\x1b" not in shown, shown
+    assert shown.count(b"?") == 2 and shown.count(b"\r\n") == 2, shown  # (each CSV line's CR LF kept)
     piped = subprocess.run(command, capture_output=True, timeout=60)
     assert b"file:///data/a\x1b[2Jb\rc/img000.png" in piped.stdout

@@ -157,11 +157,13 @@ def test_a_value_holding_quotes_is_dropped_whole_however_it_is_quoted():
     import random
 
     rng = random.Random(22)
-    pieces = ["'", '"', "`", "\\", " ", "’", "“", "«", "O'", "ZQ", "DOE JANE", "MRN 12", "x"]
+    pieces = ["'", '"', "`", "\\", " ", "’", "“", "«", "O'", "ZQ", "DOE JANE", "MRN 12", "x", "\n", "\r", "\x1c", "\x85",
+              "\u2028"]  # (line breaks: a value holding one split the message before its last quote)
     for n in range(5000):
         value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
         value = value[:rng.randint(0, len(value))] + f"ZQ{n:04d}X" + value[rng.randint(0, len(value)):]
-        quoted = rng.choice([repr(value), f"'{value}'", f'"{value}"', repr(value.encode()), f"({value!r})"])
+        quoted = rng.choice([repr(value), f"'{value}'", f'"{value}"', repr(value.encode("utf-8", "replace")),
+                             f"({value!r})"])
         text = f"{rng.choice(['Invalid value', 'could not convert string to float:', 'bad'])} {quoted}" \
                f"{rng.choice(['', ' in tag (0028,0004)', ' for VR CS', '.'])}"
         assert not find_markers(scrub(text)), (text, scrub(text))
@@ -190,9 +192,9 @@ def _quoted_dicoms():
             setattr(ds.file_meta if where == "file_meta" else ds, keyword, placeholder)
             buf = io.BytesIO()
             ds.save_as(buf, implicit_vr=False, little_endian=True)
-        value = f"A'ZQ{n}X\"B'".encode()
-        assert len(value) == len(placeholder) == 12 and buf.getvalue().count(placeholder.encode()) == 1
-        yield keyword, buf.getvalue().replace(placeholder.encode(), value)
+        for value in (f"A'ZQ{n}X\"B'", f"X'Y\nZQ{n}XZ"):  # (quotes inside; a line break after the quote)
+            assert len(value) == len(placeholder) == 12 and buf.getvalue().count(placeholder.encode()) == 1
+            yield keyword, buf.getvalue().replace(placeholder.encode(), value.encode())
 
 
 def _quoted_headers():

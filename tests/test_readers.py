@@ -192,7 +192,36 @@ def test_reading_a_delta_run_does_not_go_through_deltalakes_arrow_filesystem(del
     def refused(*args, **kwargs):
         raise AssertionError("deltalake's Arrow dataset")
 
+    before = imgclf_ray.read_run(str(delta_sink), "n1")
     monkeypatch.setattr(DeltaTable, "to_pyarrow_dataset", refused)
-    assert imgclf_ray.read_run(str(delta_sink), "n1").num_rows == 12
+    assert imgclf_ray.read_run(str(delta_sink), "n1").equals(before) and before.num_rows == 12
     exported = CliRunner().invoke(main, ["export", str(delta_sink), "--run", "n2", "--to", "csv"])
     assert exported.exit_code == 0 and len(exported.output.splitlines()) == 7, exported.output[-2000:]
+
+
+def test_a_delta_table_another_engine_upgraded_is_read_by_deltalakes_own_reader(delta_sink, tmp_path, monkeypatch):
+    """Deletion vectors or column mapping (another engine's writes: a Spark DELETE) make a table
+    that its files alone are not: at a table version whose protocol asks readers for more than
+    version 1, imgclf reads through deltalake's reader, as it did before, not the files by path —
+    which here refuses deletion vectors, one line, rather than rows coming back that a DELETE took
+    away. (A run read at the version its manifest records sees no later write: read by path.)"""
+    import shutil
+
+    from deltalake import DeltaTable, TableFeatures
+
+    from imgclf_ray.io.delta import read_rows
+
+    copy = tmp_path / "sink"
+    shutil.copytree(delta_sink, copy)
+    by_path = read_rows(str(copy), "n2", None)
+    DeltaTable(str(copy)).alter.add_feature(TableFeatures.DeletionVectors, allow_protocol_versions_increase=True)
+    assert DeltaTable(str(copy)).protocol().min_reader_version > 1
+    calls, real = [], DeltaTable.to_pyarrow_dataset
+    monkeypatch.setattr(DeltaTable, "to_pyarrow_dataset", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    assert imgclf_ray.read_run(str(copy), "n2").sort_by("uri").equals(by_path.sort_by("uri")) and not calls
+    from imgclf_ray.errors import UserError
+
+    with pytest.raises(UserError, match="the Delta table at version 3 cannot be read here: it asks readers for version 3 "
+                                        r"\(features: deletionVectors; DeltaProtocolError"):
+        read_rows(str(copy), "n2", None)  # (deltalake reads no deletion vectors yet: refused, not rows come back)
+    assert calls

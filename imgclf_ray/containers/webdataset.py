@@ -14,26 +14,40 @@ from imgclf_ray.spec import DecodeSpec, SourceSpec
 
 
 HEADER_RECORD_LIMIT = 1 << 20  # a GNU long name or a pax header record: a path and a few keywords
+GLOBAL_HEADER_LIMIT = 64 << 10  # a pax global header (copied into every member after it; git archive's: 52 bytes)
+CHAIN_LIMIT = 8  # header records one after another before a member (each read whole, recursively)
 MEMBER_COST = 1024  # bytes a member is counted at least (its header, its entry here): empty ones add up
 
 
 def _bounded_info():
-    """tarfile's TarInfo, refusing a header record (GNU long name or link, pax) that declares more
-    than HEADER_RECORD_LIMIT, and sparse members: tarfile reads these whole before it yields the
-    member, so a compressed shard of a few MB made it inflate gigabytes before any limit here saw a
-    member."""
+    """tarfile's TarInfo, refusing what tarfile would read whole before it yields a member (so that
+    a compressed shard of a few MB made it hold gigabytes before any limit here saw a member): a
+    header record (GNU long name or link, pax) over HEADER_RECORD_LIMIT, a pax global header over
+    GLOBAL_HEADER_LIMIT, more than CHAIN_LIMIT records in a row, a sparse member (its map read
+    block after block, as many as the file says: 2 million in a 3.7 MB shard held 9 GB; pax
+    sparse 0.x maps are inside a pax record, bounded by it). What the records declare is counted
+    on the archive (``header_bytes``, ``global_bytes``) for the shard's total."""
     import tarfile
+
+    records = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+               tarfile.SOLARIS_XHDTYPE)
 
     class Bounded(tarfile.TarInfo):
         def _proc_member(self, tar):
-            if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) and self.size > HEADER_RECORD_LIMIT:
-                raise DecodeError(f"a tar header record (long name or pax) declares {self.size:,} bytes, "
-                                  f"over {HEADER_RECORD_LIMIT:,}")
+            if self.type not in records:
+                tar.chain = 0
+                return super()._proc_member(tar)
+            tar.chain = getattr(tar, "chain", 0) + 1
+            limit = GLOBAL_HEADER_LIMIT if self.type == tarfile.XGLTYPE else HEADER_RECORD_LIMIT
+            if self.size > limit:
+                raise DecodeError(f"a tar header record (long name or pax) declares {self.size:,} bytes, over {limit:,}")
+            if tar.chain > CHAIN_LIMIT:
+                raise DecodeError(f"more than {CHAIN_LIMIT} tar header records (long name or pax) in a row")
+            tar.header_bytes = getattr(tar, "header_bytes", 0) + self.size
+            if self.type == tarfile.XGLTYPE:
+                tar.global_bytes = getattr(tar, "global_bytes", 0) + self.size
             return super()._proc_member(tar)
 
-        # A sparse member's map is read whole, block after block, as many as the file says (2 million
-        # extended headers in a 3.7 MB gzip shard: 9 GB): no shard writer makes sparse members.
         def _proc_sparse(self, tar):
             raise DecodeError("a sparse tar member (GNU sparse format): not read")
 
@@ -52,11 +66,12 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     too_big: dict[str, dict[str, int]] = {}  # sample key -> extension -> size of a member not read
     total = 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*", tarinfo=_bounded_info()) as tar:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # (tarfile keeps every member, each with its copy of the global pax header)
             # Sizes come from the member headers: nothing over the limits is read.
             read = member.isfile() and member.size <= decode.max_member_bytes
-            total += MEMBER_COST + (member.size if read else 0)
-            if total > decode.max_container_bytes:
+            total += MEMBER_COST + (member.size if read else 0) + getattr(tar, "global_bytes", 0)
+            if total + getattr(tar, "header_bytes", 0) > decode.max_container_bytes:
                 raise DecodeError(f"the shard expands past decode.max_container_bytes "
                                   f"({decode.max_container_bytes / 2**20:,.0f} MiB)")
             if not member.isfile():

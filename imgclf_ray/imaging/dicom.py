@@ -47,7 +47,8 @@ INFLATE_LIMIT = 2 << 30  # decode.max_container_bytes's default, for the callers
 
 def _check_inflated(data: bytes, limit: int) -> None:
     """A deflated dataset's size, counted in 16 MiB steps and let go, before pydicom inflates it
-    whole in one call (a 3 MB file can inflate to gigabytes): DecodeError when over ``limit``."""
+    whole in one call (a 3 MB file can inflate to gigabytes): DecodeError when twice it is over
+    ``limit`` (pydicom holds the inflated bytes and the element values cut from them)."""
     import zlib
 
     from pydicom.filereader import _read_file_meta_info
@@ -64,14 +65,14 @@ def _check_inflated(data: bytes, limit: int) -> None:
         return
     inflate, size, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[fp.tell():]
     try:
-        while tail and size <= limit:
+        while tail and not inflate.eof and 2 * size <= limit:  # (bytes after the stream's end: pydicom's padding)
             size += len(inflate.decompress(tail, 16 << 20))
             tail = inflate.unconsumed_tail
     except zlib.error:
         return  # damaged: pydicom's read says so
-    if size > limit:
-        raise DecodeError(f"deflated DICOM dataset inflates past {limit / 2**20:,.0f} MiB, over "
-                          "decode.max_container_bytes")
+    if 2 * size > limit:
+        raise DecodeError(f"deflated DICOM dataset inflates past {limit / 2**21:,.0f} MiB; pydicom holds it twice: "
+                          f"over decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
 
 
 def _read(data: bytes, header_only: bool = False, max_inflated: int = INFLATE_LIMIT):

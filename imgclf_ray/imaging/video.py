@@ -129,7 +129,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                     raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
                                       f"the limit of {max_pixels:,} (decode.max_image_pixels)")
                 w, h = _scaled(width, height, short_side)
-                held += w * h * 3
+                held += w * h * 4  # (Pillow holds RGB in 4 bytes a pixel)
                 if max_held is not None and held > max_held:
                     frames.append(VideoFrame(index, t, error=f"the frames kept so far fill decode.max_container_bytes "
                                                              f"({max_held / 2**20:,.0f} MiB): the rest of the video was "

@@ -175,13 +175,32 @@ def read_rows(sink_uri: str, run_id: str, version: Optional[int], columns=None,
     table_at = _table(sink_uri, storage, version)
     schema = pa.schema(table_at.schema().to_arrow())
     names = schema.names if columns is None else (
-        [n for n in schema.names if columns(n)] if callable(columns) else [n for n in columns if n in schema.names])
+        [n for n in schema.names if columns(n)] if callable(columns) else list(columns))
+    missing = [n for n in names if n not in schema.names]
+    if missing:
+        raise ValueError(f"{sink_uri}: the Delta table has no column {', '.join(missing)}")
+    if table_at.protocol().min_reader_version > 1:
+        # Column mapping or deletion vectors (another engine wrote to the table): its files alone
+        # are not the table; deltalake's own reader reads it (or says why it cannot).
+        import pyarrow.dataset as ds
+
+        from imgclf_ray.errors import UserError
+        from imgclf_ray.messages import describe
+
+        try:
+            table = table_at.to_pyarrow_dataset().to_table(columns=names, filter=ds.field(PARTITION) == run_id)
+        except Exception as exc:  # noqa: BLE001 - deltalake's DeltaProtocolError: features it does not read
+            features = ", ".join(table_at.protocol().reader_features or []) or "none named"
+            raise UserError(f"{sink_uri}: the Delta table at version {table_at.version()} cannot be read here: it asks "
+                            f"readers for version {table_at.protocol().min_reader_version} (features: {features}; "
+                            f"{describe(exc)})") from None
+        return _ordered(table, names)
     parts = []
     for uri in file_uris(sink_uri, run_id, version, storage, table_at):
         fs, path = filesystem(uri, storage)
         with fs.open(path, "rb") as fh:
             part = pq.ParquetFile(fh)
-            part = part.read(columns=[n for n in names if n in part.schema_arrow.names])
+            part = part.read(columns=[n for n in names if n in part.schema_arrow.names])  # (a later column: nulls)
         parts.append(pa.table([part.column(n) if n in part.column_names else
                                pa.array([run_id] * part.num_rows, schema.field(n).type) if n == PARTITION else
                                pa.nulls(part.num_rows, schema.field(n).type) for n in names],

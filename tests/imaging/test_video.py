@@ -165,11 +165,11 @@ def test_the_frames_kept_of_one_video_are_bounded_by_the_container_budget(clip):
     """Every sampled frame of a file is held until the file's rows are made: a 36 KB video of 2,000
     frames of 16384x64 (a shorter side that needs no scaling) held 2.8 GB. Past
     decode.max_container_bytes, one error frame says so and the rest is not read."""
-    frames = sample(clip, fps=None, max_held=5 * 160 * 120 * 3)
+    frames = sample(clip, fps=None, max_held=5 * 160 * 120 * 4)
     assert [f.index for f in frames] == list(range(6)) and all(f.image is not None for f in frames[:5])
     assert frames[5].image is None and frames[5].error.startswith("the frames kept so far fill "
                                                                   "decode.max_container_bytes (0 MiB)")
-    assert len(sample(clip, fps=None, max_held=50 * 160 * 120 * 3)) == FRAMES
+    assert len(sample(clip, fps=None, max_held=50 * 160 * 120 * 4)) == FRAMES
 
 
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):

@@ -159,6 +159,39 @@ def test_a_compressed_shard_that_inflates_in_its_headers_or_its_count_of_members
     with pytest.raises(DecodeError, match="^a sparse tar member \\(GNU sparse format\\): not read$"):
         split(shard, spec.source, spec.decode)
 
+    def written(members, fmt=tarfile.PAX_FORMAT, **options) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=fmt, **options) as tar:
+            for info, data in members:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    # A pax sparse 1.0 member (its map read from its data, as long as it says).
+    sparse = tarfile.TarInfo("a.png")
+    sparse.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "a.png",
+                          "GNU.sparse.realsize": "10"}
+    with pytest.raises(DecodeError, match="^a sparse tar member \\(pax GNU.sparse 1.0\\): not read$"):
+        split(written([(sparse, b"1\n0\n10\n".ljust(512, b"\0"))]), spec.source, spec.decode)
+    # A pax global header is copied into every member after it: over 64 KiB, refused; a small one
+    # (git archive's) is counted once a member; many members each with its copy stay bounded.
+    with pytest.raises(DecodeError, match=f"declares {100_016:,} bytes, over {64 << 10:,}$"):
+        split(written([(tarfile.TarInfo("a.png"), png)], pax_headers={"comment": "x" * 100_000}), spec.source,
+              spec.decode)
+    members = [(tarfile.TarInfo(f"{i}.png"), png) for i in range(3)]
+    assert len(split(written(members, pax_headers={"comment": "c" * 60_000}), spec.source, spec.decode)) == 3
+    with pytest.raises(DecodeError, match="the shard expands past decode.max_container_bytes"):
+        split(written([(tarfile.TarInfo(f"{i}.txt"), b"") for i in range(40)], pax_headers={"comment": "c" * 60_000}),
+              small.source, small.decode)  # (40 x 60 KB counted: 2.4 MB, over 2 MiB)
+    # Header records one after another (each read whole, recursively): more than 8 refused.
+    chain = b""
+    for _ in range(9):
+        record = tarfile.TarInfo("././@LongLink")
+        record.type, record.size = tarfile.GNUTYPE_LONGNAME, 10
+        chain += record.tobuf(format=tarfile.GNU_FORMAT) + b"long-name\0".ljust(512, b"\0")
+    with pytest.raises(DecodeError, match="^more than 8 tar header records \\(long name or pax\\) in a row$"):
+        split(chain + written([(tarfile.TarInfo("a.png"), png)], fmt=tarfile.GNU_FORMAT), spec.source, spec.decode)
+
 
 def test_every_source_container_is_a_registered_module_with_a_spec_section():
     """Containers are one module each in imgclf_ray/containers/, found by name; each name is the
