@@ -43,6 +43,12 @@ DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "h2
 CONTAINERS = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF, Ogg or raw H.264/HEVC/MPEG video"
 
 
+def _check_size(width: int, height: int, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
+                          f"the limit of {max_pixels:,} (decode.max_image_pixels)")
+
+
 def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
            max_frames: Optional[int] = None, short_side: Optional[int] = None,
            max_pixels: Optional[int] = None, max_held: Optional[int] = None) -> list[VideoFrame]:
@@ -88,10 +94,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
             raise DecodeError("its video stream's codec is not one this FFmpeg decodes")
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
         stream.codec_context.options = {**stream.codec_context.options, **limit}
-        width, height = stream.codec_context.width, stream.codec_context.height  # (the header's, 0 unknown)
-        if max_pixels is not None and width * height > max_pixels:
-            raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
-                              f"the limit of {max_pixels:,} (decode.max_image_pixels)")
+        _check_size(stream.codec_context.width, stream.codec_context.height, max_pixels)  # (the header's; 0: unknown)
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
         base = stream.time_base
@@ -125,9 +128,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 if fps is not None and not math.isnan(t):
                     next_t = start + (math.floor((t - start) * fps + 1e-6) + 1) / fps
                 width, height = frame.width, frame.height
-                if max_pixels is not None and width * height > max_pixels:
-                    raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
-                                      f"the limit of {max_pixels:,} (decode.max_image_pixels)")
+                _check_size(width, height, max_pixels)
                 w, h = _scaled(width, height, short_side)
                 held += w * h * 4  # (Pillow holds RGB in 4 bytes a pixel)
                 if max_held is not None and held > max_held:

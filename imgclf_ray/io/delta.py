@@ -168,9 +168,7 @@ def read_rows(sink_uri: str, run_id: str, version: Optional[int], columns=None,
     The run's files are read here, by path: Arrow reading through deltalake's own filesystem
     (``to_pyarrow_dataset``) ended some processes at exit with ``terminate called`` (exit 134,
     deltalake 1.6, pyarrow 25) after the rows had been printed."""
-    import pyarrow.parquet as pq
-
-    from imgclf_ray.io.storage import filesystem
+    from imgclf_ray.io.tables import read_columns
 
     table_at = _table(sink_uri, storage, version)
     schema = pa.schema(table_at.schema().to_arrow())
@@ -179,7 +177,8 @@ def read_rows(sink_uri: str, run_id: str, version: Optional[int], columns=None,
     missing = [n for n in names if n not in schema.names]
     if missing:
         raise ValueError(f"{sink_uri}: the Delta table has no column {', '.join(missing)}")
-    if table_at.protocol().min_reader_version > 1:
+    protocol = table_at.protocol()
+    if protocol.min_reader_version > 1:
         # Column mapping or deletion vectors (another engine wrote to the table): its files alone
         # are not the table; deltalake's own reader reads it (or says why it cannot).
         import pyarrow.dataset as ds
@@ -190,22 +189,18 @@ def read_rows(sink_uri: str, run_id: str, version: Optional[int], columns=None,
         try:
             table = table_at.to_pyarrow_dataset().to_table(columns=names, filter=ds.field(PARTITION) == run_id)
         except Exception as exc:  # noqa: BLE001 - deltalake's DeltaProtocolError: features it does not read
-            features = ", ".join(table_at.protocol().reader_features or []) or "none named"
+            features = ", ".join(protocol.reader_features or []) or "none named"
             raise UserError(f"{sink_uri}: the Delta table at version {table_at.version()} cannot be read here: it asks "
-                            f"readers for version {table_at.protocol().min_reader_version} (features: {features}; "
+                            f"readers for version {protocol.min_reader_version} (features: {features}; "
                             f"{describe(exc)})") from None
         return _ordered(table, names)
-    parts = []
-    for uri in file_uris(sink_uri, run_id, version, storage, table_at):
-        fs, path = filesystem(uri, storage)
-        with fs.open(path, "rb") as fh:
-            part = pq.ParquetFile(fh)
-            part = part.read(columns=[n for n in names if n in part.schema_arrow.names])  # (a later column: nulls)
-        parts.append(pa.table([part.column(n) if n in part.column_names else
-                               pa.array([run_id] * part.num_rows, schema.field(n).type) if n == PARTITION else
-                               pa.nulls(part.num_rows, schema.field(n).type) for n in names],
-                              schema=pa.schema([schema.field(n) for n in names])))
-    table = pa.concat_tables(parts) if parts else schema.empty_table().select(names)
+    # The files hold no partition column, and a column added to the table after the run: nulls.
+    files = read_columns(file_uris(sink_uri, run_id, version, storage, table_at), lambda n: n in names, storage)
+    rows = files.num_rows
+    table = pa.table([files.column(n) if n in files.column_names else
+                      pa.array([run_id] * rows, schema.field(n).type) if n == PARTITION else
+                      pa.nulls(rows, schema.field(n).type) for n in names],
+                     schema=pa.schema([schema.field(n) for n in names]))
     return _ordered(table, names)
 
 
