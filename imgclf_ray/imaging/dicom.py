@@ -21,6 +21,7 @@ from PIL import Image
 
 from imgclf_ray.imaging.limits import DecodeError, check_budget
 from imgclf_ray.messages import describe, uid
+from imgclf_ray.spec import DecodeSpec
 
 
 def is_dicom(data: bytes) -> bool:
@@ -41,8 +42,7 @@ def _pydicom():
     return pydicom
 
 
-DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the dataset is zlib-deflated
-INFLATE_LIMIT = 2 << 30  # decode.max_container_bytes's default, for the callers that give none
+INFLATE_LIMIT = DecodeSpec().max_container_bytes  # for the callers that give none
 
 
 def _check_inflated(data: bytes, limit: int) -> None:
@@ -52,6 +52,7 @@ def _check_inflated(data: bytes, limit: int) -> None:
     import zlib
 
     from pydicom.filereader import _read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = io.BytesIO(data)
     fp.seek(132)
@@ -61,7 +62,7 @@ def _check_inflated(data: bytes, limit: int) -> None:
             syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
     except Exception:  # noqa: BLE001 - a file meta pydicom cannot read: its read says so
         return
-    if syntax != DEFLATED:
+    if syntax != DeflatedExplicitVRLittleEndian:  # (the dataset is zlib-deflated)
         return
     inflate, size, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[fp.tell():]
     try:
