@@ -89,7 +89,7 @@ def test_true_labels_from_nested_folders_and_from_a_table(tmp_path):
     assert evaluate_rows(rows, "multilabel", ["007", "1"])["images"] == 2
     with pytest.raises(SourceError, match=r"^.*nothing\.csv: no such labels table \(data\.labels\)$"):
         attach_true_labels(list_archive(source), source.model_copy(update={"labels": source.labels.model_copy(
-            update={"table": str(tmp_path / "nothing.csv")})}), key="data.labels")  # (a training spec's key)
+            update={"table": str(tmp_path / "nothing.csv")})}), section="data.labels")  # (a training spec's key)
     table_error = f"{tmp_path / 'labels.csv'}: not a readable CSV labels table (source.labels): "
     for content, message in ((b"path,tags\nd.png,caf\xe9\n",
                               table_error + "In CSV column #1: CSV conversion error to string: invalid UTF8 data"),

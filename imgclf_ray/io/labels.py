@@ -129,7 +129,7 @@ def _table_labels(spec, root: str, uris: list[str], storage: StorageSpec, sectio
 
 
 def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageSpec = StorageSpec(),
-                       key: str = "source.labels") -> pa.Table:
+                       section: str = "source.labels") -> pa.Table:
     """The manifest with a ``true_label`` column (null for images the labels do not cover), and a
     ``split`` column when the labels table gives one (``split_column``)."""
     spec = source.labels
@@ -142,11 +142,11 @@ def attach_true_labels(manifest: pa.Table, source: SourceSpec, storage: StorageS
     elif spec.kind == "reviewed":
         labels = _reviewed_labels(manifest, spec, storage)
         if spec.table:  # the labels the archive had before any review, for the images nobody reviewed
-            labels = [h if h is not None else t for h, t in zip(labels, _table_labels(spec, root, uris, storage, key)[0])]
+            labels = [h if h is not None else t for h, t in zip(labels, _table_labels(spec, root, uris, storage, section)[0])]
         if spec.folder_fallback:
             labels = [h if h is not None else f for h, f in zip(labels, _folder_labels(uris, root))]
     else:
-        labels, splits = _table_labels(spec, root, uris, storage, key)
+        labels, splits = _table_labels(spec, root, uris, storage, section)
         if spec.split_column:
             manifest = manifest.append_column("split", pa.array(splits, pa.string()))
     return manifest.append_column("true_label", pa.array(labels, pa.string()))
