@@ -126,8 +126,13 @@ def _checked_frames(ds) -> int:
         return frames
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # JPEG's, JPEG-LS's
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC9, 0xCA, 0xCB, 0xF7}  # JPEG's non-differential frames, JPEG-LS's
+# Hierarchical JPEG (no DICOM syntax in use has it): its DHP gives the image's size and frames
+# grow to it (an 8x8 first frame under a DHP of 32768x32768: 6.7 GB); DHP, EXP and differential
+# frames make a frame header that cannot be read here.
+_HIERARCHICAL = {0xDE, 0xDF, 0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF}
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8), 0xD8}  # TEM, RSTn, SOI: markers without a length
+J2K_MAX_TILES = 4096  # openjpeg sets up every tile while it reads SIZ (65,535 tiles of 1x1: 0.9 GB from 576 bytes)
 
 
 def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
@@ -148,7 +153,7 @@ def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
         if marker in _SOF:  # length, precision, height, width, components
             return (int.from_bytes(frame[at + 5:at + 7], "big"), int.from_bytes(frame[at + 3:at + 5], "big"),
                     frame[at + 7])
-        if marker in (0xD9, 0xDA):  # EOI, SOS: no frame header before them
+        if marker in (0xD9, 0xDA) or marker in _HIERARCHICAL:  # EOI, SOS: no frame header before them
             return None
         if marker not in _NO_LENGTH and marker != 0x00:  # (0x00: a stuffed byte, not a marker)
             at += int.from_bytes(frame[at:at + 2], "big")
@@ -175,34 +180,39 @@ def _j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
             return None
     if frame[:4] != b"\xff\x4f\xff\x51" or len(frame) < 42:
         return None
-    x, y, x0, y0 = (int.from_bytes(frame[i:i + 4], "big") for i in (8, 12, 16, 20))
+    x, y, x0, y0, tx, ty, tx0, ty0 = (int.from_bytes(frame[i:i + 4], "big") for i in range(8, 40, 4))
+    if not tx or not ty or -(-(x - tx0) // tx) * -(-(y - ty0) // ty) > J2K_MAX_TILES:
+        return None
     return x - x0, y - y0, int.from_bytes(frame[40:42], "big")
 
 
-def _codestream_problem(ds) -> Optional[str]:
+def _codestream_problem(ds, frame: int, frames: int) -> Optional[str]:
     """Why a compressed frame may not go to its decoder, which allocates what the frame's own
     header says (an 8x8 DICOM header over a 30000x30000 JPEG: 4.5 GB before pydicom compared
     the shapes): a frame of the JPEG, JPEG-LS or JPEG 2000 syntaxes whose header gives another
-    size than Rows, Columns and SamplesPerPixel, or none that can be found. Each frame as pydicom
-    cuts them (its fragments joined); once per file. RLE's decoder stops at the header's size."""
+    size than Rows, Columns and SamplesPerPixel, or none that can be read here. The bytes checked
+    are those pydicom's decoder gets: frame ``frame`` as ``get_frame`` cuts it (its offset table
+    read as the decoder reads it) for a multi-frame file, each frame ``generate_frames`` yields for
+    a single-frame one. RLE's decoder stops at the header's size."""
     from pydicom import uid
 
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if "PixelData" not in ds or syntax not in (*uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes,
                                                 *uid.JPEG2000TransferSyntaxes):
         return None
-    from pydicom.encaps import generate_frames
+    from pydicom.encaps import generate_frames, get_frame
 
     size_of = _j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
     try:
         header = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), int(ds.get("SamplesPerPixel", 1) or 1))
         offsets = ((ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
                    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds else None)
-        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
-        for frame in generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets):
-            size = size_of(frame)
+        cut = ([get_frame(ds.PixelData, frame, number_of_frames=frames, extended_offsets=offsets)] if frames > 1 else
+               generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets))
+        for src in cut:
+            size = size_of(src)
             if size is None:
-                return f"a compressed frame has no frame header that can be read ({_uid_name(syntax)})"
+                return f"a compressed frame has no frame header that can be read here ({_uid_name(syntax)})"
             if size != header:
                 return (f"its compressed frame is {size[0]}x{size[1]} with {size[2]} components; its header "
                         f"says {header[0]}x{header[1]} with {header[2]}")
@@ -289,13 +299,12 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     if cache is not None and cache.get("data") is data:
-        ds, refused = cache["dataset"], cache["refused"]
+        ds = cache["dataset"]
     else:
         ds = _read(data, max_inflated=max_inflated)
-        refused = _codestream_problem(ds)
         if cache is not None:
             cache.clear()
-            cache.update(data=data, dataset=ds, refused=refused)
+            cache.update(data=data, dataset=ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError(f"DICOM object without pixel data ({_uid_name(ds.get('SOPClassUID'), 'unknown SOP class')})")
     frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
@@ -308,6 +317,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     if frame >= frames:
         raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    refused = _codestream_problem(ds, frame, frames)
     if refused:
         raise DecodeError(refused)
     try:

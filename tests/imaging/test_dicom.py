@@ -159,21 +159,23 @@ def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decod
     header of 8x8 — a JPEG, a bare JPEG 2000 codestream, a JP2 file, and the ways a decoder still
     finds the frame header that a simple walk misses (the frame split over fragments after its first
     two bytes, a TEM marker without a length, stray bytes between segments, a JP2 box of 64-bit
-    length) — are refused with the frame's own size, before a decoder runs (after it, the error
-    was pydicom's shape mismatch); a frame whose header cannot be found is refused; 8x8 frames
-    under the same header decode."""
+    length), and a frame that an offset table points elsewhere than the fragments' order — are
+    refused with the frame's own size, before a decoder runs (after it, the error was pydicom's
+    shape mismatch); a frame whose header cannot be read here is refused: none before the scan, a
+    hierarchical JPEG (DHP: libjpeg grows its 8x8 first frame to the DHP's size; 6.7 GB from 9 KB),
+    a JPEG 2000 frame cut into more than 4,096 tiles; 8x8 frames under the same header decode."""
     from PIL import Image
     from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-    def dicom(fragments: list[bytes], syntax) -> bytes:
+    def item(data: bytes) -> bytes:
+        data += b"\0" * (len(data) % 2)
+        return b"\xfe\xff\x00\xe0" + len(data).to_bytes(4, "little") + data
+
+    def dicom(fragments: list[bytes], syntax, side: int = 8, table: bytes = b"", frames: int = 1) -> bytes:
         ds = pydicom.dcmread(FILES / "CT_small.dcm")
-        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 8, 8, 7
-
-        def item(data: bytes) -> bytes:
-            data += b"\0" * (len(data) % 2)
-            return b"\xfe\xff\x00\xe0" + len(data).to_bytes(4, "little") + data
-
-        ds.PixelData = item(b"") + b"".join(map(item, fragments)) + b"\xfe\xff\xdd\xe0\0\0\0\0"
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = side, side, 8, 8, 7
+        ds.NumberOfFrames = frames
+        ds.PixelData = item(table) + b"".join(map(item, fragments)) + b"\xfe\xff\xdd\xe0\0\0\0\0"
         ds.PixelRepresentation, ds.file_meta.TransferSyntaxUID = 0, syntax
         ds["PixelData"].is_undefined_length, ds["PixelData"].VR = True, "OB"
         buf = io.BytesIO()
@@ -208,12 +210,30 @@ def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decod
         with pytest.raises(DecodeError, match="its compressed frame is 2000x1000 with 1 components; its header "
                                               "says 8x8 with 1"):
             decode_image(dicom(fragments, syntax), DecodeSpec())
-    with pytest.raises(DecodeError, match="a compressed frame has no frame header that can be read"):
-        decode_image(dicom([big_jpeg[:2] + b"\xff\xda" + big_jpeg[2:]], JPEGBaseline8Bit), DecodeSpec())
+    small = encoded((8, 8), "JPEG")
+    unreadable = {
+        "scan first": [big_jpeg[:2] + b"\xff\xda" + big_jpeg[2:]],
+        # Hierarchical: a DHP of 2000x1000 before an 8x8 first frame (libjpeg grows it to the DHP's).
+        "DHP": [small[:2] + b"\xff\xde\x00\x0b\x08" + (1000).to_bytes(2, "big") + (2000).to_bytes(2, "big")
+                + b"\x01\x01\x11\x00" + small[2:]],
+    }
+    for name, fragments in unreadable.items():
+        with pytest.raises(DecodeError, match="a compressed frame has no frame header that can be read here"):
+            decode_image(dicom(fragments, JPEGBaseline8Bit), DecodeSpec())
+    # 10,000 tiles of 1x1 (openjpeg sets each up while it reads SIZ): over 4,096, refused.
+    j2k = bytearray(encoded((100, 100), "JPEG2000", no_jp2=True))
+    j2k[24:32] = (1).to_bytes(4, "big") * 2  # XTsiz, YTsiz
+    with pytest.raises(DecodeError, match="a compressed frame has no frame header that can be read here"):
+        decode_image(dicom([bytes(j2k)], JPEG2000Lossless, side=100), DecodeSpec())
+    # Two frames whose offset table points frame 0 at the second fragment: the decoder decodes the
+    # bytes the table names (get_frame), whatever the fragments' order; those are checked.
+    first = len(item(small))
+    table = first.to_bytes(4, "little") + (first + len(item(big_jpeg))).to_bytes(4, "little")
+    with pytest.raises(DecodeError, match="its compressed frame is 2000x1000 with 1 components; its header says 8x8"):
+        decode_image(dicom([small, big_jpeg], JPEGBaseline8Bit, table=table, frames=2), DecodeSpec(frame=0))
     for fmt, syntax, options in (("JPEG", JPEGBaseline8Bit, {}), ("JPEG2000", JPEG2000Lossless, {"no_jp2": True}),
                                  ("JPEG2000", JPEG2000Lossless, {})):
         assert decode_image(dicom([encoded((8, 8), fmt, **options)], syntax), DecodeSpec())[1] == (8, 8), (fmt, options)
-    small = encoded((8, 8), "JPEG")
     assert decode_image(dicom([small[:2], small[2:]], JPEGBaseline8Bit), DecodeSpec())[1] == (8, 8)
 
 
