@@ -172,6 +172,20 @@ def test_the_frames_kept_of_one_video_are_bounded_by_the_container_budget(clip):
     assert len(sample(clip, fps=None, max_held=50 * 160 * 120 * 4)) == FRAMES
 
 
+def test_an_mp4_index_declaring_more_samples_than_bytes_is_refused_before_ffmpeg_builds_it(clip):
+    """FFmpeg's mov demuxer makes an index entry for every sample a sample table declares while the
+    file opens: a 656-byte MP4 declaring 85 million samples of one size held 3 GB. A sample is at
+    least one byte of the file: more samples than bytes is refused before FFmpeg reads it."""
+    from imgclf_ray.imaging.video import _mp4_samples
+
+    assert _mp4_samples(clip) == FRAMES  # (the clip's own table: as many as its frames)
+    at = clip.index(b"stsz") + 4  # version/flags, sample size, sample count
+    forged = clip[:at + 4] + (1).to_bytes(4, "big") + (85_000_000).to_bytes(4, "big") + clip[at + 12:]
+    with pytest.raises(DecodeError, match=f"^its MP4 sample table declares 85,000,000 samples in a file of "
+                                          f"{len(forged):,} bytes$"):
+        sample(forged)
+
+
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
     """A log cut short (upload interrupted) or with damaged bytes in the middle: the readable frames
     come out, damaged packets become error frames, nothing raises."""
