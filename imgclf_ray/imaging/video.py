@@ -43,14 +43,15 @@ DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "asf", "ogg", "h2
 CONTAINERS = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, ASF, Ogg or raw H.264/HEVC/MPEG video"
 
 
-_MP4_TOP = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"moof", b"styp", b"sidx"}
-_MP4_INNER = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"moof", b"traf", b"mvex", b"edts"}
+_MP4_LEAVES = {b"mdat", b"free", b"skip", b"wide"}  # boxes whose bodies are no boxes (the media itself)
 
 
 def _mp4_samples(data: bytes) -> int:
     """The most samples one sample table of an MP4/MOV file declares (stsz/stz2's count, stts's
-    runs added up, a fragment's trun), 0 for another container. FFmpeg's mov demuxer builds an
-    index entry for each while the file opens: a 656-byte file declaring 85 million held 3 GB."""
+    runs added up, a fragment's trun), wherever it sits (FFmpeg's mov demuxer reads a table inside
+    any box: udta, tref, dinf ...); 0 for another container. The demuxer builds an index entry for
+    each while the file opens: a 656-byte file declaring 85 million held 3 GB. A compressed movie
+    header (cmov) would hide them: refused."""
     def boxes(start: int, end: int, depth: int):
         at = start
         while at + 8 <= end and depth < 8:
@@ -61,15 +62,16 @@ def _mp4_samples(data: bytes) -> int:
                 size = end - at
             if size < body - at:
                 return
-            yield kind, body, min(at + size, end)
-            if kind in _MP4_INNER:
-                yield from boxes(body, min(at + size, end), depth + 1)
+            stop = min(at + size, end)
+            yield kind, body, stop
+            if kind not in _MP4_LEAVES:  # (a leaf's body that is no run of boxes stops at an impossible size)
+                yield from boxes(body + (4 if kind == b"meta" else 0), stop, depth + 1)
             at += size
 
-    if data[4:8] not in _MP4_TOP:
-        return 0
     most = 0
     for kind, body, end in boxes(0, len(data), 0):
+        if kind == b"cmov":
+            raise DecodeError("its movie header is compressed (cmov): not read")
         if kind in (b"stsz", b"stz2"):  # version/flags, sample size (or field size), sample count
             most = max(most, int.from_bytes(data[body + 8:body + 12], "big"))
         elif kind == b"stts":  # version/flags, entries, then (sample count, delta) runs

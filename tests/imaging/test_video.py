@@ -184,6 +184,19 @@ def test_an_mp4_index_declaring_more_samples_than_bytes_is_refused_before_ffmpeg
     with pytest.raises(DecodeError, match=f"^its MP4 sample table declares 85,000,000 samples in a file of "
                                           f"{len(forged):,} bytes$"):
         sample(forged)
+    # Where FFmpeg still finds the table: after an unknown first box, inside a udta box (it reads
+    # a table in any box); a compressed movie header (cmov) would hide it: refused as such.
+    junk = (16).to_bytes(4, "big") + b"junk" + bytes(8) + forged
+    start = forged.index(b"stsz") - 4
+    size = int.from_bytes(forged[start:start + 4], "big")
+    in_udta = forged[:start] + (size + 8).to_bytes(4, "big") + b"udta" + forged[start:]
+    for variant in (junk, in_udta):
+        with pytest.raises(DecodeError, match="^its MP4 sample table declares 85,000,000 samples"):
+            sample(variant)
+    moov = clip.index(b"moov") - 4
+    cmov = clip[:moov + 4] + b"cmov" + clip[moov + 8:]
+    with pytest.raises(DecodeError, match=r"^its movie header is compressed \(cmov\): not read$"):
+        sample(cmov)
 
 
 def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
