@@ -132,7 +132,9 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC9, 0xCA, 0xCB, 0xF7}  # JPEG's non-differenti
 # frames make a frame header that cannot be read here.
 _HIERARCHICAL = {0xDE, 0xDF, 0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF}
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8), 0xD8}  # TEM, RSTn, SOI: markers without a length
-J2K_MAX_TILES = 4096  # openjpeg sets up every tile while it reads SIZ (65,535 tiles of 1x1: 0.9 GB from 576 bytes)
+# openjpeg sets up every tile while it reads SIZ (65,535 tiles of 1x1: 0.9 GB from 576 bytes): more
+# than J2K_MAX_TILES only of tiles no smaller than 64x64 (as many as decode.max_image_pixels allows).
+J2K_MAX_TILES = 4096
 
 
 def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
@@ -181,19 +183,20 @@ def _j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
     if frame[:4] != b"\xff\x4f\xff\x51" or len(frame) < 42:
         return None
     x, y, x0, y0, tx, ty, tx0, ty0 = (int.from_bytes(frame[i:i + 4], "big") for i in range(8, 40, 4))
-    if not tx or not ty or -(-(x - tx0) // tx) * -(-(y - ty0) // ty) > J2K_MAX_TILES:
+    if not tx or not ty or (-(-(x - tx0) // tx) * -(-(y - ty0) // ty) > J2K_MAX_TILES and tx * ty < 64 * 64):
         return None
     return x - x0, y - y0, int.from_bytes(frame[40:42], "big")
 
 
-def _codestream_problem(ds, frame: int, frames: int) -> Optional[str]:
+def _codestream_problem(ds, frame: int, frames: int, cache: Optional[dict] = None) -> Optional[str]:
     """Why a compressed frame may not go to its decoder, which allocates what the frame's own
     header says (an 8x8 DICOM header over a 30000x30000 JPEG: 4.5 GB before pydicom compared
     the shapes): a frame of the JPEG, JPEG-LS or JPEG 2000 syntaxes whose header gives another
     size than Rows, Columns and SamplesPerPixel, or none that can be read here. The bytes checked
-    are those pydicom's decoder gets: frame ``frame`` as ``get_frame`` cuts it (its offset table
-    read as the decoder reads it) for a multi-frame file, each frame ``generate_frames`` yields for
-    a single-frame one. RLE's decoder stops at the header's size."""
+    are those pydicom's decoder gets: for a multi-frame file with an offset table, frame ``frame``
+    as ``get_frame`` cuts it (the table read as the decoder reads it: a seek); else every frame as
+    ``generate_frames`` cuts them — what ``get_frame`` cuts without a table — once per file
+    (``cache``). RLE's decoder stops at the header's size."""
     from pydicom import uid
 
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -203,22 +206,33 @@ def _codestream_problem(ds, frame: int, frames: int) -> Optional[str]:
     from pydicom.encaps import generate_frames, get_frame
 
     size_of = _j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
+
+    def problem(src: bytes) -> Optional[str]:
+        size = size_of(src)
+        if size is None:
+            return f"a compressed frame has no frame header that can be read here ({_uid_name(syntax)})"
+        if size != header:
+            return (f"its compressed frame is {size[0]}x{size[1]} with {size[2]} components; its header "
+                    f"says {header[0]}x{header[1]} with {header[2]}")
+        return None
+
     try:
         header = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), int(ds.get("SamplesPerPixel", 1) or 1))
+        pixels = ds.PixelData
         offsets = ((ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
                    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds else None)
-        cut = ([get_frame(ds.PixelData, frame, number_of_frames=frames, extended_offsets=offsets)] if frames > 1 else
-               generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=offsets))
-        for src in cut:
-            size = size_of(src)
-            if size is None:
-                return f"a compressed frame has no frame header that can be read here ({_uid_name(syntax)})"
-            if size != header:
-                return (f"its compressed frame is {size[0]}x{size[1]} with {size[2]} components; its header "
-                        f"says {header[0]}x{header[1]} with {header[2]}")
+        if frames > 1 and (offsets is not None or pixels[4:8] != b"\0\0\0\0"):  # (a basic offset table)
+            return problem(get_frame(pixels, frame, number_of_frames=frames, extended_offsets=offsets))
+        found = cache.get("problems") if cache is not None else None
+        if found is None:
+            found = [problem(src) for src in generate_frames(pixels, number_of_frames=frames)]
+            if cache is not None:
+                cache["problems"] = found
+        if frames == 1:
+            return next((p for p in found if p), None)
+        return found[frame]
     except Exception:  # noqa: BLE001 - frames pydicom cannot cut: its decode cannot either
         return "its compressed pixel data cannot be cut into frames"
-    return None
 
 
 def attributes(data: bytes, keywords: list[str], allow_phi: bool = False,
@@ -317,7 +331,7 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     if frame >= frames:
         raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    refused = _codestream_problem(ds, frame, frames)
+    refused = _codestream_problem(ds, frame, frames, cache)
     if refused:
         raise DecodeError(refused)
     try:
