@@ -163,7 +163,7 @@ def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decod
     refused with the frame's own size, before a decoder runs (after it, the error was pydicom's
     shape mismatch); a frame whose header cannot be read here is refused: none before the scan, a
     hierarchical JPEG (DHP: libjpeg grows its 8x8 first frame to the DHP's size; 6.7 GB from 9 KB),
-    a JPEG 2000 frame cut into more than 4,096 tiles; 8x8 frames under the same header decode."""
+    a JPEG 2000 frame cut into more than 4,096 tiles smaller than 64x64; 8x8 frames under the same header decode."""
     from PIL import Image
     from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
