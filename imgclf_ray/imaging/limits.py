@@ -9,7 +9,7 @@ class DecodeError(ValueError):
     """The bytes are not an image we can decode; the message says why, for the error column."""
 
 
-def check_budget(width: int, height: int, bytes_per_pixel: int, budget: Optional[int], what: str = "image") -> None:
+def check_budget(width: int, height: int, bytes_per_pixel: float, budget: Optional[int], what: str = "image") -> None:
     """DecodeError when decoding ``width`` x ``height`` pixels of ``bytes_per_pixel`` needs more
     than ``budget`` bytes (decode.max_decode_bytes): checked from the header, before decoding."""
     need = width * height * bytes_per_pixel

@@ -15,7 +15,7 @@ from typing import Optional
 
 from PIL import Image
 
-from imgclf_ray.imaging.limits import DecodeError
+from imgclf_ray.imaging.limits import DecodeError, check_budget
 from imgclf_ray.messages import describe
 
 
@@ -82,19 +82,31 @@ def _mp4_samples(data: bytes) -> int:
     return most
 
 
-def _check_size(width: int, height: int, max_pixels: Optional[int]) -> None:
+def _check_size(width: int, height: int, max_pixels: Optional[int], pix_fmt: Optional[str] = None,
+                max_bytes: Optional[int] = None) -> None:
+    """A frame's pixels against decode.max_image_pixels, and the bytes FFmpeg's decoder holds for
+    it in its pixel format (16-bit RGBA: 8 a pixel; 4:2:0: 1.5) against decode.max_decode_bytes."""
     if max_pixels is not None and width * height > max_pixels:
         raise DecodeError(f"frames are {width}x{height} = {width * height:,} pixels, over "
                           f"the limit of {max_pixels:,} (decode.max_image_pixels)")
+    if max_bytes is not None and pix_fmt and width > 0 and height > 0:
+        import av
+
+        planes = av.VideoFormat(pix_fmt, width, height).components
+        need = sum(c.width * c.height * ((c.bits + 7) // 8) for c in planes)
+        check_budget(width, height, need / (width * height), max_bytes, "frame")
 
 
 def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
            max_frames: Optional[int] = None, short_side: Optional[int] = None,
-           max_pixels: Optional[int] = None, max_held: Optional[int] = None) -> list[VideoFrame]:
+           max_pixels: Optional[int] = None, max_held: Optional[int] = None,
+           max_bytes: Optional[int] = None) -> list[VideoFrame]:
     """The frames of the first video stream of ``data`` chosen by ``fps`` / ``keyframes``, at most
     ``max_frames``. Each is converted to RGB by FFmpeg's scaler, which also brings the shorter side
-    down to ``short_side`` (area averaging) so that a long clip never holds full-size frames. The
-    frames kept weigh at most ``max_held`` bytes (decode.max_container_bytes): past it, one error
+    down to ``short_side`` (area averaging) so that a long clip never holds full-size frames. A
+    frame over ``max_pixels`` is refused by FFmpeg before it allocates one; one whose pixel format
+    needs more than ``max_bytes`` (decode.max_decode_bytes) is refused from the stream's header
+    and checked again as each frame comes out. The frames kept weigh at most ``max_held`` bytes (decode.max_container_bytes): past it, one error
     frame says so and the rest of the video is not read (a 36 KB file of 2,000 frames of 16384x64,
     whose shorter side needs no scaling, held 2.8 GB).
 
@@ -136,7 +148,8 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
             raise DecodeError("its video stream's codec is not one this FFmpeg decodes")
         stream.codec_context.thread_count = 1  # a decode task holds one CPU
         stream.codec_context.options = {**stream.codec_context.options, **limit}
-        _check_size(stream.codec_context.width, stream.codec_context.height, max_pixels)  # (the header's; 0: unknown)
+        codec = stream.codec_context  # (the header's size and format; 0 or None: unknown)
+        _check_size(codec.width, codec.height, max_pixels, codec.pix_fmt, max_bytes)
         if keyframes:
             stream.codec_context.skip_frame = "NONKEY"
         base = stream.time_base
@@ -170,7 +183,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 if fps is not None and not math.isnan(t):
                     next_t = start + (math.floor((t - start) * fps + 1e-6) + 1) / fps
                 width, height = frame.width, frame.height
-                _check_size(width, height, max_pixels)
+                _check_size(width, height, max_pixels, frame.format.name, max_bytes)
                 w, h = _scaled(width, height, short_side)
                 held += w * h * 4  # (Pillow holds RGB in 4 bytes a pixel)
                 if max_held is not None and held > max_held:

@@ -144,6 +144,36 @@ def test_a_frame_over_the_pixel_limit_is_refused_before_ffmpeg_allocates_it(tmp_
     assert peak_kib < 300 << 10, peak_kib  # (the frame is 512 MB)
 
 
+def test_a_frame_is_held_to_the_decode_byte_budget_in_its_own_pixel_format(clip):
+    """decode.max_decode_bytes applies to a video frame as to a still image: the bytes FFmpeg's
+    decoder holds for one frame in the stream's pixel format (16-bit RGBA: 8 a pixel; 4:2:0: 1.5),
+    from the stream's header before a frame is decoded. It was not applied to video at all."""
+    from imgclf_ray.containers.video import split
+    from imgclf_ray.spec import DecodeSpec, SourceSpec
+
+    buf = io.BytesIO()  # two 300x200 PNG frames of 16-bit RGBA: 480,000 bytes each decoded
+    with av.open(buf, mode="w", format="avi") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 300, 200, "rgba64be"
+        for i in range(2):
+            pixels = np.full((200, 300, 4), 1000 * i, dtype=np.uint16)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgba64le")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    deep = buf.getvalue()
+    with pytest.raises(DecodeError, match=r"^frame of 300x200 needs 0 MiB to decode, over decode.max_decode_bytes"):
+        sample(deep, max_bytes=479_999)
+    assert len(sample(deep, max_bytes=480_000)) == 2
+    assert len(sample(clip, max_bytes=160 * 120 * 3 // 2)) == FRAMES  # (4:2:0: 1.5 bytes a pixel)
+    with pytest.raises(DecodeError, match="over decode.max_decode_bytes"):
+        sample(clip, max_bytes=160 * 120 * 3 // 2 - 1)
+    source = SourceSpec(uri="/videos", video={"fps": None})  # (and a job's decode section reaches it)
+    with pytest.raises(DecodeError, match="over decode.max_decode_bytes"):
+        split(deep, source, DecodeSpec(max_decode_bytes=400_000), None)
+    assert len(split(deep, source, DecodeSpec(), None)) == 2
+
+
 def test_text_that_ffmpeg_would_take_for_a_playlist_or_a_stream_is_not_a_video(clip, tmp_path, monkeypatch):
     """FFmpeg's probe takes a 36-byte text file for a concat list (and reads the files it names,
     relative to the worker's folder: their frames were committed as the archive file's rows), an
