@@ -2,7 +2,8 @@
 
 Frames are taken at a rate (the first frame at or after each 1/fps step of presentation time),
 keyframes only (the decoder is told to skip the others, so they cost nothing), or all of them. A
-packet the decoder refuses becomes an error frame; the frames around it still come out.
+packet the decoder refuses becomes an error frame (one for a run of them up to the next frame kept,
+saying how many); the frames around it still come out.
 """
 
 from __future__ import annotations
@@ -165,14 +166,29 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 last_index += 1
             return last_index
 
+        bad: Optional[VideoFrame] = None  # the error row of the packets refused since the last frame kept
+        more = 0  # (and how many came after its own: a run of them is one row, not a row a packet)
+
+        def done() -> list[VideoFrame]:
+            nonlocal bad, more
+            if bad is not None and more:
+                bad.error += f"; {more:,} more after it before the next frame kept"
+            bad, more = None, 0
+            return frames
+
         for packet in container.demux(stream):
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
+                index = index_of(packet.pts)
+                if bad is not None:
+                    more += 1
+                    continue
                 t = float(packet.pts * base) if packet.pts is not None and base else math.nan
                 over = (", or a frame over decode.max_image_pixels (FFmpeg refuses both alike)"
                         if limit and getattr(exc, "errno", None) == errno.EINVAL else "")
-                frames.append(VideoFrame(index_of(packet.pts), t, error=f"corrupt video packet{over} ({describe(exc)})"))
+                bad = VideoFrame(index, t, error=f"corrupt video packet{over} ({describe(exc)})")
+                frames.append(bad)
                 continue
             for frame in decoded:
                 t = float(frame.time) if frame.time is not None else math.nan
@@ -180,6 +196,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 index = index_of(frame.pts)
                 if not keep:
                     continue
+                done()
                 if fps is not None and not math.isnan(t):
                     next_t = start + (math.floor((t - start) * fps + 1e-6) + 1) / fps
                 width, height = frame.width, frame.height
@@ -195,4 +212,4 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 frames.append(VideoFrame(index, t, image, (width, height)))
                 if max_frames is not None and len(frames) >= max_frames:
                     return frames
-        return frames
+        return done()

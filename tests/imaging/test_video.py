@@ -258,6 +258,34 @@ def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
     assert len(frames) - len(errors) >= 10 and len({f.index for f in frames}) == len(frames)
 
 
+def test_a_run_of_undecodable_packets_is_one_error_row():
+    """Twenty packets in a row replaced by noise: one error row for the run, at the first one's
+    frame number, saying how many followed (it was a row a packet: a small file of many tiny bad
+    packets made as many rows); the forty good frames around it still come out."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=25, options={"g": "10"})
+        stream.width, stream.height = 64, 48
+        packets = []
+        for i in range(60):
+            noise = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            packets += stream.encode(av.VideoFrame.from_ndarray(noise, format="rgb24"))
+        packets += stream.encode()
+        rng = np.random.default_rng(0)
+        for n, packet in enumerate(packets):
+            if 20 <= n < 40:
+                noise = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                noise.stream, noise.pts, noise.dts, noise.time_base = stream, packet.pts, packet.dts, packet.time_base
+                packet = noise
+            out.mux(packet)
+    frames = sample(buf.getvalue())
+    errors = [f for f in frames if f.error]
+    assert len(frames) == 41 and [f.index for f in errors] == [20], [(f.index, f.error) for f in errors]
+    assert errors[0].error.startswith("corrupt video packet (") and errors[0].error.endswith(
+        "; 19 more after it before the next frame kept")
+    assert [f.index for f in frames if f.error is None] == list(range(20)) + list(range(40, 60))
+
+
 @pytest.mark.ray
 def test_video_archive_one_row_per_sampled_frame(ray_session, tiny_model, tmp_path, clip):
     root = tmp_path / "logs"
