@@ -5,6 +5,7 @@ scripted model, crafted DICOMs, frame / page / member / YAML bombs, and the fail
 
 from __future__ import annotations
 
+import base64
 import glob
 import io
 import json
@@ -518,6 +519,11 @@ def test_crafted_dicoms_leak_no_identifier_anywhere(ray_session, tiny_model, tmp
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "archive" not in p.parts and p.suffix != ".yaml"]
     everything = [ran.output, report.output] + [p.read_bytes().decode("latin-1") for p in written + [
         p for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000]]
+    # and what the report inlines: its thumbnails and charts, base64 (a JPEG's comment went there whole)
+    inlined = [base64.b64decode(m).decode("latin-1") for text in everything
+               for m in re.findall(r"data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)", text)]
+    assert len(inlined) > 10
+    everything += inlined
     for secret in (NAME, "SECRET", PID, BIRTH):
         assert not [text[:80] for text in everything if secret in text], secret
     assert not [find_markers(text)[:5] for text in everything if find_markers(text)]

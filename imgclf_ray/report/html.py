@@ -59,8 +59,14 @@ def thumbnail(uri: str, storage: StorageSpec = StorageSpec(), size: int = THUMB)
         scale = 64 // max(img.size)
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     img.thumbnail((size, size))
+    # Pixels only: Pillow's JPEG writer copies the file's own comment (a JPEG COM, a PNG text chunk,
+    # a GIF comment: a patient's name, in a report mailed round) from the image's info.
+    img.info.clear()
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
+    try:
+        img.save(buf, format="JPEG", quality=80)
+    except (OSError, ValueError):  # a mode JPEG cannot hold: left out, as an unreadable image is
+        return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

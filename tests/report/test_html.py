@@ -105,3 +105,48 @@ def test_runs_lists_committed_runs_only(labelled_run):
     assert re.search(r"labelled\s+\S+\s+14\s+12\s+2\s+sha256:", result.output)
     missing = CliRunner().invoke(main, ["report", str(labelled_run), "--run", "nope"])
     assert missing.exit_code == 1 and "no run 'nope' (`imgclf runs " in missing.output
+
+
+def test_a_thumbnail_carries_the_pixels_and_nothing_else_of_the_file(tmp_path):
+    """A JPEG's comment, a PNG's text chunks, a GIF's comment were written into the report's
+    thumbnails word for word (Pillow's JPEG writer takes the comment from the decoded image): a
+    patient's name in a report mailed round. Every format's text, EXIF, ICC and XMP carriers hold a
+    marker; no thumbnail holds it, each still shows the picture, and a GIF comment too long for a
+    JPEG (it failed the whole report) is no matter."""
+    import base64
+    import io
+
+    from PIL import PngImagePlugin, TiffImagePlugin
+
+    from imgclf_ray.report.html import thumbnail
+
+    marker = "PATIENT_7731_DOE^JANE"
+    exif = Image.Exif()
+    exif[0x010E], exif[0x013B], exif[0x9286] = marker, marker, marker  # description, artist, user comment
+    icc = bytes(128) + marker.encode() * 4
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", marker)
+    text.add_itxt("Author", marker)
+    text.add_text("Patient", marker, zip=True)
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[270] = marker
+    picture = Image.new("RGB", (80, 60), (10, 120, 200))
+    made = {"a.jpg": (picture, {"comment": marker, "exif": exif.tobytes(), "icc_profile": icc}),
+            "cmyk.jpg": (picture.convert("CMYK"), {"comment": marker}),
+            "a.png": (picture, {"pnginfo": text, "exif": exif.tobytes(), "icc_profile": icc}),
+            "deep.png": (picture.convert("I;16"), {"pnginfo": text}),
+            "a.gif": (picture.convert("P"), {"comment": marker}),
+            "long.gif": (picture.convert("P"), {"comment": marker * 4000}),
+            "a.webp": (picture, {"exif": exif.tobytes(), "icc_profile": icc, "xmp": marker.encode()}),
+            "a.tif": (picture, {"tiffinfo": tags, "icc_profile": icc})}
+    for name, (img, extra) in made.items():
+        img.save(tmp_path / name, **extra)
+        assert marker.encode() in (tmp_path / name).read_bytes(), name
+        uri = thumbnail(str(tmp_path / name))
+        assert uri is not None and uri.startswith("data:image/jpeg;base64,"), name
+        jpeg = base64.b64decode(uri.split(",", 1)[1])
+        assert marker.encode() not in jpeg and marker.encode("utf-16-be") not in jpeg, name
+        shown = Image.open(io.BytesIO(jpeg))
+        assert shown.size == (80, 60) and not shown.info.get("comment"), name
+        if name not in ("cmyk.jpg", "deep.png", "a.gif", "long.gif"):  # (those change colour on the way)
+            assert np.abs(np.asarray(shown.convert("RGB"), float).mean((0, 1)) - (10, 120, 200)).max() < 6, name
