@@ -109,10 +109,11 @@ def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], sepa
             from imgclf_ray.errors import UserError
             from imgclf_ray.messages import printable
 
+            # (the true labels' own values are data, never shown: a labels table's wrong column can hold names)
             raise UserError(printable(
-                f"the true labels ({', '.join(truth[:5])}{' ...' if len(truth) > 5 else ''}) are none of the "
-                f"model's labels ({', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''}): with "
-                "source.labels from folders, source.uri is the folder that holds one folder per label"))
+                f"none of the {len(truth):,} true labels is one of the model's labels "
+                f"({', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''}): is source.labels the column of "
+                "labels? With source.labels from folders, source.uri is the folder that holds one folder per label"))
     import warnings
 
     with warnings.catch_warnings():  # scikit-learn's notes on classes absent from one side: the output says so

@@ -98,7 +98,7 @@ def test_a_hierarchical_batch_is_a_taxonomy_and_its_answers_come_back_as_paths(d
     assert ingest(sink, json.dumps(export).encode(), name="export.json").added == 3
     csv = "image_id,label\n" + "".join(f"{i},{truth[i][-1]}\n" for i in expected[3:])
     assert ingest(sink, csv.encode(), name="answers.csv").added == 2
-    with pytest.raises(UserError, match="unknown path 'large/3'.*small/0"):
+    with pytest.raises(UserError, match="its label is none of the model's paths; the model's leaf paths: .*small/0"):
         ingest(sink, f"image_id,label\n{expected[0]},large/3\n".encode(), name="bad.csv")
     current = {r["image_id"]: r for r in imgclf_ray.read_labels(sink.uri).to_pylist()}
     for i in expected:

@@ -117,6 +117,24 @@ def test_train_spec_errors_name_the_key(tmp_path):
     assert result.exit_code == 2 and "data.video: training reads one image per file" in result.output
 
 
+def test_messages_about_the_labels_count_them_and_never_show_them(tmp_path):
+    """A labels table's wrong column (patient names) printed its values in `imgclf train`'s error
+    line; the labels are data: the messages count them."""
+    from imgclf_ray.errors import SourceError, SpecError
+    from imgclf_ray.training.trainer import _fit_one, _targets
+
+    spec = load_spec(REPO / "jobs" / "train/faces-hog.yaml", [], TrainSpec)
+    names = np.array([f"DOE^JANE {i % 3}" for i in range(9)])
+    with pytest.raises(SpecError, match=r"^task: binary needs two labels, the data has 3$"):
+        _targets(spec.model_copy(update={"task": "binary"}), names)
+    with pytest.raises(SpecError, match=r"^positive: 'yes' is not one of the data's two labels$"):
+        _targets(spec.model_copy(update={"task": "binary", "positive": "yes"}), names[names != "DOE^JANE 2"])
+    with pytest.raises(SourceError, match=r"training needs at least two labels, the data has 1$") as refused:
+        _fit_one(spec.model_copy(update={"task": "multiclass"}), np.zeros((3, 4)), np.array(["DOE^JANE"] * 3),
+                 str(tmp_path / "m"), 0)
+    assert "DOE" not in str(refused.value)
+
+
 def test_cnn_multilabel_fine_tuned_from_an_artifact(ray_session, digits_archive, tiny_model, tmp_path):
     """BCE training of a multilabel head on top of another artifact's weights; thresholds tuned."""
     from imgclf_ray.training.bundled import DIGIT_ATTRIBUTES

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,6 @@ from imgclf_ray.io.cells import uncell
 from imgclf_ray.io.sink import Sink
 from imgclf_ray.io.sink.layout import put_atomic
 from imgclf_ray.io.storage import join
-from imgclf_ray.messages import printable
 from imgclf_ray.io.reviews import LABELS_DIR, LOCK_NAME, REVIEW_SCHEMA, REVIEWS_SUFFIX, reviews
 from imgclf_ray.review.labels import latest_model_rows, latest_night
 
@@ -227,16 +227,17 @@ def tree_path(a: Answer, tree: list[tuple[str, ...]], name: str) -> list[str]:
     if len(found) == 1 and len(a.labels) == 1:
         return list(found[0])
     shown = ", ".join("/".join(p) for p in tree[:8]) + (f" ... ({len(tree)} in all)" if len(tree) > 8 else "")
-    why = (f"{len(found)} leaves are named {_shown(text)!r}: give the path" if len(found) > 1 else
-           f"{len(a.labels)} answers (one expected)" if len(a.labels) > 1 else f"unknown path {_shown(text)!r}")
+    why = (f"its label names {len(found)} leaves: give the path" if len(found) > 1 else
+           f"{len(a.labels)} answers (one expected)" if len(a.labels) > 1 else "its label is none of the model's paths")
     raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {why}; the model's leaf paths: "
                     f"{shown}; nothing was ingested")
 
 
-def _shown(value: str) -> str:
-    """A value of the file as a message may quote it: printable, at most 40 characters."""
-    text = printable(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _shown(image_id: str) -> str:
+    """An answer's image id as a message shows it: itself when it is one (32 hex digits, as
+    io.schema.image_id makes them), else a placeholder. Nothing else of a review file is shown:
+    its labels are what a reviewer typed (a free-text answer can hold a name)."""
+    return image_id if re.fullmatch(r"[0-9a-f]{32}", image_id or "") else "<not an image id>"
 
 
 def _key(a: Answer) -> str:
@@ -274,8 +275,8 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
     for a in parsed.answers:
         wrong = [label for label in a.labels if label not in valid]
         if valid and wrong:
-            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: unknown label "
-                            f"{_shown(wrong[0])!r}; the model's labels: {', '.join(sorted(valid))}; nothing was ingested")
+            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: a label that is none of the "
+                            f"model's labels ({', '.join(sorted(valid))}); nothing was ingested")
         if task != "multilabel" and len(a.labels) > 1:
             raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {len(a.labels)} labels for a "
                             f"{task} model (one expected); nothing was ingested")

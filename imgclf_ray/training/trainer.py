@@ -23,6 +23,7 @@ from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.storage import filesystem, join, to_uri
+from imgclf_ray.messages import scrub
 from imgclf_ray.models.artifact import CARD_FILE, save_sklearn_artifact
 from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
@@ -143,10 +144,10 @@ def _targets(spec: TrainSpec, names: np.ndarray) -> tuple[np.ndarray, list[str]]
     labels = sorted(set(names))
     if spec.task == "binary":
         if len(labels) != 2:
-            raise SpecError(f"task: binary needs two labels, the data has {len(labels)}: {labels[:10]}")
+            raise SpecError(f"task: binary needs two labels, the data has {len(labels)}")  # (values: data, not shown)
         positive = spec.positive or labels[1]
         if positive not in labels:
-            raise SpecError(f"positive: {positive!r} is not one of the labels {labels}")
+            raise SpecError(f"positive: {positive!r} is not one of the data's two labels")
         labels = [lab for lab in labels if lab != positive] + [positive]
     # Indices into the card's labels: predict_proba's columns follow the card.
     return np.array([labels.index(n) for n in names]), labels
@@ -189,7 +190,7 @@ def _split(spec: TrainSpec, key: str, idx: np.ndarray, size: float, strat, seed:
         return train_test_split(idx, test_size=size, stratify=strat, random_state=seed)
     except ValueError as exc:
         raise SourceError(f"{spec.data.uri}: {len(idx)} labelled images cannot be split by class ({key}: {size}, "
-                          f"{classes} classes: {str(exc).splitlines()[0][:160]}); label more images of each class, "
+                          f"{classes} classes: {scrub(str(exc).splitlines()[0], 160)}); label more images of each class, "
                           f"or change {key}") from None
 
 
@@ -201,7 +202,7 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
     task = "multiclass" if spec.task == "hierarchical" else spec.task
     y, labels = _targets(spec.model_copy(update={"task": task}), names)
     if len(labels) < 2:
-        raise SourceError(f"{spec.data.uri}: training needs at least two labels, found {labels}")
+        raise SourceError(f"{spec.data.uri}: training needs at least two labels, the data has {len(labels)}")
     idx = np.arange(len(y))
     thresholds: dict[str, float] = {}
     val_idx = np.array([], dtype=int)
