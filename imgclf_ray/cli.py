@@ -24,7 +24,10 @@ def _fail(exc: UserError) -> None:
     if exc.exit_code:
         _keep_ray_log()
     # Several problems (a spec's) are several lines, each an ``error:`` line.
-    click.echo("\n".join(f"error: {line}" for line in str(exc).splitlines() or [""]) if exc.exit_code else str(exc),
+    from imgclf_ray.messages import without_credentials
+
+    text = without_credentials(exc)  # (an MLflow URL from the environment may carry one)
+    click.echo("\n".join(f"error: {line}" for line in text.splitlines() or [""]) if exc.exit_code else text,
                err=bool(exc.exit_code))
     from imgclf_ray import interrupts
 
@@ -491,8 +494,11 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
     if metrics.get("gold_images_left_out"):
         click.echo(f"  left out: {metrics['gold_images_left_out']} gold-set images (they judge models; never trained on)")
     if metrics.get("registered"):
+        from imgclf_ray.messages import without_credentials
+
         r = metrics["registered"]
-        click.echo(f"  registered: {r['name']} version {r['version']} in {r['tracking_uri']} (promote it with "
+        click.echo(f"  registered: {r['name']} version {r['version']} in {without_credentials(r['tracking_uri'])} "
+                   "(promote it with "
                    f"imgclf model promote {r['name']} {r['version']} --job NIGHTLY_JOB)")
 
 

@@ -30,6 +30,16 @@ _PLAIN = re.compile(r"[A-Za-z0-9 _.,:;()\[\]{}/=+\-<>%#@*!?&|~]*")
 _LONG = 40  # a token longer than this is data, not words
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 DROPPED = "<value>"
+# A credential inside a URL: its user-info (scheme://user:password@host) and a query parameter that
+# names one (?token=..., X-Amz-Signature=..., sig=...): an MLflow or HTTP URL from the environment.
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@")
+_SECRET_QUERY = re.compile(r"([?&;](?:[^=&;#\s]*[-_.])?(?:token|secret|password|passwd|pwd|signature|credential|"
+                           r"key|apikey|sig|auth|authorization)(?:[-_.][^=&;#\s]*)?=)[^&;#\s]*", re.I)
+
+
+def without_credentials(text: Any) -> str:
+    """``text`` with the credentials of any URL in it dropped (user-info, secret query values)."""
+    return _SECRET_QUERY.sub(r"\1<secret>", _USERINFO.sub(r"\1", str(text)))
 
 
 def _token(word: str) -> str:
@@ -40,12 +50,12 @@ def _token(word: str) -> str:
 
 def scrub(text: Any, cap: int = CAP) -> str:
     """Third-party text made fit to print: everything from its first quote to its last (or to its
-    end, across lines) replaced by ``<value>``, then its first line, in which any word with a
+    end, across lines) replaced by ``<value>`` (and a URL's credentials dropped), then its first line, in which any word with a
     character outside plain ASCII punctuation and letters or longer than 40 characters is
     ``<value>`` too; at most ``cap`` characters."""
     # The quotes first, over the whole text: a quoted value may hold a line break, and what follows
     # it on the first line would be taken for the message's own words.
-    text = _QUOTED.sub(DROPPED, str(text), count=1)
+    text = _QUOTED.sub(DROPPED, without_credentials(text), count=1)
     first = next((line for line in text.splitlines() if line.strip()), "")
     words = [_token(w) for w in _TOKEN.findall(first)]
     # Runs of dropped words say it once.
@@ -81,11 +91,11 @@ def uid(value: Any) -> str:
 
 def printable(text: Any, cap: int = 1000, names: bool = False) -> str:
     """Our own message as the last step before it is stored or shown: control and non-ASCII
-    characters removed, at most ``cap`` characters (a guard; every part was built safe).
+    characters removed, a URL's credentials dropped, at most ``cap`` characters (a guard; every part was built safe).
     ``names``: a user's file name, whose printable non-ASCII letters stay (café.png) and whose
     control characters (a newline, a terminal escape) become '?'."""
     text = "".join(c if (" " <= c <= "~" or (names and c.isprintable())) else ("?" if names else " ")
-                   for c in str(text))
+                   for c in without_credentials(text))
     return text if len(text) <= cap else text[: cap - 3] + "..."
 
 

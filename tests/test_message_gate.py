@@ -118,6 +118,11 @@ def test_the_gate_drops_what_is_quoted_unprintable_or_long_and_says_what_it_drop
     assert uid("1.2.840.10008.1.2") == "1.2.840.10008.1.2"
     assert uid("1.2.3\x00DOE^JANE") == uid("1.2.3 4") == uid("9" * 65) == "<invalid UID>"
     assert printable("a\x00b\u00e9c") == "a b c"
+    # A URL's credentials (an MLflow server's from the environment, a presigned URL): dropped, the rest kept.
+    assert scrub("API request to http://svc:S3CRET@127.0.0.1:9/api failed") == "API request to http://127.0.0.1:9/api failed"
+    assert printable("at https://T0KEN@h:5000/x?a=1&X-Amz-Signature=S3CRET&api_key=K3Y") == \
+        "at https://h:5000/x?a=1&X-Amz-Signature=<secret>&api_key=<secret>"
+    assert printable("s3://b/k?versionId=3 and a@b.c") == "s3://b/k?versionId=3 and a@b.c"
 
 
 def test_a_swallowing_sop_class_uid_is_named_as_invalid_never_shown():

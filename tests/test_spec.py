@@ -66,6 +66,28 @@ def test_bad_specs_name_file_line_and_key(tmp_path, text, expected):
     assert expected in str(info.value)
 
 
+def test_a_url_holding_a_credential_is_refused_without_being_shown(tmp_path, monkeypatch):
+    """A spec is recorded with its run: a password in a URL (user:password@, a token in its query)
+    is refused naming the key, in the file or from --set; one from the environment
+    (MLFLOW_TRACKING_URI) is never printed with its credential."""
+    job = write(tmp_path, GOOD.replace("  uri: data/model\n",
+                                       "  uri: data/model\n  tracking_uri: http://svc:S3CRET@mlflow:5000\n"))
+    with pytest.raises(SpecError, match=r"/job.yaml:\d+: model.tracking_uri: a URL holding a credential") as refused:
+        load_spec(job)
+    assert "S3CRET" not in str(refused.value)
+    with pytest.raises(SpecError, match=r"job.yaml \(--set source.uri\): source.uri: a URL holding") as refused:
+        load_spec(write(tmp_path, GOOD), ["source.uri=https://h/x.tar?X-Amz-Signature=S3CRET&a=1"])
+    assert "S3CRET" not in str(refused.value)
+    load_spec(write(tmp_path, GOOD), ["source.uri=https://h/x?author=me"])  # (not a credential)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://svc:S3CRET@127.0.0.1:9")
+    train = tmp_path / "train.yaml"
+    train.write_text((REPO / "jobs" / "train" / "faces-hog.yaml").read_text())
+    out = CliRunner().invoke(main, ["train", str(train), "--set", f"model.output={tmp_path / 'm'}",
+                                    "--set", "registry={name: faces}"])
+    assert out.exit_code == 2 and "S3CRET" not in out.output, out.output
+    assert out.output.startswith("error: MLFLOW_TRACKING_URI http://127.0.0.1:9 is a tracking server"), out.output
+
+
 def test_set_overrides_parse_yaml_values_and_create_sections(tmp_path):
     spec = load_spec(write(tmp_path, GOOD), [
         "source.uri=s3://bucket/prefix", "run.max_error_rate=0.1",

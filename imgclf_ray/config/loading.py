@@ -62,6 +62,17 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> Optional[int]:
     return line
 
 
+def _credential_urls(data: Any, loc: tuple = ()) -> list[tuple]:
+    """Where a spec's values hold a URL with a credential in it (see messages.without_credentials)."""
+    from imgclf_ray.messages import without_credentials
+
+    if isinstance(data, dict):
+        return [found for k, v in data.items() for found in _credential_urls(v, loc + (k,))]
+    if isinstance(data, list):
+        return [found for i, v in enumerate(data) for found in _credential_urls(v, loc + (i,))]
+    return [loc] if isinstance(data, str) and "://" in data and without_credentials(data) != data else []
+
+
 def _describe(err: dict[str, Any]) -> str:
     kind, loc = err["type"], err["loc"]
     if kind == "extra_forbidden":
@@ -83,6 +94,18 @@ def parse_spec(data: Any, origin: str, text: str = "", overridden: tuple[str, ..
     """
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a job spec is a mapping of keys, got {type(data).__name__}")
+    secrets = []
+    for loc in _credential_urls(data):
+        dotted = ".".join(map(str, loc))
+        from_set = [k for k in overridden if dotted == k or dotted.startswith(k + ".")]
+        line = _line_of(text, loc) if text and not from_set else None
+        where = f"{origin} (--set {from_set[0]})" if from_set else f"{origin}:{line}" if line else origin
+        secrets.append(f"{where}: {dotted}: a URL holding a credential (user:password@ or a token in its query) "
+                       "does not belong in a job spec (it is recorded with the run); use the environment "
+                       "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, AWS_ACCESS_KEY_ID ...), "
+                       "storage.profile, or the machine's role")
+    if secrets:
+        raise SpecError("\n".join(secrets))
     try:
         spec = model.model_validate(data)
         if hasattr(spec, "_overridden"):

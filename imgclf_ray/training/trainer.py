@@ -23,7 +23,7 @@ from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.storage import filesystem, join, to_uri
-from imgclf_ray.messages import scrub
+from imgclf_ray.messages import scrub, without_credentials
 from imgclf_ray.models.artifact import CARD_FILE, save_sklearn_artifact
 from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
@@ -402,7 +402,8 @@ def _check_registry(spec: TrainSpec) -> None:
                         "version is a folder of its own (the registry records its model id; training into a "
                         "registered folder would change what that version is): give model.output a new folder")
     if registry.is_server(tracking) and is_local(fs):
-        raise SpecError(f"registry.tracking_uri {tracking} is a tracking server: it registers only sources it can "
+        where = "registry.tracking_uri" if spec.registry.tracking_uri else "MLFLOW_TRACKING_URI"
+        raise SpecError(f"{where} {without_credentials(tracking)} is a tracking server: it registers only sources it can "
                         f"read, and the cluster's nodes must read them too; model.output {spec.model.output} is a "
                         "folder on this machine: write the model to object storage (s3://...)")
 
