@@ -72,7 +72,16 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
+    if new[0] * new[1] > max(w * h, MAX_ASPECT * size * size):
+        # Enlarging a sliver: a 1,532-byte PNG of 1,500,000 x 1 pixels would be 384,000,000 x 256.
+        from imgclf_ray.imaging.limits import DecodeError
+
+        raise DecodeError(f"image of {w}x{h}: its shorter side brought to {size} makes it {new[0]:,}x{new[1]:,}, "
+                          f"one side more than {MAX_ASPECT} times the other and larger than it was: refused")
     return resize(img, *new, interpolation, resampler)
+
+
+MAX_ASPECT = 64  # the most an image enlarged to the model's side may be longer than it is wide
 
 
 def center_crop(img: Image.Image, size: int, offset: str = "round") -> Image.Image:

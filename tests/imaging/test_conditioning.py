@@ -29,3 +29,40 @@ def test_same_pixels_as_torchvision_transforms(sample_photo):
         img = sample_photo.crop(box)
         ref = T.Compose([T.Resize(resize), T.CenterCrop(crop), T.PILToTensor()])(img).numpy()
         assert np.array_equal(condition(img, Conditioning(resize=resize, crop=crop)), ref)
+
+
+def test_a_sliver_is_not_enlarged_past_what_it_is_into_a_huge_image(tmp_path):
+    """A 1,532-byte PNG of 1,500,000 x 1 pixels passes the decode limits (1.5 million pixels) and
+    its shorter side brought to 256 made it 384,000,000 x 256: 9.6 GB in one job. Enlarging is
+    refused past 64:1 when it would make the image larger than it is; as a row, a decode error."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    import pytest
+
+    from imgclf_ray.imaging.limits import DecodeError
+    from imgclf_ray.stages import LoadConfig, LoadStage
+
+    with pytest.raises(DecodeError, match=r"^image of 30000x1: its shorter side brought to 256 makes it "
+                                          r"7,680,000x256, one side more than 64 times the other"):
+        resize_shorter_side(Image.new("L", (30000, 1)), 256)
+    assert resize_shorter_side(Image.new("L", (64 * 4, 4)), 256).size == (64 * 256, 256)  # (64:1: enlarged)
+    assert resize_shorter_side(Image.new("L", (40000, 300)), 256).size == (34133, 256)  # (made smaller)
+    for size in [(4, 64 * 4 + 4), (1, 65)]:
+        with pytest.raises(DecodeError, match="one side more than 64 times the other"):
+            condition(Image.new("RGB", size), Conditioning(resize=224, crop=224))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    width = 1_500_000
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, 1, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(bytes(width + 1), 9)) + chunk(b"IEND", b""))
+    assert len(png) < 2000
+    (tmp_path / "sliver.png").write_bytes(png)
+    out = LoadStage(LoadConfig(conditioning=Conditioning(resize=256, crop=224)))(
+        {"uri": np.array([f"file://{tmp_path}/sliver.png"], dtype=object)})
+    assert out["status"].tolist() == ["error"]
+    assert out["error"][0].startswith("preprocess: image of 1500000x1: its shorter side brought to 256"), out["error"][0]
