@@ -167,6 +167,23 @@ def _open(data: bytes, cache: Optional[dict]) -> Image.Image:
     return img
 
 
+def _check_j2k(data: bytes, img: Image.Image) -> None:
+    """openjpeg allocates what the codestream's own SIZ says, while Pillow sized the image from the
+    JP2 file's header (a box before the codestream hides it from Pillow): 128 components of 65,535
+    tiles under a header of 1 component held 9.5 GB from 559 bytes. The codestream must say what
+    Pillow was told, in tiles as dicom.J2K_MAX_TILES allows."""
+    from imgclf_ray.imaging.dicom import J2K_MAX_TILES, j2k_size
+
+    found = j2k_size(data)
+    if found is None:
+        raise DecodeError(f"its JPEG 2000 codestream's size cannot be read here, or it is cut into more than "
+                          f"{J2K_MAX_TILES:,} tiles smaller than 64x64: not decoded")
+    told = (*img.size, len(img.getbands()))
+    if found != told:
+        raise DecodeError("its JPEG 2000 codestream is {}x{} in {} components, its file header says {}x{} in {}: "
+                          "not decoded".format(*found, *told))
+
+
 def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
             cache: Optional[dict], stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, cache)
@@ -176,6 +193,8 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
         raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over the "
                           f"decompression-bomb limit of {limit:,} (decode.max_image_pixels)")
     check_budget(width, height, _pixel_bytes(img), options.max_decode_bytes)
+    if img.format == "JPEG2000":
+        _check_j2k(data, img)
     try:
         if options.frame:
             n_frames = getattr(img, "n_frames", 1)

@@ -161,7 +161,7 @@ def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
             at += int.from_bytes(frame[at:at + 2], "big")
 
 
-def _j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
+def j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
     """(width, height, components) from a JPEG 2000 codestream's SIZ segment (ISO 15444-1 A.5.1:
     it follows SOC), bare or in a JP2 file's codestream box; None when there is none."""
     if frame[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # JP2: boxes to its contiguous codestream box
@@ -205,7 +205,7 @@ def _codestream_problem(ds, frame: int, frames: int, cache: Optional[dict] = Non
         return None
     from pydicom.encaps import generate_frames, get_frame
 
-    size_of = _j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
+    size_of = j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
 
     def problem(src: bytes) -> Optional[str]:
         size = size_of(src)

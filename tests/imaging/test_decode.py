@@ -127,3 +127,56 @@ def test_postscript_is_never_handed_to_ghostscript(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)"
     assert not (tmp_path / "ran").exists()
+
+
+def _boxes(jp2: bytes) -> list[tuple[bytes, bytes]]:
+    out, at = [], 0
+    while at < len(jp2):
+        size = int.from_bytes(jp2[at:at + 4], "big")
+        out.append((jp2[at + 4:at + 8], jp2[at + 8:at + size]))
+        at += size
+    return out
+
+
+def _jp2(boxes: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join((8 + len(body)).to_bytes(4, "big") + kind + body for kind, body in boxes)
+
+
+def test_a_jpeg_2000_codestream_must_say_what_its_file_header_says():
+    """openjpeg allocates what the codestream's SIZ says; Pillow sizes the image from the JP2
+    header: a 559-byte JP2 whose header says 1 component over a codestream of 128 components in
+    65,535 tiles held 9.5 GB. A codestream that says otherwise than the header, or that is cut into
+    more than 4,096 tiles smaller than 64x64, is refused before openjpeg reads it; Pillow's own
+    files, in every mode, tiled or not, decode as Pillow decodes them."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    made = {}
+    for mode in ("L", "LA", "RGB", "RGBA", "I;16"):
+        img = photo.convert(mode) if mode != "I;16" else Image.fromarray(
+            np.asarray(photo.convert("L")).astype(np.uint16) * 200)
+        for bare in (False, True):
+            for extra in ({}, {"tile_size": (32, 32)}, {"irreversible": True}):
+                buf = io.BytesIO()
+                img.save(buf, "JPEG2000", no_jp2=bare, **extra)
+                made[(mode, bare, str(extra))] = buf.getvalue()
+    for key, data in made.items():
+        decoded, size = decode_image(data)
+        reference = Image.open(io.BytesIO(data))
+        assert size == (120, 90) and decoded.mode == "RGB", key
+        if reference.mode in ("L", "RGB"):
+            assert np.array_equal(np.asarray(decoded), np.asarray(reference.convert("RGB"))), key
+    # A greyscale JP2's header over an RGB codestream, an unknown box before it (Pillow then does
+    # not look at the codestream): refused, naming both.
+    grey = _boxes(made[("L", False, "{}")])
+    colour = dict(_boxes(made[("RGB", False, "{}")]))
+    spliced = _jp2([(k, colour[b"jp2c"] if k == b"jp2c" else v) for k, v in grey[:-1]] + [(b"junk", bytes(8))]
+                   + [(b"jp2c", colour[b"jp2c"])])
+    with pytest.raises(DecodeError, match=r"^its JPEG 2000 codestream is 120x90 in 3 components, its file header "
+                                          r"says 120x90 in 1: not decoded$"):
+        decode_image(spliced)
+    # A codestream whose SIZ cuts it into 1x1 tiles (10,800 of them), bare and in a JP2.
+    for data in (made[("RGB", True, "{}")], made[("RGB", False, "{}")]):
+        at = data.index(b"\xff\x4f\xff\x51") + 4 + 2 + 2 + 16  # SOC, SIZ, Lsiz, Rsiz, Xsiz..YOsiz
+        tiny = data[:at] + (1).to_bytes(4, "big") * 2 + data[at + 8:]
+        with pytest.raises(DecodeError, match="cut into more than 4,096 tiles smaller than 64x64"):
+            decode_image(tiny)
