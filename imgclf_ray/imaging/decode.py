@@ -18,7 +18,7 @@ from imgclf_ray.messages import describe, scrub
 from imgclf_ray.spec import DecodeSpec
 
 
-from imgclf_ray.imaging.limits import DecodeError, check_budget  # noqa: F401 - re-exported
+from imgclf_ray.imaging.limits import DecodeError, check_budget, check_scans  # noqa: F401 - re-exported
 
 
 SNIFF_BYTES = 4096
@@ -195,6 +195,8 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     check_budget(width, height, _pixel_bytes(img), options.max_decode_bytes)
     if img.format == "JPEG2000":
         _check_j2k(data, img)
+    elif img.format in ("JPEG", "MPO"):
+        check_scans(data)
     try:
         if options.frame:
             n_frames = getattr(img, "n_frames", 1)
