@@ -184,6 +184,19 @@ def _check_j2k(data: bytes, img: Image.Image) -> None:
                           "not decoded".format(*found, *told))
 
 
+def _check_tiles(img: Image.Image, options: DecodeSpec) -> None:
+    """libtiff decodes a tile whole, whatever part of it the image covers: a 1x1 TIFF in one
+    46336x46336 tile held 2.2 GB. A TIFF tile is held to the image's limits."""
+    tiled = img.tag_v2.get(322), img.tag_v2.get(323)  # TileWidth, TileLength
+    if not all(isinstance(side, int) for side in tiled):
+        return
+    limit = options.max_image_pixels
+    if limit is not None and tiled[0] * tiled[1] > limit:
+        raise DecodeError(f"its TIFF tiles are {tiled[0]}x{tiled[1]} = {tiled[0] * tiled[1]:,} pixels, over "
+                          f"the limit of {limit:,} (decode.max_image_pixels)")
+    check_budget(*tiled, _pixel_bytes(img), options.max_decode_bytes, "TIFF tile")
+
+
 def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
             cache: Optional[dict], stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, cache)
@@ -211,6 +224,8 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
                 img.draft(img.mode, (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
         if img.size != (width, height):  # a page or frame of its own size
             check_budget(*img.size, _pixel_bytes(img), options.max_decode_bytes, "frame")
+        if img.format == "TIFF":
+            _check_tiles(img, options)
         img.load()
     except DecodeError:
         raise

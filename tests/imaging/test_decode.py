@@ -212,3 +212,29 @@ def test_a_jpeg_of_more_scans_than_nvimagecodec_allows_is_not_decoded(sample_pho
     with pytest.raises(DecodeError, match=r"^its JPEG has 257 scans, more than 256 \(each is decoded over the whole "
                                           r"image\): not decoded$"):
         decode_image(_eob_scans(64, 257))
+
+
+def _one_tile_tiff(width: int, height: int, tile: int) -> bytes:
+    """An 8-bit greyscale TIFF of width x height stored as one deflated tile x tile tile."""
+    import struct
+    import zlib
+
+    packed = zlib.compress(bytes(tile * tile), 9)
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1), (284, 3, 1),
+            (322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 11 + 4), (325, 4, len(packed))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in tags) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + packed
+
+
+def test_a_tiff_tile_is_held_to_the_image_limits():
+    """libtiff decodes a tile whole whatever part of it the image covers: a 2 MB TIFF of 1x1 pixel
+    in one 46336x46336 tile held 2.2 GB. A tile over decode.max_image_pixels or the byte budget is
+    refused before libtiff reads it; a tile larger than a small image, as encoders write, decodes."""
+    assert decode_image(_one_tile_tiff(100, 60, 256))[1] == (100, 60)
+    with pytest.raises(DecodeError, match=r"^its TIFF tiles are 4096x4096 = 16,777,216 pixels, over the limit of "
+                                          r"1,000,000 \(decode.max_image_pixels\)$"):
+        decode_image(_one_tile_tiff(1, 1, 4096), DecodeSpec(max_image_pixels=1_000_000))
+    with pytest.raises(DecodeError, match=r"^TIFF tile of 4096x4096 needs 16 MiB to decode, over decode.max_decode_bytes"):
+        decode_image(_one_tile_tiff(1, 1, 4096), DecodeSpec(max_decode_bytes=8 << 20))
