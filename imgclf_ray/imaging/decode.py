@@ -62,18 +62,31 @@ def _sniff(data: bytes) -> str:
     return "not a format Pillow can identify"
 
 
+_BLOCK = 1 << 20  # samples converted at once: the temporaries of a block, not of the image
+
+
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
-    """Scale integer / float single-channel data to uint8 over its type's range (never clip)."""
+    """Scale integer / float single-channel data to uint8 over its type's range (never clip),
+    a block of samples at a time (a 9459x9459 32-bit TIFF's int64 copies of the whole held 2.6 GB)."""
     if arr.dtype == np.uint8:
         return arr
+    flat, out = arr.reshape(-1), np.empty(arr.size, np.uint8)
+    blocks = [slice(at, at + _BLOCK) for at in range(0, flat.size, _BLOCK)]
     if np.issubdtype(arr.dtype, np.floating):
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        scaled = (np.nan_to_num(arr, nan=lo) - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+        lo, hi = np.inf, -np.inf
+        for block in blocks:
+            finite = flat[block][np.isfinite(flat[block])]
+            if finite.size:
+                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        for block in blocks:
+            scaled = ((np.nan_to_num(flat[block], nan=lo) - lo) / (hi - lo) if hi > lo
+                      else np.zeros_like(flat[block]))
+            out[block] = np.clip(np.rint(scaled * 255.0), 0, 255)
+        return out.reshape(arr.shape)
     # 16-bit (I;16*) and 32-bit "I" images holding 16-bit data: 0..65535 -> 0..255.
-    data = np.clip(arr.astype(np.int64), 0, 65535)
-    return ((data * 255 + 32767) // 65535).astype(np.uint8)
+    for block in blocks:
+        out[block] = (np.clip(flat[block].astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+    return out.reshape(arr.shape)
 
 
 def _flatten_alpha(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -283,10 +283,31 @@ def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.where(x <= low, 0.0, np.where(x > high, 255.0, y))
 
 
-def _stretch(x: np.ndarray) -> np.ndarray:
-    finite = x[np.isfinite(x)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    return (x - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(x, dtype=np.float64)
+_BLOCK = 1 << 20  # samples converted at once: the float64 copies of a block, not of a frame
+
+
+def _by_rows(arr: np.ndarray, fn, channels: tuple[int, ...] = ()) -> np.ndarray:
+    """``fn`` (elementwise onto 0..255) over blocks of rows of ``arr``, rounded into uint8: the
+    LUTs' float64 copies of one block at a time (a whole 9459x9459 palette frame's held 5 GB)."""
+    out = np.empty(arr.shape[:2] + channels, np.uint8)
+    step = max(1, _BLOCK // max(1, arr[0].size))
+    for at in range(0, len(arr), step):
+        out[at:at + step] = np.clip(np.rint(fn(arr[at:at + step])), 0, 255)
+    return out
+
+
+def _stretched(arr: np.ndarray, fn) -> np.ndarray:
+    """``fn``'s values stretched over their finite range onto 0..255 (two passes over blocks)."""
+    lo, hi = np.inf, -np.inf
+    step = max(1, _BLOCK // max(1, arr[0].size))
+    for at in range(0, len(arr), step):
+        x = fn(arr[at:at + step])
+        finite = x[np.isfinite(x)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if not hi > lo:
+        return np.zeros(arr.shape, np.uint8)
+    return _by_rows(arr, lambda block: (fn(block) - lo) / (hi - lo) * 255.0)
 
 
 def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
@@ -328,7 +349,8 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     if max_pixels is not None and rows * columns > max_pixels:
         raise DecodeError(f"image is {columns}x{rows} = {rows * columns:,} pixels, over the "
                           f"decompression-bomb limit of {max_pixels:,} (decode.max_image_pixels)")
-    # The modality and VOI LUTs work on float64 copies of the frame: 8 bytes a sample.
+    # What the decoder and the LUTs hold of a frame (the decoded samples, a palette's 16-bit
+    # colours; the float64 copies are a block's, _by_rows): up to 8 bytes a sample.
     check_budget(columns, rows, int(ds.get("SamplesPerPixel", 1) or 1) * 8, max_bytes, "DICOM frame")
     if frame >= frames:
         raise DecodeError(f"frame {frame} asked for (decode.frame), the file has {frames}")
@@ -343,28 +365,34 @@ def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
         raise DecodeError(f"DICOM pixel data not decodable ({_uid_name(syntax)}; {describe(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric == "PALETTE COLOR":
+    palette = photometric == "PALETTE COLOR" and arr.ndim == 2
+    if palette or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):  # colour: scaled over the sample range
         from pydicom.pixels import apply_color_lut
 
-        arr = apply_color_lut(arr, ds)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour: scale over the sample range
-        rgb = arr[..., :3]
-        if rgb.dtype != np.uint8:
-            bits = int(ds.get("BitsStored", 16) or 16)
-            rgb = np.clip(np.rint(rgb.astype(np.float64) * 255.0 / (2 ** bits - 1)), 0, 255)
-        img = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), "RGB")
+        # A palette's colours are in its LUTs' bits (the descriptor's third value: 8 or 16), not
+        # the indices' BitsStored (scaled by those, an ultrasound's 16-bit colours were white).
+        bits = (int((ds.get("RedPaletteColorLookupTableDescriptor") or [0, 0, 16])[2] or 16) if palette
+                else int(ds.get("BitsStored", 16) or 16))
+
+        def colour(block: np.ndarray) -> np.ndarray:
+            rgb = (apply_color_lut(block, ds) if palette else block)[..., :3]
+            return rgb if rgb.dtype == np.uint8 else rgb.astype(np.float64) * 255.0 / (2 ** bits - 1)
+
+        img = Image.fromarray(_by_rows(arr, colour, (3,)), "RGB")
         return img, img.size, img
     if arr.ndim != 2:
         raise DecodeError(f"DICOM frame has shape {arr.shape}; expected rows x columns (x samples)")
-    x = apply_modality_lut(arr, ds).astype(np.float64)
+
+    def value(block: np.ndarray) -> np.ndarray:
+        return apply_modality_lut(block, ds).astype(np.float64)
+
     center, width = window if window else (_first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
     if window is None and "VOILUTSequence" in ds:
-        y = _stretch(apply_voi_lut(x, ds, index=0).astype(np.float64))
+        grey = _stretched(arr, lambda block: apply_voi_lut(value(block), ds, index=0).astype(np.float64))
     elif center is not None and width is not None:
-        y = _window(x, center, width)
+        grey = _by_rows(arr, lambda block: _window(value(block), center, width))
     else:
-        y = _stretch(x)
-    grey = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+        grey = _stretched(arr, value)
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     native = Image.fromarray(grey, "L")

@@ -238,3 +238,24 @@ def test_a_tiff_tile_is_held_to_the_image_limits():
         decode_image(_one_tile_tiff(1, 1, 4096), DecodeSpec(max_image_pixels=1_000_000))
     with pytest.raises(DecodeError, match=r"^TIFF tile of 4096x4096 needs 16 MiB to decode, over decode.max_decode_bytes"):
         decode_image(_one_tile_tiff(1, 1, 4096), DecodeSpec(max_decode_bytes=8 << 20))
+
+
+def test_deep_greyscale_is_converted_a_block_at_a_time_as_the_whole_would_be(monkeypatch):
+    """16/32-bit and float greyscale onto 0..255 a block of samples at a time (a 9459x9459 32-bit
+    TIFF's int64 copies, whole, held 2.6 GB): the same as the whole array's formula, at block
+    edges too; NaN as the lowest value, infinities and a constant image as before."""
+    from imgclf_ray.imaging import decode
+
+    monkeypatch.setattr(decode, "_BLOCK", 7)
+    rng = np.random.default_rng(3)
+    ints = rng.integers(-70_000, 140_000, (13, 11)).astype(np.int32)
+    assert np.array_equal(decode._to_8bit(ints), ((np.clip(ints.astype(np.int64), 0, 65535) * 255 + 32767)
+                                                  // 65535).astype(np.uint8))
+    floats = rng.normal(size=(13, 11)).astype(np.float32)
+    floats[2, 3], floats[5, 5], floats[7, 1] = np.nan, np.inf, -np.inf
+    finite = floats[np.isfinite(floats)]
+    lo, hi = float(finite.min()), float(finite.max())
+    expected = np.clip(np.rint((np.nan_to_num(floats, nan=lo) - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(decode._to_8bit(floats), expected)
+    assert decode._to_8bit(floats)[2, 3] == 0
+    assert not decode._to_8bit(np.full((5, 5), 3.5, np.float32)).any()

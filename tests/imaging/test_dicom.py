@@ -279,3 +279,31 @@ def test_multi_frame_files_become_one_row_per_frame(ray_session, tiny_model, tmp
     assert rows == [("CT_small.dcm", 0, "ok"), ("SC_rgb_rle_2frame.dcm", 0, "ok"),
                     ("SC_rgb_rle_2frame.dcm", 1, "ok"), ("rtplan.dcm", 0, "error")]
     assert result.rows == 4
+
+
+def test_palette_colour_is_scaled_by_its_lookup_tables_bits():
+    """A palette's colours are in its LUTs' bits (16 here), not the indices' BitsStored (8): scaled
+    by those, 58% of this ultrasound's pixels were white. Reference: pydicom's own LUT applied."""
+    from pydicom.pixels import apply_color_lut
+
+    data = (FILES / "examples_palette.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.PhotometricInterpretation == "PALETTE COLOR" and ds.BitsStored == 8
+    expected = np.rint(apply_color_lut(ds.pixel_array, ds)[..., :3] / 257.0).astype(np.uint8)
+    img, _ = decode_image(data, DecodeSpec())
+    assert np.array_equal(np.asarray(img), expected)
+
+
+@pytest.mark.parametrize("name, window", [("examples_palette.dcm", None), ("CT_small.dcm", None),
+                                          ("CT_small.dcm", (40.0, 400.0)), ("MR_small.dcm", None),
+                                          ("SC_rgb_rle_16bit.dcm", None), ("ExplVR_BigEnd.dcm", None)])
+def test_a_frame_is_converted_a_block_of_rows_at_a_time_with_the_same_pixels(name, window, monkeypatch):
+    """The LUTs' float64 copies are made a block of rows at a time (a 9459x9459 palette frame's,
+    whole, held 5 GB from 88 KB): blocks of 1,000 samples give the pixels one block gives."""
+    from imgclf_ray.imaging import dicom
+
+    data = (FILES / name).read_bytes()
+    spec = DecodeSpec(dicom_window=window)
+    whole = np.asarray(decode_image(data, spec)[0])
+    monkeypatch.setattr(dicom, "_BLOCK", 1000)
+    assert np.array_equal(np.asarray(decode_image(data, spec)[0]), whole)
