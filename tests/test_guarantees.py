@@ -541,6 +541,21 @@ def _load(tmp_path: Path, files: dict[str, bytes], decode: DecodeSpec, source: S
     return list(zip(out["frame"].tolist(), out["status"].tolist(), out["error"].tolist()))
 
 
+def test_the_frames_of_one_file_are_decoded_for_at_most_decode_max_seconds(tmp_path):
+    """A GIF of 200 one-pixel frames on a 9000x9000 screen (4.6 KB) took 101 s of CPU with
+    frames: all (each frame a full composite). Past decode.max_seconds of CPU on one file's frames,
+    the rest are error rows saying why, and the next file starts afresh."""
+    frames = [Image.new("RGB", (40, 30), (50 * i, 0, 0)) for i in range(5)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    rows = _load(tmp_path, {"a.gif": buf.getvalue(), "b.gif": buf.getvalue()},
+                 DecodeSpec(frames="all", max_seconds=1e-9))
+    why = "decode: the file's frames took more than decode.max_seconds (1e-09 s of CPU): this one was not decoded"
+    assert rows == [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)] + \
+        [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)]
+    assert [r[1] for r in _load(tmp_path, {"c.gif": buf.getvalue()}, DecodeSpec(frames="all"))] == ["ok"] * 5
+
+
 def test_frame_page_and_member_bombs_end_in_one_error_row(tmp_path):
     # A 1 KB DICOM declaring a million frames: one error row, before any frame row is made.
     rows = _load(tmp_path, {"bomb.dcm": crafted_dicom(declared=1_000_000)}, DecodeSpec(frames="all"))

@@ -14,7 +14,7 @@ def split(data: bytes, source: SourceSpec, decode: DecodeSpec, side: Optional[in
     """The sampled frames of a video file, decoded here (source.video)."""
     v = source.video
     frames = video.sample(data, v.fps, v.keyframes, v.max_frames, side, decode.max_image_pixels,
-                          decode.max_container_bytes, decode.max_decode_bytes)
+                          decode.max_container_bytes, decode.max_decode_bytes, decode.max_seconds)
     return [Part(f.index, image=f.image, size=f.size, timestamp=f.timestamp,
                  error=f"decode: {f.error}" if f.error else None) for f in frames]
 

@@ -353,11 +353,18 @@ class LoadStage:
         decoded = np.zeros(n, dtype=bool)
         later_inputs: list = []  # (row, conditioned pixels) for an extractor with a batch form
         later_embedded: list = []
+        spent: dict[str, float] = {}  # CPU seconds the frames of each file took (decode.max_seconds)
+        limit = self.decode.max_seconds
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
                 status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, printable(part.error)
                 continue
+            if limit is not None and spent.get(uri, 0.0) > limit:
+                status[i], error[i] = STATUS_ERROR, (f"decode: the file's frames took more than decode.max_seconds "
+                                                     f"({limit:g} s of CPU): this one was not decoded")
+                continue
             self._dicom = None
+            started = time.thread_time()
             try:
                 row, width[i], height[i], measures, vector = self.load_one(str(uri), part)
             except StageError as exc:
@@ -368,6 +375,7 @@ class LoadStage:
                 continue
             finally:
                 dicom[i] = self._dicom
+                spent[uri] = spent.get(uri, 0.0) + time.thread_time() - started
             if isinstance(row, Encoded):
                 extra["encoded"][i] = row.data
             elif isinstance(row, Later):

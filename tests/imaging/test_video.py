@@ -258,6 +258,18 @@ def test_a_cut_or_damaged_file_gives_what_it_holds(clip):
     assert len(frames) - len(errors) >= 10 and len({f.index for f in frames}) == len(frames)
 
 
+def test_a_video_is_decoded_for_at_most_decode_max_seconds_of_cpu(clip):
+    """Every packet is decoded, kept or not: 3,000 frames of 8192x8192 (13 bytes each, all within
+    one second) took 88 s at fps 1 from 249 KB. Past decode.max_seconds of CPU the rest is not read:
+    the frames before it and one error row after them."""
+    frames = sample(clip, max_seconds=1e-9)
+    assert len(frames) < FRAMES and frames[-1].image is None
+    assert frames[-1].error == ("decoding took more than decode.max_seconds (1e-09 s of CPU): the rest of the video "
+                                "was not read")
+    assert frames[-1].index == len(frames) - 1 and all(f.error is None for f in frames[:-1])
+    assert len(sample(clip, max_seconds=3600)) == FRAMES
+
+
 def test_a_run_of_undecodable_packets_is_one_error_row():
     """Twenty packets in a row replaced by noise: one error row for the run, at the first one's
     frame number, saying how many followed (it was a row a packet: a small file of many tiny bad
