@@ -554,6 +554,16 @@ def test_the_frames_of_one_file_are_decoded_for_at_most_decode_max_seconds(tmp_p
     assert rows == [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)] + \
         [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)]
     assert [r[1] for r in _load(tmp_path, {"c.gif": buf.getvalue()}, DecodeSpec(frames="all"))] == ["ok"] * 5
+    # The limit is the frames' decoding: the samples of a shard (one file's rows too) are not frames.
+    shard = io.BytesIO()
+    with tarfile.open(fileobj=shard, mode="w") as tar:
+        for i in range(5):
+            member = tarfile.TarInfo(f"s{i}.gif")
+            member.size = len(buf.getvalue())
+            tar.addfile(member, io.BytesIO(buf.getvalue()))
+    rows = _load(tmp_path, {"s.tar": shard.getvalue()}, DecodeSpec(max_seconds=1e-9),
+                 SourceSpec(uri=str(tmp_path), webdataset={"image_extensions": ["gif"]}))
+    assert [r[1] for r in rows] == ["ok"] * 5, rows
 
 
 def test_frame_page_and_member_bombs_end_in_one_error_row(tmp_path):

@@ -183,7 +183,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
         for packet in container.demux(stream):
             if max_seconds is not None and time.thread_time() - started > max_seconds:
                 done()
-                frames.append(VideoFrame(max((f.index for f in frames), default=-1) + 1, math.nan,
+                frames.append(VideoFrame(index_of(packet.pts), math.nan,
                                          error=f"decoding took more than decode.max_seconds ({max_seconds:g} s of "
                                                "CPU): the rest of the video was not read"))
                 return frames

@@ -136,6 +136,7 @@ class LoadStage:
         self._embed_len: Optional[int] = None
         self._dicom: Optional[str] = None  # attributes (JSON) of the row being loaded
         self._opened: dict = {}  # the file whose frames are being decoded (decode_image's cache)
+        self._decode_cpu = 0.0  # CPU seconds the last decode_image took (decode.max_seconds)
 
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one row's input (features: the extractor's length on a blank image)."""
@@ -221,8 +222,12 @@ class LoadStage:
             if is_dicom(data):
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
                                                              self.decode.dicom_allow_phi, self.decode.max_container_bytes))
-            img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
-                                               self._target_side(), self._opened, stored)
+            started = time.thread_time()
+            try:
+                img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
+                                                   self._target_side(), self._opened, stored)
+            finally:
+                self._decode_cpu = time.thread_time() - started  # (decode.max_seconds: the file's frames)
         measures = self._timed("curate", measure_image, img, stored.get("image")) if self.measure else None
         embedded = None
         if self.embed:
@@ -353,18 +358,18 @@ class LoadStage:
         decoded = np.zeros(n, dtype=bool)
         later_inputs: list = []  # (row, conditioned pixels) for an extractor with a batch form
         later_embedded: list = []
-        spent: dict[str, float] = {}  # CPU seconds the frames of each file took (decode.max_seconds)
+        spent: dict[str, float] = {}  # CPU seconds decoding the frames of each multi-frame file took
         limit = self.decode.max_seconds
         for i, (uri, part) in enumerate(zip(batch["uri"], parts)):
             if part.error is not None:
                 status[i], error[i] = STATUS_SKIPPED if part.skipped else STATUS_ERROR, printable(part.error)
                 continue
-            if limit is not None and spent.get(uri, 0.0) > limit:
+            frame_of_file = part.decode_frame is not None  # (decode.frames: all; a video's are timed as read)
+            if limit is not None and frame_of_file and spent.get(uri, 0.0) > limit:
                 status[i], error[i] = STATUS_ERROR, (f"decode: the file's frames took more than decode.max_seconds "
                                                      f"({limit:g} s of CPU): this one was not decoded")
                 continue
-            self._dicom = None
-            started = time.thread_time()
+            self._dicom, self._decode_cpu = None, 0.0
             try:
                 row, width[i], height[i], measures, vector = self.load_one(str(uri), part)
             except StageError as exc:
@@ -375,7 +380,8 @@ class LoadStage:
                 continue
             finally:
                 dicom[i] = self._dicom
-                spent[uri] = spent.get(uri, 0.0) + time.thread_time() - started
+                if frame_of_file:
+                    spent[uri] = spent.get(uri, 0.0) + self._decode_cpu
             if isinstance(row, Encoded):
                 extra["encoded"][i] = row.data
             elif isinstance(row, Later):
