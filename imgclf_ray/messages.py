@@ -30,16 +30,37 @@ _PLAIN = re.compile(r"[A-Za-z0-9 _.,:;()\[\]{}/=+\-<>%#@*!?&|~]*")
 _LONG = 40  # a token longer than this is data, not words
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 DROPPED = "<value>"
-# A credential inside a URL: its user-info (scheme://user:password@host) and a query parameter that
-# names one (?token=..., X-Amz-Signature=..., sig=...): an MLflow or HTTP URL from the environment.
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@")
-_SECRET_QUERY = re.compile(r"([?&;](?:[^=&;#\s]*[-_.])?(?:token|secret|password|passwd|pwd|signature|credential|"
-                           r"key|apikey|sig|auth|authorization)(?:[-_.][^=&;#\s]*)?=)[^&;#\s]*", re.I)
+# A credential inside a URL (an MLflow or HTTP URL from the environment): its user-info when it holds
+# a password (scheme://user:password@host; an HTTP URL's user alone too: a token), and an HTTP URL's
+# query values whose names say so (?token=..., X-Amz-Signature=..., api_key=...). A URL starts where a
+# run of scheme characters starts (one try a run: linear in the text); its user-info runs to the
+# authority's last '@', as Python's urlsplit reads it.
+_URL = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*)://(?:([^/?#\s]*)@)?([^\s]*)")
+_SECRET_NAME = re.compile(r"(?:^|[-_.])(?:token|secret|password|passwd|pwd|signature|credential|key|apikey|sig|"
+                          r"auth|authorization)(?:$|[-_.])", re.I)
+_HTTP = ("http", "https", "ws", "wss")
+
+
+def _url_without_credentials(match: re.Match) -> str:
+    scheme, user, rest = match.group(1), match.group(2), match.group(3)
+    http = scheme.lower() in _HTTP
+    keep = f"{user}@" if user is not None and not (http or ":" in user) else ""
+    if http and "?" in rest:
+        path, _, query = rest.partition("?")
+        fragment = ""
+        if "#" in query:
+            query, fragment = query.split("#", 1)
+            fragment = "#" + fragment
+        params = re.split(r"([&;])", query)
+        rest = path + "?" + "".join(
+            p.split("=", 1)[0] + "=<secret>" if "=" in p and _SECRET_NAME.search(p.split("=", 1)[0]) else p
+            for p in params) + fragment
+    return f"{scheme}://{keep}{rest}"
 
 
 def without_credentials(text: Any) -> str:
-    """``text`` with the credentials of any URL in it dropped (user-info, secret query values)."""
-    return _SECRET_QUERY.sub(r"\1<secret>", _USERINFO.sub(r"\1", str(text)))
+    """``text`` with the credentials of any URL in it dropped (see _URL)."""
+    return _URL.sub(_url_without_credentials, str(text))
 
 
 def _token(word: str) -> str:

@@ -123,6 +123,11 @@ def test_the_gate_drops_what_is_quoted_unprintable_or_long_and_says_what_it_drop
     assert printable("at https://T0KEN@h:5000/x?a=1&X-Amz-Signature=S3CRET&api_key=K3Y") == \
         "at https://h:5000/x?a=1&X-Amz-Signature=<secret>&api_key=<secret>"
     assert printable("s3://b/k?versionId=3 and a@b.c") == "s3://b/k?versionId=3 and a@b.c"
+    assert printable("http://u:p@ss@host/api") == "http://host/api"  # (to the authority's last '@', as urlsplit)
+    # Not credentials: a user alone outside HTTP, an object key's own '?', ';' or '&', a file's name.
+    for kept in ("sftp://alice@host/data", "s3://b/photos/2024?sort_key=1", "s3://bucket/a;key=1/x",
+                 "read: file:///data/report&token=1.png: cannot identify"):
+        assert printable(kept, names=True) == kept
 
 
 def test_a_swallowing_sop_class_uid_is_named_as_invalid_never_shown():

@@ -78,7 +78,8 @@ def test_a_url_holding_a_credential_is_refused_without_being_shown(tmp_path, mon
     with pytest.raises(SpecError, match=r"job.yaml \(--set source.uri\): source.uri: a URL holding") as refused:
         load_spec(write(tmp_path, GOOD), ["source.uri=https://h/x.tar?X-Amz-Signature=S3CRET&a=1"])
     assert "S3CRET" not in str(refused.value)
-    load_spec(write(tmp_path, GOOD), ["source.uri=https://h/x?author=me"])  # (not a credential)
+    for plain in ("https://h/x?author=me", "sftp://alice@host/data", "s3://b/photos?sort_key=1"):
+        load_spec(write(tmp_path, GOOD), [f"source.uri={plain}"])  # (not credentials)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://svc:S3CRET@127.0.0.1:9")
     train = tmp_path / "train.yaml"
     train.write_text((REPO / "jobs" / "train" / "faces-hog.yaml").read_text())
@@ -86,6 +87,10 @@ def test_a_url_holding_a_credential_is_refused_without_being_shown(tmp_path, mon
                                     "--set", "registry={name: faces}"])
     assert out.exit_code == 2 and "S3CRET" not in out.output, out.output
     assert out.output.startswith("error: MLFLOW_TRACKING_URI http://127.0.0.1:9 is a tracking server"), out.output
+    from imgclf_ray.models.mlflow_registry import Version  # (what a run's manifest and summary record)
+
+    assert Version("http://svc:S3CRET@127.0.0.1:9", "m", "1", "s3://b/m", None).record()["tracking_uri"] == \
+        "http://127.0.0.1:9"
 
 
 def test_set_overrides_parse_yaml_values_and_create_sections(tmp_path):

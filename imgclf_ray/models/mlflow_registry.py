@@ -93,7 +93,11 @@ class Version:
     alias: Optional[str] = None
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        """What a run records (its manifest, its summary): the tracking URI without a credential
+        (MLFLOW_TRACKING_URI may hold a password)."""
+        from imgclf_ray.messages import without_credentials
+
+        return {**asdict(self), "tracking_uri": without_credentials(self.tracking_uri)}
 
 
 def _version(client, uri: str, mv, alias: Optional[str] = None) -> Version:
