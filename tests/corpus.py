@@ -62,3 +62,21 @@ def bad_files(photo: Image.Image) -> dict[str, tuple[bytes, str]]:
         "bad/truncated.jpg": (full[: len(full) // 2], "decode: truncated file"),
         "bad/bomb.png": (png_header_only(50_000, 50_000), "decode: image is 50000x50000"),
     }
+
+
+def eob_scans_jpeg(side: int, scans: int) -> bytes:
+    """A progressive greyscale JPEG of ``scans`` AC refinement scans, each one end-of-band run over
+    every block (libjpeg visits every block's 63 coefficients per scan: CPU from a few bytes)."""
+    import struct
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+    blocks = (-(-side // 8)) ** 2
+    bits = ("0" + "1" * 14) * -(-blocks // 32767)  # EOB runs of 32,767 blocks (symbol 0xE0, code 0)
+    bits += "1" * (-len(bits) % 8)
+    data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    scan = segment(0xDA, b"\x01\x01\x00" + bytes([1, 63, 0x10])) + data
+    return (b"\xff\xd8" + segment(0xDB, b"\x00" + b"\x01" * 64)
+            + segment(0xC0 + 2, struct.pack(">BHHB", 8, side, side, 1) + b"\x01\x11\x00")
+            + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0") + scan * scans + b"\xff\xd9")

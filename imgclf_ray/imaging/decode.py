@@ -222,7 +222,7 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     if img.format == "JPEG2000":
         _check_j2k(data, img)
     elif img.format in ("JPEG", "MPO"):
-        check_scans(data)
+        check_scans(data, tuple(getattr(img, "_MpoImageFile__mpoffsets", None) or (0,)))  # (each image of an MPO)
     try:
         if options.frame:
             n_frames = getattr(img, "n_frames", 1)

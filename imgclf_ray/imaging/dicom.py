@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, DecodeError, check_budget
+from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, DecodeError, check_budget, jpeg_scans
 from imgclf_ray.messages import describe, uid
 from imgclf_ray.spec import DecodeSpec
 
@@ -208,7 +208,7 @@ def _codestream_problem(ds, frame: int, frames: int, cache: Optional[dict] = Non
     size_of = j2k_size if syntax in uid.JPEG2000TransferSyntaxes else _jpeg_size
 
     def problem(src: bytes) -> Optional[str]:
-        if size_of is _jpeg_size and src.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        if size_of is _jpeg_size and jpeg_scans(src) > MAX_JPEG_SCANS:
             return f"a compressed frame has more than {MAX_JPEG_SCANS} scans (each is decoded over the whole frame)"
         size = size_of(src)
         if size is None:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgclf_ray.imaging.decode import DecodeError, decode_image
 from imgclf_ray.spec import DecodeSpec
-from tests.corpus import bad_files, jpeg_bytes, png_bytes, png_header_only
+from tests.corpus import eob_scans_jpeg, bad_files, jpeg_bytes, png_bytes, png_header_only
 
 
 @pytest.mark.parametrize("name", ["empty.jpg", "random.png", "page.jpg", "truncated.jpg", "bomb.png"])
@@ -182,36 +182,27 @@ def test_a_jpeg_2000_codestream_must_say_what_its_file_header_says():
             decode_image(tiny)
 
 
-def _eob_scans(side: int, scans: int) -> bytes:
-    """A progressive greyscale JPEG of ``scans`` AC refinement scans, each one end-of-band run over
-    every block (libjpeg visits every block's 63 coefficients per scan: CPU from a few bytes)."""
-    import struct
-
-    def segment(marker: int, body: bytes) -> bytes:
-        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
-
-    blocks = (-(-side // 8)) ** 2
-    bits = ("0" + "1" * 14) * -(-blocks // 32767)  # EOB runs of 32,767 blocks (symbol 0xE0, code 0)
-    bits += "1" * (-len(bits) % 8)
-    data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
-    scan = segment(0xDA, b"\x01\x01\x00" + bytes([1, 63, 0x10])) + data
-    return (b"\xff\xd8" + segment(0xDB, b"\x00" + b"\x01" * 64)
-            + segment(0xC0 + 2, struct.pack(">BHHB", 8, side, side, 1) + b"\x01\x11\x00")
-            + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0") + scan * scans + b"\xff\xd9")
-
-
 def test_a_jpeg_of_more_scans_than_nvimagecodec_allows_is_not_decoded(sample_photo):
     """2,000 refinement scans of 119 bytes over 9000x9000 took 100 s of CPU (libjpeg decodes each
     scan over the whole image). More than 256 scans (nvImageCodec's default limit) is refused
     before libjpeg starts; a progressive JPEG as encoders make them (about ten scans) decodes."""
     progressive = io.BytesIO()
     sample_photo.save(progressive, "JPEG", progressive=True, quality=90)
-    assert progressive.getvalue().count(b"\xff\xda") > 5
+    from imgclf_ray.imaging.limits import jpeg_scans
+
+    assert jpeg_scans(progressive.getvalue()) == progressive.getvalue().count(b"\xff\xda") > 5
     assert decode_image(progressive.getvalue())[1] == sample_photo.size
-    assert decode_image(_eob_scans(64, 256))[1] == (64, 64)
+    assert decode_image(eob_scans_jpeg(64, 256))[1] == (64, 64)
     with pytest.raises(DecodeError, match=r"^its JPEG has 257 scans, more than 256 \(each is decoded over the whole "
                                           r"image\): not decoded$"):
-        decode_image(_eob_scans(64, 257))
+        decode_image(eob_scans_jpeg(64, 257))
+    # Scans are counted as libjpeg reads them, to the image's end: what follows it (a motion photo's
+    # video, here one full of SOS-like bytes) is not counted, and bytes inside segments are not scans.
+    trailer = (b"\xff\xda\x00\x08" + bytes(60)) * 400
+    assert decode_image(progressive.getvalue() + trailer)[1] == sample_photo.size
+    commented = io.BytesIO()
+    sample_photo.save(commented, "JPEG", comment=b"\xff\xda" * 300)
+    assert decode_image(commented.getvalue())[1] == sample_photo.size
 
 
 def _one_tile_tiff(width: int, height: int, tile: int) -> bytes:

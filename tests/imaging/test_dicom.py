@@ -236,10 +236,10 @@ def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decod
         assert decode_image(dicom([encoded((8, 8), fmt, **options)], syntax), DecodeSpec())[1] == (8, 8), (fmt, options)
     assert decode_image(dicom([small[:2], small[2:]], JPEGBaseline8Bit), DecodeSpec())[1] == (8, 8)
     # A frame of more than 256 scans (each decoded over the whole frame: CPU from a few bytes).
-    from tests.imaging.test_decode import _eob_scans
+    from tests.corpus import eob_scans_jpeg
 
     with pytest.raises(DecodeError, match="a compressed frame has more than 256 scans"):
-        decode_image(dicom([_eob_scans(8, 257)], JPEGBaseline8Bit), DecodeSpec())
+        decode_image(dicom([eob_scans_jpeg(8, 257)], JPEGBaseline8Bit), DecodeSpec())
 
 
 @pytest.mark.ray
