@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional
 import numpy as np
 from PIL import Image
 
+from imgclf_ray.config.base import PILLOW_MAX_IMAGE_PIXELS
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -72,16 +74,19 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
-    if new[0] * new[1] > max(w * h, MAX_ASPECT * size * size):
+    if new[0] * new[1] > max(w * h, MAX_ENLARGED):
         # Enlarging a sliver: a 1,532-byte PNG of 1,500,000 x 1 pixels would be 384,000,000 x 256.
         from imgclf_ray.imaging.limits import DecodeError
 
-        raise DecodeError(f"image of {w}x{h}: its shorter side brought to {size} makes it {new[0]:,}x{new[1]:,}, "
-                          f"one side more than {MAX_ASPECT} times the other and larger than it was: refused")
+        raise DecodeError(f"image of {w}x{h}: its shorter side brought to {size} makes it {new[0]:,}x{new[1]:,} "
+                          f"= {new[0] * new[1]:,} pixels, over {MAX_ENLARGED:,} (Pillow's decompression-bomb "
+                          "limit): refused")
     return resize(img, *new, interpolation, resampler)
 
 
-MAX_ASPECT = 64  # the most an image enlarged to the model's side may be longer than it is wide
+# The most pixels an image is enlarged to (Pillow's own bomb limit, decode.max_image_pixels' default):
+# a strip of 1,700:1 still goes to 224 (a 30000x100 line scan is 67200x224).
+MAX_ENLARGED = PILLOW_MAX_IMAGE_PIXELS
 
 
 def center_crop(img: Image.Image, size: int, offset: str = "round") -> Image.Image:

@@ -33,8 +33,9 @@ def test_same_pixels_as_torchvision_transforms(sample_photo):
 
 def test_a_sliver_is_not_enlarged_past_what_it_is_into_a_huge_image(tmp_path):
     """A 1,532-byte PNG of 1,500,000 x 1 pixels passes the decode limits (1.5 million pixels) and
-    its shorter side brought to 256 made it 384,000,000 x 256: 9.6 GB in one job. Enlarging is
-    refused past 64:1 when it would make the image larger than it is; as a row, a decode error."""
+    its shorter side brought to 256 made it 384,000,000 x 256: 9.6 GB in one job. Enlarging past
+    Pillow's bomb limit (89 million pixels) is refused when it would make the image larger than it
+    is; as a row, a preprocess error. A line scan of 300:1 is resized and cropped as before."""
     import io
     import struct
     import zlib
@@ -45,13 +46,15 @@ def test_a_sliver_is_not_enlarged_past_what_it_is_into_a_huge_image(tmp_path):
     from imgclf_ray.imaging.limits import DecodeError
     from imgclf_ray.stages import LoadConfig, LoadStage
 
-    with pytest.raises(DecodeError, match=r"^image of 30000x1: its shorter side brought to 256 makes it "
-                                          r"7,680,000x256, one side more than 64 times the other"):
-        resize_shorter_side(Image.new("L", (30000, 1)), 256)
-    assert resize_shorter_side(Image.new("L", (64 * 4, 4)), 256).size == (64 * 256, 256)  # (64:1: enlarged)
-    assert resize_shorter_side(Image.new("L", (40000, 300)), 256).size == (34133, 256)  # (made smaller)
-    for size in [(4, 64 * 4 + 4), (1, 65)]:
-        with pytest.raises(DecodeError, match="one side more than 64 times the other"):
+    with pytest.raises(DecodeError, match=r"^image of 400000x1: its shorter side brought to 256 makes it "
+                                          r"102,400,000x256 = 26,214,400,000 pixels, over 89,478,485 \(Pillow's "
+                                          r"decompression-bomb limit\): refused$"):
+        resize_shorter_side(Image.new("L", (400_000, 1)), 256)
+    assert resize_shorter_side(Image.new("L", (30000, 100)), 224).size == (67200, 224)  # (a line scan)
+    assert resize_shorter_side(Image.new("L", (400_000, 300)), 256).size == (341333, 256)  # (made smaller)
+    assert condition(Image.new("RGB", (30000, 100)), Conditioning(resize=224, crop=224)).shape == (3, 224, 224)
+    for size in [(1, 2000), (2000, 1)]:
+        with pytest.raises(DecodeError, match=r"over 89,478,485 \(Pillow's decompression-bomb limit\)"):
             condition(Image.new("RGB", size), Conditioning(resize=224, crop=224))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
