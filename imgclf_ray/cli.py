@@ -796,7 +796,9 @@ def review_ingest(file: str, sink_uri: str, fmt: str, endpoint_url: Optional[str
                + (f"; {done.stale} for images changed since their task (kept, marked stale, not applied)"
                   if done.stale else ""))
     if done.unknown:
-        shown = ", ".join(done.unknown[:5]) + (" ..." if len(done.unknown) > 5 else "")
+        from imgclf_ray.review.ingest import shown_id
+
+        shown = ", ".join(map(shown_id, done.unknown[:5])) + (" ..." if len(done.unknown) > 5 else "")
         n = len(done.unknown)
         click.echo(f"warning: {n} answer{'s name' if n != 1 else ' names'} images this sink never labelled, "
                    f"left out: {shown}",

@@ -92,9 +92,11 @@ def _hierarchical(rows: list[dict[str, Any]], leaf_paths: dict[str, list[str]]) 
 
 
 def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], separator: str = "|",
-                  threshold: Optional[float] = None, leaf_paths: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
+                  threshold: Optional[float] = None, leaf_paths: Optional[dict[str, list[str]]] = None,
+                  folders: bool = True) -> dict[str, Any]:
     """Metrics for the ok rows that have a true label; counts of what was left out. An empty true
-    label (a labels table's empty cell) is none, but for multilabel: no label applies."""
+    label (a labels table's empty cell) is none, but for multilabel: no label applies. ``folders``:
+    the true labels are folder names (shown in a refusal; a table's values are not)."""
     unlabelled = (None,) if task == "multilabel" else (None, "")
     scored = [r for r in rows if r["status"] == "ok" and r.get("true_label") not in unlabelled]
     out: dict[str, Any] = {"task": task, "images": len(scored),
@@ -109,11 +111,14 @@ def evaluate_rows(rows: list[dict[str, Any]], task: str, labels: list[str], sepa
             from imgclf_ray.errors import UserError
             from imgclf_ray.messages import printable
 
-            # (the true labels' own values are data, never shown: a labels table's wrong column can hold names)
-            raise UserError(printable(
-                f"none of the {len(truth):,} true labels is one of the model's labels "
-                f"({', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''}): is source.labels the column of "
-                "labels? With source.labels from folders, source.uri is the folder that holds one folder per label"))
+            model = f"the model's labels ({', '.join(labels[:5])}{' ...' if len(labels) > 5 else ''})"
+            if folders:  # (folder names: the user's own, in every path shown)
+                raise UserError(printable(
+                    f"the true labels ({', '.join(truth[:5])}{' ...' if len(truth) > 5 else ''}) are none of {model}: "
+                    "with source.labels from folders, source.uri is the folder that holds one folder per label"))
+            # A labels table's values are data, never shown: a wrong column can hold names.
+            raise UserError(printable(f"no true label is one of {model} ({len(truth):,} distinct values in the "
+                                      "labels table's column): is source.labels.label_column the column of labels?"))
     import warnings
 
     with warnings.catch_warnings():  # scikit-learn's notes on classes absent from one side: the output says so
@@ -194,7 +199,8 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
         threshold = ((spec.model.thresholds or {}).get(positive) or spec.model.threshold
                      or card.thresholds.get(positive, 0.5))
     metrics = evaluate_rows(rows, info.task, info.labels, spec.source.labels.separator, threshold,
-                            _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None)
+                            _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None,
+                            folders=spec.source.labels.kind == "folder")
     inputs = sink.read_rows(result.output_uri, ["uri", "etag"], spec.storage)
     data = sorted(set(zip(inputs.column("uri").to_pylist(), inputs.column("etag").to_pylist())))
     metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri,

@@ -138,7 +138,7 @@ def test_refusals_unknown_images_csv_and_stale_reviews(night, tmp_path):
     ids = [t["data"]["image_id"] for t in tasks]
     csv = "image_id,label\n" + "\n".join(f"{i},class1" for i in ids[:2]) + "\nnot-an-image,class1\n"
     done = ingest(sink, csv.encode(), name="answers.csv")
-    assert done.added == 2 and done.unknown == ["<not an image id>"]
+    assert done.added == 2 and done.unknown == ["not-an-image"]
     # An image whose file changed after its task was made: the answer is kept, stale, not applied.
     target = next(t for t in tasks[2:])
     path = Path(target["data"]["uri"].removeprefix("file://"))

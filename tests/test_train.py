@@ -119,11 +119,15 @@ def test_train_spec_errors_name_the_key(tmp_path):
 
 def test_messages_about_the_labels_count_them_and_never_show_them(tmp_path):
     """A labels table's wrong column (patient names) printed its values in `imgclf train`'s error
-    line; the labels are data: the messages count them."""
+    line; a table's labels are data: the messages count them. Folder names are the user's own (in
+    every path shown): named, so that a stray folder is seen."""
     from imgclf_ray.errors import SourceError, SpecError
     from imgclf_ray.training.trainer import _fit_one, _targets
 
-    spec = load_spec(REPO / "jobs" / "train/faces-hog.yaml", [], TrainSpec)
+    folders = load_spec(REPO / "jobs" / "train/faces-hog.yaml", [], TrainSpec)
+    with pytest.raises(SpecError, match=r"^task: binary needs two labels, the data has 3: a, b, tmp$"):
+        _targets(folders.model_copy(update={"task": "binary"}), np.array(["a", "b", "tmp"]))
+    spec = load_spec(REPO / "jobs" / "train/faces-hog.yaml", ["data.labels={kind: table, table: /l.csv}"], TrainSpec)
     names = np.array([f"DOE^JANE {i % 3}" for i in range(9)])
     with pytest.raises(SpecError, match=r"^task: binary needs two labels, the data has 3$"):
         _targets(spec.model_copy(update={"task": "binary"}), names)

@@ -229,11 +229,11 @@ def tree_path(a: Answer, tree: list[tuple[str, ...]], name: str) -> list[str]:
     shown = ", ".join("/".join(p) for p in tree[:8]) + (f" ... ({len(tree)} in all)" if len(tree) > 8 else "")
     why = (f"its label names {len(found)} leaves: give the path" if len(found) > 1 else
            f"{len(a.labels)} answers (one expected)" if len(a.labels) > 1 else "its label is none of the model's paths")
-    raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {why}; the model's leaf paths: "
+    raise UserError(f"{name or 'the review file'}: image {shown_id(a.image_id)}: {why}; the model's leaf paths: "
                     f"{shown}; nothing was ingested")
 
 
-def _shown(image_id: str) -> str:
+def shown_id(image_id: str) -> str:
     """An answer's image id as a message shows it: itself when it is one (32 hex digits, as
     io.schema.image_id makes them), else a placeholder. Nothing else of a review file is shown:
     its labels are what a reviewer typed (a free-text answer can hold a name)."""
@@ -275,10 +275,10 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
     for a in parsed.answers:
         wrong = [label for label in a.labels if label not in valid]
         if valid and wrong:
-            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: a label that is none of the "
+            raise UserError(f"{name or 'the review file'}: image {shown_id(a.image_id)}: a label that is none of the "
                             f"model's labels ({', '.join(sorted(valid))}); nothing was ingested")
         if task != "multilabel" and len(a.labels) > 1:
-            raise UserError(f"{name or 'the review file'}: image {_shown(a.image_id)}: {len(a.labels)} labels for a "
+            raise UserError(f"{name or 'the review file'}: image {shown_id(a.image_id)}: {len(a.labels)} labels for a "
                             f"{task} model (one expected); nothing was ingested")
     with RunLock.on(sink, LOCK_NAME, uuid.uuid4().hex[:12], name=LOCK_NAME):
         model = latest_model_rows(sink, ["image_id", "uri", "etag"], runs)
@@ -289,7 +289,7 @@ def ingest(sink: Sink, blob: bytes, fmt: str = "auto", name: str = "") -> Ingest
         ingest_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         for a in parsed.answers:
             if a.image_id not in current:
-                unknown.append(_shown(a.image_id))
+                unknown.append(a.image_id)  # (shown by the CLI through shown_id)
                 continue
             key = _key(a)
             if key in seen:

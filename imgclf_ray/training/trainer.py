@@ -23,7 +23,7 @@ from imgclf_ray.evaluate import evaluate_rows
 from imgclf_ray.io.labels import attach_true_labels
 from imgclf_ray.io.listing import list_archive
 from imgclf_ray.io.storage import filesystem, join, to_uri
-from imgclf_ray.messages import scrub, without_credentials
+from imgclf_ray.messages import printable, scrub, without_credentials
 from imgclf_ray.models.artifact import CARD_FILE, save_sklearn_artifact
 from imgclf_ray.models.heads import Head
 from imgclf_ray.spec import EstimatorSpec, TrainSpec
@@ -135,6 +135,14 @@ def extract_features(spec: TrainSpec, manifest: pa.Table) -> tuple[np.ndarray, n
     return np.concatenate(xs), np.concatenate(ys).astype(str), splits, errors
 
 
+def _named(spec: TrainSpec, labels: list[str]) -> str:
+    """The labels, for a message, when they are folder names (the user's own, in every path
+    shown); a labels table's values are data, never shown (a wrong column can hold names)."""
+    if spec.data.labels is None or spec.data.labels.kind != "folder":
+        return ""
+    return ": " + printable(", ".join(labels[:10]), names=True) + (" ..." if len(labels) > 10 else "")
+
+
 def _targets(spec: TrainSpec, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
     sep = spec.data.labels.separator
     if spec.task == "multilabel":
@@ -144,10 +152,10 @@ def _targets(spec: TrainSpec, names: np.ndarray) -> tuple[np.ndarray, list[str]]
     labels = sorted(set(names))
     if spec.task == "binary":
         if len(labels) != 2:
-            raise SpecError(f"task: binary needs two labels, the data has {len(labels)}")  # (values: data, not shown)
+            raise SpecError(f"task: binary needs two labels, the data has {len(labels)}{_named(spec, labels)}")
         positive = spec.positive or labels[1]
         if positive not in labels:
-            raise SpecError(f"positive: {positive!r} is not one of the data's two labels")
+            raise SpecError(f"positive: {positive!r} is not one of the data's two labels{_named(spec, labels)}")
         labels = [lab for lab in labels if lab != positive] + [positive]
     # Indices into the card's labels: predict_proba's columns follow the card.
     return np.array([labels.index(n) for n in names]), labels
@@ -202,7 +210,8 @@ def _fit_one(spec: TrainSpec, x: np.ndarray, names: np.ndarray, output: str, see
     task = "multiclass" if spec.task == "hierarchical" else spec.task
     y, labels = _targets(spec.model_copy(update={"task": task}), names)
     if len(labels) < 2:
-        raise SourceError(f"{spec.data.uri}: training needs at least two labels, the data has {len(labels)}")
+        raise SourceError(f"{spec.data.uri}: training needs at least two labels, the data has {len(labels)}"
+                          f"{_named(spec, labels)}")
     idx = np.arange(len(y))
     thresholds: dict[str, float] = {}
     val_idx = np.array([], dtype=int)
