@@ -202,7 +202,8 @@ class DecodeSpec(Section):
     max_container_bytes: int = Field(
         2 << 30, gt=0,
         description="Largest a container file may expand to in memory (a tar/WebDataset shard's "
-        "members, at least 1 KiB each, and their header records; an image table's "
+        "members, at least 1 KiB each, and their header records; in a compressed shard a member left "
+        "unread too, at its declared size, as passing over it inflates it; an image table's "
         "pages as their headers declare them, and its rows as they are made, at least 1 KiB each; "
         "a deflated DICOM's dataset, counted before it is inflated; a video's frames kept, as "
         "scaled); over it the file is one error row (a video: the frames before it and one error "

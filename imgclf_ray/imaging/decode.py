@@ -18,7 +18,7 @@ from imgclf_ray.messages import describe, scrub
 from imgclf_ray.spec import DecodeSpec
 
 
-from imgclf_ray.imaging.limits import DecodeError, check_budget, check_scans  # noqa: F401 - re-exported
+from imgclf_ray.imaging.limits import BLOCK, DecodeError, check_budget, check_scans  # noqa: F401 - re-exported
 
 
 SNIFF_BYTES = 4096
@@ -62,16 +62,13 @@ def _sniff(data: bytes) -> str:
     return "not a format Pillow can identify"
 
 
-_BLOCK = 1 << 20  # samples converted at once: the temporaries of a block, not of the image
-
-
 def _to_8bit(arr: np.ndarray) -> np.ndarray:
     """Scale integer / float single-channel data to uint8 over its type's range (never clip),
     a block of samples at a time (a 9459x9459 32-bit TIFF's int64 copies of the whole held 2.6 GB)."""
     if arr.dtype == np.uint8:
         return arr
     flat, out = arr.reshape(-1), np.empty(arr.size, np.uint8)
-    blocks = [slice(at, at + _BLOCK) for at in range(0, flat.size, _BLOCK)]
+    blocks = [slice(at, at + BLOCK) for at in range(0, flat.size, BLOCK)]
     if np.issubdtype(arr.dtype, np.floating):
         lo, hi = np.inf, -np.inf
         for block in blocks:

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, DecodeError, check_budget, jpeg_scans
+from imgclf_ray.imaging.limits import BLOCK, MAX_JPEG_SCANS, DecodeError, check_budget, jpeg_scans
 from imgclf_ray.messages import describe, uid
 from imgclf_ray.spec import DecodeSpec
 
@@ -283,14 +283,11 @@ def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.where(x <= low, 0.0, np.where(x > high, 255.0, y))
 
 
-_BLOCK = 1 << 20  # samples converted at once: the float64 copies of a block, not of a frame
-
-
 def _by_rows(arr: np.ndarray, fn, channels: tuple[int, ...] = ()) -> np.ndarray:
     """``fn`` (elementwise onto 0..255) over blocks of rows of ``arr``, rounded into uint8: the
     LUTs' float64 copies of one block at a time (a whole 9459x9459 palette frame's held 5 GB)."""
     out = np.empty(arr.shape[:2] + channels, np.uint8)
-    step = max(1, _BLOCK // max(1, arr[0].size))
+    step = max(1, BLOCK // max(1, arr[0].size))
     for at in range(0, len(arr), step):
         out[at:at + step] = np.clip(np.rint(fn(arr[at:at + step])), 0, 255)
     return out
@@ -299,7 +296,7 @@ def _by_rows(arr: np.ndarray, fn, channels: tuple[int, ...] = ()) -> np.ndarray:
 def _stretched(arr: np.ndarray, fn) -> np.ndarray:
     """``fn``'s values stretched over their finite range onto 0..255 (two passes over blocks)."""
     lo, hi = np.inf, -np.inf
-    step = max(1, _BLOCK // max(1, arr[0].size))
+    step = max(1, BLOCK // max(1, arr[0].size))
     for at in range(0, len(arr), step):
         x = fn(arr[at:at + step])
         finite = x[np.isfinite(x)]

@@ -237,7 +237,7 @@ def test_deep_greyscale_is_converted_a_block_at_a_time_as_the_whole_would_be(mon
     edges too; NaN as the lowest value, infinities and a constant image as before."""
     from imgclf_ray.imaging import decode
 
-    monkeypatch.setattr(decode, "_BLOCK", 7)
+    monkeypatch.setattr(decode, "BLOCK", 7)
     rng = np.random.default_rng(3)
     ints = rng.integers(-70_000, 140_000, (13, 11)).astype(np.int32)
     assert np.array_equal(decode._to_8bit(ints), ((np.clip(ints.astype(np.int64), 0, 65535) * 255 + 32767)

@@ -305,5 +305,21 @@ def test_a_frame_is_converted_a_block_of_rows_at_a_time_with_the_same_pixels(nam
     data = (FILES / name).read_bytes()
     spec = DecodeSpec(dicom_window=window)
     whole = np.asarray(decode_image(data, spec)[0])
-    monkeypatch.setattr(dicom, "_BLOCK", 1000)
+    monkeypatch.setattr(dicom, "BLOCK", 1000)
     assert np.array_equal(np.asarray(decode_image(data, spec)[0]), whole)
+
+
+def test_a_windowed_ct_frame_is_the_dicom_linear_window_of_its_hounsfield_units():
+    """Reference written here from PS3.3 C.11.2.1.2.1 on pydicom's modality LUT: the block-by-block
+    conversion gives those pixels."""
+    from pydicom.pixels import apply_modality_lut
+
+    data = (FILES / "CT_small.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    c, w = 40.0, 400.0
+    y = np.where(hu <= c - 0.5 - (w - 1) / 2, 0.0, np.where(hu > c - 0.5 + (w - 1) / 2, 255.0,
+                                                           ((hu - (c - 0.5)) / (w - 1) + 0.5) * 255.0))
+    expected = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    img, _ = decode_image(data, DecodeSpec(dicom_window=(c, w)))
+    assert np.array_equal(np.asarray(img)[..., 0], expected) and 0 < expected.mean() < 255
