@@ -119,6 +119,11 @@ def test_the_decode_task_passes_on_only_whole_plain_jpegs(sample_photo):
     assert for_device(buf.getvalue(), options) is None
     # nvJPEG decodes a progressive JPEG on the host: the decode tasks' cores do it as well.
     assert for_device(jpeg_bytes(photo, progressive=True), options) is None
+    # A sliver the device would enlarge into gigabytes (a 4 KB JPEG of 40000x1 at 224: 9 GB): the
+    # task's path, which refuses it; a line scan within Pillow's limit goes to the device.
+    sliver = jpeg_bytes(Image.new("L", (40000, 1)))
+    assert for_device(sliver, options) == (40000, 1) and for_device(sliver, options, 224) is None
+    assert for_device(jpeg_bytes(Image.new("L", (3000, 100))), options, 224) == (3000, 100)
 
 
 def test_the_device_decodes_in_chunks_of_bounded_pixels_and_halves_a_failing_one(sample_photo, monkeypatch):

@@ -70,11 +70,8 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
     w, h = img.size
     if min(w, h) == size:
         return img
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    if new[0] * new[1] > max(w * h, MAX_ENLARGED):
+    new = shorter_side_to(w, h, size)
+    if enlarges_too_far(w, h, size):
         # Enlarging a sliver: a 1,532-byte PNG of 1,500,000 x 1 pixels would be 384,000,000 x 256.
         from imgclf_ray.imaging.limits import DecodeError
 
@@ -87,6 +84,17 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
 # The most pixels an image is enlarged to (Pillow's own bomb limit, decode.max_image_pixels' default):
 # a strip of 1,700:1 still goes to 224 (a 30000x100 line scan is 67200x224).
 MAX_ENLARGED = PILLOW_MAX_IMAGE_PIXELS
+
+
+def shorter_side_to(w: int, h: int, size: int) -> tuple[int, int]:
+    """The size torchvision's ``Resize(size)`` gives: shorter side ``size``, the longer truncated."""
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def enlarges_too_far(w: int, h: int, size: int) -> bool:
+    """Whether bringing the shorter side to ``size`` makes the image larger than it is and than MAX_ENLARGED."""
+    new = shorter_side_to(w, h, size)
+    return new[0] * new[1] > max(w * h, MAX_ENLARGED)
 
 
 def center_crop(img: Image.Image, size: int, offset: str = "round") -> Image.Image:

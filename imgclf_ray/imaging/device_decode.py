@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from imgclf_ray.imaging.conditioning import Conditioning
+from imgclf_ray.imaging.conditioning import Conditioning, enlarges_too_far
 from imgclf_ray.imaging.limits import DecodeError, check_budget
 from imgclf_ray.messages import describe
 from imgclf_ray.spec import DecodeSpec
@@ -25,10 +25,12 @@ from imgclf_ray.spec import DecodeSpec
 _SOI, _EOI = b"\xff\xd8\xff", b"\xff\xd9"
 
 
-def for_device(data: bytes, options: DecodeSpec) -> Optional[tuple[int, int]]:
+def for_device(data: bytes, options: DecodeSpec, side: Optional[int] = None) -> Optional[tuple[int, int]]:
     """(width, height) when ``data`` is a whole JPEG the device decodes as Pillow would: 8-bit RGB
-    or greyscale, no EXIF rotation to apply, within the pixel and memory limits. None otherwise:
-    the decode task decodes it (and gives a bad file its error row)."""
+    or greyscale, no EXIF rotation to apply, within the pixel and memory limits, and not a sliver
+    that bringing its shorter side to ``side`` would enlarge past conditioning.MAX_ENLARGED (a
+    4 KB JPEG of 40000x1: 9 GB). None otherwise: the decode task decodes it (and gives a bad file
+    its error row)."""
     if not data.startswith(_SOI) or not data[-64:].rstrip(b"\x00").endswith(_EOI):
         return None  # not a JPEG, or truncated
     from PIL import Image
@@ -48,6 +50,8 @@ def for_device(data: bytes, options: DecodeSpec) -> Optional[tuple[int, int]]:
             if limit is not None and width * height > limit:
                 return None
             check_budget(width, height, 3, options.max_decode_bytes)
+            if side is not None and enlarges_too_far(width, height, side):
+                return None
     except Exception:  # noqa: BLE001 - any doubt (a bad header, a limit): the task decodes it and says why
         return None
     return width, height
