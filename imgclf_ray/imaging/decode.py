@@ -207,6 +207,26 @@ def _check_tiles(img: Image.Image, options: DecodeSpec) -> None:
     check_budget(*tiled, _pixel_bytes(img), options.max_decode_bytes, "TIFF tile")
 
 
+def _check_icns(data: bytes) -> None:
+    """An ICNS icon's JPEG 2000 entries go to openjpeg through Pillow's JP2 reader, which trusts the
+    JP2 header (575 bytes held 9.5 GB): each codestream must be an icon's (at most 1024x1024, 4
+    components), tiled as dicom.J2K_MAX_TILES allows."""
+    from imgclf_ray.imaging.dicom import j2k_size
+
+    at = 8
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at + 4:at + 8], "big")
+        if length < 8:
+            break
+        body = data[at + 8:at + length]
+        if body[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or body[:4] == b"\xff\x4f\xff\x51":
+            size = j2k_size(body)
+            if size is None or size[0] * size[1] > 1024 * 1024 or size[2] > 4:
+                raise DecodeError("its ICNS icon holds a JPEG 2000 codestream that is no icon's (over 1024x1024 or "
+                                  "4 components, or tiled past what is read here): not decoded")
+        at += length
+
+
 def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
             cache: Optional[dict], stored: Optional[dict] = None) -> tuple[Image.Image, tuple[int, int]]:
     img = _open(data, cache)
@@ -218,6 +238,8 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     check_budget(width, height, _pixel_bytes(img), options.max_decode_bytes)
     if img.format == "JPEG2000":
         _check_j2k(data, img)
+    elif img.format == "ICNS":
+        _check_icns(data)
     elif img.format in ("JPEG", "MPO"):
         check_scans(data, tuple(getattr(img, "_MpoImageFile__mpoffsets", None) or (0,)))  # (each image of an MPO)
     try:

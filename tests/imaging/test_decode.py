@@ -250,3 +250,24 @@ def test_deep_greyscale_is_converted_a_block_at_a_time_as_the_whole_would_be(mon
     assert np.array_equal(decode._to_8bit(floats), expected)
     assert decode._to_8bit(floats)[2, 3] == 0
     assert not decode._to_8bit(np.full((5, 5), 3.5, np.float32)).any()
+
+
+def test_an_icns_icon_s_jpeg_2000_entry_must_be_an_icon_s():
+    """Pillow hands an ICNS entry of JPEG 2000 to its JP2 reader, which trusts the JP2 header: a
+    575-byte icon over a codestream of 128 components in 65,535 tiles held 9.5 GB. Each such
+    codestream must be an icon's; icons as Pillow writes them, and a 512x512 JP2 entry, decode."""
+    def icns(entries: list[tuple[bytes, bytes]]) -> bytes:
+        body = b"".join(kind + (8 + len(data)).to_bytes(4, "big") + data for kind, data in entries)
+        return b"icns" + (8 + len(body)).to_bytes(4, "big") + body
+
+    icon = Image.new("RGB", (512, 512), (20, 90, 160))
+    written = io.BytesIO()
+    icon.save(written, "ICNS")
+    assert decode_image(written.getvalue())[1] == (1024, 1024)  # (Pillow writes every size, up to 2x)
+    jp2 = io.BytesIO()
+    icon.save(jp2, "JPEG2000")
+    assert decode_image(icns([(b"ic09", jp2.getvalue())]))[1] == (512, 512)
+    at = jp2.getvalue().index(b"\xff\x4f\xff\x51") + 4 + 2 + 2 + 16
+    tiles = jp2.getvalue()[:at] + (1).to_bytes(4, "big") * 2 + jp2.getvalue()[at + 8:]  # 262,144 tiles of 1x1
+    with pytest.raises(DecodeError, match="^its ICNS icon holds a JPEG 2000 codestream that is no icon's"):
+        decode_image(icns([(b"ic09", tiles)]))
