@@ -194,17 +194,39 @@ def _check_j2k(data: bytes, img: Image.Image) -> None:
                           "not decoded".format(*found, *told))
 
 
-def _check_tiles(img: Image.Image, options: DecodeSpec) -> None:
+def _check_tiff(img: Image.Image, data: bytes, options: DecodeSpec) -> None:
     """libtiff decodes a tile whole, whatever part of it the image covers: a 1x1 TIFF in one
-    46336x46336 tile held 2.2 GB. A TIFF tile is held to the image's limits."""
-    tiled = img.tag_v2.get(322), img.tag_v2.get(323)  # TileWidth, TileLength
-    if not all(isinstance(side, int) for side in tiled):
+    46336x46336 tile held 2.2 GB; a tile is held to the image's limits. A JPEG-compressed strip or
+    tile goes to libjpeg as its own JPEG says (the last strip's may be taller than the strip: a
+    5.8 KB TIFF's strip of 65500x65500 held 8.5 GB): each must fit its strip or tile, in at most
+    MAX_JPEG_SCANS scans; old-style JPEG (compression 6) is not decoded."""
+    from imgclf_ray.imaging.dicom import _jpeg_size
+    from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, jpeg_scans
+
+    tags = img.tag_v2
+    tiled = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    if all(isinstance(side, int) for side in tiled):
+        limit = options.max_image_pixels
+        if limit is not None and tiled[0] * tiled[1] > limit:
+            raise DecodeError(f"its TIFF tiles are {tiled[0]}x{tiled[1]} = {tiled[0] * tiled[1]:,} pixels, over "
+                              f"the limit of {limit:,} (decode.max_image_pixels)")
+        check_budget(*tiled, _pixel_bytes(img), options.max_decode_bytes, "TIFF tile")
+    compression = tags.get(259)
+    if compression == 6:
+        raise DecodeError("its TIFF is compressed with old-style JPEG (compression 6): not decoded")
+    if compression != 7:
         return
-    limit = options.max_image_pixels
-    if limit is not None and tiled[0] * tiled[1] > limit:
-        raise DecodeError(f"its TIFF tiles are {tiled[0]}x{tiled[1]} = {tiled[0] * tiled[1]:,} pixels, over "
-                          f"the limit of {limit:,} (decode.max_image_pixels)")
-    check_budget(*tiled, _pixel_bytes(img), options.max_decode_bytes, "TIFF tile")
+    if all(isinstance(side, int) for side in tiled):
+        box, offsets, counts = tiled, tags.get(324), tags.get(325)
+    else:
+        box, offsets, counts = (img.width, min(int(tags.get(278) or img.height), img.height)), tags.get(273), tags.get(279)
+    for at, n in zip(offsets or (), counts or ()):
+        piece = data[at:at + n]
+        size = _jpeg_size(piece)
+        if size is None or size[0] > -(-box[0] // 16) * 16 or size[1] > -(-box[1] // 16) * 16:
+            raise DecodeError(f"a JPEG strip or tile of its TIFF is not the {box[0]}x{box[1]} it is in: not decoded")
+        if jpeg_scans(piece) > MAX_JPEG_SCANS:
+            raise DecodeError(f"a JPEG strip or tile of its TIFF has more than {MAX_JPEG_SCANS} scans: not decoded")
 
 
 def _check_icns(data: bytes) -> None:
@@ -257,7 +279,7 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
         if img.size != (width, height):  # a page or frame of its own size
             check_budget(*img.size, _pixel_bytes(img), options.max_decode_bytes, "frame")
         if img.format == "TIFF":
-            _check_tiles(img, options)
+            _check_tiff(img, data, options)
         img.load()
     except DecodeError:
         raise

@@ -271,3 +271,41 @@ def test_an_icns_icon_s_jpeg_2000_entry_must_be_an_icon_s():
     tiles = jp2.getvalue()[:at] + (1).to_bytes(4, "big") * 2 + jp2.getvalue()[at + 8:]  # 262,144 tiles of 1x1
     with pytest.raises(DecodeError, match="^its ICNS icon holds a JPEG 2000 codestream that is no icon's"):
         decode_image(icns([(b"ic09", tiles)]))
+
+
+def _one_strip_tiff(width: int, height: int, rows: int, strip: bytes, compression: int = 7) -> bytes:
+    """A greyscale TIFF of one strip (RowsPerStrip ``rows``) holding ``strip`` as it is."""
+    import struct
+
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, compression), (262, 3, 1), (277, 3, 1),
+            (278, 4, rows), (273, 4, 8 + 2 + 12 * 9 + 4), (279, 4, len(strip))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in tags) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + strip
+
+
+def test_a_jpeg_strip_of_a_tiff_must_fit_its_strip():
+    """libtiff hands a strip's JPEG to libjpeg as that JPEG says, and lets the last strip's be
+    taller than the strip: a 5.8 KB TIFF whose 65500x256 strip held a 65500x65500 progressive JPEG
+    took 8.5 GB. A JPEG strip must fit its strip (to libjpeg's 16-row blocks), in at most 256
+    scans; old-style JPEG (compression 6) is refused; JPEG TIFFs as libtiff writes them decode."""
+    from tests.corpus import eob_scans_jpeg
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (333, 1001, 3), dtype=np.uint8))
+    for img in (photo, photo.convert("L")):
+        for extra in ({}, {"tiffinfo": {278: 16}}):
+            written = io.BytesIO()
+            img.save(written, "TIFF", compression="jpeg", **extra)
+            assert decode_image(written.getvalue())[1] == (1001, 333)
+    tall = io.BytesIO()
+    Image.new("L", (64, 4096), 9).save(tall, "JPEG")
+    with pytest.raises(DecodeError, match=r"^a JPEG strip or tile of its TIFF is not the 64x8 it is in: not decoded$"):
+        decode_image(_one_strip_tiff(64, 8, 8, tall.getvalue()))
+    with pytest.raises(DecodeError, match="^a JPEG strip or tile of its TIFF has more than 256 scans"):
+        decode_image(_one_strip_tiff(64, 64, 64, eob_scans_jpeg(64, 257)))
+    fits = io.BytesIO()
+    Image.new("L", (64, 8), 9).save(fits, "JPEG")
+    assert decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue()))[1] == (64, 8)
+    with pytest.raises(DecodeError, match=r"^its TIFF is compressed with old-style JPEG \(compression 6\)"):
+        decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue(), compression=6))
