@@ -17,7 +17,7 @@ from typing import Optional
 
 from PIL import Image
 
-from imgclf_ray.imaging.limits import DecodeError, check_budget
+from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, DecodeError, check_budget, jpeg_scans
 from imgclf_ray.messages import describe
 
 
@@ -179,6 +179,7 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
             bad, more = None, 0
             return frames
 
+        jpeg_frames = codec.name in ("mjpeg", "mjpegb", "smvjpeg", "ljpeg", "jpegls")  # (each packet a JPEG)
         started = time.thread_time()
         for packet in container.demux(stream):
             if max_seconds is not None and time.thread_time() - started > max_seconds:
@@ -188,6 +189,8 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                                                "CPU): the rest of the video was not read"))
                 return frames
             try:
+                if jpeg_frames and jpeg_scans(bytes(packet)) > MAX_JPEG_SCANS:  # (one packet: minutes of CPU)
+                    raise DecodeError(f"a motion-JPEG frame of more than {MAX_JPEG_SCANS} scans: not decoded")
                 decoded = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
                 index = index_of(packet.pts)
@@ -197,7 +200,8 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
                 t = float(packet.pts * base) if packet.pts is not None and base else math.nan
                 over = (", or a frame over decode.max_image_pixels (FFmpeg refuses both alike)"
                         if limit and getattr(exc, "errno", None) == errno.EINVAL else "")
-                bad = VideoFrame(index, t, error=f"corrupt video packet{over} ({describe(exc)})")
+                why = str(exc) if isinstance(exc, DecodeError) else f"corrupt video packet{over} ({describe(exc)})"
+                bad = VideoFrame(index, t, error=why)
                 frames.append(bad)
                 continue
             for frame in decoded:

@@ -278,6 +278,31 @@ def test_a_video_is_decoded_for_at_most_decode_max_seconds_of_cpu(clip, monkeypa
         "decoding took more than decode.max_seconds (10.5 s of CPU): the rest of the video was not read")
 
 
+def test_a_motion_jpeg_frame_of_too_many_scans_is_not_decoded():
+    """One motion-JPEG packet is one JPEG: 20,000 refinement scans over 9000x9000 in 2.4 MB took
+    80 s of CPU in one packet (decode.max_seconds is checked between packets). Past 256 scans, as
+    for a still JPEG, the packet is an error row; the frames around it decode."""
+    from tests.corpus import eob_scans_jpeg
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="avi") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuvj420p"
+        packets = []
+        for i in range(6):
+            packets += stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24"))
+        packets += stream.encode()
+        for n, packet in enumerate(packets):
+            if n == 3:
+                scans = av.Packet(eob_scans_jpeg(64, 257))
+                scans.stream, scans.pts, scans.dts, scans.time_base = stream, packet.pts, packet.dts, packet.time_base
+                packet = scans
+            out.mux(packet)
+    frames = sample(buf.getvalue())
+    assert [f.index for f in frames] == list(range(6))
+    assert [f.error for f in frames] == [None] * 3 + ["a motion-JPEG frame of more than 256 scans: not decoded"] + [None] * 2
+
+
 def test_a_run_of_undecodable_packets_is_one_error_row():
     """Twenty packets in a row replaced by noise: one error row for the run, at the first one's
     frame number, saying how many followed (it was a row a packet: a small file of many tiny bad
