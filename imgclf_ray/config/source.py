@@ -211,7 +211,8 @@ class DecodeSpec(Section):
     max_seconds: Optional[float] = Field(
         120, gt=0,
         description="CPU seconds one file's frames may take to decode (a video's packets, the frames "
-        "of a multi-frame file with frames: all), counted as they are decoded: past it, one error row "
+        "of a multi-frame file with frames: all, the frames before decode.frame that a GIF, APNG or "
+        "WebP composites to reach it), counted as they are decoded: past it, one error row "
         "per frame not decoded (a video: the frames before it and one error row). A nightly run is not "
         "held for hours by one small file (a 249 KB video of 3,000 frames of 8192x8192 took 88 s at "
         "fps 1). null: no limit.")

@@ -309,3 +309,24 @@ def test_a_jpeg_strip_of_a_tiff_must_fit_its_strip():
     assert decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue()))[1] == (64, 8)
     with pytest.raises(DecodeError, match=r"^its TIFF is compressed with old-style JPEG \(compression 6\)"):
         decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue(), compression=6))
+
+
+def test_a_late_frame_is_reached_within_decode_max_seconds(monkeypatch):
+    """Pillow composites every frame before the one asked for: decode.frame 999 of a 23 KB GIF of
+    one-pixel frames on a 9000x9000 screen took 215 s. Stepped a frame at a time, within
+    decode.max_seconds (the thread's CPU clock made to tick a second a reading: the cut falls at the
+    same frame on any machine); frames before the cut decode as Pillow gives them."""
+    import itertools
+
+    from imgclf_ray.imaging import decode
+
+    frames = [Image.new("RGB", (40, 30), (40 * i, 0, 0)) for i in range(6)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    ticks = itertools.count()
+    monkeypatch.setattr(decode.time, "thread_time", lambda: float(next(ticks)))
+    img, _ = decode_image(buf.getvalue(), DecodeSpec(frame=3, max_seconds=10))
+    assert np.asarray(img)[0, 0, 0] == 120
+    with pytest.raises(DecodeError, match=r"^reaching frame 5 took more than decode.max_seconds \(2.5 s of CPU\): "
+                                          r"not decoded$"):
+        decode_image(buf.getvalue(), DecodeSpec(frame=5, max_seconds=2.5))
