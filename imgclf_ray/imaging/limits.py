@@ -59,11 +59,11 @@ def check_budget(width: int, height: int, bytes_per_pixel: float, budget: Option
     than ``budget`` bytes (decode.max_decode_bytes): checked from the header, before decoding."""
     need = width * height * bytes_per_pixel
     if budget is not None and need > budget:
-        raise DecodeError(f"{what} of {width}x{height} needs {_size(need)} to decode, over "
-                          f"decode.max_decode_bytes ({_size(budget)})")
+        raise DecodeError(f"{what} of {width}x{height} needs {size_text(need)} to decode, over "
+                          f"decode.max_decode_bytes ({size_text(budget)})")
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{int(n):,} bytes"
 
 
