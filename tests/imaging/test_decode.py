@@ -200,6 +200,12 @@ def test_a_jpeg_of_more_scans_than_nvimagecodec_allows_is_not_decoded(sample_pho
     # video, here one full of SOS-like bytes) is not counted, and bytes inside segments are not scans.
     trailer = (b"\xff\xda\x00\x08" + bytes(60)) * 400
     assert decode_image(progressive.getvalue() + trailer)[1] == sample_photo.size
+    # A stuffed pair (FF 00) outside a scan is skipped as libjpeg skips it, not read as a segment
+    # whose length would pass over the scans after it.
+    scans = eob_scans_jpeg(64, 257)
+    hidden = scans[:2] + b"\xff\x00" + scans[2:]
+    with pytest.raises(DecodeError, match="^its JPEG has 257 scans"):
+        decode_image(hidden)
     commented = io.BytesIO()
     sample_photo.save(commented, "JPEG", comment=b"\xff\xda" * 300)
     assert decode_image(commented.getvalue())[1] == sample_photo.size
