@@ -71,8 +71,8 @@ def _token(word: str) -> str:
 
 def scrub(text: Any, cap: int = CAP) -> str:
     """Third-party text made fit to print: everything from its first quote to its last (or to its
-    end, across lines) replaced by ``<value>`` (and a URL's credentials dropped), then its first line, in which any word with a
-    character outside plain ASCII punctuation and letters or longer than 40 characters is
+    end, across lines) replaced by ``<value>`` (and a URL's credentials dropped), then its first
+    line, in which any word with a character outside plain ASCII punctuation and letters or longer than 40 characters is
     ``<value>`` too; at most ``cap`` characters."""
     # The quotes first, over the whole text: a quoted value may hold a line break, and what follows
     # it on the first line would be taken for the message's own words.
@@ -112,7 +112,8 @@ def uid(value: Any) -> str:
 
 def printable(text: Any, cap: int = 1000, names: bool = False) -> str:
     """Our own message as the last step before it is stored or shown: control and non-ASCII
-    characters removed, a URL's credentials dropped, at most ``cap`` characters (a guard; every part was built safe).
+    characters removed, a URL's credentials dropped, at most ``cap`` characters (a guard; every
+    part was built safe).
     ``names``: a user's file name, whose printable non-ASCII letters stay (café.png) and whose
     control characters (a newline, a terminal escape) become '?'."""
     text = "".join(c if (" " <= c <= "~" or (names and c.isprintable())) else ("?" if names else " ")

@@ -33,7 +33,7 @@ def jpeg_scans(data: bytes, start: int = 0) -> int:
         marker = data[at + 1]
         if marker == 0xD9:  # EOI
             break
-        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length (0x00: a stuffed byte, skipped as libjpeg does)
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length (0x00: stuffing, skipped as libjpeg does)
             at += 2
             continue
         at += 2 + int.from_bytes(data[at + 2:at + 4], "big")

@@ -108,8 +108,8 @@ def sample(data: bytes, fps: Optional[float] = None, keyframes: bool = False,
     down to ``short_side`` (area averaging) so that a long clip never holds full-size frames. A
     frame over ``max_pixels`` is refused by FFmpeg before it allocates one; one whose pixel format
     needs more than ``max_bytes`` (decode.max_decode_bytes) is refused from the stream's header
-    and checked again as each frame comes out. The frames kept weigh at most ``max_held`` bytes (decode.max_container_bytes): past it, one error
-    frame says so and the rest of the video is not read (a 36 KB file of 2,000 frames of 16384x64,
+    and checked again as each frame comes out. The frames kept weigh at most ``max_held`` bytes
+    (decode.max_container_bytes): past it, one error frame says so and the rest of the video is not read (a 36 KB file of 2,000 frames of 16384x64,
     whose shorter side needs no scaling, held 2.8 GB). Past ``max_seconds`` of this thread's CPU
     (decode.max_seconds), likewise: every packet is decoded, kept or not (3,000 frames of 8192x8192
     in 249 KB within one second of video: 88 s at fps 1).
