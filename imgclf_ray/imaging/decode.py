@@ -249,7 +249,7 @@ def _check_icns(data: bytes) -> None:
     """An ICNS icon's JPEG 2000 entries go to openjpeg through Pillow's JP2 reader, which trusts the
     JP2 header (575 bytes held 9.5 GB): each codestream must be an icon's (at most 1024x1024, 4
     components), tiled as dicom.J2K_MAX_TILES allows."""
-    from imgclf_ray.imaging.dicom import j2k_size
+    from imgclf_ray.imaging.dicom import J2K_SOC_SIZ, JP2_SIGNATURE, j2k_size
 
     at = 8
     while at + 8 <= len(data):
@@ -257,7 +257,7 @@ def _check_icns(data: bytes) -> None:
         if length < 8:
             break
         body = data[at + 8:at + length]
-        if body[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or body[:4] == b"\xff\x4f\xff\x51":
+        if body.startswith((JP2_SIGNATURE, J2K_SOC_SIZ)):
             size = j2k_size(body)
             if size is None or size[0] * size[1] > 1024 * 1024 or size[2] > 4:
                 raise DecodeError("its ICNS icon holds a JPEG 2000 codestream that is no icon's (over 1024x1024 or "

@@ -161,10 +161,14 @@ def _jpeg_size(frame: bytes) -> Optional[tuple[int, int, int]]:
             at += int.from_bytes(frame[at:at + 2], "big")
 
 
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # a JP2 file's first box
+J2K_SOC_SIZ = b"\xff\x4f\xff\x51"  # a bare codestream: SOC, then SIZ
+
+
 def j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
     """(width, height, components) from a JPEG 2000 codestream's SIZ segment (ISO 15444-1 A.5.1:
     it follows SOC), bare or in a JP2 file's codestream box; None when there is none."""
-    if frame[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # JP2: boxes to its contiguous codestream box
+    if frame.startswith(JP2_SIGNATURE):  # JP2: boxes to its contiguous codestream box
         at = 0
         while at + 8 <= len(frame):
             length, kind, body = int.from_bytes(frame[at:at + 4], "big"), frame[at + 4:at + 8], at + 8
@@ -180,7 +184,7 @@ def j2k_size(frame: bytes) -> Optional[tuple[int, int, int]]:
             at += length
         else:
             return None
-    if frame[:4] != b"\xff\x4f\xff\x51" or len(frame) < 42:
+    if not frame.startswith(J2K_SOC_SIZ) or len(frame) < 42:
         return None
     x, y, x0, y0, tx, ty, tx0, ty0 = (int.from_bytes(frame[i:i + 4], "big") for i in range(8, 40, 4))
     if not tx or not ty or (-(-(x - tx0) // tx) * -(-(y - ty0) // ty) > J2K_MAX_TILES and tx * ty < 64 * 64):
