@@ -206,8 +206,8 @@ class DecodeSpec(Section):
         "unread too, at its declared size, as passing over it inflates it; an image table's "
         "pages as their headers declare them, and its rows as they are made, at least 1 KiB each; "
         "a deflated DICOM's dataset, counted before it is inflated; a video's frames kept, as "
-        "scaled; and the model inputs of a container's rows, as made); over it the file is one error "
-        "row (a video: the frames before it and one error row; default 2 GiB).")
+        "scaled); over it the file is one error row (a video: the frames before it and one error row; "
+        "default 2 GiB).")
     max_seconds: Optional[float] = Field(
         120, gt=0,
         description="CPU seconds one file's frames may take to decode (a video's packets, the frames "

@@ -20,7 +20,6 @@ from imgclf_ray.imaging.decode import SNIFF_BYTES, decode_image, frame_count, lo
 from imgclf_ray.imaging.device_decode import for_device
 from imgclf_ray.imaging.dicom import attributes as dicom_attributes
 from imgclf_ray.imaging.dicom import is_dicom
-from imgclf_ray.imaging.limits import size_text
 from imgclf_ray.containers.base import Part
 from imgclf_ray.io.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from imgclf_ray.io.storage import filesystem, read_bytes
@@ -157,11 +156,6 @@ class LoadStage:
             cond, spec = self.embed
             self._embed_len = len(extract(spec.name, np.zeros(cond.output_shape, np.uint8), spec.params))
         return self._embed_len
-
-    def _row_bytes(self) -> int:
-        """What one row of a batch holds for the model and the clusterer: its input and embedding."""
-        inputs = int(np.prod(self.input_shape())) * (1 if self.features is None else 4)
-        return inputs + (self.embed_length() * 4 if self.embed else 0)
 
     def _target_side(self) -> Optional[int]:
         sides = [c.crop or c.resize for c in (self.cond, self.embed[0] if self.embed else None) if c]
@@ -333,11 +327,6 @@ class LoadStage:
                     found = [Part(self.decode.frame, error=str(exc))]
                 except NotAnImage as exc:
                     found = [Part(self.decode.frame, error=str(exc), skipped=True)]
-                need = len(found) * self._row_bytes()
-                if need > self.decode.max_container_bytes:  # (a 483-byte table of 20,000 rows: 6.8 GB of inputs)
-                    found = [Part(self.decode.frame, error=f"{stage}: its {len(found):,} rows' model inputs would take "
-                                  f"{size_text(need)}, over decode.max_container_bytes "
-                                  f"({size_text(self.decode.max_container_bytes)})")]
                 parts.extend(found)
                 counts.append(len(found))
         expanded = {k: np.repeat(np.asarray(v), counts, axis=0) for k, v in batch.items()}

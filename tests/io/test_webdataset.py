@@ -222,36 +222,3 @@ def test_every_source_container_is_a_registered_module_with_a_spec_section():
         container = CONTAINERS.get(name)
         assert name in SourceSpec.model_fields and container.stage in ("read", "decode")
         assert list(inspect.signature(container.split).parameters) == ["data", "source", "decode", "side"]
-
-
-def test_the_model_inputs_of_a_shard_s_rows_count_against_the_container_budget(tmp_path):
-    """Each row of a container becomes a model input in the batch (3x224x224 bytes, even an error
-    row): a 483-byte image table of 20,000 rows held 6.8 GB. Past decode.max_container_bytes the
-    file is one error row saying why; within it, every sample is a row."""
-    import io
-    import tarfile
-
-    import numpy as np
-
-    from imgclf_ray.imaging.conditioning import Conditioning
-    from imgclf_ray.spec import DecodeSpec, SourceSpec
-    from imgclf_ray.stages import LoadConfig, LoadStage
-
-    png = png_bytes(digit_images(1)[0][1])
-
-    def shard(samples: int) -> str:
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w") as tar:
-            for i in range(samples):
-                member = tarfile.TarInfo(f"s{i}.png")
-                member.size = len(png)
-                tar.addfile(member, io.BytesIO(png))
-        (tmp_path / f"{samples}.tar").write_bytes(out.getvalue())
-        return f"file://{tmp_path}/{samples}.tar"
-
-    stage = LoadStage(LoadConfig(decode=DecodeSpec(max_container_bytes=10_000), conditioning=Conditioning(32, 32),
-                                 source=SourceSpec(uri=str(tmp_path), webdataset={})))
-    out = stage({"uri": np.array([shard(3), shard(5)], dtype=object)})  # 3,072 bytes a row
-    assert out["status"].tolist() == ["ok"] * 3 + ["error"]
-    assert out["error"][3] == ("read: its 5 rows' model inputs would take 15,360 bytes, over "
-                               "decode.max_container_bytes (10,000 bytes)")
