@@ -217,11 +217,15 @@ def _check_tiff(img: Image.Image, data: bytes, options: DecodeSpec) -> None:
         raise DecodeError("its TIFF is compressed with old-style JPEG (compression 6): not decoded")
     if compression != 7:
         return
+    rows = tags.get(278) or img.height
     if all(isinstance(side, int) for side in tiled):
         box, offsets, counts = tiled, tags.get(324), tags.get(325)
     else:
-        box, offsets, counts = (img.width, min(int(tags.get(278) or img.height), img.height)), tags.get(273), tags.get(279)
-    for at, n in zip(offsets or (), counts or ()):
+        box, offsets, counts = (img.width, min(rows, img.height) if isinstance(rows, int) else 0), tags.get(273), tags.get(279)
+    offsets, counts = (v if isinstance(v, tuple) else (v,) for v in (offsets or (), counts or ()))
+    if not box[1] or not all(isinstance(v, int) for v in offsets + counts):
+        raise DecodeError("its TIFF's JPEG strips or tiles are not given as whole numbers: not decoded")
+    for at, n in zip(offsets, counts):
         piece = data[at:at + n]
         size = _jpeg_size(piece)
         if size is None or size[0] > -(-box[0] // 16) * 16 or size[1] > -(-box[1] // 16) * 16:
@@ -240,6 +244,8 @@ def _seek(img: Image.Image, frame: int, max_seconds: Optional[float]) -> None:
     started = time.thread_time()
     while img.tell() < frame:
         img.seek(img.tell() + 1)
+        if img.format == "WEBP" and img.tell() < frame:
+            img.load()  # (WebP's seek only notes the frame: its decoder composites on load)
         if img.tell() < frame and time.thread_time() - started > max_seconds:
             raise DecodeError(f"reaching frame {frame} took more than decode.max_seconds ({max_seconds:g} s of CPU): "
                               "not decoded")
@@ -254,8 +260,8 @@ def _check_icns(data: bytes) -> None:
     at = 8
     while at + 8 <= len(data):
         length = int.from_bytes(data[at + 4:at + 8], "big")
-        if length < 8:
-            break
+        if length < 8:  # (Pillow reads on: a length under its own header seeks back, one of 4 reads to the end)
+            raise DecodeError("its ICNS icon has a block shorter than its own header: not decoded")
         body = data[at + 8:at + length]
         if body.startswith((JP2_SIGNATURE, J2K_SOC_SIZ)):
             size = j2k_size(body)

@@ -216,7 +216,7 @@ class LoadStage:
         else:
             data = part.data if part.data is not None else self._read(uri)
             if self.decode.jpeg_on == "predictor" and self.cond is not None:
-                size = self._timed("decode", for_device, data, self.decode, self.cond.resize)
+                size = self._timed("decode", for_device, data, self.decode, self.cond.resize if self.cond.crop else None)
                 if size is not None:  # the predictor decodes it
                     return Encoded(data), *size, None, None
             if is_dicom(data):

@@ -277,14 +277,26 @@ def test_an_icns_icon_s_jpeg_2000_entry_must_be_an_icon_s():
     tiles = jp2.getvalue()[:at] + (1).to_bytes(4, "big") * 2 + jp2.getvalue()[at + 8:]  # 262,144 tiles of 1x1
     with pytest.raises(DecodeError, match="^its ICNS icon holds a JPEG 2000 codestream that is no icon's"):
         decode_image(icns([(b"ic09", tiles)]))
+    big = io.BytesIO()
+    Image.new("RGB", (1200, 1000)).save(big, "JPEG2000")
+    with pytest.raises(DecodeError, match="^its ICNS icon holds a JPEG 2000 codestream that is no icon's"):
+        decode_image(icns([(b"ic09", big.getvalue())]))  # (over 1024x1024)
+    # A block whose length is under its own header: Pillow seeks back and reads on past it.
+    entry = b"ic09" + (8 + len(jp2.getvalue())).to_bytes(4, "big") + jp2.getvalue()
+    hidden = b"AAAA" + (4).to_bytes(4, "big") + (8).to_bytes(4, "big") + entry
+    hidden = b"icns" + (8 + len(hidden)).to_bytes(4, "big") + hidden
+    assert Image.open(io.BytesIO(hidden)).size == (512, 512)  # (Pillow finds the entry behind it)
+    with pytest.raises(DecodeError, match="^its ICNS icon has a block shorter than its own header: not decoded$"):
+        decode_image(hidden)
 
 
-def _one_strip_tiff(width: int, height: int, rows: int, strip: bytes, compression: int = 7) -> bytes:
-    """A greyscale TIFF of one strip (RowsPerStrip ``rows``) holding ``strip`` as it is."""
+def _one_strip_tiff(width: int, height: int, rows: int, strip: bytes, compression: int = 7, offset_kind: int = 4) -> bytes:
+    """A greyscale TIFF of one strip (RowsPerStrip ``rows``) holding ``strip`` as it is (its
+    StripOffsets of TIFF type ``offset_kind``: 4 LONG, 11 FLOAT)."""
     import struct
 
     tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, compression), (262, 3, 1), (277, 3, 1),
-            (278, 4, rows), (273, 4, 8 + 2 + 12 * 9 + 4), (279, 4, len(strip))]
+            (278, 4, rows), (273, offset_kind, 8 + 2 + 12 * 9 + 4), (279, 4, len(strip))]
     ifd = struct.pack("<H", len(tags)) + b"".join(
         struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
         for tag, kind, value in tags) + struct.pack("<I", 0)
@@ -315,6 +327,8 @@ def test_a_jpeg_strip_of_a_tiff_must_fit_its_strip():
     assert decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue()))[1] == (64, 8)
     with pytest.raises(DecodeError, match=r"^its TIFF is compressed with old-style JPEG \(compression 6\)"):
         decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue(), compression=6))
+    with pytest.raises(DecodeError, match="^its TIFF's JPEG strips or tiles are not given as whole numbers"):
+        decode_image(_one_strip_tiff(64, 8, 8, fits.getvalue(), offset_kind=11))  # (it was a TypeError)
 
 
 def test_a_late_frame_is_reached_within_decode_max_seconds(monkeypatch):
@@ -327,12 +341,23 @@ def test_a_late_frame_is_reached_within_decode_max_seconds(monkeypatch):
     from imgclf_ray.imaging import decode
 
     frames = [Image.new("RGB", (40, 30), (40 * i, 0, 0)) for i in range(6)]
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
-    ticks = itertools.count()
-    monkeypatch.setattr(decode.time, "thread_time", lambda: float(next(ticks)))
-    img, _ = decode_image(buf.getvalue(), DecodeSpec(frame=3, max_seconds=10))
-    assert np.asarray(img)[0, 0, 0] == 120
-    with pytest.raises(DecodeError, match=r"^reaching frame 5 took more than decode.max_seconds \(2.5 s of CPU\): "
-                                          r"not decoded$"):
+    for fmt in ("GIF", "PNG", "WEBP"):
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], **({"lossless": True} if fmt == "WEBP" else {}))
+        ticks = itertools.count()
+        monkeypatch.setattr(decode.time, "thread_time", lambda: float(next(ticks)))
+        img, _ = decode_image(buf.getvalue(), DecodeSpec(frame=3, max_seconds=10))
+        assert np.asarray(img)[0, 0, 0] == 120, fmt
+        with pytest.raises(DecodeError, match=r"^reaching frame 5 took more than decode.max_seconds \(2.5 s of CPU\): "
+                                              r"not decoded$"):
+            decode_image(buf.getvalue(), DecodeSpec(frame=5, max_seconds=2.5))
+    # WebP's seek only notes the frame (its decoder composites on load): each step is decoded, so
+    # that the CPU the steps take is the one counted (a 625 KB WebP: 18 s at a 0.2 s limit).
+    from PIL import WebPImagePlugin
+
+    decoded = []
+    real = WebPImagePlugin.WebPImageFile._get_next
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_get_next", lambda self: decoded.append(1) or real(self))
+    with pytest.raises(DecodeError, match="^reaching frame 5"):
         decode_image(buf.getvalue(), DecodeSpec(frame=5, max_seconds=2.5))
+    assert len(decoded) >= 2  # (the frames stepped through before the cut were decoded, and timed)
