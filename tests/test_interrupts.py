@@ -251,3 +251,32 @@ def test_the_parts_of_a_commit_are_not_the_commit():
         with interrupts.shielded():
             pass  # the tree card
         assert interrupts.outcome("interrupted") == "interrupted after the commit of the model at m"
+
+
+def test_the_example_model_trained_before_a_run_is_no_commit_of_the_run(monkeypatch, tmp_path):
+    """`imgclf run` of an example job trains its model first, and the model's artifact is written
+    in a shielded step: a signal later in the run said "interrupted after the commit of run ..." with
+    nothing committed (a newcomer's walk). The example's training is a step, not the run's commit.
+    A `models:/` model.uri is refused for the example's training (it made a folder named models:)."""
+    from imgclf_ray import interrupts
+    from imgclf_ray.errors import SpecError
+    from imgclf_ray.training import example_models
+
+    monkeypatch.setattr(interrupts, "_state", interrupts._State())
+
+    def trained(*args):
+        with interrupts.shielded():  # (the artifact's own commit, as the trainer writes it)
+            pass
+        return {"seconds": 0, "accuracy": 1.0}
+
+    monkeypatch.setattr(example_models, "train_example", trained)
+    repo = Path(__file__).resolve().parents[1]
+    spec = load_spec(repo / "jobs" / "quickstart.yaml", [f"source.uri={tmp_path / 'digits'}",
+                                                           f"model.uri={tmp_path / 'model'}", f"sink.uri={tmp_path / 'o'}",
+                                                           "example.anywhere=true"])
+    interrupts.resume("run r1", "rerun with --run-id r1 to resume")
+    example_models.prepare(spec, echo=None)
+    assert interrupts.outcome("interrupted") == "interrupted: nothing committed; rerun with --run-id r1 to resume"
+    registered = spec.model_copy(update={"model": spec.model.model_copy(update={"uri": "models:/x@champion"})})
+    with pytest.raises(SpecError, match="^example.train_model: trains the example's model into a folder"):
+        example_models.prepare(registered, echo=None)

@@ -72,6 +72,13 @@ def prepare(spec: JobSpec, echo: Optional[Callable[[str], None]] = print) -> Non
         echo(f"example: wrote {n} {NOUNS[spec.example.dataset]} to {spec.source.uri}")
     if spec.model is None or not spec.example.train_model:
         return
+    if spec.model.uri.startswith("models:"):  # (it made a folder named models: beside the job)
+        from imgclf_ray.errors import SpecError
+
+        raise SpecError(f"example.train_model: trains the example's model into a folder, and model.uri "
+                        f"{spec.model.uri} names a registered model: set example.train_model: false, or give "
+                        "model.uri a folder")
+    from imgclf_ray import interrupts
     from imgclf_ray.models.artifact import CARD_FILE
 
     fs, model_path = filesystem(spec.model.uri, spec.storage)
@@ -80,5 +87,6 @@ def prepare(spec: JobSpec, echo: Optional[Callable[[str], None]] = print) -> Non
     model = spec.example.model
     echo(f"example: training a {model} on the {spec.example.dataset} into {spec.model.uri} "
          f"(jobs/train/{EXAMPLE_MODELS[model][0]}) ...")
-    metrics = train_example(model, spec.source.uri, spec.model.uri, spec.storage)
+    with interrupts.steps():  # (the example's model is no commit of the run's: a signal after it commits nothing)
+        metrics = train_example(model, spec.source.uri, spec.model.uri, spec.storage)
     echo(f"example: trained in {metrics['seconds']} s; held out: {_held_out(metrics)}")
