@@ -202,3 +202,23 @@ def test_a_spec_with_two_problems_is_two_error_lines(tmp_path):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
     assert "source.recursve: unknown key" in lines[0] and "model.topk" in lines[1]
+
+
+def test_an_unreachable_tracking_server_is_named_without_its_credential(monkeypatch):
+    """A registry that does not answer was `API request to <value> failed with exception
+    HTTPConnectionPool(host=<value>))` after four silent minutes (a newcomer's walk): the server is
+    named, without its password, with what to check."""
+    import socket
+
+    from imgclf_ray.errors import UserError
+    from imgclf_ray.models import mlflow_registry
+    from imgclf_ray.spec import StorageSpec
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(UserError, match=rf"^MLflow registry: models:/x@champion: the tracking server at "
+                                        rf"http://127.0.0.1:{port} could not be reached") as refused:
+        mlflow_registry.resolve("models:/x@champion", f"http://svc:S3CRET@127.0.0.1:{port}", StorageSpec())
+    assert "S3CRET" not in str(refused.value)

@@ -78,6 +78,15 @@ def _call(what: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except MlflowException as exc:
+        if "API request to" in str(exc) and "failed with exception" in str(exc):  # (after MLflow's retries)
+            import mlflow
+
+            from imgclf_ray.messages import without_credentials
+
+            raise UserError(f"MLflow registry: {what}: the tracking server at {without_credentials(mlflow.get_tracking_uri())} "
+                            "could not be reached (after MLflow's retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES sets "
+                            "how many): check registry.tracking_uri / MLFLOW_TRACKING_URI and that the server "
+                            "is up") from None
         raise UserError(f"MLflow registry: {what}: {' '.join(describe(exc).split())[:600]}") from None
 
 
