@@ -16,7 +16,8 @@ def _line(counts: dict[str, int], limit: int = 12) -> str:
 
 def format_summary(result: RunResult, max_errors: int = 5) -> str:
     """Rows by status and label, errors by stage with a few examples, throughput, output location."""
-    files = f" from {result.files} files" if result.files and result.files != result.rows else ""
+    files = (f" from {result.files:,} file{'' if result.files == 1 else 's'}" if result.files and result.files != result.rows
+             else "")
     if result.nothing_new:
         return (f"run {result.run_id}: nothing new ({result.nothing_new}); committed an empty run "
                 f"record\n  output : {result.output_uri}")
