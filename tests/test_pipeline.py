@@ -192,6 +192,20 @@ def test_the_driver_reads_the_model_card_once(ray_session, tiny_model, tmp_path,
     assert result.rows == 2 and len(reads) == 1, reads
 
 
+def test_the_summary_shows_a_file_s_identical_errors_once_and_counts_its_files():
+    """A file's frames past decode.max_seconds were five identical example lines; "1 files"."""
+    from imgclf_ray.report.summary import format_summary
+    from imgclf_ray.runner.result import RunResult
+
+    same = {"uri": "file:///a/anim.gif", "error": "decode: the file's frames took more than decode.max_seconds"}
+    other = {"uri": "file:///a/b.png", "error": "decode: empty file (0 bytes)"}
+    result = RunResult("r", "out", 9, {"ok": 2, "error": 7}, {"cat": 2}, {"decode": 7}, [same] * 6 + [other],
+                       1.0, 9.0, None, files=1)
+    text = format_summary(result)
+    assert text.startswith("run r: 9 images from 1 file in ")
+    assert text.count("anim.gif") == 1 and "b.png: decode: empty file" in text
+
+
 def test_a_file_name_with_a_newline_or_terminal_escape_stays_inside_its_line(tmp_path, tiny_model):
     """The budget refusal and the summary name failing files: a name is the user's, any characters."""
     from imgclf_ray.report.summary import format_summary

@@ -33,8 +33,9 @@ def format_summary(result: RunResult, max_errors: int = 5) -> str:
                                                        for why, n in result.listing_skipped.items()))
     if result.errors_by_stage:
         lines.append(f"  errors : {_line(result.errors_by_stage)}")
-        for err in result.sample_errors[:max_errors]:
-            lines.append(f"           {printable(err['uri'], 300, names=True)}: {printable(err['error'], 300)}")
+        shown = list(dict.fromkeys((err["uri"], err["error"]) for err in result.sample_errors))  # (a file's frames: once)
+        for uri, error in shown[:max_errors]:
+            lines.append(f"           {printable(uri, 300, names=True)}: {printable(error, 300)}")
     if result.by_cluster:
         lines.append(f"  clusters: {_line(result.by_cluster)}")
     if result.curation_flags:
