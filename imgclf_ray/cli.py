@@ -494,11 +494,8 @@ def train(job: str, overrides: tuple[str, ...]) -> None:
     if metrics.get("gold_images_left_out"):
         click.echo(f"  left out: {metrics['gold_images_left_out']} gold-set images (they judge models; never trained on)")
     if metrics.get("registered"):
-        from imgclf_ray.messages import without_credentials
-
-        r = metrics["registered"]
-        click.echo(f"  registered: {r['name']} version {r['version']} in {without_credentials(r['tracking_uri'])} "
-                   "(promote it with "
+        r = metrics["registered"]  # (Version.record(): the tracking URI without a credential)
+        click.echo(f"  registered: {r['name']} version {r['version']} in {r['tracking_uri']} (promote it with "
                    f"imgclf model promote {r['name']} {r['version']} --job NIGHTLY_JOB)")
 
 

@@ -434,7 +434,7 @@ def _register(spec: TrainSpec, metrics: dict[str, Any]) -> dict[str, Any]:
     version = registry.register(tracking, spec.registry.name or spec.name, artifact, model_id,
                                 {k: v for k, v in params.items() if v is not None}, numbers,
                                 {"imgclf.spec": spec.name})
-    return {"name": version.name, "version": version.version, "model_id": model_id, "tracking_uri": tracking}
+    return {**version.record(), "model_id": model_id}  # (as a run records it: the tracking URI without a credential)
 
 
 def _fit_tree(spec: TrainSpec, x: np.ndarray, names: np.ndarray, seed: int, extra: dict[str, Any],
