@@ -531,13 +531,15 @@ def test_crafted_dicoms_leak_no_identifier_anywhere(ray_session, tiny_model, tmp
 
 # -- 6. bounds ------------------------------------------------------------------------------------
 
-def _load(tmp_path: Path, files: dict[str, bytes], decode: DecodeSpec, source: SourceSpec | None = None):
+def _load(tmp_path: Path, files: dict[str, bytes], decode: DecodeSpec, source: SourceSpec | None = None,
+          chunk_bytes: int | None = None):
     from imgclf_ray.stages import LoadConfig, LoadStage
 
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    out = LoadStage(LoadConfig(StorageSpec(), decode, source=source))(
-        {"uri": np.array([f"file://{tmp_path}/{n}" for n in files], dtype=object)})
+    stage = LoadStage(LoadConfig(StorageSpec(), decode, source=source))
+    stage.chunk_bytes = chunk_bytes or stage.chunk_bytes
+    out = stage({"uri": np.array([f"file://{tmp_path}/{n}" for n in files], dtype=object)})
     return list(zip(out["frame"].tolist(), out["status"].tolist(), out["error"].tolist()))
 
 
@@ -553,6 +555,9 @@ def test_the_frames_of_one_file_are_decoded_for_at_most_decode_max_seconds(tmp_p
     why = "decode: the file's frames took more than decode.max_seconds (1e-09 s of CPU): this one was not decoded"
     assert rows == [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)] + \
         [(0, "ok", None)] + [(i, "error", why) for i in range(1, 5)]
+    # A file's frames leave the task in chunks (LoadStage.chunks): its clock runs on across them.
+    assert _load(tmp_path, {"a.gif": buf.getvalue()}, DecodeSpec(frames="all", max_seconds=1e-9), chunk_bytes=1) \
+        == rows[:5]
     assert [r[1] for r in _load(tmp_path, {"c.gif": buf.getvalue()}, DecodeSpec(frames="all"))] == ["ok"] * 5
     # The limit is the frames' decoding: the samples of a shard (one file's rows too) are not frames.
     shard = io.BytesIO()

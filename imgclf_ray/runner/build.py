@@ -33,8 +33,8 @@ def embedding_of(spec: JobSpec):
 
 def files_per_call(spec: JobSpec, plan: Plan) -> int:
     """Files per LoadStage call, in either engine. A container file (image table, shard, video) is
-    many images already: one file per call keeps a batch's rows, and so the memory, bounded by one
-    file's images."""
+    many images already: one file per call, its rows leaving the call a chunk at a time
+    (``LoadStage.chunks``)."""
     return 1 if spec.source.container else plan.decode_batch_size
 
 
@@ -54,7 +54,7 @@ def load_dataset(manifest, plan: Plan, stage, files: int):
     else:
         ds = ray.data.from_arrow_refs(manifest.refs).repartition(target_num_rows_per_block=files)
     return ds.map_batches(
-        stage,
+        stage.chunks,  # a generator: a container's rows leave the task a chunk at a time
         batch_size=files,
         batch_format="numpy",
         num_cpus=plan.decode_cpus,

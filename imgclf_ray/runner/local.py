@@ -1,7 +1,7 @@
 """``run.executor: local``: the same stages and the same commit, in this process, without Ray.
 
-Reading and decoding (``LoadStage``) run in a pool of worker processes, a bounded number of batches
-ahead (memory stays at a few batches whatever the archive's size); the predictor (``PredictStage``)
+Reading and decoding (``LoadStage``) run in a pool of worker processes, a bounded number of chunks
+of rows ahead (memory stays at a few chunks whatever the archive's size or a file's images); the predictor (``PredictStage``)
 runs in this process, loaded while the workers start, and its output goes to the run's staging
 folder through one Parquet writer. Everything around it is the runner's own (lock, staging, the
 completeness check, the state record, the commit), so the guarantees are the ones a Ray run has. What
@@ -16,11 +16,11 @@ import glob
 import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import uuid
 from collections import deque
-from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -31,6 +31,7 @@ from imgclf_ray import faults
 from imgclf_ray.errors import RunFailed
 from imgclf_ray.io import sink
 from imgclf_ray.io.storage import join
+from imgclf_ray.messages import describe
 from imgclf_ray.planner import Plan
 from imgclf_ray.runner.metrics import StageMetrics
 
@@ -116,20 +117,32 @@ class _Collected(list):
         self.append((stage, rows, seconds))
 
 
-_stage: Any = None
-
-
-def _start_worker(stage) -> None:
-    global _stage
-    _stage = stage
+def _work(stage, tasks, out) -> None:
+    """A decode worker process: LoadStage over each batch ``tasks`` brings (None: stop), each chunk
+    of rows sent on ``out`` with its (stage, rows, seconds) as it is made, then the batch's end
+    (or the exception that ended it)."""
     # Ctrl-C reaches the whole process group: the driver decides (imgclf_ray.interrupts).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for batch in iter(tasks.get, None):
+        faults.point("decode_worker")
+        try:
+            chunks = stage.chunks(batch)
+            while True:
+                stage.reporter = timings = _Collected()
+                chunk = next(chunks, _END)
+                if chunk is _END:
+                    break
+                out.send(("chunk", chunk, timings))
+        except Exception as exc:  # noqa: BLE001 - raised again in the driver
+            try:
+                out.send(("error", exc, None))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+                out.send(("error", RuntimeError(describe(exc)), None))
+            continue
+        out.send(("end", None, None))
 
 
-def _load(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
-    faults.point("decode_worker")
-    _stage.reporter = timings = _Collected()
-    return _stage(batch), timings
+_END = object()
 
 
 def _batches(manifest: pa.Table, size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -152,47 +165,113 @@ def _signals_held():
 
 
 class DecodePool:
-    """LoadStage over a manifest in worker processes; batches come back in manifest order, at most
-    ``ahead`` per worker in flight."""
+    """LoadStage over a manifest in worker processes, its rows coming back in manifest order.
+    Worker k takes every k-th batch (``ahead`` of them queued) and sends each chunk of rows
+    (``LoadStage.chunks``) on a pipe of its own; a thread here keeps at most ``ahead`` of a
+    worker's chunks, and a worker whose chunks are not wanted yet waits. Memory stays at a few
+    chunks a worker, whatever the archive's size or a file's images (a table's rows, a video's
+    frames)."""
 
     def __init__(self, stage, workers: int, metrics: Optional[StageMetrics] = None, ahead: int = 2):
-        self.metrics, self.window = metrics, max(1, workers * ahead)
+        self.stage, self.metrics, self.ahead = stage, metrics, max(1, ahead)
+        self.count = max(1, workers)
         stage.reporter = None  # each worker installs its own
+        self.workers: list[tuple[Any, Any, queue.Queue]] = []  # (process, its batches, its chunks)
+        self.stopping = threading.Event()
+        self.finished = False
+
+    def _start(self) -> None:
         # spawn: this process may hold threads (the predictor's loading, progress), which fork copies badly.
-        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_start_worker, initargs=(stage,))
+        ctx = multiprocessing.get_context("spawn")
+        with _signals_held():  # the workers start now, inheriting the mask: deaf to Ctrl-C and a group's SIGTERM
+            for _ in range(self.count):
+                tasks, (receive, send) = ctx.Queue(), ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_work, args=(self.stage, tasks, send), daemon=True)
+                process.start()
+                send.close()  # the worker's end only: its death is this end's EOF
+                chunks: queue.Queue = queue.Queue(self.ahead)
+                threading.Thread(target=self._receive, args=(receive, chunks), daemon=True,
+                                 name="imgclf-decoded").start()
+                self.workers.append((process, tasks, chunks))
+
+    def _receive(self, receive, chunks: queue.Queue) -> None:
+        """One worker's messages into ``chunks`` (blocking when it holds ``ahead``); None when it died."""
+        while not self.stopping.is_set():
+            try:
+                message = receive.recv()
+            except (EOFError, OSError):
+                chunks.put(None)
+                return
+            chunks.put(message)
+        receive.close()
 
     def map(self, manifest: pa.Table, size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Submits the first batches now (the workers start on them at once), then yields the
-        decoded batches in order, keeping the window full."""
-        batches = _batches(manifest, size)
-        with _signals_held():  # the workers start now, inheriting the mask: deaf to Ctrl-C and a group's SIGTERM
-            pending = deque(self.pool.submit(_load, batch) for batch in itertools.islice(batches, self.window))
-        return self._drain(pending, batches)
+        """Starts the workers on the first batches now, then yields the decoded chunks in order."""
+        self._start()
+        batches = enumerate(_batches(manifest, size))
+        sent = 0
+        for k, batch in itertools.islice(batches, self.count * self.ahead):
+            self.workers[k % self.count][1].put(batch)
+            sent += 1
+        return self._drain(sent, batches)
 
-    def _drain(self, pending: deque, batches: Iterator) -> Iterator[dict[str, np.ndarray]]:
-        while pending:
-            try:
-                out, timings = pending.popleft().result()
-            except BrokenProcessPool:
-                raise RunFailed("a decode worker process died (killed, or out of memory); nothing was "
-                                "committed: run the same run id again (run.executor: local does not retry; "
-                                "run.executor: ray does)") from None
-            pending.extend(self.pool.submit(_load, batch) for batch in itertools.islice(batches, 1))
-            if self.metrics is not None:
-                for stage, rows, seconds in timings:
-                    self.metrics.add(stage, rows, seconds)
-            yield out
+    def _drain(self, sent: int, batches: Iterator) -> Iterator[dict[str, np.ndarray]]:
+        for k in itertools.count():
+            if k >= sent:
+                self.finished = True
+                return
+            chunks = self.workers[k % self.count][2]
+            while True:
+                message = chunks.get()
+                if message is None:
+                    raise RunFailed("a decode worker process died (killed, or out of memory); nothing was "
+                                    "committed: run the same run id again (run.executor: local does not retry; "
+                                    "run.executor: ray does)")
+                kind, out, timings = message
+                if kind == "error":
+                    raise out
+                if kind == "end":
+                    break
+                if self.metrics is not None:
+                    for stage, rows, seconds in timings:
+                        self.metrics.add(stage, rows, seconds)
+                yield out
+            for j, batch in itertools.islice(batches, 1):
+                self.workers[j % self.count][1].put(batch)
+                sent += 1
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if not self.finished:  # batches still in the workers are not wanted
+            self.abandon()
+            return
+        for _, tasks, _ in self.workers:
+            tasks.put(None)
+        for process, tasks, _ in self.workers:
+            process.join()
+            tasks.close()
+        self._release()
 
     def abandon(self) -> None:
         """Stop the workers now (an interruption or a failure: their batches are not wanted)."""
-        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+        for process, tasks, _ in self.workers:
             if process.is_alive():
                 process.kill()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+            tasks.cancel_join_thread()  # batches a dead worker never took: not flushed at exit
+        for process, tasks, _ in self.workers:
+            process.join()
+            tasks.close()
+        self._release()
+
+    def _release(self) -> None:
+        """The receiving threads end: their workers are gone (EOF); one waiting to hand over a
+        chunk nobody will take is let through and then stops."""
+        self.stopping.set()
+        for _, _, chunks in self.workers:
+            while True:
+                try:
+                    chunks.get_nowait()
+                except queue.Empty:
+                    break
 
     def __enter__(self) -> "DecodePool":
         return self

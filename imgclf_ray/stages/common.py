@@ -4,6 +4,7 @@ per-row error type and how a failure becomes its cause."""
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,15 +25,29 @@ Reporter = Callable[[str, int, float], None]
 
 
 def reports_user_errors(method):
-    """Tell the stage's reporter of a UserError before it propagates (see Reporter)."""
+    """Tell the stage's reporter of a UserError before it propagates (see Reporter); a generator's
+    while it is iterated."""
+    def told(self, exc: UserError) -> None:
+        report = getattr(getattr(self, "reporter", None), "user_error", None)
+        if report is not None:
+            report(exc)
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except UserError as exc:
+                told(self, exc)
+                raise
+        return generator
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except UserError as exc:
-            report = getattr(getattr(self, "reporter", None), "user_error", None)
-            if report is not None:
-                report(exc)
+            told(self, exc)
             raise
     return wrapper
 

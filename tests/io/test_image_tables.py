@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -200,3 +203,62 @@ def test_tables_arrow_would_read_past_their_bound_are_refused_before_a_row_is_re
     assert buf.getvalue().count(mine) == 1
     with pytest.raises(DecodeError, match="written by parquet-mr before 1.2.9 is not read"):
         split(buf.getvalue().replace(mine, old), SourceSpec(uri="/x", table={}), DecodeSpec())
+
+
+def test_a_tables_rows_leave_the_decode_task_a_chunk_at_a_time_on_both_executors(ray_session, tmp_path):
+    """A container file is many images: a 157 KB table of 20,000 digits made 3 GB of inputs in one
+    task (a 483-byte table of 20,000 rows, 3.9 GB in the local executor's processes). Its rows leave
+    the task in chunks of ``chunk_bytes`` of inputs, in order: a local decode worker sends each one
+    on, and a Ray task's first rows reach the consumer before its second chunk is loaded (the
+    chunk waits for that event). The chunked rows are the rows loaded whole."""
+    import ray
+
+    from imgclf_ray.imaging.conditioning import Conditioning
+    from imgclf_ray.planner import plan_resources
+    from imgclf_ray.runner.build import RayEngine, load_dataset
+    from imgclf_ray.runner.local import DecodePool
+    from imgclf_ray.stages import LoadConfig, LoadStage
+
+    digits = digit_images(12)
+    for name, rows in (("a.parquet", digits[:7]), ("b.parquet", digits[7:])):
+        pq.write_table(pa.table({"image": [png_bytes(img) for _, img in rows]}), tmp_path / name)
+    uris = [f"file://{tmp_path}/a.parquet", f"file://{tmp_path}/b.parquet"]
+    config = LoadConfig(conditioning=Conditioning(resize=8, crop=8), source=SourceSpec(uri=str(tmp_path), table={}))
+    whole = LoadStage(config)({"uri": np.asarray(uris, dtype=object)})
+    assert whole["status"].tolist() == ["ok"] * 12
+    stage = LoadStage(config)
+    stage.chunk_bytes = 3 * 3 * 8 * 8  # three rows' inputs
+    assert [len(c["frame"]) for c in stage.chunks({"uri": np.asarray(uris[:1], dtype=object)})] == [3, 3, 1]
+    with DecodePool(stage, 2) as pool:
+        local = list(pool.map(pa.table({"uri": uris}), 1))
+    assert [len(c["frame"]) for c in local] == [3, 3, 1, 3, 2]
+    assert np.concatenate([c["uri"] for c in local]).tolist() == [uris[0]] * 7 + [uris[1]] * 5
+    assert np.concatenate([c["frame"] for c in local]).tolist() == list(range(7)) + list(range(5))
+    assert np.array_equal(np.concatenate([c["inputs"] for c in local]), whole["inputs"])
+
+    flag = str(tmp_path / "first-rows-arrived")
+
+    class Held(LoadStage):  # (pickled by value into the Ray task)
+        def _load_rows(self, batch, parts, spent):
+            waited = batch["frame"][0] > 0  # a chunk after the first: held until the first arrived
+            deadline = time.monotonic() + 300  # (only code that does not stream waits it out)
+            while waited and not os.path.exists(flag) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            out = LoadStage._load_rows(self, batch, parts, spent)
+            return {**out, "after_first": np.full(len(parts), not waited or os.path.exists(flag))}
+
+    held = Held(config)
+    held.chunk_bytes = stage.chunk_bytes
+    context = ray.data.DataContext.get_current()
+    size, context.target_max_block_size = context.target_max_block_size, 1  # a block a row: none waits for more
+    try:
+        ds = load_dataset(pa.table({"uri": uris[:1]}), plan_resources(RayEngine().resources(), light=True), held, 1)
+        rows = []
+        for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            rows.append(block)
+            Path(flag).touch()
+    finally:
+        context.target_max_block_size = size
+    assert np.concatenate([r["frame"] for r in rows]).tolist() == list(range(7))
+    assert np.concatenate([r["after_first"] for r in rows]).all()
+    assert np.array_equal(np.concatenate([r["inputs"] for r in rows]), whole["inputs"][:7])
