@@ -36,7 +36,6 @@ def test_a_sliver_is_not_enlarged_past_what_it_is_into_a_huge_image(tmp_path):
     its shorter side brought to 256 made it 384,000,000 x 256: 9.6 GB in one job. Enlarging past
     Pillow's bomb limit (89 million pixels) is refused when it would make the image larger than it
     is; as a row, a preprocess error. A line scan of 300:1 is resized and cropped as before."""
-    import io
     import struct
     import zlib
 
