@@ -131,7 +131,7 @@ def decode_image(data: bytes, options: DecodeSpec = DecodeSpec(),
 
     if dicom.is_dicom(data):
         return dicom.decode(data, options.frame, options.dicom_window, options.max_image_pixels,
-                            options.max_decode_bytes, cache, stored, options.max_container_bytes)
+                            options.max_decode_bytes, cache, stored, options.max_container_bytes, options.max_seconds)
     # Pillow reads both settings from module globals; they are set for this call only. Its bomb
     # check runs on every size it meets (ICNS / ICO sub-images, GIF frames, TIFF pages), and a
     # warning is an error here.
@@ -326,14 +326,15 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
     return rgb, (width, height)
 
 
-def frame_count(data: bytes, options: DecodeSpec = DecodeSpec()) -> int:
+def frame_count(data: bytes, options: DecodeSpec = DecodeSpec(), cache: Optional[dict] = None) -> int:
     """Frames in a multi-frame file (DICOM NumberOfFrames checked against the pixel data, TIFF
     pages, GIF / WebP frames); 1 for still images and for anything unreadable (its decode reports
     why). Raises DecodeError for a DICOM file that declares more frames than it holds."""
     from imgclf_ray.imaging import dicom
 
     if dicom.is_dicom(data):
-        return dicom.frame_count(data, options.max_container_bytes)  # (a count its pixel data cannot hold: an error)
+        # (a count its pixel data cannot hold: an error; the parsed file kept in ``cache`` for its frames)
+        return dicom.frame_count(data, options.max_container_bytes, options.max_seconds, cache)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

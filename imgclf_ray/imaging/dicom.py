@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
 from typing import Optional
 
@@ -45,10 +46,30 @@ def _pydicom():
 INFLATE_LIMIT = DecodeSpec().max_container_bytes  # for the callers that give none
 
 
-def _check_inflated(data: bytes, limit: int) -> None:
-    """A deflated dataset's size, counted in 16 MiB steps and let go, before pydicom inflates it
-    whole in one call (a 3 MB file can inflate to gigabytes): DecodeError when twice it is over
-    ``limit`` (pydicom holds the inflated bytes and the element values cut from them)."""
+class _Clocked(io.BytesIO):
+    """The bytes pydicom parses, this thread's CPU clock looked at every 4,096 reads: pydicom walks
+    a dataset element by element in Python (a 467 KB deflated file of 40 million empty elements
+    took 180 s), and every element it meets, nested ones included, is read from here."""
+
+    def __init__(self, data: bytes = b"", max_seconds: Optional[float] = None):
+        super().__init__(data)
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else time.thread_time() + max_seconds
+        self.reads = 0
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        self.reads += 1
+        if self.deadline is not None and not self.reads & 4095 and time.thread_time() > self.deadline:
+            raise DecodeError(f"reading the DICOM dataset took more than decode.max_seconds ({self.max_seconds:g} s "
+                              "of CPU)")
+        return super().read(size)
+
+
+def _inflated(data: bytes, limit: int, max_seconds: Optional[float] = None):
+    """A deflated dataset, inflated here 16 MiB at a time (a 3 MB file can inflate to gigabytes):
+    (its file meta, the inflated dataset to parse) — None for any other transfer syntax. DecodeError
+    when twice its size is over ``limit`` (pydicom holds the inflated bytes and the element values
+    cut from them), counted before it is all inflated."""
     import zlib
 
     from pydicom.filereader import _read_file_meta_info
@@ -59,39 +80,71 @@ def _check_inflated(data: bytes, limit: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+            meta = _read_file_meta_info(fp)
     except Exception:  # noqa: BLE001 - a file meta pydicom cannot read: its read says so
-        return
-    if syntax != DeflatedExplicitVRLittleEndian:  # (the dataset is zlib-deflated)
-        return
+        return None
+    if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:  # (the dataset is zlib-deflated)
+        return None
+    out = _Clocked(max_seconds=max_seconds)
     inflate, size, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[fp.tell():]
     try:
         while tail and not inflate.eof and 2 * size <= limit:  # (bytes after the stream's end: pydicom's padding)
-            size += len(inflate.decompress(tail, 16 << 20))
+            size += out.write(inflate.decompress(tail, 16 << 20))
             tail = inflate.unconsumed_tail
+        if 2 * size <= limit:
+            out.write(inflate.flush())
     except zlib.error:
-        return  # damaged: pydicom's read says so
+        raise DecodeError("unreadable DICOM header (a deflated dataset that does not inflate)") from None
     if 2 * size > limit:
         raise DecodeError(f"deflated DICOM dataset inflates past {limit / 2**21:,.0f} MiB; pydicom holds it twice: "
                           f"over decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")
+    out.seek(0)
+    return meta, out
 
 
-def _read(data: bytes, header_only: bool = False, max_inflated: int = INFLATE_LIMIT):
+def _read(data: bytes, header_only: bool = False, max_inflated: int = INFLATE_LIMIT,
+          max_seconds: Optional[float] = None, cache: Optional[dict] = None):
+    """The parsed file, once: a ``cache`` (the caller's, kept while it decodes the frames of the
+    same bytes) holds it for the attributes, the frame count and each frame's decode. Parsing is
+    held to ``max_seconds`` of CPU (decode.max_seconds)."""
+    if cache is not None and cache.get("data") is data:
+        return cache["dataset"]
     pydicom = _pydicom()
-    _check_inflated(data, max_inflated)
     try:
+        deflated = _inflated(data, max_inflated, max_seconds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
+            if deflated is None:
+                ds = pydicom.dcmread(_Clocked(data, max_seconds), stop_before_pixels=header_only and cache is None)
+            else:
+                ds = _deflated(pydicom, data, *deflated)
+    except DecodeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, BytesLengthException ...
         # pydicom's messages can quote element values: the cause is named by its type only.
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}; element values are not shown)") from None
+    if cache is not None:
+        cache.clear()
+        cache.update(data=data, dataset=ds)
+    return ds
 
 
-def frame_count(data: bytes, max_inflated: int = INFLATE_LIMIT) -> int:
+def _deflated(pydicom, data: bytes, meta, dataset: io.BytesIO):
+    """A deflated file's dataset read from the bytes inflated here (``_inflated``), as pydicom's own
+    read does after inflating them itself (Deflated Explicit VR Little Endian: PS3.5 A.5)."""
+    from pydicom.filereader import read_dataset
+
+    read = read_dataset(dataset, is_implicit_VR=False, is_little_endian=True)
+    ds = pydicom.dataset.FileDataset(dataset, read, data[:128], meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, read._character_set)
+    return ds
+
+
+def frame_count(data: bytes, max_inflated: int = INFLATE_LIMIT, max_seconds: Optional[float] = None,
+                cache: Optional[dict] = None) -> int:
     """The frames a DICOM file holds: NumberOfFrames, checked against its pixel data (a declared
     count the data cannot hold is a DecodeError, before any row is made)."""
-    ds = _read(data, max_inflated=max_inflated)
+    ds = _read(data, max_inflated=max_inflated, max_seconds=max_seconds, cache=cache)
     return _checked_frames(ds)
 
 
@@ -241,13 +294,14 @@ def _codestream_problem(ds, frame: int, frames: int, cache: Optional[dict] = Non
         return "its compressed pixel data cannot be cut into frames"
 
 
-def attributes(data: bytes, keywords: list[str], allow_phi: bool = False,
-               max_inflated: int = INFLATE_LIMIT) -> dict[str, Optional[str]]:
+def attributes(data: bytes, keywords: list[str], allow_phi: bool = False, max_inflated: int = INFLATE_LIMIT,
+               max_seconds: Optional[float] = None, cache: Optional[dict] = None) -> dict[str, Optional[str]]:
     """The asked-for top-level attributes as strings; None where absent or where the value does
-    not fit its value representation (imgclf_ray.deid), unless ``allow_phi``."""
+    not fit its value representation (imgclf_ray.deid), unless ``allow_phi``. With a ``cache``, the
+    whole file is parsed into it, for the decode that follows (``_read``)."""
     from imgclf_ray.deid import safe_value
 
-    ds = _read(data, header_only=True, max_inflated=max_inflated)
+    ds = _read(data, header_only=True, max_inflated=max_inflated, max_seconds=max_seconds, cache=cache)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -314,13 +368,13 @@ def _stretched(arr: np.ndarray, fn) -> np.ndarray:
 def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = None,
            max_pixels: Optional[int] = None, max_bytes: Optional[int] = None,
            cache: Optional[dict] = None, stored: Optional[dict] = None,
-           max_inflated: int = INFLATE_LIMIT) -> tuple[Image.Image, tuple[int, int]]:
+           max_inflated: int = INFLATE_LIMIT, max_seconds: Optional[float] = None) -> tuple[Image.Image, tuple[int, int]]:
     """One frame of a DICOM file as an 8-bit RGB image, and its (width, height). ``cache`` keeps
     the parsed file between frames of the same bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img, size, native = _decode(data, frame, window, max_pixels, max_bytes, cache, max_inflated)
+            img, size, native = _decode(data, frame, window, max_pixels, max_bytes, cache, max_inflated, max_seconds)
             if stored is not None:
                 stored["image"] = native
             return img, size
@@ -332,17 +386,12 @@ def decode(data: bytes, frame: int = 0, window: Optional[tuple[float, float]] = 
 
 def _decode(data: bytes, frame: int, window: Optional[tuple[float, float]],
             max_pixels: Optional[int], max_bytes: Optional[int],
-            cache: Optional[dict], max_inflated: int) -> tuple[Image.Image, tuple[int, int], Image.Image]:
+            cache: Optional[dict], max_inflated: int,
+            max_seconds: Optional[float]) -> tuple[Image.Image, tuple[int, int], Image.Image]:
     _pydicom()
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-    if cache is not None and cache.get("data") is data:
-        ds = cache["dataset"]
-    else:
-        ds = _read(data, max_inflated=max_inflated)
-        if cache is not None:
-            cache.clear()
-            cache.update(data=data, dataset=ds)
+    ds = _read(data, max_inflated=max_inflated, max_seconds=max_seconds, cache=cache)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError(f"DICOM object without pixel data ({_uid_name(ds.get('SOPClassUID'), 'unknown SOP class')})")
     frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))

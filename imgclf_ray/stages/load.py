@@ -224,8 +224,10 @@ class LoadStage:
                 if size is not None:  # the predictor decodes it
                     return Encoded(data), *size, None, None
             if is_dicom(data):
+                # (the file parsed once: into the cache its decode reads next)
                 self._dicom = json.dumps(self._timed("decode", dicom_attributes, data, self.decode.dicom_attributes,
-                                                             self.decode.dicom_allow_phi, self.decode.max_container_bytes))
+                                                     self.decode.dicom_allow_phi, self.decode.max_container_bytes,
+                                                     self.decode.max_seconds, self._opened))
             started = time.thread_time()
             try:
                 img, (width, height) = self._timed("decode", decode_image, data, self._decode_spec(part.decode_frame),
@@ -295,7 +297,7 @@ class LoadStage:
     def _frames(self, data: bytes) -> list[Part]:
         """decode.frames: all — every frame of a multi-frame file, decoded from the same bytes (the
         opened file kept between them), at most decode.max_frames, then one error row."""
-        n, limit = frame_count(data, self.decode), self.decode.max_frames
+        n, limit = frame_count(data, self.decode, self._opened), self.decode.max_frames
         parts = [Part(i, data, decode_frame=i) for i in range(min(n, limit))]
         if n > limit:
             parts.append(Part(limit, error=f"read: the file has {n:,} frames, over decode.max_frames "
@@ -413,6 +415,8 @@ class LoadStage:
                 dicom[i] = self._dicom
                 if frame_of_file:
                     spent[uri] = spent.get(uri, 0.0) + self._decode_cpu
+                else:  # a file of one row: nothing to keep of it
+                    self._opened.clear()
             if isinstance(row, Encoded):
                 extra["encoded"][i] = row.data
             elif isinstance(row, Later):

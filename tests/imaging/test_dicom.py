@@ -144,13 +144,83 @@ def test_a_deflated_dataset_is_counted_before_it_is_inflated():
     # looped forever on it (zlib leaves it unconsumed). In a thread, so that the test ends either way.
     import threading
 
-    from imgclf_ray.imaging.dicom import _check_inflated
+    from imgclf_ray.imaging.dicom import _inflated
 
     for padded in (bomb + b"\0", bomb + b"\0" * 1000):
-        counted = threading.Thread(target=_check_inflated, args=(padded, 2 << 30), daemon=True)
+        counted = threading.Thread(target=_inflated, args=(padded, 2 << 30), daemon=True)
         counted.start()
         counted.join(60)
         assert not counted.is_alive(), "the count does not end on bytes after the deflated stream"
+
+
+def _with_elements(count: int, nested: bool, deflated: bool) -> bytes:
+    """An 8x8 DICOM whose dataset opens with ``count`` empty private elements (8 bytes each), at
+    its top level or inside one undefined-length sequence item; its dataset deflated or not."""
+    import struct
+    import zlib
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 8, 8, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(64))
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=True)
+    elements = b"\x09\x00\x10\x10LO\x00\x00" * count
+    if nested:
+        elements = (b"\x09\x00\x10\x10SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff" + elements
+                    + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    body = elements + buf.getvalue()
+    if deflated:
+        zipped = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = zipped.compress(body) + zipped.flush()
+    shell = Dataset()
+    shell.file_meta = FileMetaDataset()
+    shell.file_meta.MediaStorageSOPClassUID, shell.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, "1.2.3.4"
+    shell.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    shell.preamble = b"\0" * 128
+    meta = io.BytesIO()
+    pydicom.dcmwrite(meta, shell, enforce_file_format=True)
+    head = meta.getvalue()
+    return head[:144 + struct.unpack("<I", head[140:144])[0]] + body
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("deflated", [False, True])
+def test_reading_a_dataset_of_millions_of_elements_is_held_to_decode_max_seconds(nested, deflated):
+    """pydicom walks a dataset element by element in Python: a 467 KB deflated file of 40 million
+    empty elements took 180 s a read (and a 1.2 MB one of 100 million, nested in a sequence that
+    pydicom reads as eagerly, would take 900 s, read twice). Reading is held to decode.max_seconds
+    of CPU, nested elements, deflated datasets too (they are inflated here, not by pydicom)."""
+    data = _with_elements(60_000, nested, deflated)
+    assert decode_image(data, DecodeSpec())[1] == (8, 8)
+    assert pydicom.dcmread(io.BytesIO(data)).pixel_array.tobytes() == bytes(range(64))  # (the reference reads it)
+    with pytest.raises(DecodeError, match=r"^reading the DICOM dataset took more than decode.max_seconds \(1e-09 s of CPU\)$"):
+        decode_image(data, DecodeSpec(max_seconds=1e-9))
+    with pytest.raises(DecodeError, match=r"decode.max_seconds"):
+        attributes(data, ["Modality"], max_seconds=1e-9)
+
+
+def test_a_file_is_parsed_once_for_its_attributes_its_frame_count_and_every_frame(tmp_path, monkeypatch):
+    """Its attributes, then its pixels, and for ``frames: all`` its frame count and then each frame's
+    attributes: a multi-frame file was parsed once a frame and three times more, each read the
+    whole walk over its elements. Now once a file (pydicom.dcmread counted)."""
+    from imgclf_ray.stages import LoadConfig, LoadStage
+
+    reads = []
+    read = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: reads.append(1) or read(*a, **k))
+    for name in ("SC_rgb_rle_2frame.dcm", "CT_small.dcm", "MR_small.dcm"):
+        (tmp_path / name).write_bytes((FILES / name).read_bytes())
+    for frames, files, rows in (("all", ["SC_rgb_rle_2frame.dcm"], 2), ("one", ["CT_small.dcm", "MR_small.dcm"], 2)):
+        reads.clear()
+        stage = LoadStage(LoadConfig(decode=DecodeSpec(frames=frames, dicom_attributes=["Modality", "Rows"])))
+        out = stage({"uri": np.asarray([f"file://{tmp_path}/{n}" for n in files], dtype=object)})
+        assert out["status"].tolist() == ["ok"] * rows and all(json.loads(d)["Rows"] for d in out["dicom_json"])
+        assert len(reads) == len(files)
 
 
 def test_a_compressed_frame_larger_than_its_header_is_refused_before_it_is_decoded():
