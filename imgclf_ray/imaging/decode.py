@@ -26,8 +26,21 @@ SNIFF_BYTES = 4096
 
 
 # Formats Pillow would open that are not decoded here: EPS renders by running Ghostscript (an
-# interpreter of the file's PostScript program) where one is installed.
-NOT_OPENED = frozenset({"EPS"})
+# interpreter of the file's PostScript program) where one is installed; an IPTC/NAA file's image is
+# handed to Image.open() with every format enabled (an EPS inside ran Ghostscript, and a JPEG or
+# JPEG 2000 inside met none of the checks here).
+NOT_OPENED = frozenset({"EPS", "IPTC"})
+
+
+def _no_ghostscript() -> None:
+    """Pillow runs Ghostscript for an EPS image wherever one reaches it; in this process it never
+    finds one (its own check of the binary, answered once here)."""
+    from PIL import EpsImagePlugin
+
+    EpsImagePlugin.gs_binary = False
+
+
+_no_ghostscript()
 
 
 def _formats() -> list[str]:
@@ -60,6 +73,8 @@ def _sniff(data: bytes) -> str:
         return "looks like HTML/XML text, not an image"
     if head.startswith((b"%!ps", b"\xc5\xd0\xd3\xc6")):
         return "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)"
+    if data[:1] == b"\x1c" and data[1:2] in bytes([*range(1, 10), 240]):
+        return "IPTC/NAA image: not decoded (the image inside it would be opened in any format, unchecked)"
     return "not a format Pillow can identify"
 
 
@@ -251,6 +266,31 @@ def _seek(img: Image.Image, frame: int, max_seconds: Optional[float]) -> None:
                               "not decoded")
 
 
+def _check_blp(data: bytes, img: Image.Image) -> None:
+    """A BLP1 texture's JPEG goes to libjpeg through Pillow's JPEG reader, whatever its size and
+    scans, past the checks of a JPEG file (the texture's own size is the one checked). It must be
+    the size the texture says, in at most MAX_JPEG_SCANS scans."""
+    from PIL import JpegImagePlugin
+
+    from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, jpeg_scans
+
+    if data[:4] != b"BLP1" or int.from_bytes(data[4:8], "little", signed=True) != 0:  # (0: JPEG)
+        return
+    offset, length = int.from_bytes(data[28:32], "little"), int.from_bytes(data[92:96], "little")
+    header = int.from_bytes(data[156:160], "little")
+    start = max(offset, 160 + header)  # (Pillow reads on from the header when the offset is behind it)
+    jpeg = data[160:160 + header] + data[start:start + length]
+    try:
+        size = JpegImagePlugin.JpegImageFile(io.BytesIO(jpeg)).size
+    except Exception:  # noqa: BLE001 - what libjpeg cannot start on, Pillow's read says
+        return
+    if size != img.size:
+        raise DecodeError("its BLP texture holds a JPEG of {}x{}, its header says {}x{}: not decoded".format(*size, *img.size))
+    if jpeg_scans(jpeg, 0) > MAX_JPEG_SCANS:
+        raise DecodeError(f"its BLP texture's JPEG has more than {MAX_JPEG_SCANS} scans (each is decoded over the "
+                          "whole image): not decoded")
+
+
 def _check_icns(data: bytes) -> None:
     """An ICNS icon's JPEG 2000 entries go to openjpeg through Pillow's JP2 reader, which trusts the
     JP2 header (575 bytes held 9.5 GB): each codestream must be an icon's (at most 1024x1024, 4
@@ -286,6 +326,12 @@ def _decode(data: bytes, options: DecodeSpec, target_short_side: Optional[int],
         _check_icns(data)
     elif img.format in ("JPEG", "MPO"):
         check_scans(data, tuple(getattr(img, "_MpoImageFile__mpoffsets", None) or (0,)))  # (each image of an MPO)
+    elif img.format == "BLP":
+        _check_blp(data, img)
+    elif img.format == "FITS" and img.tile and img.tile[0].codec_name == "fits_gzip":
+        # Pillow inflates 4 bytes a pixel and converts them in Python: a list of ints a byte (a
+        # 349 KB file of 9400x9400 32-bit pixels held 3.9 GB)
+        check_budget(width, height, 4 + 10 * _pixel_bytes(img), options.max_decode_bytes, "gzip-compressed FITS image")
     try:
         if options.frame:
             n_frames = getattr(img, "n_frames", 1)

@@ -117,16 +117,86 @@ def test_postscript_is_never_handed_to_ghostscript(tmp_path):
     gs = tmp_path / "bin" / "gs"
     gs.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'ran'}\nexit 1\n")
     gs.chmod(0o755)
+    # An IPTC/NAA file hands its image to Image.open() with every format enabled: the EPS inside
+    # one ran Ghostscript. Neither is opened; and Pillow itself, asked directly in a process that
+    # imported the decoder, finds no Ghostscript to run.
+    (tmp_path / "x.jpg").write_bytes(iptc_around(buf.getvalue(), 16, 16))
     code = ("import sys; from imgclf_ray.imaging.decode import DecodeError, decode_image, frame_count, looks_like_image\n"
-            "data = open(sys.argv[1], 'rb').read()\n"
-            "assert not looks_like_image(data[:64]) and frame_count(data) == 1\n"
-            "try:\n    decode_image(data)\nexcept DecodeError as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.eps")], capture_output=True, text=True,
-                          timeout=60, cwd=Path(__file__).parents[2],
+            "for name in sys.argv[1:]:\n"
+            "    data = open(name, 'rb').read()\n"
+            "    assert not looks_like_image(data[:64]) and frame_count(data) == 1\n"
+            "    try:\n        decode_image(data)\n    except DecodeError as exc:\n        print(exc)\n"
+            "from PIL import Image\n"
+            "try:\n    Image.open(sys.argv[1]).load()\nexcept OSError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.eps"), str(tmp_path / "x.jpg")],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2],
                           env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)"
+    assert done.stdout.splitlines() == [
+        "PostScript / EPS: not decoded (rendering it runs Ghostscript on the file's program)",
+        "IPTC/NAA image: not decoded (the image inside it would be opened in any format, unchecked)",
+        "Unable to locate Ghostscript on paths"]
     assert not (tmp_path / "ran").exists()
+
+
+def iptc_around(image: bytes, width: int, height: int) -> bytes:
+    """An IPTC/NAA file (Pillow's IptcImagePlugin) whose image data (8,10) is ``image``'s bytes."""
+    import struct
+
+    def field(record: int, dataset: int, value: bytes) -> bytes:
+        return bytes([0x1C, record, dataset]) + struct.pack(">H", len(value)) + value
+
+    return (field(3, 60, bytes([3, 1])) + field(3, 20, struct.pack(">H", width)) + field(3, 30, struct.pack(">H", height))
+            + field(3, 120, bytes([5])) + b"".join(field(8, 10, image[at:at + 0x7000]) for at in range(0, len(image), 0x7000))
+            + bytes([0x1C, 9, 9, 0, 0]))
+
+
+def blp_around(jpeg: bytes, width: int, height: int) -> bytes:
+    """A BLP1 texture (Pillow's BlpImagePlugin, JPEG compression) declaring ``width`` x ``height``."""
+    import struct
+
+    return (b"BLP1" + struct.pack("<iIIIii", 0, 0, width, height, 5, 0) + struct.pack("<16I", 160, *[0] * 15)
+            + struct.pack("<16I", len(jpeg), *[0] * 15) + struct.pack("<I", 0) + jpeg)
+
+
+def test_a_blp_texture_s_jpeg_is_held_to_the_texture_and_the_scan_limit(sample_photo):
+    """Pillow hands a BLP1 texture's JPEG to libjpeg whatever its size and scans: a 238 KB texture
+    saying 1x1 decoded a 9000x9000 JPEG of 2,000 scans in 108 s and 955 MB, its 1x1 checked. The
+    JPEG must be the texture's size, in at most 256 scans; one that is decodes as Pillow decodes it."""
+    small = sample_photo.resize((64, 48))
+    good = blp_around(jpeg_bytes(small), 64, 48)
+    img, size = decode_image(good)
+    assert size == (64, 48)
+    np.testing.assert_array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(good)).convert("RGB")))
+    with pytest.raises(DecodeError, match=r"^its BLP texture holds a JPEG of 64x48, its header says 1x1: not decoded$"):
+        decode_image(blp_around(jpeg_bytes(small), 1, 1))
+    with pytest.raises(DecodeError, match=r"^its BLP texture's JPEG has more than 256 scans"):
+        decode_image(blp_around(eob_scans_jpeg(64, 257), 64, 64))
+    assert decode_image(blp_around(eob_scans_jpeg(64, 256), 64, 64))[1] == (64, 64)
+
+
+def test_a_gzip_compressed_fits_image_is_held_to_what_pillow_s_decoder_holds():
+    """Pillow inflates a gzip-compressed FITS image (4 bytes a pixel) and converts it in Python, a
+    list of ints a byte: a 349 KB file of 9400x9400 32-bit pixels held 3.9 GB for an image of
+    353 MB. Its budget counts what the decoder holds; a small one decodes as Pillow decodes it."""
+    import gzip
+
+    def fits(side: int, bits: int) -> bytes:
+        def header(*cards: tuple[str, object]) -> bytes:
+            text = b"".join(f"{k:<8}= {v}".ljust(80).encode() for k, v in cards) + b"END".ljust(80)
+            return text + b" " * (-len(text) % 2880)
+
+        return (header(("SIMPLE", "T"), ("BITPIX", 8), ("NAXIS", 0))
+                + header(("XTENSION", "'BINTABLE'"), ("BITPIX", 8), ("NAXIS", 2), ("NAXIS1", 0), ("NAXIS2", 0),
+                         ("ZIMAGE", "T"), ("ZCMPTYPE", "'GZIP_1  '"), ("ZBITPIX", bits), ("ZNAXIS", 2),
+                         ("ZNAXIS1", side), ("ZNAXIS2", side))
+                + gzip.compress(bytes(range(256)) * (side * side * 4 // 256)))
+
+    small = fits(64, 8)
+    np.testing.assert_array_equal(np.asarray(decode_image(small)[0])[..., 0], np.asarray(Image.open(io.BytesIO(small))))
+    with pytest.raises(DecodeError, match=r"^gzip-compressed FITS image of 2048x2048 needs 176 MiB to decode, over "
+                                          r"decode.max_decode_bytes \(64 MiB\)$"):
+        decode_image(fits(2048, 32), DecodeSpec(max_decode_bytes=64 << 20))
 
 
 def _boxes(jp2: bytes) -> list[tuple[bytes, bytes]]:
