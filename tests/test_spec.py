@@ -58,6 +58,8 @@ def test_minimal_spec_gets_documented_defaults(tmp_path):
     (GOOD + "curate:\n  checks: [outlier]\n", "job.yaml:9: curate.checks: outlier measures distances"),
     (GOOD + "curate:\n  checks: [label_issue]\n", "job.yaml:9: curate.checks: label_issue needs a model and true labels"),
     (GOOD + "curate:\n  near_duplicate_radius: 40\n", "curate.near_duplicate_radius: Input should be less than or equal to 20"),
+    (GOOD + "decode:\n  max_seconds: 1e400\n", "job.yaml:9: decode.max_seconds: Input should be a finite number"),  # (YAML: inf)
+    (GOOD + "run:\n  max_error_rate: .nan\n", "run.max_error_rate: Input should be a finite number"),
     (GOOD.replace("model:\n  uri: data/model\n", ""), "job.yaml: (top level): the job does nothing: give model, cluster or curate"),
 ])
 def test_bad_specs_name_file_line_and_key(tmp_path, text, expected):

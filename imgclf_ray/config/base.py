@@ -39,7 +39,7 @@ PlainName = Annotated[str, AfterValidator(plain_name)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # (1e400 is a float: infinity)
 
 
 class StorageSpec(Section):
