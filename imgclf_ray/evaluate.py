@@ -201,6 +201,17 @@ def evaluate_job(spec, run_id: Optional[str] = None, quiet: bool = False, verbos
     metrics = evaluate_rows(rows, info.task, info.labels, spec.source.labels.separator, threshold,
                             _leaf_paths(spec.model.uri, spec.storage) if info.task == "hierarchical" else None,
                             folders=spec.source.labels.kind == "folder")
+    if not metrics["images"]:
+        from imgclf_ray.errors import UserError
+
+        left = metrics["left_out"]
+        hint = {"folder": "source.uri must be the folder that holds one folder per label",
+                "table": "the labels table's source.labels.uri_column must name the images as the listing does "
+                         "(full URIs, or paths relative to source.uri)",
+                "reviewed": "no image of the run has been reviewed in source.labels.sink"}[spec.source.labels.kind]
+        raise UserError(f"nothing was scored: of the run's {len(rows):,} images none is an ok row with a true label "
+                        f"({left['error_rows']:,} error rows, {left['without_true_label']:,} without a true label); "
+                        f"{hint} (run {result.run_id} was committed)")
     inputs = sink.read_rows(result.output_uri, ["uri", "etag"], spec.storage)
     data = sorted(set(zip(inputs.column("uri").to_pylist(), inputs.column("etag").to_pylist())))
     metrics.update({"run_id": result.run_id, "model_id": result.model_id, "data": spec.source.uri,

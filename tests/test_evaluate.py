@@ -180,6 +180,20 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
     assert history.exit_code == 0, history.output
     lines = history.output.strip().splitlines()
     assert len(lines) == 2 and " eval " in lines[1] and f"micro_f1 {metrics['micro_f1']:.4f}" in lines[1]
+    # A table naming none of the images scores nothing: an error, not "evaluation on 0 images" and exit 0.
+    header, *body = (tmp_path / "truth.csv").read_text().splitlines()
+    (tmp_path / "truth.csv").write_text("\n".join([header] + [f"x/{line}" for line in body]) + "\n")
+    missed = CliRunner().invoke(main, [
+        "evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "-q", "--run-id", "missed",
+        "--set", "example=null", "--set", f"source.uri={archive}", "--set", f"model.uri={model}",
+        "--set", f"sink.uri={tmp_path}/out", "--set", "source.labels.kind=table",
+        "--set", f"source.labels.table={tmp_path}/truth.csv", "--set", "source.labels.uri_column=file",
+        "--set", "source.labels.label_column=attributes"])
+    assert missed.exit_code == 1, missed.output
+    assert missed.output.strip().splitlines()[-1] == (
+        "error: nothing was scored: of the run's 40 images none is an ok row with a true label (0 error rows, 40 "
+        "without a true label); the labels table's source.labels.uri_column must name the images as the listing "
+        "does (full URIs, or paths relative to source.uri) (run missed was committed)")
 
 
 def test_evaluate_without_labels_is_refused(tmp_path):
