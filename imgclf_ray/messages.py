@@ -32,7 +32,8 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 DROPPED = "<value>"
 # A credential inside a URL (an MLflow or HTTP URL from the environment): its user-info when it holds
 # a password (scheme://user:password@host; an HTTP URL's user alone too: a token), and an HTTP URL's
-# query values whose names say so (?token=..., X-Amz-Signature=..., api_key=...). A URL starts where a
+# query and fragment values whose names say so (?token=..., X-Amz-Signature=..., api_key=...,
+# #access_token=...). A URL starts where a
 # run of scheme characters starts (one try a run: linear in the text); its user-info runs to the
 # authority's last '@', as Python's urlsplit reads it.
 _URL = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*)://(?:([^/?#\s]*)@)?([^\s]*)")
@@ -45,17 +46,16 @@ def _url_without_credentials(match: re.Match) -> str:
     scheme, user, rest = match.group(1), match.group(2), match.group(3)
     http = scheme.lower() in _HTTP
     keep = f"{user}@" if user is not None and not (http or ":" in user) else ""
-    if http and "?" in rest:
-        path, _, query = rest.partition("?")
-        fragment = ""
-        if "#" in query:
-            query, fragment = query.split("#", 1)
-            fragment = "#" + fragment
-        params = re.split(r"([&;])", query)
-        rest = path + "?" + "".join(
-            p.split("=", 1)[0] + "=<secret>" if "=" in p and _SECRET_NAME.search(p.split("=", 1)[0]) else p
-            for p in params) + fragment
+    if http and ("?" in rest or "#" in rest):  # the query's values, and the fragment's (OAuth's #access_token=)
+        head, hash_, fragment = rest.partition("#")
+        path, mark, query = head.partition("?")
+        rest = path + mark + _params_without_secrets(query) + hash_ + _params_without_secrets(fragment)
     return f"{scheme}://{keep}{rest}"
+
+
+def _params_without_secrets(params: str) -> str:
+    return "".join(p.split("=", 1)[0] + "=<secret>" if "=" in p and _SECRET_NAME.search(p.split("=", 1)[0]) else p
+                   for p in re.split(r"([&;?])", params))
 
 
 def without_credentials(text: Any) -> str:

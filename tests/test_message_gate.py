@@ -124,6 +124,9 @@ def test_the_gate_drops_what_is_quoted_unprintable_or_long_and_says_what_it_drop
         "at https://h:5000/x?a=1&X-Amz-Signature=<secret>&api_key=<secret>"
     assert printable("s3://b/k?versionId=3 and a@b.c") == "s3://b/k?versionId=3 and a@b.c"
     assert printable("http://u:p@ss@host/api") == "http://host/api"  # (to the authority's last '@', as urlsplit)
+    # A fragment's too (OAuth's implicit flow, a single-page app's route): a browser never sends it, a log keeps it.
+    assert printable("https://h/cb#access_token=T0KEN&state=1 and https://app/#/in?token=T0KEN&x=2 #top") == \
+        "https://h/cb#access_token=<secret>&state=1 and https://app/#/in?token=<secret>&x=2 #top"
     # Not credentials: a user alone outside HTTP, an object key's own '?', ';' or '&', a file's name.
     for kept in ("sftp://alice@host/data", "s3://b/photos/2024?sort_key=1", "s3://bucket/a;key=1/x",
                  "read: file:///data/report&token=1.png: cannot identify"):

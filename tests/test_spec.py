@@ -80,6 +80,9 @@ def test_a_url_holding_a_credential_is_refused_without_being_shown(tmp_path, mon
     with pytest.raises(SpecError, match=r"job.yaml \(--set source.uri\): source.uri: a URL holding") as refused:
         load_spec(write(tmp_path, GOOD), ["source.uri=https://h/x.tar?X-Amz-Signature=S3CRET&a=1"])
     assert "S3CRET" not in str(refused.value)
+    with pytest.raises(SpecError, match=r"model.tracking_uri: a URL holding") as refused:
+        load_spec(write(tmp_path, GOOD), ["model.tracking_uri=https://mlflow/#access_token=S3CRET"])
+    assert "S3CRET" not in str(refused.value)
     for plain in ("https://h/x?author=me", "sftp://alice@host/data", "s3://b/photos?sort_key=1"):
         load_spec(write(tmp_path, GOOD), [f"source.uri={plain}"])  # (not credentials)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://svc:S3CRET@127.0.0.1:9")
