@@ -128,7 +128,7 @@ def test_imgclf_run_with_no_flag_runs_locally_and_says_so_first(no_ray_around, d
     assert first.startswith(f"run r1: {n} images") and first.endswith("local executor: no Ray cluster named or running")
     summary = json.loads((tmp_path / "out" / "r1" / "_run_summary.json").read_text())
     assert summary["executor"] == {"name": "local", "why": "no Ray cluster named or running"}
-    assert summary["runtime"] == {"name": "torch", "why": f"auto: {n} images, fewer than 1000"}
+    assert summary["runtime"] == {"name": "torch", "why": f"auto: {n} files, fewer than 1000"}
     both = subprocess.run([sys.executable, "-m", "imgclf_ray", "run", str(job), "--local", "--ray"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and both.stderr.strip() == "error: give --local or --ray, not both"
@@ -169,8 +169,8 @@ def test_a_local_cpu_run_of_1000_images_or_more_runs_the_network_in_onnx_runtime
         files = [f.removeprefix("file://") for f in committed_files(str(tmp_path / runtime), "n")]
         rows[runtime] = {r["image_id"]: r for r in pq.read_table(files).to_pylist()}
         if runtime == "auto":
-            assert result.runtime == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 1000 images"}
-            assert "(runtime onnxruntime: auto: fp32 on CPUs, 1000 images)" in format_summary(result)
+            assert result.runtime == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 1000 files"}
+            assert "(runtime onnxruntime: auto: fp32 on CPUs, 1000 files)" in format_summary(result)
             assert export_path(read_card(tiny_model)).is_file() and str(tmp_path / "cache") in str(export_path(read_card(tiny_model)))
         else:
             assert result.runtime == {"name": "torch", "why": "model.runtime"}
@@ -197,7 +197,7 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
     # A dry run exports nothing: it says what the run will take if the network exports.
     monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path / "cache"))
     assert decided(tiny_model, 5000, export=False) == {
-        "name": "onnxruntime", "why": "auto: fp32 on CPUs, 5000 images; if the network exports to ONNX"}
+        "name": "onnxruntime", "why": "auto: fp32 on CPUs, 5000 files; if the network exports to ONNX"}
     assert not (tmp_path / "cache").exists()
     # The cache cannot be written (a read-only home): PyTorch, as before, and the reason.
     (tmp_path / "cache").write_text("a file where the cache folder would be")
@@ -209,10 +209,10 @@ def test_model_runtime_auto_keeps_pytorch_where_onnx_runtime_would_not_pay(tiny_
     assert decided(tiny_model, 5000, precision="bf16") == {"name": "torch", "why": "auto: bf16 on cpu"}
     assert decided(tiny_model, 5000, cluster={"CPU": 8.0, "GPU": 1.0}) == {"name": "torch", "why": "auto: fp32 on cuda"}
     (tmp_path / "cache").unlink()
-    assert decided(tiny_model, 999) == {"name": "torch", "why": "auto: 999 images, fewer than 1000"}
+    assert decided(tiny_model, 999) == {"name": "torch", "why": "auto: 999 files, fewer than 1000"}
     assert decided(tiny_model, 1000)["name"] == "onnxruntime"  # exported now: a later run of any size finds it made
-    assert decided(tiny_model, 20) == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 20 images, the ONNX export made"}
-    assert decided(tiny_model, 20, export=False)["why"] == "auto: fp32 on CPUs, 20 images, the ONNX export made"
+    assert decided(tiny_model, 20) == {"name": "onnxruntime", "why": "auto: fp32 on CPUs, 20 files, the ONNX export made"}
+    assert decided(tiny_model, 20, export=False)["why"] == "auto: fp32 on CPUs, 20 files, the ONNX export made"
     assert decided(tiny_model, 10, runtime="onnxruntime") == {"name": "onnxruntime", "why": "model.runtime"}
     assert decided(svm_hog_model, 5000) == {}  # not a torch network
 

@@ -141,7 +141,7 @@ def test_runs_partitioned_by_date_are_found_by_every_reader(ray_session, tiny_mo
     assert report.exit_code == 0 and (tmp_path / "r.html").exists()
     page = (tmp_path / "r.html").read_text()  # which engine ran it, and the network's runtime
     assert "<td>executor</td><td>ray (run.executor: ray)</td>" in page
-    assert "<td>runtime</td><td>torch (auto: 3 images, fewer than 1000)</td>" in page
+    assert "<td>runtime</td><td>torch (auto: 3 files, fewer than 1000)</td>" in page
     dataset = pads.dataset(str(out), format="parquet", partitioning="hive", exclude_invalid_files=True)
     assert dataset.to_table(filter=pads.field("date") == "2026-11-29").num_rows == 2
     assert dataset.count_rows() == 5

@@ -54,7 +54,7 @@ def test_dry_run_selects_as_the_run_does_and_writes_nothing(ray_session, tiny_mo
         plan = next(line for line in result.output.splitlines() if line.startswith("  plan"))
         assert ("decode worker process" in plan) == (executor == "local") and ("predictor actor" in plan) == (executor == "ray")
         # The runtime model.runtime: auto would take (2 images: PyTorch), said before any run.
-        assert "  runtime : torch (auto: 2 images, fewer than 1000)" in result.output.splitlines()
+        assert "  runtime : torch (auto: 2 files, fewer than 1000)" in result.output.splitlines()
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before  # nothing written
 
 

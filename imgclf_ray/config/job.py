@@ -60,7 +60,7 @@ class ModelSpec(Section):
         "export of it (made once per machine into $IMGCLF_CACHE, default ~/.cache/imgclf-ray, never "
         "into the model folder) with ONNX Runtime on CPU actors (GPU actors need the onnxruntime-gpu "
         "package); auto: onnxruntime on CPUs, in fp32, for a plain network that exports, over at least "
-        "1,000 images or once the export is made (its forward pass measured 1.29x PyTorch's on "
+        "1,000 listed files (a folder's images) or once the export is made (its forward pass measured 1.29x PyTorch's on "
         "ResNet-18, and its predictors start without importing torch; the export, seconds, once per "
         "machine, shipped from the driver to Ray's nodes), torch otherwise — the run's summary says "
         "which. ONNX artifacts always run in ONNX Runtime.")

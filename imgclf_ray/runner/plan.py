@@ -72,6 +72,11 @@ def make_plan(spec: JobSpec, cluster_resources: Mapping[str, Any], model: Option
 ORT_MIN_IMAGES = 1000
 
 
+def _files(n: int) -> str:
+    """The files listed, as the runtime's reason says them (a table or a video is many images)."""
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _made(card) -> bool:
     """Whether this machine's cache holds the network's ONNX export (a cache that cannot be
     entered holds none)."""
@@ -87,7 +92,7 @@ def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan,
     """``model.runtime: auto`` decided for this run, on either executor: ONNX Runtime for a plain
     torch network run on CPUs in fp32 — its forward pass measured 1.29x PyTorch's on ResNet-18 (2
     cores), and its predictors start without importing torch (~2 s sooner) — over at least
-    ORT_MIN_IMAGES images, or fewer when this machine's cache holds the export already; exported
+    ORT_MIN_IMAGES listed files (a table or a video is one of many images), or fewer when this machine's cache holds the export already; exported
     here once per machine (seconds), and on Ray shipped to the nodes (``build.shipped_export``).
     PyTorch otherwise, and when the network does not export. Returns the plan with the runtime
     set, and what the run records of it: {name, why} (empty for other models). ``export=False``
@@ -106,7 +111,7 @@ def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan,
     elif run.spec.decode.jpeg_on == "predictor":
         why = "auto: decode.jpeg_on predictor"
     elif rows < ORT_MIN_IMAGES and not made:
-        why = f"auto: {rows} images, fewer than {ORT_MIN_IMAGES}"
+        why = f"auto: {_files(rows)}, fewer than {ORT_MIN_IMAGES}"
     elif export and not made:  # (made: nothing to export, nor the card to read again)
         from imgclf_ray.models.torch_classifier import onnx_export
 
@@ -117,7 +122,7 @@ def with_runtime(run: RunPlan, rows: int, export: bool = True) -> tuple[RunPlan,
         except Exception as exc:  # noqa: BLE001 - the cache folder unwritable, ...: PyTorch runs it as before
             why = f"auto: no ONNX export ({type(exc).__name__})"
     runtime = "torch" if why else "onnxruntime"
-    why = why or (f"auto: fp32 on CPUs, {rows} images" + (", the ONNX export made" if rows < ORT_MIN_IMAGES else "")
+    why = why or (f"auto: fp32 on CPUs, {_files(rows)}" + (", the ONNX export made" if rows < ORT_MIN_IMAGES else "")
                   + ("" if export or made else "; if the network exports to ONNX"))
     spec = run.spec.model_copy(update={"model": model.model_copy(update={"runtime": runtime})})
     return RunPlan(spec, run.model, run.checks, run.label_issue_labels, run.resources), {"name": runtime, "why": why}
