@@ -574,14 +574,14 @@ def test_the_frames_of_one_file_are_decoded_for_at_most_decode_max_seconds(tmp_p
 def test_frame_page_and_member_bombs_end_in_one_error_row(tmp_path):
     # A 1 KB DICOM declaring a million frames: one error row, before any frame row is made.
     rows = _load(tmp_path, {"bomb.dcm": crafted_dicom(declared=1_000_000)}, DecodeSpec(frames="all"))
-    assert rows == [(0, "error", "read: declares 1,000,000 frames of 8x8 but its pixel data holds 1")]
+    assert rows == [(0, "error", "decode: declares 1,000,000 frames of 8x8 but its pixel data holds 1")]
     # 1,500 TIFF pages: decoded one after the other from one opened file, the first 1,000 kept.
     pages = [Image.new("L", (4, 4), i % 256) for i in range(1500)]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     rows = _load(tmp_path, {"pages.tif": buf.getvalue()}, DecodeSpec(frames="all"))
     assert len(rows) == 1001 and all(r[1] == "ok" for r in rows[:1000]) and rows[999][0] == 999
-    assert rows[1000] == (1000, "error", "read: the file has 1,500 frames, over decode.max_frames (1,000): "
+    assert rows[1000] == (1000, "error", "decode: the file has 1,500 frames, over decode.max_frames (1,000): "
                                          "the first 1,000 were classified")
     # A gzip shard with a junk member over the member limit: that sample is an error row, unread.
     shard = io.BytesIO()

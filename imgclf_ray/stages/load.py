@@ -300,7 +300,7 @@ class LoadStage:
         n, limit = frame_count(data, self.decode, self._opened), self.decode.max_frames
         parts = [Part(i, data, decode_frame=i) for i in range(min(n, limit))]
         if n > limit:
-            parts.append(Part(limit, error=f"read: the file has {n:,} frames, over decode.max_frames "
+            parts.append(Part(limit, error=f"decode: the file has {n:,} frames, over decode.max_frames "
                                            f"({limit:,}): the first {limit:,} were classified"))
         return parts
 
@@ -310,7 +310,7 @@ class LoadStage:
         if name is not None:
             container = CONTAINERS.get(name)
             return container.stage, lambda data: container.split(data, self.source, self.decode, self._target_side())
-        return ("read", self._frames) if self.decode.frames == "all" else None
+        return ("decode", self._frames) if self.decode.frames == "all" else None
 
     def _expand(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[Part]]:
         """One output row per part of each file: the frames of a multi-frame file or a video, the
