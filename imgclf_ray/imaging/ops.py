@@ -51,10 +51,28 @@ def equalize(image: np.ndarray) -> np.ndarray:
 
 @register("clahe")
 def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size: int | None = None) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (scikit-image equalize_adapthist)."""
+    """Contrast-limited adaptive histogram equalisation (scikit-image equalize_adapthist), as it
+    does a colour image: on the HSV value channel. The conversions to HSV and back are made a block
+    of rows at a time (they are per pixel: the same values), so that only the value channel is
+    whole: scikit-image's own held about 350 bytes a pixel (a 20-megapixel mammogram, 7.1 GB; now
+    0.9 GB)."""
+    from skimage.color import hsv2rgb, rgb2hsv
     from skimage.exposure import equalize_adapthist
 
-    return _to_u8(equalize_adapthist(image, clip_limit=clip_limit, kernel_size=kernel_size) * 255.0)
+    from imgclf_ray.imaging.limits import BLOCK
+
+    rows = max(1, BLOCK // 16 // max(1, image.shape[1]))  # (rgb2hsv's temporaries: ~300 bytes a pixel of a block)
+    blocks = [slice(at, at + rows) for at in range(0, image.shape[0], rows)]
+    value = np.empty(image.shape[:2], np.float64)
+    for block in blocks:
+        value[block] = rgb2hsv(image[block])[..., 2]
+    value = equalize_adapthist(value, clip_limit=clip_limit, kernel_size=kernel_size)
+    out = np.empty(image.shape, np.uint8)
+    for block in blocks:
+        hsv = rgb2hsv(image[block])
+        hsv[..., 2] = value[block]
+        out[block] = _to_u8(hsv2rgb(hsv) * 255.0)
+    return out
 
 
 @register("gaussian")
