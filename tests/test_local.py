@@ -114,6 +114,23 @@ def test_the_local_writer_rolls_files_at_max_rows_and_keeps_the_order(tmp_path, 
     assert pq.read_schema(files[0]).metadata == {b"imgclf.run_id": b"r"}
 
 
+def test_a_worker_failure_that_does_not_unpickle_fails_the_pool_and_does_not_hang_it():
+    """An exception raised in a decode worker comes back with its batch; one that pickles and does
+    not unpickle (its arguments are not its constructor's) killed the thread receiving it, and the
+    run waited for its batch for ever. It is a RuntimeError naming what could not be read."""
+    import pyarrow as pa
+
+    from imgclf_ray.runner.local import DecodePool
+    from tests.support.stages import FailingStage
+
+    got = []
+    with pytest.raises(RuntimeError, match=r"^a decode worker's result could not be read \(TypeError"):
+        with DecodePool(FailingStage(), 2) as pool:
+            for out in pool.map(pa.table({"uri": ["a", "b", "c"]}), 1):
+                got.extend(out["uri"].tolist())
+    assert got == ["a"]
+
+
 def test_the_local_writer_closes_its_open_file_when_the_run_fails(tmp_path):
     """A failure mid-write: the open staged file is closed before the run discards the staging
     folder (an S3 upload left open would complete whenever the handle is collected, after it)."""

@@ -202,6 +202,9 @@ class DecodePool:
             except (EOFError, OSError):
                 chunks.put(None)
                 return
+            except Exception as exc:  # noqa: BLE001 - one that does not unpickle here (an exception whose
+                # arguments are not its constructor's): the batch fails with what can be said of it
+                message = ("error", RuntimeError(f"a decode worker's result could not be read ({describe(exc)})"), None)
             chunks.put(message)
         receive.close()
 
