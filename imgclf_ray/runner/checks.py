@@ -46,18 +46,25 @@ def user_errors(metrics=None):
     exception type back)."""
     try:
         yield
-    except UserError:
-        raise
     except Exception as exc:  # noqa: BLE001 - only re-raised differently when it wraps a UserError
         for cause in errors.chain(exc):
-            if isinstance(cause, UserError):
+            # (Ray's wrapper of a task's error is an instance of the error's class too, its text
+            # Ray's traceback: a streaming task's — the decode stage's chunks — is raised as is)
+            if isinstance(cause, UserError) and not _ray_made(cause):
                 raise cause from None
+        if isinstance(exc, UserError) and not _ray_made(exc):
+            raise
         if metrics is not None:
             reported = metrics.first_user_error()
             kind = getattr(errors, reported[0], None) if reported else None
             if isinstance(kind, type) and issubclass(kind, UserError):
                 raise kind(reported[1]) from None
         raise
+
+
+def _ray_made(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Ray's exception types (RayTaskError made an instance of its cause's class)."""
+    return any(kind.__module__.split(".")[0] == "ray" for kind in type(exc).__mro__)
 
 
 def check_budget(spec: JobSpec, result: RunResult) -> None:
