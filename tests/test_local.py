@@ -5,7 +5,10 @@ killed at each step: tests/test_guarantees.py, with both executors)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -129,6 +132,29 @@ def test_a_worker_failure_that_does_not_unpickle_fails_the_pool_and_does_not_han
             for out in pool.map(pa.table({"uri": ["a", "b", "c"]}), 1):
                 got.extend(out["uri"].tolist())
     assert got == ["a"]
+
+
+def test_decode_workers_start_deaf_to_a_group_s_sigint_and_sigterm():
+    """The driver decides how a run stops (imgclf_ray.interrupts): its decode workers start with
+    SIGINT and SIGTERM blocked. The first queue a process makes starts multiprocessing's resource
+    tracker, which unblocks both in the thread that starts it: workers started after it died of a
+    process group's SIGTERM (systemd's stop, Slurm's scancel). In a fresh process, as a run's driver."""
+    code = ("import re, signal, pyarrow as pa\n"
+            "from imgclf_ray.runner.local import DecodePool\n"
+            "from tests.support.stages import EchoStage\n"
+            "if __name__ == '__main__':\n"
+            "    with DecodePool(EchoStage(), 2) as pool:\n"
+            "        batches = pool.map(pa.table({'uri': ['a', 'b']}), 1)\n"
+            "        for process, _, _ in pool.workers:\n"
+            "            status = open(f'/proc/{process.pid}/status').read()\n"
+            "            print(int(re.search(r'SigBlk:\\s*([0-9a-f]+)', status).group(1), 16))\n"
+            "        list(batches)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    masks = [int(line) for line in done.stdout.split()]
+    held = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    assert len(masks) == 2 and all(mask & held == held for mask in masks), [hex(m) for m in masks]
 
 
 def test_the_local_writer_closes_its_open_file_when_the_run_fails(tmp_path):

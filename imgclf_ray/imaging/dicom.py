@@ -95,6 +95,8 @@ def _inflated(data: bytes, limit: int, max_seconds: Optional[float] = None):
             out.write(inflate.flush())
     except zlib.error:
         raise DecodeError("unreadable DICOM header (a deflated dataset that does not inflate)") from None
+    if 2 * size <= limit and not inflate.eof:  # (pydicom's own inflate refused a stream cut short)
+        raise DecodeError("unreadable DICOM header (a deflated dataset cut short)")
     if 2 * size > limit:
         raise DecodeError(f"deflated DICOM dataset inflates past {limit / 2**21:,.0f} MiB; pydicom holds it twice: "
                           f"over decode.max_container_bytes ({limit / 2**20:,.0f} MiB)")

@@ -32,10 +32,11 @@ def embedding_of(spec: JobSpec):
 
 
 def files_per_call(spec: JobSpec, plan: Plan) -> int:
-    """Files per LoadStage call, in either engine. A container file (image table, shard, video) is
-    many images already: one file per call, its rows leaving the call a chunk at a time
-    (``LoadStage.chunks``)."""
-    return 1 if spec.source.container else plan.decode_batch_size
+    """Files per LoadStage call, in either engine. A container file (image table, shard, video, a
+    multi-frame file with frames: all) is many images already: one file per call, its rows
+    leaving the call a chunk at a time (``LoadStage.chunks``), a DICOM parsed once for all its
+    frames (the call's cache holds one file)."""
+    return 1 if spec.source.container or spec.decode.frames == "all" else plan.decode_batch_size
 
 
 def load_dataset(manifest, plan: Plan, stage, files: int):

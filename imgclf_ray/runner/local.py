@@ -117,13 +117,21 @@ class _Collected(list):
         self.append((stage, rows, seconds))
 
 
-def _work(stage, tasks, out) -> None:
+def _work(stage, tasks, out, driver: int) -> None:
     """A decode worker process: LoadStage over each batch ``tasks`` brings (None: stop), each chunk
     of rows sent on ``out`` with its (stage, rows, seconds) as it is made, then the batch's end
-    (or the exception that ended it)."""
+    (or the exception that ended it). It ends when its ``driver`` process is gone (killed)."""
     # Ctrl-C reaches the whole process group: the driver decides (imgclf_ray.interrupts).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for batch in iter(tasks.get, None):
+    while True:
+        try:
+            batch = tasks.get(timeout=5)
+        except queue.Empty:
+            if os.getppid() != driver:  # (the queue's other end is this process's too: no EOF tells it)
+                return
+            continue
+        if batch is None:
+            return
         faults.point("decode_worker")
         try:
             chunks = stage.chunks(batch)
@@ -182,11 +190,16 @@ class DecodePool:
 
     def _start(self) -> None:
         # spawn: this process may hold threads (the predictor's loading, progress), which fork copies badly.
+        from multiprocessing import resource_tracker
+
         ctx = multiprocessing.get_context("spawn")
+        # Made before the mask: the first queue starts multiprocessing's resource tracker, whose
+        # start unblocks SIGINT and SIGTERM in this thread (its workers then died of a group's SIGTERM).
+        resource_tracker.ensure_running()
+        made = [(ctx.Queue(), *ctx.Pipe(duplex=False)) for _ in range(self.count)]
         with _signals_held():  # the workers start now, inheriting the mask: deaf to Ctrl-C and a group's SIGTERM
-            for _ in range(self.count):
-                tasks, (receive, send) = ctx.Queue(), ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_work, args=(self.stage, tasks, send), daemon=True)
+            for tasks, receive, send in made:
+                process = ctx.Process(target=_work, args=(self.stage, tasks, send, os.getpid()), daemon=True)
                 process.start()
                 send.close()  # the worker's end only: its death is this end's EOF
                 chunks: queue.Queue = queue.Queue(self.ahead)

@@ -282,6 +282,7 @@ class LoadStage:
         if self.reporter is not None:
             for stage, (rows, seconds) in self._timing.items():
                 self.reporter(stage, rows, seconds)
+        self._timing = {}
 
     def _extra_columns(self, n: int) -> dict[str, np.ndarray]:
         """The batch's curation measures and passed-on JPEGs, as error rows keep them."""
@@ -364,6 +365,7 @@ class LoadStage:
         483-byte table of 20,000 rows made 3 GB of inputs at once)."""
         guard_worker_output()  # what libraries print while decoding passes the message gate
         faults.point("decode_batch")
+        self._timing = {}  # (the reads and splits are reported with the first chunk)
         batch, parts = self._expand(batch)
         step = self.chunk_rows()
         spent: dict[str, float] = {}  # CPU seconds decoding the frames of each multi-frame file took
@@ -378,7 +380,6 @@ class LoadStage:
                    ) -> dict[str, np.ndarray]:
         """One chunk's rows: ``batch``'s columns (one row per part) and the loaded columns;
         ``spent``: the CPU seconds each multi-frame file's frames took so far (decode.max_seconds)."""
-        self._timing = {}
         n = len(parts)
         shape = self.input_shape()
         inputs = np.zeros((n, *shape), dtype=np.uint8 if self.features is None else np.float32)

@@ -122,6 +122,9 @@ def test_a_deflated_dataset_is_counted_before_it_is_inflated():
 
     shipped = (FILES / "image_dfl.dcm").read_bytes()
     assert decode_image(shipped, DecodeSpec())[1] == (512, 512)
+    for cut in (50, 2000):  # (as pydicom's own inflate did, a stream cut short is refused)
+        with pytest.raises(DecodeError, match=r"^unreadable DICOM header \(a deflated dataset cut short\)$"):
+            decode_image(shipped[:-cut], DecodeSpec())
     ds = pydicom.dcmread(FILES / "CT_small.dcm")
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4096, 8192, 16, 16, 15
     ds.PixelData = bytes(4096 * 8192 * 2)  # 64 MiB of zeros

@@ -228,7 +228,12 @@ def test_a_tables_rows_leave_the_decode_task_a_chunk_at_a_time_on_both_executors
     assert whole["status"].tolist() == ["ok"] * 12
     stage = LoadStage(config)
     stage.chunk_bytes = 3 * 3 * 8 * 8  # three rows' inputs
+    reported = []
+    stage.reporter = lambda name, rows, seconds: reported.append((name, rows))
     assert [len(c["frame"]) for c in stage.chunks({"uri": np.asarray(uris[:1], dtype=object)})] == [3, 3, 1]
+    # The file's read (and split) reported with the first chunk: a split run's progress counts files by it.
+    assert ("read", 2) in reported and sum(rows for name, rows in reported if name == "decode") == 7
+    stage.reporter = None
     with DecodePool(stage, 2) as pool:
         local = list(pool.map(pa.table({"uri": uris}), 1))
     assert [len(c["frame"]) for c in local] == [3, 3, 1, 3, 2]

@@ -21,3 +21,12 @@ class FailingStage:
         if batch["uri"][0] == "b":
             raise TwoArgumentError("decode", "a stage's own bug")
         yield {"uri": batch["uri"]}
+
+
+class EchoStage:
+    """A stage that gives each batch back as its one chunk."""
+
+    reporter = None
+
+    def chunks(self, batch: dict[str, np.ndarray]):
+        yield {"uri": batch["uri"]}
