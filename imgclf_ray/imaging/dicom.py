@@ -125,10 +125,42 @@ def _read(data: bytes, header_only: bool = False, max_inflated: int = INFLATE_LI
     except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, BytesLengthException ...
         # pydicom's messages can quote element values: the cause is named by its type only.
         raise DecodeError(f"unreadable DICOM header ({type(exc).__name__}; element values are not shown)") from None
+    _check_sequences(ds)
     if cache is not None:
         cache.clear()
         cache.update(data=data, dataset=ds)
     return ds
+
+
+LAZY_SEQUENCE_LIMIT = 16 << 20  # bytes of a sequence pydicom parses only when it is read
+_LUT_SEQUENCES = (0x00283000, 0x00283010)  # ModalityLUTSequence, VOILUTSequence: read by the decode
+
+
+def _check_sequences(ds) -> None:
+    """pydicom keeps a sequence of defined length as bytes and parses it, element by element and
+    outside decode.max_seconds, when it is first read: a VOILUTSequence of a million empty elements
+    took 2.4 s under a limit of 0.5 (the reviewer). One over LAZY_SEQUENCE_LIMIT is refused when
+    the decode reads it (the LUTs), and dropped when it stands where the dictionary has no
+    sequence (a WindowCenter written as one would be parsed when read)."""
+    from pydicom.datadict import dictionary_VR
+
+    for tag in list(ds.keys()):
+        try:
+            raw = ds.get_item(tag)  # (the element as read: its VR looked up, its value not parsed)
+        except Exception:  # noqa: BLE001 - one pydicom cannot type: its read, if any, says so
+            continue
+        length = getattr(raw, "length", 0)
+        if getattr(raw, "VR", None) != "SQ" or length == 0xFFFFFFFF or length <= LAZY_SEQUENCE_LIMIT:
+            continue
+        try:
+            expected = dictionary_VR(tag)
+        except KeyError:  # (a private tag: nothing here reads it)
+            expected = "UN"
+        if tag in _LUT_SEQUENCES:
+            raise DecodeError(f"its {'VOI' if tag == 0x00283010 else 'modality'} LUT sequence holds "
+                              f"{length / 2**20:,.0f} MiB, more than {LAZY_SEQUENCE_LIMIT >> 20} MiB: not read")
+        if expected != "SQ":
+            del ds[tag]
 
 
 def _deflated(pydicom, data: bytes, meta, dataset: io.BytesIO):

@@ -207,6 +207,34 @@ def test_reading_a_dataset_of_millions_of_elements_is_held_to_decode_max_seconds
         attributes(data, ["Modality"], max_seconds=1e-9)
 
 
+def test_a_large_sequence_that_pydicom_would_parse_when_read_is_never_read():
+    """pydicom keeps a sequence of defined length as bytes and parses it when it is first read,
+    outside decode.max_seconds (a VOILUTSequence of a million empty elements: 2.4 s under a limit
+    of 0.5 s). Over 16 MiB, a LUT sequence the decode reads is refused; one written where the
+    dictionary has no sequence (a WindowCenter) is dropped, and the frame shown by its own range."""
+    import struct
+    import zlib
+
+    def with_sequence(group: int, element: int, count: int) -> bytes:
+        data = bytearray(_with_elements(0, nested=False, deflated=False))
+        items = b"\x09\x00\x10\x10LO\x00\x00" * count
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(items)) + items
+        at = data.index(b"\xe0\x7f\x10\x00")  # (before PixelData)
+        data[at:at] = struct.pack("<HH", group, element) + b"SQ\x00\x00" + struct.pack("<I", len(item)) + item
+        head = 144 + struct.unpack("<I", data[140:144])[0]
+        meta = bytes(data[:head]).replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.1.99")
+        meta = meta[:140] + struct.pack("<I", struct.unpack("<I", meta[140:144])[0] + 2) + meta[144:]
+        meta = meta.replace(b"\x02\x00\x10\x00UI\x14\x00", b"\x02\x00\x10\x00UI\x16\x00")
+        zipped = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return meta + zipped.compress(bytes(data[head:])) + zipped.flush()
+
+    plain = decode_image(_with_elements(0, nested=False, deflated=False), DecodeSpec())[0]
+    with pytest.raises(DecodeError, match=r"^its VOI LUT sequence holds 23 MiB, more than 16 MiB: not read$"):
+        decode_image(with_sequence(0x0028, 0x3010, 3_000_000), DecodeSpec(max_seconds=0.5))
+    img, size = decode_image(with_sequence(0x0028, 0x1050, 3_000_000), DecodeSpec(max_seconds=0.5))
+    assert size == (8, 8) and np.array_equal(np.asarray(img), np.asarray(plain))
+
+
 def test_a_file_is_parsed_once_for_its_attributes_its_frame_count_and_every_frame(tmp_path, monkeypatch):
     """Its attributes, then its pixels, and for ``frames: all`` its frame count and then each frame's
     attributes: a multi-frame file was parsed once a frame and three times more, each read the
