@@ -161,12 +161,15 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
     (tmp_path / "truth.csv").write_text("\n".join(lines) + "\n")
     model = tmp_path / "model"
     shutil.copytree(attributes_model, model)
-    result = CliRunner().invoke(main, [
-        "evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "-q", "--run-id", "eval",
-        "--set", "example=null", "--set", f"source.uri={archive}", "--set", f"model.uri={model}",
-        "--set", f"sink.uri={tmp_path}/out", "--set", "source.labels.kind=table",
-        "--set", f"source.labels.table={tmp_path}/truth.csv", "--set", "source.labels.uri_column=file",
-        "--set", "source.labels.label_column=attributes"])
+    def evaluate(run_id: str):
+        return CliRunner().invoke(main, [
+            "evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "-q", "--run-id", run_id,
+            "--set", "example=null", "--set", f"source.uri={archive}", "--set", f"model.uri={model}",
+            "--set", f"sink.uri={tmp_path}/out", "--set", "source.labels.kind=table",
+            "--set", f"source.labels.table={tmp_path}/truth.csv", "--set", "source.labels.uri_column=file",
+            "--set", "source.labels.label_column=attributes"])
+
+    result = evaluate("eval")
     assert result.exit_code == 0, result.output
     assert "multilabel evaluation on 40 labelled images" in result.output
     metrics = json.loads((tmp_path / "out" / "eval" / "_evaluation.json").read_text())
@@ -183,12 +186,7 @@ def test_evaluate_multilabel_from_a_labels_table(ray_session, digits_archive, at
     # A table naming none of the images scores nothing: an error, not "evaluation on 0 images" and exit 0.
     header, *body = (tmp_path / "truth.csv").read_text().splitlines()
     (tmp_path / "truth.csv").write_text("\n".join([header] + [f"x/{line}" for line in body]) + "\n")
-    missed = CliRunner().invoke(main, [
-        "evaluate", str(REPO / "jobs" / "digits-multilabel.yaml"), "-q", "--run-id", "missed",
-        "--set", "example=null", "--set", f"source.uri={archive}", "--set", f"model.uri={model}",
-        "--set", f"sink.uri={tmp_path}/out", "--set", "source.labels.kind=table",
-        "--set", f"source.labels.table={tmp_path}/truth.csv", "--set", "source.labels.uri_column=file",
-        "--set", "source.labels.label_column=attributes"])
+    missed = evaluate("missed")
     assert missed.exit_code == 1, missed.output
     assert missed.output.strip().splitlines()[-1] == (
         "error: nothing was scored: of the run's 40 images none is an ok row with a true label (0 error rows, 40 "
