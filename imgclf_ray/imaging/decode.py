@@ -272,8 +272,6 @@ def _check_blp(data: bytes, img: Image.Image) -> None:
     the size the texture says, in at most MAX_JPEG_SCANS scans."""
     from PIL import JpegImagePlugin
 
-    from imgclf_ray.imaging.limits import MAX_JPEG_SCANS, jpeg_scans
-
     if data[:4] != b"BLP1" or int.from_bytes(data[4:8], "little", signed=True) != 0:  # (0: JPEG)
         return
     offset, length = int.from_bytes(data[28:32], "little"), int.from_bytes(data[92:96], "little")
@@ -286,9 +284,7 @@ def _check_blp(data: bytes, img: Image.Image) -> None:
         return
     if size != img.size:
         raise DecodeError("its BLP texture holds a JPEG of {}x{}, its header says {}x{}: not decoded".format(*size, *img.size))
-    if jpeg_scans(jpeg, 0) > MAX_JPEG_SCANS:
-        raise DecodeError(f"its BLP texture's JPEG has more than {MAX_JPEG_SCANS} scans (each is decoded over the "
-                          "whole image): not decoded")
+    check_scans(jpeg)
 
 
 def _check_icns(data: bytes) -> None:
