@@ -33,7 +33,7 @@ class DryRun:
 
     def format(self) -> str:
         lines = [f"dry run {self.run_id}: nothing decoded, nothing written",
-                 f"  listing : {self.files:,} files from {self.source} ({self.listing_tasks} listing "
+                 f"  listing : {self.files:,} file{'s' if self.files != 1 else ''} from {self.source} ({self.listing_tasks} listing "
                  f"task{'s' if self.listing_tasks != 1 else ''}, {self.listing_seconds:.1f} s)"]
         if self.skipped:
             lines.append("  skipped : " + ", ".join(f"{n:,} ({why})" for why, n in sorted(self.skipped.items())))
@@ -41,7 +41,7 @@ class DryRun:
             s = self.selection
             lines.append(f"  select  : {s['new']:,} new, {s['changed']:,} changed, {s['model_changed']:,} for a "
                          f"new model, {s['unchanged']:,} already processed")
-        lines.append(f"  process : {self.to_process:,} files")
+        lines.append(f"  process : {self.to_process:,} file{'s' if self.to_process != 1 else ''}")
         if self.model:
             lines.append(f"  model   : {self.model['framework']} {self.model['task']}, "
                          f"{self.model['labels']} labels, {self.model['model_id']}")
